@@ -1,0 +1,337 @@
+"""VideoUNet: a Stable Diffusion U-Net inflated into a pseudo-3D video U-Net.
+
+The spatial layers are diffusers' own 2D building blocks, built from the SD `UNet2DConditionModel` config and
+kept under their diffusers names, so SD weights load as they are and the numerics match diffusers exactly.
+The assembly is ours: the forward pass below walks each block's resnets and transformers on `(b f) c h w`
+and interleaves the temporal layers (vidiff.models.temporal), stored beside them in the same block:
+
+    down_blocks.i.resnets.j             -> down_blocks.i.temporal_convs.j        (TemporalConv, Dirac init)
+    down_blocks.i.attentions.j          -> down_blocks.i.temporal_attentions.j   (TemporalAttention, zero-init out)
+    (likewise in mid_block and up_blocks)
+
+Extra input channels for cascade stages (`conditioning_channels`) widen `conv_in` with zero-initialised
+weights, so a stage starts out as its base model.
+
+References: Ho et al. 2022 (Video Diffusion Models); Singer et al. 2022 (Make-A-Video); Wu et al. 2023
+(Tune-A-Video); Rombach et al. 2022 (Stable Diffusion).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+from vidiff.models.attention import VideoAttnProcessor, check_backend, check_cross_frame
+from vidiff.models.temporal import TemporalAttention, TemporalConv
+from vidiff.utils import atomic_dir, save_safetensors_atomic
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+# The SD 1.x / 2.x / x4-upscaler family: what the assembly below knows how to walk.
+DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
+UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D")
+MID_BLOCKS = ("UNetMidBlock2DCrossAttn", None)
+# config keys that must keep diffusers' defaults (features outside the SD family)
+UNSUPPORTED = {
+    "addition_embed_type": None, "encoder_hid_dim_type": None, "time_embedding_type": "positional",
+    "time_cond_proj_dim": None, "attention_type": "default", "dual_cross_attention": False,
+    "class_embeddings_concat": False, "time_embedding_act_fn": None, "num_attention_heads": None,
+}
+OPTIONS = ("temporal_conv", "temporal_attention", "cross_frame", "conditioning_channels", "attention_backend")
+
+
+def check_unet_config(config: dict) -> dict:
+    """Validate a diffusers UNet2DConditionModel config for inflation; returns a clean copy."""
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    for key in ("down_block_types", "up_block_types"):
+        allowed = DOWN_BLOCKS if key.startswith("down") else UP_BLOCKS
+        for block in config.get(key, ()):
+            if block not in allowed:
+                raise ValueError(f"VideoUNet supports {key} from {allowed}, got {block!r}")
+    if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") not in MID_BLOCKS:
+        raise ValueError(f"VideoUNet supports mid_block_type from {MID_BLOCKS}, got {config['mid_block_type']!r}")
+    for key, default in UNSUPPORTED.items():
+        if config.get(key, default) != default:
+            raise ValueError(f"VideoUNet does not support {key}={config[key]!r} (SD 1.x/2.x configs only)")
+    if config.get("class_embed_type") not in (None, "timestep"):
+        raise ValueError(f"VideoUNet supports class_embed_type None or 'timestep', got {config['class_embed_type']!r}")
+    return config
+
+
+class VideoUNet(nn.Module):
+    """Pseudo-3D U-Net on `(b, c, f, h, w)` built from a Stable Diffusion U-Net config.
+
+    Args:
+        unet_config: a diffusers `UNet2DConditionModel` config (SD 1.x / 2.x / x4 upscaler family).
+        temporal_conv: add a temporal convolution after every resnet block.
+        temporal_attention: add a temporal attention layer after every spatial transformer.
+        cross_frame: spatial self-attention mode, "none" | "first" | "sparse-causal".
+        conditioning_channels: extra zero-initialised input channels (cascade stages concatenate their
+            condition to `sample` along channels).
+        attention_backend: "auto" | "sdpa" | "xformers" | "math".
+    """
+
+    def __init__(self, unet_config: dict, *, temporal_conv: bool = True, temporal_attention: bool = True,
+                 cross_frame: str = "none", conditioning_channels: int = 0, attention_backend: str = "auto"):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        unet_config = check_unet_config(unet_config)
+        check_cross_frame(cross_frame)
+        check_backend(attention_backend)
+        if conditioning_channels < 0:
+            raise ValueError(f"conditioning_channels must be >= 0, got {conditioning_channels}")
+        self.config = dict(unet_config, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
+                           cross_frame=cross_frame, conditioning_channels=conditioning_channels,
+                           attention_backend=attention_backend)
+
+        # Build diffusers' 2D U-Net once and adopt its modules under the same names.
+        base = UNet2DConditionModel(**dict(unet_config, in_channels=unet_config.get("in_channels", 4)
+                                           + conditioning_channels))
+        self.in_channels = base.config.in_channels - conditioning_channels
+        self.out_channels = base.config.out_channels
+        self.conditioning_channels = conditioning_channels
+        self.spatial_factor = 2 ** base.num_upsamplers
+        self.center_input_sample = base.config.center_input_sample
+        self.class_embed_type = base.config.class_embed_type
+        for name in ("conv_in", "time_proj", "time_embedding", "class_embedding", "down_blocks", "mid_block",
+                     "up_blocks", "conv_norm_out", "conv_act", "conv_out"):
+            setattr(self, name, getattr(base, name))
+        if conditioning_channels:
+            with torch.no_grad():  # the condition enters through zero weights: the stage starts as its base
+                self.conv_in.weight[:, self.in_channels:].zero_()
+
+        for block in self.blocks():
+            if temporal_conv:
+                block.temporal_convs = nn.ModuleList(TemporalConv(r.out_channels) for r in block.resnets)
+            if temporal_attention and hasattr(block, "attentions"):
+                block.temporal_attentions = nn.ModuleList(
+                    TemporalAttention(a.config.in_channels, a.transformer_blocks[0].attn1.heads, attention_backend)
+                    for a in block.attentions)
+        self.gradient_checkpointing = False
+        self.set_attention_backend(attention_backend)
+        self.set_cross_frame(cross_frame)
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def blocks(self):
+        return [*self.down_blocks, *([self.mid_block] if self.mid_block is not None else []), *self.up_blocks]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
+    def _attention_modules(self):
+        for block in self.blocks():
+            for transformer in getattr(block, "attentions", []):
+                for tb in transformer.transformer_blocks:
+                    yield tb.attn1, tb.attn2
+
+    def set_cross_frame(self, mode: str) -> None:
+        """Spatial self-attention: "none" (per frame), "first" (frame 0's keys/values), "sparse-causal"."""
+        self.config["cross_frame"] = check_cross_frame(mode)
+        for attn1, _ in self._attention_modules():
+            attn1.processor.cross_frame = mode
+
+    def set_attention_backend(self, name: str) -> None:
+        """"auto" (xformers on CUDA when it runs, else SDPA) | "sdpa" | "xformers" | "math"."""
+        self.config["attention_backend"] = check_backend(name)
+        cross_frame = self.config["cross_frame"]
+        for attn1, attn2 in self._attention_modules():
+            attn1.set_processor(VideoAttnProcessor(name, cross_frame))
+            if attn2 is not None:
+                attn2.set_processor(VideoAttnProcessor(name))
+        for module in self.modules():
+            if isinstance(module, TemporalAttention):
+                module.backend = name
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.gradient_checkpointing = True
+
+    def disable_gradient_checkpointing(self) -> None:
+        self.gradient_checkpointing = False
+
+    def temporal_parameters(self):
+        return (p for name, p in self.named_parameters() if ".temporal_" in name)
+
+    def freeze_spatial(self) -> None:
+        for name, p in self.named_parameters():
+            p.requires_grad_(".temporal_" in name)
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def _run(self, fn, *args):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _resnet(self, block, j, x, emb, num_frames):
+        def fn(x, emb):
+            x = block.resnets[j](x, emb)
+            if hasattr(block, "temporal_convs"):
+                x = block.temporal_convs[j](x, num_frames)
+            return x
+        return self._run(fn, x, emb)
+
+    def _transformer(self, block, j, x, context, num_frames):
+        def fn(x, context):
+            x = block.attentions[j](x, encoder_hidden_states=context, return_dict=False,
+                                    cross_attention_kwargs={"num_frames": num_frames})[0]
+            if hasattr(block, "temporal_attentions"):
+                x = block.temporal_attentions[j](x, num_frames)
+            return x
+        return self._run(fn, x, context)
+
+    def _embed(self, timestep, class_labels, batch: int, dtype):
+        """Timestep (+ class) embedding per video, as diffusers computes it, `(b, d)`."""
+        t = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], device=self.device)
+        t = t.to(self.device).reshape(-1).expand(batch) if t.numel() == 1 else t.to(self.device).reshape(-1)
+        if t.shape[0] != batch:
+            raise ValueError(f"timestep has {t.shape[0]} entries for a batch of {batch} videos")
+        emb = self.time_embedding(self.time_proj(t).to(dtype))  # Timesteps returns float32; cast as diffusers
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("this U-Net has a class embedding (e.g. the x4 upscaler's noise level): "
+                                 "pass class_labels=")
+            class_labels = torch.as_tensor(class_labels, device=self.device).reshape(-1).expand(batch)
+            if self.class_embed_type == "timestep":
+                class_labels = self.time_proj(class_labels).to(dtype)
+            emb = emb + self.class_embedding(class_labels).to(dtype)
+        return emb
+
+    def forward(self, sample, timestep, encoder_hidden_states, class_labels=None):
+        """sample `(b, c, f, h, w)`, timestep scalar or `(b,)`, encoder_hidden_states `(b, L, D)` (one per
+        video) -> noise / v prediction `(b, out_channels, f, h, w)`."""
+        if sample.ndim != 5:
+            raise ValueError(f"VideoUNet expects sample of shape (b, c, f, h, w), got {tuple(sample.shape)}")
+        b, c, f, h, w = sample.shape
+        if c != self.in_channels + self.conditioning_channels:
+            raise ValueError(f"sample has {c} channels; this U-Net takes {self.in_channels} latent channels "
+                             f"+ {self.conditioning_channels} conditioning channels")
+        if encoder_hidden_states.shape[0] != b:
+            raise ValueError(f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, sample has {b}")
+        # 2D blocks run on every frame: fold frames into the batch; the embeddings repeat per frame.
+        emb = self._embed(timestep, class_labels, b, sample.dtype).repeat_interleave(f, dim=0)  # (b f) d
+        context = encoder_hidden_states.repeat_interleave(f, dim=0)                            # (b f) L D
+        x = rearrange(sample, "b c f h w -> (b f) c h w")
+        if self.center_input_sample:
+            x = 2 * x - 1.0
+        upsample_size = None
+        odd_size = h % self.spatial_factor or w % self.spatial_factor
+
+        x = self.conv_in(x)
+        skips = [x]
+        for block in self.down_blocks:
+            for j in range(len(block.resnets)):
+                x = self._resnet(block, j, x, emb, f)
+                if hasattr(block, "attentions"):
+                    x = self._transformer(block, j, x, context, f)
+                skips.append(x)
+            if block.downsamplers is not None:
+                x = block.downsamplers[0](x)
+                skips.append(x)
+
+        if self.mid_block is not None:
+            x = self._resnet(self.mid_block, 0, x, emb, f)
+            for j in range(len(self.mid_block.attentions)):
+                x = self._transformer(self.mid_block, j, x, context, f)
+                x = self._resnet(self.mid_block, j + 1, x, emb, f)
+
+        for i, block in enumerate(self.up_blocks):
+            for j in range(len(block.resnets)):
+                x = torch.cat([x, skips.pop()], dim=1)
+                x = self._resnet(block, j, x, emb, f)
+                if hasattr(block, "attentions"):
+                    x = self._transformer(block, j, x, context, f)
+            if block.upsamplers is not None:
+                if odd_size:  # sizes that are not multiples of the U-Net factor upsample to the skip's size
+                    upsample_size = skips[-1].shape[2:]
+                x = block.upsamplers[0](x, upsample_size)
+
+        if self.conv_norm_out is not None:
+            x = self.conv_act(self.conv_norm_out(x))
+        x = self.conv_out(x)
+        return rearrange(x, "(b f) c h w -> b c f h w", f=f)
+
+    # ----------------------------------------------------------------------------------------------- files
+    def save_pretrained(self, directory) -> None:
+        """`config.json` + `diffusion_pytorch_model.safetensors`, written atomically as one folder."""
+        import vidiff
+
+        with atomic_dir(directory) as tmp:
+            config = dict(self.config, _class_name="VideoUNet", _vidiff_version=vidiff.__version__)
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            save_safetensors_atomic(self.state_dict(), tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, directory, subfolder: str | None = None, **overrides) -> "VideoUNet":
+        """Load a U-Net written by `save_pretrained`. `overrides` may change runtime options
+        (`cross_frame`, `attention_backend`); the architecture is fixed by the saved config."""
+        from vidiff.models.loading import check_state_dict, read_state_dict
+
+        directory = Path(directory) / (subfolder or "")
+        config_file = directory / CONFIG_NAME
+        if not config_file.is_file():
+            raise FileNotFoundError(f"no VideoUNet at {directory}: {CONFIG_NAME} is missing "
+                                    "(use VideoUNet.from_2d for a Stable Diffusion U-Net)")
+        config = json.loads(config_file.read_text())
+        if config.get("_class_name") != "VideoUNet":
+            raise ValueError(f"{config_file} is not a VideoUNet config (found {config.get('_class_name')!r}); "
+                             "use VideoUNet.from_2d to inflate a 2D U-Net")
+        options = {k: config.pop(k) for k in OPTIONS if k in config}
+        for key in overrides:
+            if key not in ("cross_frame", "attention_backend"):
+                raise ValueError(f"from_pretrained cannot change {key!r}; it is fixed by {config_file}")
+        model = cls(config, **{**options, **overrides})
+        state_dict = read_state_dict(directory / WEIGHTS_NAME)
+        check_state_dict({k: v.shape for k, v in model.state_dict().items()}, state_dict,
+                         source=str(directory / WEIGHTS_NAME))
+        model.load_state_dict(state_dict)
+        return model
+
+    @classmethod
+    def from_2d(cls, path_or_id, subfolder: str | None = None, *, config=None, **options) -> "VideoUNet":
+        """Inflate a 2D Stable Diffusion U-Net: a diffusers folder (or SD pipeline folder), a hub id, or a
+        single-file LDM checkpoint (.safetensors / .ckpt) with `config=` a local diffusers U-Net config.
+
+        Spatial weights load by their diffusers names; temporal layers and conditioning channels keep their
+        identity / zero initialisation, so the result equals the 2D model on every frame.
+        """
+        from vidiff.models.loading import check_state_dict, load_unet_2d
+
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown VideoUNet option(s) {sorted(unknown)}; choose from {OPTIONS}")
+        unet_config, state_dict = load_unet_2d(path_or_id, subfolder, config=config)
+        model = cls(unet_config, **options)
+        if model.conditioning_channels and "conv_in.weight" in state_dict:
+            weight = state_dict["conv_in.weight"]  # widen with zero columns for the condition channels
+            extra = weight.new_zeros(weight.shape[0], model.conditioning_channels, *weight.shape[2:])
+            state_dict = dict(state_dict, **{"conv_in.weight": torch.cat([weight, extra], dim=1)})
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        check_state_dict(expected, state_dict, allow_missing=lambda key: ".temporal_" in key, source=str(path_or_id))
+        model.load_state_dict(state_dict, strict=False)
+        return model
+
+    def save_temporal(self, path) -> None:
+        """The temporal layers alone, one safetensors file (a shareable motion module)."""
+        tensors = {k: v for k, v in self.state_dict().items() if ".temporal_" in k}
+        if not tensors:
+            raise ValueError("this VideoUNet has no temporal layers to save")
+        metadata = {"vidiff": "temporal", "config": json.dumps({k: self.config[k] for k in OPTIONS})}
+        save_safetensors_atomic(tensors, path, metadata=metadata)
+
+    def load_temporal(self, path) -> None:
+        from vidiff.models.loading import check_state_dict, read_state_dict
+
+        tensors = read_state_dict(path)
+        expected = {k: v.shape for k, v in self.state_dict().items() if ".temporal_" in k}
+        check_state_dict(expected, tensors, source=str(path))
+        self.load_state_dict(tensors, strict=False)
