@@ -1,0 +1,315 @@
+"""Weight loading: diffusers folders (plain, sharded, .bin, pipeline), hub ids, single-file LDM checkpoints.
+
+References are a seeded diffusers `UNet2DConditionModel`'s own state dict, and an LDM checkpoint written by an
+inverse converter defined here, independently of diffusers' forward converter.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from vidiff.models.loading import check_state_dict, load_unet_2d, read_state_dict
+from vidiff.utils import save_safetensors_atomic
+
+BASE = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, cross_attention_dim=16, sample_size=8,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=4)
+CONFIGS = {
+    "sd1": BASE,
+    # SD 2.x: linear projections in the transformers, per-block head dims, upcast attention.
+    "sd2": {**BASE, "block_out_channels": (16, 32), "attention_head_dim": (4, 8), "use_linear_projection": True,
+            "upcast_attention": True},
+    # SD x4 upscaler: 7 input channels (4 latents + 3 low-res pixels) and a noise-level class embedding.
+    "x4": {**BASE, "in_channels": 7, "out_channels": 4, "num_class_embeds": 1000},
+    # Class embedding through a timestep MLP (label_emb.0.0 / label_emb.0.2 in LDM).
+    "timestep-class": {**BASE, "class_embed_type": "timestep", "layers_per_block": 2},
+}
+
+
+def tiny_unet(name: str = "sd1", seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    model = UNet2DConditionModel(**CONFIGS[name]).eval()
+    with torch.no_grad():  # random norms and biases too, so a swapped key cannot pass by equal init values
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    return model
+
+
+def assert_same_tensors(actual: dict, expected: dict):
+    assert sorted(actual) == sorted(expected)
+    for key, value in expected.items():
+        assert torch.equal(actual[key], value), key
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inverse converter: diffusers keys -> original latent-diffusion keys (model.diffusion_model.*).
+
+RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+                 "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+TOP_TO_LDM = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+              "class_embedding.linear_1": "label_emb.0.0", "class_embedding.linear_2": "label_emb.0.2",
+              "class_embedding": "label_emb"}
+
+
+def diffusers_to_ldm(state_dict: dict, config: dict) -> dict:
+    per_block = config["layers_per_block"] + 1  # LDM counts the down/upsampler as one more layer of the block
+    up_has_attention = ["CrossAttn" in kind for kind in config["up_block_types"]]
+    ldm = {}
+    for key, value in state_dict.items():
+        if m := re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)", key):
+            side, block, kind, layer, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+            if side == "down":
+                index = 1 + block * per_block + (config["layers_per_block"] if kind == "downsamplers" else layer)
+                prefix = "input_blocks"
+            else:
+                index = block * per_block + (config["layers_per_block"] if kind == "upsamplers" else layer)
+                prefix = "output_blocks"
+            if kind == "resnets":
+                head, tail = rest.split(".", 1)
+                new = f"{prefix}.{index}.0.{RESNET_TO_LDM[head]}.{tail}"
+            elif kind == "attentions":
+                new = f"{prefix}.{index}.1.{rest}"
+            elif kind == "downsamplers":
+                new = f"{prefix}.{index}.0.op.{rest.removeprefix('conv.')}"
+            else:  # upsampler: after the resnet, and after the attention when the block has one
+                new = f"{prefix}.{index}.{2 if up_has_attention[block] else 1}.{rest}"
+        elif m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", key):
+            kind, layer, rest = m.groups()
+            if kind == "resnets":
+                head, tail = rest.split(".", 1)
+                new = f"middle_block.{2 * int(layer)}.{RESNET_TO_LDM[head]}.{tail}"
+            else:
+                new = f"middle_block.{2 * int(layer) + 1}.{rest}"
+        else:
+            module, parameter = key.rsplit(".", 1)
+            new = f"{TOP_TO_LDM[module]}.{parameter}"
+        ldm["model.diffusion_model." + new] = value
+    # A whole SD checkpoint also holds the VAE and the text encoder: the loader must ignore them.
+    ldm["first_stage_model.decoder.conv_in.weight"] = torch.zeros(2, 2)
+    ldm["cond_stage_model.transformer.text_model.final_layer_norm.weight"] = torch.zeros(3)
+    return ldm
+
+
+def write_ldm(model, tmp_path, suffix=".safetensors", extra=None):
+    ldm = diffusers_to_ldm(model.state_dict(), dict(model.config))
+    ldm.update(extra or {})
+    path = tmp_path / f"sd-single{suffix}"
+    if suffix == ".safetensors":
+        save_safetensors_atomic(ldm, path)
+    else:  # a Lightning .ckpt: weights under "state_dict" beside plain counters
+        torch.save({"state_dict": ldm, "global_step": 1234, "epoch": 3}, path)
+    model.save_config(tmp_path / "config")  # the matching diffusers config.json, alone in its folder
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Diffusers folders
+
+
+@pytest.mark.parametrize("name", ["sd1", "sd2"])
+def test_folder_round_trip(tmp_path, name):
+    model = tiny_unet(name)
+    model.save_pretrained(tmp_path / "unet")
+    config, state_dict = load_unet_2d(tmp_path / "unet")
+    assert config["_class_name"] == "UNet2DConditionModel"
+    assert config["block_out_channels"] == list(CONFIGS[name]["block_out_channels"])
+    assert_same_tensors(state_dict, model.state_dict())
+    check_state_dict(model, state_dict, source=str(tmp_path / "unet"))
+
+
+def test_pipeline_folder_uses_unet_subfolder(tmp_path):
+    model = tiny_unet()
+    model.save_pretrained(tmp_path / "unet")
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    for kwargs in ({}, {"subfolder": "unet"}):
+        _, state_dict = load_unet_2d(tmp_path, **kwargs)
+        assert_same_tensors(state_dict, model.state_dict())
+    with pytest.raises(FileNotFoundError, match="'vae' the right subfolder"):
+        load_unet_2d(tmp_path, subfolder="vae")
+
+
+def test_sharded_and_bin_folders(tmp_path):
+    model = tiny_unet()
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert len(list((tmp_path / "sharded").glob("diffusion_pytorch_model-*.safetensors"))) > 2
+    assert_same_tensors(load_unet_2d(tmp_path / "sharded")[1], model.state_dict())
+
+    model.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    assert (tmp_path / "bin" / "diffusion_pytorch_model.bin").is_file()
+    assert_same_tensors(load_unet_2d(tmp_path / "bin")[1], model.state_dict())
+
+    model.save_pretrained(tmp_path / "bin-sharded", safe_serialization=False, max_shard_size="20KB")
+    assert (tmp_path / "bin-sharded" / "diffusion_pytorch_model.bin.index.json").is_file()
+    assert_same_tensors(load_unet_2d(tmp_path / "bin-sharded")[1], model.state_dict())
+
+
+def test_missing_shard_and_missing_weights_are_named(tmp_path):
+    model = tiny_unet()
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    next((tmp_path / "sharded").glob("diffusion_pytorch_model-*.safetensors")).unlink()
+    with pytest.raises(FileNotFoundError, match=r"shard diffusion_pytorch_model-\d+-of-\d+\.safetensors"):
+        load_unet_2d(tmp_path / "sharded")
+    model.save_config(tmp_path / "config-only")
+    with pytest.raises(FileNotFoundError, match="has no U-Net weights"):
+        load_unet_2d(tmp_path / "config-only")
+    with pytest.raises(FileNotFoundError, match="neither config.json nor unet/config.json"):
+        load_unet_2d(tmp_path)
+
+
+class NotATensor:  # any class: unpickling it would need code execution
+    pass
+
+
+def test_pickle_with_python_objects_is_refused(tmp_path):
+    model = tiny_unet()
+    model.save_pretrained(tmp_path / "unet", safe_serialization=False)
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.bin"
+    torch.save({**model.state_dict(), "payload": NotATensor()}, weights)
+    with pytest.raises(ValueError, match="contains pickled Python objects.*weights-only.*convert it to safetensors"):
+        load_unet_2d(tmp_path / "unet")
+    with pytest.raises(ValueError, match="contains pickled Python objects"):
+        read_state_dict(weights)
+
+
+def test_read_state_dict_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_state_dict(tmp_path / "nope.safetensors")
+    (tmp_path / "weights.npz").write_bytes(b"x")
+    with pytest.raises(ValueError, match="unsupported weight file"):
+        read_state_dict(tmp_path / "weights.npz")
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="could not read"):
+        read_state_dict(tmp_path / "broken.safetensors")
+    torch.save({"a": torch.ones(1), "step": 3}, tmp_path / "mixed.pt")
+    with pytest.raises(ValueError, match="1 entries are not tensors"):
+        read_state_dict(tmp_path / "mixed.pt")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Single-file LDM checkpoints
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_ldm_single_file_converts_back(tmp_path, name, suffix):
+    model = tiny_unet(name)
+    path = write_ldm(model, tmp_path, suffix)
+    config, state_dict = load_unet_2d(path, config=tmp_path / "config" / "config.json")
+    assert config["in_channels"] == model.config.in_channels
+    assert_same_tensors(state_dict, model.state_dict())
+    # The config may also be given as the folder holding it.
+    assert_same_tensors(load_unet_2d(path, config=tmp_path / "config")[1], model.state_dict())
+
+
+def test_ldm_single_file_output_matches(tmp_path):
+    model = tiny_unet("sd2")
+    config, state_dict = load_unet_2d(write_ldm(model, tmp_path), config=tmp_path / "config")
+    loaded = UNet2DConditionModel.from_config(config).eval()
+    loaded.load_state_dict(state_dict, strict=True)
+    sample, text = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(sample, 10, text).sample, model(sample, 10, text).sample)
+
+
+def test_ldm_single_file_needs_a_config(tmp_path):
+    path = write_ldm(tiny_unet(), tmp_path)
+    with pytest.raises(ValueError, match="pass config="):
+        load_unet_2d(path)
+    with pytest.raises(FileNotFoundError, match="config .*missing.json does not exist"):
+        load_unet_2d(path, config=tmp_path / "missing.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_unet_2d(path, config=tmp_path / "empty")
+
+
+def test_ldm_unknown_keys_and_wrong_config_are_reported(tmp_path):
+    model = tiny_unet()
+    path = write_ldm(model, tmp_path, extra={"model.diffusion_model.extra_layer.weight": torch.zeros(3)})
+    config, state_dict = load_unet_2d(path, config=tmp_path / "config")
+    with pytest.raises(ValueError, match=r"1 unexpected key \(extra_layer.weight\)"):
+        check_state_dict(model, state_dict, source=str(path))
+    # A config of another width: every conv in the checkpoint mismatches.
+    wider = tiny_unet("sd2")
+    wider.save_config(tmp_path / "wider")
+    _, state_dict = load_unet_2d(path, config=tmp_path / "wider")
+    with pytest.raises(ValueError, match=r"shape mismatch.*conv_in.weight: checkpoint \(8, 4, 3, 3\) vs model "
+                                         r"\(16, 4, 3, 3\)"):
+        check_state_dict(wider, state_dict, source=str(path))
+
+
+def test_file_without_unet_is_refused(tmp_path):
+    save_safetensors_atomic({"first_stage_model.x": torch.zeros(1)}, tmp_path / "vae.safetensors")
+    tiny_unet().save_config(tmp_path / "config")
+    with pytest.raises(ValueError, match="holds no Stable Diffusion U-Net"):
+        load_unet_2d(tmp_path / "vae.safetensors", config=tmp_path / "config")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# check_state_dict
+
+
+def test_check_state_dict_names_keys_and_counts():
+    model = tiny_unet()
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    state_dict = dict(model.state_dict())
+    dropped = list(state_dict)[:7]
+    for key in dropped:
+        del state_dict[key]
+    state_dict["bogus.weight"] = torch.zeros(1)
+    state_dict["conv_out.weight"] = torch.zeros(3, 8, 3, 3)
+    with pytest.raises(ValueError) as info:
+        check_state_dict(expected, state_dict, source="/x/unet")
+    message = str(info.value)
+    assert message.startswith("weights in /x/unet do not fit the model: 7 missing keys (")
+    assert all(key in message for key in dropped[:5]) and dropped[5] not in message and "..." in message
+    assert "1 unexpected key (bogus.weight)" in message
+    assert "1 shape mismatch (conv_out.weight: checkpoint (3, 8, 3, 3) vs model (4, 8, 3, 3))" in message
+
+    check_state_dict(expected, model.state_dict())  # exact fit passes
+    # Keys the caller allows to be missing (new temporal layers) pass; others still fail.
+    with_temporal = {**expected, "down_blocks.0.temporal_convs.0.conv.weight": torch.Size([8, 8, 3])}
+    check_state_dict(with_temporal, model.state_dict(), allow_missing=lambda key: "temporal" in key)
+    with pytest.raises(ValueError, match=r"1 missing key \(down_blocks.0.temporal_convs.0.conv.weight\)"):
+        check_state_dict(with_temporal, model.state_dict())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hub ids
+
+
+def test_hub_id_downloads_only_unet_files(tmp_path, monkeypatch):
+    model = tiny_unet()
+    model.save_pretrained(tmp_path / "snapshot" / "unet")
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        calls.append((repo_id, allow_patterns))
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    _, state_dict = load_unet_2d("someone/sd-model", subfolder="unet")
+    assert_same_tensors(state_dict, model.state_dict())
+    assert calls[0][0] == "someone/sd-model"
+    assert "unet/config.json" in calls[0][1] and "unet/diffusion_pytorch_model.safetensors" in calls[0][1]
+    assert not any("vae" in pattern or "text_encoder" in pattern for pattern in calls[0][1])
+
+
+def test_hub_id_offline_gives_a_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("We have no connection or you passed local_files_only=True")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match=r"'someone/sd-model' is not a local path and could not be "
+                                                r"downloaded.*pass a local diffusers folder"):
+        load_unet_2d("someone/sd-model")
+    # Something that cannot be a hub id is reported as a missing path, without a download attempt.
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_unet_2d("./missing/unet")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_unet_2d("missing.safetensors")
