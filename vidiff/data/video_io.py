@@ -1,0 +1,475 @@
+"""Reading and writing videos as `uint8 (f, h, w, 3)` arrays.
+
+Reading: decord when it is installed (fast random access to the frames a clip needs), PyAV otherwise; both give
+the same frames for the same indices (up to small colour-conversion differences). Which frames a clip takes is
+plain arithmetic (`clip_indices`), shared by both readers and by the datasets, so it is tested once.
+
+Writing: mp4 (H.264, yuv420p), gif, a folder of PNG frames, or a contact-sheet PNG (a grid of frames with their
+indices), picked by the path's suffix or `format=`. Every write goes through a temporary name (atomic).
+
+References: H.264 in yuv420p needs even widths and heights (4:2:0 chroma subsampling), so odd sizes are padded by
+repeating the last row / column; NTSC rates such as 29.97 are stored exactly as 30000/1001.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from vidiff.utils import atomic_dir, atomic_path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif", ".mpg", ".mpeg", ".ts", ".flv"}
+BACKENDS = ("auto", "decord", "pyav")
+
+
+class VideoReadError(ValueError):
+    """A video (or image) that cannot be read: the message names the file and the reason."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass
+class VideoInfo:
+    """What the container header says about the first video stream."""
+
+    num_frames: int  # frames in the stream (header count, or packets counted when the header has none)
+    fps: float  # average frame rate
+    height: int
+    width: int
+
+
+@dataclass
+class VideoClip:
+    """Frames read from a file. Unpacks as `frames, fps = read_video(...)`."""
+
+    frames: np.ndarray  # uint8 (f, h, w, 3)
+    fps: float  # the source's frame rate (not the sampling rate)
+    indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # source frame index of each frame
+    num_source_frames: int = 0
+
+    def __iter__(self):
+        return iter((self.frames, self.fps))
+
+    def __len__(self):
+        return len(self.frames)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which frames a clip takes
+# ---------------------------------------------------------------------------------------------------------------
+def frame_step(stride: int | None = None, fps: float | None = None, source_fps: float | None = None) -> float:
+    """Distance between sampled frames, in source frames: `stride`, or `source_fps / fps` for a target rate."""
+    if stride is not None and fps is not None:
+        raise ValueError(f"give either stride ({stride}) or fps ({fps}), not both")
+    if fps is not None:
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        if not source_fps or source_fps <= 0:
+            raise ValueError(f"sampling at fps={fps} needs the source fps, got {source_fps}")
+        return float(source_fps) / float(fps)
+    stride = 1 if stride is None else stride
+    if int(stride) != stride or stride < 1:
+        raise ValueError(f"stride must be an integer >= 1, got {stride}")
+    return float(stride)
+
+
+def clip_span(num_frames: int, step: float) -> int:
+    """Source frames covered by `num_frames` samples `step` apart (first to last, inclusive)."""
+    return int(round((num_frames - 1) * step)) + 1
+
+
+def clip_indices(num_source_frames: int, num_frames: int | None = None, stride: int | None = None,
+                 fps: float | None = None, source_fps: float | None = None, start: int = 0) -> np.ndarray:
+    """Source frame indices of a clip: `start + round(i * step)` for i < num_frames, step = stride or
+    source_fps / fps (a target fps above the source's repeats frames). `num_frames=None` takes every step until
+    the end. Raises ValueError when the clip does not fit in the source."""
+    step = frame_step(stride, fps, source_fps)
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    if num_frames is None:
+        available = num_source_frames - start
+        num_frames = 0 if available <= 0 else int(math.floor((available - 1) / step + 1e-9)) + 1
+        if num_frames < 1:
+            raise ValueError(f"start={start} is past the end ({num_source_frames} frames)")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    indices = start + np.round(np.arange(num_frames) * step).astype(np.int64)
+    if indices[-1] >= num_source_frames:
+        raise ValueError(f"too short: {num_frames} frames at a step of {step:g} from frame {start} need "
+                         f"{start + clip_span(num_frames, step)} frames, the video has {num_source_frames}")
+    return indices
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------------------------------------------
+def _have_decord() -> bool:
+    try:
+        import decord  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoReadError(path, "file not found")
+    if path.is_dir():
+        raise VideoReadError(path, "is a folder, not a video file")
+    if path.stat().st_size == 0:
+        raise VideoReadError(path, "empty file (0 bytes)")
+
+
+def _resize_shape(height: int, width: int, size) -> tuple[int, int] | None:
+    """`size`: None (keep), an int (shorter side to `size`, aspect kept), (h, w) (exactly) or a function
+    (h, w) -> (h, w)."""
+    if size is None:
+        return None
+    if callable(size):
+        size = size(height, width)
+    if isinstance(size, (int, np.integer)):
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        scale = size / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    h, w = (int(s) for s in size)
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    return h, w
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Header information (no decoding; counts packets only when the container has no frame count)."""
+    import av
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoReadError(path, "no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = float(rate) if rate else 0.0
+            num_frames = int(stream.frames or 0)
+            if num_frames <= 0:  # e.g. mkv / webm: no count in the header, so count the packets
+                num_frames = sum(1 for packet in container.demux(stream) if packet.size)
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except VideoReadError:
+        raise
+    except Exception as e:  # av.FFmpegError and friends
+        raise VideoReadError(path, f"cannot open as video ({type(e).__name__}: {e})") from None
+    if num_frames <= 0:
+        raise VideoReadError(path, "video stream has no frames")
+    if not width or not height:
+        raise VideoReadError(path, "video stream has no frame size (unsupported codec?)")
+    return VideoInfo(num_frames=num_frames, fps=fps, height=height, width=width)
+
+
+def _read_pyav(path: Path, indices: np.ndarray, shape: tuple[int, int] | None, num_source: int) -> np.ndarray:
+    """Decode from the keyframe before the first wanted frame, counting frames from there."""
+    import av
+
+    wanted = {int(i) for i in indices}
+    first, last = int(indices.min()), int(indices.max())
+    got: dict[int, np.ndarray] = {}
+    kwargs = {"format": "rgb24"}
+    if shape is not None:
+        kwargs.update(height=shape[0], width=shape[1])
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        t0 = stream.start_time or 0
+        index = 0
+        seeked = False
+        if first > 0 and rate:
+            # Seek to the keyframe at or before the first wanted frame; the first decoded frame's timestamp tells
+            # where we landed, from there frames are counted (robust to odd timestamps later on).
+            target = t0 + int(round(first / float(rate) / stream.time_base))
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            seeked = True
+        frames = container.decode(stream)
+        for n, frame in enumerate(frames):
+            if seeked and n == 0:
+                pts = frame.pts if frame.pts is not None else t0
+                index = int(round(float((pts - t0) * stream.time_base) * float(rate)))
+                if index > first:  # landed past the frame we need: start over from the beginning
+                    container.seek(t0, stream=stream, backward=True, any_frame=False)
+                    return _read_pyav_sequential(container, stream, wanted, last, kwargs, path, num_source)
+            if index in wanted:
+                got[index] = frame.to_ndarray(**kwargs)
+            if index >= last:
+                break
+            index += 1
+    return _assemble(path, indices, got, index, num_source)
+
+
+def _read_pyav_sequential(container, stream, wanted, last, kwargs, path, num_source) -> np.ndarray:
+    got = {}
+    index = 0
+    for index, frame in enumerate(container.decode(stream)):
+        if index in wanted:
+            got[index] = frame.to_ndarray(**kwargs)
+        if index >= last:
+            break
+    return _assemble(path, np.array(sorted(wanted)), got, index, num_source)
+
+
+def _assemble(path, indices, got, last_decoded, num_source) -> np.ndarray:
+    missing = [int(i) for i in indices if int(i) not in got]
+    if missing:
+        raise VideoReadError(path, f"truncated: frame {missing[0]} could not be decoded (stream ended after frame "
+                                   f"{last_decoded}, header says {num_source} frames)")
+    return np.stack([got[int(i)] for i in indices])
+
+
+def _read_decord(path: Path, indices: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
+    import decord
+
+    kwargs = {} if shape is None else {"height": shape[0], "width": shape[1]}
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0, **kwargs)
+    if int(indices.max()) >= len(reader):
+        raise VideoReadError(path, f"truncated: frame {int(indices.max())} requested, decord sees {len(reader)}")
+    return reader.get_batch(indices.tolist()).asnumpy()
+
+
+def read_image(path: str | os.PathLike, size=None) -> np.ndarray:
+    """An image as a one-frame video, uint8 (1, h, w, 3)."""
+    from PIL import Image
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            shape = _resize_shape(image.height, image.width, size)
+            if shape is not None and shape != (image.height, image.width):
+                image = image.resize((shape[1], shape[0]), Image.BICUBIC)
+            return np.asarray(image, dtype=np.uint8)[None].copy()
+    except Exception as e:
+        raise VideoReadError(path, f"cannot read as image ({type(e).__name__}: {e})") from None
+
+
+def read_video(path: str | os.PathLike, num_frames: int | None = None, stride: int | None = None,
+               fps: float | None = None, start: int = 0, size=None, backend: str = "auto",
+               indices=None) -> VideoClip:
+    """Read frames from a video file as uint8 (f, h, w, 3).
+
+    num_frames / stride / fps / start: which frames (see `clip_indices`); all of them by default.
+    indices: explicit source frame indices instead (overrides the four above).
+    size: None, an int (resize the shorter side, aspect kept) or (h, w); resizing happens in the decoder.
+    backend: "auto" (decord when installed, falling back to PyAV if decord fails), "decord" or "pyav".
+    Images (.png, .jpg, ...) read as one frame with fps 0. Audio tracks are ignored.
+    Raises VideoReadError naming the file and the reason (missing, empty, truncated, undecodable, too short).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return VideoClip(read_image(path, size), 0.0, np.zeros(1, np.int64), 1)
+    info = probe_video(path)
+    return read_frames(path, info, indices=indices, num_frames=num_frames, stride=stride, fps=fps, start=start,
+                       size=size, backend=backend)
+
+
+def read_frames(path: str | os.PathLike, info: VideoInfo, indices=None, num_frames: int | None = None,
+                stride: int | None = None, fps: float | None = None, start: int = 0, size=None,
+                backend: str = "auto") -> VideoClip:
+    """`read_video` for a file already probed (`info = probe_video(path)`), so datasets probe once."""
+    path = Path(path)
+    if indices is None:
+        try:
+            indices = clip_indices(info.num_frames, num_frames, stride, fps, info.fps, start)
+        except ValueError as e:
+            raise VideoReadError(path, str(e)) from None
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.ndim != 1 or len(indices) == 0 or indices.min() < 0:
+        raise ValueError(f"indices must be a non-empty list of frame numbers >= 0, got {indices}")
+    if indices.max() >= info.num_frames:
+        raise VideoReadError(path, f"too short: frame {int(indices.max())} requested, the video has "
+                                   f"{info.num_frames} frames")
+    shape = _resize_shape(info.height, info.width, size)
+    if backend == "decord" and not _have_decord():
+        raise ValueError("backend 'decord' requested but decord is not installed: pip install decord, "
+                         "or use backend='pyav'")
+    use_decord = backend == "decord" or (backend == "auto" and _have_decord() and path.suffix.lower() != ".gif")
+    frames = None
+    if use_decord:
+        try:
+            frames = _read_decord(path, indices, shape)
+        except VideoReadError:
+            if backend == "decord":
+                raise
+        except Exception as e:  # decord raises its own DECORDError / RuntimeError
+            if backend == "decord":
+                message = str(e).strip().split("Error: ")[-1][:200]  # drop decord's "[time] file.cc:line:" prefix
+                raise VideoReadError(path, f"decord failed ({type(e).__name__}: {message})") from None
+    if frames is None:
+        try:
+            frames = _read_pyav(path, indices, shape, info.num_frames)
+        except VideoReadError:
+            raise
+        except Exception as e:
+            raise VideoReadError(path, f"cannot decode ({type(e).__name__}: {e})") from None
+    return VideoClip(np.ascontiguousarray(frames, dtype=np.uint8), info.fps, indices, info.num_frames)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writers
+# ---------------------------------------------------------------------------------------------------------------
+def _as_frames(frames) -> np.ndarray:
+    if hasattr(frames, "detach"):  # a torch tensor
+        frames = frames.detach().cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.ndim == 3 and frames.shape[-1] == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"frames must be uint8 (f, h, w, 3), got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (f, h, w, 3), got dtype {frames.dtype}; convert floats in [-1, 1] "
+                         f"with ((x + 1) * 127.5).round().clip(0, 255).astype(np.uint8)")
+    return frames
+
+
+def video_rate(fps) -> Fraction:
+    """A frame rate as an exact fraction; NTSC rates (29.97, 23.976, 59.94) become n*1000/1001."""
+    if isinstance(fps, Fraction):
+        return fps
+    fps = float(fps)
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    ntsc = fps * 1.001
+    if abs(ntsc - round(ntsc)) < 2e-3 and abs(fps - round(fps)) > 1e-3:
+        return Fraction(int(round(ntsc)) * 1000, 1001)
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _write_mp4(path: Path, frames: np.ndarray, fps, crf: int = 18) -> None:
+    import av
+
+    # yuv420p needs even sizes: pad by repeating the last row / column (nothing is cropped away).
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=video_rate(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _write_gif(path: Path, frames: np.ndarray, fps) -> None:
+    from PIL import Image
+
+    # GIF delays are in 1/100 s, so the stored rate is the nearest that fits (e.g. 8 fps -> 120 ms -> 8.33 fps).
+    duration = max(20, int(round(100.0 / float(fps))) * 10)
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0,
+                   optimize=False)
+
+
+def make_contact_sheet(frames, cols: int | None = None, pad: int = 2, label: bool = True,
+                       label_height: int = 12) -> np.ndarray:
+    """A grid of frames, each with its index in a strip above it, as uint8 (H, W, 3).
+
+    cols defaults to ceil(sqrt(f)). Size: W = cols * w + (cols + 1) * pad,
+    H = rows * (h + label_height) + (rows + 1) * pad (label_height is 0 when label=False).
+    """
+    from PIL import Image, ImageDraw
+
+    frames = _as_frames(frames)
+    f, h, w, _ = frames.shape
+    cols = cols or int(math.ceil(math.sqrt(f)))
+    if cols < 1:
+        raise ValueError(f"cols must be >= 1, got {cols}")
+    rows = int(math.ceil(f / cols))
+    strip = label_height if label else 0
+    sheet = np.full((rows * (h + strip) + (rows + 1) * pad, cols * w + (cols + 1) * pad, 3), 255, np.uint8)
+    for i, frame in enumerate(frames):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (h + strip + pad), pad + c * (w + pad)
+        sheet[y + strip:y + strip + h, x:x + w] = frame
+    if label:
+        image = Image.fromarray(sheet)
+        draw = ImageDraw.Draw(image)
+        for i in range(f):
+            r, c = divmod(i, cols)
+            draw.text((pad + c * (w + pad) + 1, pad + r * (h + strip + pad)), str(i), fill=(0, 0, 0))
+        sheet = np.asarray(image).copy()
+    return sheet
+
+
+def write_contact_sheet(path: str | os.PathLike, frames, cols: int | None = None, pad: int = 2,
+                        label: bool = True) -> Path:
+    """Write `make_contact_sheet(frames, ...)` as a PNG, atomically. Returns the path."""
+    from PIL import Image
+
+    path = Path(path)
+    sheet = make_contact_sheet(frames, cols=cols, pad=pad, label=label)
+    with atomic_path(path) as tmp:
+        Image.fromarray(sheet).save(tmp, format="PNG")
+    return path
+
+
+def _write_png_folder(path: Path, frames: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_dir(path) as tmp:
+        digits = max(5, len(str(len(frames) - 1)))
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(tmp / f"{i:0{digits}d}.png")
+
+
+WRITE_FORMATS = ("mp4", "gif", "frames", "contact-sheet")
+
+
+def video_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The write format for a path: .mp4/.mov/.mkv -> mp4, .gif -> gif, .png -> contact-sheet, no suffix ->
+    frames (a folder of PNGs)."""
+    if format is not None:
+        if format not in WRITE_FORMATS:
+            raise ValueError(f"unknown video format {format!r}; use one of {', '.join(WRITE_FORMATS)}")
+        return format
+    suffix = Path(path).suffix.lower()
+    table = {".mp4": "mp4", ".mov": "mp4", ".mkv": "mp4", ".m4v": "mp4", ".gif": "gif", ".png": "contact-sheet",
+             "": "frames"}
+    if suffix not in table:
+        raise ValueError(f"cannot tell the video format from {str(path)!r}: use a .mp4, .gif or .png (contact "
+                         f"sheet) suffix, no suffix for a folder of PNG frames, or pass format=")
+    return table[suffix]
+
+
+def write_video(path: str | os.PathLike, frames, fps: float = 8.0, format: str | None = None,
+                crf: int = 18) -> Path:
+    """Write uint8 (f, h, w, 3) frames, atomically.
+
+    format (default from the suffix, see `video_format`): "mp4" (H.264 yuv420p at `crf`; odd heights / widths
+    padded to even by repeating the last row / column), "gif", "frames" (a folder of 00000.png, ...) or
+    "contact-sheet" (one PNG grid with frame indices). Returns the path.
+    """
+    path = Path(path)
+    frames = _as_frames(frames)
+    kind = video_format(path, format)
+    video_rate(fps)  # validate before writing anything
+    if kind == "frames":
+        _write_png_folder(path, frames)
+    elif kind == "contact-sheet":
+        write_contact_sheet(path, frames)
+    else:
+        with atomic_path(path) as tmp:
+            (_write_mp4(tmp, frames, fps, crf) if kind == "mp4" else _write_gif(tmp, frames, fps))
+    return path
