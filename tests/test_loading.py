@@ -313,3 +313,42 @@ def test_hub_id_offline_gives_a_clear_error(monkeypatch):
         load_unet_2d("./missing/unet")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_unet_2d("missing.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inflation from a single-file checkpoint
+
+
+@pytest.mark.parametrize("name", ["sd1", "x4"])
+def test_video_unet_from_ldm_file_equals_2d_per_frame(tmp_path, name):
+    from einops import rearrange
+
+    from vidiff.models.unet import VideoUNet
+
+    model = tiny_unet(name)
+    path = write_ldm(model, tmp_path, ".ckpt")
+    video_unet = VideoUNet.from_2d(path, config=tmp_path / "config").eval()
+    batch, frames = 2, 4
+    generator = torch.Generator().manual_seed(1)
+    sample = torch.randn(batch, model.config.in_channels, frames, 8, 8, generator=generator)
+    text = torch.randn(batch, 5, 16, generator=generator)
+    timestep = torch.tensor([10, 500])
+    labels = torch.tensor([20, 250]) if name == "x4" else None
+    with torch.no_grad():
+        video = video_unet(sample, timestep, text, class_labels=labels)
+        per_frame = model(rearrange(sample, "b c f h w -> (b f) c h w"), timestep.repeat_interleave(frames),
+                          text.repeat_interleave(frames, 0),
+                          class_labels=None if labels is None else labels.repeat_interleave(frames)).sample
+    assert video.shape == (batch, model.config.out_channels, frames, 8, 8)
+    expected = rearrange(per_frame, "(b f) c h w -> b c f h w", f=frames)
+    assert (video - expected).abs().max() <= 1e-5
+
+
+def test_video_unet_from_2d_names_bad_keys(tmp_path):
+    from vidiff.models.unet import VideoUNet
+
+    model = tiny_unet()
+    path = write_ldm(model, tmp_path, extra={"model.diffusion_model.out.2.weight": torch.zeros(3, 8, 3, 3)})
+    with pytest.raises(ValueError, match=r"weights in .*sd-single.safetensors do not fit the model: "
+                                         r"1 shape mismatch \(conv_out.weight: checkpoint \(3, 8, 3, 3\)"):
+        VideoUNet.from_2d(path, config=tmp_path / "config")
