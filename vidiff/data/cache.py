@@ -1,0 +1,225 @@
+"""A cache of VAE latents and CLIP text embeddings, so training on a fixed dataset skips the frozen encoders.
+
+`build_latent_cache` (the `vidiff data cache` command) reads every sample of a manifest once, as evaluation
+would (centred clip and crop, no flip), and writes safetensors shards:
+
+    DIR/shard-00000.safetensors   latents (n, c, f, h/k, w/k) = VAE posterior mean x vae.config.scaling_factor
+                                  encoder_hidden_states (n, L, D) = CLIP last hidden state of the padded prompt
+                                  metadata: prompts and paths as JSON lists
+    DIR/index.json                shards, counts, the settings used, and the files skipped with their reasons
+
+(k is the VAE's downsampling factor, 8 for Stable Diffusion.) The posterior mean rather than a sample is stored
+so the cache is deterministic; the VAE's posterior is narrow, so this is the usual choice for latent caches.
+The folder is written under a temporary name and appears complete or not at all.
+
+`CachedLatentDataset(DIR)` reads it back, one sample at a time, without loading whole shards.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from vidiff.data.datasets import VideoDataset
+from vidiff.data.video_io import VideoReadError
+from vidiff.utils import atomic_dir, default_device, parse_dtype, save_safetensors_atomic, write_json_atomic
+
+logger = logging.getLogger("vidiff.data")
+
+INDEX_FILE = "index.json"
+CACHE_FORMAT = 1
+
+
+class _Samples(torch.utils.data.Dataset):
+    """Every sample of a VideoDataset in order, with a bad file returned as a marker instead of replaced:
+    a cache should hold each good file once."""
+
+    def __init__(self, dataset: VideoDataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset.load(index)
+        except (VideoReadError, OSError) as e:
+            reason = e.reason if isinstance(e, VideoReadError) else f"{type(e).__name__}: {e}"
+            return {"bad": True, "path": self.dataset.entries[index].path, "reason": reason}
+
+
+def _load_encoders(model_dir: Path, device, dtype):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    missing = [name for name in ("vae", "text_encoder", "tokenizer") if not (model_dir / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"pipeline folder {model_dir} lacks {', '.join(missing)}/; give a Stable Diffusion "
+                                f"or vidiff pipeline folder (with vae/, text_encoder/, tokenizer/)")
+    vae = AutoencoderKL.from_pretrained(model_dir / "vae", torch_dtype=dtype).to(device).eval()
+    text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", dtype=dtype).to(device).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
+    return vae, text_encoder, tokenizer
+
+
+@torch.no_grad()
+def encode_video_latents(vae, pixel_values: torch.Tensor, frame_chunk: int = 16) -> torch.Tensor:
+    """(b, c, f, h, w) pixels in [-1, 1] -> (b, c', f, h/k, w/k) scaled latents (posterior mean), encoding at
+    most `frame_chunk` frames at a time to bound memory."""
+    b, _, f = pixel_values.shape[:3]
+    frames = pixel_values.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (b f) c h w
+    parts = [vae.encode(chunk).latent_dist.mean for chunk in frames.split(frame_chunk)]
+    latents = torch.cat(parts) * vae.config.scaling_factor
+    return latents.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4)  # b c f h w
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """CLIP last hidden states (b, L, D) of prompts padded / truncated to the tokenizer's max length."""
+    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt")
+    return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
+
+
+def build_latent_cache(model_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
+                       num_frames: int = 16, height: int = 256, width: int = 256, stride: int | None = 1,
+                       fps: float | None = None, batch_size: int = 4, shard_size: int = 256, num_workers: int = 0,
+                       device: str | None = None, dtype: str = "fp32", progress: bool = True,
+                       **dataset_options) -> dict:
+    """Encode every readable sample of `manifest` with the pipeline's VAE and text encoder into `out_dir`.
+
+    dataset_options go to VideoDataset (caption_column, path_column, path_template, root, prompt, backend, ...).
+    Bad files are skipped (one warning line each) and listed in index.json. Returns the index.
+    """
+    from tqdm.auto import tqdm
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"pipeline folder {model_dir} does not exist")
+    device = device or default_device()
+    torch_dtype = parse_dtype(dtype)
+    dataset = VideoDataset(manifest, num_frames=num_frames, height=height, width=width, stride=stride, fps=fps,
+                           train=False, flip=False, image_as_video=False, **dataset_options)
+    vae, text_encoder, tokenizer = _load_encoders(model_dir, device, torch_dtype)
+    loader = torch.utils.data.DataLoader(_Samples(dataset), batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=list)
+    shards, skipped = [], {}
+    buffer = {"latents": [], "encoder_hidden_states": [], "prompts": [], "paths": []}
+    with atomic_dir(out_dir) as tmp:
+
+        def flush():
+            if not buffer["paths"]:
+                return
+            name = f"shard-{len(shards):05d}.safetensors"
+            tensors = {key: torch.cat(buffer[key]) for key in ("latents", "encoder_hidden_states")}
+            metadata = {"prompts": json.dumps(buffer["prompts"]), "paths": json.dumps(buffer["paths"])}
+            save_safetensors_atomic(tensors, tmp / name, metadata=metadata)
+            shards.append({"file": name, "count": len(buffer["paths"])})
+            for values in buffer.values():
+                values.clear()
+
+        bar = tqdm(total=len(dataset), desc="cache", unit="clip", disable=not progress)
+        for batch in loader:
+            good = []
+            for sample in batch:
+                if sample.get("bad"):
+                    skipped[sample["path"]] = sample["reason"]
+                    logger.warning(f"skipping bad sample {sample['path']}: {sample['reason']}")
+                else:
+                    good.append(sample)
+            bar.update(len(batch))
+            if not good:
+                continue
+            shapes = {tuple(s["pixel_values"].shape) for s in good}
+            for group_shape in sorted(shapes):  # images (f=1) and videos are encoded in separate groups
+                group = [s for s in good if tuple(s["pixel_values"].shape) == group_shape]
+                pixels = torch.stack([s["pixel_values"] for s in group]).to(device, torch_dtype)
+                prompts = [s["prompt"] for s in group]
+                latents = encode_video_latents(vae, pixels).cpu()
+                embeddings = encode_prompts(tokenizer, text_encoder, prompts).cpu()
+                if buffer["latents"] and buffer["latents"][0].shape[1:] != latents.shape[1:]:
+                    flush()  # a shard holds one latent shape
+                for i, sample in enumerate(group):
+                    buffer["latents"].append(latents[i:i + 1])
+                    buffer["encoder_hidden_states"].append(embeddings[i:i + 1])
+                    buffer["prompts"].append(sample["prompt"])
+                    buffer["paths"].append(sample["path"])
+                    if len(buffer["paths"]) >= shard_size:
+                        flush()
+        flush()
+        bar.close()
+        count = sum(shard["count"] for shard in shards)
+        if count == 0:
+            first = next(iter(skipped.items()))
+            raise ValueError(f"no readable samples in {manifest}: all {len(dataset)} were skipped "
+                             f"(e.g. {first[0]}: {first[1]})")
+        index = {
+            "format": CACHE_FORMAT, "model": str(model_dir), "manifest": str(manifest), "num_samples": count,
+            "num_skipped": len(skipped), "skipped": skipped, "shards": shards, "num_frames": num_frames,
+            "height": height, "width": width, "stride": stride, "fps": fps, "dtype": dtype,
+            "scaling_factor": float(vae.config.scaling_factor),
+        }
+        write_json_atomic(tmp / INDEX_FILE, index)
+    return index
+
+
+class CachedLatentDataset(torch.utils.data.Dataset):
+    """Samples of a latent cache: `{"latents": (c, f, h, w), "encoder_hidden_states": (L, D), "prompt": str,
+    "path": str, "num_skipped": 0}` (num_skipped keeps batches compatible with VideoDataset's)."""
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.cache_dir = Path(cache_dir)
+        index_file = self.cache_dir / INDEX_FILE
+        if not index_file.exists():
+            raise FileNotFoundError(f"{self.cache_dir} is not a latent cache (no {INDEX_FILE}); make one with "
+                                    f"`vidiff data cache --model DIR --manifest M --out {self.cache_dir}`")
+        self.index = json.loads(index_file.read_text())
+        if self.index.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{index_file}: unknown cache format {self.index.get('format')!r}, "
+                             f"expected {CACHE_FORMAT}; rebuild the cache")
+        self.shards = self.index["shards"]
+        self.offsets = [0]
+        for shard in self.shards:
+            self.offsets.append(self.offsets[-1] + shard["count"])
+        self._text: dict[int, tuple[list, list]] = {}
+        self._handles: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getstate__(self):  # safetensors handles are per process: reopen them in DataLoader workers
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def _open(self, shard: int):
+        from safetensors import safe_open
+
+        if shard not in self._handles:
+            path = self.cache_dir / self.shards[shard]["file"]
+            handle = safe_open(str(path), framework="pt")
+            metadata = handle.metadata()
+            self._text[shard] = (json.loads(metadata["prompts"]), json.loads(metadata["paths"]))
+            self._handles[shard] = handle
+        return self._handles[shard]
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a cache of {len(self)}")
+        shard = bisect.bisect_right(self.offsets, index) - 1
+        row = index - self.offsets[shard]
+        handle = self._open(shard)
+        prompts, paths = self._text[shard]
+        return {
+            "latents": handle.get_slice("latents")[row:row + 1][0],
+            "encoder_hidden_states": handle.get_slice("encoder_hidden_states")[row:row + 1][0],
+            "prompt": prompts[row],
+            "path": paths[row],
+            "num_skipped": 0,
+        }
