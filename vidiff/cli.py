@@ -18,36 +18,258 @@ class CLIError(Exception):
 # vidiff inflate  (owner: pipeline)
 # ---------------------------------------------------------------------------------------------------------------
 def _add_inflate(sub):
-    p = sub.add_parser("inflate", help="turn a Stable Diffusion checkpoint into a vidiff video pipeline folder")
+    p = sub.add_parser(
+        "inflate", help="turn a Stable Diffusion checkpoint into a vidiff video pipeline folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Inflate a Stable Diffusion pipeline into a video pipeline folder: the U-Net gains temporal "
+                    "convolutions and attention that start as the identity (so the folder samples each frame as "
+                    "the image model does until trained); VAE, text encoder, tokenizer and noise schedule are kept.",
+        epilog="examples:\n"
+               "  vidiff inflate --base ./stable-diffusion-v1-5 --out models/sd15-video\n"
+               "  vidiff inflate --base runwayml/stable-diffusion-v1-5 --out models/sd15-video --cross-frame first\n"
+               "  vidiff inflate --base v1-5-pruned.safetensors --config ./sd15-configs --out models/sd15-video\n"
+               "\nthen: vidiff generate --model models/sd15-video --prompt \"a cat running\" --out clip.mp4")
+    p.add_argument("--base", required=True, metavar="SD",
+                   help="diffusers SD pipeline folder, hub id (when online), or single-file .safetensors/.ckpt")
+    p.add_argument("--out", required=True, metavar="DIR", help="pipeline folder to write")
+    p.add_argument("--config", metavar="DIR", default=None,
+                   help="for a single-file --base: a local diffusers SD pipeline folder with its configs")
+    p.add_argument("--cross-frame", choices=("none", "first", "sparse-causal"), default="none",
+                   help="spatial self-attention across frames (default: %(default)s)")
+    p.add_argument("--no-temporal-conv", action="store_true", help="do not add temporal convolutions")
+    p.add_argument("--no-temporal-attention", action="store_true", help="do not add temporal attention layers")
+    p.add_argument("--num-frames", type=int, default=16,
+                   help="default clip length / temporal window written to vidiff.json (default: %(default)s)")
+    p.add_argument("--fps", type=float, default=8, help="default frame rate written to vidiff.json (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     return p
 
 
 def cmd_inflate(args) -> int:
-    raise CLIError("inflate is not implemented yet")
+    from pathlib import Path
+
+    out = Path(args.out)
+    if args.num_frames < 1:
+        raise CLIError(f"--num-frames must be >= 1, got {args.num_frames}")
+    if args.fps <= 0:
+        raise CLIError(f"--fps must be > 0, got {args.fps}")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"--out {str(out)!r} already exists; pass --overwrite to replace it or choose another folder")
+    if Path(args.base).exists() and out.resolve() == Path(args.base).resolve():
+        raise CLIError("--out must differ from --base")
+    from vidiff.pipelines.folder import inflate_pipeline
+
+    fps = int(args.fps) if float(args.fps).is_integer() else args.fps
+    inflate_pipeline(args.base, out, cross_frame=args.cross_frame, temporal_conv=not args.no_temporal_conv,
+                     temporal_attention=not args.no_temporal_attention, config=args.config,
+                     defaults={"num_frames": args.num_frames, "fps": fps})
+    from vidiff.pipelines.folder import read_info
+
+    info = read_info(out)
+    d = info["defaults"]
+    layers = [name for name, on in (("temporal conv", not args.no_temporal_conv),
+                                    ("temporal attention", not args.no_temporal_attention)) if on]
+    print(f"wrote {out}/ (vidiff.json, unet/, {'vae/, ' if info['latent'] else ''}text_encoder/, tokenizer/, "
+          f"scheduler/): {' + '.join(layers) or 'no temporal layers'}, cross-frame {args.cross_frame}, "
+          f"defaults {d['num_frames']} frames {d['height']}x{d['width']} @ {d['fps']} fps")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # vidiff generate  (owner: pipeline)
 # ---------------------------------------------------------------------------------------------------------------
 def _add_generate(sub):
-    p = sub.add_parser("generate", help="generate video clips from text prompts")
+    p = sub.add_parser(
+        "generate", help="generate video clips from text prompts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Sample video clips from a vidiff pipeline folder. Unset sizes and sampling settings take the "
+                    "folder's defaults (its vidiff.json). Each clip gets a JSON sidecar (prompt, seed, settings).",
+        epilog="examples:\n"
+               "  vidiff generate --model models/sd15-video --prompt \"a red fox running in snow\" --out fox.mp4\n"
+               "  vidiff generate --model M --prompt \"waves\" --num-frames 64 --steps 25 --seed 7 --gif --out waves.mp4\n"
+               "  vidiff generate --model M --prompts-file prompts.txt --num-videos 2 --out clips/clip.mp4\n"
+               "\nseveral videos (prompts x --num-videos) are written as clip-000.mp4, clip-001.mp4, ...;\n"
+               "video i uses seed + i, so `--seed S+i --num-videos 1` remakes it alone.\n"
+               "--out's suffix picks the format: .mp4, .gif, .png (contact sheet), none (folder of PNG frames).")
+    p.add_argument("--model", metavar="DIR", default=None, help="vidiff pipeline folder (from `vidiff inflate`/`train`)")
+    p.add_argument("--prompt", action="append", default=None, help="text prompt (repeat for several)")
+    p.add_argument("--prompts-file", metavar="F", default=None,
+                   help="text file, one prompt per line (blank lines and # comments skipped)")
+    p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default: none)")
+    p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the model's)")
+    p.add_argument("--height", type=int, default=None, help="pixels, multiple of the model's factor (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="pixels, multiple of the model's factor (default: the model's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale, 1 = off (default: the model's)")
+    p.add_argument("--scheduler", default=None,
+                   help="ddim | dpm-solver++ | euler | euler-ancestral | ddpm | unipc (default: the model's)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="random seed; video i uses seed + i (default: random, recorded)")
+    p.add_argument("--num-videos", type=int, default=1, help="videos per prompt (default: %(default)s)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of the written clips (default: the model's)")
+    p.add_argument("--cross-frame", choices=("none", "first", "sparse-causal"), default=None,
+                   help="override the model's cross-frame attention mode")
+    p.add_argument("--window-size", type=int, default=None,
+                   help="temporal window for long clips (default: the model's num_frames)")
+    p.add_argument("--window-stride", type=int, default=None, help="stride between windows (default: window / 2)")
+    p.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default: %(default)s)")
+    p.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: best available)")
+    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, else fp32")
+    p.add_argument("--out", required=True, metavar="PATH", help="output clip, e.g. clip.mp4")
+    p.add_argument("--gif", action="store_true", help="also write a .gif beside each clip")
+    p.add_argument("--frames-dir", action="store_true", help="also write a folder of PNG frames (<stem>_frames/)")
+    p.add_argument("--contact-sheet", action="store_true", help="also write a .png contact sheet of the frames")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def cmd_generate(args) -> int:
-    raise CLIError("generate is not implemented yet")
+    import secrets
+    import time
+    from pathlib import Path
+
+    from vidiff.pipelines.folder import read_info
+    from vidiff.pipelines.outputs import check_output_path, numbered_paths, write_outputs
+    from vidiff.pipelines.text_to_video import resolve_settings
+
+    # Everything is checked before the model loads: a typo costs no time.
+    if args.model is None:
+        raise CLIError("no --model given (the built-in demo model is not available yet): make a model folder with "
+                       "`vidiff inflate --base SD_PIPELINE --out DIR` and pass --model DIR")
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        file = Path(args.prompts_file)
+        if not file.is_file():
+            raise CLIError(f"--prompts-file {str(file)!r} does not exist")
+        prompts += [line.strip() for line in file.read_text().splitlines()
+                    if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise CLIError("no prompt: pass --prompt \"...\" or --prompts-file F")
+    if args.num_videos < 1:
+        raise CLIError(f"--num-videos must be >= 1, got {args.num_videos}")
+    if args.fps is not None and args.fps <= 0:
+        raise CLIError(f"--fps must be > 0, got {args.fps}")
+    info = read_info(args.model)
+    try:
+        settings = resolve_settings(info, num_frames=args.num_frames, height=args.height, width=args.width,
+                                    num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                    scheduler=args.scheduler, cross_frame=args.cross_frame,
+                                    window_size=args.window_size, window_stride=args.window_stride,
+                                    decode_chunk_size=args.decode_chunk_size)
+    except ValueError as e:  # name the flag, not the Python argument
+        message = str(e)
+        for name, flag in (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
+                           ("guidance_scale", "--guidance"), ("window_stride", "--window-stride"),
+                           ("window_size", "--window-size"), ("decode_chunk_size", "--decode-chunk-size"),
+                           ("height", "--height"), ("width", "--width"), ("scheduler", "--scheduler")):
+            message = message.replace(name, flag)
+        raise CLIError(message) from None
+    out = check_output_path(args.out)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    fps = args.fps if args.fps is not None else info["defaults"].get("fps", 8)
+    paths = numbered_paths(out, len(prompts) * args.num_videos)
+    device = args.device
+    if device is not None:
+        import torch
+
+        kind = device.split(":")[0]
+        if kind not in ("cpu", "cuda", "mps"):
+            raise CLIError(f"unknown --device {device!r}; use cuda, cuda:N, mps or cpu")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise CLIError("--device cuda, but no CUDA device is available; use --device cpu")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise CLIError("--device mps, but MPS is not available; use --device cpu")
+
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained(args.model, device=device, dtype=args.dtype)
+    start = time.perf_counter()
+    videos = pipe(prompts, num_frames=settings["num_frames"], height=settings["height"], width=settings["width"],
+                  num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
+                  negative_prompt=args.negative, seed=seed, num_videos_per_prompt=args.num_videos, eta=args.eta,
+                  scheduler=settings["scheduler"], cross_frame=settings["cross_frame"],
+                  window_size=settings["window_size"], window_stride=settings["window_stride"],
+                  decode_chunk_size=settings["decode_chunk_size"], progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    videos = [videos] if len(paths) == 1 else videos
+    import vidiff
+
+    for index, (path, frames) in enumerate(zip(paths, videos)):
+        prompt = prompts[index // args.num_videos]
+        sidecar = {
+            "prompt": prompt, "negative_prompt": args.negative, "seed": seed + index,
+            "model": str(Path(args.model).resolve()), "num_frames": settings["num_frames"],
+            "height": settings["height"], "width": settings["width"], "fps": fps,
+            "num_inference_steps": settings["num_inference_steps"], "guidance_scale": settings["guidance_scale"],
+            "scheduler": settings["scheduler"], "eta": args.eta, "cross_frame": settings["cross_frame"],
+            "window_size": settings["window_size"], "window_stride": settings["window_stride"],
+            "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
+            "vidiff_version": vidiff.__version__, "seconds": round(seconds / len(paths), 3),
+        }
+        written = write_outputs(path, frames, fps, sidecar, gif=args.gif, frames_dir=args.frames_dir,
+                                contact_sheet=args.contact_sheet)
+        print(f"wrote {', '.join(str(p) for p in written)} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]}, "
+              f"{fps:g} fps, seed {seed + index}, {prompt!r})")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # vidiff train  (owner: training)
 # ---------------------------------------------------------------------------------------------------------------
 def _add_train(sub):
-    p = sub.add_parser("train", help="fine-tune a video model (also under `accelerate launch -m vidiff train`)")
+    p = sub.add_parser(
+        "train", help="fine-tune a video model (also under `accelerate launch -m vidiff train`)",
+        description="Train a vidiff video U-Net from a YAML config (see configs/train/). Checkpoints, logs, "
+                    "validation clips and the final pipeline folder go to output_dir.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  vidiff train configs/train/finetune.yaml data.manifest=clips/ output_dir=runs/ft\n"
+               "  vidiff train configs/train/tune-a-video.yaml data.manifest=man-skiing.mp4 \\\n"
+               "      data.prompt=\"a man is skiing\" train.max_steps=300\n"
+               "  accelerate launch --num_processes 2 -m vidiff train configs/train/finetune.yaml --resume auto\n"
+               "  vidiff train configs/train/full.yaml --print-config     (show the resolved config)\n")
+    p.add_argument("config", help="training config YAML (configs/train/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides parsed as YAML, e.g. train.max_steps=500 train.ema=true "
+                        "validation.prompts='[\"a red circle moving left\"]'")
+    p.add_argument("--resume", metavar="auto|PATH", default=None,
+                   help="continue from the latest checkpoint in output_dir/checkpoints (auto; starts fresh when "
+                        "there is none) or from a checkpoint folder (default: start from step 0)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     return p
 
 
 def cmd_train(args) -> int:
-    raise CLIError("train is not implemented yet")
+    from vidiff.config import load_config
+
+    for item in args.overrides:
+        if "=" not in item:
+            raise CLIError(f"override {item!r} is not KEY=VALUE (e.g. train.max_steps=100)")
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    if args.resume not in (None, "auto") and not os.path.isdir(args.resume):
+        raise CLIError(f"--resume {args.resume}: no such checkpoint folder; use --resume auto or a folder under "
+                       f"{config.output_dir}/checkpoints")
+
+    from vidiff.training.trainer import TrainingError, train
+
+    try:
+        result = train(config, resume=args.resume)
+    except TrainingError as e:
+        print(f"vidiff train: error: {e}", file=sys.stderr)
+        return 1
+    if result.status == "interrupted":
+        print(f"vidiff train: stopped at step {result.step}; checkpoint {result.checkpoint} "
+              "(continue with --resume auto)")
+    else:
+        print(f"vidiff train: {result.step} steps; wrote {result.pipeline} and checkpoints in "
+              f"{result.output_dir / 'checkpoints'} ({result.nonfinite_steps} non-finite steps skipped, "
+              f"{result.skipped_files} bad files skipped)")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,273 @@
+"""Training configuration: typed dataclasses filled from YAML, with dotted `key=value` overrides.
+
+    cfg = load_config("configs/train/finetune.yaml", ["train.max_steps=500", "data.num_frames=8"])
+
+Every field has a declared type and a default. Unknown keys and values of the wrong type are errors that
+name the key and the file (or the override), so a typo never silently falls back to a default.
+Override values are parsed as YAML (`train.debug_nan_steps=[2,3]`, `validation.prompts=["a cat"]`,
+`train.ema=false`, `data.fps=null`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str = ""                   # diffusers SD pipeline folder / hub id to inflate, or a vidiff pipeline folder (has vidiff.json) to continue
+    cross_frame: Union[str, None] = None   # spatial self-attention across frames: none | first | sparse-causal; null keeps the model's ("none" when inflating)
+    temporal_conv: bool = True             # add temporal convolutions when inflating
+    temporal_attention: bool = True        # add temporal attention layers when inflating
+    attention_backend: str = "auto"        # auto | sdpa | xformers | math
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""                     # folder of videos + .txt captions, CSV/JSONL manifest, or a single video
+    prompt: str = ""                       # caption for a single-video manifest (one-shot tuning)
+    num_frames: int = 8                    # frames per training clip
+    height: int = 256                      # clip height in pixels
+    width: int = 256                       # clip width in pixels
+    stride: int = 1                        # take every `stride`-th source frame (ignored when `fps` is set)
+    fps: Union[float, None] = None         # resample clips to this frame rate instead of a fixed stride
+    flip: bool = False                     # random horizontal flips
+    num_workers: int = 2                   # DataLoader worker processes per rank
+    cache: Union[str, None] = None         # folder of cached VAE latents + text embeddings (`vidiff data cache`); replaces `manifest`
+    image_manifest: Union[str, None] = None  # images for joint image + video training (each image is a one-frame video)
+    image_batch_size: int = 0              # images per step (per rank) in joint training; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "base"                    # what the U-Net is trained for: base (interpolation, tsr, ssr later)
+    trainable: str = "temporal"            # temporal | temporal+attn-q (Tune-A-Video) | all
+    max_steps: int = 1000                  # optimiser steps
+    batch_size: int = 1                    # clips per rank per micro-batch
+    gradient_accumulation_steps: int = 1   # micro-batches per optimiser step
+    learning_rate: float = 1e-4            # peak learning rate (AdamW)
+    lr_scheduler: str = "constant"         # any name of diffusers.optimization.get_scheduler (constant, cosine, linear, ...)
+    lr_warmup_steps: int = 0               # linear warm-up, in optimiser steps
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0             # gradient clipping; 0 = off (the norm is still logged)
+    mixed_precision: str = "no"            # no | fp16 | bf16 (autocast; trainable weights stay fp32)
+    gradient_checkpointing: bool = False   # recompute activations in backward: less memory, ~30% slower
+    prediction_type: Union[str, None] = None  # epsilon | v_prediction; null = the scheduler config's
+    snr_gamma: Union[float, None] = None   # min-SNR-gamma loss weighting (Hang et al. 2023); 5.0 is the usual value
+    noise_offset: float = 0.0              # offset noise: per-video, per-channel constant added to the noise (0.05-0.1)
+    caption_dropout: float = 0.0           # probability of training on the empty prompt (for classifier-free guidance)
+    image_loss_weight: float = 1.0         # weight of the image loss in joint image + video training
+    ema: bool = False                      # keep an exponential moving average of the trainable weights (exported)
+    ema_decay: float = 0.9999              # EMA decay (with the usual (1 + n) / (10 + n) warm-up)
+    seed: int = 0                          # model init, data order and noise are determined by this seed
+    checkpoint_every: int = 500            # save a resumable checkpoint every N steps (0 = only at the end)
+    keep_checkpoints: int = 3              # keep the last K checkpoints
+    log_every: int = 1                     # CSV / TensorBoard row every N steps
+    max_nonfinite: int = 5                 # stop after this many non-finite losses in a row
+    debug_nan_steps: list[int] = field(default_factory=list)  # test hook: make the loss NaN at these steps
+
+
+@dataclass
+class ValidationConfig:
+    prompts: list[str] = field(default_factory=list)  # prompts rendered to mp4 + contact sheet
+    every: int = 0                         # every N steps (0 = only at the end, when prompts are given)
+    num_frames: Union[int, None] = None    # default: data.num_frames
+    height: Union[int, None] = None        # default: data.height
+    width: Union[int, None] = None         # default: data.width
+    steps: int = 25                        # sampling steps
+    guidance_scale: float = 7.5
+    seed: int = 0
+    fps: int = 8
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/train"         # checkpoints/, logs/, validation/, pipeline/, temporal.safetensors
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A bad config file or override; the message names the key and where it came from."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# type checking
+# ---------------------------------------------------------------------------------------------------------------
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else tp.__name__
+
+
+def _coerce(value, tp, key: str, where: str):
+    """Return `value` checked against the annotation `tp`; raise ConfigError naming `key` and `where`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} in {where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} in {where}: expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML reads `1e-4` (no dot) as a string; accept numeric strings for float fields.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} in {where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _fill(obj, data: dict, prefix: str, where: str) -> None:
+    """Set the fields of dataclass `obj` from the mapping `data`, recursing into nested dataclasses."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the top level'} in {where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            known = ", ".join(sorted(prefix + n for n in names))
+            raise ConfigError(f"unknown key {full!r} in {where}; known keys here: {known}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _fill(current, value, f"{full}.", where)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full, where))
+
+
+def apply_override(cfg: Config, override: str) -> None:
+    """Apply one `section.key=value` override (value parsed as YAML) to `cfg` in place."""
+    import yaml
+
+    where = f"override {override!r}"
+    if "=" not in override:
+        raise ConfigError(f"{where}: expected key=value, e.g. train.max_steps=100")
+    dotted, raw = override.split("=", 1)
+    dotted = dotted.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if value is not None and not isinstance(value, (str, int, float, bool, list, dict)):
+        value = raw  # YAML dates and the like: keep the text as typed
+    data: Any = value
+    for part in reversed(dotted.split(".")):
+        if not part:
+            raise ConfigError(f"{where}: empty key segment in {dotted!r}")
+        data = {part: data}
+    _fill(cfg, data, "", where)
+
+
+def validate(cfg: Config, where: str = "config") -> None:
+    """Cross-field and range checks, after YAML and overrides are applied."""
+    t, d = cfg.train, cfg.data
+
+    def check(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(f"{msg} (in {where})")
+
+    check(t.trainable in TRAINABLE_MODES, f"train.trainable must be one of {', '.join(TRAINABLE_MODES)}, got {t.trainable!r}")
+    check(t.mixed_precision in MIXED_PRECISION, f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {t.mixed_precision!r}")
+    check(t.prediction_type is None or t.prediction_type in PREDICTION_TYPES,
+          f"train.prediction_type must be null or one of {', '.join(PREDICTION_TYPES)}, got {t.prediction_type!r}")
+    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "keep_checkpoints", "log_every", "max_nonfinite"):
+        check(getattr(t, name) >= 1, f"train.{name} must be >= 1, got {getattr(t, name)}")
+    for name in ("checkpoint_every", "lr_warmup_steps"):
+        check(getattr(t, name) >= 0, f"train.{name} must be >= 0, got {getattr(t, name)}")
+    check(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}")
+    check(t.max_grad_norm >= 0, f"train.max_grad_norm must be >= 0 (0 = no clipping), got {t.max_grad_norm}")
+    check(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    check(0.0 <= t.caption_dropout <= 1.0, f"train.caption_dropout must be in [0, 1], got {t.caption_dropout}")
+    check(t.snr_gamma is None or t.snr_gamma > 0, f"train.snr_gamma must be null or > 0, got {t.snr_gamma}")
+    check(t.noise_offset >= 0, f"train.noise_offset must be >= 0, got {t.noise_offset}")
+    for name in ("num_frames", "height", "width", "stride"):
+        check(getattr(d, name) >= 1, f"data.{name} must be >= 1, got {getattr(d, name)}")
+    check(d.fps is None or d.fps > 0, f"data.fps must be null or > 0, got {d.fps}")
+    check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    check(d.image_batch_size >= 0, f"data.image_batch_size must be >= 0, got {d.image_batch_size}")
+    check(d.image_batch_size == 0 or bool(d.image_manifest),
+          "data.image_batch_size > 0 needs data.image_manifest (a folder or manifest of images)")
+    check(bool(d.manifest) or bool(d.cache), "data.manifest is empty: set it to a video folder, manifest file or video")
+    check(bool(cfg.model.pretrained), "model.pretrained is empty: set it to an SD pipeline folder or a vidiff pipeline folder")
+    check(bool(cfg.output_dir), "output_dir is empty")
+    check(cfg.validation.every >= 0, f"validation.every must be >= 0, got {cfg.validation.every}")
+    check(cfg.validation.steps >= 1, f"validation.steps must be >= 1, got {cfg.validation.steps}")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = (), *,
+                check: bool = True) -> Config:
+    """Read a YAML config (or start from the defaults when `path` is None) and apply `key=value` overrides."""
+    import yaml
+
+    cfg = Config()
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist; see configs/train/ for examples")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        _fill(cfg, data, "", where)
+    for override in overrides:
+        apply_override(cfg, override)
+    if check:
+        validate(cfg, where if not overrides else f"{where} with overrides")
+    return cfg
+
+
+def config_from_dict(data: dict, *, where: str = "dict", check: bool = True) -> Config:
+    """Build a Config from a nested mapping (e.g. the one stored in a checkpoint)."""
+    cfg = Config()
+    _fill(cfg, data, "", where)
+    if check:
+        validate(cfg, where)
+    return cfg
