@@ -83,12 +83,12 @@ def frame_step(stride: int | None = None, fps: float | None = None, source_fps: 
 
 def clip_span(num_frames: int, step: float) -> int:
     """Source frames covered by `num_frames` samples `step` apart (first to last, inclusive)."""
-    return int(round((num_frames - 1) * step)) + 1
+    return int(np.floor((num_frames - 1) * step + 0.5)) + 1
 
 
 def clip_indices(num_source_frames: int, num_frames: int | None = None, stride: int | None = None,
                  fps: float | None = None, source_fps: float | None = None, start: int = 0) -> np.ndarray:
-    """Source frame indices of a clip: `start + round(i * step)` for i < num_frames, step = stride or
+    """Source frame indices of a clip: `start + floor(i * step + 0.5)` for i < num_frames, step = stride or
     source_fps / fps (a target fps above the source's repeats frames). `num_frames=None` takes every step until
     the end. Raises ValueError when the clip does not fit in the source."""
     step = frame_step(stride, fps, source_fps)
@@ -101,7 +101,7 @@ def clip_indices(num_source_frames: int, num_frames: int | None = None, stride: 
             raise ValueError(f"start={start} is past the end ({num_source_frames} frames)")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    indices = start + np.round(np.arange(num_frames) * step).astype(np.int64)
+    indices = start + np.floor(np.arange(num_frames) * step + 0.5).astype(np.int64)  # round half up
     if indices[-1] >= num_source_frames:
         raise ValueError(f"too short: {num_frames} frames at a step of {step:g} from frame {start} need "
                          f"{start + clip_span(num_frames, step)} frames, the video has {num_source_frames}")
@@ -189,7 +189,7 @@ def _read_pyav(path: Path, indices: np.ndarray, shape: tuple[int, int] | None, n
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         t0 = stream.start_time or 0
-        index = 0
+        index, decoded = 0, -1
         seeked = False
         if first > 0 and rate:
             # Seek to the keyframe at or before the first wanted frame; the first decoded frame's timestamp tells
@@ -197,31 +197,32 @@ def _read_pyav(path: Path, indices: np.ndarray, shape: tuple[int, int] | None, n
             target = t0 + int(round(first / float(rate) / stream.time_base))
             container.seek(target, stream=stream, backward=True, any_frame=False)
             seeked = True
-        frames = container.decode(stream)
-        for n, frame in enumerate(frames):
+        for n, frame in enumerate(container.decode(stream)):
             if seeked and n == 0:
                 pts = frame.pts if frame.pts is not None else t0
                 index = int(round(float((pts - t0) * stream.time_base) * float(rate)))
                 if index > first:  # landed past the frame we need: start over from the beginning
                     container.seek(t0, stream=stream, backward=True, any_frame=False)
-                    return _read_pyav_sequential(container, stream, wanted, last, kwargs, path, num_source)
+                    got, decoded = _decode_from_start(container, stream, wanted, last, kwargs)
+                    break
             if index in wanted:
                 got[index] = frame.to_ndarray(**kwargs)
+            decoded = index
             if index >= last:
                 break
             index += 1
-    return _assemble(path, indices, got, index, num_source)
+    return _assemble(path, indices, got, decoded, num_source)
 
 
-def _read_pyav_sequential(container, stream, wanted, last, kwargs, path, num_source) -> np.ndarray:
-    got = {}
-    index = 0
+def _decode_from_start(container, stream, wanted, last, kwargs) -> tuple[dict, int]:
+    got, decoded = {}, -1
     for index, frame in enumerate(container.decode(stream)):
         if index in wanted:
             got[index] = frame.to_ndarray(**kwargs)
+        decoded = index
         if index >= last:
             break
-    return _assemble(path, np.array(sorted(wanted)), got, index, num_source)
+    return got, decoded
 
 
 def _assemble(path, indices, got, last_decoded, num_source) -> np.ndarray:
@@ -239,7 +240,21 @@ def _read_decord(path: Path, indices: np.ndarray, shape: tuple[int, int] | None)
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0, **kwargs)
     if int(indices.max()) >= len(reader):
         raise VideoReadError(path, f"truncated: frame {int(indices.max())} requested, decord sees {len(reader)}")
-    return reader.get_batch(indices.tolist()).asnumpy()
+    try:
+        return reader.get_batch(indices.tolist()).asnumpy()
+    except decord.DECORDError as e:
+        # decord 0.6 fails its own size check for some output sizes (e.g. width 16): decode at the source size
+        # and resize here instead.
+        if shape is None or "must exactly match" not in str(e):
+            raise
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
+    return _resize_frames(reader.get_batch(indices.tolist()).asnumpy(), shape)
+
+
+def _resize_frames(frames: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(f).resize((shape[1], shape[0]), Image.BILINEAR)) for f in frames])
 
 
 def read_image(path: str | os.PathLike, size=None) -> np.ndarray:

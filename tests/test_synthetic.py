@@ -1,0 +1,119 @@
+"""Synthetic shapes: determinism, and captions that match what is drawn (colour, shape, direction of motion)."""
+import csv
+
+import numpy as np
+import pytest
+
+from vidiff.cli import main
+from vidiff.data.synthetic import (BACKGROUND, COLORS, MOTIONS, SHAPES, caption, make_clip, sample_specs,
+                                   write_shapes_dataset)
+from vidiff.data.video_io import read_video
+
+
+def colour_mask(frames: np.ndarray, rgb) -> np.ndarray:
+    """Pixels closer to `rgb` than to the background or any other palette colour."""
+    palette = np.array([BACKGROUND, *COLORS.values()], np.float64)
+    distances = np.linalg.norm(frames[..., None, :].astype(np.float64) - palette, axis=-1)
+    return distances.argmin(-1) == 1 + list(COLORS.values()).index(tuple(rgb))
+
+
+def centroids(mask: np.ndarray) -> np.ndarray:
+    """(f, 2) centre of mass (x, y) of a (f, h, w) mask."""
+    ys, xs = np.mgrid[0:mask.shape[1], 0:mask.shape[2]]
+    area = mask.sum((1, 2))
+    return np.stack([(mask * xs).sum((1, 2)) / area, (mask * ys).sum((1, 2)) / area], -1)
+
+
+def test_palette_shapes_motions():
+    assert {"red", "green", "blue", "yellow"} <= set(COLORS)
+    assert set(SHAPES) >= {"circle", "square", "triangle"}
+    assert set(MOTIONS) >= {"moving left", "moving right", "moving up", "moving down"}
+    assert caption("red", "circle", "moving left") == "a red circle moving left"
+    for bad in [("pink", "circle", "moving left"), ("red", "hexagon", "moving left"), ("red", "circle", "spinning")]:
+        with pytest.raises(ValueError, match="unknown"):
+            caption(*bad)
+
+
+def test_make_clip_deterministic():
+    a = make_clip("blue", "triangle", "moving up", num_frames=6, size=32, seed=5)
+    assert a.shape == (6, 32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, make_clip("blue", "triangle", "moving up", num_frames=6, size=32, seed=5))
+    assert not np.array_equal(a, make_clip("blue", "triangle", "moving up", num_frames=6, size=32, seed=6))
+
+
+@pytest.mark.parametrize("color", list(COLORS))
+@pytest.mark.parametrize("motion", list(MOTIONS))
+def test_clip_matches_caption(color, motion):
+    frames = make_clip(color, "circle", motion, num_frames=8, size=48, seed=hash((color, motion)) % 1000)
+    mask = colour_mask(frames, COLORS[color])
+    assert (mask.sum((1, 2)) > 30).all()  # the shape is visible, whole, in every frame
+    for other in COLORS:  # only anti-aliased edge pixels may look like another colour
+        if other != color:
+            assert colour_mask(frames, COLORS[other]).sum() < 0.1 * mask.sum()
+    centre = centroids(mask)
+    dx, dy = MOTIONS[motion]
+    moving, still = (centre[:, 0], centre[:, 1]) if dx else (centre[:, 1], centre[:, 0])
+    steps = np.diff(moving) * (dx + dy)
+    assert (steps > 0.5).all(), f"{motion}: centroid steps {steps}"
+    assert np.ptp(still) < 0.5  # no drift across the motion
+
+
+@pytest.mark.parametrize("shape,fill", [("circle", np.pi / 4), ("square", 1.0), ("triangle", 0.5)])
+def test_shape_matches_caption(shape, fill):
+    """The shape's area over its bounding box's: pi/4 for a disc, 1 for a square, 1/2 for a triangle."""
+    frames = make_clip("yellow", shape, "moving right", num_frames=2, size=96, seed=1)
+    mask = colour_mask(frames[:1], COLORS["yellow"])[0]
+    ys, xs = np.nonzero(mask)
+    ratio = mask.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+    assert ratio == pytest.approx(fill, abs=0.08)
+    if shape == "triangle":  # apex up: the top rows are narrower than the bottom ones
+        rows = mask.sum(1)[ys.min():ys.max() + 1]
+        assert rows[: len(rows) // 4].mean() < rows[-len(rows) // 4:].mean() / 2
+
+
+def test_sample_specs_balanced():
+    specs = sample_specs(48, seed=0)
+    assert len(set(specs)) == 48
+    assert sample_specs(10, seed=1) == sample_specs(10, seed=1) != sample_specs(10, seed=2)
+
+
+def test_write_shapes_dataset(tmp_path):
+    manifest = write_shapes_dataset(tmp_path / "a", count=6, num_frames=5, size=32, seed=3)
+    rows = list(csv.DictReader(manifest.open()))
+    assert len(rows) == 6 and set(rows[0]) == {"path", "caption", "color", "shape", "motion"}
+    for row in rows:
+        video = tmp_path / "a" / row["path"]
+        assert (video.with_suffix(".txt")).read_text().strip() == row["caption"]
+        assert row["caption"] == caption(row["color"], row["shape"], row["motion"])
+        clip = read_video(video, backend="pyav")
+        assert clip.frames.shape == (5, 32, 32, 3) and clip.fps == pytest.approx(8.0)
+        centre = centroids(colour_mask(clip.frames, COLORS[row["color"]]))
+        dx, dy = MOTIONS[row["motion"]]
+        moving = centre[:, 0] if dx else centre[:, 1]
+        assert (np.diff(moving) * (dx + dy) > 0).all(), row
+    # Same seed, same data; another seed, other data.
+    again = write_shapes_dataset(tmp_path / "b", count=6, num_frames=5, size=32, seed=3)
+    assert again.read_text() == manifest.read_text()
+    for row in rows:
+        np.testing.assert_array_equal(read_video(tmp_path / "a" / row["path"], backend="pyav").frames,
+                                      read_video(tmp_path / "b" / row["path"], backend="pyav").frames)
+    other = write_shapes_dataset(tmp_path / "c", count=6, num_frames=5, size=32, seed=4)
+    assert other.read_text() != manifest.read_text()
+    # Rewriting a shapes folder is fine; a folder of other things is refused.
+    write_shapes_dataset(tmp_path / "a", count=2, num_frames=2, size=16, seed=0)
+    assert len(list(csv.DictReader((tmp_path / "a" / "manifest.csv").open()))) == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not an empty folder"):
+        write_shapes_dataset(tmp_path / "mine", count=2)
+
+
+def test_cli_shapes(tmp_path, capsys):
+    out = tmp_path / "shapes"
+    assert main(["data", "shapes", "--out", str(out), "--count", "3", "--frames", "4", "--size", "16",
+                 "--seed", "1"]) == 0
+    assert "wrote 3 clips" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["00000.mp4", "00000.txt", "00001.mp4", "00001.txt",
+                                                     "00002.mp4", "00002.txt", "manifest.csv"]
+    assert main(["data", "shapes", "--out", str(out), "--count", "0"]) == 2
+    assert "--count" in capsys.readouterr().err

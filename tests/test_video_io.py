@@ -1,0 +1,306 @@
+"""Video reading and writing: exact frame indices through both readers, bad files, round-trips, formats.
+
+Test videos are written here with PyAV; frame i is a flat colour that encodes i, so a decoded frame tells which
+source frame it is.
+"""
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from vidiff.data import video_io
+from vidiff.data.video_io import (VideoReadError, clip_indices, make_contact_sheet, probe_video, read_video,
+                                  video_rate, write_contact_sheet, write_video)
+
+REAL_VIDEOS = Path(__file__).resolve().parents[2] / "shared/data/videos"
+HAVE_DECORD = video_io._have_decord()
+BACKENDS = ["pyav"] + (["decord"] if HAVE_DECORD else [])
+
+
+def index_frame(i: int, height: int = 24, width: int = 32) -> np.ndarray:
+    """A flat frame whose red and green levels encode i (< 256)."""
+    return np.broadcast_to(np.array([16 + (i % 16) * 14, 16 + (i // 16) * 14, 128], np.uint8),
+                           (height, width, 3)).copy()
+
+
+def frame_ids(frames: np.ndarray) -> list[int]:
+    mean = frames.reshape(len(frames), -1, 3).mean(1)
+    return [int(round((g - 16) / 14)) * 16 + int(round((r - 16) / 14)) for r, g, _ in mean]
+
+
+def write_pyav(path, num_frames=20, height=24, width=32, rate=Fraction(30000, 1001), audio=False, faststart=False,
+               gop=None):
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "8", **({"g": str(gop)} if gop else {})}
+        if audio:
+            sound = container.add_stream("aac", rate=44100)
+            sound.layout = "mono"
+        for i in range(num_frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(index_frame(i, height, width), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+        if audio:
+            for k in range(int(num_frames / float(rate) * 44100 / 1024) + 1):
+                samples = np.sin(np.arange(1024, dtype=np.float32) / 10)[None] * 0.1
+                frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 44100, k * 1024
+                for packet in sound.encode(frame):
+                    container.mux(packet)
+            for packet in sound.encode():
+                container.mux(packet)
+    return Path(path)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    files = {
+        "plain": write_pyav(root / "plain.mp4", num_frames=20),
+        "long": write_pyav(root / "long.mp4", num_frames=90, gop=10),
+        "audio": write_pyav(root / "audio.mp4", num_frames=20, audio=True),
+        "faststart": write_pyav(root / "faststart.mp4", num_frames=90, faststart=True),
+    }
+    data = files["plain"].read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])  # moov atom (at the end) lost
+    data = files["faststart"].read_bytes()
+    (root / "truncated_fs.mp4").write_bytes(data[: len(data) // 3])  # header intact, frames lost
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    for name in ("truncated", "truncated_fs", "empty", "garbage"):
+        files[name] = root / f"{name}.mp4"
+    files["missing"] = root / "missing.mp4"
+    return files
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sampling arithmetic
+# ---------------------------------------------------------------------------------------------------------------
+def test_clip_indices_stride_and_fps():
+    assert clip_indices(100, 4, stride=3, start=5).tolist() == [5, 8, 11, 14]
+    assert clip_indices(10, None, stride=3, start=1).tolist() == [1, 4, 7]
+    assert clip_indices(10, None).tolist() == list(range(10))
+    # Target fps: step = source_fps / fps, indices floor(i * step + 0.5).
+    assert clip_indices(100, 4, fps=10, source_fps=30).tolist() == [0, 3, 6, 9]
+    step = 29.97 / 8
+    assert clip_indices(100, 5, fps=8, source_fps=29.97).tolist() == [int(np.floor(i * step + 0.5))
+                                                                      for i in range(5)] == [0, 4, 7, 11, 15]
+    assert clip_indices(10, 6, fps=16, source_fps=8).tolist() == [0, 1, 1, 2, 2, 3]  # above the source: repeats
+    assert clip_indices(10, 4, stride=3, start=0).tolist() == [0, 3, 6, 9]
+
+
+def test_clip_indices_errors():
+    with pytest.raises(ValueError, match="too short"):
+        clip_indices(10, 4, stride=3, start=1)
+    with pytest.raises(ValueError, match="either stride"):
+        clip_indices(10, 2, stride=2, fps=5, source_fps=10)
+    with pytest.raises(ValueError, match="stride"):
+        clip_indices(10, 2, stride=0)
+    with pytest.raises(ValueError, match="num_frames"):
+        clip_indices(10, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_exact_indices(videos, backend):
+    clip = read_video(videos["plain"], backend=backend)
+    assert clip.frames.shape == (20, 24, 32, 3) and clip.frames.dtype == np.uint8
+    assert frame_ids(clip.frames) == list(range(20))
+    assert clip.fps == pytest.approx(30000 / 1001)
+    frames, fps = read_video(videos["plain"], num_frames=4, stride=5, start=1, backend=backend)
+    assert frame_ids(frames) == [1, 6, 11, 16]
+    # Far into a longer clip with keyframes every 10 frames: the PyAV reader seeks, then counts.
+    for start in (0, 9, 10, 11, 47, 73):
+        clip = read_video(videos["long"], num_frames=5, stride=4, start=start, backend=backend)
+        assert frame_ids(clip.frames) == list(range(start, start + 17, 4)), start
+    clip = read_video(videos["long"], num_frames=6, fps=10, start=30, backend=backend)  # 29.97 -> 10 fps
+    assert frame_ids(clip.frames) == [30 + int(np.floor(i * 2.997 + 0.5)) for i in range(6)]
+    assert frame_ids(read_video(videos["long"], indices=[89, 3, 3, 50], backend=backend).frames) == [89, 3, 3, 50]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_audio_track_ignored(videos, backend):
+    with av.open(str(videos["audio"])) as container:
+        assert len(container.streams.audio) == 1
+    clip = read_video(videos["audio"], num_frames=5, stride=3, start=2, backend=backend)
+    assert frame_ids(clip.frames) == [2, 5, 8, 11, 14]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resize(videos, backend):
+    assert read_video(videos["plain"], num_frames=2, size=12, backend=backend).frames.shape == (2, 12, 16, 3)
+    clip = read_video(videos["plain"], num_frames=2, size=(10, 14), backend=backend)
+    assert clip.frames.shape == (2, 10, 14, 3) and frame_ids(clip.frames) == [0, 1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,reason", [("missing", "not found"), ("empty", "empty"), ("garbage", "cannot open"),
+                                         ("truncated", "cannot open"),
+                                         ("truncated_fs", "truncated|cannot decode|decord failed")])
+def test_bad_files(videos, backend, name, reason):
+    with pytest.raises(VideoReadError, match=reason) as error:
+        read_video(videos[name], num_frames=60 if name == "truncated_fs" else None, backend=backend)
+    assert str(videos[name]) in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_too_short(videos, backend):
+    with pytest.raises(VideoReadError, match="too short") as error:
+        read_video(videos["plain"], num_frames=8, stride=3, backend=backend)
+    assert "plain.mp4" in str(error.value)
+    with pytest.raises(VideoReadError, match="too short"):
+        read_video(videos["plain"], indices=[20], backend=backend)
+
+
+def test_bad_arguments(videos, monkeypatch):
+    with pytest.raises(ValueError, match="unknown video backend"):
+        read_video(videos["plain"], backend="opencv")
+    monkeypatch.setattr(video_io, "_have_decord", lambda: False)
+    with pytest.raises(ValueError, match="decord is not installed"):
+        read_video(videos["plain"], backend="decord")
+    assert read_video(videos["plain"], num_frames=2, backend="auto").frames.shape[0] == 2  # falls back to PyAV
+
+
+@pytest.mark.skipif(not HAVE_DECORD, reason="decord not installed")
+def test_backends_agree_on_synthetic(videos):
+    for key in ("plain", "long", "audio"):
+        a = read_video(videos[key], num_frames=6, stride=2, start=3, backend="decord")
+        b = read_video(videos[key], num_frames=6, stride=2, start=3, backend="pyav")
+        assert a.frames.shape == b.frames.shape and a.fps == pytest.approx(b.fps)
+        assert np.abs(a.frames.astype(int) - b.frames).mean() < 1.0
+
+
+@pytest.mark.skipif(not REAL_VIDEOS.exists(), reason="shared sample videos not present")
+@pytest.mark.parametrize("name,count,fps,side", [("car-turn.mp4", 80, 10.0, 480), ("camel.mp4", 8, 5.0, 512),
+                                                 ("white-swan.mp4", 8, 5.0, 512)])
+def test_real_clips(name, count, fps, side):
+    path = REAL_VIDEOS / name
+    info = probe_video(path)
+    assert (info.num_frames, info.fps, info.height, info.width) == (count, fps, side, side)
+    clips = {b: read_video(path, num_frames=4, stride=2, start=count - 7, size=128, backend=b) for b in BACKENDS}
+    for clip in clips.values():
+        assert clip.frames.shape == (4, 128, 128, 3) and clip.indices.tolist() == [count - 7 + 2 * i for i in range(4)]
+    if HAVE_DECORD:  # same frames, up to resampling / colour-conversion differences
+        assert np.abs(clips["decord"].frames.astype(int) - clips["pyav"].frames).mean() < 2.0
+    # The seeking PyAV reader gives what decoding everything gives.
+    full = read_video(path, size=128, backend="pyav").frames
+    assert len(full) == count
+    np.testing.assert_array_equal(full[clips["pyav"].indices], clips["pyav"].frames)
+
+
+def test_read_image(tmp_path):
+    from PIL import Image
+
+    image = np.random.default_rng(0).integers(0, 256, (10, 14, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    clip = read_video(tmp_path / "a.png")
+    assert clip.frames.shape == (1, 10, 14, 3)
+    np.testing.assert_array_equal(clip.frames[0], image)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(VideoReadError, match="bad.png"):
+        read_video(tmp_path / "bad.png")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------------------
+def shapes_frames(num_frames=8, size=32):
+    from vidiff.data.synthetic import make_clip
+
+    return make_clip("red", "circle", "moving right", num_frames, size, seed=3)
+
+
+@pytest.mark.parametrize("fps,rate", [(29.97, Fraction(30000, 1001)), (30000 / 1001, Fraction(30000, 1001)),
+                                      (Fraction(24000, 1001), Fraction(24000, 1001)), (8, Fraction(8)),
+                                      (12.5, Fraction(25, 2))])
+def test_mp4_round_trip_fps(tmp_path, fps, rate):
+    assert video_rate(fps) == rate
+    frames = shapes_frames()
+    path = write_video(tmp_path / "clip.mp4", frames, fps)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == rate
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+    for backend in BACKENDS:
+        clip = read_video(path, backend=backend)
+        assert clip.fps == pytest.approx(float(rate), rel=1e-6)
+        assert clip.frames.shape == frames.shape
+        assert np.abs(clip.frames.astype(int) - frames).mean() < 3.0
+
+
+def test_mp4_odd_size_is_padded(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (3, 17, 23, 3), dtype=np.uint8)
+    frames[:] = np.linspace(0, 255, 23, dtype=np.uint8)[None, None, :, None]  # smooth: codec-friendly
+    clip = read_video(write_video(tmp_path / "odd.mp4", frames, 10), backend="pyav")
+    assert clip.frames.shape == (3, 18, 24, 3)
+    assert np.abs(clip.frames[:, :17, :23].astype(int) - frames).mean() < 3.0
+    # the added row / column repeats the last one
+    # the added row / column repeats the last one (neighbouring columns of the ramp differ by ~11.6)
+    assert np.abs(clip.frames[:, 17].astype(int) - clip.frames[:, 16]).mean() < 3.0
+    assert np.abs(clip.frames[:, :, 23].astype(int) - clip.frames[:, :, 22]).mean() < 5.0
+
+
+def test_gif_round_trip(tmp_path):
+    frames = shapes_frames()
+    path = write_video(tmp_path / "clip.gif", frames, 10)
+    clip = read_video(path)
+    assert clip.frames.shape == frames.shape and clip.fps == pytest.approx(10.0)
+    assert np.abs(clip.frames.astype(int) - frames).mean() < 3.0
+
+
+def test_png_frames_folder(tmp_path):
+    from PIL import Image
+
+    frames = shapes_frames(num_frames=5)
+    path = write_video(tmp_path / "frames", frames, 8)
+    files = sorted(path.iterdir())
+    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(5)]
+    np.testing.assert_array_equal(np.stack([np.asarray(Image.open(f)) for f in files]), frames)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_contact_sheet(tmp_path):
+    from PIL import Image
+
+    frames = np.stack([index_frame(i, 16, 20) for i in range(7)])
+    path = write_video(tmp_path / "sheet.png", frames, 8)  # .png -> contact sheet
+    sheet = np.asarray(Image.open(path))
+    cols, rows, pad, strip = 3, 3, 2, 12
+    assert sheet.shape == (rows * (16 + strip) + (rows + 1) * pad, cols * 20 + (cols + 1) * pad, 3) == (92, 68, 3)
+    for i in range(7):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (16 + strip + pad) + strip, pad + c * (20 + pad)
+        np.testing.assert_array_equal(sheet[y:y + 16, x:x + 20], frames[i])
+    label = sheet[pad:pad + strip, pad:pad + 20]
+    assert (label < 128).any()  # the index is drawn
+    assert write_contact_sheet(tmp_path / "b.png", frames, cols=7).exists()
+    assert make_contact_sheet(frames, cols=7, label=False).shape == (16 + 2 * pad, 7 * 20 + 8 * pad, 3)
+
+
+def test_write_errors_and_atomicity(tmp_path, monkeypatch):
+    frames = shapes_frames(num_frames=2)
+    with pytest.raises(ValueError, match="uint8"):
+        write_video(tmp_path / "a.mp4", frames.astype(np.float32), 8)
+    with pytest.raises(ValueError, match="shape"):
+        write_video(tmp_path / "a.mp4", frames[..., :2], 8)
+    with pytest.raises(ValueError, match="format"):
+        write_video(tmp_path / "a.avi", frames, 8)
+    with pytest.raises(ValueError, match="fps"):
+        write_video(tmp_path / "a.mp4", frames, 0)
+
+    def crash(path, *args, **kwargs):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(video_io, "_write_mp4", crash)
+    with pytest.raises(OSError):
+        write_video(tmp_path / "a.mp4", frames, 8)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
