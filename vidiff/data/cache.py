@@ -58,7 +58,7 @@ def _load_encoders(model_dir: Path, device, dtype):
 
     missing = [name for name in ("vae", "text_encoder", "tokenizer") if not (model_dir / name).is_dir()]
     if missing:
-        raise FileNotFoundError(f"pipeline folder {model_dir} lacks {', '.join(missing)}/; give a Stable Diffusion "
+        raise FileNotFoundError(f"pipeline folder {model_dir} lacks {'/, '.join(missing)}/; give a Stable Diffusion "
                                 f"or vidiff pipeline folder (with vae/, text_encoder/, tokenizer/)")
     vae = AutoencoderKL.from_pretrained(model_dir / "vae", torch_dtype=dtype).to(device).eval()
     text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", dtype=dtype).to(device).eval()

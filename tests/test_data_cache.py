@@ -1,0 +1,102 @@
+"""Latent cache: the stored latents / embeddings equal a direct VAE / CLIP encoding; shards, bad files, CLI."""
+import json
+
+import pytest
+import torch
+
+from vidiff.cli import main
+from vidiff.data import cache as cache_module
+from vidiff.data.cache import CachedLatentDataset, build_latent_cache
+from vidiff.data.datasets import VideoDataset
+from vidiff.data.synthetic import write_shapes_dataset
+from vidiff.testing import make_tiny_sd_pipeline
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    model = make_tiny_sd_pipeline(root / "sd")
+    manifest = write_shapes_dataset(root / "shapes", count=5, num_frames=6, size=24, seed=0)
+    rows = manifest.read_text().splitlines()
+    (root / "shapes" / "broken.mp4").write_bytes(b"\x00" * 100)
+    rows.insert(3, "broken.mp4,a broken clip,red,circle,moving left")
+    manifest.write_text("\n".join(rows) + "\n")
+    return root, model, manifest
+
+
+def test_cache_matches_direct_encoding(setup, tmp_path):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    root, model, manifest = setup
+    index = build_latent_cache(model, manifest, tmp_path / "c", num_frames=3, height=16, width=16, stride=2,
+                               batch_size=2, shard_size=2, device="cpu", progress=False)
+    assert index["num_samples"] == 5 and index["num_skipped"] == 1
+    assert list(index["skipped"]) == [str(root / "shapes" / "broken.mp4")]
+    assert [s["count"] for s in index["shards"]] == [2, 2, 1]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["index.json", "shard-00000.safetensors",
+                                                                  "shard-00001.safetensors", "shard-00002.safetensors"]
+    cached = CachedLatentDataset(tmp_path / "c")
+    assert len(cached) == 5
+    videos = VideoDataset(manifest, num_frames=3, height=16, width=16, stride=2, train=False)
+    good = [i for i, e in enumerate(videos.entries) if not e.path.endswith("broken.mp4")]
+
+    vae = AutoencoderKL.from_pretrained(model / "vae").eval()
+    text_encoder = CLIPTextModel.from_pretrained(model / "text_encoder").eval()
+    tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
+    for row, i in enumerate(good):
+        sample, stored = videos.load(i), cached[row]
+        assert stored["prompt"] == sample["prompt"] and stored["path"] == sample["path"]
+        with torch.no_grad():
+            frames = sample["pixel_values"].permute(1, 0, 2, 3)  # f c h w
+            reference = vae.encode(frames).latent_dist.mean * vae.config.scaling_factor  # f c h w
+            ids = tokenizer([sample["prompt"]], padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+            text = text_encoder(ids).last_hidden_state[0]
+        assert stored["latents"].shape == (4, 3, 8, 8)  # (c, f, h / 2, w / 2): the tiny VAE downsamples by 2
+        torch.testing.assert_close(stored["latents"], reference.permute(1, 0, 2, 3), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stored["encoder_hidden_states"], text, rtol=1e-4, atol=1e-5)
+        assert stored["encoder_hidden_states"].shape == (77, 32)
+
+    loader = torch.utils.data.DataLoader(cached, batch_size=2, num_workers=2)
+    batches = list(loader)
+    assert torch.cat([b["latents"] for b in batches]).shape == (5, 4, 3, 8, 8)
+    assert [p for b in batches for p in b["prompt"]] == [cached[i]["prompt"] for i in range(5)]
+
+
+def test_cache_errors_and_atomicity(setup, tmp_path, monkeypatch):
+    root, model, manifest = setup
+    with pytest.raises(FileNotFoundError, match="not a latent cache"):
+        CachedLatentDataset(tmp_path)
+    (tmp_path / "novae").mkdir()
+    with pytest.raises(FileNotFoundError, match="lacks vae/, text_encoder/, tokenizer/"):
+        build_latent_cache(tmp_path / "novae", manifest, tmp_path / "c", num_frames=2, height=8, width=8)
+    (tmp_path / "bad.csv").write_text(f"path,caption\n{root}/shapes/broken.mp4,x\n")
+    with pytest.raises(ValueError, match="no readable samples"):
+        build_latent_cache(model, tmp_path / "bad.csv", tmp_path / "c", num_frames=2, height=8, width=8,
+                           device="cpu", progress=False)
+    assert not (tmp_path / "c").exists()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(cache_module, "encode_prompts", crash)
+    with pytest.raises(RuntimeError):
+        build_latent_cache(model, manifest, tmp_path / "c", num_frames=2, height=8, width=8, device="cpu",
+                           progress=False)
+    assert not (tmp_path / "c").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_cache(setup, tmp_path, capsys):
+    root, model, manifest = setup
+    out = tmp_path / "cache"
+    assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out", str(out),
+                 "--num-frames", "2", "--height", "8", "--width", "8", "--batch-size", "3", "--device", "cpu"]) == 0
+    assert "cached 5 clips" in capsys.readouterr().out
+    assert json.loads((out / "index.json").read_text())["num_frames"] == 2
+    assert CachedLatentDataset(out)[0]["latents"].shape == (4, 2, 4, 4)
+    assert main(["data", "cache", "--model", str(tmp_path / "nope"), "--manifest", str(manifest), "--out",
+                 str(out)]) == 2
+    assert "nope does not exist" in capsys.readouterr().err
+    assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out", str(out),
+                 "--batch-size", "0"]) == 2
