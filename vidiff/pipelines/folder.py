@@ -150,6 +150,20 @@ def _is_hub_id(text: str) -> bool:
 
 def _download_base(repo_id: str) -> Path:
     """Fetch the parts of a hub SD pipeline that inflation needs (safetensors preferred over .bin)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"--base {repo_id!r} is not a local folder and HF_HUB_OFFLINE is set; pass a local "
+                                "diffusers SD pipeline folder")
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:  # fail at once when offline, instead of the hub client's retries
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        raise FileNotFoundError(f"--base {repo_id!r} is not a local folder and the hub ({host}) cannot be reached "
+                                f"({e}); pass a local diffusers SD pipeline folder") from None
     try:
         from huggingface_hub import list_repo_files, snapshot_download
 
@@ -187,10 +201,6 @@ def load_base_components(base: str | os.PathLike, *, config: str | os.PathLike |
     (.safetensors / .ckpt) with `config` a local diffusers SD pipeline folder holding the component configs
     (the weights there are not used). A folder without `vae/` is a pixel-space model.
     """
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    from vidiff.models.unet import VideoUNet
-
     text = str(base)
     path = Path(base).expanduser()
     if path.is_file() or path.suffix in SD_SUFFIXES:
@@ -202,6 +212,9 @@ def load_base_components(base: str | os.PathLike, *, config: str | os.PathLike |
         path = _download_base(text)
     _check_sd_folder(path)
     from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from vidiff.models.unet import VideoUNet
 
     unet = VideoUNet.from_2d(path, "unet", **unet_options)
     vae = AutoencoderKL.from_pretrained(str(path / "vae")) if (path / "vae").is_dir() else None
