@@ -22,10 +22,10 @@ from einops import rearrange
 BACKENDS = ("auto", "sdpa", "xformers", "math")
 CROSS_FRAME_MODES = ("none", "first", "sparse-causal")
 
-# CUDA kernels launch one block per (batch x heads) on a grid axis limited to 65535: the temporal layers fold
-# b*h*w into the batch (2 * 64 * 64 = 8192 videos-pixels for one 512 px clip with CFG, times 8 heads), so
-# calls above this are split into chunks. Reported for xformers at 512x512x16 frames with CFG.
-MAX_CUDA_BATCH_HEADS = 65535
+# Fused CUDA kernels launch one block per (batch x heads) on a grid axis limited to 65535. The temporal layers
+# fold b*h*w into the batch (2 * 64 * 64 = 8192 pixel columns for one 512 px clip with CFG, times 8 heads), which
+# overflows it (reported for xformers at 512x512x16 frames with CFG), so larger calls are split into chunks.
+MAX_BATCH_HEADS = 65535
 
 
 def check_backend(name: str) -> str:
@@ -107,9 +107,9 @@ def attention(q, k, v, backend: str = "auto", upcast: bool = False):
         return math_attention(q, k, v, upcast=upcast)
     fn = _xformers_attention if backend == "xformers" else F.scaled_dot_product_attention
     batch, heads = q.shape[:2]
-    if q.device.type != "cuda" or batch * heads <= MAX_CUDA_BATCH_HEADS:
+    if batch * heads <= MAX_BATCH_HEADS:
         return fn(q, k, v)
-    chunk = max(1, MAX_CUDA_BATCH_HEADS // heads)
+    chunk = max(1, MAX_BATCH_HEADS // heads)
     return torch.cat([fn(q[i:i + chunk], k[i:i + chunk], v[i:i + chunk]) for i in range(0, batch, chunk)])
 
 

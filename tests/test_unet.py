@@ -1,0 +1,320 @@
+"""VideoUNet against diffusers' 2D U-Net and plain-einsum references (tiny seeded configs, CPU, fp32)."""
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+from einops import rearrange
+
+import vidiff
+from vidiff.models import attention as attention_mod
+from vidiff.models.attention import VideoAttnProcessor
+from vidiff.models.unet import VideoUNet
+
+TOL = 1e-5
+
+SD1 = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, cross_attention_dim=16,
+           sample_size=8, attention_head_dim=4,
+           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+SD2 = dict(block_out_channels=(16, 32, 32), layers_per_block=2, norm_num_groups=8, cross_attention_dim=24,
+           sample_size=8, attention_head_dim=(2, 4, 8), use_linear_projection=True, upcast_attention=True,
+           down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+X4 = dict(in_channels=7, out_channels=4, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+          cross_attention_dim=16, sample_size=8, attention_head_dim=8, num_class_embeds=1000,
+          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+ONLY_CROSS = dict(SD1, only_cross_attention=True)
+CONFIGS = {"sd1": SD1, "sd2": SD2, "x4-upscaler": X4, "only-cross-attention": ONLY_CROSS}
+
+
+def make_2d(config, seed=0):
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**config).eval()
+    with torch.no_grad():  # random, non-trivial weights everywhere (diffusers zero-inits some outputs)
+        for p in unet.parameters():
+            p.normal_(0, 0.1)
+    return unet
+
+
+def inputs(unet2d, b=2, f=4, size=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, unet2d.config.in_channels, f, size, size, generator=g)
+    context = torch.randn(b, 5, unet2d.config.cross_attention_dim, generator=g)
+    t = torch.tensor([10, 500][:b])
+    labels = torch.tensor([20, 350][:b]) if unet2d.config.num_class_embeds else None
+    return x, t, context, labels
+
+
+def per_frame_2d(unet2d, x, t, context, labels):
+    """Reference: diffusers' U-Net on every frame, frames folded into the batch."""
+    f = x.shape[2]
+    with torch.no_grad():
+        out = unet2d(rearrange(x, "b c f h w -> (b f) c h w"), t.repeat_interleave(f),
+                     context.repeat_interleave(f, dim=0),
+                     class_labels=None if labels is None else labels.repeat_interleave(f)).sample
+    return rearrange(out, "(b f) c h w -> b c f h w", f=f)
+
+
+@pytest.fixture(scope="module")
+def sd1_folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sd1") / "unet"
+    make_2d(SD1).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("f", [1, 4])
+def test_inflated_equals_2d_per_frame(tmp_path, name, f):
+    unet2d = make_2d(CONFIGS[name])
+    unet2d.save_pretrained(tmp_path / "unet")
+    video = VideoUNet.from_2d(tmp_path / "unet").eval()
+    x, t, context, labels = inputs(unet2d, f=f)
+    with torch.no_grad():
+        out = video(x, t, context, class_labels=labels)
+    ref = per_frame_2d(unet2d, x, t, context, labels)
+    assert out.shape == (2, unet2d.config.out_channels, f, 16, 16)
+    assert (out - ref).abs().max() <= TOL
+
+
+def test_odd_latent_size_matches_2d(sd1_folder):
+    unet2d = UNet2DConditionModel.from_pretrained(sd1_folder).eval()
+    video = VideoUNet.from_2d(sd1_folder).eval()
+    x, t, context, labels = inputs(unet2d, f=2, size=14)
+    x = x[..., :13]  # 14 x 13: not a multiple of the U-Net's factor 2
+    with torch.no_grad():
+        out = video(x, t, context)
+    assert (out - per_frame_2d(unet2d, x, t, context, labels)).abs().max() <= TOL
+
+
+def test_temporal_layers_present_and_named(sd1_folder):
+    video = VideoUNet.from_2d(sd1_folder)
+    names = [n for n, _ in video.named_parameters() if ".temporal_" in n]
+    assert any(".temporal_convs." in n for n in names) and any(".temporal_attentions." in n for n in names)
+    assert {id(p) for p in video.temporal_parameters()} == {id(p) for n, p in video.named_parameters() if n in names}
+    off = VideoUNet.from_2d(sd1_folder, temporal_conv=False, temporal_attention=False)
+    assert not list(off.temporal_parameters())
+    assert sum(p.numel() for p in off.parameters()) == sum(
+        p.numel() for p in UNet2DConditionModel.from_pretrained(sd1_folder).parameters())
+
+
+# ------------------------------------------------------------------------------------------- cross-frame
+def reference_cross_frame(attn, x, num_frames, mode):
+    """Plain-einsum attention where frame i's keys/values come from frames `sources(i)`."""
+    b = x.shape[0] // num_frames
+    x = x.reshape(b, num_frames, *x.shape[1:])
+    heads = attn.heads
+    outs = []
+    for i in range(num_frames):
+        sources = {"none": [i], "first": [0], "sparse-causal": [0, max(i - 1, 0)]}[mode]
+        ctx = torch.cat([x[:, s] for s in sources], dim=1)
+        q = attn.to_q(x[:, i]).unflatten(-1, (heads, -1))
+        k = attn.to_k(ctx).unflatten(-1, (heads, -1))
+        v = attn.to_v(ctx).unflatten(-1, (heads, -1))
+        w = torch.einsum("bqhd,bkhd->bhqk", q, k).mul(q.shape[-1] ** -0.5).softmax(-1)
+        o = torch.einsum("bhqk,bkhd->bqhd", w, v).flatten(-2)
+        outs.append(attn.to_out[0](o))
+    return torch.stack(outs, dim=1).flatten(0, 1)
+
+
+@pytest.mark.parametrize("mode", ["none", "first", "sparse-causal"])
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_cross_frame_attention_matches_einsum(mode, backend):
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8)
+    attn.set_processor(VideoAttnProcessor(backend, cross_frame=mode))
+    f = 4
+    x = torch.randn(2 * f, 6, 16)
+    with torch.no_grad():
+        out = attn(x, num_frames=f)
+        ref = reference_cross_frame(attn, x, f, mode)
+    assert (out - ref).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("mode", ["first", "sparse-causal"])
+def test_cross_frame_keeps_frame0_and_changes_others(sd1_folder, mode):
+    video = VideoUNet.from_2d(sd1_folder).eval()
+    unet2d = UNet2DConditionModel.from_pretrained(sd1_folder)
+    x, t, context, _ = inputs(unet2d, f=4)
+    with torch.no_grad():
+        for module in video.modules():  # sharpen and amplify self-attention (random weights make it a
+            if isinstance(module, Attention) and not module.is_cross_attention:  # near-uniform, small average)
+                module.to_q.weight.mul_(4.0)
+                module.to_v.weight.mul_(20.0)
+        per_frame = video(x, t, context)
+        video.set_cross_frame(mode)
+        crossed = video(x, t, context)
+    assert (crossed[:, :, 0] - per_frame[:, :, 0]).abs().max() <= TOL
+    assert (crossed[:, :, 1:] - per_frame[:, :, 1:]).abs().max() > 1e-3
+    assert VideoUNet.from_2d(sd1_folder, cross_frame=mode).config["cross_frame"] == mode
+
+
+def test_bad_options_are_clear_errors(sd1_folder):
+    with pytest.raises(ValueError, match="cross_frame"):
+        VideoUNet.from_2d(sd1_folder, cross_frame="previous")
+    with pytest.raises(ValueError, match="attention backend"):
+        VideoUNet.from_2d(sd1_folder, attention_backend="flash")
+    with pytest.raises(ValueError, match="unknown VideoUNet option"):
+        VideoUNet.from_2d(sd1_folder, temporal_convs=True)
+    video = VideoUNet.from_2d(sd1_folder)
+    with pytest.raises(ValueError, match=r"\(b, c, f, h, w\)"):
+        video(torch.randn(2, 4, 8, 8), 1, torch.randn(2, 5, 16))
+    with pytest.raises(ValueError, match="channels"):
+        video(torch.randn(1, 3, 2, 8, 8), 1, torch.randn(1, 5, 16))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where xformers cannot run")
+def test_forcing_xformers_without_cuda_is_a_clear_error(sd1_folder):
+    video = VideoUNet.from_2d(sd1_folder)
+    with pytest.raises(RuntimeError, match="xformers"):
+        video.set_attention_backend("xformers")
+
+
+# ------------------------------------------------------------------------------------------- backends
+def test_sdpa_and_math_backends_agree(sd1_folder):
+    video = VideoUNet.from_2d(sd1_folder, cross_frame="sparse-causal").eval()
+    _train_temporal_one_step(video)  # so the temporal attention is not the identity
+    x, t, context, _ = inputs(UNet2DConditionModel.from_pretrained(sd1_folder), f=4)
+    with torch.no_grad():
+        video.set_attention_backend("sdpa")
+        a = video(x, t, context)
+        video.set_attention_backend("math")
+        b = video(x, t, context)
+    assert (a - b).abs().max() <= TOL
+
+
+def test_attention_chunks_large_batches(monkeypatch):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(10, 2, 3, 4) for _ in range(3))
+    full = attention_mod.attention(q, k, v, "sdpa")
+    monkeypatch.setattr(attention_mod, "MAX_BATCH_HEADS", 6)  # 3 items per chunk
+    assert torch.equal(attention_mod.attention(q, k, v, "sdpa"), full)
+    assert (full - attention_mod.math_attention(q, k, v)).abs().max() <= TOL
+
+
+# ------------------------------------------------------------------------------------------- training
+def _train_temporal_one_step(video, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, 4, 8, 8, generator=g)
+    context = torch.randn(1, 5, 16, generator=g)
+    opt = torch.optim.Adam(video.temporal_parameters(), lr=1e-2)
+    loss = (video(x, 500, context) - torch.randn(x.shape, generator=g)).pow(2).mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def test_one_temporal_step_makes_frames_interact_and_leaves_spatial_weights(sd1_folder):
+    video = VideoUNet.from_2d(sd1_folder)
+    video.freeze_spatial()
+    spatial_before = {n: p.detach().clone() for n, p in video.named_parameters() if ".temporal_" not in n}
+    assert all(not p.requires_grad for n, p in video.named_parameters() if n in spatial_before)
+    x, t, context, _ = inputs(UNet2DConditionModel.from_pretrained(sd1_folder), b=1, f=4)
+    x2 = x.clone()
+    x2[:, :, 3] += 1.0  # change frame 3 only
+
+    def frame0_gap():
+        with torch.no_grad():
+            return (video(x, t, context)[:, :, 0] - video(x2, t, context)[:, :, 0]).abs().max()
+
+    assert frame0_gap() <= TOL  # at init, frames are independent
+    _train_temporal_one_step(video)
+    assert frame0_gap() > 1e-4  # after one step on the temporal layers, frame 3 reaches frame 0
+    for n, p in video.named_parameters():
+        if n in spatial_before:
+            assert torch.equal(p, spatial_before[n]), n
+
+
+def test_gradient_checkpointing_gives_same_gradients(sd1_folder):
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)  # the temporal attention's q/k/v projections are randomly initialised
+        video = VideoUNet.from_2d(sd1_folder, cross_frame="first")
+        _train_temporal_one_step(video)
+        if ckpt:
+            video.enable_gradient_checkpointing()
+        x = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+        video(x, 10, torch.ones(1, 5, 16)).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in video.parameters()]))
+    assert (grads[0] - grads[1]).abs().max() <= 1e-6
+
+
+def test_conditioning_channels_start_at_zero(sd1_folder):
+    video = VideoUNet.from_2d(sd1_folder, conditioning_channels=3).eval()
+    base = VideoUNet.from_2d(sd1_folder).eval()
+    assert video.in_channels == 4 and video.conditioning_channels == 3
+    x, t, context, _ = inputs(UNet2DConditionModel.from_pretrained(sd1_folder), f=2)
+    cond = torch.randn(2, 3, 2, 16, 16)
+    with torch.no_grad():
+        out = video(torch.cat([x, cond], dim=1), t, context)
+        assert (out - base(x, t, context)).abs().max() <= TOL
+
+
+# ------------------------------------------------------------------------------------------- files
+def test_save_pretrained_round_trip(tmp_path, sd1_folder):
+    video = VideoUNet.from_2d(sd1_folder, cross_frame="sparse-causal", conditioning_channels=2).eval()
+    _train_temporal_one_step_cond(video)
+    video.save_pretrained(tmp_path / "video_unet")
+    assert sorted(p.name for p in (tmp_path / "video_unet").iterdir()) == [
+        "config.json", "diffusion_pytorch_model.safetensors"]
+    loaded = vidiff.VideoUNet.from_pretrained(tmp_path / "video_unet").eval()
+    assert loaded.config == video.config
+    x = torch.randn(1, 6, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, 7, torch.ones(1, 5, 16)), video(x, 7, torch.ones(1, 5, 16)))
+
+
+def _train_temporal_one_step_cond(video):
+    with torch.no_grad():
+        for p in video.temporal_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+
+
+def test_save_and_load_temporal(tmp_path, sd1_folder):
+    trained = VideoUNet.from_2d(sd1_folder).eval()
+    _train_temporal_one_step(trained)
+    trained.save_temporal(tmp_path / "motion.safetensors")
+    fresh = VideoUNet.from_2d(sd1_folder).eval()
+    x = torch.randn(1, 4, 3, 8, 8)
+    with torch.no_grad():
+        assert not torch.equal(fresh(x, 7, torch.ones(1, 5, 16)), trained(x, 7, torch.ones(1, 5, 16)))
+        fresh.load_temporal(tmp_path / "motion.safetensors")
+        assert torch.equal(fresh(x, 7, torch.ones(1, 5, 16)), trained(x, 7, torch.ones(1, 5, 16)))
+    from safetensors.torch import load_file
+    assert all(".temporal_" in k for k in load_file(tmp_path / "motion.safetensors"))
+
+
+def test_load_errors_name_the_keys(tmp_path, sd1_folder):
+    from safetensors.torch import load_file, save_file
+
+    video = VideoUNet.from_2d(sd1_folder)
+    video.save_pretrained(tmp_path / "v")
+    weights = tmp_path / "v" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    del state["conv_in.weight"]
+    save_file(state, weights)
+    with pytest.raises(ValueError, match=r"1 missing key.*conv_in\.weight"):
+        VideoUNet.from_pretrained(tmp_path / "v")
+    video.save_temporal(tmp_path / "m.safetensors")
+    motion = load_file(tmp_path / "m.safetensors")
+    key = next(iter(motion))
+    motion[key] = torch.zeros(3, 3)
+    save_file(motion, tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        video.load_temporal(tmp_path / "m.safetensors")
+    with pytest.raises(FileNotFoundError, match="VideoUNet"):
+        VideoUNet.from_pretrained(tmp_path / "nothing-here")
+
+
+class _RunsCode:
+    """Unpickling this would call os.getcwd(): a stand-in for a checkpoint that runs code."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def test_non_weights_only_pickle_is_refused(tmp_path, sd1_folder):
+    state = UNet2DConditionModel.from_pretrained(sd1_folder).state_dict()
+    torch.save({"state_dict": state, "hook": _RunsCode()}, tmp_path / "evil.ckpt")
+    with pytest.raises(ValueError, match="weights-only"):
+        VideoUNet.from_2d(tmp_path / "evil.ckpt", config=sd1_folder / "config.json")
