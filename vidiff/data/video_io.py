@@ -25,6 +25,9 @@ from vidiff.utils import atomic_dir, atomic_path
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif", ".mpg", ".mpeg", ".ts", ".flv"}
 BACKENDS = ("auto", "decord", "pyav")
+# decord's own frame threads made reads slower here (tools/bench_data.py: 0.22 s vs 0.17 s per clip); parallelism
+# comes from DataLoader workers. PyAV's frame threading (thread_type AUTO) did help (0.22 s vs 0.51 s).
+DECORD_THREADS = 1
 
 
 class VideoReadError(ValueError):
@@ -237,7 +240,7 @@ def _read_decord(path: Path, indices: np.ndarray, shape: tuple[int, int] | None)
     import decord
 
     kwargs = {} if shape is None else {"height": shape[0], "width": shape[1]}
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0, **kwargs)
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=DECORD_THREADS, **kwargs)
     if int(indices.max()) >= len(reader):
         raise VideoReadError(path, f"truncated: frame {int(indices.max())} requested, decord sees {len(reader)}")
     try:
@@ -247,7 +250,7 @@ def _read_decord(path: Path, indices: np.ndarray, shape: tuple[int, int] | None)
         # and resize here instead.
         if shape is None or "must exactly match" not in str(e):
             raise
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=DECORD_THREADS)
     return _resize_frames(reader.get_batch(indices.tolist()).asnumpy(), shape)
 
 
