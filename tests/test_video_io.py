@@ -70,9 +70,11 @@ def videos(tmp_path_factory):
     (root / "truncated.mp4").write_bytes(data[: len(data) // 2])  # moov atom (at the end) lost
     data = files["faststart"].read_bytes()
     (root / "truncated_fs.mp4").write_bytes(data[: len(data) // 3])  # header intact, frames lost
+    # An unknown codec tag: the container opens, no decoder exists.
+    (root / "unsupported.mp4").write_bytes(files["plain"].read_bytes().replace(b"avc1", b"zzzz"))
     (root / "empty.mp4").write_bytes(b"")
     (root / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
-    for name in ("truncated", "truncated_fs", "empty", "garbage"):
+    for name in ("truncated", "truncated_fs", "empty", "garbage", "unsupported"):
         files[name] = root / f"{name}.mp4"
     files["missing"] = root / "missing.mp4"
     return files
@@ -143,6 +145,7 @@ def test_resize(videos, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,reason", [("missing", "not found"), ("empty", "empty"), ("garbage", "cannot open"),
                                          ("truncated", "cannot open"),
+                                         ("unsupported", "unsupported video codec"),
                                          ("truncated_fs", "truncated|cannot decode|decord failed")])
 def test_bad_files(videos, backend, name, reason):
     with pytest.raises(VideoReadError, match=reason) as error:
