@@ -184,7 +184,7 @@ class VideoDataset(torch.utils.data.Dataset):
     def __init__(self, manifest: str | os.PathLike, num_frames: int = 16, height: int = 256, width: int = 256,
                  stride: int | None = 1, fps: float | None = None, train: bool = True, flip: bool = False,
                  caption_column: str = "caption", path_column: str = "path", path_template: str | None = None,
-                 image_ok: bool = True, image_as_video: bool = False, seed: int = 0, prompt: str | None = None,
+                 image_ok: bool = True, seed: int = 0, image_as_video: bool = False, prompt: str | None = None,
                  root: str | os.PathLike | None = None, backend: str = "auto", repeat: int = 1,
                  check_files: bool = True):
         if num_frames < 1:
@@ -236,6 +236,8 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def _load_video(self, path: Path, rng: np.random.Generator | None) -> np.ndarray:
         info = probe_video(path)
+        if self.fps and not info.fps:
+            raise VideoReadError(path, f"unknown frame rate, cannot sample at fps={self.fps}")
         step = frame_step(self.stride, self.fps, info.fps if self.fps else None)
         span = clip_span(self.num_frames, step)
         if span > info.num_frames:
@@ -264,6 +266,7 @@ class VideoDataset(torch.utils.data.Dataset):
     # -- bad-file handling ----------------------------------------------------------------------------------------
     def _mark_bad(self, path: str, reason: str) -> None:
         if path not in self.bad_files:
+            reason = " ".join(reason.split())  # one line, whatever FFmpeg said
             self.bad_files[path] = reason
             logger.warning(f"skipping bad sample {path}: {reason}")
 

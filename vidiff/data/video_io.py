@@ -305,6 +305,8 @@ def read_frames(path: str | os.PathLike, info: VideoInfo, indices=None, num_fram
                 stride: int | None = None, fps: float | None = None, start: int = 0, size=None,
                 backend: str = "auto") -> VideoClip:
     """`read_video` for a file already probed (`info = probe_video(path)`), so datasets probe once."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}")
     path = Path(path)
     if indices is None:
         try:
@@ -395,7 +397,8 @@ def _write_mp4(path: Path, frames: np.ndarray, fps, crf: int = 18) -> None:
 def _write_gif(path: Path, frames: np.ndarray, fps) -> None:
     from PIL import Image
 
-    # GIF delays are in 1/100 s, so the stored rate is the nearest that fits (e.g. 8 fps -> 120 ms -> 8.33 fps).
+    # GIF delays are in 1/100 s, so the stored rate is the nearest that fits (e.g. 8 fps -> 120 ms -> 8.33 fps);
+    # at least 20 ms, as browsers play shorter delays slowly.
     duration = max(20, int(round(100.0 / float(fps))) * 10)
     images = [Image.fromarray(frame) for frame in frames]
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0,
