@@ -1,0 +1,248 @@
+"""VideoPipeline on a tiny random model: against diffusers' StableDiffusionPipeline, hand-written sampling loops,
+and its own invariants (seeds, guidance, windows, chunked decoding, schedulers, pixel-space models)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from vidiff import VideoPipeline
+from vidiff.pipelines.schedulers import SCHEDULERS, make_scheduler
+from vidiff.pipelines.text_to_video import temporal_windows, window_weights
+from vidiff.testing import make_tiny_sd_pipeline, make_tiny_video_pipeline
+
+PROMPT = "a red circle moving right"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    sd = make_tiny_sd_pipeline(root / "sd", seed=0)
+    video = make_tiny_video_pipeline(root / "video", seed=0)
+    return sd, video
+
+
+@pytest.fixture(scope="module")
+def pipe(folders):
+    return VideoPipeline.from_pretrained(folders[1], device="cpu")
+
+
+def noise(shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_matches_diffusers_sd_pipeline_frame_by_frame(folders, pipe):
+    """An inflated model (temporal layers = identity) samples each frame exactly as SD samples an image: text
+    encoding, CFG with a negative prompt, DDIM, latent scaling and VAE decoding all match diffusers."""
+    from diffusers import StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(str(folders[0]), safety_checker=None, requires_safety_checker=False)
+    sd.set_progress_bar_config(disable=True)
+    latents = noise((1, 4, 3, 8, 8))
+    ours = pipe(PROMPT, num_frames=3, height=16, width=16, num_inference_steps=3, guidance_scale=5.0,
+                negative_prompt="blue square", latents=latents, output_type="pt", progress=False)
+    images = sd(PROMPT, height=16, width=16, num_inference_steps=3, guidance_scale=5.0, negative_prompt="blue square",
+                num_images_per_prompt=3, latents=latents[0].transpose(0, 1), output_type="pt").images  # (f, 3, h, w) in [0, 1]
+    reference = images.permute(1, 0, 2, 3) * 2 - 1
+    torch.testing.assert_close(ours[0], reference, atol=2e-4, rtol=0)
+
+
+def reference_loop(pipe, latents, steps, guidance, prompt=PROMPT):
+    """DDIM with classifier-free guidance written out by hand, on the whole clip (no windows)."""
+    scheduler = make_scheduler("ddim", pipe.scheduler_config)
+    scheduler.set_timesteps(steps)
+    cond = pipe.encode_prompt([prompt])
+    uncond = pipe.encode_prompt([""])
+    x = latents.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps_c = pipe.unet(x, t, cond)
+            if guidance == 1.0:  # the conditional-only path: no unconditional pass at all
+                eps = eps_c
+            else:
+                eps_u = pipe.unet(x, t, uncond)
+                eps = eps_u + guidance * (eps_c - eps_u)
+            x = scheduler.step(eps, t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_guidance_matches_hand_written_loop(pipe, guidance):
+    latents = noise((1, 4, 4, 8, 8), seed=1)
+    ours = pipe(PROMPT, num_inference_steps=2, guidance_scale=guidance, latents=latents, output_type="latent",
+                progress=False)
+    torch.testing.assert_close(ours, reference_loop(pipe, latents, 2, guidance), atol=1e-5, rtol=0)
+
+
+def test_guidance_changes_output(pipe):
+    latents = noise((1, 4, 4, 8, 8), seed=1)
+    a = pipe(PROMPT, num_inference_steps=2, guidance_scale=1.0, latents=latents, output_type="latent", progress=False)
+    b = pipe(PROMPT, num_inference_steps=2, guidance_scale=3.0, latents=latents, output_type="latent", progress=False)
+    c = pipe(PROMPT, num_inference_steps=2, guidance_scale=3.0, latents=latents, output_type="latent", progress=False,
+             negative_prompt="blue square")
+    assert (a - b).abs().max() > 1e-3 and (b - c).abs().max() > 1e-3
+
+
+def test_seed_determinism_and_one_generator_per_video(pipe):
+    a = pipe(PROMPT, num_inference_steps=2, seed=7, progress=False)
+    b = pipe(PROMPT, num_inference_steps=2, seed=7, progress=False)
+    c = pipe(PROMPT, num_inference_steps=2, seed=8, progress=False)
+    assert a.dtype == np.uint8 and a.shape == (4, 16, 16, 3)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - c).max() > 0
+    # A batch of two videos with seed 7: video i is the clip seed 7 + i gives alone (up to batched float rounding).
+    batch = pipe(PROMPT, num_inference_steps=2, seed=7, num_videos_per_prompt=2, output_type="latent", progress=False)
+    alone = pipe(PROMPT, num_inference_steps=2, seed=8, output_type="latent", progress=False)
+    torch.testing.assert_close(batch[1:], alone, atol=1e-4, rtol=0)
+    # Explicit generators: the same as seeds.
+    gens = [torch.Generator().manual_seed(7)]
+    np.testing.assert_array_equal(pipe(PROMPT, num_inference_steps=2, generator=gens, progress=False), a)
+
+
+def test_batch_of_prompts_returns_list(pipe):
+    videos = pipe([PROMPT, "blue square"], num_frames=2, num_inference_steps=1, num_videos_per_prompt=2, seed=0,
+                  progress=False)
+    assert isinstance(videos, list) and len(videos) == 4
+    assert all(v.shape == (2, 16, 16, 3) and v.dtype == np.uint8 for v in videos)
+
+
+def test_chunked_vae_decoding_equals_unchunked_and_diffusers(pipe):
+    latents = noise((2, 4, 5, 8, 8), seed=2)
+    full = pipe.decode_latents(latents, chunk_size=None)
+    for chunk in (1, 3, 8):
+        torch.testing.assert_close(pipe.decode_latents(latents, chunk_size=chunk), full, atol=1e-5, rtol=0)
+    # Reference: diffusers' VAE on every frame of video 1, latents divided by the scaling factor.
+    with torch.no_grad():
+        frames = pipe.vae.decode(latents[1].transpose(0, 1) / pipe.vae.config.scaling_factor).sample
+    torch.testing.assert_close(full[1], frames.transpose(0, 1).clamp(-1, 1), atol=1e-5, rtol=0)
+
+
+def test_temporal_windows_cover_clip():
+    assert temporal_windows(4, 16, 8) == [(0, 4)]
+    assert temporal_windows(40, 16, 8) == [(0, 16), (8, 24), (16, 32), (24, 40)]
+    assert temporal_windows(64, 16, 4)[-1] == (48, 64)
+    assert temporal_windows(21, 8, 6) == [(0, 8), (6, 14), (12, 20), (13, 21)]
+    with pytest.raises(ValueError, match="window_stride"):
+        temporal_windows(20, 4, 5)
+    w = window_weights(4)
+    assert torch.equal(w, w.flip(0)) and w.min() > 0
+
+
+def test_long_video_windows_match_hand_written_co_denoising(pipe):
+    """10 frames from a 4-frame model: each step averages the windows' predictions with tent weights."""
+    latents = noise((1, 4, 10, 8, 8), seed=3)
+    ours = pipe(PROMPT, num_frames=10, num_inference_steps=1, guidance_scale=1.0, latents=latents,
+                window_size=4, window_stride=2, output_type="latent", progress=False)
+    scheduler = make_scheduler("ddim", pipe.scheduler_config)
+    scheduler.set_timesteps(1)
+    t = scheduler.timesteps[0]
+    text = pipe.encode_prompt([PROMPT])
+    total, weight = torch.zeros_like(latents), torch.zeros(10)
+    tent = torch.tensor([1.0, 2.0, 2.0, 1.0])  # any scale: it cancels in the average
+    with torch.no_grad():
+        for start in (0, 2, 4, 6):
+            total[:, :, start:start + 4] += pipe.unet(latents[:, :, start:start + 4], t, text) * tent.view(1, 1, 4, 1, 1)
+            weight[start:start + 4] += tent
+    expected = scheduler.step(total / weight.view(1, 1, -1, 1, 1), t, latents).prev_sample
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_long_video_has_no_seams(folders):
+    """With temporal layers that mix frames (perturbed from their identity init) and the same noise on every
+    frame, overlapping windows give a clip whose frame-to-frame change is even along it; back-to-back windows
+    (stride = window) show the seam this guards against."""
+    pipe = VideoPipeline.from_pretrained(folders[1], device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if ".temporal_" in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+    f, window = 16, 4
+    latents = noise((1, 4, 1, 8, 8), seed=4).repeat(1, 1, f, 1, 1)
+
+    def unevenness(stride):
+        video = pipe(PROMPT, num_frames=f, latents=latents, window_size=window, window_stride=stride,
+                     num_inference_steps=3, output_type="pt", progress=False)
+        assert video.shape == (1, 3, f, 16, 16)
+        change = (video[0, :, 1:] - video[0, :, :-1]).abs().mean(dim=(0, 2, 3))   # (f - 1,)
+        interior = change[window:-window]  # away from the clip's ends, where only one window covers a frame
+        return (interior.max() / interior.min()).item()
+
+    assert unevenness(stride=2) < 1.05
+    assert unevenness(stride=4) > 1.08  # the check can fail: a seam every 4 frames
+
+
+def test_64_frames_from_16_frame_model_in_one_call(folders):
+    # Cheap stand-in for "64 from 16": the tiny model's window is 4; 16 frames = 4 x the window, one call.
+    pipe = VideoPipeline.from_pretrained(folders[1], device="cpu")
+    video = pipe(PROMPT, num_frames=16, num_inference_steps=1, guidance_scale=1.0, seed=0, progress=False)
+    assert video.shape == (16, 16, 16, 3)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_every_scheduler_runs_two_steps(pipe, name):
+    a = pipe(PROMPT, num_frames=2, num_inference_steps=2, scheduler=name, seed=0, output_type="latent", progress=False)
+    b = pipe(PROMPT, num_frames=2, num_inference_steps=2, scheduler=name, seed=0, output_type="latent", progress=False)
+    assert a.shape == (1, 4, 2, 8, 8) and torch.isfinite(a).all()
+    torch.testing.assert_close(a, b, atol=0, rtol=0)  # stochastic samplers too: their noise comes from the seed
+
+
+def test_ddim_eta_draws_noise_from_the_seed(pipe):
+    a = pipe(PROMPT, num_frames=2, num_inference_steps=2, eta=1.0, seed=0, output_type="latent", progress=False)
+    b = pipe(PROMPT, num_frames=2, num_inference_steps=2, eta=0.0, seed=0, output_type="latent", progress=False)
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_unknown_scheduler_lists_the_names(pipe):
+    with pytest.raises(ValueError, match="dpm-solver\\+\\+, euler"):
+        pipe(PROMPT, scheduler="heun")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"height": 18}, "multiple of 4"), ({"num_frames": 0}, "num_frames"), ({"num_inference_steps": 0}, "num_inference"),
+    ({"cross_frame": "all"}, "cross-frame"), ({"output_type": "pil"}, "output_type"),
+])
+def test_bad_arguments(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(PROMPT, **kwargs)
+
+
+def test_cross_frame_override_is_temporary(pipe):
+    latents = noise((1, 4, 3, 8, 8), seed=5)
+    kwargs = dict(num_frames=3, num_inference_steps=1, latents=latents, output_type="latent", progress=False)
+    none = pipe(PROMPT, **kwargs)
+    first = pipe(PROMPT, cross_frame="first", **kwargs)
+    assert pipe.unet.config["cross_frame"] == "none"
+    torch.testing.assert_close(first[:, :, 0], none[:, :, 0], atol=1e-5, rtol=0)  # frame 0 attends to itself
+    assert (first[:, :, 1:] - none[:, :, 1:]).abs().max() > 1e-4
+    torch.testing.assert_close(pipe(PROMPT, **kwargs), none, atol=0, rtol=0)
+
+
+def test_long_prompt_is_truncated_with_warning(pipe):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        long_embedding = pipe.encode_prompt([" ".join(["red circle"] * 60) + " ocean"])
+    assert any("dropped" in str(w.message) and "ocean" in str(w.message) for w in caught)
+    assert long_embedding.shape == (1, 77, 32)
+
+
+def test_pixel_space_model_runs(tmp_path):
+    folder = make_tiny_video_pipeline(tmp_path / "pixel", vae=False, defaults={"height": 8, "width": 8})
+    assert not (folder / "vae").exists()
+    pipe = VideoPipeline.from_pretrained(folder, device="cpu")
+    assert pipe.spatial_factor == 2 and not pipe.latent
+    video = pipe(PROMPT, num_frames=3, num_inference_steps=2, seed=0, progress=False)
+    assert video.shape == (3, 8, 8, 3) and video.dtype == np.uint8
+    latents = pipe(PROMPT, num_frames=3, num_inference_steps=2, seed=0, output_type="latent", progress=False)
+    expected = ((latents[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0).to(torch.uint8).numpy()
+    np.testing.assert_array_equal(video, expected)  # the pixels are the sample itself
+
+
+def test_save_pretrained_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "copy")
+    again = VideoPipeline.from_pretrained(tmp_path / "copy", device="cpu")
+    kwargs = dict(num_frames=2, num_inference_steps=1, seed=0, progress=False)
+    np.testing.assert_array_equal(again(PROMPT, **kwargs), pipe(PROMPT, **kwargs))
+    assert again.info == pipe.info
