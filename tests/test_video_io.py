@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vidiff.data import video_io
-from vidiff.data.video_io import (VideoReadError, clip_indices, make_contact_sheet, probe_video, read_video,
+from vidiff.data.video_io import (ClipTooShortError, VideoReadError, clip_indices, make_contact_sheet, probe_video, read_video,
                                   video_rate, write_contact_sheet, write_video)
 
 REAL_VIDEOS = Path(__file__).resolve().parents[2] / "shared/data/videos"
@@ -97,8 +97,10 @@ def test_clip_indices_stride_and_fps():
 
 
 def test_clip_indices_errors():
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(ClipTooShortError, match="too short"):
         clip_indices(10, 4, stride=3, start=1)
+    with pytest.raises(ClipTooShortError, match="past the end"):
+        clip_indices(10, None, start=10)
     with pytest.raises(ValueError, match="either stride"):
         clip_indices(10, 2, stride=2, fps=5, source_fps=10)
     with pytest.raises(ValueError, match="stride"):
@@ -164,6 +166,10 @@ def test_too_short(videos, backend):
 
 
 def test_bad_arguments(videos, monkeypatch):
+    for bad in [dict(stride=0), dict(stride=2, fps=5), dict(num_frames=0), dict(start=-1)]:
+        with pytest.raises(ValueError) as error:
+            read_video(videos["plain"], **bad)
+        assert not isinstance(error.value, VideoReadError)  # the caller's mistake, not the file's
     with pytest.raises(ValueError, match="unknown video backend"):
         read_video(videos["plain"], backend="opencv")
     monkeypatch.setattr(video_io, "_have_decord", lambda: False)
@@ -307,3 +313,32 @@ def test_write_errors_and_atomicity(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_video(tmp_path / "a.mp4", frames, 8)
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
+
+
+def test_pyav_seek_overshoot_falls_back(videos, monkeypatch):
+    """If a seek lands past the first wanted frame, the PyAV reader decodes from the start instead."""
+    real_open = av.open
+    seeks = []
+
+    class Overshooting:
+        def __init__(self, container):
+            self.container = container
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.container.close()
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+        def seek(self, offset, **kwargs):
+            stream = kwargs["stream"]
+            extra = int(40 / float(stream.average_rate) / stream.time_base) if not seeks else 0  # 40 frames on
+            seeks.append(offset + extra)
+            return self.container.seek(offset + extra, **kwargs)
+
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: Overshooting(real_open(*args, **kwargs)))
+    clip = read_video(videos["long"], num_frames=4, stride=3, start=12, backend="pyav")
+    assert len(seeks) == 2 and frame_ids(clip.frames) == [12, 15, 18, 21]

@@ -16,6 +16,7 @@ _LAZY = {
     "VideoClip": "vidiff.data.video_io",
     "VideoInfo": "vidiff.data.video_io",
     "VideoReadError": "vidiff.data.video_io",
+    "ClipTooShortError": "vidiff.data.video_io",
     "read_video": "vidiff.data.video_io",
     "read_frames": "vidiff.data.video_io",
     "read_image": "vidiff.data.video_io",

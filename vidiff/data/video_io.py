@@ -39,6 +39,10 @@ class VideoReadError(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
+class ClipTooShortError(ValueError):
+    """The clip asked for does not fit in the video (raised by `clip_indices`)."""
+
+
 @dataclass
 class VideoInfo:
     """What the container header says about the first video stream."""
@@ -93,7 +97,7 @@ def clip_indices(num_source_frames: int, num_frames: int | None = None, stride: 
                  fps: float | None = None, source_fps: float | None = None, start: int = 0) -> np.ndarray:
     """Source frame indices of a clip: `start + floor(i * step + 0.5)` for i < num_frames, step = stride or
     source_fps / fps (a target fps above the source's repeats frames). `num_frames=None` takes every step until
-    the end. Raises ValueError when the clip does not fit in the source."""
+    the end. Raises ClipTooShortError (a ValueError) when the clip does not fit in the source."""
     step = frame_step(stride, fps, source_fps)
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
@@ -101,12 +105,12 @@ def clip_indices(num_source_frames: int, num_frames: int | None = None, stride: 
         available = num_source_frames - start
         num_frames = 0 if available <= 0 else int(math.floor((available - 1) / step + 1e-9)) + 1
         if num_frames < 1:
-            raise ValueError(f"start={start} is past the end ({num_source_frames} frames)")
+            raise ClipTooShortError(f"too short: start={start} is past the end ({num_source_frames} frames)")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     indices = start + np.floor(np.arange(num_frames) * step + 0.5).astype(np.int64)  # round half up
     if indices[-1] >= num_source_frames:
-        raise ValueError(f"too short: {num_frames} frames at a step of {step:g} from frame {start} need "
+        raise ClipTooShortError(f"too short: {num_frames} frames at a step of {step:g} from frame {start} need "
                          f"{start + clip_span(num_frames, step)} frames, the video has {num_source_frames}")
     return indices
 
@@ -309,9 +313,11 @@ def read_frames(path: str | os.PathLike, info: VideoInfo, indices=None, num_fram
         raise ValueError(f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}")
     path = Path(path)
     if indices is None:
+        if fps is not None and not info.fps:
+            raise VideoReadError(path, f"unknown frame rate, cannot sample at fps={fps}")
         try:
             indices = clip_indices(info.num_frames, num_frames, stride, fps, info.fps, start)
-        except ValueError as e:
+        except ClipTooShortError as e:  # the file's fault; bad arguments stay plain ValueErrors
             raise VideoReadError(path, str(e)) from None
     indices = np.asarray(indices, dtype=np.int64)
     if indices.ndim != 1 or len(indices) == 0 or indices.min() < 0:
