@@ -159,25 +159,26 @@ def test_long_video_has_no_seams(folders):
         for name, p in pipe.unet.named_parameters():
             if ".temporal_" in name:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.3)
-    f, window = 16, 4
+    f, window = 12, 4
     latents = noise((1, 4, 1, 8, 8), seed=4).repeat(1, 1, f, 1, 1)
 
     def unevenness(stride):
         video = pipe(PROMPT, num_frames=f, latents=latents, window_size=window, window_stride=stride,
-                     num_inference_steps=3, output_type="pt", progress=False)
+                     guidance_scale=1.0, num_inference_steps=2, output_type="pt", progress=False)
         assert video.shape == (1, 3, f, 16, 16)
         change = (video[0, :, 1:] - video[0, :, :-1]).abs().mean(dim=(0, 2, 3))   # (f - 1,)
         interior = change[window:-window]  # away from the clip's ends, where only one window covers a frame
         return (interior.max() / interior.min()).item()
 
     assert unevenness(stride=2) < 1.05
-    assert unevenness(stride=4) > 1.08  # the check can fail: a seam every 4 frames
+    assert unevenness(stride=4) > 1.15  # the check can fail: a seam every 4 frames
 
 
 def test_64_frames_from_16_frame_model_in_one_call(folders):
     # Cheap stand-in for "64 from 16": the tiny model's window is 4; 16 frames = 4 x the window, one call.
     pipe = VideoPipeline.from_pretrained(folders[1], device="cpu")
-    video = pipe(PROMPT, num_frames=16, num_inference_steps=1, guidance_scale=1.0, seed=0, progress=False)
+    video = pipe(PROMPT, num_frames=16, num_inference_steps=1, guidance_scale=1.0, seed=0, window_stride=4,
+                 progress=False)
     assert video.shape == (16, 16, 16, 3)
 
 

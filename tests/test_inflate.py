@@ -1,0 +1,115 @@
+"""`inflate_pipeline` / `vidiff inflate`: folder layout, vidiff.json, weights carried over unchanged, errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vidiff.cli import main
+from vidiff.pipelines.folder import read_info, spatial_factor
+from vidiff.testing import make_tiny_sd_pipeline
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    return make_tiny_sd_pipeline(tmp_path_factory.mktemp("base") / "sd", seed=1)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_inflate_writes_a_complete_folder(sd, tmp_path, capsys):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from vidiff import VideoUNet
+
+    out = tmp_path / "video"
+    code, stdout, _ = run(capsys, "inflate", "--base", str(sd), "--out", str(out), "--num-frames", "8", "--fps", "12")
+    assert code == 0 and f"wrote {out}" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["scheduler", "text_encoder", "tokenizer", "unet", "vae",
+                                                    "vidiff.json"]
+    info = read_info(out)
+    assert info["kind"] == "text-to-video" and info["stage"] == "base" and info["latent"]
+    assert info["vae_scale_factor"] == 2 and info["unet_spatial_factor"] == 2 and spatial_factor(info) == 4
+    assert info["defaults"] == {"num_frames": 8, "fps": 12, "height": 16, "width": 16, "num_inference_steps": 25,
+                                "guidance_scale": 7.5, "scheduler": "ddim", "cross_frame": "none"}
+    assert info["conditioning"]["max_length"] == 77 and info["conditioning"]["hidden_size"] == 32
+
+    # Spatial weights are the base's, unchanged; VAE and text encoder are the base's.
+    unet = VideoUNet.from_pretrained(out / "unet")
+    base_unet = UNet2DConditionModel.from_pretrained(str(sd / "unet")).state_dict()
+    ours = unet.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in base_unet.items())
+    assert any(".temporal_" in k for k in ours)
+    for sub, cls in (("vae", AutoencoderKL), ("text_encoder", CLIPTextModel)):
+        a, b = cls.from_pretrained(str(sd / sub)).state_dict(), cls.from_pretrained(str(out / sub)).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["beta_schedule"] == "scaled_linear"
+
+
+def test_cli_inflate_options(sd, tmp_path, capsys):
+    out = tmp_path / "video"
+    code, stdout, _ = run(capsys, "inflate", "--base", str(sd), "--out", str(out), "--cross-frame", "sparse-causal",
+                          "--no-temporal-conv")
+    assert code == 0 and "temporal attention" in stdout and "temporal conv +" not in stdout
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert config["cross_frame"] == "sparse-causal" and not config["temporal_conv"] and config["temporal_attention"]
+    assert read_info(out)["defaults"]["cross_frame"] == "sparse-causal"
+    # --overwrite replaces an existing folder; without it, an error.
+    code, _, err = run(capsys, "inflate", "--base", str(sd), "--out", str(out))
+    assert code == 2 and "--overwrite" in err
+    code, _, _ = run(capsys, "inflate", "--base", str(sd), "--out", str(out), "--overwrite", "--no-temporal-attention")
+    assert code == 0 and not json.loads((out / "unet" / "config.json").read_text())["temporal_attention"]
+
+
+def test_pixel_space_base(tmp_path, capsys):
+    base = make_tiny_sd_pipeline(tmp_path / "pixel-sd", vae=False)
+    out = tmp_path / "pixel"
+    assert run(capsys, "inflate", "--base", str(base), "--out", str(out))[0] == 0
+    info = read_info(out)
+    assert not (out / "vae").exists() and not info["latent"] and info["vae_scale_factor"] == 1
+    assert info["in_channels"] == 3 and info["defaults"]["height"] == 8
+
+
+def test_failed_inflate_leaves_nothing(sd, tmp_path, monkeypatch):
+    from transformers import CLIPTextModel
+
+    from vidiff.pipelines.folder import inflate_pipeline
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(CLIPTextModel, "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):
+        inflate_pipeline(sd, tmp_path / "video")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["missing", "not-sd", "single-file-no-config", "hub-offline", "bad-num-frames",
+                                  "config-missing", "same-as-base"])
+def test_cli_inflate_errors(sd, tmp_path, capsys, monkeypatch, case):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    (tmp_path / "empty").mkdir()
+    weights = sd / "unet" / "diffusion_pytorch_model.safetensors"
+    argv, match = {
+        "missing": (["--base", str(tmp_path / "nope")], "does not exist"),
+        "not-sd": (["--base", str(tmp_path / "empty")], "missing unet/"),
+        "single-file-no-config": (["--base", str(weights)], "pass --config"),
+        "hub-offline": (["--base", "someone/some-model"], "HF_HUB_OFFLINE"),
+        "bad-num-frames": (["--base", str(sd), "--num-frames", "0"], "--num-frames must be >= 1"),
+        "config-missing": (["--base", str(weights), "--config", str(tmp_path / "nope")], "is not a folder"),
+        "same-as-base": (["--base", str(sd), "--out", str(sd), "--overwrite"], "must differ"),
+    }[case]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    code, stdout, err = run(capsys, "inflate", *argv)
+    assert code == 2 and match in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
