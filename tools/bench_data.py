@@ -11,12 +11,14 @@ worker processes, batch size 1; the first batch of each run (worker start-up) is
            pick the clip's frames, resize with PIL
 Clips shorter than the span a sample needs ((16 - 1) * 4 + 1 = 61 frames) are left out and listed: of the
 shared clips only car-turn.mp4 (80 frames) is long enough; camel.mp4 and white-swan.mp4 have 8 frames.
-Prints a markdown table; ratios are frames/s over PyAV's at the same worker count, measured in the same run.
+Prints a markdown table: frames/s of wall time and CPU milliseconds per frame (decode + resize + crop + tensor,
+summed over workers), each with its ratio to PyAV at the same worker count, measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -47,17 +49,32 @@ class ImageioDataset(VideoDataset):
         return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames])
 
 
-def run(dataset, clips: int, workers: int) -> float:
-    """Frames per second over `clips` samples (after one untimed warm-up batch)."""
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the DataLoader workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run(dataset, clips: int, workers: int) -> tuple[float, float]:
+    """(frames per second of wall time, CPU milliseconds per frame) over `clips` samples.
+
+    Wall time excludes the first batch (worker start-up); CPU time, summed over the workers after they exit,
+    includes it and is the figure to trust on a shared, busy machine, where wall time also measures the
+    neighbours (and multi-threaded decoders win a larger share of a contended CPU).
+    """
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=clips + 1,
                                              generator=torch.Generator().manual_seed(0))
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=workers,
                                          collate_fn=collate)
+    cpu_start = cpu_seconds()
     iterator = iter(loader)
-    next(iterator)
+    first = next(iterator)["pixel_values"].shape[2]
     start = time.perf_counter()
     frames = sum(batch["pixel_values"].shape[2] for batch in iterator)
-    return frames / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    del iterator  # shuts the workers down, so their CPU time is counted
+    cpu = cpu_seconds() - cpu_start
+    return frames / wall, 1000 * cpu / (frames + first)
 
 
 def main() -> None:
@@ -103,13 +120,14 @@ def main() -> None:
               f"{', '.join(f'{p.name} ({i.num_frames} frames)' for p, i in skipped)}")
     print(f"{args.clips} random clips of {args.num_frames} frames at stride {args.stride}, resized + cropped to "
           f"{args.size}x{args.size}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| reader | workers | frames/s | clips/s | vs PyAV |")
-    print("|---|---:|---:|---:|---:|")
+    print("| reader | workers | frames/s | clips/s | frames/s vs PyAV | CPU ms/frame | CPU vs PyAV |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for workers in args.workers:
         for reader in readers:
-            fps = results[reader, workers]
-            ratio = fps / results["pyav", workers] if ("pyav", workers) in results else float("nan")
-            print(f"| {reader} | {workers} | {fps:.0f} | {fps / args.num_frames:.1f} | {ratio:.2f}x |")
+            fps, cpu = results[reader, workers]
+            base_fps, base_cpu = results.get(("pyav", workers), (float("nan"), float("nan")))
+            print(f"| {reader} | {workers} | {fps:.0f} | {fps / args.num_frames:.1f} | {fps / base_fps:.2f}x | "
+                  f"{cpu:.1f} | {cpu / base_cpu:.2f}x |")
 
 
 if __name__ == "__main__":
