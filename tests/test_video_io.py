@@ -342,3 +342,12 @@ def test_pyav_seek_overshoot_falls_back(videos, monkeypatch):
     monkeypatch.setattr(av, "open", lambda *args, **kwargs: Overshooting(real_open(*args, **kwargs)))
     clip = read_video(videos["long"], num_frames=4, stride=3, start=12, backend="pyav")
     assert len(seeks) == 2 and frame_ids(clip.frames) == [12, 15, 18, 21]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_very_short_clips(tmp_path, backend):
+    for count in (1, 2):
+        frames = np.stack([index_frame(i, 16, 16) for i in range(count)])
+        clip = read_video(write_video(tmp_path / f"{count}.mp4", frames, 5), backend=backend)
+        assert frame_ids(clip.frames) == list(range(count))
+    assert frame_ids(read_video(tmp_path / "2.mp4", num_frames=2, fps=10, backend=backend).frames) == [0, 1]

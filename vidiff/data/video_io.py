@@ -252,18 +252,15 @@ def _read_decord(path: Path, indices: np.ndarray, shape: tuple[int, int] | None)
     try:
         return reader.get_batch(indices.tolist()).asnumpy()
     except decord.DECORDError as e:
-        # decord 0.6 fails its own size check for some output sizes (e.g. width 16): decode at the source size
-        # and resize here instead.
-        if shape is None or "must exactly match" not in str(e):
-            raise
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=DECORD_THREADS)
-    return _resize_frames(reader.get_batch(indices.tolist()).asnumpy(), shape)
+        # decord 0.6 fails its own buffer-size check for some frame widths (seen: 8, 12, 16, 24, 48 px), at the
+        # source size or resized; such files are read with PyAV instead, whatever the backend asked for.
+        if "must exactly match" in str(e):
+            raise _DecordSizeBug() from None
+        raise
 
 
-def _resize_frames(frames: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.fromarray(f).resize((shape[1], shape[0]), Image.BILINEAR)) for f in frames])
+class _DecordSizeBug(Exception):
+    pass
 
 
 def read_image(path: str | os.PathLike, size=None) -> np.ndarray:
@@ -291,7 +288,8 @@ def read_video(path: str | os.PathLike, num_frames: int | None = None, stride: i
     num_frames / stride / fps / start: which frames (see `clip_indices`); all of them by default.
     indices: explicit source frame indices instead (overrides the four above).
     size: None, an int (resize the shorter side, aspect kept) or (h, w); resizing happens in the decoder.
-    backend: "auto" (decord when installed, falling back to PyAV if decord fails), "decord" or "pyav".
+    backend: "auto" (decord when installed, falling back to PyAV if decord fails), "decord" or "pyav" (decord
+    hands the few frame widths it cannot handle to PyAV).
     Images (.png, .jpg, ...) read as one frame with fps 0. Audio tracks are ignored.
     Raises VideoReadError naming the file and the reason (missing, empty, truncated, undecodable, too short).
     """
@@ -334,6 +332,8 @@ def read_frames(path: str | os.PathLike, info: VideoInfo, indices=None, num_fram
     if use_decord:
         try:
             frames = _read_decord(path, indices, shape)
+        except _DecordSizeBug:
+            frames = None
         except VideoReadError:
             if backend == "decord":
                 raise
