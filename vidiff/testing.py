@@ -135,10 +135,12 @@ def make_tiny_tokenizer(folder: str | os.PathLike):
 
 
 def make_tiny_sd_pipeline(path: str | os.PathLike, seed: int = 0, *, unet_kwargs: dict | None = None,
-                          vae_kwargs: dict | None = None, vae: bool = True) -> Path:
+                          vae_kwargs: dict | None = None, text_encoder_kwargs: dict | None = None,
+                          vae: bool = True) -> Path:
     """Write a tiny random diffusers-format Stable Diffusion pipeline folder to `path`; returns the path.
 
-    `unet_kwargs` / `vae_kwargs` override entries of `TINY_UNET` / `TINY_VAE`. `vae=False` writes a pixel-space
+    `unet_kwargs` / `vae_kwargs` / `text_encoder_kwargs` override entries of `TINY_UNET` / `TINY_VAE` /
+    `TINY_TEXT_ENCODER` (benchmarks build larger SD-like models this way). `vae=False` writes a pixel-space
     model (U-Net on 3-channel pixels in [-1, 1], no `vae/`): not a valid StableDiffusionPipeline, but the layout
     `vidiff inflate` accepts for pixel-space bases. Deterministic for a given seed.
     """
@@ -168,7 +170,7 @@ def make_tiny_sd_pipeline(path: str | os.PathLike, seed: int = 0, *, unet_kwargs
 
     text_config = CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                 **TINY_TEXT_ENCODER)
+                                 **{**TINY_TEXT_ENCODER, **(text_encoder_kwargs or {})})
     text_encoder = CLIPTextModel(text_config)
     text_encoder.save_pretrained(str(path / "text_encoder"))
 

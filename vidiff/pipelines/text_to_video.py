@@ -97,7 +97,7 @@ class VideoPipeline:
     """Text-to-video sampling with a VideoUNet (public: `vidiff.VideoPipeline`).
 
     Build with `VideoPipeline.from_pretrained(dir)` on a folder written by `vidiff inflate` / `vidiff train`,
-    then call with a prompt. `pipe.timings` holds the seconds spent per part in the last call (text, unet, vae).
+    then call with a prompt. `pipe.timings` holds the seconds spent per part in the last call (text, unet, sampler, vae).
     """
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler_config: dict, vae=None, info: dict | None = None):
@@ -275,7 +275,7 @@ class VideoPipeline:
         elif self.unet.conditioning_channels:
             raise ValueError(f"this U-Net takes {self.unet.conditioning_channels} conditioning channels: "
                              "pass condition= (b, channels, frames, h, w)")
-        self.timings = {"text": 0.0, "unet": 0.0, "vae": 0.0}
+        self.timings = {"text": 0.0, "unet": 0.0, "sampler": 0.0, "vae": 0.0}
         scheduler_obj = make_scheduler(s["scheduler"], self.scheduler_config, latent=self.latent)
         step_kwargs = {"eta": eta} if "eta" in inspect.signature(scheduler_obj.step).parameters else {}
         if "generator" in inspect.signature(scheduler_obj.step).parameters:
@@ -333,8 +333,10 @@ class VideoPipeline:
                     eps[:, :, begin:end] += out * weight.view(1, 1, -1, 1, 1)
                     total_weight[begin:end] += weight
                 eps = eps / total_weight.view(1, 1, -1, 1, 1)
-                self.timings["unet"] += self._tick() - start
+                unet_done = self._tick()
+                self.timings["unet"] += unet_done - start
                 latents = scheduler_obj.step(eps, t, latents, **step_kwargs).prev_sample
+                self.timings["sampler"] += self._tick() - unet_done
                 if callback is not None:
                     callback(i, t, latents)
         finally:
