@@ -262,6 +262,8 @@ def cmd_train(args) -> int:
     except TrainingError as e:
         print(f"vidiff train: error: {e}", file=sys.stderr)
         return 1
+    if not result.is_main_process:
+        return 0
     if result.status == "interrupted":
         print(f"vidiff train: stopped at step {result.step}; checkpoint {result.checkpoint} "
               "(continue with --resume auto)")

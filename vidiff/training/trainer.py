@@ -64,6 +64,7 @@ class TrainResult:
     pipeline: Path | None          # output_dir/pipeline when finished
     nonfinite_steps: int
     skipped_files: int
+    is_main_process: bool = True   # False on the other ranks of a distributed run
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -730,4 +731,4 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
     accelerator.end_training()
     return TrainResult(step=global_step, status=status, output_dir=output_dir, checkpoint=last_checkpoint,
                        pipeline=pipeline_dir, nonfinite_steps=state["nonfinite_steps"],
-                       skipped_files=state["skipped_files"])
+                       skipped_files=state["skipped_files"], is_main_process=main)

@@ -1,0 +1,420 @@
+"""`vidiff train` on tiny models (CPU): objective, trainable sets, resume, DDP, faults, export."""
+import csv
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vidiff.config import load_config
+from vidiff.training.ema import EMA
+from vidiff.training.stages import make_stage, min_snr_weights
+from vidiff.training.trainer import (EndlessSampler, TrainingError, drop_unused_parameters, list_checkpoints,
+                                     save_checkpoint, select_trainable, train)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "train" / "tiny.yaml"
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are dominated by per-op overhead: one intra-op thread is as fast alone and much faster on a
+    shared, loaded machine (measured 4x here). Restored afterwards for the other test files."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fixtures: one tiny SD pipeline, its inflated vidiff folder, a shapes dataset (module-wide, built once)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from vidiff.data.synthetic import write_shapes_dataset
+    from vidiff.testing import make_tiny_sd_pipeline, make_tiny_video_pipeline
+
+    root = tmp_path_factory.mktemp("train-assets")
+    sd = make_tiny_sd_pipeline(root / "sd")
+    video = make_tiny_video_pipeline(root / "video")
+    # Clips longer and larger than the training clip, so random starts and crops matter.
+    shapes = root / "shapes"
+    write_shapes_dataset(shapes, 4, num_frames=4, size=20, seed=0)
+    return {"root": root, "sd": sd, "video": video, "shapes": shapes}
+
+
+def config(out, model, manifest, *overrides):
+    return load_config(TINY, [f"model.pretrained={model}", f"data.manifest={manifest}", f"output_dir={out}",
+                              *overrides])
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def unet_weights(folder) -> dict:
+    return load_file(str(Path(folder) / UNET_WEIGHTS))
+
+
+def checkpoint_weights(run_dir) -> dict:
+    return load_file(str(list_checkpoints(Path(run_dir) / "checkpoints")[-1] / "model.safetensors"))
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the objective
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction_type, snr_gamma, noise_offset", [
+    ("epsilon", None, 0.0), ("epsilon", 5.0, 0.1), ("v_prediction", 5.0, 0.0), ("v_prediction", None, 0.05)])
+def test_stage_loss_matches_float64_reference(prediction_type, snr_gamma, noise_offset):
+    from diffusers import DDPMScheduler
+
+    from vidiff.testing import SD_SCHEDULER
+
+    scheduler = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k != "set_alpha_to_one"})
+    stage = make_stage("base", prediction_type=prediction_type, snr_gamma=snr_gamma, noise_offset=noise_offset)
+    latents = torch.randn(3, 4, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    text = torch.zeros(3, 5, 8)
+    seen = {}
+
+    def fake_unet(sample, timesteps, context):
+        seen["sample"], seen["t"] = sample, timesteps
+        return 0.3 * sample - 0.1
+
+    loss = stage.loss(fake_unet, scheduler, latents, text, generator=torch.Generator().manual_seed(7))
+
+    # Replay the generator: noise, offset noise, timesteps, in that order.
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(latents.shape, generator=g).double()
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn((3, 4, 1, 1, 1), generator=g).double()
+    t = torch.randint(0, 1000, (3,), generator=g)
+    assert torch.equal(seen["t"], t)
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2  # scaled_linear
+    alpha_bar = torch.cumprod(1 - betas, 0)[t].view(-1, 1, 1, 1, 1)
+    x0 = latents.double()
+    noisy = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+    torch.testing.assert_close(seen["sample"].double(), noisy, rtol=1e-5, atol=1e-5)
+    target = noise if prediction_type == "epsilon" else alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+    per_video = ((0.3 * noisy - 0.1 - target) ** 2).mean(dim=(1, 2, 3, 4))
+    if snr_gamma is not None:
+        snr = (alpha_bar / (1 - alpha_bar)).flatten()
+        weight = snr.clamp(max=snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
+        per_video = per_video * weight
+        torch.testing.assert_close(min_snr_weights(scheduler, t, snr_gamma, prediction_type).double(), weight,
+                                   rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss.double(), per_video.mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_and_planned_stages():
+    with pytest.raises(ValueError, match="not implemented yet"):
+        make_stage("ssr")
+    with pytest.raises(ValueError, match="unknown train.stage 'sr'"):
+        make_stage("sr")
+    with pytest.raises(ValueError, match="prediction_type"):
+        make_stage("base", prediction_type="sample")
+
+
+@pytest.mark.parametrize("trainable", ["temporal", "all"])
+def test_loss_falls_on_a_fixed_batch(assets, trainable):
+    """A fixed batch with fixed noise and timesteps: the loss must fall well below its start."""
+    from diffusers import DDPMScheduler
+
+    from vidiff.pipelines import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained(assets["video"], device="cpu", dtype="fp32")
+    unet = pipe.unet.train()
+    stage = make_stage("base")
+    params = select_trainable(unet, trainable, stage)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler_config)
+    optimizer = torch.optim.AdamW(params.values(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    latents, text = torch.randn(1, 4, 2, 8, 8, generator=g), torch.randn(1, 6, 32, generator=g)
+    losses = []
+    for _ in range(15):
+        loss = stage.loss(unet, scheduler, latents, text, generator=torch.Generator().manual_seed(3))  # same noise
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pieces of the loop
+# ---------------------------------------------------------------------------------------------------------------
+def test_endless_sampler_resumes_mid_stream():
+    straight = [next(it) for it in [iter(EndlessSampler(5, seed=3))] for _ in range(17)]
+    it = iter(EndlessSampler(5, seed=3))
+    straight = [next(it) for _ in range(17)]
+    assert [p for _, p in straight] == list(range(17))
+    for epoch in range(3):  # every epoch is a permutation, and epochs differ
+        assert sorted(i for i, _ in straight[5 * epoch:5 * epoch + 5]) == list(range(5))
+    assert [i for i, _ in straight[:5]] != [i for i, _ in straight[5:10]]
+    it = iter(EndlessSampler(5, seed=3, start=7))
+    assert [next(it) for _ in range(10)] == straight[7:17]
+    assert [i for i, _ in straight[:5]] != [i for i, _ in zip(iter(EndlessSampler(5, seed=4)), range(5))]
+
+
+def test_ema_matches_formula_and_round_trips():
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    ema = EMA({"w": p}, decay=0.9)
+    expected = p.detach().clone()
+    for n in range(4):
+        with torch.no_grad():
+            p.add_(1.0)
+        decay = min(0.9, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * p.detach()
+        ema.update({"w": p})
+    torch.testing.assert_close(ema.shadow["w"], expected)
+    other = EMA({"w": torch.nn.Parameter(torch.zeros(2))}, decay=0.5)
+    other.load_state_dict(ema.state_dict())
+    assert other.num_updates == 4 and other.decay == 0.9 and torch.equal(other.shadow["w"], ema.shadow["w"])
+    with ema.swapped_in({"w": p}):
+        torch.testing.assert_close(p.detach(), expected)
+    assert torch.equal(p.detach(), torch.tensor([5.0, 6.0]))
+    with pytest.raises(ValueError, match="train.trainable"):
+        EMA({"v": p}).load_state_dict(ema.state_dict())
+
+
+def test_unused_trainable_parameters_are_frozen(assets):
+    from vidiff.pipelines import VideoPipeline
+
+    unet = VideoPipeline.from_pretrained(assets["video"], device="cpu", dtype="fp32").unet
+    # A temporal-named parameter that the forward never touches (DDP would fail on it).
+    unet.down_blocks[0].temporal_convs[0].register_parameter("spare", torch.nn.Parameter(torch.zeros(3)))
+    stage = make_stage("base")
+    trainable = select_trainable(unet, "temporal", stage)
+    name = "down_blocks.0.temporal_convs.0.spare"
+    assert name in trainable
+    unused = drop_unused_parameters(unet, trainable, stage, text_dim=32, num_frames=2, device="cpu")
+    assert unused == [name] and name not in trainable
+    assert not dict(unet.named_parameters())[name].requires_grad
+    assert all(p.grad is None for p in unet.parameters())
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path):
+    class FakeAccelerator:
+        is_main_process = True
+
+        def __init__(self, fail):
+            self.fail = fail
+
+        def wait_for_everyone(self):
+            pass
+
+        def save_state(self, path):
+            (Path(path) / "model.safetensors").write_bytes(b"x" * 100)  # half-written
+            if self.fail:
+                raise OSError(28, "No space left on device")
+
+    first = save_checkpoint(FakeAccelerator(False), tmp_path, 3, {"step": 3}, keep=2)
+    with pytest.raises(TrainingError, match="step 6 failed.*No space left.*checkpoint-00000003 is intact"):
+        save_checkpoint(FakeAccelerator(True), tmp_path, 6, {"step": 6}, keep=2)
+    assert list_checkpoints(tmp_path / "checkpoints") == [first]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-00000003"]
+    # Pruning keeps the last K.
+    for step in (6, 9):
+        save_checkpoint(FakeAccelerator(False), tmp_path, step, {"step": step}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint-00000006",
+                                                                           "checkpoint-00000009"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# whole runs
+# ---------------------------------------------------------------------------------------------------------------
+RESUME = ["train.max_steps=6", "train.checkpoint_every=3", "train.ema=true", "train.lr_scheduler=cosine",
+          "train.lr_warmup_steps=2", "data.flip=true", "train.snr_gamma=5", "train.noise_offset=0.05",
+          "train.caption_dropout=0.3"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(assets):
+    """6 steps from the SD folder (inflated on the fly), with validation clips every 3 steps."""
+    out = assets["root"] / "straight"
+    result = train(config(out, assets["sd"], assets["shapes"], *RESUME, 'validation.prompts=["a red circle"]',
+                          "validation.every=3"))
+    return out, result
+
+
+def test_resume_gives_identical_weights(assets, straight_run, tmp_path):
+    straight, result = straight_run
+    assert result.status == "finished" and result.step == 6
+
+    out = tmp_path / "resumed"
+    cfg = config(out, assets["sd"], assets["shapes"], *RESUME)
+    stopped = train(cfg, on_step=lambda step, row: step == 3)  # as if SIGTERM came during step 3
+    assert stopped.status == "interrupted" and stopped.step == 3 and stopped.pipeline is None
+    assert not (out / "pipeline").exists()
+    resumed = train(cfg, resume="auto")
+    assert resumed.status == "finished" and resumed.step == 6
+
+    assert_same(checkpoint_weights(straight), checkpoint_weights(out))
+    assert_same(unet_weights(straight / "pipeline"), unet_weights(out / "pipeline"))  # EMA weights
+    rows_a, rows_b = read_csv(straight / "train_log.csv"), read_csv(out / "train_log.csv")
+    assert [r["step"] for r in rows_b] == [str(i) for i in range(1, 7)]  # no duplicated rows after resume
+    assert [(r["loss"], r["lr"], r["grad_norm"]) for r in rows_a] == [(r["loss"], r["lr"], r["grad_norm"]) for r in rows_b]
+
+
+def test_outputs_of_a_run(assets, straight_run):
+    from vidiff.models.unet import VideoUNet
+    from vidiff.pipelines import VideoPipeline
+
+    out, result = straight_run
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["checkpoint-00000003", "checkpoint-00000006"]
+    rows = read_csv(out / "train_log.csv")
+    assert set(rows[0]) >= {"step", "loss", "lr", "grad_norm", "samples_per_s", "skipped_files"}
+    assert all(math.isfinite(float(r["loss"])) and float(r["samples_per_s"]) > 0 for r in rows)
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(0.5e-3) and lrs[1] == pytest.approx(1e-3) and lrs[-1] < lrs[2]  # warmup, cosine
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
+    for step in ("step-00000003", "step-00000006"):
+        assert (out / "validation" / step / "00-a-red-circle.mp4").stat().st_size > 0
+        assert (out / "validation" / step / "00-a-red-circle.png").stat().st_size > 0
+
+    # The exported pipeline generates, and carries the EMA weights (not the raw ones).
+    pipe = VideoPipeline.from_pretrained(out / "pipeline", device="cpu", dtype="fp32")
+    frames = pipe("a red circle moving left", num_frames=2, height=16, width=16, num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(0), progress=False)
+    assert frames.shape == (2, 16, 16, 3) and frames.dtype == np.uint8
+    exported, raw = unet_weights(out / "pipeline"), checkpoint_weights(out)
+    temporal = [k for k in raw if ".temporal_" in k]
+    assert any(not torch.equal(exported[k], raw[k]) for k in temporal)
+    assert all(torch.equal(exported[k], raw[k]) for k in raw if ".temporal_" not in k)  # frozen: identical
+    # The motion module alone: loads into a fresh inflated U-Net and reproduces the exported temporal weights.
+    fresh = VideoUNet.from_pretrained(assets["video"] / "unet")
+    fresh.load_temporal(out / "temporal.safetensors")
+    assert all(torch.equal(fresh.state_dict()[k], exported[k]) for k in temporal)
+
+
+@pytest.mark.parametrize("mode", ["temporal", "temporal+attn-q", "all"])
+def test_only_the_chosen_parameters_change(assets, tmp_path, straight_run, mode):
+    expected = {"temporal": lambda k: ".temporal_" in k,
+                "temporal+attn-q": lambda k: ".temporal_" in k or ".attn1.to_q." in k or ".attn2.to_q." in k,
+                "all": lambda k: True}[mode]
+    if mode == "temporal":
+        out = straight_run[0]
+        before = unet_weights(out / "inflated")
+    else:
+        out = tmp_path / "run"
+        extra = ["train.max_steps=2", f"train.trainable={mode}"]
+        if mode == "all":  # also joint image + video batches (one-frame images in their own batch)
+            from PIL import Image
+
+            images = tmp_path / "images"
+            images.mkdir()
+            for i, color in enumerate([(255, 0, 0), (0, 0, 255)]):
+                Image.fromarray(np.full((20, 24, 3), color, np.uint8)).save(images / f"{i}.png")
+                (images / f"{i}.txt").write_text("a red circle")
+            extra += [f"data.image_manifest={images}", "data.image_batch_size=2"]
+        train(config(out, assets["video"], assets["shapes"], *extra))
+        before = unet_weights(assets["video"])
+    after = checkpoint_weights(out)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    wanted = {k for k in before if expected(k)}
+    assert changed and changed <= wanted, sorted(changed - wanted)[:5]
+    assert len(changed) >= 0.9 * len(wanted), sorted(wanted - changed)[:5]
+    if mode == "temporal+attn-q":
+        assert any(".attn1.to_q." in k for k in changed) and any(".attn2.to_q." in k for k in changed)
+    # The VAE and text encoder are frozen in every mode.
+    source = out / "inflated" if mode == "temporal" else assets["video"]
+    for part in ("text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+        assert_same(load_file(str(source / part)), load_file(str(out / "pipeline" / part)))
+
+
+def test_nonfinite_losses_and_bad_files(assets, tmp_path):
+    # A manifest folder with one corrupt clip among the good ones.
+    data = tmp_path / "data"
+    data.mkdir()
+    for clip in sorted(assets["shapes"].glob("*.mp4"))[:2]:
+        shutil.copy(clip, data)
+        shutil.copy(clip.with_suffix(".txt"), data)
+    (data / "zz-corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    (data / "zz-corrupt.txt").write_text("a broken clip")
+
+    out = tmp_path / "nan"
+    result = train(config(out, assets["video"], data, "train.max_steps=3", "train.debug_nan_steps=[1]"))
+    assert result.status == "finished" and result.nonfinite_steps == 1
+    rows = read_csv(out / "train_log.csv")
+    assert math.isnan(float(rows[1]["loss"])) and rows[1]["nonfinite_steps"] == "1" and rows[-1]["step"] == "3"
+    assert int(rows[-1]["skipped_files"]) >= 1 and result.skipped_files == int(rows[-1]["skipped_files"])
+    assert all(torch.isfinite(v).all() for v in checkpoint_weights(out).values())
+
+    out = tmp_path / "nan-stop"
+    with pytest.raises(TrainingError, match="2 non-finite losses in a row at step 2.*checkpoint-00000002"):
+        train(config(out, assets["video"], assets["shapes"], "train.max_steps=6", "train.debug_nan_steps=[0, 1]",
+                     "train.max_nonfinite=2"))
+    # Nothing was applied: the saved weights are the initial ones.
+    assert_same(checkpoint_weights(out), unet_weights(assets["video"]))
+
+
+def _wait_for_rows(csv_path: Path, count: int, proc, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early:\n{proc.communicate()[0][-3000:]}")
+        if csv_path.is_file() and len(csv_path.read_text().splitlines()) > count:
+            return
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("training did not log in time")
+
+
+def test_sigterm_saves_a_loadable_checkpoint(assets, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vidiff", "train", str(TINY), f"model.pretrained={assets['video']}",
+           f"data.manifest={assets['shapes']}", f"output_dir={out}", "train.max_steps=100000",
+           "train.checkpoint_every=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env=SUBPROCESS_ENV)
+    _wait_for_rows(out / "train_log.csv", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "SIGTERM" in output and "stopped at step" in output
+    (checkpoint,) = list_checkpoints(out / "checkpoints")
+    assert not list((out / "checkpoints").glob(".*tmp"))
+    step = int(checkpoint.name.split("-")[1])
+    assert step >= 2
+    # Loadable: the weights file is complete, and the run continues from it.
+    assert set(load_file(str(checkpoint / "model.safetensors"))) == set(unet_weights(assets["video"]))
+    result = train(config(out, assets["video"], assets["shapes"], f"train.max_steps={step + 1}"), resume="auto")
+    assert result.status == "finished" and result.step == step + 1
+
+
+def test_two_process_ddp_run(assets, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(SUBPROCESS_ENV, ACCELERATE_USE_CPU="true")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29500 + os.getpid() % 1000), "-m", "vidiff", "train", str(TINY), f"model.pretrained={assets['video']}",
+           f"data.manifest={assets['shapes']}", f"output_dir={out}", "train.max_steps=2",
+           "train.trainable=temporal+attn-q", "train.gradient_accumulation_steps=2", "train.gradient_checkpointing=true",
+           "train.ema=true"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "2 process(es)" in output
+    assert "ranks agree: 2 processes hold identical trainable weights" in output  # the trainer's cross-rank check
+    assert "unused parameters" not in output and "finished reduction" not in output
+    rows = read_csv(out / "train_log.csv")
+    assert [r["step"] for r in rows] == ["1", "2"]
+    assert (out / "pipeline" / "vidiff.json").is_file()
