@@ -8,7 +8,7 @@ import torch
 
 from vidiff.cli import main
 from vidiff.pipelines.folder import read_info, spatial_factor
-from vidiff.testing import make_tiny_sd_pipeline
+from vidiff.testing import make_tiny_sd_pipeline, save_sd_single_file
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,30 @@ def test_cli_inflate_writes_a_complete_folder(sd, tmp_path, capsys):
         a, b = cls.from_pretrained(str(sd / sub)).state_dict(), cls.from_pretrained(str(out / sub)).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["beta_schedule"] == "scaled_linear"
+
+
+def load_weights(folder):
+    from safetensors.torch import load_file
+
+    return {sub: load_file(str(folder / sub / name)) for sub, name in (
+        ("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"),
+        ("text_encoder", "model.safetensors"))}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_single_file_checkpoint_with_local_config(sd, tmp_path, capsys, suffix):
+    """An SD release as one LDM-layout file + a folder of configs inflates to the same folder as the diffusers
+    folder it was made from (the same seed gives the same temporal initialisation)."""
+    checkpoint = save_sd_single_file(sd, tmp_path / f"model{suffix}")
+    assert run(capsys, "inflate", "--base", str(sd), "--out", str(tmp_path / "a"))[0] == 0
+    code, stdout, err = run(capsys, "inflate", "--base", str(checkpoint), "--config", str(sd),
+                            "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    a, b = load_weights(tmp_path / "a"), load_weights(tmp_path / "b")
+    for sub in a:
+        assert a[sub].keys() == b[sub].keys(), sub
+        assert all(torch.equal(a[sub][k], b[sub][k]) for k in a[sub]), sub
+    assert read_info(tmp_path / "b")["source"] == str(checkpoint)
 
 
 def test_cli_inflate_options(sd, tmp_path, capsys):

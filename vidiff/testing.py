@@ -217,3 +217,99 @@ def _diffusers_version() -> str:
     import diffusers
 
     return diffusers.__version__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Single-file checkpoints (the original LDM / CompVis key layout), for testing `vidiff inflate --base X.safetensors`
+# ---------------------------------------------------------------------------------------------------------------
+_RESNET_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
+               "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_UNET_TOP_LDM = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+                 "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+_VAE_ATTN_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_key_to_ldm(key: str, per_block: int) -> str:
+    """diffusers UNet2DConditionModel key -> LDM `model.diffusion_model.*` key (SD 1.x layout).
+
+    LDM counts a block's down/upsampler as one more layer (`per_block` = layers_per_block + 1); an upsampler's
+    index inside its layer depends on whether the block has attentions, so it is left as `{up}` here.
+    """
+    parts = key.split(".")
+    if parts[0] in ("down_blocks", "up_blocks"):
+        i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+        if kind == "downsamplers":
+            return f"input_blocks.{1 + i * per_block + per_block - 1}.0.op.{rest[-1]}"
+        if kind == "upsamplers":
+            return f"output_blocks.{i * per_block + per_block - 1}.{{up}}.conv.{rest[-1]}"
+        layer = f"input_blocks.{1 + i * per_block + j}" if parts[0] == "down_blocks" else f"output_blocks.{i * per_block + j}"
+        if kind == "resnets":
+            return f"{layer}.0.{_RESNET_LDM[rest[0]]}.{'.'.join(rest[1:])}"
+        return f"{layer}.1.{'.'.join(rest)}"
+    if parts[0] == "mid_block":
+        kind, j, rest = parts[1], int(parts[2]), parts[3:]
+        if kind == "resnets":
+            return f"middle_block.{2 * j}.{_RESNET_LDM[rest[0]]}.{'.'.join(rest[1:])}"
+        return f"middle_block.1.{'.'.join(rest)}"
+    return f"{_UNET_TOP_LDM['.'.join(parts[:-1])]}.{parts[-1]}"
+
+
+def _vae_key_to_ldm(key: str, num_blocks: int) -> str:
+    """diffusers AutoencoderKL key -> LDM `first_stage_model.*` key."""
+    side, *rest = key.split(".")
+    if side in ("quant_conv", "post_quant_conv"):
+        return key
+    if rest[0] in ("down_blocks", "up_blocks"):
+        i = int(rest[1])
+        name, level = ("down", i) if rest[0] == "down_blocks" else ("up", num_blocks - 1 - i)  # LDM: bottom-up
+        if rest[2] == "resnets":
+            tail = ".".join(rest[4:]).replace("conv_shortcut", "nin_shortcut")
+            return f"{side}.{name}.{level}.block.{rest[3]}.{tail}"
+        sampler = "downsample" if rest[2] == "downsamplers" else "upsample"
+        return f"{side}.{name}.{level}.{sampler}.conv.{rest[-1]}"
+    if rest[0] == "mid_block":
+        if rest[1] == "resnets":
+            return f"{side}.mid.block_{int(rest[2]) + 1}.{'.'.join(rest[3:])}"
+        return f"{side}.mid.attn_1.{_VAE_ATTN_LDM['.'.join(rest[3:-1])]}.{rest[-1]}"
+    module = "norm_out" if rest[0] == "conv_norm_out" else rest[0]
+    return f"{side}.{module}.{'.'.join(rest[1:])}"
+
+
+def save_sd_single_file(sd_folder: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write a diffusers SD 1.x pipeline folder's U-Net, VAE and text encoder as one LDM-layout checkpoint
+    (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`), as the original
+    Stable Diffusion releases ship them. .safetensors, or a weights-only .ckpt (`{"state_dict": ...}`)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from vidiff.utils import atomic_path, save_safetensors_atomic
+
+    sd_folder, path = Path(sd_folder), Path(path)
+    unet = UNet2DConditionModel.from_pretrained(str(sd_folder / "unet"))
+    per_block = unet.config.layers_per_block + 1
+    checkpoint = {}
+    for key, value in unet.state_dict().items():
+        new = _unet_key_to_ldm(key, per_block)
+        if "{up}" in new:  # the upsampler follows the resnet (and the attention, when the block has one)
+            block = int(key.split(".")[1])
+            new = new.replace("{up}", "2" if hasattr(unet.up_blocks[block], "attentions") else "1")
+        checkpoint["model.diffusion_model." + new] = value
+    vae = AutoencoderKL.from_pretrained(str(sd_folder / "vae"))
+    num_blocks = len(vae.config.block_out_channels)
+    for key, value in vae.state_dict().items():
+        new = _vae_key_to_ldm(key, num_blocks)
+        if ".mid.attn_1." in new and new.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
+        checkpoint["first_stage_model." + new] = value
+    text = CLIPTextModel.from_pretrained(str(sd_folder / "text_encoder"))
+    for key, value in text.state_dict().items():
+        # LDM keeps transformers' old nesting (text_model.*), which transformers >= 5.6 flattened away.
+        key = key if key.startswith("text_model.") else "text_model." + key
+        checkpoint["cond_stage_model.transformer." + key] = value
+    if path.suffix == ".safetensors":
+        save_safetensors_atomic(checkpoint, path)
+    else:
+        with atomic_path(path) as tmp:
+            torch.save({"state_dict": {k: v.contiguous() for k, v in checkpoint.items()}}, tmp)
+    return path

@@ -265,17 +265,24 @@ def _load_single_file(path: Path, config, **unet_options) -> dict:
 
 def inflate_pipeline(base: str | os.PathLike, out: str | os.PathLike, *, cross_frame: str = "none",
                      temporal_conv: bool = True, temporal_attention: bool = True,
-                     config: str | os.PathLike | None = None, defaults: dict | None = None) -> Path:
+                     config: str | os.PathLike | None = None, defaults: dict | None = None,
+                     seed: int = 0) -> Path:
     """Inflate an SD pipeline (folder, hub id or single file + `config`) into a vidiff pipeline folder at `out`.
 
     The U-Net gains temporal layers that start as the identity, so the result samples each frame as the
     image model would until it is trained. VAE, text encoder, tokenizer and noise schedule are kept as they are.
-    `defaults` override vidiff.json's sampling defaults (`num_frames`, `height`, `fps`, ...). Returns `out`.
+    `defaults` override vidiff.json's sampling defaults (`num_frames`, `height`, `fps`, ...). `seed` fixes the
+    random parts of the temporal layers' initialisation, so the same base always gives the same folder.
+    Returns `out`.
     """
+    import torch
+
     if cross_frame not in CROSS_FRAME_MODES:
         raise ValueError(f"unknown cross-frame mode {cross_frame!r}; use one of {', '.join(CROSS_FRAME_MODES)}")
-    parts = load_base_components(base, config=config, cross_frame=cross_frame, temporal_conv=temporal_conv,
-                                 temporal_attention=temporal_attention)
+    with torch.random.fork_rng(devices=[]):  # seed the inflation without touching the caller's random state
+        torch.manual_seed(seed)
+        parts = load_base_components(base, config=config, cross_frame=cross_frame, temporal_conv=temporal_conv,
+                                     temporal_attention=temporal_attention)
     info = make_info(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
                      parts["scheduler_config"], defaults=defaults, source=parts["source"])
     return write_pipeline_folder(out, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
