@@ -77,6 +77,14 @@ def test_overrides_parse_as_yaml():
     cfg = load_config(None, REQUIRED + ["data.fps=null", "model.pretrained=2024-01-01"])
     assert cfg.data.fps is None
     assert cfg.model.pretrained == "2024-01-01"  # YAML would make a date: kept as the text typed
+    # String fields take override text as typed: YAML 1.1 would turn `no` into False.
+    cfg = load_config(None, REQUIRED + ["train.mixed_precision=no", "model.cross_frame=null", "data.cache=on"])
+    assert cfg.train.mixed_precision == "no" and cfg.model.cross_frame is None and cfg.data.cache == "on"
+
+
+def test_unquoted_yaml_boolean_for_a_string_gets_a_hint(tmp_path):
+    with pytest.raises(ConfigError, match="train.mixed_precision.*quote the value"):
+        load_config(write(tmp_path, "train: {mixed_precision: no}"), REQUIRED)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -160,7 +160,31 @@ def _coerce(value, tp, key: str, where: str):
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads no / yes / on / off unquoted as booleans
+            raise ConfigError(f"{key} in {where}: expected str, got {value!r} (YAML reads unquoted no/yes/on/off "
+                              f"as booleans: quote the value, e.g. \"no\")")
     raise ConfigError(f"{key} in {where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _field_type(cfg, dotted: str):
+    """The annotation of the field at `dotted` (None when the path does not name a field)."""
+    obj = cfg
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            return None
+        if i == len(parts) - 1:
+            return typing.get_type_hints(type(obj))[part]
+        obj = getattr(obj, part)
+    return None
+
+
+def _is_plain_str(tp) -> bool:
+    """str or Optional[str]: override text is taken as typed (so `no`, `on`, `1e-4`, dates stay strings)."""
+    if tp is str:
+        return True
+    args = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else ()
+    return bool(args) and set(args) <= {str, type(None)}
 
 
 def _fill(obj, data: dict, prefix: str, where: str) -> None:
@@ -190,12 +214,16 @@ def apply_override(cfg: Config, override: str) -> None:
         raise ConfigError(f"{where}: expected key=value, e.g. train.max_steps=100")
     dotted, raw = override.split("=", 1)
     dotted = dotted.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    if value is not None and not isinstance(value, (str, int, float, bool, list, dict)):
-        value = raw  # YAML dates and the like: keep the text as typed
+    tp = _field_type(cfg, dotted)
+    if tp is not None and _is_plain_str(tp):
+        value = None if raw.strip() in ("null", "~") and type(None) in typing.get_args(tp) else raw
+    else:
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if value is not None and not isinstance(value, (str, int, float, bool, list, dict)):
+            value = raw  # YAML dates and the like: keep the text as typed
     data: Any = value
     for part in reversed(dotted.split(".")):
         if not part:
