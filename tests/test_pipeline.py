@@ -10,7 +10,7 @@ import torch
 
 from vidiff import VideoPipeline
 from vidiff.pipelines.schedulers import SCHEDULERS, make_scheduler
-from vidiff.pipelines.text_to_video import temporal_windows, window_weights
+from vidiff.pipelines.text_to_video import reschedule_noise, temporal_windows, window_weights
 from vidiff.testing import make_tiny_sd_pipeline, make_tiny_video_pipeline
 
 PROMPT = "a red circle moving right"
@@ -174,11 +174,22 @@ def test_long_video_has_no_seams(folders):
     assert unevenness(stride=4) > 1.15  # the check can fail: a seam every 4 frames
 
 
+def test_freenoise_rescheduling_reuses_earlier_noise():
+    x = noise((4, 11, 3, 3))
+    y = reschedule_noise(x, window_size=4, stride=2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(y[:, :4], x[:, :4], atol=0, rtol=0)
+    first_window = {tuple(x[:, i].flatten().tolist()) for i in range(4)}
+    for start in range(4, 11, 2):  # each segment is a permutation of the segment one window earlier
+        segment = {tuple(y[:, i].flatten().tolist()) for i in range(start, min(start + 2, 11))}
+        earlier = {tuple(y[:, i].flatten().tolist()) for i in range(start - 4, start - 4 + len(segment))}
+        assert segment == earlier and segment <= first_window
+
+
 def test_64_frames_from_16_frame_model_in_one_call(folders):
     # Cheap stand-in for "64 from 16": the tiny model's window is 4; 16 frames = 4 x the window, one call.
     pipe = VideoPipeline.from_pretrained(folders[1], device="cpu")
     video = pipe(PROMPT, num_frames=16, num_inference_steps=1, guidance_scale=1.0, seed=0, window_stride=4,
-                 progress=False)
+                 long_video_noise="freenoise", progress=False)
     assert video.shape == (16, 16, 16, 3)
 
 

@@ -112,6 +112,8 @@ def _add_generate(sub):
     p.add_argument("--window-size", type=int, default=None,
                    help="temporal window for long clips (default: the model's num_frames)")
     p.add_argument("--window-stride", type=int, default=None, help="stride between windows (default: window / 2)")
+    p.add_argument("--long-video-noise", choices=("independent", "freenoise"), default="independent",
+                   help="noise of frames past the first window: fresh, or FreeNoise's reshuffled (default: %(default)s)")
     p.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default: %(default)s)")
     p.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: best available)")
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, else fp32")
@@ -189,7 +191,8 @@ def cmd_generate(args) -> int:
                   negative_prompt=args.negative, seed=seed, num_videos_per_prompt=args.num_videos, eta=args.eta,
                   scheduler=settings["scheduler"], cross_frame=settings["cross_frame"],
                   window_size=settings["window_size"], window_stride=settings["window_stride"],
-                  decode_chunk_size=settings["decode_chunk_size"], progress=not args.quiet)
+                  long_video_noise=args.long_video_noise, decode_chunk_size=settings["decode_chunk_size"],
+                  progress=not args.quiet)
     seconds = time.perf_counter() - start
     videos = [videos] if len(paths) == 1 else videos
     import vidiff
@@ -203,7 +206,7 @@ def cmd_generate(args) -> int:
             "num_inference_steps": settings["num_inference_steps"], "guidance_scale": settings["guidance_scale"],
             "scheduler": settings["scheduler"], "eta": args.eta, "cross_frame": settings["cross_frame"],
             "window_size": settings["window_size"], "window_stride": settings["window_stride"],
-            "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
+            "long_video_noise": args.long_video_noise, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
             "vidiff_version": vidiff.__version__, "seconds": round(seconds / len(paths), 3),
         }
         written = write_outputs(path, frames, fps, sidecar, gif=args.gif, frames_dir=args.frames_dir,

@@ -28,6 +28,7 @@ from vidiff.pipelines.folder import CROSS_FRAME_MODES, make_info, read_info, spa
 from vidiff.pipelines.schedulers import check_scheduler_name, make_scheduler
 
 OUTPUT_TYPES = ("uint8", "pt", "latent")
+LONG_VIDEO_NOISE = ("independent", "freenoise")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -61,6 +62,20 @@ def window_weights(window_size: int) -> torch.Tensor:
     """
     ramp = torch.arange(window_size, dtype=torch.float64)
     return (torch.minimum(ramp + 1, window_size - ramp) / ((window_size + 1) // 2)).float()
+
+
+def reschedule_noise(noise: torch.Tensor, window_size: int, stride: int, generator: torch.Generator) -> torch.Tensor:
+    """FreeNoise's noise rescheduling (Qiu et al. 2023) for one video's noise `(c, f, h, w)`: frames past the
+    first window reuse the noise of the frames one window earlier, shuffled within each stride-long segment, so
+    every window starts from a permutation of the same noise and distant windows stay alike (same content,
+    same colours) instead of drifting apart."""
+    noise = noise.clone()
+    num_frames = noise.shape[1]
+    for start in range(window_size, num_frames, stride):
+        length = min(stride, num_frames - start)
+        order = torch.randperm(length, generator=generator) + start - window_size
+        noise[:, start:start + length] = noise[:, order]
+    return noise
 
 
 def make_generators(num_videos: int, generator=None, seed: int | None = None) -> list[torch.Generator]:
@@ -97,7 +112,9 @@ class VideoPipeline:
     """Text-to-video sampling with a VideoUNet (public: `vidiff.VideoPipeline`).
 
     Build with `VideoPipeline.from_pretrained(dir)` on a folder written by `vidiff inflate` / `vidiff train`,
-    then call with a prompt. `pipe.timings` holds the seconds spent per part in the last call (text, unet, sampler, vae).
+    then call with a prompt. The sampler is chosen per call by name (`scheduler=`), built from the folder's noise
+    schedule (`pipe.make_scheduler(name)`). `pipe.timings` holds the seconds spent per part in the last call
+    (text, unet, sampler, vae).
     """
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler_config: dict, vae=None, info: dict | None = None):
@@ -107,7 +124,7 @@ class VideoPipeline:
         self.vae = vae.eval() if vae is not None else None
         self.scheduler_config = dict(scheduler_config)
         self.info = info if info is not None else make_info(unet, vae, text_encoder, tokenizer, scheduler_config)
-        self.scheduler = make_scheduler(self.defaults["scheduler"], self.scheduler_config, latent=self.latent)
+        make_scheduler(self.defaults["scheduler"], self.scheduler_config, latent=self.latent)  # fail early if bad
         self.timings: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------------------- files
@@ -185,6 +202,10 @@ class VideoPipeline:
         """Heights and widths in pixels must be multiples of this."""
         return self.vae_scale_factor * int(self.unet.spatial_factor)
 
+    def make_scheduler(self, name: str | None = None):
+        """A fresh diffusers scheduler `name` (default: the folder's) on this model's noise schedule."""
+        return make_scheduler(name or self.defaults["scheduler"], self.scheduler_config, latent=self.latent)
+
     # ----------------------------------------------------------------------------------------------- inputs
     def resolve_settings(self, **settings) -> dict:
         """Fill unset (None) settings from vidiff.json's defaults and validate them all; raises ValueError."""
@@ -218,7 +239,7 @@ class VideoPipeline:
                  generator: torch.Generator | list[torch.Generator] | None = None, seed: int | None = None,
                  num_videos_per_prompt: int = 1, eta: float = 0.0, scheduler: str | None = None,
                  cross_frame: str | None = None, window_size: int | None = None, window_stride: int | None = None,
-                 decode_chunk_size: int | None = 8, condition: torch.Tensor | None = None,
+                 long_video_noise: str = "independent", decode_chunk_size: int | None = 8, condition: torch.Tensor | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "uint8", progress: bool = True,
                  callback=None):
         """Generate videos from text.
@@ -234,6 +255,8 @@ class VideoPipeline:
             eta: DDIM's noise level (0 = deterministic DDIM, 1 = DDPM-like); ignored by other samplers.
             window_size, window_stride: temporal windows for clips longer than the model's trained length
                 (default: the folder's num_frames, and half of it).
+            long_video_noise: initial noise of frames past the first window: "independent" (fresh noise) or
+                "freenoise" (the earlier window's noise reshuffled, FreeNoise: steadier content over long clips).
             decode_chunk_size: frames per VAE decoder call (bounds memory); None decodes all frames at once.
             condition: `(b, conditioning_channels, f, h, w)` concatenated to the latents along channels at every
                 step, for conditioned cascade stages; b = number of videos.
@@ -253,6 +276,8 @@ class VideoPipeline:
                                   scheduler=scheduler, cross_frame=cross_frame, window_size=window_size,
                                   window_stride=window_stride, num_videos_per_prompt=num_videos_per_prompt,
                                   decode_chunk_size=decode_chunk_size)
+        if long_video_noise not in LONG_VIDEO_NOISE:
+            raise ValueError(f"unknown long_video_noise {long_video_noise!r}; use one of {', '.join(LONG_VIDEO_NOISE)}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; use one of {', '.join(OUTPUT_TYPES)}")
         if negative_prompt is None:
@@ -276,7 +301,7 @@ class VideoPipeline:
             raise ValueError(f"this U-Net takes {self.unet.conditioning_channels} conditioning channels: "
                              "pass condition= (b, channels, frames, h, w)")
         self.timings = {"text": 0.0, "unet": 0.0, "sampler": 0.0, "vae": 0.0}
-        scheduler_obj = make_scheduler(s["scheduler"], self.scheduler_config, latent=self.latent)
+        scheduler_obj = self.make_scheduler(s["scheduler"])
         step_kwargs = {"eta": eta} if "eta" in inspect.signature(scheduler_obj.step).parameters else {}
         if "generator" in inspect.signature(scheduler_obj.step).parameters:
             step_kwargs["generator"] = generators
@@ -296,6 +321,9 @@ class VideoPipeline:
         shape = (num_videos, self.unet.in_channels, f, h, w)
         if latents is None:
             latents = torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generators])
+            if long_video_noise == "freenoise" and f > s["window_size"]:
+                latents = torch.stack([reschedule_noise(x, s["window_size"], s["window_stride"], g)
+                                       for x, g in zip(latents, generators)])
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(device, torch.float32) * scheduler_obj.init_noise_sigma
