@@ -149,9 +149,11 @@ def make_tiny_sd_pipeline(path: str | os.PathLike, seed: int = 0, *, unet_kwargs
     from transformers import CLIPTextConfig, CLIPTextModel
 
     path = Path(path)
-    if path.exists():
+    if path.exists() and any(path.iterdir()):
+        if not (path / "model_index.json").is_file():  # never delete a folder this function did not write
+            raise FileExistsError(f"{path} exists and is not an SD pipeline folder; choose an empty or new path")
         shutil.rmtree(path)
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
 
     # Tokenizer first: the text encoder's vocabulary size must match it.
     tokenizer = make_tiny_tokenizer(path / "tokenizer")
