@@ -172,12 +172,16 @@ def train_pass(model, call):
     out.float().square().mean().backward()
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
+
+
 def timed(fn, device) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     _sync(device)
-    return (time.perf_counter() - start) * 1000
+    return (clock() - start) * 1000
 
 
 @dataclass
@@ -396,7 +400,7 @@ def describe(args) -> str:
         device += f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return (f"U-Net benchmark: widths {'-'.join(map(str, args.widths))}, layers/block {args.layers_per_block}, "
             f"heads {args.heads}, cross-attn dim {args.cross_attention_dim}; batch {args.batch} x {args.frames} frames "
-            f"x {args.size}x{args.size} latents; {args.dtype} on {device}; median of {args.reps} reps after "
+            f"x {args.size}x{args.size} latents; {args.dtype} on {device}; {args.clock} time, median of {args.reps} reps after "
             f"{args.warmup} warm-up; torch {torch.__version__}, diffusers {diffusers.__version__}")
 
 
@@ -424,6 +428,10 @@ def parse_args(argv=None):
     parser.add_argument("--no-checkpointing", action="store_true", help="skip the gradient-checkpointing cases")
     parser.add_argument("--flops", action="store_true", help="count model FLOPs (torch FlopCounterMode, one pass; "
                         "checkpoint recomputation not counted) and report TFLOP/s (on with --sd15)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time (steadier on a shared CPU, best with "
+                        "--threads 1; CPU device only) (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: widths 32-64, 1 layer/block, 4 heads, "
                         "4 frames of 16x16, 1 warm-up, 2 reps")
     args = parser.parse_args(argv)
@@ -439,6 +447,12 @@ def parse_args(argv=None):
     args.reps = args.reps or (2 if args.quick else 3 if args.device == "cpu" else 10)
     args.warmup = max(1, args.warmup if args.warmup is not None else (1 if args.device == "cpu" else 3))
     args.flops = args.flops or sd15
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu measures CPU time: use it with --device cpu")
+    global clock
+    clock = CLOCKS[args.clock]
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
