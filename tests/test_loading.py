@@ -120,6 +120,10 @@ def test_folder_round_trip(tmp_path, name):
     assert config["block_out_channels"] == list(CONFIGS[name]["block_out_channels"])
     assert_same_tensors(state_dict, model.state_dict())
     check_state_dict(model, state_dict, source=str(tmp_path / "unet"))
+    # The weight file alone: diffusers keys, config.json beside it.
+    config, state_dict = load_unet_2d(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    assert config["block_out_channels"] == list(CONFIGS[name]["block_out_channels"])
+    assert_same_tensors(state_dict, model.state_dict())
 
 
 def test_pipeline_folder_uses_unet_subfolder(tmp_path):

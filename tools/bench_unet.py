@@ -1,7 +1,8 @@
 """Benchmark the video U-Net against diffusers' 2D, AnimateDiff and ModelScope U-Nets on the same inputs.
 
-Forward and forward+backward wall time (median of --reps after warm-up, cases interleaved rep by rep so load
-from other processes hits all of them alike) and peak memory, each with and without gradient checkpointing:
+Forward (no grad) and forward+backward time (median of --reps after warm-up; the cases are interleaved rep by rep,
+so load from other processes hits all of them alike) and peak memory, each with and without gradient
+checkpointing (which changes only the training pass, so checkpointed rows show no forward figures):
 
     2d           diffusers UNet2DConditionModel on the b*f frames (the reference: ratios are to this row)
     video-off    VideoUNet with temporal layers off          target <= 1.05x the 2D time
@@ -16,8 +17,13 @@ gradients and activations are), measured on the last warm-up pass: on CUDA from 
 on CPU by replaying the allocations and frees that PyTorch's profiler records (exact, unaffected by malloc caching).
 
     python tools/bench_unet.py                          # CPU: widths 64-128-128, 8 frames of 32x32, batch 1
-    python tools/bench_unet.py --quick                  # smoke run, a few seconds of timing
+    python tools/bench_unet.py --threads 1 --clock cpu  # the same, steady on a CPU shared with other jobs
+    python tools/bench_unet.py --quick                  # smoke run, about 20 s
     python tools/bench_unet.py --device cuda --dtype bf16 --sd15 [--batch 2]   # SD 1.5 size, 16 x 64 x 64
+
+With --sd15 (random weights) it also counts model FLOPs, reports achieved TFLOP/s against the card's measured
+matmul rate (target: a bf16 training step at >= 35% of it) and adds `video[xformers]` beside SDPA when
+xformers runs.
 """
 from __future__ import annotations
 
