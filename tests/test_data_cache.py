@@ -100,3 +100,21 @@ def test_cli_cache(setup, tmp_path, capsys):
     assert "nope does not exist" in capsys.readouterr().err
     assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out", str(out),
                  "--batch-size", "0"]) == 2
+    capsys.readouterr()
+    # Found in QA: a negative worker count reached torch; sizes the VAE cannot halve were cached silently; an
+    # --out folder of other files was replaced (deleted).
+    assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out", str(out),
+                 "--num-workers", "-1"]) == 2
+    assert "--num-workers must be >= 0" in capsys.readouterr().err
+    assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out",
+                 str(tmp_path / "odd"), "--num-frames", "2", "--height", "9", "--width", "8", "--device", "cpu"]) == 2
+    assert "multiples of the VAE's factor 2" in capsys.readouterr().err and not (tmp_path / "odd").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out",
+                 str(tmp_path / "mine"), "--num-frames", "2", "--height", "8", "--width", "8"]) == 2
+    assert "is not a latent cache" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # An earlier cache is replaced.
+    assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out", str(out),
+                 "--num-frames", "2", "--height", "8", "--width", "8", "--device", "cpu"]) == 0

@@ -86,7 +86,9 @@ def test_generate_pixel_space_model(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["no-model", "missing-model", "sd-folder", "height", "width", "frames", "steps",
                                   "scheduler", "no-prompt", "prompts-file", "out-suffix", "num-videos", "fps",
-                                  "window", "device"])
+                                  "window", "device", "fps-nan", "guidance-nan", "eta", "window-zero",
+                                  "stride-zero", "out-empty", "out-under-file", "out-folder-of-files",
+                                  "frames-dir-clash", "prompts-file-folder"])
 def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, case):
     from vidiff.pipelines.text_to_video import VideoPipeline
 
@@ -113,18 +115,40 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "fps": (["--fps", 0], "--fps must be > 0"),
         "window": (["--num-frames", 9, "--window-size", 4, "--window-stride", 6], "must not exceed --window-size"),
         "device": (["--device", "tpu"], "unknown --device"),
+        # Found in QA: these passed the checks and failed (or silently misbehaved) after sampling.
+        "fps-nan": (["--fps", "nan"], "--fps must be > 0"),
+        "guidance-nan": (["--guidance", "nan"], "--guidance must be a finite number"),
+        "eta": (["--eta", -1], "--eta must be a number >= 0"),
+        "window-zero": (["--window-size", 0], "--window-size and --window-stride must be >= 1"),
+        "stride-zero": (["--window-stride", 0], "--window-size and --window-stride must be >= 1"),
+        "out-empty": (["--out", ""], "--out '' is empty"),
+        "out-under-file": (["--out", tmp_path / "notes.txt" / "clip.mp4"], "is a file, not a folder"),
+        # A suffix-less --out is a folder of PNG frames: it must never replace a folder of other things.
+        "out-folder-of-files": (["--out", tmp_path / "keep"], "a folder holding other files"),
+        "frames-dir-clash": (["--frames-dir", "", "--out", tmp_path / "keep.mp4"], "a folder holding other files"),
+        "prompts-file-folder": (["--prompts-file", tmp_path / "keep"], "is a folder, not a text file"),
     }
+    (tmp_path / "notes.txt").write_text("not a folder\n")
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "data.txt").write_text("precious\n")
+    (tmp_path / "keep_frames").mkdir()
+    (tmp_path / "keep_frames" / "data.txt").write_text("precious\n")
     extra, match = args[case]
     argv = {"--model": model, "--prompt": "a red circle", "--out": tmp_path / "clip.mp4"}
     for flag, value in zip(extra[::2], extra[1::2]):
         argv[flag] = value
-    flat = ["generate"] + [str(x) for k, v in argv.items() if v is not None for x in (k, v)]
+    flat = ["generate"]
+    for flag, value in argv.items():  # None: leave the flag out; "" after a switch such as --frames-dir: no value
+        if value is not None:
+            flat += [flag] if value == "" and flag != "--out" else [flag, str(value)]
     code = main(flat)
     out, err = capsys.readouterr()
     assert code == 2, err
     assert match in err and err.startswith("vidiff generate: error:")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "clip.mp4").exists()
+    assert not (tmp_path / "clip.mp4").exists() and not (tmp_path / "keep.mp4").exists()
+    assert (tmp_path / "keep" / "data.txt").read_text() == "precious\n"
+    assert (tmp_path / "keep_frames" / "data.txt").read_text() == "precious\n"
 
 
 def test_help_has_examples(capsys):

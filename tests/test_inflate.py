@@ -115,7 +115,8 @@ def test_failed_inflate_leaves_nothing(sd, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["missing", "not-sd", "single-file-no-config", "hub-offline", "bad-num-frames",
-                                  "config-missing", "same-as-base"])
+                                  "config-missing", "same-as-base", "fps-nan", "overwrite-foreign-folder",
+                                  "overwrite-file", "out-under-file"])
 def test_cli_inflate_errors(sd, tmp_path, capsys, monkeypatch, case):
     from huggingface_hub import constants
 
@@ -130,10 +131,23 @@ def test_cli_inflate_errors(sd, tmp_path, capsys, monkeypatch, case):
         "bad-num-frames": (["--base", str(sd), "--num-frames", "0"], "--num-frames must be >= 1"),
         "config-missing": (["--base", str(weights), "--config", str(tmp_path / "nope")], "is not a folder"),
         "same-as-base": (["--base", str(sd), "--out", str(sd), "--overwrite"], "must differ"),
+        # Found in QA: NaN reached vidiff.json; --overwrite deleted whatever folder --out named.
+        "fps-nan": (["--base", str(sd), "--fps", "nan"], "--fps must be > 0 and finite"),
+        "overwrite-foreign-folder": (["--base", str(sd), "--out", str(tmp_path / "keep"), "--overwrite"],
+                                     "is not a vidiff pipeline folder"),
+        "overwrite-file": (["--base", str(sd), "--out", str(tmp_path / "notes.txt"), "--overwrite"],
+                           "is not a vidiff pipeline folder"),
+        "out-under-file": (["--base", str(sd), "--out", str(tmp_path / "notes.txt" / "video")],
+                           "is a file, not a folder"),
     }[case]
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "data.txt").write_text("precious\n")
+    (tmp_path / "notes.txt").write_text("precious\n")
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
     code, stdout, err = run(capsys, "inflate", *argv)
     assert code == 2 and match in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+    assert (tmp_path / "keep" / "data.txt").read_text() == "precious\n"
+    assert (tmp_path / "notes.txt").read_text() == "precious\n"

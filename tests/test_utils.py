@@ -55,3 +55,31 @@ def test_parse_dtype_names_the_choices():
     assert parse_dtype("bf16") is torch.bfloat16
     with pytest.raises(ValueError, match="fp32, fp16, bf16"):
         parse_dtype("fp8")
+
+
+def test_atomic_dir_failed_publish_keeps_the_old_folder_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """Found in QA: a failing rename (busy target, `--out .`) left the temporary folder behind."""
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "a").write_text("old")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(src).endswith(".tmp"):
+            raise OSError(16, "Device or resource busy")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="busy"):
+        with atomic_dir(target) as tmp:
+            (tmp / "b").write_text("new")
+    assert os.listdir(tmp_path) == ["model"] and os.listdir(target) == ["a"]
+
+
+def test_atomic_dir_replacing_a_file_leaves_no_leftover(tmp_path):
+    """Found in QA: a file replaced by a folder stayed behind as `.name.old-PID`."""
+    target = tmp_path / "out"
+    target.write_text("a file")
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    assert os.listdir(tmp_path) == ["out"] and (target / "a").read_text() == "1"

@@ -315,6 +315,30 @@ def test_write_errors_and_atomicity(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
 
 
+def test_frames_write_never_replaces_other_things(tmp_path):
+    """Found in QA: a suffix-less path (a folder of PNG frames) replaced any existing folder, deleting its files."""
+    frames = shapes_frames(num_frames=2)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="a folder holding other files"):
+        write_video(tmp_path / "mine", frames, 8)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "afile").write_text("keep me too")
+    with pytest.raises(ValueError, match="is a file"):
+        write_video(tmp_path / "afile", frames, 8)
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        write_video(tmp_path / "afile" / "clip.mp4", frames, 8)
+    (tmp_path / "clip.mp4").mkdir()
+    with pytest.raises(ValueError, match="existing folder"):
+        write_video(tmp_path / "clip.mp4", frames, 8)
+    assert (tmp_path / "afile").read_text() == "keep me too"
+    # An earlier frames folder is replaced as a file would be.
+    write_video(tmp_path / "frames", frames, 8)
+    write_video(tmp_path / "frames", frames[:1], 8)
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["00000.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "clip.mp4", "frames", "mine"]
+
+
 def test_pyav_seek_overshoot_falls_back(videos, monkeypatch):
     """If a seek lands past the first wanted frame, the PyAV reader decodes from the start instead."""
     real_open = av.open

@@ -46,17 +46,26 @@ def _add_inflate(sub):
 
 
 def cmd_inflate(args) -> int:
+    import math
     from pathlib import Path
 
     out = Path(args.out)
     if args.num_frames < 1:
         raise CLIError(f"--num-frames must be >= 1, got {args.num_frames}")
-    if args.fps <= 0:
-        raise CLIError(f"--fps must be > 0, got {args.fps}")
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out {str(out)!r} already exists; pass --overwrite to replace it or choose another folder")
     if Path(args.base).exists() and out.resolve() == Path(args.base).resolve():
         raise CLIError("--out must differ from --base")
+    # --overwrite replaces an earlier pipeline folder, never a folder or file of something else (a typo in --out
+    # must not delete a user's data).
+    if out.exists() and not (out.is_dir() and ((out / "vidiff.json").is_file() or not any(out.iterdir()))):
+        raise CLIError(f"--out {str(out)!r} exists and is not a vidiff pipeline folder (no vidiff.json); "
+                       "--overwrite only replaces a pipeline folder: choose another --out")
+    blocking = next((parent for parent in out.absolute().parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise CLIError(f"--out {str(out)!r}: {str(blocking)!r} is a file, not a folder; choose another --out")
     from vidiff.pipelines.folder import inflate_pipeline
 
     fps = int(args.fps) if float(args.fps).is_integer() else args.fps
@@ -126,6 +135,7 @@ def _add_generate(sub):
 
 
 def cmd_generate(args) -> int:
+    import math
     import secrets
     import time
     from pathlib import Path
@@ -142,15 +152,18 @@ def cmd_generate(args) -> int:
     if args.prompts_file:
         file = Path(args.prompts_file)
         if not file.is_file():
-            raise CLIError(f"--prompts-file {str(file)!r} does not exist")
+            what = "is a folder, not a text file" if file.is_dir() else "does not exist"
+            raise CLIError(f"--prompts-file {str(file)!r} {what}; give a text file with one prompt per line")
         prompts += [line.strip() for line in file.read_text().splitlines()
                     if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise CLIError("no prompt: pass --prompt \"...\" or --prompts-file F")
     if args.num_videos < 1:
         raise CLIError(f"--num-videos must be >= 1, got {args.num_videos}")
-    if args.fps is not None and args.fps <= 0:
-        raise CLIError(f"--fps must be > 0, got {args.fps}")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
+    if not (math.isfinite(args.eta) and args.eta >= 0):
+        raise CLIError(f"--eta must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {args.eta}")
     info = read_info(args.model)
     try:
         settings = resolve_settings(info, num_frames=args.num_frames, height=args.height, width=args.width,
@@ -166,7 +179,8 @@ def cmd_generate(args) -> int:
                            ("height", "--height"), ("width", "--width"), ("scheduler", "--scheduler")):
             message = message.replace(name, flag)
         raise CLIError(message) from None
-    out = check_output_path(args.out)
+    out = check_output_path(args.out, len(prompts) * args.num_videos, gif=args.gif, frames_dir=args.frames_dir,
+                            contact_sheet=args.contact_sheet)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     fps = args.fps if args.fps is not None else info["defaults"].get("fps", 8)
     paths = numbered_paths(out, len(prompts) * args.num_videos)
@@ -325,12 +339,16 @@ def _add_data(sub):
 
 
 def cmd_data(args) -> int:
+    import math
+
     if args.data_command == "shapes":
         from vidiff.data.synthetic import write_shapes_dataset
 
         if args.count < 1 or args.frames < 1 or args.size < 8:
             raise CLIError(f"need --count >= 1, --frames >= 1, --size >= 8; got --count {args.count} "
                            f"--frames {args.frames} --size {args.size}")
+        if not (math.isfinite(args.fps) and args.fps > 0):
+            raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
         manifest = write_shapes_dataset(args.out, args.count, num_frames=args.frames, size=args.size,
                                         seed=args.seed, fps=args.fps, progress=True)
         print(f"wrote {args.count} clips ({args.frames} frames, {args.size}x{args.size}) and {manifest}")
@@ -341,6 +359,10 @@ def cmd_data(args) -> int:
         for name in ("num_frames", "height", "width", "stride", "batch_size", "shard_size"):
             if getattr(args, name) < 1:
                 raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        if args.num_workers < 0:
+            raise CLIError(f"--num-workers must be >= 0 (0 decodes in the main process), got {args.num_workers}")
+        if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+            raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
         index = build_latent_cache(
             args.model, args.manifest, args.out, num_frames=args.num_frames, height=args.height, width=args.width,
             stride=args.stride, fps=args.fps, batch_size=args.batch_size, shard_size=args.shard_size,

@@ -102,11 +102,22 @@ def build_latent_cache(model_dir: str | os.PathLike, manifest: str | os.PathLike
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
     if not model_dir.is_dir():
         raise FileNotFoundError(f"pipeline folder {model_dir} does not exist")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0 (0 decodes in the main process), got {num_workers}")
+    # The cache replaces out_dir when done: only an earlier cache or an empty folder may be replaced.
+    if out_dir.exists() and not (out_dir.is_dir() and ((out_dir / INDEX_FILE).is_file()
+                                                       or not any(out_dir.iterdir()))):
+        raise ValueError(f"{out_dir} exists and is not a latent cache (no {INDEX_FILE}); it would be replaced: "
+                         "choose a new --out")
     device = device or default_device()
     torch_dtype = parse_dtype(dtype)
     dataset = VideoDataset(manifest, num_frames=num_frames, height=height, width=width, stride=stride, fps=fps,
                            train=False, flip=False, image_as_video=False, **dataset_options)
     vae, text_encoder, tokenizer = _load_encoders(model_dir, device, torch_dtype)
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if height % vae_factor or width % vae_factor:
+        raise ValueError(f"height and width must be multiples of the VAE's factor {vae_factor} (the latents "
+                         f"would not decode back to {height}x{width}), got {height}x{width}")
     loader = torch.utils.data.DataLoader(_Samples(dataset), batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=list)
     shards, skipped = [], {}

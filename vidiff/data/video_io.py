@@ -454,6 +454,32 @@ def write_contact_sheet(path: str | os.PathLike, frames, cols: int | None = None
     return path
 
 
+def _is_frames_folder(path: Path) -> bool:
+    """True for a folder holding only numbered PNG frames (what a "frames" write leaves), or nothing."""
+    return path.is_dir() and all(p.suffix == ".png" and p.stem.isdigit() and p.is_file() for p in path.iterdir())
+
+
+def check_write_target(path: str | os.PathLike, format: str | None = None) -> str:
+    """Raise ValueError if `path` cannot take a video of its format without destroying something else: a file
+    format where a folder is, a frames folder where a file or a folder of other things is, a file where a parent
+    folder should be. Returns the format. Cheap: callers run it before expensive work."""
+    path = Path(path)
+    if str(path) in ("", "."):
+        raise ValueError(f"output path {str(path)!r} is empty; give a name such as clip.mp4")
+    kind = video_format(path, format)
+    if kind == "frames":
+        if path.exists() and not _is_frames_folder(path):
+            what = "a file" if not path.is_dir() else "a folder holding other files"
+            raise ValueError(f"{path} is {what}; a folder of PNG frames would replace it: choose a new name "
+                             "(or a .mp4 / .gif / .png suffix)")
+    elif path.is_dir():
+        raise ValueError(f"{path} is an existing folder; give a file name such as clip.mp4")
+    blocking = next((parent for parent in path.absolute().parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"cannot write {path}: {blocking} is a file, not a folder")
+    return kind
+
+
 def _write_png_folder(path: Path, frames: np.ndarray) -> None:
     from PIL import Image
 
@@ -488,11 +514,13 @@ def write_video(path: str | os.PathLike, frames, fps: float = 8.0, format: str |
 
     format (default from the suffix, see `video_format`): "mp4" (H.264 yuv420p at `crf`; odd heights / widths
     padded to even by repeating the last row / column), "gif", "frames" (a folder of 00000.png, ...) or
-    "contact-sheet" (one PNG grid with frame indices). Returns the path.
+    "contact-sheet" (one PNG grid with frame indices). An existing file of the same format is replaced; an
+    existing frames folder is replaced only if it holds nothing but numbered PNGs (ValueError otherwise).
+    Returns the path.
     """
     path = Path(path)
     frames = _as_frames(frames)
-    kind = video_format(path, format)
+    kind = check_write_target(path, format)  # never replace a folder of other things (or a file) with frames
     video_rate(fps)  # validate before writing anything
     if kind == "frames":
         _write_png_folder(path, frames)

@@ -13,16 +13,30 @@ from pathlib import Path
 from vidiff.utils import write_json_atomic
 
 
-def check_output_path(out: str | os.PathLike) -> Path:
-    """Validate `--out` (a known video suffix, not an existing folder for a file format); returns it."""
-    from vidiff.data.video_io import video_format
+def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = False, frames_dir: bool = False,
+                      contact_sheet: bool = False) -> Path:
+    """Validate `--out` and every file `write_outputs` will write for `count` videos with these extras (a known
+    video suffix; nothing that would replace a folder, or a folder of other files; no file where a parent folder
+    should be), so a bad name fails before the model loads. Returns `out`."""
+    from vidiff.data.video_io import check_write_target, video_format
 
+    if str(out) in ("", "."):
+        raise ValueError(f"--out {str(out)!r} is empty; give a file name such as clip.mp4")
     out = Path(out)
     kind = video_format(out)  # ValueError for unknown suffixes
     if kind != "frames" and out.is_dir():
         raise ValueError(f"--out {str(out)!r} is an existing folder; give a file name such as clip.mp4")
     if out.suffix.lower() == ".json":
         raise ValueError(f"--out {str(out)!r}: .json is the sidecar's suffix; give a video name such as clip.mp4")
+    for path in numbered_paths(out, count):
+        for target, target_kind in _targets(path, gif, frames_dir, contact_sheet):
+            try:
+                check_write_target(target, target_kind)
+            except ValueError as e:
+                raise ValueError(f"--out: {e}") from None
+        sidecar = _sidecar_path(path)
+        if sidecar.is_dir():
+            raise ValueError(f"--out: the sidecar {sidecar} would replace a folder; choose another --out")
     return out
 
 
@@ -38,7 +52,18 @@ def numbered_paths(out: str | os.PathLike, count: int) -> list[Path]:
 def write_outputs(path: Path, frames, fps: float, sidecar: dict, *, gif: bool = False, frames_dir: bool = False,
                   contact_sheet: bool = False) -> list[Path]:
     """Write one clip to `path` (format from its suffix), the requested extras and its sidecar; returns the paths."""
-    from vidiff.data.video_io import video_format, write_video
+    from vidiff.data.video_io import write_video
+
+    written = [write_video(target, frames, fps=fps, format=kind)
+               for target, kind in _targets(path, gif, frames_dir, contact_sheet)]
+    sidecar_path = _sidecar_path(path)
+    write_json_atomic(sidecar_path, dict(sidecar, files=[str(p.name) for p in written]))
+    return written + [sidecar_path]
+
+
+def _targets(path: Path, gif: bool, frames_dir: bool, contact_sheet: bool) -> list[tuple[Path, str]]:
+    """(path, format) of the main output and the requested extras."""
+    from vidiff.data.video_io import video_format
 
     main_kind = video_format(path)
     targets = [(path, main_kind)]
@@ -48,7 +73,8 @@ def write_outputs(path: Path, frames, fps: float, sidecar: dict, *, gif: bool = 
         targets.append((path.with_suffix(".png"), "contact-sheet"))
     if frames_dir and main_kind != "frames":
         targets.append((path.with_name(f"{path.stem}_frames"), "frames"))
-    written = [write_video(target, frames, fps=fps, format=kind) for target, kind in targets]
-    sidecar_path = path.with_suffix(".json") if path.suffix else path.with_name(path.name + ".json")
-    write_json_atomic(sidecar_path, dict(sidecar, files=[str(p.name) for p in written]))
-    return written + [sidecar_path]
+    return targets
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_suffix(".json") if path.suffix else path.with_name(path.name + ".json")

@@ -14,6 +14,7 @@ Song et al. 2021 (DDIM).
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import time
 import warnings
@@ -276,6 +277,8 @@ class VideoPipeline:
                                   scheduler=scheduler, cross_frame=cross_frame, window_size=window_size,
                                   window_stride=window_stride, num_videos_per_prompt=num_videos_per_prompt,
                                   decode_chunk_size=decode_chunk_size)
+        if not (math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic DDIM), got {eta}")
         if long_video_noise not in LONG_VIDEO_NOISE:
             raise ValueError(f"unknown long_video_noise {long_video_noise!r}; use one of {', '.join(LONG_VIDEO_NOISE)}")
         if output_type not in OUTPUT_TYPES:
@@ -430,8 +433,8 @@ def resolve_settings(info: dict, *, num_frames=None, height=None, width=None, nu
                              f"{info['vae_scale_factor']} x U-Net factor {info['unet_spatial_factor']}), got {s[key]}")
     if s["num_inference_steps"] < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {s['num_inference_steps']}")
-    if s["guidance_scale"] < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {s['guidance_scale']}")
+    if not (math.isfinite(s["guidance_scale"]) and s["guidance_scale"] >= 0):
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {s['guidance_scale']}")
     if num_videos_per_prompt < 1:
         raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
     if decode_chunk_size is not None and decode_chunk_size < 1:
@@ -441,7 +444,7 @@ def resolve_settings(info: dict, *, num_frames=None, height=None, width=None, nu
         raise ValueError(f"unknown cross-frame mode {s['cross_frame']!r}; use one of {', '.join(CROSS_FRAME_MODES)}")
     # Long clips: windows of the trained length, overlapping by half (FreeNoise uses a quarter: smoother,
     # twice the U-Net calls).
-    s["window_size"] = int(window_size or defaults["num_frames"])
-    s["window_stride"] = int(window_stride or max(1, s["window_size"] // 2))
+    s["window_size"] = int(window_size if window_size is not None else defaults["num_frames"])
+    s["window_stride"] = int(window_stride if window_stride is not None else max(1, s["window_size"] // 2))
     temporal_windows(s["num_frames"], s["window_size"], s["window_stride"])  # validates the pair
     return s
