@@ -356,3 +356,19 @@ def test_video_unet_from_2d_names_bad_keys(tmp_path):
     with pytest.raises(ValueError, match=r"weights in .*sd-single.safetensors do not fit the model: "
                                          r"1 shape mismatch \(conv_out.weight: checkpoint \(3, 8, 3, 3\)"):
         VideoUNet.from_2d(path, config=tmp_path / "config")
+
+
+def test_hub_id_falls_back_to_bin_weights(tmp_path, monkeypatch):
+    model = tiny_unet()
+    model.save_pretrained(tmp_path / "snapshot", safe_serialization=False)  # a repo with .bin weights only
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        calls.append(allow_patterns)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    _, state_dict = load_unet_2d("someone/old-model")
+    assert_same_tensors(state_dict, model.state_dict())
+    assert len(calls) == 2 and "diffusion_pytorch_model.bin" in calls[1]
+    assert not any(pattern.endswith(".bin") for pattern in calls[0])
