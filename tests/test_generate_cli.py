@@ -88,7 +88,8 @@ def test_generate_pixel_space_model(tmp_path, capsys):
                                   "scheduler", "no-prompt", "prompts-file", "out-suffix", "num-videos", "fps",
                                   "window", "device", "fps-nan", "guidance-nan", "eta", "window-zero",
                                   "stride-zero", "out-empty", "out-under-file", "out-folder-of-files",
-                                  "frames-dir-clash", "prompts-file-folder"])
+                                  "frames-dir-clash", "prompts-file-folder", "steps-over-schedule",
+                                  "truncated-scheduler"])
 def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, case):
     from vidiff.pipelines.text_to_video import VideoPipeline
 
@@ -127,7 +128,14 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "out-folder-of-files": (["--out", tmp_path / "keep"], "a folder holding other files"),
         "frames-dir-clash": (["--frames-dir", "", "--out", tmp_path / "keep.mp4"], "a folder holding other files"),
         "prompts-file-folder": (["--prompts-file", tmp_path / "keep"], "is a folder, not a text file"),
+        "steps-over-schedule": (["--steps", 1001], "--steps must be at most the noise schedule's 1000"),
+        "truncated-scheduler": (["--model", tmp_path / "damaged"], "unreadable scheduler/scheduler_config.json"),
     }
+    if case == "truncated-scheduler":
+        import shutil
+
+        shutil.copytree(model, tmp_path / "damaged")
+        (tmp_path / "damaged" / "scheduler" / "scheduler_config.json").write_text('{"beta_')
     (tmp_path / "notes.txt").write_text("not a folder\n")
     (tmp_path / "keep").mkdir()
     (tmp_path / "keep" / "data.txt").write_text("precious\n")

@@ -3,6 +3,7 @@ and its own invariants (seeds, guidance, windows, chunked decoding, schedulers, 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,10 +216,40 @@ def test_unknown_scheduler_lists_the_names(pipe):
 @pytest.mark.parametrize("kwargs, match", [
     ({"height": 18}, "multiple of 4"), ({"num_frames": 0}, "num_frames"), ({"num_inference_steps": 0}, "num_inference"),
     ({"cross_frame": "all"}, "cross-frame"), ({"output_type": "pil"}, "output_type"),
+    # Found in QA: these failed deep inside torch / diffusers (TypeError, IndexError) or after the text encoding,
+    # or were silently replaced by the defaults (window 0), or ran on (NaN guidance / eta).
+    ({"height": 16.0}, "height must be an integer"), ({"num_inference_steps": 2.5}, "num_inference_steps must be"),
+    ({"num_frames": True}, "num_frames must be an integer"), ({"num_inference_steps": 1001}, "at most"),
+    ({"guidance_scale": float("nan")}, "guidance_scale"), ({"eta": -1.0}, "eta"), ({"eta": float("nan")}, "eta"),
+    ({"window_size": 0}, "window_size"), ({"window_stride": 0}, "window_stride"),
+    ({"prompt": None}, "prompt must be a string"), ({"prompt": [PROMPT, 3]}, "prompt must be a string"),
 ])
 def test_bad_arguments(pipe, kwargs, match):
+    kwargs = {"prompt": PROMPT, **kwargs}
     with pytest.raises(ValueError, match=match):
-        pipe(PROMPT, **kwargs)
+        pipe(kwargs.pop("prompt"), progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("damage", ["text_encoder-weights", "vae-config", "tokenizer-vocab", "no-text_encoder"])
+def test_damaged_folder_is_one_clear_error(folders, tmp_path, damage):
+    """Found in QA: a damaged component gave a transformers / diffusers traceback, and a tokenizer folder without
+    its vocabulary loaded silently as an empty tokenizer (every word an unknown token)."""
+    import shutil
+
+    folder = Path(shutil.copytree(folders[1], tmp_path / "video"))
+    if damage == "text_encoder-weights":
+        (folder / "text_encoder" / "model.safetensors").unlink()
+    elif damage == "vae-config":
+        (folder / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKL", "block_')
+    elif damage == "tokenizer-vocab":
+        for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+            (folder / "tokenizer" / name).unlink(missing_ok=True)
+    else:
+        shutil.rmtree(folder / "text_encoder")
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        VideoPipeline.from_pretrained(folder, device="cpu")
+    message = str(info.value)
+    assert "\n" not in message and ("vidiff inflate" in message) and damage.split("-")[0] in message
 
 
 def test_cross_frame_override_is_temporary(pipe):

@@ -140,7 +140,7 @@ def cmd_generate(args) -> int:
     import time
     from pathlib import Path
 
-    from vidiff.pipelines.folder import read_info
+    from vidiff.pipelines.folder import read_info, read_scheduler_config
     from vidiff.pipelines.outputs import check_output_path, numbered_paths, write_outputs
     from vidiff.pipelines.text_to_video import resolve_settings
 
@@ -166,7 +166,13 @@ def cmd_generate(args) -> int:
         raise CLIError(f"--eta must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {args.eta}")
     info = read_info(args.model)
     try:
-        settings = resolve_settings(info, num_frames=args.num_frames, height=args.height, width=args.width,
+        schedule = read_scheduler_config(Path(args.model) / "scheduler")
+    except (FileNotFoundError, ValueError) as e:  # (json.JSONDecodeError is a ValueError)
+        raise CLIError(f"{args.model}: unreadable scheduler/scheduler_config.json ({e}); re-create the folder "
+                       "with `vidiff inflate`") from None
+    try:
+        settings = resolve_settings(info, num_train_timesteps=schedule.get("num_train_timesteps"),
+                                    num_frames=args.num_frames, height=args.height, width=args.width,
                                     num_inference_steps=args.steps, guidance_scale=args.guidance,
                                     scheduler=args.scheduler, cross_frame=args.cross_frame,
                                     window_size=args.window_size, window_stride=args.window_stride,

@@ -184,6 +184,25 @@ def _download_base(repo_id: str) -> Path:
                                 "diffusers SD pipeline folder") from None
 
 
+def load_component(directory: Path, name: str, cls, fix: str = "re-create it with `vidiff inflate`"):
+    """`cls.from_pretrained(directory / name)`, with a missing or damaged component reported as one clear error
+    (transformers and diffusers raise OSError / ValueError with multi-line messages) ending with `fix`."""
+    folder = Path(directory) / name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{directory} has no {name}/ folder: the pipeline folder is incomplete; {fix}")
+    if name == "tokenizer" and not ((folder / "tokenizer.json").is_file()
+                                    or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())):
+        # transformers builds an empty-vocabulary tokenizer from tokenizer_config.json alone, without a word.
+        raise FileNotFoundError(f"{folder} has no vocabulary (tokenizer.json, or vocab.json + merges.txt); the "
+                                f"pipeline folder is damaged: {fix}")
+    try:
+        return cls.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise ValueError(f"cannot load {folder} ({type(e).__name__}: {reason}); the pipeline folder is damaged: "
+                         f"{fix}") from None
+
+
 def _check_sd_folder(folder: Path) -> None:
     missing = [c for c in ("unet", "text_encoder", "tokenizer", "scheduler") if not (folder / c).is_dir()]
     if missing:
@@ -217,12 +236,13 @@ def load_base_components(base: str | os.PathLike, *, config: str | os.PathLike |
     from vidiff.models.unet import VideoUNet
 
     unet = VideoUNet.from_2d(path, "unet", **unet_options)
-    vae = AutoencoderKL.from_pretrained(str(path / "vae")) if (path / "vae").is_dir() else None
+    fix = "give a complete diffusers SD pipeline folder (as StableDiffusionPipeline.save_pretrained writes it)"
+    vae = load_component(path, "vae", AutoencoderKL, fix) if (path / "vae").is_dir() else None
     return {
         "unet": unet,
         "vae": vae,
-        "text_encoder": CLIPTextModel.from_pretrained(str(path / "text_encoder")),
-        "tokenizer": CLIPTokenizer.from_pretrained(str(path / "tokenizer")),
+        "text_encoder": load_component(path, "text_encoder", CLIPTextModel, fix),
+        "tokenizer": load_component(path, "tokenizer", CLIPTokenizer, fix),
         "scheduler_config": read_scheduler_config(path / "scheduler"),
         "source": text,
     }

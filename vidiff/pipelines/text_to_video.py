@@ -25,7 +25,8 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from vidiff.pipelines.folder import CROSS_FRAME_MODES, make_info, read_info, spatial_factor, write_pipeline_folder
+from vidiff.pipelines.folder import (CROSS_FRAME_MODES, load_component, make_info, read_info, spatial_factor,
+                                     write_pipeline_folder)
 from vidiff.pipelines.schedulers import check_scheduler_name, make_scheduler
 
 OUTPUT_TYPES = ("uint8", "pt", "latent")
@@ -147,11 +148,11 @@ class VideoPipeline:
         if (directory / "vae").is_dir():
             from diffusers import AutoencoderKL
 
-            vae = AutoencoderKL.from_pretrained(str(directory / "vae"))
+            vae = load_component(directory, "vae", AutoencoderKL)
         elif info.get("latent", False):
             raise FileNotFoundError(f"{directory} is a latent model but has no vae/ folder")
-        pipe = cls(unet, CLIPTextModel.from_pretrained(str(directory / "text_encoder")),
-                   CLIPTokenizer.from_pretrained(str(directory / "tokenizer")),
+        pipe = cls(unet, load_component(directory, "text_encoder", CLIPTextModel),
+                   load_component(directory, "tokenizer", CLIPTokenizer),
                    read_scheduler_config(directory / "scheduler"), vae=vae, info=info)
         return pipe.to(device, dtype)
 
@@ -269,10 +270,11 @@ class VideoPipeline:
         Returns:
             For "uint8": one array for one prompt and one video, else a list of arrays (prompt-major order).
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("prompt is empty: pass a string or a non-empty list of strings")
-        s = self.resolve_settings(num_frames=num_frames, height=height, width=width,
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+        s = self.resolve_settings(num_train_timesteps=self.scheduler_config.get("num_train_timesteps"),
+                                  num_frames=num_frames, height=height, width=width,
                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                   scheduler=scheduler, cross_frame=cross_frame, window_size=window_size,
                                   window_stride=window_stride, num_videos_per_prompt=num_videos_per_prompt,
@@ -408,10 +410,22 @@ class VideoPipeline:
 # ---------------------------------------------------------------------------------------------------------------
 # Settings (torch-free; the CLI checks a request against vidiff.json before loading anything)
 # ---------------------------------------------------------------------------------------------------------------
+def _check_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+
+
 def resolve_settings(info: dict, *, num_frames=None, height=None, width=None, num_inference_steps=None,
                      guidance_scale=None, scheduler=None, cross_frame=None, window_size=None, window_stride=None,
-                     num_videos_per_prompt=1, decode_chunk_size=8) -> dict:
-    """Settings for one call: None takes vidiff.json's default; every value is checked (ValueError)."""
+                     num_videos_per_prompt=1, decode_chunk_size=8, num_train_timesteps: int | None = None) -> dict:
+    """Settings for one call: None takes vidiff.json's default; every value is checked (ValueError).
+    `num_train_timesteps` (the noise schedule's length, when known) bounds the number of sampling steps."""
+    for name, value in (("num_frames", num_frames), ("height", height), ("width", width),
+                        ("num_inference_steps", num_inference_steps), ("window_size", window_size),
+                        ("window_stride", window_stride), ("num_videos_per_prompt", num_videos_per_prompt),
+                        ("decode_chunk_size", decode_chunk_size)):
+        if value is not None:
+            _check_int(name, value)
     defaults = info["defaults"]
     s = {
         "num_frames": num_frames if num_frames is not None else defaults["num_frames"],
@@ -433,6 +447,9 @@ def resolve_settings(info: dict, *, num_frames=None, height=None, width=None, nu
                              f"{info['vae_scale_factor']} x U-Net factor {info['unet_spatial_factor']}), got {s[key]}")
     if s["num_inference_steps"] < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {s['num_inference_steps']}")
+    if num_train_timesteps is not None and s["num_inference_steps"] > num_train_timesteps:
+        raise ValueError(f"num_inference_steps must be at most the noise schedule's {num_train_timesteps} "
+                         f"training steps, got {s['num_inference_steps']}")
     if not (math.isfinite(s["guidance_scale"]) and s["guidance_scale"] >= 0):
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {s['guidance_scale']}")
     if num_videos_per_prompt < 1:
