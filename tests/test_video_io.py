@@ -375,3 +375,30 @@ def test_very_short_clips(tmp_path, backend):
         clip = read_video(write_video(tmp_path / f"{count}.mp4", frames, 5), backend=backend)
         assert frame_ids(clip.frames) == list(range(count))
     assert frame_ids(read_video(tmp_path / "2.mp4", num_frames=2, fps=10, backend=backend).frames) == [0, 1]
+
+
+def test_pyav_failed_seek_decodes_from_the_start(videos, monkeypatch):
+    """Found in QA: in a truncated file the seek itself can fail (EPERM); a clip starting past frame 0 (the datasets'
+    random start) was then reported as "cannot decode (PermissionError: Operation not permitted)" instead of
+    reading on from the start (and calling the file truncated only if frames are really missing)."""
+    real_open = av.open
+
+    class SeekFails:
+        def __init__(self, container):
+            self.container = container
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.container.close()
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+        def seek(self, offset, **kwargs):
+            raise av.error.PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: SeekFails(real_open(*args, **kwargs)))
+    clip = read_video(videos["long"], num_frames=4, stride=3, start=12, backend="pyav")
+    assert frame_ids(clip.frames) == [12, 15, 18, 21]

@@ -165,7 +165,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                 raise VideoReadError(path, "no video stream")
             stream = container.streams.video[0]
             if stream.codec_context is None:  # FFmpeg has no decoder for this stream's codec
-                raise VideoReadError(path, "unsupported video codec (no decoder in this FFmpeg build)")
+                raise VideoReadError(path, "unsupported video codec (no decoder in this FFmpeg build) or a damaged header")
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
             num_frames = int(stream.frames or 0)
@@ -204,8 +204,14 @@ def _read_pyav(path: Path, indices: np.ndarray, shape: tuple[int, int] | None, n
             # Seek to the keyframe at or before the first wanted frame; the first decoded frame's timestamp tells
             # where we landed, from there frames are counted (robust to odd timestamps later on).
             target = t0 + int(round(first / float(rate) / stream.time_base))
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-            seeked = True
+            try:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+                seeked = True
+            except av.FFmpegError:
+                # A truncated file can fail the seek itself (EPERM): decode from the start instead, so the
+                # reason reported is what is wrong with the file ("truncated"), not the seek's errno.
+                got, decoded = _decode_from_start(container, stream, wanted, last, kwargs)
+                return _assemble(path, indices, got, decoded, num_source)
         for n, frame in enumerate(container.decode(stream)):
             if seeked and n == 0:
                 pts = frame.pts if frame.pts is not None else t0
