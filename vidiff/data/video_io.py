@@ -165,7 +165,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                 raise VideoReadError(path, "no video stream")
             stream = container.streams.video[0]
             if stream.codec_context is None:  # FFmpeg has no decoder for this stream's codec
-                raise VideoReadError(path, "unsupported video codec (no decoder in this FFmpeg build) or a damaged header")
+                raise VideoReadError(path, "unsupported video codec (no decoder in this FFmpeg build) "
+                                           "or a damaged header")
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
             num_frames = int(stream.frames or 0)
