@@ -265,6 +265,18 @@ def test_gif_round_trip(tmp_path):
     assert np.abs(clip.frames.astype(int) - frames).mean() < 3.0
 
 
+def test_gif_keeps_repeated_frames(tmp_path):
+    """Found in QA: Pillow's GIF writer merged identical consecutive frames (a still moment, a static clip), so
+    4 written frames read back as 1."""
+    frames = shapes_frames(num_frames=4)
+    frames = np.concatenate([frames[:1], frames[:1], frames[:1], frames[1:]])  # 3 identical, then 3 moving
+    clip = read_video(write_video(tmp_path / "still.gif", frames, 8))
+    assert clip.frames.shape == frames.shape
+    assert np.abs(clip.frames.astype(int) - frames).mean() < 3.0
+    static = np.full((5, 8, 8, 3), 90, np.uint8)
+    assert read_video(write_video(tmp_path / "static.gif", static, 8)).frames.shape == static.shape
+
+
 def test_png_frames_folder(tmp_path):
     from PIL import Image
 

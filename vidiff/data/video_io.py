@@ -408,14 +408,32 @@ def _write_mp4(path: Path, frames: np.ndarray, fps, crf: int = 18) -> None:
 
 
 def _write_gif(path: Path, frames: np.ndarray, fps) -> None:
+    """GIF through FFmpeg's encoder (PyAV), each frame quantised to its own 256-colour palette by Pillow.
+
+    Not Pillow's GIF writer: it merges identical consecutive frames into one longer frame, so a clip with a
+    still moment read back with fewer frames than were written. GIF delays are in 1/100 s, so the stored rate is
+    the nearest that fits (8 fps -> 12 or 13 cs per frame); capped at 50 fps, as browsers play shorter delays
+    slowly.
+    """
+    import av
     from PIL import Image
 
-    # GIF delays are in 1/100 s, so the stored rate is the nearest that fits (e.g. 8 fps -> 120 ms -> 8.33 fps);
-    # at least 20 ms, as browsers play shorter delays slowly.
-    duration = max(20, int(round(100.0 / float(fps))) * 10)
-    images = [Image.fromarray(frame) for frame in frames]
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0,
-                   optimize=False)
+    rate = min(video_rate(fps), Fraction(50))
+    with av.open(str(path), "w", format="gif") as container:
+        stream = container.add_stream("gif", rate=rate)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "pal8"
+        for frame in frames:
+            image = Image.fromarray(frame).quantize(256)
+            colours = np.asarray(image.getpalette()[:768], np.uint8).reshape(-1, 3)
+            palette = np.zeros((256, 4), np.uint8)  # ARGB, opaque
+            palette[:, 0] = 255
+            palette[:len(colours), 1:] = colours
+            video_frame = av.VideoFrame.from_ndarray((np.asarray(image), palette), format="pal8")
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 def make_contact_sheet(frames, cols: int | None = None, pad: int = 2, label: bool = True,
