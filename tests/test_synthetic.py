@@ -108,6 +108,16 @@ def test_write_shapes_dataset(tmp_path):
         write_shapes_dataset(tmp_path / "mine", count=2)
 
 
+def test_cli_shapes_help_shows_defaults_and_an_unbroken_example(capsys):
+    """Found in QA: the example line was wrapped mid-command (not copyable) and required options read
+    "(default: None)"."""
+    with pytest.raises(SystemExit):
+        main(["data", "shapes", "--help"])
+    text = capsys.readouterr().out
+    assert "example: vidiff data shapes --out data/shapes --count 1000 --frames 16 --size 64 --seed 0\n" in text
+    assert "(default: None)" not in text and "(default: 16)" in text and "(default: 0)" in text
+
+
 def test_cli_shapes(tmp_path, capsys):
     out = tmp_path / "shapes"
     assert main(["data", "shapes", "--out", str(out), "--count", "3", "--frames", "4", "--size", "16",

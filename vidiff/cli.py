@@ -300,6 +300,18 @@ def cmd_train(args) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # vidiff data  (owner: data)
 # ---------------------------------------------------------------------------------------------------------------
+class _DataHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows real defaults (not "default: None" on required options) and keeps example lines unwrapped, so
+    they can be copied as they are."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" not in text and action.option_strings and not action.required
+                and not any(action.default is no_default for no_default in (None, False, argparse.SUPPRESS))):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _add_data(sub):
     p = sub.add_parser("data", help="datasets: synthetic shapes, latent caches",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -310,7 +322,10 @@ def _add_data(sub):
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     shapes = data_sub.add_parser(
         "shapes", help="write a synthetic dataset of coloured shapes moving (mp4 + txt pairs and manifest.csv)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write COUNT clips of one coloured shape crossing a dark background, each an mp4 with a "
+                    "same-named .txt caption (\"a red circle moving left\"), and manifest.csv (path, caption, "
+                    "color, shape, motion). Deterministic by --seed.",
+        formatter_class=_DataHelpFormatter,
         epilog="example: vidiff data shapes --out data/shapes --count 1000 --frames 16 --size 64 --seed 0")
     shapes.add_argument("--out", required=True, help="output folder (created; replaced if it holds a shapes set)")
     shapes.add_argument("--count", type=int, required=True, help="number of clips")
@@ -320,7 +335,10 @@ def _add_data(sub):
     shapes.add_argument("--fps", type=float, default=8.0, help="frame rate stored in the mp4 files")
     cache = data_sub.add_parser(
         "cache", help="encode VAE latents and text embeddings of a manifest into safetensors shards",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Encode every readable clip of a manifest with a pipeline's VAE and text encoder into "
+                    "safetensors shards plus index.json, for training without decoding videos. Bad files are "
+                    "skipped and listed.",
+        formatter_class=_DataHelpFormatter,
         epilog="example: vidiff data cache --model runs/base/pipeline --manifest data/shapes/manifest.csv "
                "--out data/shapes-cache --num-frames 16 --height 64 --width 64")
     cache.add_argument("--model", required=True, help="pipeline folder with vae/, text_encoder/, tokenizer/")
