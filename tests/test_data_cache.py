@@ -115,6 +115,12 @@ def test_cli_cache(setup, tmp_path, capsys):
                  str(tmp_path / "mine"), "--num-frames", "2", "--height", "8", "--width", "8"]) == 2
     assert "is not a latent cache" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # WebVid-style: the CSV lives apart from the videos; --root says where its relative paths start.
+    (tmp_path / "webvid.csv").write_text("videoid,name\n00000,a clip\n00001,another\n")
+    assert main(["data", "cache", "--model", str(model), "--manifest", str(tmp_path / "webvid.csv"), "--out",
+                 str(tmp_path / "webvid"), "--path-template", "{videoid}.mp4", "--caption-column", "name", "--root",
+                 str(root / "shapes"), "--num-frames", "2", "--height", "8", "--width", "8", "--device", "cpu"]) == 0
+    assert "cached 2 clips" in capsys.readouterr().out
     # An earlier cache is replaced.
     assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out", str(out),
                  "--num-frames", "2", "--height", "8", "--width", "8", "--device", "cpu"]) == 0

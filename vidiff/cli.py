@@ -356,6 +356,8 @@ def _add_data(sub):
     cache.add_argument("--path-column", default="path", help="path column of a .csv / .jsonl manifest")
     cache.add_argument("--path-template", default=None,
                        help="path from columns, e.g. '{page_dir}/{videoid}.mp4' (WebVid)")
+    cache.add_argument("--root", default=None,
+                       help="folder that relative manifest paths start from (default: the manifest's folder)")
     cache.add_argument("--prompt", default=None, help="prompt for a single-video manifest")
     cache.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
     cache.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="encoder precision")
@@ -392,7 +394,7 @@ def cmd_data(args) -> int:
             stride=args.stride, fps=args.fps, batch_size=args.batch_size, shard_size=args.shard_size,
             num_workers=args.num_workers, device=args.device, dtype=args.dtype,
             caption_column=args.caption_column, path_column=args.path_column, path_template=args.path_template,
-            prompt=args.prompt)
+            prompt=args.prompt, root=args.root)
         print(f"cached {index['num_samples']} clips in {len(index['shards'])} shard(s) under {args.out} "
               f"({index['num_skipped']} bad files skipped)")
         return 0
