@@ -219,7 +219,7 @@ def test_unknown_scheduler_lists_the_names(pipe):
     # Found in QA: these failed deep inside torch / diffusers (TypeError, IndexError) or after the text encoding,
     # or were silently replaced by the defaults (window 0), or ran on (NaN guidance / eta).
     ({"height": 16.0}, "height must be an integer"), ({"num_inference_steps": 2.5}, "num_inference_steps must be"),
-    ({"num_frames": True}, "num_frames must be an integer"), ({"num_inference_steps": 1001}, "at most"),
+    ({"num_frames": True}, "num_frames must be an integer"), ({"num_inference_steps": 1000}, "at most 999"),
     ({"guidance_scale": float("nan")}, "guidance_scale"), ({"eta": -1.0}, "eta"), ({"eta": float("nan")}, "eta"),
     ({"window_size": 0}, "window_size"), ({"window_stride": 0}, "window_stride"),
     ({"prompt": None}, "prompt must be a string"), ({"prompt": [PROMPT, 3]}, "prompt must be a string"),
@@ -289,3 +289,21 @@ def test_save_pretrained_round_trip(pipe, tmp_path):
     kwargs = dict(num_frames=2, num_inference_steps=1, seed=0, progress=False)
     np.testing.assert_array_equal(again(PROMPT, **kwargs), pipe(PROMPT, **kwargs))
     assert again.info == pipe.info
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_max_inference_steps_is_the_most_every_sampler_handles(pipe, name):
+    """Found in QA: `--steps 1000` on SD's schedule (steps_offset 1) sampled to the end and then failed with an
+    IndexError (timestep 1000); the bound `max_inference_steps` is checked up front, and must itself work."""
+    from vidiff.pipelines.schedulers import max_inference_steps
+
+    limit = max_inference_steps(pipe.scheduler_config)
+    assert limit == 999
+    scheduler = pipe.make_scheduler(name)
+    scheduler.set_timesteps(limit)
+    x = torch.zeros(1, 4, 1, 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in scheduler.timesteps:
+            x = scheduler.step(torch.zeros_like(x), t, scheduler.scale_model_input(x, t)).prev_sample
+    assert torch.isfinite(x).all()

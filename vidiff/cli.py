@@ -142,6 +142,7 @@ def cmd_generate(args) -> int:
 
     from vidiff.pipelines.folder import read_info, read_scheduler_config
     from vidiff.pipelines.outputs import check_output_path, numbered_paths, write_outputs
+    from vidiff.pipelines.schedulers import max_inference_steps
     from vidiff.pipelines.text_to_video import resolve_settings
 
     # Everything is checked before the model loads: a typo costs no time.
@@ -171,7 +172,7 @@ def cmd_generate(args) -> int:
         raise CLIError(f"{args.model}: unreadable scheduler/scheduler_config.json ({e}); re-create the folder "
                        "with `vidiff inflate`") from None
     try:
-        settings = resolve_settings(info, num_train_timesteps=schedule.get("num_train_timesteps"),
+        settings = resolve_settings(info, max_steps=max_inference_steps(schedule),
                                     num_frames=args.num_frames, height=args.height, width=args.width,
                                     num_inference_steps=args.steps, guidance_scale=args.guidance,
                                     scheduler=args.scheduler, cross_frame=args.cross_frame,

@@ -46,3 +46,9 @@ def make_scheduler(name: str, config: dict, *, latent: bool = True):
     config.setdefault("clip_sample", not latent)
     config.update(extra)
     return getattr(diffusers, class_name).from_config(config)
+
+
+def max_inference_steps(config: dict) -> int:
+    """The most sampling steps this noise schedule allows: its training steps less `steps_offset` (SD's 1).
+    diffusers' samplers index past the schedule's end beyond that (1000 DDIM steps on SD: timestep 1000)."""
+    return int(config.get("num_train_timesteps", 1000)) - int(config.get("steps_offset", 0) or 0)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from vidiff.pipelines.folder import (CROSS_FRAME_MODES, load_component, make_info, read_info, spatial_factor,
                                      write_pipeline_folder)
-from vidiff.pipelines.schedulers import check_scheduler_name, make_scheduler
+from vidiff.pipelines.schedulers import check_scheduler_name, make_scheduler, max_inference_steps
 
 OUTPUT_TYPES = ("uint8", "pt", "latent")
 LONG_VIDEO_NOISE = ("independent", "freenoise")
@@ -273,7 +273,7 @@ class VideoPipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
-        s = self.resolve_settings(num_train_timesteps=self.scheduler_config.get("num_train_timesteps"),
+        s = self.resolve_settings(max_steps=max_inference_steps(self.scheduler_config),
                                   num_frames=num_frames, height=height, width=width,
                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                   scheduler=scheduler, cross_frame=cross_frame, window_size=window_size,
@@ -417,9 +417,9 @@ def _check_int(name: str, value) -> None:
 
 def resolve_settings(info: dict, *, num_frames=None, height=None, width=None, num_inference_steps=None,
                      guidance_scale=None, scheduler=None, cross_frame=None, window_size=None, window_stride=None,
-                     num_videos_per_prompt=1, decode_chunk_size=8, num_train_timesteps: int | None = None) -> dict:
+                     num_videos_per_prompt=1, decode_chunk_size=8, max_steps: int | None = None) -> dict:
     """Settings for one call: None takes vidiff.json's default; every value is checked (ValueError).
-    `num_train_timesteps` (the noise schedule's length, when known) bounds the number of sampling steps."""
+    `max_steps` (`schedulers.max_inference_steps` of the noise schedule, when known) bounds the sampling steps."""
     for name, value in (("num_frames", num_frames), ("height", height), ("width", width),
                         ("num_inference_steps", num_inference_steps), ("window_size", window_size),
                         ("window_stride", window_stride), ("num_videos_per_prompt", num_videos_per_prompt),
@@ -447,9 +447,9 @@ def resolve_settings(info: dict, *, num_frames=None, height=None, width=None, nu
                              f"{info['vae_scale_factor']} x U-Net factor {info['unet_spatial_factor']}), got {s[key]}")
     if s["num_inference_steps"] < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {s['num_inference_steps']}")
-    if num_train_timesteps is not None and s["num_inference_steps"] > num_train_timesteps:
-        raise ValueError(f"num_inference_steps must be at most the noise schedule's {num_train_timesteps} "
-                         f"training steps, got {s['num_inference_steps']}")
+    if max_steps is not None and s["num_inference_steps"] > max_steps:
+        raise ValueError(f"num_inference_steps must be at most {max_steps} for this model's noise schedule, "
+                         f"got {s['num_inference_steps']}")
     if not (math.isfinite(s["guidance_scale"]) and s["guidance_scale"] >= 0):
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {s['guidance_scale']}")
     if num_videos_per_prompt < 1:
