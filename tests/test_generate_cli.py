@@ -129,7 +129,7 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "frames-dir-clash": (["--frames-dir", "", "--out", tmp_path / "keep.mp4"], "a folder holding other files"),
         "prompts-file-folder": (["--prompts-file", tmp_path / "keep"], "is a folder, not a text file"),
         # 1000 DDIM steps on SD's schedule (steps_offset 1) index timestep 1000: an IndexError after sampling.
-        "steps-over-schedule": (["--steps", 1000], "--steps must be at most 999 for this model's noise schedule"),
+        "steps-over-schedule": (["--steps", 1000], "--steps must be at most 998 for this model's noise schedule"),
         "truncated-scheduler": (["--model", tmp_path / "damaged"], "unreadable scheduler/scheduler_config.json"),
     }
     if case == "truncated-scheduler":

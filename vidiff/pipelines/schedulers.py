@@ -49,6 +49,7 @@ def make_scheduler(name: str, config: dict, *, latent: bool = True):
 
 
 def max_inference_steps(config: dict) -> int:
-    """The most sampling steps this noise schedule allows: its training steps less `steps_offset` (SD's 1).
-    diffusers' samplers index past the schedule's end beyond that (1000 DDIM steps on SD: timestep 1000)."""
-    return int(config.get("num_train_timesteps", 1000)) - int(config.get("steps_offset", 0) or 0)
+    """The most sampling steps every sampler handles on this noise schedule: training steps - steps_offset - 1
+    (998 for SD). Beyond it diffusers' samplers step past the schedule's end: 1000 DDIM steps on SD index
+    timestep 1000 (IndexError); 999 DPM-Solver++ / UniPC steps start at timestep 1000 (NaN)."""
+    return int(config.get("num_train_timesteps", 1000)) - int(config.get("steps_offset", 0) or 0) - 1
