@@ -308,3 +308,14 @@ def test_max_inference_steps_is_the_most_every_sampler_handles(pipe, name):
         for t in scheduler.timesteps:
             x = scheduler.step(torch.zeros_like(x), t, scheduler.scale_model_input(x, t)).prev_sample
     assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", ["dpm-solver++", "unipc"])
+@pytest.mark.parametrize("steps", [25, 200])
+def test_multistep_solvers_start_at_the_noisiest_timestep(pipe, name, steps):
+    """Found in QA: with SD's "leading" timestep spacing, diffusers' DPM-Solver++ / UniPC started at t = 951 for 25
+    steps and t = 801 for 200 steps (T // (n + 1) spacing), so more steps left more noise in the clip."""
+    scheduler = pipe.make_scheduler(name)
+    scheduler.set_timesteps(steps)
+    assert int(scheduler.timesteps[0]) == pipe.scheduler_config["num_train_timesteps"] - 1
+    assert len(scheduler.timesteps) == steps and len(set(scheduler.timesteps.tolist())) == steps

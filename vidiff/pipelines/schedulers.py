@@ -45,6 +45,11 @@ def make_scheduler(name: str, config: dict, *, latent: bool = True):
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     config.setdefault("clip_sample", not latent)
     config.update(extra)
+    if name in ("dpm-solver++", "unipc") and config.get("timestep_spacing", "leading") == "leading":
+        # diffusers' multistep solvers space "leading" steps by T // (n + 1), so with SD's configs (which say
+        # "leading") they start well below the noisiest timestep: t = 951 at 25 steps, 801 at 200, 501 at 500,
+        # leaving noise in the clip. "linspace" (their own default) starts at T - 1 for every step count.
+        config["timestep_spacing"] = "linspace"
     return getattr(diffusers, class_name).from_config(config)
 
 
