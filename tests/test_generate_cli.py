@@ -89,7 +89,7 @@ def test_generate_pixel_space_model(tmp_path, capsys):
                                   "window", "device", "fps-nan", "guidance-nan", "eta", "window-zero",
                                   "stride-zero", "out-empty", "out-under-file", "out-folder-of-files",
                                   "frames-dir-clash", "prompts-file-folder", "steps-over-schedule",
-                                  "truncated-scheduler"])
+                                  "truncated-scheduler", "prompts-file-binary"])
 def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, case):
     from vidiff.pipelines.text_to_video import VideoPipeline
 
@@ -131,6 +131,7 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         # 1000 DDIM steps on SD's schedule (steps_offset 1) index timestep 1000: an IndexError after sampling.
         "steps-over-schedule": (["--steps", 1000], "--steps must be at most 998 for this model's noise schedule"),
         "truncated-scheduler": (["--model", tmp_path / "damaged"], "unreadable scheduler/scheduler_config.json"),
+        "prompts-file-binary": (["--prompts-file", tmp_path / "binary.txt"], "binary.txt' is not UTF-8 text"),
     }
     if case == "truncated-scheduler":
         import shutil
@@ -138,6 +139,7 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         shutil.copytree(model, tmp_path / "damaged")
         (tmp_path / "damaged" / "scheduler" / "scheduler_config.json").write_text('{"beta_')
     (tmp_path / "notes.txt").write_text("not a folder\n")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00a red circle")
     (tmp_path / "keep").mkdir()
     (tmp_path / "keep" / "data.txt").write_text("precious\n")
     (tmp_path / "keep_frames").mkdir()

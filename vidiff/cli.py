@@ -155,8 +155,12 @@ def cmd_generate(args) -> int:
         if not file.is_file():
             what = "is a folder, not a text file" if file.is_dir() else "does not exist"
             raise CLIError(f"--prompts-file {str(file)!r} {what}; give a text file with one prompt per line")
-        prompts += [line.strip() for line in file.read_text().splitlines()
-                    if line.strip() and not line.lstrip().startswith("#")]
+        try:
+            lines = file.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as e:
+            raise CLIError(f"--prompts-file {str(file)!r} is not UTF-8 text ({e.reason} at byte {e.start}); save it "
+                           "as UTF-8 with one prompt per line") from None
+        prompts += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise CLIError("no prompt: pass --prompt \"...\" or --prompts-file F")
     if args.num_videos < 1:
