@@ -418,3 +418,19 @@ def test_two_process_ddp_run(assets, tmp_path):
     rows = read_csv(out / "train_log.csv")
     assert [r["step"] for r in rows] == ["1", "2"]
     assert (out / "pipeline" / "vidiff.json").is_file()
+
+
+def test_training_from_a_latent_cache(assets, tmp_path):
+    from vidiff.data.cache import build_latent_cache
+
+    cache = tmp_path / "cache"
+    build_latent_cache(assets["video"], assets["shapes"], cache, num_frames=2, height=16, width=16, device="cpu",
+                       progress=False)
+    out = tmp_path / "run"
+    result = train(config(out, assets["video"], assets["shapes"], f"data.cache={cache}", "train.max_steps=2",
+                          "data.num_workers=1"))
+    assert result.status == "finished"
+    before, after = unet_weights(assets["video"]), checkpoint_weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before if ".temporal_" in k)
+    with pytest.raises(ValueError, match="rebuild the cache"):
+        train(config(tmp_path / "bad", assets["video"], assets["shapes"], f"data.cache={cache}", "data.num_frames=3"))

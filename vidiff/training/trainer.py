@@ -124,6 +124,13 @@ class SeededItems(Dataset):
                 np.random.set_state(np_state)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C (sent to the whole process group) to the main process, which saves a
+    checkpoint at the step boundary and then shuts them down. (SIGTERM keeps its default: the main process
+    uses it to stop workers that do not exit when asked.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def collate(items: list[dict]) -> dict:
     out = {}
     for key in items[0]:
@@ -536,20 +543,28 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
     ema = EMA(trainable, t.ema_decay) if t.ema else None
 
     dataset = make_dataset(config)
+    if d.cache:  # the cache fixes the clip geometry: it must be the one the config asks for
+        factor = pipe.vae_scale_factor
+        expected = (unet.in_channels, d.num_frames, d.height // factor, d.width // factor)
+        found = tuple(dataset[0]["latents"].shape)
+        if found != expected:
+            raise ValueError(f"data.cache {d.cache} holds latents of shape {found} but data.num_frames / height / "
+                             f"width ask for {expected}; rebuild the cache or set them to match")
     samples_per_step = t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes
     state = {"step": 0, "samples_seen": 0, "nonfinite_steps": 0, "skipped_files": 0}
     if checkpoint is not None:
         state.update(json.loads((checkpoint / "trainer_state.json").read_text()))
     sampler = EndlessSampler(len(dataset), t.seed, start=state["samples_seen"])
+    worker_options = dict(num_workers=d.num_workers, worker_init_fn=_ignore_stop_signals)
     loader = DataLoader(SeededItems(dataset, t.seed), batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=d.num_workers, drop_last=True, pin_memory=device.type == "cuda")
+                        drop_last=True, pin_memory=device.type == "cuda", **worker_options)
     image_loader = None
     if d.image_batch_size:  # joint image + video training: one-frame samples in their own batches
         images = make_dataset(config, images=True)
         image_start = state["step"] * d.image_batch_size * t.gradient_accumulation_steps * accelerator.num_processes
         image_loader = DataLoader(SeededItems(images, t.seed + 1), batch_size=d.image_batch_size,
                                   sampler=EndlessSampler(len(images), t.seed + 1, start=image_start),
-                                  collate_fn=collate, num_workers=d.num_workers, drop_last=True)
+                                  collate_fn=collate, drop_last=True, **worker_options)
 
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     image_batches = iter(accelerator.prepare(image_loader)) if image_loader is not None else None
@@ -705,6 +720,8 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
             micro_losses, micro_skipped, data_wait = [], 0, 0.0
             step_start = batch_wait_start = time.perf_counter()
     progress.close()
+    for batches in (loader_iter, image_batches):  # stop the DataLoader workers now, not at interpreter exit
+        getattr(batches, "close", lambda: None)()
 
     # --- export --------------------------------------------------------------------------------------------
     pipeline_dir = None
