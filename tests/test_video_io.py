@@ -107,6 +107,12 @@ def test_clip_indices_errors():
         clip_indices(10, 2, stride=0)
     with pytest.raises(ValueError, match="num_frames"):
         clip_indices(10, 0)
+    # Found in QA: 2.5 frames gave 3; a NaN rate gave negative indices, an infinite one frame 0 repeated.
+    with pytest.raises(ValueError, match="num_frames must be an integer"):
+        clip_indices(10, 2.5)
+    for fps in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="fps must be a finite number"):
+            clip_indices(10, 3, fps=fps, source_fps=10)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -77,8 +77,8 @@ def frame_step(stride: int | None = None, fps: float | None = None, source_fps: 
     if stride is not None and fps is not None:
         raise ValueError(f"give either stride ({stride}) or fps ({fps}), not both")
     if fps is not None:
-        if fps <= 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
+        if not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a finite number > 0, got {fps}")
         if not source_fps or source_fps <= 0:
             raise ValueError(f"sampling at fps={fps} needs the source fps, got {source_fps}")
         return float(source_fps) / float(fps)
@@ -106,8 +106,8 @@ def clip_indices(num_source_frames: int, num_frames: int | None = None, stride: 
         num_frames = 0 if available <= 0 else int(math.floor((available - 1) / step + 1e-9)) + 1
         if num_frames < 1:
             raise ClipTooShortError(f"too short: start={start} is past the end ({num_source_frames} frames)")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if int(num_frames) != num_frames or num_frames < 1:
+        raise ValueError(f"num_frames must be an integer >= 1, got {num_frames}")
     indices = start + np.floor(np.arange(num_frames) * step + 0.5).astype(np.int64)  # round half up
     if indices[-1] >= num_source_frames:
         raise ClipTooShortError(f"too short: {num_frames} frames at a step of {step:g} from frame {start} need "
