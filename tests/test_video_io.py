@@ -420,3 +420,30 @@ def test_pyav_failed_seek_decodes_from_the_start(videos, monkeypatch):
     monkeypatch.setattr(av, "open", lambda *args, **kwargs: SeekFails(real_open(*args, **kwargs)))
     clip = read_video(videos["long"], num_frames=4, stride=3, start=12, backend="pyav")
     assert frame_ids(clip.frames) == [12, 15, 18, 21]
+
+
+@pytest.mark.skipif(not HAVE_DECORD, reason="decord not installed")
+def test_damaged_file_is_one_line_on_stderr(tmp_path):
+    """Found in QA: a file whose header is intact but frames are cut made decord's FFmpeg print four raw lines
+    ("[buffer @ 0x...] Unable to parse option value ...") to stderr besides vidiff's own one-line reason. Run in
+    a subprocess: FFmpeg writes to the process's stderr, which capsys cannot see."""
+    import subprocess
+    import sys
+
+    frames = shapes_frames(num_frames=8, size=64)
+    write_video(tmp_path / "whole.mp4", frames, 8)
+    data = (tmp_path / "whole.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    for size in range(len(data) - 64, len(data) // 2, -64):  # the first cut that keeps the header, loses frames
+        cut.write_bytes(data[:size])
+        try:
+            read_video(cut, backend="pyav")
+        except VideoReadError as e:
+            if "truncated" in str(e):
+                break
+    else:
+        pytest.skip("no cut of this file keeps its header and loses frames")
+    code = ("from vidiff.data import read_video\n"
+            f"try:\n    read_video({str(cut)!r}, backend='auto')\nexcept ValueError as e:\n    print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "truncated" in result.stdout and result.stderr.strip() == ""

@@ -252,6 +252,10 @@ def _assemble(path, indices, got, last_decoded, num_source) -> np.ndarray:
 def _read_decord(path: Path, indices: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
     import decord
 
+    # decord's FFmpeg prints several raw lines to stderr for each damaged file (at its default ERROR level); the
+    # failure is reported as one VideoReadError line (or PyAV reads the file instead), so keep FFmpeg quiet.
+    decord.logging.set_level(decord.logging.QUIET)
+
     kwargs = {} if shape is None else {"height": shape[0], "width": shape[1]}
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=DECORD_THREADS, **kwargs)
     if int(indices.max()) >= len(reader):
