@@ -58,7 +58,8 @@ def test_generate_end_to_end(model, tmp_path, capsys):
 def test_generate_is_deterministic_and_numbers_several_videos(model, tmp_path, capsys):
     common = ["generate", "--model", model, "--steps", 2, "--num-frames", 2, "--quiet", "--scheduler", "euler-ancestral"]
     # Output without a suffix: a folder of PNG frames, lossless, so frames compare exactly.
-    assert run(capsys, *common, "--prompt", "blue square", "--seed", 5, "--out", tmp_path / "a")[0] == 0
+    code, _, err = run(capsys, *common, "--prompt", "blue square", "--seed", 5, "--out", tmp_path / "a")
+    assert code == 0 and "Loading" not in err and "%|" not in err  # --quiet: no bars, not even transformers'
     assert run(capsys, *common, "--prompt", "blue square", "--seed", 5, "--out", tmp_path / "b")[0] == 0
     np.testing.assert_array_equal(png_frames(tmp_path / "a"), png_frames(tmp_path / "b"))
 

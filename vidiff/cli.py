@@ -209,6 +209,12 @@ def cmd_generate(args) -> int:
 
     from vidiff.pipelines.text_to_video import VideoPipeline
 
+    if args.quiet:  # transformers / diffusers draw their own weight-loading bars
+        import diffusers.utils.logging
+        import transformers.utils.logging
+
+        transformers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.disable_progress_bar()
     pipe = VideoPipeline.from_pretrained(args.model, device=device, dtype=args.dtype)
     start = time.perf_counter()
     videos = pipe(prompts, num_frames=settings["num_frames"], height=settings["height"], width=settings["width"],
