@@ -2,6 +2,9 @@
 
     vidiff train configs/train/finetune.yaml data.manifest=clips/ output_dir=runs/ft
     accelerate launch --num_processes 8 -m vidiff train configs/train/finetune.yaml --resume auto
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m vidiff train ...   # several CPU processes (gloo)
+
+(`accelerate launch --cpu` starts a single process; multi-process CPU runs go through torchrun as above.)
 
 Layout of `output_dir`:
     inflated/                the SD pipeline inflated once (when model.pretrained is not a vidiff folder)
@@ -551,7 +554,8 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
             raise ValueError(f"data.cache {d.cache} holds latents of shape {found} but data.num_frames / height / "
                              f"width ask for {expected}; rebuild the cache or set them to match")
     samples_per_step = t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes
-    state = {"step": 0, "samples_seen": 0, "nonfinite_steps": 0, "skipped_files": 0}
+    # samples_seen counts clips drawn by all ranks together: the data position, whatever the process count.
+    state = {"step": 0, "samples_seen": 0, "image_samples_seen": 0, "nonfinite_steps": 0, "skipped_files": 0}
     if checkpoint is not None:
         state.update(json.loads((checkpoint / "trainer_state.json").read_text()))
     sampler = EndlessSampler(len(dataset), t.seed, start=state["samples_seen"])
@@ -561,9 +565,8 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
     image_loader = None
     if d.image_batch_size:  # joint image + video training: one-frame samples in their own batches
         images = make_dataset(config, images=True)
-        image_start = state["step"] * d.image_batch_size * t.gradient_accumulation_steps * accelerator.num_processes
         image_loader = DataLoader(SeededItems(images, t.seed + 1), batch_size=d.image_batch_size,
-                                  sampler=EndlessSampler(len(images), t.seed + 1, start=image_start),
+                                  sampler=EndlessSampler(len(images), t.seed + 1, start=state["image_samples_seen"]),
                                   collate_fn=collate, drop_last=True, **worker_options)
 
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
@@ -582,9 +585,7 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
         csv_file, csv_writer = open_csv(output_dir / "train_log.csv", global_step if checkpoint else 0)
 
     def trainer_state() -> dict:
-        return {"step": global_step, "samples_seen": global_step * samples_per_step,
-                "nonfinite_steps": state["nonfinite_steps"], "skipped_files": state["skipped_files"],
-                "num_processes": accelerator.num_processes, "config": config.to_dict()}
+        return {**state, "step": global_step, "num_processes": accelerator.num_processes, "config": config.to_dict()}
 
     def checkpoint_now() -> Path:
         return save_checkpoint(accelerator, output_dir, global_step, trainer_state(), t.keep_checkpoints)
@@ -655,6 +656,8 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
 
             # --- one optimiser step done --------------------------------------------------------------------
             global_step += 1
+            state["samples_seen"] += samples_per_step
+            state["image_samples_seen"] += d.image_batch_size * t.gradient_accumulation_steps * accelerator.num_processes
             if finite:
                 nonfinite_in_row = 0
                 if ema is not None:
@@ -674,7 +677,7 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
             progress.update(1)
             progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
             if main and (global_step % t.log_every == 0 or global_step == t.max_steps or not finite):
-                row = {"step": global_step, "epoch": f"{global_step * samples_per_step / len(dataset):.3f}",
+                row = {"step": global_step, "epoch": f"{state['samples_seen'] / len(dataset):.3f}",
                        "loss": f"{mean_loss:.6g}", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.6g}",
                        "samples_per_s": f"{samples_per_step / step_time:.4g}", "data_wait_share": f"{wait_share:.4f}",
                        "skipped_files": state["skipped_files"], "nonfinite_steps": state["nonfinite_steps"]}
