@@ -127,6 +127,9 @@ def test_cli_shapes(tmp_path, capsys):
                                                      "00002.mp4", "00002.txt", "manifest.csv"]
     assert main(["data", "shapes", "--out", str(out), "--count", "0"]) == 2
     assert "--count" in capsys.readouterr().err
+    # Found in QA: an odd --size wrote mp4s one pixel larger (H.264 pads) than the summary and manifest said.
+    assert main(["data", "shapes", "--out", str(tmp_path / "odd"), "--count", "1", "--size", "33"]) == 2
+    assert "--size must be even" in capsys.readouterr().err and not (tmp_path / "odd").exists()
     # Found in QA: a zero / NaN rate failed only inside the writer, with a message that did not name --fps.
     for fps in ("0", "nan"):
         assert main(["data", "shapes", "--out", str(tmp_path / "other"), "--count", "1", "--fps", fps]) == 2

@@ -386,9 +386,13 @@ def cmd_data(args) -> int:
                            f"--frames {args.frames} --size {args.size}")
         if not (math.isfinite(args.fps) and args.fps > 0):
             raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
+        if args.size % 2:  # H.264 in yuv420p stores even sizes only: the mp4 would be padded to size + 1
+            raise CLIError(f"--size must be even (H.264 mp4 frames have even sizes), got {args.size}; "
+                           f"use {args.size - 1} or {args.size + 1}")
         manifest = write_shapes_dataset(args.out, args.count, num_frames=args.frames, size=args.size,
                                         seed=args.seed, fps=args.fps, progress=True)
-        print(f"wrote {args.count} clips ({args.frames} frames, {args.size}x{args.size}) and {manifest}")
+        print(f"wrote {args.count} clip{'s' if args.count > 1 else ''} ({args.frames} "
+              f"frame{'s' if args.frames > 1 else ''}, {args.size}x{args.size}) and {manifest}")
         return 0
     if args.data_command == "cache":
         from vidiff.data.cache import build_latent_cache
