@@ -106,6 +106,14 @@ def test_write_shapes_dataset(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not an empty folder"):
         write_shapes_dataset(tmp_path / "mine", count=2)
+    # Found in QA: any folder with a manifest.csv (a user's own dataset) counted as a shapes set and was replaced.
+    (tmp_path / "mine" / "manifest.csv").write_text("path,caption\nclip.mp4,my holiday\n")
+    with pytest.raises(ValueError, match="not an empty folder"):
+        write_shapes_dataset(tmp_path / "mine", count=2)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    write_shapes_dataset(tmp_path / "again", count=2, num_frames=2, size=16)  # an earlier shapes set is replaced
+    write_shapes_dataset(tmp_path / "again", count=1, num_frames=2, size=16)
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["00000.mp4", "00000.txt", "manifest.csv"]
 
 
 def test_cli_shapes_help_shows_defaults_and_an_unbroken_example(capsys):

@@ -107,6 +107,19 @@ def sample_specs(count: int, seed: int = 0) -> list[tuple[str, str, str]]:
     return specs[:count]
 
 
+def _is_shapes_dataset(folder: Path) -> bool:
+    """True if `folder` holds what `write_shapes_dataset` writes and nothing else (so replacing it loses nothing
+    but an earlier shapes set; a user's own dataset with a manifest.csv is not one)."""
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file():
+        return False
+    with open(manifest, encoding="utf-8", errors="replace") as file:
+        if file.readline().strip() != "path,caption,color,shape,motion":
+            return False
+    return all(p.name == "manifest.csv" or (p.is_file() and p.stem.isdigit() and p.suffix in (".mp4", ".txt"))
+               for p in folder.iterdir())
+
+
 def write_shapes_dataset(out_dir: str | os.PathLike, count: int, num_frames: int = 16, size: int = 64,
                          seed: int = 0, fps: float = 8.0, progress: bool = False) -> Path:
     """Write `count` clips as 00000.mp4 + 00000.txt (caption) pairs and `manifest.csv` (path, caption, color,
@@ -121,8 +134,7 @@ def write_shapes_dataset(out_dir: str | os.PathLike, count: int, num_frames: int
     out_dir = Path(out_dir)
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
-                                                       and not (out_dir / "manifest.csv").exists())):
+    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or _is_shapes_dataset(out_dir))):
         raise ValueError(f"{out_dir} exists and is not an empty folder or a shapes dataset; pick a new --out")
     specs = sample_specs(count, seed)
     rows = []
