@@ -272,6 +272,9 @@ def test_resume_gives_identical_weights(assets, straight_run, tmp_path):
     rows_a, rows_b = read_csv(straight / "train_log.csv"), read_csv(out / "train_log.csv")
     assert [r["step"] for r in rows_b] == [str(i) for i in range(1, 7)]  # no duplicated rows after resume
     assert [(r["loss"], r["lr"], r["grad_norm"]) for r in rows_a] == [(r["loss"], r["lr"], r["grad_norm"]) for r in rows_b]
+    # A checkpoint cannot be continued with another trainable set (optimiser and EMA state would not fit).
+    with pytest.raises(ValueError, match="train.trainable='all' but .* was trained with 'temporal'"):
+        train(config(out, assets["sd"], assets["shapes"], *RESUME, "train.trainable=all"), resume="auto")
 
 
 def test_outputs_of_a_run(assets, straight_run):

@@ -558,6 +558,13 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
     state = {"step": 0, "samples_seen": 0, "image_samples_seen": 0, "nonfinite_steps": 0, "skipped_files": 0}
     if checkpoint is not None:
         state.update(json.loads((checkpoint / "trainer_state.json").read_text()))
+        saved = state.pop("config", {})
+        for section, key in (("train", "stage"), ("train", "trainable"), ("train", "ema")):
+            before, now = saved.get(section, {}).get(key), getattr(getattr(config, section), key)
+            if before is not None and before != now:
+                raise ValueError(f"{section}.{key}={now!r} but {checkpoint} was trained with {before!r}: the optimiser "
+                                 f"and EMA state cannot carry over; set {section}.{key}={before!r} to resume, or use "
+                                 "a new output_dir")
     sampler = EndlessSampler(len(dataset), t.seed, start=state["samples_seen"])
     worker_options = dict(num_workers=d.num_workers, worker_init_fn=_ignore_stop_signals)
     loader = DataLoader(SeededItems(dataset, t.seed), batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
@@ -710,8 +717,9 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
             if t.checkpoint_every and global_step % t.checkpoint_every == 0 or stop_signal:
                 last_checkpoint = checkpoint_now()
             if v.prompts and v.every and global_step % v.every == 0:
-                if main:
-                    render_validation(pipe, config, output_dir / "validation" / f"step-{global_step:08d}", device)
+                if main:  # with the averaged weights when there are any: they are what gets exported
+                    with ema.swapped_in(trainable) if ema is not None else contextlib.nullcontext():
+                        render_validation(pipe, config, output_dir / "validation" / f"step-{global_step:08d}", device)
                 accelerator.wait_for_everyone()
             if stop_signal:
                 status = "interrupted"
