@@ -114,6 +114,10 @@ def test_cli_cache(setup, tmp_path, capsys):
     assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out",
                  str(tmp_path / "mine"), "--num-frames", "2", "--height", "8", "--width", "8"]) == 2
     assert "is not a latent cache" in capsys.readouterr().err
+    (tmp_path / "mine" / "index.json").write_text('{"pages": 3}')  # some other tool's index
+    assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out",
+                 str(tmp_path / "mine"), "--num-frames", "2", "--height", "8", "--width", "8"]) == 2
+    assert "is not a latent cache" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     # WebVid-style: the CSV lives apart from the videos; --root says where its relative paths start.
     (tmp_path / "webvid.csv").write_text("videoid,name\n00000,a clip\n00001,another\n")

@@ -85,6 +85,14 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
     return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
 
 
+def _is_cache(folder: Path) -> bool:
+    """True if `folder` is a cache this module wrote (its index.json names the format)."""
+    try:
+        return json.loads((folder / INDEX_FILE).read_text()).get("format") == CACHE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def build_latent_cache(model_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
                        num_frames: int = 16, height: int = 256, width: int = 256, stride: int | None = 1,
                        fps: float | None = None, batch_size: int = 4, shard_size: int = 256, num_workers: int = 0,
@@ -105,8 +113,7 @@ def build_latent_cache(model_dir: str | os.PathLike, manifest: str | os.PathLike
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0 (0 decodes in the main process), got {num_workers}")
     # The cache replaces out_dir when done: only an earlier cache or an empty folder may be replaced.
-    if out_dir.exists() and not (out_dir.is_dir() and ((out_dir / INDEX_FILE).is_file()
-                                                       or not any(out_dir.iterdir()))):
+    if out_dir.exists() and not (out_dir.is_dir() and (_is_cache(out_dir) or not any(out_dir.iterdir()))):
         raise ValueError(f"{out_dir} exists and is not a latent cache (no {INDEX_FILE}); it would be replaced: "
                          "choose a new --out")
     device = device or default_device()
