@@ -319,3 +319,15 @@ def test_multistep_solvers_start_at_the_noisiest_timestep(pipe, name, steps):
     scheduler.set_timesteps(steps)
     assert int(scheduler.timesteps[0]) == pipe.scheduler_config["num_train_timesteps"] - 1
     assert len(scheduler.timesteps) == steps and len(set(scheduler.timesteps.tolist())) == steps
+
+
+def test_save_pretrained_never_replaces_a_folder_of_other_files(pipe, tmp_path):
+    """Found in QA: save_pretrained / inflate_pipeline replaced whatever folder they were given, deleting it."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a vidiff pipeline folder"):
+        pipe.save_pretrained(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    pipe.save_pretrained(tmp_path / "video")
+    pipe.save_pretrained(tmp_path / "video")  # an earlier pipeline folder is replaced
+    assert (tmp_path / "video" / "vidiff.json").is_file()
