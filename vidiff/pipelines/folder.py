@@ -15,6 +15,7 @@ Layout (what `vidiff inflate` and `vidiff train` write, `vidiff generate` / `edi
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -62,8 +63,10 @@ def read_info(path: str | os.PathLike) -> dict:
         if key not in info:
             raise ValueError(f"{info_file} lacks the key {key!r}; re-create the folder with `vidiff inflate`")
     for key, value in info["defaults"].items():
-        if key in _SETTING_TYPES and not isinstance(value, _SETTING_TYPES[key]):
-            raise ValueError(f"{info_file}: defaults.{key} must be {_SETTING_TYPES[key]}, got {value!r}")
+        if key in _SETTING_TYPES and (not isinstance(value, _SETTING_TYPES[key]) or isinstance(value, bool)
+                                      or (isinstance(value, float) and not math.isfinite(value))):
+            raise ValueError(f"{info_file}: defaults.{key} must be a finite {_SETTING_TYPES[key]}, got {value!r}; "
+                             "fix the value or re-create the folder with `vidiff inflate`")
     if not (path / "unet" / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no unet/config.json: the pipeline folder is incomplete")
     return info
