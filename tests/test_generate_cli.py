@@ -90,7 +90,7 @@ def test_generate_pixel_space_model(tmp_path, capsys):
                                   "window", "device", "fps-nan", "guidance-nan", "eta", "window-zero",
                                   "stride-zero", "out-empty", "out-under-file", "out-folder-of-files",
                                   "frames-dir-clash", "prompts-file-folder", "steps-over-schedule",
-                                  "truncated-scheduler", "prompts-file-binary", "nan-default"])
+                                  "truncated-scheduler", "prompts-file-binary", "nan-default", "missing-default"])
 def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, case):
     from vidiff.pipelines.text_to_video import VideoPipeline
 
@@ -135,8 +135,9 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "prompts-file-binary": (["--prompts-file", tmp_path / "binary.txt"], "binary.txt' is not UTF-8 text"),
         # `vidiff inflate --fps nan` used to write NaN into vidiff.json; generate then failed after sampling.
         "nan-default": (["--model", tmp_path / "damaged"], "defaults.fps must be a finite"),
+        "missing-default": (["--model", tmp_path / "damaged"], "defaults lack num_frames"),  # was: "'num_frames'"
     }
-    if case in ("truncated-scheduler", "nan-default"):
+    if case in ("truncated-scheduler", "nan-default", "missing-default"):
         import shutil
 
         shutil.copytree(model, tmp_path / "damaged")
@@ -144,7 +145,10 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
             (tmp_path / "damaged" / "scheduler" / "scheduler_config.json").write_text('{"beta_')
         else:
             info = json.loads((tmp_path / "damaged" / "vidiff.json").read_text())
-            info["defaults"]["fps"] = float("nan")
+            if case == "nan-default":
+                info["defaults"]["fps"] = float("nan")
+            else:
+                del info["defaults"]["num_frames"]
             (tmp_path / "damaged" / "vidiff.json").write_text(json.dumps(info))
     (tmp_path / "notes.txt").write_text("not a folder\n")
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00a red circle")

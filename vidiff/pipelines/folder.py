@@ -62,6 +62,13 @@ def read_info(path: str | os.PathLike) -> dict:
     for key in ("kind", "stage", "defaults", "vae_scale_factor", "unet_spatial_factor"):
         if key not in info:
             raise ValueError(f"{info_file} lacks the key {key!r}; re-create the folder with `vidiff inflate`")
+    if not isinstance(info["defaults"], dict):
+        raise ValueError(f"{info_file}: defaults must be an object, got {info['defaults']!r}; re-create the folder "
+                         "with `vidiff inflate`")
+    missing = [key for key in _SETTING_TYPES if key not in info["defaults"] and key != "cross_frame"]
+    if missing:
+        raise ValueError(f"{info_file}: defaults lack {', '.join(missing)}; add them or re-create the folder with "
+                         "`vidiff inflate`")
     for key, value in info["defaults"].items():
         if key in _SETTING_TYPES and (not isinstance(value, _SETTING_TYPES[key]) or isinstance(value, bool)
                                       or (isinstance(value, float) and not math.isfinite(value))):
