@@ -360,6 +360,7 @@ def plot_loss_curve(csv_path: Path, png_path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     steps, losses = [], []
     with open(csv_path, newline="") as f:
@@ -379,7 +380,9 @@ def plot_loss_curve(csv_path: Path, png_path: Path) -> None:
         ax.plot(steps[window - 1:], smooth, lw=1.6, label=f"mean of {window}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_yscale("log" if losses and min(losses) > 0 else "linear")
+    # a log axis only when the loss spans orders of magnitude (early fine-tuning); else plain numbers read better
+    ax.set_yscale("log" if losses and min(losses) > 0 and max(losses) / min(losses) > 20 else "linear")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
