@@ -90,7 +90,8 @@ def test_generate_pixel_space_model(tmp_path, capsys):
                                   "window", "device", "fps-nan", "guidance-nan", "eta", "window-zero",
                                   "stride-zero", "out-empty", "out-under-file", "out-folder-of-files",
                                   "frames-dir-clash", "prompts-file-folder", "steps-over-schedule",
-                                  "truncated-scheduler", "prompts-file-binary", "nan-default", "missing-default"])
+                                  "truncated-scheduler", "prompts-file-binary", "nan-default", "missing-default",
+                                  "device-index"])
 def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, case):
     from vidiff.pipelines.text_to_video import VideoPipeline
 
@@ -117,6 +118,7 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "fps": (["--fps", 0], "--fps must be > 0"),
         "window": (["--num-frames", 9, "--window-size", 4, "--window-stride", 6], "must not exceed --window-size"),
         "device": (["--device", "tpu"], "unknown --device"),
+        "device-index": (["--device", "cuda:x"], "unknown --device 'cuda:x'"),  # torch's RuntimeError on a GPU
         # Found in QA: these passed the checks and failed (or silently misbehaved) after sampling.
         "fps-nan": (["--fps", "nan"], "--fps must be > 0"),
         "guidance-nan": (["--guidance", "nan"], "--guidance must be a finite number"),

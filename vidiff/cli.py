@@ -199,8 +199,8 @@ def cmd_generate(args) -> int:
     if device is not None:
         import torch
 
-        kind = device.split(":")[0]
-        if kind not in ("cpu", "cuda", "mps"):
+        kind, _, index = device.partition(":")
+        if kind not in ("cpu", "cuda", "mps") or (":" in device and not (kind == "cuda" and index.isdigit())):
             raise CLIError(f"unknown --device {device!r}; use cuda, cuda:N, mps or cpu")
         if kind == "cuda" and not torch.cuda.is_available():
             raise CLIError("--device cuda, but no CUDA device is available; use --device cpu")
@@ -438,12 +438,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_weight_bars() -> None:
+    """transformers draws a progress bar for every weight file it loads or writes, even a tiny one; the commands
+    show their own progress. Hub download bars stay (they are hf_hub's, switched separately)."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    transformers_logging._tqdm_active = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
+    if (args.command, getattr(args, "data_command", None)) != ("data", "shapes"):
+        _quiet_weight_bars()
     try:
         return int(args._run(args) or 0)
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, KeyError) as e:
