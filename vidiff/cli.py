@@ -204,6 +204,9 @@ def cmd_generate(args) -> int:
             raise CLIError(f"unknown --device {device!r}; use cuda, cuda:N, mps or cpu")
         if kind == "cuda" and not torch.cuda.is_available():
             raise CLIError("--device cuda, but no CUDA device is available; use --device cpu")
+        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+            raise CLIError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 .. "
+                           f"cuda:{torch.cuda.device_count() - 1})")
         if kind == "mps" and not torch.backends.mps.is_available():
             raise CLIError("--device mps, but MPS is not available; use --device cpu")
 
