@@ -181,3 +181,13 @@ def test_help_has_examples(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+def test_generate_cuda_index_beyond_the_devices(model, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    code, _, err = run(capsys, "generate", "--model", model, "--prompt", "x", "--device", "cuda:3",
+                       "--out", tmp_path / "clip.mp4")
+    assert code == 2 and "there are 1 CUDA devices (cuda:0 .. cuda:0)" in err and not (tmp_path / "clip.mp4").exists()
