@@ -318,3 +318,17 @@ def test_non_weights_only_pickle_is_refused(tmp_path, sd1_folder):
     torch.save({"state_dict": state, "hook": _RunsCode()}, tmp_path / "evil.ckpt")
     with pytest.raises(ValueError, match="weights-only"):
         VideoUNet.from_2d(tmp_path / "evil.ckpt", config=sd1_folder / "config.json")
+
+
+def test_bf16_forward_tracks_fp32(sd1_folder):
+    """Half-precision plumbing (timestep embedding cast, position encoding dtype, attention) on the CPU; the
+    same code path runs in fp16/bf16 on a GPU."""
+    torch.manual_seed(0)
+    video = VideoUNet.from_2d(sd1_folder, cross_frame="first").eval()
+    _train_temporal_one_step(video)
+    x, t, context, _ = inputs(UNet2DConditionModel.from_pretrained(sd1_folder), f=3)
+    with torch.no_grad():
+        ref = video(x, t, context)
+        out = video.to(torch.bfloat16)(x.bfloat16(), t, context.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()
