@@ -17,6 +17,8 @@ References: Ho et al. 2022 (Video Diffusion Models); Singer et al. 2022 (Make-A-
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 from pathlib import Path
 
@@ -43,6 +45,19 @@ UNSUPPORTED = {
     "class_embeddings_concat": False, "time_embedding_act_fn": None, "num_attention_heads": None,
 }
 OPTIONS = ("temporal_conv", "temporal_attention", "cross_frame", "conditioning_channels", "attention_backend")
+
+# Set while a loader builds a model whose spatial weights come from a checkpoint: the 2D modules are then created
+# on the meta device (no random init: ~25 s for SD 1.5 on a CPU) and filled by `_load_spatial`.
+_SPATIAL_FROM_CHECKPOINT = contextvars.ContextVar("vidiff_spatial_from_checkpoint", default=False)
+
+
+@contextlib.contextmanager
+def _spatial_from_checkpoint():
+    token = _SPATIAL_FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _SPATIAL_FROM_CHECKPOINT.reset(token)
 
 
 def check_unet_config(config: dict) -> dict:
@@ -91,8 +106,12 @@ class VideoUNet(nn.Module):
                            attention_backend=attention_backend)
 
         # Build diffusers' 2D U-Net once and adopt its modules under the same names.
-        base = UNet2DConditionModel(**dict(unet_config, in_channels=unet_config.get("in_channels", 4)
-                                           + conditioning_channels))
+        from accelerate import init_empty_weights
+
+        empty = init_empty_weights() if _SPATIAL_FROM_CHECKPOINT.get() else contextlib.nullcontext()
+        with empty:
+            base = UNet2DConditionModel(**dict(unet_config, in_channels=unet_config.get("in_channels", 4)
+                                               + conditioning_channels))
         self.in_channels = base.config.in_channels - conditioning_channels
         self.out_channels = base.config.out_channels
         self.conditioning_channels = conditioning_channels
@@ -289,11 +308,12 @@ class VideoUNet(nn.Module):
         for key in overrides:
             if key not in ("cross_frame", "attention_backend"):
                 raise ValueError(f"from_pretrained cannot change {key!r}; it is fixed by {config_file}")
-        model = cls(config, **{**options, **overrides})
+        with _spatial_from_checkpoint():
+            model = cls(config, **{**options, **overrides})
         state_dict = read_state_dict(directory / WEIGHTS_NAME)
         check_state_dict({k: v.shape for k, v in model.state_dict().items()}, state_dict,
                          source=str(directory / WEIGHTS_NAME))
-        model.load_state_dict(state_dict)
+        model._load_spatial(state_dict)
         return model
 
     @classmethod
@@ -310,15 +330,28 @@ class VideoUNet(nn.Module):
         if unknown:
             raise ValueError(f"unknown VideoUNet option(s) {sorted(unknown)}; choose from {OPTIONS}")
         unet_config, state_dict = load_unet_2d(path_or_id, subfolder, config=config)
-        model = cls(unet_config, **options)
+        with _spatial_from_checkpoint():
+            model = cls(unet_config, **options)
         if model.conditioning_channels and "conv_in.weight" in state_dict:
             weight = state_dict["conv_in.weight"]  # widen with zero columns for the condition channels
             extra = weight.new_zeros(weight.shape[0], model.conditioning_channels, *weight.shape[2:])
             state_dict = dict(state_dict, **{"conv_in.weight": torch.cat([weight, extra], dim=1)})
         expected = {k: v.shape for k, v in model.state_dict().items()}
         check_state_dict(expected, state_dict, allow_missing=lambda key: ".temporal_" in key, source=str(path_or_id))
-        model.load_state_dict(state_dict, strict=False)
+        model._load_spatial(state_dict)
         return model
+
+    def _load_spatial(self, state_dict) -> None:
+        """Load checked weights; spatial modules built on the meta device take the tensors (as float32, the
+        master dtype; `.to(dtype)` afterwards for half precision), temporal layers keep their init if absent."""
+        # fresh copies: tensors read from a file may sit at unaligned offsets, and CPU kernels then take other
+        # code paths (bitwise-different sums) than for the freshly allocated weights of a saved model
+        floats = {k: v.to(torch.float32 if v.is_floating_point() else v.dtype, copy=True)
+                  for k, v in state_dict.items()}
+        self.load_state_dict(floats, strict=False, assign=True)
+        still_empty = [name for name, p in self.named_parameters() if p.is_meta]
+        if still_empty:  # check_state_dict allows only temporal keys to be missing, so this is a bug
+            raise RuntimeError(f"weights left unset after loading: {still_empty[:5]}")
 
     def save_temporal(self, path) -> None:
         """The temporal layers alone, one safetensors file (a shareable motion module)."""
