@@ -177,8 +177,16 @@ def test_pickle_with_python_objects_is_refused(tmp_path):
     torch.save({**model.state_dict(), "payload": NotATensor()}, weights)
     with pytest.raises(ValueError, match="contains pickled Python objects.*weights-only.*convert it to safetensors"):
         load_unet_2d(tmp_path / "unet")
-    with pytest.raises(ValueError, match="contains pickled Python objects"):
+    with pytest.raises(ValueError, match="contains pickled Python objects.*unsupported GLOBAL"):
         read_state_dict(weights)
+
+
+def test_a_file_that_is_no_checkpoint_is_not_called_unsafe(tmp_path):
+    garbage = tmp_path / "model.ckpt"
+    garbage.write_text("not a pickle\n")
+    with pytest.raises(ValueError, match="is not a PyTorch checkpoint") as info:
+        read_state_dict(garbage)
+    assert "pickled Python objects" not in str(info.value)
 
 
 def test_read_state_dict_errors(tmp_path):

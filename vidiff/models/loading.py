@@ -36,15 +36,26 @@ DIFFUSERS_WEIGHT_NAMES = (
 # Reading tensors
 
 
+def _unpickler_reason(error: Exception) -> str:
+    """The line of torch's weights-only error that says what failed (its message is mostly boilerplate)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Weights only load failed", "Please file", "Check the"))]
+    return (useful or lines or ["unknown error"])[0][:200]
+
+
 def _read_pickle(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error):  # not a refused object: the bytes are no pickle torch can read
+            raise ValueError(f"{path} is not a PyTorch checkpoint (it could not be unpickled: "
+                             f"{_unpickler_reason(error)}); pass a .safetensors file or a torch.save'd state dict"
+                             ) from None
         raise ValueError(
             f"{path} contains pickled Python objects beyond plain tensors; vidiff only loads weights-only "
             "checkpoints (torch.load(weights_only=True)), since unpickling arbitrary objects can run code; "
             f"convert it to safetensors in an environment you trust, then pass the .safetensors file "
-            f"(torch said: {str(error).splitlines()[0]})"
+            f"(torch said: {_unpickler_reason(error)})"
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise ValueError(f"could not read {path} as a PyTorch checkpoint ({type(error).__name__}: {error})") from error
