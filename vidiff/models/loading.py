@@ -37,10 +37,11 @@ DIFFUSERS_WEIGHT_NAMES = (
 
 
 def _unpickler_reason(error: Exception) -> str:
-    """The line of torch's weights-only error that says what failed (its message is mostly boilerplate)."""
+    """The line of torch's weights-only error that says what failed (the rest of its message is boilerplate)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("Weights only load failed", "Please file", "Check the"))]
-    return (useful or lines or ["unknown error"])[0][:200]
+    telling = [line for line in lines if line.startswith(("Trying to load unsupported", "Unsupported"))
+               or "GLOBAL" in line]
+    return (telling or lines or ["unknown error"])[0][:200]
 
 
 def _read_pickle(path: Path) -> dict:
