@@ -245,7 +245,7 @@ def cmd_generate(args) -> int:
         }
         written = write_outputs(path, frames, fps, sidecar, gif=args.gif, frames_dir=args.frames_dir,
                                 contact_sheet=args.contact_sheet)
-        print(f"wrote {', '.join(str(p) for p in written)} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]}, "
+        print(f"wrote {', '.join(str(p) for p in written)} ({len(frames)} frame{'s' * (len(frames) != 1)}, {frames.shape[2]}x{frames.shape[1]}, "
               f"{fps:g} fps, seed {seed + index}, {prompt!r})")
     return 0
 
