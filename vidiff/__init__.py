@@ -6,7 +6,7 @@ Public API (imported lazily so `import vidiff` stays cheap):
 """
 from __future__ import annotations
 
-import importlib
+from vidiff.utils import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -17,8 +17,4 @@ _LAZY = {
 
 __all__ = list(_LAZY) + ["__version__"]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vidiff' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -6,6 +6,7 @@ target and renamed into place, so a crash or a full disk never leaves a half-wri
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -77,6 +78,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:  # a file (or link) was replaced by the folder
             old.unlink(missing_ok=True)
+
+
+def lazy_exports(module_name: str, table: dict[str, str]):
+    """A module `__getattr__` (PEP 562) that imports each public name's module on first use, so importing a
+    package does not pull in torch or diffusers until something needs them."""
+
+    def __getattr__(name):
+        if name in table:
+            return getattr(importlib.import_module(table[name]), name)
+        raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+
+    return __getattr__
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:

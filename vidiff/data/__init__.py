@@ -10,7 +10,7 @@ Names are imported lazily so `import vidiff.data` does not pull in torch.
 """
 from __future__ import annotations
 
-import importlib
+from vidiff.utils import lazy_exports
 
 _LAZY = {
     "VideoClip": "vidiff.data.video_io",
@@ -34,8 +34,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vidiff.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -1,7 +1,7 @@
 """Sampling pipelines. Imported lazily: `vidiff.pipelines.folder` and `.schedulers` stay torch-free for the CLI."""
 from __future__ import annotations
 
-import importlib
+from vidiff.utils import lazy_exports
 
 _LAZY = {
     "VideoPipeline": "vidiff.pipelines.text_to_video",
@@ -14,8 +14,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vidiff.pipelines' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

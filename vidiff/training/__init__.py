@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-import importlib
+from vidiff.utils import lazy_exports
 
 _LAZY = {
     "train": "vidiff.training.trainer",
@@ -19,8 +19,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vidiff.training' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
