@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import gc
 import platform
-import re
 import statistics
 import sys
 import time
