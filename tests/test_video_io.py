@@ -357,24 +357,28 @@ def test_frames_write_never_replaces_other_things(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "clip.mp4", "frames", "mine"]
 
 
+class _ContainerProxy:
+    """A PyAV container whose methods a test can override one at a time."""
+
+    def __init__(self, container):
+        self.container = container
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.container.close()
+
+    def __getattr__(self, name):
+        return getattr(self.container, name)
+
+
 def test_pyav_seek_overshoot_falls_back(videos, monkeypatch):
     """If a seek lands past the first wanted frame, the PyAV reader decodes from the start instead."""
     real_open = av.open
     seeks = []
 
-    class Overshooting:
-        def __init__(self, container):
-            self.container = container
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.container.close()
-
-        def __getattr__(self, name):
-            return getattr(self.container, name)
-
+    class Overshooting(_ContainerProxy):
         def seek(self, offset, **kwargs):
             stream = kwargs["stream"]
             extra = int(40 / float(stream.average_rate) / stream.time_base) if not seeks else 0  # 40 frames on
@@ -401,19 +405,7 @@ def test_pyav_failed_seek_decodes_from_the_start(videos, monkeypatch):
     reading on from the start (and calling the file truncated only if frames are really missing)."""
     real_open = av.open
 
-    class SeekFails:
-        def __init__(self, container):
-            self.container = container
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.container.close()
-
-        def __getattr__(self, name):
-            return getattr(self.container, name)
-
+    class SeekFails(_ContainerProxy):
         def seek(self, offset, **kwargs):
             raise av.error.PermissionError(1, "Operation not permitted")
 
