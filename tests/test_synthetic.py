@@ -104,11 +104,11 @@ def test_write_shapes_dataset(tmp_path):
     assert len(list(csv.DictReader((tmp_path / "a" / "manifest.csv").open()))) == 2
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not an empty folder"):
+    with pytest.raises(FileExistsError, match="not a shapes dataset"):
         write_shapes_dataset(tmp_path / "mine", count=2)
     # Found in QA: any folder with a manifest.csv (a user's own dataset) counted as a shapes set and was replaced.
     (tmp_path / "mine" / "manifest.csv").write_text("path,caption\nclip.mp4,my holiday\n")
-    with pytest.raises(ValueError, match="not an empty folder"):
+    with pytest.raises(FileExistsError, match="not a shapes dataset"):
         write_shapes_dataset(tmp_path / "mine", count=2)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     write_shapes_dataset(tmp_path / "again", count=2, num_frames=2, size=16)  # an earlier shapes set is replaced

@@ -80,6 +80,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             old.unlink(missing_ok=True)
 
 
+def check_replaceable(path: str | os.PathLike, is_own, what: str, fix: str = "choose a new path") -> None:
+    """The one rule for every writer that replaces a folder (or file) at `path`: only something vidiff wrote
+    (`is_own(path)` is True: an earlier pipeline folder, cache, dataset, ...) or an empty folder may be replaced.
+    Anything else is the user's, and raises FileExistsError naming `path`, `what` was expected, and `fix`."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink() and (not any(path.iterdir()) or is_own(path)):
+        return
+    kind = "a folder" if path.is_dir() else "a file"
+    raise FileExistsError(f"{path} exists and is {kind} that is not {what}; vidiff replaces only what it wrote "
+                          f"(or an empty folder): {fix}")
+
+
 def lazy_exports(module_name: str, table: dict[str, str]):
     """A module `__getattr__` (PEP 562) that imports each public name's module on first use, so importing a
     package does not pull in torch or diffusers until something needs them."""

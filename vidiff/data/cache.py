@@ -26,7 +26,8 @@ import torch
 
 from vidiff.data.datasets import VideoDataset
 from vidiff.data.video_io import VideoReadError
-from vidiff.utils import atomic_dir, default_device, parse_dtype, save_safetensors_atomic, write_json_atomic
+from vidiff.utils import (atomic_dir, check_replaceable, default_device, parse_dtype, save_safetensors_atomic,
+                          write_json_atomic)
 
 logger = logging.getLogger("vidiff.data")
 
@@ -113,9 +114,7 @@ def build_latent_cache(model_dir: str | os.PathLike, manifest: str | os.PathLike
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0 (0 decodes in the main process), got {num_workers}")
     # The cache replaces out_dir when done: only an earlier cache or an empty folder may be replaced.
-    if out_dir.exists() and not (out_dir.is_dir() and (_is_cache(out_dir) or not any(out_dir.iterdir()))):
-        raise ValueError(f"{out_dir} exists and is not a latent cache (no {INDEX_FILE}); it would be replaced: "
-                         "choose a new --out")
+    check_replaceable(out_dir, _is_cache, f"a latent cache (no {INDEX_FILE})", "choose a new --out")
     device = device or default_device()
     torch_dtype = parse_dtype(dtype)
     dataset = VideoDataset(manifest, num_frames=num_frames, height=height, width=width, stride=stride, fps=fps,

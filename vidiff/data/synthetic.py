@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidiff.utils import atomic_dir
+from vidiff.utils import atomic_dir, check_replaceable
 
 # Saturated, well separated colours, so evaluation can tell them apart by nearest colour.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -134,8 +134,7 @@ def write_shapes_dataset(out_dir: str | os.PathLike, count: int, num_frames: int
     out_dir = Path(out_dir)
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or _is_shapes_dataset(out_dir))):
-        raise ValueError(f"{out_dir} exists and is not an empty folder or a shapes dataset; pick a new --out")
+    check_replaceable(out_dir, _is_shapes_dataset, "a shapes dataset", "pick a new --out")
     specs = sample_specs(count, seed)
     rows = []
     with atomic_dir(out_dir) as tmp:

@@ -128,12 +128,11 @@ def write_pipeline_folder(path: str | os.PathLike, *, unet, text_encoder, tokeni
                           vae=None, info: dict) -> Path:
     """Write a complete pipeline folder atomically (a crash leaves any old folder at `path` untouched). An
     existing `path` is replaced only if it is an earlier pipeline folder (has vidiff.json) or empty."""
-    from vidiff.utils import atomic_dir
+    from vidiff.utils import atomic_dir, check_replaceable
 
     path = Path(path)
-    if path.exists() and not (path.is_dir() and ((path / INFO_NAME).is_file() or not any(path.iterdir()))):
-        raise FileExistsError(f"{path} exists and is not a vidiff pipeline folder (no {INFO_NAME}); it would be "
-                              "replaced: choose a new folder")
+    check_replaceable(path, lambda p: (p / INFO_NAME).is_file(), f"a vidiff pipeline folder (no {INFO_NAME})",
+                      "choose a new folder")
     with atomic_dir(path) as tmp:
         unet.save_pretrained(tmp / "unet")
         if vae is not None:
