@@ -1,4 +1,4 @@
-"""Where `vidiff generate` puts its files, and the JSON sidecar that says how each clip was made.
+"""Helpers shared by the `vidiff` subcommands: the one-line user error, and where `vidiff generate` puts its files.
 
 One video goes to `--out` as given (`clip.mp4`); several go to numbered names beside it (`clip-000.mp4`,
 `clip-001.mp4`, ... in prompt-major order). Each main output gets a sidecar `clip.json` (or `clip-000.json`) and,
@@ -11,6 +11,11 @@ import os
 from pathlib import Path
 
 from vidiff.utils import write_json_atomic
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
 
 
 def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = False, frames_dir: bool = False,

@@ -1,0 +1,89 @@
+"""The `vidiff` command line: one module per subcommand, each with `add_parser(subparsers)` and `run(args) -> int`.
+
+A subcommand is registered by one line in `SUBCOMMANDS`. Heavy imports (torch, diffusers) happen inside the
+`run` functions, so `vidiff --help` is instant. Bad input exits 2 with a one-line `vidiff <cmd>: error: ...`
+(set VIDIFF_DEBUG=1 for the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from vidiff.cli.common import CLIError
+
+__all__ = ["CLIError", "SUBCOMMANDS", "build_parser", "main"]
+
+# vidiff.cli.<name> for each subcommand, in the order `vidiff --help` lists them.
+SUBCOMMANDS = [
+    "inflate",
+    "generate",
+    "train",
+    "data",
+]
+
+
+class Parser(argparse.ArgumentParser):
+    """No abbreviated long options (`--num-frame 8` is an error, not `--num-frames`): a typo must not silently
+    pick a flag. Subparsers inherit the class, so every parser of the command line gets it."""
+
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs):
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vidiff")
+    except PackageNotFoundError:  # a source checkout on PYTHONPATH
+        import vidiff
+
+        return vidiff.__version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="vidiff",
+        description="vidiff: video diffusion from Stable Diffusion.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vidiff {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"vidiff.cli.{name}")
+        module.add_parser(sub).set_defaults(_run=module.run)
+    return parser
+
+
+def _quiet_weight_bars() -> None:
+    """transformers draws a progress bar for every weight file it loads or writes, even a tiny one; the commands
+    show their own progress. Hub download bars stay (they are hf_hub's, switched separately)."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    transformers_logging._tqdm_active = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    if (args.command, getattr(args, "data_command", None)) != ("data", "shapes"):
+        _quiet_weight_bars()
+    try:
+        return int(args._run(args) or 0)
+    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, KeyError) as e:
+        if os.environ.get("VIDIFF_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"vidiff {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vidiff {args.command}: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,113 @@
+"""`vidiff data`: write the synthetic shapes dataset, or cache VAE latents and text embeddings of a manifest."""
+from __future__ import annotations
+
+import argparse
+
+from vidiff.cli.common import CLIError
+
+
+class _DataHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows real defaults (not "default: None" on required options) and keeps example lines unwrapped, so
+    they can be copied as they are."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" not in text and action.option_strings and not action.required
+                and not any(action.default is no_default for no_default in (None, False, argparse.SUPPRESS))):
+            text += " (default: %(default)s)"
+        return text
+
+
+def add_parser(sub):
+    p = sub.add_parser("data", help="datasets: synthetic shapes, latent caches",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                              "  vidiff data shapes --out data/shapes --count 1000\n"
+                              "  vidiff data cache --model runs/base/pipeline --manifest data/shapes/manifest.csv "
+                              "--out data/shapes-cache")
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    shapes = data_sub.add_parser(
+        "shapes", help="write a synthetic dataset of coloured shapes moving (mp4 + txt pairs and manifest.csv)",
+        description="Write COUNT clips of one coloured shape crossing a dark background, each an mp4 with a "
+                    "same-named .txt caption (\"a red circle moving left\"), and manifest.csv (path, caption, "
+                    "color, shape, motion). Deterministic by --seed.",
+        formatter_class=_DataHelpFormatter,
+        epilog="example: vidiff data shapes --out data/shapes --count 1000 --frames 16 --size 64 --seed 0")
+    shapes.add_argument("--out", required=True, help="output folder (created; replaced if it holds a shapes set)")
+    shapes.add_argument("--count", type=int, required=True, help="number of clips")
+    shapes.add_argument("--frames", type=int, default=16, help="frames per clip")
+    shapes.add_argument("--size", type=int, default=64, help="frame width and height in pixels")
+    shapes.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
+    shapes.add_argument("--fps", type=float, default=8.0, help="frame rate stored in the mp4 files")
+    cache = data_sub.add_parser(
+        "cache", help="encode VAE latents and text embeddings of a manifest into safetensors shards",
+        description="Encode every readable clip of a manifest with a pipeline's VAE and text encoder into "
+                    "safetensors shards plus index.json, for training without decoding videos. Bad files are "
+                    "skipped and listed.",
+        formatter_class=_DataHelpFormatter,
+        epilog="example: vidiff data cache --model runs/base/pipeline --manifest data/shapes/manifest.csv "
+               "--out data/shapes-cache --num-frames 16 --height 64 --width 64")
+    cache.add_argument("--model", required=True, help="pipeline folder with vae/, text_encoder/, tokenizer/")
+    cache.add_argument("--manifest", required=True, help="folder of videos + .txt captions, .csv / .jsonl, or a video")
+    cache.add_argument("--out", required=True, help="output cache folder")
+    cache.add_argument("--num-frames", type=int, default=16, help="frames per clip")
+    cache.add_argument("--height", type=int, default=256, help="clip height in pixels")
+    cache.add_argument("--width", type=int, default=256, help="clip width in pixels")
+    cache.add_argument("--stride", type=int, default=1, help="frame stride in source frames")
+    cache.add_argument("--fps", type=float, default=None, help="sample at this frame rate instead of --stride")
+    cache.add_argument("--batch-size", type=int, default=4, help="clips encoded together")
+    cache.add_argument("--shard-size", type=int, default=256, help="clips per safetensors shard")
+    cache.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding videos")
+    cache.add_argument("--caption-column", default="caption", help="caption column of a .csv / .jsonl manifest")
+    cache.add_argument("--path-column", default="path", help="path column of a .csv / .jsonl manifest")
+    cache.add_argument("--path-template", default=None,
+                       help="path from columns, e.g. '{page_dir}/{videoid}.mp4' (WebVid)")
+    cache.add_argument("--root", default=None,
+                       help="folder that relative manifest paths start from (default: the manifest's folder)")
+    cache.add_argument("--prompt", default=None, help="prompt for a single-video manifest")
+    cache.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
+    cache.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="encoder precision")
+    return p
+
+
+def run(args) -> int:
+    import math
+
+    if args.data_command == "shapes":
+        from vidiff.data.synthetic import write_shapes_dataset
+
+        if args.count < 1 or args.frames < 1 or args.size < 8:
+            raise CLIError(f"need --count >= 1, --frames >= 1, --size >= 8; got --count {args.count} "
+                           f"--frames {args.frames} --size {args.size}")
+        if not (math.isfinite(args.fps) and args.fps > 0):
+            raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
+        if args.size % 2:  # H.264 in yuv420p stores even sizes only: the mp4 would be padded to size + 1
+            raise CLIError(f"--size must be even (H.264 mp4 frames have even sizes), got {args.size}; "
+                           f"use {args.size - 1} or {args.size + 1}")
+        manifest = write_shapes_dataset(args.out, args.count, num_frames=args.frames, size=args.size,
+                                        seed=args.seed, fps=args.fps, progress=True)
+        print(f"wrote {args.count} clip{'s' if args.count > 1 else ''} ({args.frames} "
+              f"frame{'s' if args.frames > 1 else ''}, {args.size}x{args.size}) and {manifest}")
+        return 0
+    if args.data_command == "cache":
+        from vidiff.data.cache import build_latent_cache
+
+        for name in ("num_frames", "height", "width", "stride", "batch_size", "shard_size"):
+            if getattr(args, name) < 1:
+                raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        if args.num_workers < 0:
+            raise CLIError(f"--num-workers must be >= 0 (0 decodes in the main process), got {args.num_workers}")
+        if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+            raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
+        index = build_latent_cache(
+            args.model, args.manifest, args.out, num_frames=args.num_frames, height=args.height, width=args.width,
+            stride=args.stride, fps=args.fps, batch_size=args.batch_size, shard_size=args.shard_size,
+            num_workers=args.num_workers, device=args.device, dtype=args.dtype,
+            caption_column=args.caption_column, path_column=args.path_column, path_template=args.path_template,
+            prompt=args.prompt, root=args.root)
+        print(f"cached {index['num_samples']} clips in {len(index['shards'])} shard(s) under {args.out} "
+              f"({index['num_skipped']} bad files skipped)")
+        return 0
+    raise CLIError("give a data command: `vidiff data shapes ...` or `vidiff data cache ...` (see --help)")
+
+

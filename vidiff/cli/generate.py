@@ -1,0 +1,170 @@
+"""`vidiff generate`: sample video clips from text prompts with a pipeline folder."""
+from __future__ import annotations
+
+import argparse
+
+from vidiff.cli.common import CLIError, check_output_path, numbered_paths, write_outputs
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "generate", help="generate video clips from text prompts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Sample video clips from a vidiff pipeline folder. Unset sizes and sampling settings take the "
+                    "folder's defaults (its vidiff.json). Each clip gets a JSON sidecar (prompt, seed, settings).",
+        epilog="examples:\n"
+               "  vidiff generate --model models/sd15-video --prompt \"a red fox running in snow\" --out fox.mp4\n"
+               "  vidiff generate --model M --prompt \"waves\" --num-frames 64 --steps 25 --seed 7 --gif --out waves.mp4\n"
+               "  vidiff generate --model M --prompts-file prompts.txt --num-videos 2 --out clips/clip.mp4\n"
+               "\nseveral videos (prompts x --num-videos) are written as clip-000.mp4, clip-001.mp4, ...;\n"
+               "video i uses seed + i, so `--seed S+i --num-videos 1` remakes it alone.\n"
+               "--out's suffix picks the format: .mp4, .gif, .png (contact sheet), none (folder of PNG frames).")
+    p.add_argument("--model", metavar="DIR", default=None, help="vidiff pipeline folder (from `vidiff inflate`/`train`)")
+    p.add_argument("--prompt", action="append", default=None, help="text prompt (repeat for several)")
+    p.add_argument("--prompts-file", metavar="F", default=None,
+                   help="text file, one prompt per line (blank lines and # comments skipped)")
+    p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default: none)")
+    p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the model's)")
+    p.add_argument("--height", type=int, default=None, help="pixels, multiple of the model's factor (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="pixels, multiple of the model's factor (default: the model's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale, 1 = off (default: the model's)")
+    p.add_argument("--scheduler", default=None,
+                   help="ddim | dpm-solver++ | euler | euler-ancestral | ddpm | unipc (default: the model's)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="random seed; video i uses seed + i (default: random, recorded)")
+    p.add_argument("--num-videos", type=int, default=1, help="videos per prompt (default: %(default)s)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of the written clips (default: the model's)")
+    p.add_argument("--cross-frame", choices=("none", "first", "sparse-causal"), default=None,
+                   help="override the model's cross-frame attention mode")
+    p.add_argument("--window-size", type=int, default=None,
+                   help="temporal window for long clips (default: the model's num_frames)")
+    p.add_argument("--window-stride", type=int, default=None, help="stride between windows (default: window / 2)")
+    p.add_argument("--long-video-noise", choices=("independent", "freenoise"), default="independent",
+                   help="noise of frames past the first window: fresh, or FreeNoise's reshuffled (default: %(default)s)")
+    p.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default: %(default)s)")
+    p.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: best available)")
+    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, else fp32")
+    p.add_argument("--out", required=True, metavar="PATH", help="output clip, e.g. clip.mp4")
+    p.add_argument("--gif", action="store_true", help="also write a .gif beside each clip")
+    p.add_argument("--frames-dir", action="store_true", help="also write a folder of PNG frames (<stem>_frames/)")
+    p.add_argument("--contact-sheet", action="store_true", help="also write a .png contact sheet of the frames")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args) -> int:
+    import math
+    import secrets
+    import time
+    from pathlib import Path
+
+    from vidiff.pipelines.folder import read_info, read_scheduler_config
+    from vidiff.pipelines.schedulers import max_inference_steps
+    from vidiff.pipelines.text_to_video import resolve_settings
+
+    # Everything is checked before the model loads: a typo costs no time.
+    if args.model is None:
+        raise CLIError("no --model given (the built-in demo model is not available yet): make a model folder with "
+                       "`vidiff inflate --base SD_PIPELINE --out DIR` and pass --model DIR")
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        file = Path(args.prompts_file)
+        if not file.is_file():
+            what = "is a folder, not a text file" if file.is_dir() else "does not exist"
+            raise CLIError(f"--prompts-file {str(file)!r} {what}; give a text file with one prompt per line")
+        try:
+            lines = file.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as e:
+            raise CLIError(f"--prompts-file {str(file)!r} is not UTF-8 text ({e.reason} at byte {e.start}); save it "
+                           "as UTF-8 with one prompt per line") from None
+        prompts += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise CLIError("no prompt: pass --prompt \"...\" or --prompts-file F")
+    if args.num_videos < 1:
+        raise CLIError(f"--num-videos must be >= 1, got {args.num_videos}")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
+    if not (math.isfinite(args.eta) and args.eta >= 0):
+        raise CLIError(f"--eta must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {args.eta}")
+    info = read_info(args.model)
+    try:
+        schedule = read_scheduler_config(Path(args.model) / "scheduler")
+    except (FileNotFoundError, ValueError) as e:  # (json.JSONDecodeError is a ValueError)
+        raise CLIError(f"{args.model}: unreadable scheduler/scheduler_config.json ({e}); re-create the folder "
+                       "with `vidiff inflate`") from None
+    try:
+        settings = resolve_settings(info, max_steps=max_inference_steps(schedule),
+                                    num_frames=args.num_frames, height=args.height, width=args.width,
+                                    num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                    scheduler=args.scheduler, cross_frame=args.cross_frame,
+                                    window_size=args.window_size, window_stride=args.window_stride,
+                                    decode_chunk_size=args.decode_chunk_size)
+    except ValueError as e:  # name the flag, not the Python argument
+        message = str(e)
+        for name, flag in (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
+                           ("guidance_scale", "--guidance"), ("window_stride", "--window-stride"),
+                           ("window_size", "--window-size"), ("decode_chunk_size", "--decode-chunk-size"),
+                           ("height", "--height"), ("width", "--width"), ("scheduler", "--scheduler")):
+            message = message.replace(name, flag)
+        raise CLIError(message) from None
+    out = check_output_path(args.out, len(prompts) * args.num_videos, gif=args.gif, frames_dir=args.frames_dir,
+                            contact_sheet=args.contact_sheet)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    fps = args.fps if args.fps is not None else info["defaults"].get("fps", 8)
+    paths = numbered_paths(out, len(prompts) * args.num_videos)
+    device = args.device
+    if device is not None:
+        import torch
+
+        kind, _, index = device.partition(":")
+        if kind not in ("cpu", "cuda", "mps") or (":" in device and not (kind == "cuda" and index.isdigit())):
+            raise CLIError(f"unknown --device {device!r}; use cuda, cuda:N, mps or cpu")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise CLIError("--device cuda, but no CUDA device is available; use --device cpu")
+        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+            raise CLIError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 .. "
+                           f"cuda:{torch.cuda.device_count() - 1})")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise CLIError("--device mps, but MPS is not available; use --device cpu")
+
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    if args.quiet:  # transformers / diffusers draw their own weight-loading bars
+        import diffusers.utils.logging
+        import transformers.utils.logging
+
+        transformers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.disable_progress_bar()
+    pipe = VideoPipeline.from_pretrained(args.model, device=device, dtype=args.dtype)
+    start = time.perf_counter()
+    videos = pipe(prompts, num_frames=settings["num_frames"], height=settings["height"], width=settings["width"],
+                  num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
+                  negative_prompt=args.negative, seed=seed, num_videos_per_prompt=args.num_videos, eta=args.eta,
+                  scheduler=settings["scheduler"], cross_frame=settings["cross_frame"],
+                  window_size=settings["window_size"], window_stride=settings["window_stride"],
+                  long_video_noise=args.long_video_noise, decode_chunk_size=settings["decode_chunk_size"],
+                  progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    videos = [videos] if len(paths) == 1 else videos
+    import vidiff
+
+    for index, (path, frames) in enumerate(zip(paths, videos)):
+        prompt = prompts[index // args.num_videos]
+        sidecar = {
+            "prompt": prompt, "negative_prompt": args.negative, "seed": seed + index,
+            "model": str(Path(args.model).resolve()), "num_frames": settings["num_frames"],
+            "height": settings["height"], "width": settings["width"], "fps": fps,
+            "num_inference_steps": settings["num_inference_steps"], "guidance_scale": settings["guidance_scale"],
+            "scheduler": settings["scheduler"], "eta": args.eta, "cross_frame": settings["cross_frame"],
+            "window_size": settings["window_size"], "window_stride": settings["window_stride"],
+            "long_video_noise": args.long_video_noise, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
+            "vidiff_version": vidiff.__version__, "seconds": round(seconds / len(paths), 3),
+        }
+        written = write_outputs(path, frames, fps, sidecar, gif=args.gif, frames_dir=args.frames_dir,
+                                contact_sheet=args.contact_sheet)
+        print(f"wrote {', '.join(str(p) for p in written)} ({len(frames)} frame{'s' * (len(frames) != 1)}, {frames.shape[2]}x{frames.shape[1]}, "
+              f"{fps:g} fps, seed {seed + index}, {prompt!r})")
+    return 0
+
+

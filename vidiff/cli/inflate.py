@@ -1,0 +1,75 @@
+"""`vidiff inflate`: turn a Stable Diffusion checkpoint into a vidiff video pipeline folder."""
+from __future__ import annotations
+
+import argparse
+
+from vidiff.cli.common import CLIError
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "inflate", help="turn a Stable Diffusion checkpoint into a vidiff video pipeline folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Inflate a Stable Diffusion pipeline into a video pipeline folder: the U-Net gains temporal "
+                    "convolutions and attention that start as the identity (so the folder samples each frame as "
+                    "the image model does until trained); VAE, text encoder, tokenizer and noise schedule are kept.",
+        epilog="examples:\n"
+               "  vidiff inflate --base ./stable-diffusion-v1-5 --out models/sd15-video\n"
+               "  vidiff inflate --base runwayml/stable-diffusion-v1-5 --out models/sd15-video --cross-frame first\n"
+               "  vidiff inflate --base v1-5-pruned.safetensors --config ./sd15-configs --out models/sd15-video\n"
+               "\nthen: vidiff generate --model models/sd15-video --prompt \"a cat running\" --out clip.mp4")
+    p.add_argument("--base", required=True, metavar="SD",
+                   help="diffusers SD pipeline folder, hub id (when online), or single-file .safetensors/.ckpt")
+    p.add_argument("--out", required=True, metavar="DIR", help="pipeline folder to write")
+    p.add_argument("--config", metavar="DIR", default=None,
+                   help="for a single-file --base: a local diffusers SD pipeline folder with its configs")
+    p.add_argument("--cross-frame", choices=("none", "first", "sparse-causal"), default="none",
+                   help="spatial self-attention across frames (default: %(default)s)")
+    p.add_argument("--no-temporal-conv", action="store_true", help="do not add temporal convolutions")
+    p.add_argument("--no-temporal-attention", action="store_true", help="do not add temporal attention layers")
+    p.add_argument("--num-frames", type=int, default=16,
+                   help="default clip length / temporal window written to vidiff.json (default: %(default)s)")
+    p.add_argument("--fps", type=float, default=8, help="default frame rate written to vidiff.json (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    return p
+
+
+def run(args) -> int:
+    import math
+    from pathlib import Path
+
+    out = Path(args.out)
+    if args.num_frames < 1:
+        raise CLIError(f"--num-frames must be >= 1, got {args.num_frames}")
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"--out {str(out)!r} already exists; pass --overwrite to replace it or choose another folder")
+    if Path(args.base).exists() and out.resolve() == Path(args.base).resolve():
+        raise CLIError("--out must differ from --base")
+    # --overwrite replaces an earlier pipeline folder, never a folder or file of something else (a typo in --out
+    # must not delete a user's data).
+    if out.exists() and not (out.is_dir() and ((out / "vidiff.json").is_file() or not any(out.iterdir()))):
+        raise CLIError(f"--out {str(out)!r} exists and is not a vidiff pipeline folder (no vidiff.json); "
+                       "--overwrite only replaces a pipeline folder: choose another --out")
+    blocking = next((parent for parent in out.absolute().parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise CLIError(f"--out {str(out)!r}: {str(blocking)!r} is a file, not a folder; choose another --out")
+    from vidiff.pipelines.folder import inflate_pipeline
+
+    fps = int(args.fps) if float(args.fps).is_integer() else args.fps
+    inflate_pipeline(args.base, out, cross_frame=args.cross_frame, temporal_conv=not args.no_temporal_conv,
+                     temporal_attention=not args.no_temporal_attention, config=args.config,
+                     defaults={"num_frames": args.num_frames, "fps": fps})
+    from vidiff.pipelines.folder import read_info
+
+    info = read_info(out)
+    d = info["defaults"]
+    layers = [name for name, on in (("temporal conv", not args.no_temporal_conv),
+                                    ("temporal attention", not args.no_temporal_attention)) if on]
+    print(f"wrote {out}/ (vidiff.json, unet/, {'vae/, ' if info['latent'] else ''}text_encoder/, tokenizer/, "
+          f"scheduler/): {' + '.join(layers) or 'no temporal layers'}, cross-frame {args.cross_frame}, "
+          f"defaults {d['num_frames']} frames {d['height']}x{d['width']} @ {d['fps']} fps")
+    return 0
+
+

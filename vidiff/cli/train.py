@@ -1,0 +1,68 @@
+"""`vidiff train`: fine-tune a video model from a YAML config."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vidiff.cli.common import CLIError
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "train", help="fine-tune a video model (also under `accelerate launch -m vidiff train`)",
+        description="Train a vidiff video U-Net from a YAML config (see configs/train/). Checkpoints, logs, "
+                    "validation clips and the final pipeline folder go to output_dir.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  vidiff train configs/train/finetune.yaml data.manifest=clips/ output_dir=runs/ft\n"
+               "  vidiff train configs/train/tune-a-video.yaml data.manifest=man-skiing.mp4 \\\n"
+               "      data.prompt=\"a man is skiing\" train.max_steps=300\n"
+               "  accelerate launch --num_processes 2 -m vidiff train configs/train/finetune.yaml --resume auto\n"
+               "  vidiff train configs/train/full.yaml --print-config     (show the resolved config)\n")
+    p.add_argument("config", help="training config YAML (configs/train/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides parsed as YAML, e.g. train.max_steps=500 train.ema=true "
+                        "validation.prompts='[\"a red circle moving left\"]'")
+    p.add_argument("--resume", metavar="auto|PATH", default=None,
+                   help="continue from the latest checkpoint in output_dir/checkpoints (auto; starts fresh when "
+                        "there is none) or from a checkpoint folder (default: start from step 0)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    return p
+
+
+def run(args) -> int:
+    from vidiff.config import load_config
+
+    for item in args.overrides:
+        if "=" not in item:
+            raise CLIError(f"override {item!r} is not KEY=VALUE (e.g. train.max_steps=100)")
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    if args.resume not in (None, "auto") and not os.path.isdir(args.resume):
+        raise CLIError(f"--resume {args.resume}: no such checkpoint folder; use --resume auto or a folder under "
+                       f"{config.output_dir}/checkpoints")
+
+    from vidiff.training.trainer import TrainingError, train
+
+    try:
+        result = train(config, resume=args.resume)
+    except TrainingError as e:
+        print(f"vidiff train: error: {e}", file=sys.stderr)
+        return 1
+    if not result.is_main_process:
+        return 0
+    if result.status == "interrupted":
+        print(f"vidiff train: stopped at step {result.step}; checkpoint {result.checkpoint} "
+              "(continue with --resume auto)")
+    else:
+        print(f"vidiff train: {result.step} steps; wrote {result.pipeline} and checkpoints in "
+              f"{result.output_dir / 'checkpoints'} ({result.nonfinite_steps} non-finite steps skipped, "
+              f"{result.skipped_files} bad files skipped)")
+    return 0
+
+
