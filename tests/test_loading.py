@@ -12,7 +12,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from vidiff.models.loading import check_state_dict, load_unet_2d, read_state_dict
+from vidiff.models.loading import check_state_dict, is_hub_id, load_unet_2d, read_state_dict
 from vidiff.utils import save_safetensors_atomic
 
 BASE = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, cross_attention_dim=16, sample_size=8,
@@ -380,3 +380,22 @@ def test_hub_id_falls_back_to_bin_weights(tmp_path, monkeypatch):
     assert_same_tensors(state_dict, model.state_dict())
     assert len(calls) == 2 and "diffusion_pytorch_model.bin" in calls[1]
     assert not any(pattern.endswith(".bin") for pattern in calls[0])
+
+
+@pytest.mark.parametrize("text", ["someone/sd-model", "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                                  "org_x/Model.v2", "a/b"])
+def test_is_hub_id_accepts_owner_name(text):
+    assert is_hub_id(text)
+
+
+@pytest.mark.parametrize("text", ["sd-model", "./missing/unet", "../x/y", "/abs/path", "~/models", "a/b/c", "a\\b",
+                                  "C:/models", "missing.safetensors", "models/unet.ckpt", "configs/base.yaml",
+                                  "-a/b", "a/b-", "a--b/c", "a/..", "a/ b", "ünï/cödé", "o/" + "n" * 100, ""])
+def test_is_hub_id_refuses_paths_and_malformed_ids(text):
+    assert not is_hub_id(text)
+
+
+def test_is_hub_id_never_takes_a_path_object():
+    from pathlib import PurePosixPath
+
+    assert not is_hub_id(PurePosixPath("someone/sd-model"))

@@ -7,8 +7,9 @@ from einops import rearrange
 
 import vidiff
 from vidiff.models import attention as attention_mod
-from vidiff.models.attention import VideoAttnProcessor
-from vidiff.models.unet import VideoUNet
+from vidiff.models.attention import AttentionBackendError, VideoAttnProcessor
+from vidiff.models.options import ATTENTION_BACKENDS, CROSS_FRAME_MODES
+from vidiff.models.unet import VideoUNet, is_temporal_parameter
 
 TOL = 1e-5
 
@@ -87,8 +88,10 @@ def test_odd_latent_size_matches_2d(sd1_folder):
 
 def test_temporal_layers_present_and_named(sd1_folder):
     video = VideoUNet.from_2d(sd1_folder)
-    names = [n for n, _ in video.named_parameters() if ".temporal_" in n]
+    names = [n for n, _ in video.named_parameters() if is_temporal_parameter(n)]
     assert any(".temporal_convs." in n for n in names) and any(".temporal_attentions." in n for n in names)
+    spatial = [n for n, _ in video.named_parameters() if n not in names]
+    assert sorted(spatial) == sorted(n for n, _ in UNet2DConditionModel.from_pretrained(sd1_folder).named_parameters())
     assert {id(p) for p in video.temporal_parameters()} == {id(p) for n, p in video.named_parameters() if n in names}
     off = VideoUNet.from_2d(sd1_folder, temporal_conv=False, temporal_attention=False)
     assert not list(off.temporal_parameters())
@@ -97,6 +100,14 @@ def test_temporal_layers_present_and_named(sd1_folder):
 
 
 # ------------------------------------------------------------------------------------------- cross-frame
+# Written out here independently of vidiff.models.options: every registered mode needs a reference.
+REFERENCE_SOURCES = {"none": lambda i: [i], "first": lambda i: [0], "sparse-causal": lambda i: [0, max(i - 1, 0)]}
+
+
+def test_every_cross_frame_mode_has_a_reference():
+    assert set(CROSS_FRAME_MODES) == set(REFERENCE_SOURCES)
+
+
 def reference_cross_frame(attn, x, num_frames, mode):
     """Plain-einsum attention where frame i's keys/values come from frames `sources(i)`."""
     b = x.shape[0] // num_frames
@@ -104,7 +115,7 @@ def reference_cross_frame(attn, x, num_frames, mode):
     heads = attn.heads
     outs = []
     for i in range(num_frames):
-        sources = {"none": [i], "first": [0], "sparse-causal": [0, max(i - 1, 0)]}[mode]
+        sources = REFERENCE_SOURCES[mode](i)
         ctx = torch.cat([x[:, s] for s in sources], dim=1)
         q = attn.to_q(x[:, i]).unflatten(-1, (heads, -1))
         k = attn.to_k(ctx).unflatten(-1, (heads, -1))
@@ -115,7 +126,7 @@ def reference_cross_frame(attn, x, num_frames, mode):
     return torch.stack(outs, dim=1).flatten(0, 1)
 
 
-@pytest.mark.parametrize("mode", ["none", "first", "sparse-causal"])
+@pytest.mark.parametrize("mode", CROSS_FRAME_MODES)
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
 def test_cross_frame_attention_matches_einsum(mode, backend):
     torch.manual_seed(0)
@@ -164,8 +175,38 @@ def test_bad_options_are_clear_errors(sd1_folder):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where xformers cannot run")
 def test_forcing_xformers_without_cuda_is_a_clear_error(sd1_folder):
     video = VideoUNet.from_2d(sd1_folder)
-    with pytest.raises(RuntimeError, match="xformers"):
+    with pytest.raises(AttentionBackendError, match=r"'xformers' .*cannot run here \(it needs a CUDA device\).*'sdpa'"
+                       ) as info:
         video.set_attention_backend("xformers")
+    assert isinstance(info.value, RuntimeError) and "\n" not in str(info.value)
+    assert video.attention_backend == "auto"  # the refused choice left the model as it was
+
+
+def test_xformers_kernel_refusal_is_one_line(monkeypatch):
+    """xformers raises NotImplementedError with a many-line table when no kernel fits the inputs."""
+    import sys
+    import types
+
+    def refuse(q, k, v):
+        raise NotImplementedError("No operator found for `memory_efficient_attention_forward` with inputs:\n"
+                                  "     query : shape=(1, 2, 3, 4)\n`cutlassF` is not supported because: ...")
+
+    fake = types.ModuleType("xformers.ops")
+    fake.memory_efficient_attention = refuse
+    monkeypatch.setitem(sys.modules, "xformers", types.ModuleType("xformers"))
+    monkeypatch.setitem(sys.modules, "xformers.ops", fake)
+    q = torch.randn(1, 2, 3, 4)
+    with pytest.raises(AttentionBackendError, match=r"'xformers' cannot run on .*No operator found.*'sdpa'") as info:
+        attention_mod.attention(q, q, q, "xformers")
+    assert "\n" not in str(info.value)
+
+
+def test_backend_registry_matches_the_names():
+    assert ATTENTION_BACKENDS == ("auto", *attention_mod.BACKENDS)
+    assert attention_mod.resolve_backend("auto", torch.device("cpu")) == "sdpa"
+    q, k, v = (torch.randn(2, 2, 5, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    for name in ("sdpa", "math"):
+        assert (attention_mod.attention(q, k, v, name) - attention_mod.math_attention(q, k, v)).abs().max() <= TOL
 
 
 # ------------------------------------------------------------------------------------------- backends

@@ -1,26 +1,30 @@
 """Attention backends (sdpa | xformers | math) and cross-frame spatial self-attention.
 
-All attention in vidiff goes through `attention(q, k, v, backend)` on `(batch, heads, tokens, head_dim)` tensors.
+All attention in vidiff goes through `attention(q, k, v, backend)` on `(batch, heads, tokens, head_dim)` tensors;
+each backend is one entry of the `BACKENDS` registry (its kernel, and why it cannot run here, if it cannot).
 The spatial layers keep diffusers' `Attention` modules (so SD weights load by their own names) and get a
 `VideoAttnProcessor`, which computes the same thing as diffusers' `AttnProcessor2_0` and, for self-attention,
-can take keys and values from other frames:
+can take keys and values from other frames (the modes of vidiff.models.options.CROSS_FRAME_SOURCES).
 
-    "none"           every frame attends to itself (the image model run frame by frame)
-    "first"          every frame attends to frame 0                      (Text2Video-Zero, Khachatryan et al. 2023)
-    "sparse-causal"  every frame attends to frame 0 and the previous one (Tune-A-Video, Wu et al. 2023)
-
-References: Dao et al. 2022 (FlashAttention); Lefaudeux et al. 2022 (xformers memory-efficient attention).
+References: Dao et al. 2022 (FlashAttention); Lefaudeux et al. 2022 (xformers memory-efficient attention);
+Khachatryan et al. 2023 (Text2Video-Zero); Wu et al. 2023 (Tune-A-Video).
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-BACKENDS = ("auto", "sdpa", "xformers", "math")
-CROSS_FRAME_MODES = ("none", "first", "sparse-causal")
+from vidiff.models.options import (ATTENTION_BACKENDS, CROSS_FRAME_MODES, CROSS_FRAME_SOURCES, check_backend_name,
+                                   check_cross_frame)
+
+__all__ = ["ATTENTION_BACKENDS", "BACKENDS", "CROSS_FRAME_MODES", "AttentionBackendError", "VideoAttnProcessor",
+           "attention", "check_backend", "check_cross_frame", "cross_frame_kv", "math_attention", "resolve_backend",
+           "xformers_available"]
 
 # Fused CUDA kernels launch one block per (batch x heads) on a grid axis limited to 65535. The temporal layers
 # fold b*h*w into the batch (2 * 64 * 64 = 8192 pixel columns for one 512 px clip with CFG, times 8 heads), which
@@ -28,56 +32,16 @@ CROSS_FRAME_MODES = ("none", "first", "sparse-causal")
 MAX_BATCH_HEADS = 65535
 
 
-def check_backend(name: str) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "xformers" and not xformers_available():
-        raise RuntimeError(
-            "attention backend 'xformers' was requested but xformers cannot run here "
-            f"({_xformers_error() or 'it needs a CUDA device'}); install it with `pip install vidiff[xformers]` on a "
-            "CUDA machine, or use attention_backend='sdpa'"
-        )
-    return name
+class AttentionBackendError(RuntimeError):
+    """An attention backend was asked for where it cannot run (xformers without CUDA, a broken xformers build)
+    or its kernel refused the inputs. The message is one line naming the backend, the reason and the fix."""
 
 
-def check_cross_frame(mode: str) -> str:
-    if mode not in CROSS_FRAME_MODES:
-        raise ValueError(f"unknown cross_frame mode {mode!r}; choose one of {', '.join(CROSS_FRAME_MODES)}")
-    return mode
+XFORMERS_FIX = ("install it with `pip install vidiff[xformers]` on a CUDA machine, or use "
+                "attention_backend='sdpa' (or 'auto')")
 
 
-@functools.lru_cache(maxsize=None)
-def _xformers_probe() -> str | None:
-    """None when xformers imports and its kernel runs on the current CUDA device, else the reason it does not."""
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    try:
-        import xformers.ops as xops
-
-        q = torch.zeros(1, 4, 1, 8, device="cuda", dtype=torch.float16)
-        xops.memory_efficient_attention(q, q, q)
-        return None
-    except Exception as e:  # ImportError, or kernels built for another torch / GPU
-        return f"{type(e).__name__}: {e}".splitlines()[0][:200]
-
-
-def _xformers_error() -> str | None:
-    return _xformers_probe()
-
-
-def xformers_available() -> bool:
-    return _xformers_probe() is None
-
-
-def resolve_backend(name: str, device: torch.device) -> str:
-    """'auto' -> xformers on CUDA when it runs, else PyTorch SDPA."""
-    if name != "auto":
-        return name
-    if device.type == "cuda" and xformers_available():
-        return "xformers"
-    return "sdpa"
-
-
+# ------------------------------------------------------------------------------------------------ kernels
 def math_attention(q, k, v, upcast: bool = False):
     """softmax(q k^T / sqrt(d)) v written out; the reference the fused kernels are checked against."""
     dtype = q.dtype
@@ -88,12 +52,78 @@ def math_attention(q, k, v, upcast: bool = False):
     return torch.einsum("bhij,bhjd->bhid", probs, v).to(dtype)
 
 
-def _xformers_attention(q, k, v):
+def _sdpa_attention(q, k, v, upcast: bool = False):
+    return F.scaled_dot_product_attention(q, k, v)  # accumulates in float32 already: `upcast` is moot
+
+
+def _xformers_attention(q, k, v, upcast: bool = False):
     import xformers.ops as xops
 
     # xformers wants (batch, tokens, heads, head_dim)
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    return xops.memory_efficient_attention(q.contiguous(), k.contiguous(), v.contiguous()).transpose(1, 2)
+    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    try:
+        return xops.memory_efficient_attention(q, k, v).transpose(1, 2)
+    except (NotImplementedError, ValueError) as error:  # no kernel for this dtype / head size / device
+        reason = " ".join(str(error).split())[:200]
+        raise AttentionBackendError(f"attention backend 'xformers' cannot run on {tuple(q.shape)} {q.dtype} "
+                                    f"inputs ({type(error).__name__}: {reason}); use attention_backend='sdpa'"
+                                    ) from None
+
+
+@functools.lru_cache(maxsize=None)
+def _xformers_probe() -> str | None:
+    """None when xformers imports and its kernel runs on the current CUDA device, else the reason it does not."""
+    if not torch.cuda.is_available():
+        return "it needs a CUDA device"
+    try:
+        import xformers.ops as xops
+
+        q = torch.zeros(1, 4, 1, 8, device="cuda", dtype=torch.float16)
+        xops.memory_efficient_attention(q, q, q)
+        return None
+    except Exception as e:  # ImportError, or kernels built for another torch / GPU
+        return f"{type(e).__name__}: {e}".splitlines()[0][:200]
+
+
+def xformers_available() -> bool:
+    return _xformers_probe() is None
+
+
+@dataclass(frozen=True)
+class Backend:
+    kernel: Callable                                     # (q, k, v, upcast) -> out, all (batch, heads, tokens, d)
+    fused: bool                                          # a CUDA grid over batch x heads: chunk past MAX_BATCH_HEADS
+    unavailable: Callable[[], str | None] = lambda: None  # why it cannot run here, or None
+    fix: str = ""                                        # what to do when it cannot
+
+
+BACKENDS: dict[str, Backend] = {
+    "sdpa": Backend(_sdpa_attention, fused=True),
+    "xformers": Backend(_xformers_attention, fused=True, unavailable=_xformers_probe, fix=XFORMERS_FIX),
+    "math": Backend(math_attention, fused=False),
+}
+assert ATTENTION_BACKENDS == ("auto", *BACKENDS), "vidiff.models.options names every backend of this registry"
+
+
+def check_backend(name: str) -> str:
+    """`name` if it is a known backend that can run here; ValueError for an unknown name, AttentionBackendError
+    (one line: the backend, why not, the fix) for one this machine cannot run."""
+    check_backend_name(name)
+    if name != "auto":
+        reason = BACKENDS[name].unavailable()
+        if reason is not None:
+            raise AttentionBackendError(f"attention backend {name!r} was requested but cannot run here ({reason}); "
+                                        f"{BACKENDS[name].fix}")
+    return name
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """'auto' -> xformers on CUDA when it runs, else PyTorch SDPA; other names as they are."""
+    if name != "auto":
+        return name
+    if device.type == "cuda" and xformers_available():
+        return "xformers"
+    return "sdpa"
 
 
 def attention(q, k, v, backend: str = "auto", upcast: bool = False):
@@ -102,30 +132,25 @@ def attention(q, k, v, backend: str = "auto", upcast: bool = False):
     `upcast` computes the scores in float32 for the math backend (diffusers' `upcast_attention`); the fused
     kernels accumulate in float32 already.
     """
-    backend = resolve_backend(backend, q.device)
-    if backend == "math":
-        return math_attention(q, k, v, upcast=upcast)
-    fn = _xformers_attention if backend == "xformers" else F.scaled_dot_product_attention
+    entry = BACKENDS[resolve_backend(backend, q.device)]
     batch, heads = q.shape[:2]
-    if batch * heads <= MAX_BATCH_HEADS:
-        return fn(q, k, v)
+    if not entry.fused or batch * heads <= MAX_BATCH_HEADS:
+        return entry.kernel(q, k, v, upcast)
     chunk = max(1, MAX_BATCH_HEADS // heads)
-    return torch.cat([fn(q[i:i + chunk], k[i:i + chunk], v[i:i + chunk]) for i in range(0, batch, chunk)])
+    return torch.cat([entry.kernel(q[i:i + chunk], k[i:i + chunk], v[i:i + chunk], upcast)
+                      for i in range(0, batch, chunk)])
 
 
+# ------------------------------------------------------------------------------------------------ cross-frame
 def cross_frame_kv(x, num_frames: int, mode: str):
     """Gather, for every frame, the frames its self-attention reads keys and values from.
 
-    x: `((b f), tokens, c)` -> `((b f), tokens * n, c)` with n = 1 ("first") or 2 ("sparse-causal").
+    x: `((b f), tokens, c)` -> `((b f), tokens * n, c)`, n the number of source frames of `mode`.
     """
-    x = rearrange(x, "(b f) n c -> b f n c", f=num_frames)
-    first = x[:, :1].expand_as(x)
-    if mode == "first":
-        out = first
-    else:  # sparse-causal: frame 0 and the previous frame (frame 0 reads itself twice, which changes nothing)
-        previous = x[:, [max(i - 1, 0) for i in range(num_frames)]]
-        out = torch.cat([first, previous], dim=2)
-    return rearrange(out, "b f n c -> (b f) n c")
+    sources = [CROSS_FRAME_SOURCES[mode](i) for i in range(num_frames)]            # f lists of n frame indices
+    x = rearrange(x, "(b f) t c -> b f t c", f=num_frames)
+    out = torch.cat([x[:, list(frames)] for frames in zip(*sources)], dim=2)               # b f (n t) c
+    return rearrange(out, "b f t c -> (b f) t c")
 
 
 class VideoAttnProcessor:

@@ -32,6 +32,31 @@ DIFFUSERS_WEIGHT_NAMES = (
 )
 
 
+
+class LoadingError(ValueError):
+    """A file vidiff was asked to load is damaged, truncated, unsafe (a pickle that would run code) or not what it
+    should be. The message is one line naming the file, so the CLI can print it as it is."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """`Type: message` of an exception from a library, squeezed onto one line (many span a page)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}" if text else type(error).__name__
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """A JSON object from `path`; LoadingError naming the file when it is unreadable, not JSON, or not an object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LoadingError(f"{path} is not a readable JSON file ({one_line(error)}); it should be {what}: "
+                           "the file is damaged, restore or re-create it") from None
+    if not isinstance(data, dict):
+        raise LoadingError(f"{path} holds a JSON {type(data).__name__}, not an object; it should be {what}")
+    return data
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reading tensors
 
@@ -49,28 +74,28 @@ def _read_pickle(path: Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error):  # not a refused object: the bytes are no pickle torch can read
-            raise ValueError(f"{path} is not a PyTorch checkpoint (it could not be unpickled: "
+            raise LoadingError(f"{path} is not a PyTorch checkpoint (it could not be unpickled: "
                              f"{_unpickler_reason(error)}); pass a .safetensors file or a torch.save'd state dict"
                              ) from None
-        raise ValueError(
+        raise LoadingError(
             f"{path} contains pickled Python objects beyond plain tensors; vidiff only loads weights-only "
             "checkpoints (torch.load(weights_only=True)), since unpickling arbitrary objects can run code; "
             f"convert it to safetensors in an environment you trust, then pass the .safetensors file "
             f"(torch said: {_unpickler_reason(error)})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"could not read {path} as a PyTorch checkpoint ({type(error).__name__}: {error})") from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:  # truncated zip, torn write, unreadable
+        raise LoadingError(f"could not read {path} as a PyTorch checkpoint ({one_line(error)}); the file is "
+                           "damaged or truncated: download or save it again") from error
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
+        raise LoadingError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
     return dict(obj)
 
 
 def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
     """Diffusers/transformers sharding: `{"weight_map": {key: shard file name}}` next to the shards."""
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{index_path} is not a shard index with a 'weight_map' ({error})") from error
+    weight_map = read_json(index_path, "a shard index with a 'weight_map'").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise LoadingError(f"{index_path} is not a shard index: it has no 'weight_map' of key -> shard file name")
     state_dict: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = index_path.parent / shard
@@ -79,7 +104,7 @@ def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
         state_dict.update(read_state_dict(shard_path))
     absent = [key for key in weight_map if key not in state_dict]
     if absent:
-        raise ValueError(f"{len(absent)} keys listed in {index_path} are in none of its shards "
+        raise LoadingError(f"{len(absent)} keys listed in {index_path} are in none of its shards "
                          f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})")
     return state_dict
 
@@ -103,8 +128,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         try:
             return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as error:
-            raise ValueError(f"could not read {path} as safetensors ({error})") from error
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise LoadingError(f"could not read {path} as safetensors ({one_line(error)}); the file is damaged or "
+                               "truncated: download or save it again") from error
     if not name.endswith(WEIGHT_SUFFIXES):
         raise ValueError(f"unsupported weight file {path}: expected one of {', '.join(WEIGHT_SUFFIXES)} "
                          "or a *.index.json shard index")
@@ -113,7 +139,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state_dict = dict(state_dict["state_dict"])
     not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
-        raise ValueError(f"{path} is not a flat dict of tensors: {len(not_tensors)} entries are not tensors "
+        raise LoadingError(f"{path} is not a flat dict of tensors: {len(not_tensors)} entries are not tensors "
                          f"({', '.join(map(str, not_tensors[:5]))})")
     return state_dict
 
@@ -160,7 +186,7 @@ def check_state_dict(
                  for key in mismatched[:5]]
         problems.append(f"{len(mismatched)} shape mismatch{'es' * (len(mismatched) != 1)} "
                         f"({', '.join(shown)}{', ...' if len(mismatched) > 5 else ''})")
-    raise ValueError(f"weights in {source} do not fit the model: {', '.join(problems)}; "
+    raise LoadingError(f"weights in {source} do not fit the model: {', '.join(problems)}; "
                      "check that the config matches the checkpoint (in_channels, block_out_channels, "
                      "layers_per_block, cross_attention_dim, use_linear_projection)")
 
@@ -186,15 +212,10 @@ def _read_config(config: str | os.PathLike | Mapping) -> dict:
         if not where.is_file():
             raise FileNotFoundError(f"U-Net config {where} does not exist; pass a diffusers UNet2DConditionModel "
                                     "config.json or the folder that holds it")
-        try:
-            data = json.loads(where.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"U-Net config {where} is not valid JSON ({error})") from error
-        if not isinstance(data, dict):
-            raise ValueError(f"U-Net config {where} is not a JSON object")
+        data = read_json(where, "a diffusers UNet2DConditionModel config")
     class_name = data.get("_class_name", "UNet2DConditionModel")
     if class_name != "UNet2DConditionModel":
-        raise ValueError(f"{where} describes a {class_name}, not a UNet2DConditionModel; pass the config of "
+        raise LoadingError(f"{where} describes a {class_name}, not a UNet2DConditionModel; pass the config of "
                          "a Stable Diffusion U-Net (the unet/ folder of an SD pipeline)")
     return data
 
@@ -227,13 +248,13 @@ def ldm_to_diffusers(state_dict: Mapping[str, torch.Tensor], config: Mapping, so
         return dict(state_dict)
     if not any(key.startswith(LDM_UNET_PREFIX) for key in state_dict):
         if "input_blocks.0.0.weight" not in state_dict:
-            raise ValueError(f"{source} holds no Stable Diffusion U-Net: no '{LDM_UNET_PREFIX}*' (LDM) nor "
+            raise LoadingError(f"{source} holds no Stable Diffusion U-Net: no '{LDM_UNET_PREFIX}*' (LDM) nor "
                              f"'conv_in.weight' (diffusers) keys; its first keys are {_names(list(state_dict), 3)}")
         state_dict = {LDM_UNET_PREFIX + key: value for key, value in state_dict.items()}
     try:
         converted = convert_ldm_unet_checkpoint(dict(state_dict), _with_defaults(dict(config)))
     except KeyError as error:
-        raise ValueError(f"{source} lacks {error.args[0]!r}, which the config needs (its class embedding "
+        raise LoadingError(f"{source} lacks {error.args[0]!r}, which the config needs (its class embedding "
                          "settings); check that the config belongs to this checkpoint") from error
     converted = {key: value for key, value in converted.items() if value is not None}
     used = {id(value) for value in converted.values()}
@@ -289,11 +310,22 @@ def _weights_in(folder: Path) -> Path:
                             "are not picked automatically: rename one to diffusion_pytorch_model.safetensors")
 
 
-def _looks_local(text: str) -> bool:
-    """True when `text` cannot be a hub id ("name" or "org/name"), so a missing path is a plain typo."""
-    return (text.startswith((".", "/", "~", "\\")) or text.count("/") > 1 or "\\" in text
-            or bool(re.match(r"^[A-Za-z]:", text)) or text.lower().endswith(WEIGHT_SUFFIXES + (".json",))
-            or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text))
+# A Hugging Face Hub repo id: "owner/name", each part of letters, digits, "-", "_", "." (not at either end, no
+# "--" or ".."), at most 96 characters (the hub's own rules, huggingface_hub.utils.validate_repo_id).
+_HUB_PART = r"(?!.*(--|\.\.))[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?"
+# Names that end like a file are paths the user mistyped, not repos (a repo's name never needs such an ending).
+_FILE_ENDINGS = WEIGHT_SUFFIXES + (".json", ".yaml", ".yml", ".txt", ".csv", ".jsonl", ".mp4", ".gif")
+
+
+def is_hub_id(text: str | os.PathLike) -> bool:
+    """True when `text` has the form of a Hugging Face Hub repo id, `owner/name` (e.g.
+    `stable-diffusion-v1-5/stable-diffusion-v1-5`). The one test every loader uses to tell an id from a path:
+    callers look for a local path first and treat a missing path that is no hub id as a typo (no download)."""
+    if not isinstance(text, str):
+        return False  # a Path object is always meant as a path
+    parts = text.split("/")
+    return (len(parts) == 2 and len(text) <= 96 and not text.lower().endswith(_FILE_ENDINGS)
+            and all(re.fullmatch(_HUB_PART, part, flags=re.ASCII) for part in parts))
 
 
 def _hub_patterns(subfolder: str | None, formats: tuple[str, ...]) -> list[str]:
@@ -344,7 +376,7 @@ def load_unet_2d(path_or_id: str | os.PathLike, subfolder: str | None = None, *,
         return _load_single_file(path, config)
     if path.is_dir():
         folder = _unet_folder(path, subfolder)
-    elif _looks_local(text):
+    elif not is_hub_id(text):
         raise FileNotFoundError(f"{text} does not exist; pass a diffusers U-Net or SD pipeline folder, a hub id, "
                                 "or a single-file checkpoint (.safetensors / .ckpt) with config=")
     else:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,7 +29,8 @@ import torch.nn as nn
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from vidiff.models.attention import VideoAttnProcessor, check_backend, check_cross_frame
+from vidiff.models.attention import VideoAttnProcessor, check_backend
+from vidiff.models.options import RUNTIME_OPTIONS, check_cross_frame
 from vidiff.models.temporal import TemporalAttention, TemporalConv
 from vidiff.utils import atomic_dir, save_safetensors_atomic
 
@@ -44,7 +47,11 @@ UNSUPPORTED = {
     "time_cond_proj_dim": None, "attention_type": "default", "dual_cross_attention": False,
     "class_embeddings_concat": False, "time_embedding_act_fn": None, "num_attention_heads": None,
 }
-OPTIONS = ("temporal_conv", "temporal_attention", "cross_frame", "conditioning_channels", "attention_backend")
+# What a VideoUNet adds to its 2D config, saved with it: the model's identity. `cross_frame` is the mode it was
+# made (or tuned) with, a default that `set_cross_frame` may change for a run; any machine can compute every mode.
+ARCHITECTURE_OPTIONS = ("temporal_conv", "temporal_attention", "cross_frame", "conditioning_channels", "stage")
+# Accepted by the constructor, from_2d and from_pretrained, never saved (vidiff.models.options.RUNTIME_OPTIONS).
+OPTIONS = ARCHITECTURE_OPTIONS + RUNTIME_OPTIONS
 
 # Set while a loader builds a model whose spatial weights come from a checkpoint: the 2D modules are then created
 # on the meta device (no random init: ~25 s for SD 1.5 on a CPU) and filled by `_load_spatial`.
@@ -58,6 +65,13 @@ def _spatial_from_checkpoint():
         yield
     finally:
         _SPATIAL_FROM_CHECKPOINT.reset(token)
+
+
+def is_temporal_parameter(name: str) -> bool:
+    """True for the parameters (and state-dict keys) of the temporal layers the inflation adds, e.g.
+    `down_blocks.0.temporal_convs.1.weight`: the one test behind `temporal_parameters`, `freeze_spatial`,
+    `save_temporal` and the trainer's `trainable` modes."""
+    return ".temporal_convs." in name or ".temporal_attentions." in name
 
 
 def check_unet_config(config: dict) -> dict:
@@ -78,6 +92,41 @@ def check_unet_config(config: dict) -> dict:
     return config
 
 
+def read_video_unet_config(directory: Path) -> dict:
+    """The config.json of a folder written by `VideoUNet.save_pretrained`: FileNotFoundError if there is none,
+    LoadingError (one line naming the file) if it is damaged or belongs to another kind of model."""
+    from vidiff.models.loading import LoadingError, read_json
+
+    config_file = Path(directory) / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no VideoUNet at {directory}: {CONFIG_NAME} is missing "
+                                "(use VideoUNet.from_2d for a Stable Diffusion U-Net)")
+    config = read_json(config_file, "a VideoUNet config")
+    if config.get("_class_name") != "VideoUNet":
+        raise LoadingError(f"{config_file} is not a VideoUNet config (found {config.get('_class_name')!r}); "
+                           "use VideoUNet.from_2d to inflate a 2D U-Net")
+    return config
+
+
+def is_video_unet_folder(path) -> bool:
+    """True for a folder `VideoUNet.save_pretrained` wrote (its config.json names the class): the only kind of
+    non-empty folder `save_pretrained` replaces (vidiff.utils.check_replaceable)."""
+    try:
+        return read_video_unet_config(Path(path)) is not None
+    except (OSError, ValueError):
+        return False
+
+
+def _drop_saved_runtime_options(config: dict, config_file: Path, overrides: dict) -> None:
+    """Models saved before runtime options left the config may carry one (e.g. attention_backend "xformers" from
+    a CUDA machine): drop it, with one warning when it asked for more than "auto", so the model loads anywhere."""
+    for key in RUNTIME_OPTIONS:
+        saved = config.pop(key, "auto")
+        if saved != "auto" and key not in overrides:
+            warnings.warn(f"{config_file} records {key}={saved!r} from the machine that saved it; runtime options "
+                          f"are not part of a saved model, so 'auto' is used (pass {key}= to choose)", stacklevel=3)
+
+
 class VideoUNet(nn.Module):
     """Pseudo-3D U-Net on `(b, c, f, h, w)` built from a Stable Diffusion U-Net config.
 
@@ -88,22 +137,27 @@ class VideoUNet(nn.Module):
         cross_frame: spatial self-attention mode, "none" | "first" | "sparse-causal".
         conditioning_channels: extra zero-initialised input channels (cascade stages concatenate their
             condition to `sample` along channels).
-        attention_backend: "auto" | "sdpa" | "xformers" | "math".
+        stage: the cascade stage this U-Net serves ("base", "interpolation", "tsr", "ssr", ...), recorded in
+            its config so a saved stage says what its conditioning channels hold.
+        attention_backend: "auto" | "sdpa" | "xformers" | "math"; a runtime choice, not saved with the model.
     """
 
     def __init__(self, unet_config: dict, *, temporal_conv: bool = True, temporal_attention: bool = True,
-                 cross_frame: str = "none", conditioning_channels: int = 0, attention_backend: str = "auto"):
+                 cross_frame: str = "none", conditioning_channels: int = 0, stage: str = "base",
+                 attention_backend: str = "auto"):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
         unet_config = check_unet_config(unet_config)
         check_cross_frame(cross_frame)
         check_backend(attention_backend)
-        if conditioning_channels < 0:
-            raise ValueError(f"conditioning_channels must be >= 0, got {conditioning_channels}")
+        if not isinstance(conditioning_channels, int) or conditioning_channels < 0:
+            raise ValueError(f"conditioning_channels must be an integer >= 0, got {conditioning_channels!r}")
+        if not isinstance(stage, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", stage):
+            raise ValueError(f"stage must be a lower-case stage name such as 'base' or 'ssr', got {stage!r}")
         self.config = dict(unet_config, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
-                           cross_frame=cross_frame, conditioning_channels=conditioning_channels,
-                           attention_backend=attention_backend)
+                           cross_frame=cross_frame, conditioning_channels=conditioning_channels, stage=stage)
+        self.attention_backend = attention_backend
 
         # Build diffusers' 2D U-Net once and adopt its modules under the same names.
         from accelerate import init_empty_weights
@@ -161,8 +215,9 @@ class VideoUNet(nn.Module):
             attn1.processor.cross_frame = mode
 
     def set_attention_backend(self, name: str) -> None:
-        """"auto" (xformers on CUDA when it runs, else SDPA) | "sdpa" | "xformers" | "math"."""
-        self.config["attention_backend"] = check_backend(name)
+        """"auto" (xformers on CUDA when it runs, else SDPA) | "sdpa" | "xformers" | "math". A runtime choice:
+        it is not saved with the model. Raises AttentionBackendError where `name` cannot run."""
+        self.attention_backend = check_backend(name)
         cross_frame = self.config["cross_frame"]
         for attn1, attn2 in self._attention_modules():
             attn1.set_processor(VideoAttnProcessor(name, cross_frame))
@@ -179,11 +234,13 @@ class VideoUNet(nn.Module):
         self.gradient_checkpointing = False
 
     def temporal_parameters(self):
-        return (p for name, p in self.named_parameters() if ".temporal_" in name)
+        """The temporal layers' parameters (what AnimateDiff-style motion training updates)."""
+        return (p for name, p in self.named_parameters() if is_temporal_parameter(name))
 
     def freeze_spatial(self) -> None:
+        """requires_grad only for the temporal layers; the 2D (spatial) weights stay as the image model's."""
         for name, p in self.named_parameters():
-            p.requires_grad_(".temporal_" in name)
+            p.requires_grad_(is_temporal_parameter(name))
 
     # ----------------------------------------------------------------------------------------------- forward
     def _run(self, fn, *args):
@@ -291,25 +348,27 @@ class VideoUNet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, subfolder: str | None = None, **overrides) -> "VideoUNet":
-        """Load a U-Net written by `save_pretrained`. `overrides` may change runtime options
-        (`cross_frame`, `attention_backend`); the architecture is fixed by the saved config."""
-        from vidiff.models.loading import check_state_dict, read_state_dict
+        """Load a U-Net written by `save_pretrained`. `overrides` may set `cross_frame` and the runtime option
+        `attention_backend` (default "auto"); the architecture is fixed by the saved config. A damaged folder
+        raises LoadingError, one line naming the file."""
+        from vidiff.models.loading import LoadingError, check_state_dict, read_state_dict
 
         directory = Path(directory) / (subfolder or "")
         config_file = directory / CONFIG_NAME
-        if not config_file.is_file():
-            raise FileNotFoundError(f"no VideoUNet at {directory}: {CONFIG_NAME} is missing "
-                                    "(use VideoUNet.from_2d for a Stable Diffusion U-Net)")
-        config = json.loads(config_file.read_text())
-        if config.get("_class_name") != "VideoUNet":
-            raise ValueError(f"{config_file} is not a VideoUNet config (found {config.get('_class_name')!r}); "
-                             "use VideoUNet.from_2d to inflate a 2D U-Net")
-        options = {k: config.pop(k) for k in OPTIONS if k in config}
+        config = read_video_unet_config(directory)
         for key in overrides:
-            if key not in ("cross_frame", "attention_backend"):
+            if key not in ("cross_frame", *RUNTIME_OPTIONS):
                 raise ValueError(f"from_pretrained cannot change {key!r}; it is fixed by {config_file}")
-        with _spatial_from_checkpoint():
-            model = cls(config, **{**options, **overrides})
+        check_cross_frame(overrides.get("cross_frame", "none"))  # the caller's mistakes, before the file's
+        check_backend(overrides.get("attention_backend", "auto"))
+        options = {k: config.pop(k) for k in ARCHITECTURE_OPTIONS if k in config}
+        _drop_saved_runtime_options(config, config_file, overrides)
+        try:
+            with _spatial_from_checkpoint():
+                model = cls(config, **options, **overrides)
+        except (TypeError, ValueError, KeyError) as error:  # a config edited by hand, or from another version
+            raise LoadingError(f"{config_file} does not describe a VideoUNet this vidiff can build "
+                               f"({type(error).__name__}: {' '.join(str(error).split())[:300]})") from None
         state_dict = read_state_dict(directory / WEIGHTS_NAME)
         check_state_dict({k: v.shape for k, v in model.state_dict().items()}, state_dict,
                          source=str(directory / WEIGHTS_NAME))
@@ -337,7 +396,7 @@ class VideoUNet(nn.Module):
             extra = weight.new_zeros(weight.shape[0], model.conditioning_channels, *weight.shape[2:])
             state_dict = dict(state_dict, **{"conv_in.weight": torch.cat([weight, extra], dim=1)})
         expected = {k: v.shape for k, v in model.state_dict().items()}
-        check_state_dict(expected, state_dict, allow_missing=lambda key: ".temporal_" in key, source=str(path_or_id))
+        check_state_dict(expected, state_dict, allow_missing=is_temporal_parameter, source=str(path_or_id))
         model._load_spatial(state_dict)
         return model
 
@@ -355,16 +414,16 @@ class VideoUNet(nn.Module):
 
     def save_temporal(self, path) -> None:
         """The temporal layers alone, one safetensors file (a shareable motion module)."""
-        tensors = {k: v for k, v in self.state_dict().items() if ".temporal_" in k}
+        tensors = {k: v for k, v in self.state_dict().items() if is_temporal_parameter(k)}
         if not tensors:
             raise ValueError("this VideoUNet has no temporal layers to save")
-        metadata = {"vidiff": "temporal", "config": json.dumps({k: self.config[k] for k in OPTIONS})}
+        metadata = {"vidiff": "temporal", "config": json.dumps({k: self.config[k] for k in ARCHITECTURE_OPTIONS})}
         save_safetensors_atomic(tensors, path, metadata=metadata)
 
     def load_temporal(self, path) -> None:
         from vidiff.models.loading import check_state_dict, read_state_dict
 
         tensors = read_state_dict(path)
-        expected = {k: v.shape for k, v in self.state_dict().items() if ".temporal_" in k}
+        expected = {k: v.shape for k, v in self.state_dict().items() if is_temporal_parameter(k)}
         check_state_dict(expected, tensors, source=str(path))
         self.load_state_dict(tensors, strict=False)
