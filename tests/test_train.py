@@ -17,8 +17,10 @@ from safetensors.torch import load_file
 from vidiff.config import load_config
 from vidiff.training.ema import EMA
 from vidiff.training.stages import make_stage, min_snr_weights
-from vidiff.training.trainer import (EndlessSampler, TrainingError, drop_unused_parameters, list_checkpoints,
-                                     save_checkpoint, select_trainable, train)
+from vidiff.training import TrainingError
+from vidiff.training.checkpoints import list_checkpoints, save_checkpoint
+from vidiff.training.data import EndlessSampler
+from vidiff.training.trainer import drop_unused_parameters, select_trainable, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "train" / "tiny.yaml"

@@ -1,5 +1,9 @@
 """Training: one accelerate loop for every stage (`train`), the stages' inputs and objective, EMA.
 
+Modules: `trainer` (the loop: `train`, and `fit` / `training_step` for callers without a config file),
+`data` (seeded sample stream, collation, batch encoding), `checkpoints` (save / find / load / prune),
+`logs` (CSV, loss plot, TensorBoard, validation clips), `stages` (what each stage feeds the U-Net), `ema`.
+
     from vidiff.config import load_config
     from vidiff.training import train
     result = train(load_config("configs/train/finetune.yaml", ["data.manifest=clips/"]), resume="auto")
@@ -8,15 +12,21 @@ from __future__ import annotations
 
 from vidiff.utils import lazy_exports
 
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (too many non-finite losses, a failed checkpoint save)."""
+
+
 _LAZY = {
     "train": "vidiff.training.trainer",
+    "fit": "vidiff.training.trainer",
+    "training_step": "vidiff.training.trainer",
     "TrainResult": "vidiff.training.trainer",
-    "TrainingError": "vidiff.training.trainer",
     "Stage": "vidiff.training.stages",
     "make_stage": "vidiff.training.stages",
     "EMA": "vidiff.training.ema",
 }
 
-__all__ = list(_LAZY)
+__all__ = ["TrainingError", *_LAZY]
 
 __getattr__ = lazy_exports(__name__, _LAZY)

@@ -8,54 +8,49 @@
 
 Layout of `output_dir`:
     inflated/                the SD pipeline inflated once (when model.pretrained is not a vidiff folder)
-    checkpoints/checkpoint-00000500/   accelerate `save_state` + trainer_state.json (last K kept)
-    logs/                    TensorBoard events;  train_log.csv;  loss.png
+    checkpoints/checkpoint-00000500/   the resumable state (see checkpoints.py; last K kept)
+    logs/                    TensorBoard events;  train_log.csv;  loss.png   (see logs.py)
     validation/step-00000500/  00-<prompt>.mp4 + .png contact sheets
     pipeline/                the final vidiff pipeline folder (EMA weights when train.ema)
     temporal.safetensors     the temporal layers alone (a motion module)
 
-Determinism and resumption. The data order is a seeded permutation per epoch, walked by a sampler that can
-start at any sample; each item's random augmentation is seeded by (seed, position in the stream); the noise,
-timesteps, caption dropout and VAE sampling of step n on rank r come from a generator seeded by (seed, n, r).
-So a run stopped after step n and resumed with `--resume auto` sees exactly the batches and noise of the
-straight run, whatever the number of DataLoader workers.
+Determinism and resumption. The data stream is seeded by position (data.py); the noise, timesteps, caption
+dropout and VAE sampling of step n on rank r come from a generator seeded by (seed, n, r). So a run stopped
+after step n and resumed with `--resume auto` sees exactly the batches and noise of the straight run, whatever
+the number of DataLoader workers.
 
 Under DDP only trainable parameters reach the optimiser, and a probe forward/backward before `prepare`
 freezes any trainable parameter that does not take part in the forward (with a warning naming it), so every
 trainable parameter gets a gradient on every step and DDP runs with `find_unused_parameters=False` (no
 per-step graph walk, and no "Expected to have finished reduction" error of the kind Tune-A-Video hits).
+
+`training_step` is the one optimiser step; `train` runs it from a config, and `fit` runs it on any stream of
+batches (editing's one-clip tuning) without a config file or output folder.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import math
-import os
-import random
 import re
-import shutil
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vidiff.config import Config
+from vidiff.config import Config, TrainConfig
+from vidiff.training import TrainingError
+from vidiff.training.checkpoints import (find_resume_checkpoint, load_checkpoint, read_trainer_state,
+                                         save_checkpoint)
+from vidiff.training.data import check_cache_geometry, encode_batch, make_dataset, make_loader
 from vidiff.training.ema import EMA
+from vidiff.training.logs import TrainLog, render_validation
 from vidiff.training.stages import Stage, make_stage
-from vidiff.utils import atomic_path, write_json_atomic
+from vidiff.utils import write_json_atomic
 
-CSV_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "data_wait_share", "skipped_files",
-               "nonfinite_steps")
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-class TrainingError(RuntimeError):
-    """The run cannot continue (too many non-finite losses, a failed checkpoint save)."""
+TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
 
 
 @dataclass
@@ -68,102 +63,6 @@ class TrainResult:
     nonfinite_steps: int
     skipped_files: int
     is_main_process: bool = True   # False on the other ranks of a distributed run
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# data: an endless seeded sampler and per-position seeded items
-# ---------------------------------------------------------------------------------------------------------------
-class EndlessSampler(Sampler):
-    """Yields `(index, position)` forever: epoch e is a permutation of range(num_items) seeded by (seed, e),
-    epochs back to back, starting at global sample `start`. Under accelerate each rank takes every
-    num_processes-th batch of this stream, so `start` = samples consumed by all ranks together."""
-
-    def __init__(self, num_items: int, seed: int, start: int = 0):
-        if num_items < 1:
-            raise ValueError("the training dataset is empty")
-        self.num_items, self.seed, self.start = num_items, seed, start
-
-    def permutation(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_items, generator=g).tolist()
-
-    def __iter__(self):
-        epoch, offset = divmod(self.start, self.num_items)
-        position = self.start
-        while True:
-            for index in self.permutation(epoch)[offset:]:
-                yield index, position
-                position += 1
-            epoch, offset = epoch + 1, 0
-
-    def __len__(self) -> int:  # endless; a large finite number keeps DataLoader / accelerate arithmetic working
-        return 2 ** 40
-
-
-class SeededItems(Dataset):
-    """Wraps a dataset so item `(index, position)` is drawn with the python / numpy / torch RNGs seeded by
-    (seed, position): random clip starts, crops and flips do not depend on workers, ranks or resumption."""
-
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        index, position = key
-        if hasattr(self.dataset, "set_epoch"):  # datasets that seed augmentation by (seed, epoch, index)
-            self.dataset.set_epoch(position // len(self.dataset))
-        item_seed = (self.seed * 1_000_003 + position) % 2 ** 32
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            random.seed(item_seed)
-            np.random.seed(item_seed)
-            torch.manual_seed(item_seed)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C (sent to the whole process group) to the main process, which saves a
-    checkpoint at the step boundary and then shuts them down. (SIGTERM keeps its default: the main process
-    uses it to stop workers that do not exit when asked.)"""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def collate(items: list[dict]) -> dict:
-    out = {}
-    for key in items[0]:
-        values = [item[key] for item in items]
-        if torch.is_tensor(values[0]):
-            out[key] = torch.stack(values)
-        elif isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
-            out[key] = torch.tensor(values)
-        else:
-            out[key] = values
-    return out
-
-
-def make_dataset(config: Config, *, images: bool = False):
-    """The training dataset for `config.data`: videos (a latent cache when `data.cache` is set), or with
-    `images=True` the one-frame image dataset of joint image + video training."""
-    d = config.data
-    from vidiff.data import VideoDataset
-
-    if images:
-        return VideoDataset(d.image_manifest, 1, d.height, d.width, train=True, flip=d.flip,
-                            seed=config.train.seed + 1, image_ok=True)
-    if d.cache:
-        from vidiff.data import CachedLatentDataset
-
-        return CachedLatentDataset(d.cache)
-    # Images in a video manifest would make one-frame samples that cannot share a batch with clips: they are
-    # skipped (and counted) as bad samples; joint training takes them from data.image_manifest instead.
-    return VideoDataset(d.manifest, d.num_frames, d.height, d.width, stride=d.stride, fps=d.fps, train=True,
-                        flip=d.flip, seed=config.train.seed, prompt=d.prompt or None, image_ok=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -200,27 +99,23 @@ def load_pipeline(config: Config, accelerator):
 
 
 def select_trainable(unet, mode: str, stage: Stage) -> dict[str, torch.nn.Parameter]:
-    """Set requires_grad by `train.trainable` and return the trainable parameters by name.
+    """Set requires_grad by `mode` (train.trainable) and return the trainable parameters by name.
 
     temporal         the temporal conv / attention layers (AnimateDiff-style motion module)
     temporal+attn-q  + the spatial attention query projections `attn1.to_q`, `attn2.to_q` (Tune-A-Video)
     all              every U-Net weight
+    plus whatever the stage must train (`stage.is_trainable_extra`, e.g. a widened conv_in).
     """
-    def wanted(name: str) -> bool:
-        if mode == "all" or stage.is_trainable_extra(name):
-            return True
-        temporal = ".temporal_" in name
-        if mode == "temporal":
-            return temporal
-        if mode == "temporal+attn-q":
-            return temporal or ".to_q." in name
-        raise ValueError(f"unknown train.trainable {mode!r}; choose temporal, temporal+attn-q or all")
-
-    trainable = {}
+    if mode not in TRAINABLE_MODES:
+        raise ValueError(f"unknown train.trainable {mode!r}; choose {', '.join(TRAINABLE_MODES)}")
+    if mode == "all":
+        unet.requires_grad_(True)
+    else:
+        unet.freeze_spatial()  # the temporal layers by the U-Net's own definition
     for name, p in unet.named_parameters():
-        p.requires_grad_(wanted(name))
-        if p.requires_grad:
-            trainable[name] = p
+        if stage.is_trainable_extra(name) or (mode == "temporal+attn-q" and ".to_q." in name):
+            p.requires_grad_(True)
+    trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
     if not trainable:
         raise ValueError(f"train.trainable={mode!r} selects no parameters: this U-Net has no temporal layers "
                          "(inflated with temporal_conv and temporal_attention off); use train.trainable=all")
@@ -247,188 +142,372 @@ def drop_unused_parameters(unet, trainable: dict, stage: Stage, text_dim: int, n
     return unused
 
 
-@torch.no_grad()
-def encode_batch(batch: dict, vae, text_encoder, tokenizer, *, caption_dropout: float, generator, device,
-                 vae_chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch -> (latents `(b, c, f, h, w)` scaled by the VAE factor, text embeddings `(b, L, D)`)."""
-    if "latents" in batch:  # a latent cache: both already computed
-        return batch["latents"].to(device), batch["encoder_hidden_states"].to(device)
-    pixels = batch["pixel_values"].to(device)                        # (b, 3, f, h, w) in [-1, 1]
-    b, f = pixels.shape[0], pixels.shape[2]
-    if vae is None:  # pixel-space model
-        latents = pixels
-    else:
-        frames = pixels.permute(0, 2, 1, 3, 4).reshape(b * f, *pixels.shape[1:2], *pixels.shape[3:])  # (b f) c h w
-        parts = [vae.encode(chunk.to(vae.dtype)).latent_dist.sample(generator=generator)
-                 for chunk in frames.split(vae_chunk)]
-        latents = torch.cat(parts) * vae.config.scaling_factor
-        latents = latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
-    prompts = list(batch["prompt"])
-    if caption_dropout > 0:
-        drop = torch.rand(len(prompts), generator=generator, device=generator.device) < caption_dropout
-        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
-    text = text_encoder(ids)[0]
-    return latents.float(), text.float()
+def make_optimizer(params: Iterable[torch.nn.Parameter], t: TrainConfig, num_processes: int = 1):
+    """AdamW and the LR schedule of `t` (train.*)."""
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.AdamW(list(params), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                  eps=t.adam_epsilon, weight_decay=t.weight_decay)
+    # accelerate steps a prepared scheduler once per process per optimiser step: scale its horizon to match.
+    lr_scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps * num_processes,
+                                 num_training_steps=t.max_steps * num_processes)
+    return optimizer, lr_scheduler
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# checkpoints
+# one optimiser step: shared by `train` and `fit`
 # ---------------------------------------------------------------------------------------------------------------
-def list_checkpoints(root) -> list[Path]:
-    """Complete checkpoints (with trainer_state.json) under `root`, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = CHECKPOINT_RE.match(child.name)
-        if match and (child / "trainer_state.json").is_file():
-            found.append((int(match.group(1)), child))
-    return [path for _, path in sorted(found)]
+@dataclass
+class StepOutput:
+    loss: float            # mean over micro-batches and ranks
+    grad_norm: float       # before clipping (nan where the backend returns none)
+    applied: bool          # False: non-finite loss or gradient, the update was skipped on every rank
+    totals: list[float]    # the `extras` of every rank, summed
 
 
-def find_resume_checkpoint(output_dir, resume: str | None) -> Path | None:
-    """`--resume auto` -> the latest complete checkpoint (None when there is none); a path -> that one."""
-    if not resume:
-        return None
-    if resume == "auto":
-        found = list_checkpoints(Path(output_dir) / "checkpoints")
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder (no trainer_state.json); "
-                                f"use --resume auto or a folder under {Path(output_dir) / 'checkpoints'}")
-    return path
+def micro_batch_loss(unet, stage: Stage, noise_scheduler, parts: list[dict], generator, device) -> torch.Tensor:
+    """The diffusion loss of one micro-batch: the sum over its parts (a video batch; the image batch of joint
+    image + video training), each {"latents" (b, c, f, h, w), "encoder_hidden_states" (b, L, D), "weight"?}.
+    One backward for all parts keeps every trainable parameter in the graph on every step (DDP needs that)."""
+    total = None
+    for part in parts:
+        loss = stage.loss(unet, noise_scheduler, part["latents"].to(device),
+                          part["encoder_hidden_states"].to(device), generator=generator)
+        if part.get("weight", 1.0) != 1.0:
+            loss = loss * part["weight"]
+        total = loss if total is None else total + loss
+    return total
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict, keep: int) -> Path:
-    """`accelerator.save_state` into a temporary folder renamed into place, then prune to the last `keep`.
-
-    A failure (disk full) removes the temporary folder and leaves every earlier checkpoint as it was.
-    """
-    root = output_dir / "checkpoints"
-    final = root / f"checkpoint-{step:08d}"
-    tmp = root / f".checkpoint-{step:08d}.tmp"
-    if (final / "trainer_state.json").is_file():
-        return final  # this step is already saved (e.g. the end of a run right after a periodic save)
-    main = accelerator.is_main_process
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    try:
-        accelerator.save_state(str(tmp))
-        if main:
-            write_json_atomic(tmp / "trainer_state.json", state)  # written last: marks the folder complete
-        accelerator.wait_for_everyone()
-        if main:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for old in list_checkpoints(root)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
-    except Exception as e:
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        previous = list_checkpoints(root)
-        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-        raise TrainingError(f"saving the checkpoint for step {step} failed ({type(e).__name__}: {e}); {kept}") from e
-    accelerator.wait_for_everyone()
-    return final
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# logs: CSV, loss curve, validation clips
-# ---------------------------------------------------------------------------------------------------------------
-def open_csv(path: Path, resume_step: int):
-    """Open the CSV log for appending; on resume, drop rows logged after the checkpoint's step."""
-    rows = []
-    if resume_step and path.is_file():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in CSV_COLUMNS} for r in rows)
-    f = open(path, "a", newline="")
-    return f, csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-
-
-def plot_loss_curve(csv_path: Path, png_path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    steps, losses = [], []
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                loss = float(row["loss"])
-            except (TypeError, ValueError):
+def training_step(accelerator, unet, stage: Stage, noise_scheduler, optimizer, micro_batches: Iterable[list[dict]],
+                  *, params: list, generator=None, max_grad_norm: float = 0.0, lr_scheduler=None,
+                  extras: Callable[[], list[float]] | None = None) -> StepOutput:
+    """One optimiser step over `accelerator.gradient_accumulation_steps` micro-batches (lists of loss parts,
+    see `micro_batch_loss`): backward each, clip the gradient of `params`, and update unless the mean loss or
+    the gradient norm is non-finite. `extras()` (numbers, read at the gradient sync) are summed over ranks in
+    the same all-reduce as the loss."""
+    losses = []
+    for parts in micro_batches:
+        with accelerator.accumulate(unet):
+            loss = micro_batch_loss(unet, stage, noise_scheduler, parts, generator, accelerator.device)
+            accelerator.backward(loss)
+            losses.append(loss.detach().float())
+            if not accelerator.sync_gradients:
                 continue
-            if math.isfinite(loss):
-                steps.append(int(row["step"]))
-                losses.append(loss)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
-    if len(losses) >= 10:  # a moving average makes the trend readable through the timestep noise
-        window = max(5, len(losses) // 20)
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, lw=1.6, label=f"mean of {window}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    # a log axis only when the loss spans orders of magnitude (early fine-tuning); else plain numbers read better
-    ax.set_yscale("log" if losses and min(losses) > 0 and max(losses) / min(losses) > 20 else "linear")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+            grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm or float("inf"))
+            local = [torch.stack(losses).mean()]
+            local += [torch.tensor(float(x), device=accelerator.device) for x in (extras() if extras else [])]
+            stats = accelerator.reduce(torch.stack(local), reduction="sum")
+            mean_loss = float(stats[0]) / accelerator.num_processes
+            # (DeepSpeed clips inside its engine and returns no norm; fp16 overflows with a finite loss go to the
+            # grad scaler, which skips the step itself and lowers its scale.)
+            grad_ok = (grad_norm is None or accelerator.mixed_precision == "fp16"
+                       or math.isfinite(float(grad_norm)))
+            applied = math.isfinite(mean_loss) and grad_ok
+            if applied:
+                optimizer.step()
+                if lr_scheduler is not None:
+                    lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            return StepOutput(loss=mean_loss, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                              applied=applied, totals=[float(x) for x in stats[1:]])
+    raise ValueError(f"the micro-batches ended before a gradient step ({len(losses)} given, "
+                     f"{accelerator.gradient_accumulation_steps} per step)")
 
 
-def _slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
+# ---------------------------------------------------------------------------------------------------------------
+# train: preparing a run from a config
+# ---------------------------------------------------------------------------------------------------------------
+def _quiet(*args, **kwargs) -> None:
+    pass
 
 
-def render_validation(pipe, config: Config, out_dir: Path, device) -> list[Path]:
-    """One clip per validation prompt (mp4 + contact sheet); leaves the training RNG untouched."""
-    from vidiff.data import write_contact_sheet, write_video
+@dataclass
+class Run:
+    """Everything `train` prepared: the accelerator, the model and its optimiser, the data, the counters."""
+    config: Config
+    accelerator: Any
+    say: Callable                   # print on the main process
+    pipe: Any                       # the VideoPipeline (VAE, text encoder, tokenizer; pipe.unet is trained)
+    unet: Any                       # pipe.unet as prepared by accelerate (DDP-wrapped in distributed runs)
+    stage: Stage
+    noise_scheduler: Any
+    trainable: dict                 # name -> parameter
+    optimizer: Any
+    lr_scheduler: Any
+    ema: EMA | None
+    loader: Any                     # endless, prepared
+    image_loader: Any               # joint image + video training, else None
+    dataset_size: int
+    state: dict                     # counters saved with each checkpoint (step, samples_seen, ...)
+    checkpoint: Path | None         # the checkpoint resumed from
+    generator: torch.Generator = None
+    batches: Iterator | None = None
+    image_batches: Iterator | None = None
 
-    v, d = config.validation, config.data
-    written = []
-    devices = [device] if torch.device(device).type == "cuda" else []
-    was_training = pipe.unet.training
-    pipe.unet.eval()
-    try:
-        with torch.random.fork_rng(devices=devices):
-            for i, prompt in enumerate(v.prompts):
-                generator = torch.Generator(device=device).manual_seed(v.seed + i)
-                frames = pipe(prompt, num_frames=v.num_frames or d.num_frames, height=v.height or d.height,
-                              width=v.width or d.width, num_inference_steps=v.steps,
-                              guidance_scale=v.guidance_scale, generator=generator, progress=False)
-                stem = out_dir / f"{i:02d}-{_slug(prompt)}"
-                write_video(stem.with_suffix(".mp4"), frames, fps=v.fps)
-                write_contact_sheet(stem.with_suffix(".png"), frames)
-                written.append(stem.with_suffix(".mp4"))
-    finally:
-        pipe.unet.train(was_training)
-    return written
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
 
 
-def _flat_config(config: Config) -> dict:
-    flat = {}
-    for section, values in config.to_dict().items():
-        if isinstance(values, dict):
-            for key, value in values.items():
-                flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-        else:
-            flat[section] = values
-    return flat
+def make_accelerator(config: Config):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import ProjectConfiguration
+
+    output_dir = Path(config.output_dir)
+    return Accelerator(
+        gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+        mixed_precision=config.train.mixed_precision,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        # Every trainable parameter gets a gradient every step (see drop_unused_parameters): no graph walk.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+
+
+def prepare_model(config: Config, accelerator, say):
+    """The pipeline (inflated if needed), its stage and noise schedule, and the trainable parameters."""
+    from diffusers import DDPMScheduler
+
+    t, device = config.train, accelerator.device
+    pipe, source = load_pipeline(config, accelerator)
+    unet = pipe.unet
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler_config)
+    prediction_type = t.prediction_type or noise_scheduler.config.prediction_type
+    stage = make_stage(t.stage, prediction_type=prediction_type, snr_gamma=t.snr_gamma, noise_offset=t.noise_offset)
+    if stage.conditioning_channels != unet.conditioning_channels:
+        raise ValueError(f"stage {stage.name!r} feeds {stage.conditioning_channels} conditioning channels but the "
+                         f"U-Net in {source} takes {unet.conditioning_channels}")
+    for frozen in (pipe.vae, pipe.text_encoder):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval().to(device)
+    unet.to(device).train()
+    if t.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    trainable = select_trainable(unet, t.trainable, stage)
+    text_dim = pipe.text_encoder.config.hidden_size
+    unused = drop_unused_parameters(unet, trainable, stage, text_dim, config.data.num_frames, device)
+    if unused:
+        say(f"warning: {len(unused)} trainable parameter(s) take no part in the forward and stay frozen: "
+            f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
+    num_trainable = sum(p.numel() for p in trainable.values())
+    say(f"training {num_trainable / 1e6:.2f}M of {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M U-Net "
+        f"parameters ({t.trainable}), stage {stage.name}, {prediction_type} objective, "
+        f"{accelerator.num_processes} process(es) on {device}")
+    return pipe, stage, noise_scheduler, trainable
+
+
+def prepare_run(config: Config, resume: str | None, log) -> Run:
+    """Accelerator, checkpoint to resume, model, optimiser, EMA and data, all prepared and restored."""
+    from accelerate.utils import set_seed
+
+    t, d = config.train, config.data
+    output_dir = Path(config.output_dir)
+    accelerator = make_accelerator(config)
+    main = accelerator.is_main_process
+    say = log if main else _quiet
+    checkpoint = find_resume_checkpoint(output_dir, resume)
+    # samples_seen counts clips drawn by all ranks together: the data position, whatever the process count.
+    state = {"step": 0, "samples_seen": 0, "image_samples_seen": 0, "nonfinite_steps": 0, "skipped_files": 0}
+    if checkpoint is not None:
+        state.update(read_trainer_state(checkpoint, config))
+    elif resume == "auto":
+        say(f"--resume auto: no checkpoint under {output_dir / 'checkpoints'}; starting from step 0")
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output_dir / "config.json", config.to_dict())
+
+    set_seed(t.seed)  # the same on every rank: identical initial weights wherever they are random
+    pipe, stage, noise_scheduler, trainable = prepare_model(config, accelerator, say)
+    optimizer, lr_scheduler = make_optimizer(trainable.values(), t, accelerator.num_processes)
+    ema = EMA(trainable, t.ema_decay).to(accelerator.device) if t.ema else None
+
+    dataset = make_dataset(config)
+    if d.cache:
+        check_cache_geometry(dataset, config, pipe.unet.in_channels, pipe.vae_scale_factor)
+    loader = make_loader(dataset, seed=t.seed, batch_size=t.batch_size, start=state["samples_seen"],
+                         num_workers=d.num_workers, pin_memory=accelerator.device.type == "cuda")
+    image_loader = None
+    if d.image_batch_size:  # joint image + video training: one-frame samples in their own batches
+        images = make_dataset(config, images=True)
+        image_loader = accelerator.prepare(make_loader(images, seed=t.seed + 1, batch_size=d.image_batch_size,
+                                                       start=state["image_samples_seen"], num_workers=d.num_workers))
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, loader, lr_scheduler)
+    if checkpoint is not None:
+        load_checkpoint(accelerator, checkpoint, ema=ema)
+        say(f"resumed from {checkpoint} at step {state['step']}")
+    return Run(config=config, accelerator=accelerator, say=say, pipe=pipe, unet=unet, stage=stage,
+               noise_scheduler=noise_scheduler, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler,
+               ema=ema, loader=loader, image_loader=image_loader, dataset_size=len(dataset), state=state,
+               checkpoint=checkpoint, generator=torch.Generator(device=accelerator.device))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train: the loop's parts
+# ---------------------------------------------------------------------------------------------------------------
+def _num_skipped(batch: dict | None) -> int:
+    return int(torch.as_tensor(batch.get("num_skipped", 0)).sum()) if batch is not None else 0
+
+
+def micro_batches(run: Run, counts: dict) -> Iterator[list[dict]]:
+    """The encoded micro-batches of one optimiser step: [video part] (+ image part in joint training).
+    Adds the time spent waiting for data and the bad files skipped to `counts`."""
+    t = run.config.train
+    if run.batches is None:  # DataLoader workers start on first use
+        run.batches = iter(run.loader)
+        run.image_batches = iter(run.image_loader) if run.image_loader is not None else None
+    encoders = (run.pipe.vae, run.pipe.text_encoder, run.pipe.tokenizer)
+    for _ in range(t.gradient_accumulation_steps):
+        wait_start = time.perf_counter()
+        batch = next(run.batches)
+        image_batch = next(run.image_batches) if run.image_batches is not None else None
+        counts["data_wait"] += time.perf_counter() - wait_start
+        counts["skipped"] += _num_skipped(batch) + _num_skipped(image_batch)
+        parts = []
+        for b, weight in ((batch, 1.0), (image_batch, t.image_loss_weight)):
+            if b is not None:
+                with run.accelerator.autocast():
+                    latents, text = encode_batch(b, *encoders, generator=run.generator, device=run.accelerator.device,
+                                                 caption_dropout=t.caption_dropout)
+                parts.append({"latents": latents, "encoder_hidden_states": text, "weight": weight})
+        if run.state["step"] in t.debug_nan_steps:
+            parts[0]["weight"] = float("nan")  # test hook: a non-finite loss at this step
+        yield parts
+
+
+def checkpoint_now(run: Run) -> Path:
+    state = {**run.state, "num_processes": run.accelerator.num_processes, "config": run.config.to_dict()}
+    return save_checkpoint(run.accelerator, run.output_dir, run.state["step"], state, run.config.train.keep_checkpoints,
+                           ema=run.ema)
+
+
+def validate(run: Run, name: str) -> None:
+    """Validation clips into output_dir/validation/<name>, with the averaged weights when there are any
+    (they are what gets exported)."""
+    if run.accelerator.is_main_process:
+        with run.ema.swapped_in(run.trainable) if run.ema is not None else contextlib.nullcontext():
+            render_validation(run.pipe, run.config, run.output_dir / "validation" / name, run.accelerator.device)
+    run.accelerator.wait_for_everyone()
+
+
+def export(run: Run) -> Path | None:
+    """output_dir/pipeline (EMA weights when train.ema) and temporal.safetensors; final validation clips."""
+    accelerator, v, step = run.accelerator, run.config.validation, run.state["step"]
+    pipeline_dir = None
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(run.unet)
+        named = {k: p for k, p in model.named_parameters() if k in run.trainable}
+        with run.ema.swapped_in(named) if run.ema is not None else contextlib.nullcontext():
+            run.pipe.unet = model
+            pipeline_dir = run.output_dir / "pipeline"
+            run.pipe.save_pretrained(pipeline_dir)
+            if any(True for _ in model.temporal_parameters()):
+                model.save_temporal(run.output_dir / "temporal.safetensors")
+            if v.prompts and not (v.every and step % v.every == 0):  # (else just rendered)
+                render_validation(run.pipe, run.config, run.output_dir / "validation" / "final", accelerator.device)
+        run.say(f"wrote {pipeline_dir} (vidiff generate --model {pipeline_dir}) and "
+                f"{run.output_dir / 'temporal.safetensors'}")
+    accelerator.wait_for_everyone()
+    return pipeline_dir
+
+
+def step_values(run: Run, out: StepOutput, counts: dict, step_time: float) -> dict:
+    """The numbers logged for the step just done (CSV columns, TensorBoard scalars, `on_step`)."""
+    t, state = run.config.train, run.state
+    samples_per_step = t.batch_size * t.gradient_accumulation_steps * run.accelerator.num_processes
+    return {"step": state["step"], "epoch": state["samples_seen"] / run.dataset_size, "loss": out.loss,
+            "lr": run.lr_scheduler.get_last_lr()[0], "grad_norm": out.grad_norm,
+            "samples_per_s": samples_per_step / step_time,
+            "data_wait_share": counts["data_wait"] / step_time if step_time > 0 else 0.0,
+            "skipped_files": state["skipped_files"], "nonfinite_steps": state["nonfinite_steps"]}
+
+
+def count_step(run: Run, out: StepOutput) -> None:
+    """Advance the saved counters by one optimiser step; update the EMA when the step was applied."""
+    t, d, state = run.config.train, run.config.data, run.state
+    per_step = t.gradient_accumulation_steps * run.accelerator.num_processes
+    state["step"] += 1
+    state["samples_seen"] += t.batch_size * per_step
+    state["image_samples_seen"] += d.image_batch_size * per_step
+    state["skipped_files"] += int(out.totals[0])
+    if out.applied and run.ema is not None:
+        run.ema.update(run.trainable)
+    if not out.applied:
+        state["nonfinite_steps"] += 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------------------------
+def train(config: Config, *, resume: str | None = None, on_step=None, log=print) -> TrainResult:
+    """Train `config.train.stage` on `config.data`; see the module docstring for what lands in output_dir.
+
+    resume: None (start at step 0), "auto" (the latest checkpoint in output_dir, if any) or a checkpoint folder.
+    on_step: optional `on_step(step, values) -> bool`, called on every rank after each optimiser step with the
+        logged values (step, loss, lr, grad_norm, ...); returning True stops the run as SIGTERM does
+        (checkpoint, then return "interrupted").
+    """
+    t, v = config.train, config.validation
+    # --- prepare -------------------------------------------------------------------------------------------
+    run = prepare_run(config, resume, log)
+    accelerator, state, say = run.accelerator, run.state, run.say
+    train_log = TrainLog(accelerator, config, run.output_dir, start_step=state["step"],
+                         resumed=run.checkpoint is not None)
+    status, last_checkpoint, nonfinite_in_row = "finished", run.checkpoint, 0
+    # --- loop ----------------------------------------------------------------------------------------------
+    with stop_requests() as stop:
+        while state["step"] < t.max_steps:
+            # --- step: noise, timesteps, dropout and VAE samples of step n on this rank: from (seed, n, rank)
+            run.generator.manual_seed((t.seed * 1_000_003 + state["step"]) * 1_009 + accelerator.process_index)
+            counts, step_start = {"data_wait": 0.0, "skipped": 0}, time.perf_counter()
+            out = training_step(accelerator, run.unet, run.stage, run.noise_scheduler, run.optimizer,
+                                micro_batches(run, counts), params=list(run.trainable.values()),
+                                generator=run.generator, max_grad_norm=t.max_grad_norm, lr_scheduler=run.lr_scheduler,
+                                extras=lambda: [counts["skipped"], stop["signal"] is not None])
+            count_step(run, out)
+            step = state["step"]
+            nonfinite_in_row = 0 if out.applied else nonfinite_in_row + 1
+            if not out.applied:
+                say(f"step {step}: non-finite loss ({out.loss}) or gradient norm ({out.grad_norm}); step skipped "
+                    f"({nonfinite_in_row} in a row, stop at {t.max_nonfinite})")
+            # --- log -------------------------------------------------------------------------------------------
+            values = step_values(run, out, counts, time.perf_counter() - step_start)
+            train_log.step(values, write=step % t.log_every == 0 or step == t.max_steps or not out.applied)
+            # --- save, validate, stop --------------------------------------------------------------------------
+            stop_now = out.totals[1] > 0
+            if on_step is not None and on_step(step, values):
+                stop_now, stop["signal"] = True, stop["signal"] or "on_step"
+            if nonfinite_in_row >= t.max_nonfinite:
+                last_checkpoint = checkpoint_now(run)
+                train_log.close(plot=False)
+                accelerator.end_training()
+                raise TrainingError(
+                    f"{nonfinite_in_row} non-finite losses in a row at step {step}: stopping. The weights "
+                    f"before them are saved in {last_checkpoint}. Lower train.learning_rate, set train.max_grad_norm, "
+                    "or use train.mixed_precision=bf16 instead of fp16.")
+            if t.checkpoint_every and step % t.checkpoint_every == 0 or stop_now:
+                last_checkpoint = checkpoint_now(run)
+            if v.prompts and v.every and step % v.every == 0:
+                validate(run, f"step-{step:08d}")
+            if stop_now:
+                status = "interrupted"
+                say(f"\n{stop['signal'] or 'stop request'}: saved {last_checkpoint} at step {step}; "
+                    "continue with --resume auto")
+                break
+    for batches in (run.batches, run.image_batches):  # stop the DataLoader workers now, not at interpreter exit
+        getattr(batches, "close", lambda: None)()
+    # --- export --------------------------------------------------------------------------------------------
+    check_ranks_agree(accelerator, run.trainable)
+    pipeline_dir = None
+    if status == "finished":
+        last_checkpoint = checkpoint_now(run)
+        pipeline_dir = export(run)
+    train_log.close()
+    accelerator.end_training()
+    return TrainResult(step=state["step"], status=status, output_dir=run.output_dir, checkpoint=last_checkpoint,
+                       pipeline=pipeline_dir, nonfinite_steps=state["nonfinite_steps"],
+                       skipped_files=state["skipped_files"], is_main_process=accelerator.is_main_process)
 
 
 @contextlib.contextmanager
@@ -454,10 +533,6 @@ def stop_requests():
             signal.signal(sig, old)
 
 
-def row_values(step: int, loss: float, lr: float, grad_norm: float) -> dict:
-    return {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
-
-
 @torch.no_grad()
 def check_ranks_agree(accelerator, trainable: dict) -> None:
     """Under data parallelism every rank must hold the same weights: compare a float64 checksum of the
@@ -474,292 +549,3 @@ def check_ranks_agree(accelerator, trainable: dict) -> None:
     if accelerator.is_main_process:
         print(f"ranks agree: {accelerator.num_processes} processes hold identical trainable weights "
               f"(checksum {float(checksum):.10g})")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the loop
-# ---------------------------------------------------------------------------------------------------------------
-def train(config: Config, *, resume: str | None = None, on_step=None, log=print) -> TrainResult:
-    """Train `config.train.stage` on `config.data`; see the module docstring for what lands in output_dir.
-
-    resume: None (start at step 0), "auto" (the latest checkpoint in output_dir, if any) or a checkpoint folder.
-    on_step: optional `on_step(step, row) -> bool`, called on every rank after each optimiser step with the
-        logged values; returning True stops the run as SIGTERM does (checkpoint, then return "interrupted").
-    """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
-
-    t, d, v = config.train, config.data, config.validation
-    output_dir = Path(config.output_dir)
-
-    # --- prepare -------------------------------------------------------------------------------------------
-    accelerator = Accelerator(
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        mixed_precision=t.mixed_precision,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        # Every trainable parameter gets a gradient every step (see drop_unused_parameters): no graph walk.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-    )
-    main = accelerator.is_main_process
-    say = log if main else (lambda *a, **k: None)
-    device = accelerator.device
-    checkpoint = find_resume_checkpoint(output_dir, resume)
-    if resume == "auto" and checkpoint is None:
-        say(f"--resume auto: no checkpoint under {output_dir / 'checkpoints'}; starting from step 0")
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output_dir / "config.json", config.to_dict())
-
-    set_seed(t.seed)  # the same on every rank: identical initial weights wherever they are random
-    pipe, source = load_pipeline(config, accelerator)
-    unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler_config)
-    prediction_type = t.prediction_type or noise_scheduler.config.prediction_type
-    stage = make_stage(t.stage, prediction_type=prediction_type, snr_gamma=t.snr_gamma, noise_offset=t.noise_offset)
-    if stage.conditioning_channels != unet.conditioning_channels:
-        raise ValueError(f"stage {stage.name!r} feeds {stage.conditioning_channels} conditioning channels but the "
-                         f"U-Net in {source} takes {unet.conditioning_channels}")
-
-    for frozen in (vae, text_encoder):
-        if frozen is not None:
-            frozen.requires_grad_(False).eval().to(device)
-    unet.to(device).train()
-    if t.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    trainable = select_trainable(unet, t.trainable, stage)
-    text_dim = text_encoder.config.hidden_size
-    unused = drop_unused_parameters(unet, trainable, stage, text_dim, d.num_frames, device)
-    if unused:
-        say(f"warning: {len(unused)} trainable parameter(s) take no part in the forward and stay frozen: "
-            f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
-    num_trainable = sum(p.numel() for p in trainable.values())
-    say(f"training {num_trainable / 1e6:.2f}M of {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M U-Net "
-        f"parameters ({t.trainable}), stage {stage.name}, {prediction_type} objective, "
-        f"{accelerator.num_processes} process(es) on {device}")
-
-    optimizer = torch.optim.AdamW(list(trainable.values()), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                  eps=t.adam_epsilon, weight_decay=t.weight_decay)
-    # accelerate steps a prepared scheduler once per process per optimiser step: scale its horizon to match.
-    lr_scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=t.max_steps * accelerator.num_processes)
-    ema = EMA(trainable, t.ema_decay) if t.ema else None
-
-    dataset = make_dataset(config)
-    if d.cache:  # the cache fixes the clip geometry: it must be the one the config asks for
-        factor = pipe.vae_scale_factor
-        expected = (unet.in_channels, d.num_frames, d.height // factor, d.width // factor)
-        found = tuple(dataset[0]["latents"].shape)
-        if found != expected:
-            raise ValueError(f"data.cache {d.cache} holds latents of shape {found} but data.num_frames / height / "
-                             f"width ask for {expected}; rebuild the cache or set them to match")
-    samples_per_step = t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes
-    # samples_seen counts clips drawn by all ranks together: the data position, whatever the process count.
-    state = {"step": 0, "samples_seen": 0, "image_samples_seen": 0, "nonfinite_steps": 0, "skipped_files": 0}
-    if checkpoint is not None:
-        state.update(json.loads((checkpoint / "trainer_state.json").read_text()))
-        saved = state.pop("config", {})
-        for section, key in (("train", "stage"), ("train", "trainable"), ("train", "ema")):
-            before, now = saved.get(section, {}).get(key), getattr(getattr(config, section), key)
-            if before is not None and before != now:
-                raise ValueError(f"{section}.{key}={now!r} but {checkpoint} was trained with {before!r}: the optimiser "
-                                 f"and EMA state cannot carry over; set {section}.{key}={before!r} to resume, or use "
-                                 "a new output_dir")
-    sampler = EndlessSampler(len(dataset), t.seed, start=state["samples_seen"])
-    worker_options = dict(num_workers=d.num_workers, worker_init_fn=_ignore_stop_signals)
-    loader = DataLoader(SeededItems(dataset, t.seed), batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
-                        drop_last=True, pin_memory=device.type == "cuda", **worker_options)
-    image_loader = None
-    if d.image_batch_size:  # joint image + video training: one-frame samples in their own batches
-        images = make_dataset(config, images=True)
-        image_loader = DataLoader(SeededItems(images, t.seed + 1), batch_size=d.image_batch_size,
-                                  sampler=EndlessSampler(len(images), t.seed + 1, start=state["image_samples_seen"]),
-                                  collate_fn=collate, drop_last=True, **worker_options)
-
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    image_batches = iter(accelerator.prepare(image_loader)) if image_loader is not None else None
-    if ema is not None:
-        ema.to(device)
-        accelerator.register_for_checkpointing(ema)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        say(f"resumed from {checkpoint} at step {state['step']}")
-    global_step = state["step"]
-
-    csv_file = csv_writer = None
-    if main:
-        accelerator.init_trackers("tensorboard", config=_flat_config(config))
-        csv_file, csv_writer = open_csv(output_dir / "train_log.csv", global_step if checkpoint else 0)
-
-    def trainer_state() -> dict:
-        return {**state, "step": global_step, "num_processes": accelerator.num_processes, "config": config.to_dict()}
-
-    def checkpoint_now() -> Path:
-        return save_checkpoint(accelerator, output_dir, global_step, trainer_state(), t.keep_checkpoints)
-
-    # --- loop ----------------------------------------------------------------------------------------------
-    generator = torch.Generator(device=device)
-    nonfinite_in_row = 0
-    last_checkpoint = checkpoint
-    status = "finished"
-    micro_losses, micro_skipped, data_wait = [], 0, 0.0
-    progress = tqdm(total=t.max_steps, initial=global_step, disable=not main, desc="train", dynamic_ncols=True)
-    step_start = batch_wait_start = time.perf_counter()
-    with stop_requests() as stop:
-        if global_step >= t.max_steps:
-            loader_iter = iter(())
-        else:
-            loader_iter = iter(loader)
-        for batch in loader_iter:
-            data_wait += time.perf_counter() - batch_wait_start
-            if not micro_losses:
-                # Noise, timesteps, dropout and VAE samples of step n on this rank: a function of (seed, n, rank).
-                generator.manual_seed((t.seed * 1_000_003 + global_step) * 1_009 + accelerator.process_index)
-            with accelerator.accumulate(unet):
-                with accelerator.autocast():
-                    latents, text = encode_batch(batch, vae, text_encoder, tokenizer, generator=generator,
-                                                 caption_dropout=t.caption_dropout, device=device)
-                loss = stage.loss(unet, noise_scheduler, latents, text, generator=generator)
-                if image_batches is not None:
-                    # Joint image + video training: images are one-frame videos; one backward for both keeps
-                    # every trainable parameter in the graph on every step (DDP needs that).
-                    wait_start = time.perf_counter()
-                    image_batch = next(image_batches)
-                    data_wait += time.perf_counter() - wait_start
-                    micro_skipped += int(torch.as_tensor(image_batch.get("num_skipped", 0)).sum())
-                    with accelerator.autocast():
-                        image_latents, image_text = encode_batch(image_batch, vae, text_encoder, tokenizer,
-                                                                 generator=generator, device=device,
-                                                                 caption_dropout=t.caption_dropout)
-                    image_loss = stage.loss(unet, noise_scheduler, image_latents, image_text, generator=generator)
-                    loss = loss + t.image_loss_weight * image_loss
-                if global_step in t.debug_nan_steps:
-                    loss = loss * float("nan")  # test hook: a non-finite loss at this step
-                accelerator.backward(loss)
-                micro_losses.append(loss.detach().float())
-                micro_skipped += int(torch.as_tensor(batch.get("num_skipped", 0)).sum())
-                grad_norm = None
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(list(trainable.values()), t.max_grad_norm or float("inf"))
-                    # One all-reduce: mean loss over micro-batches and ranks, skipped files, stop requests.
-                    stats = accelerator.reduce(torch.stack([
-                        torch.stack(micro_losses).mean(),
-                        torch.tensor(float(micro_skipped), device=device),
-                        torch.tensor(float(stop["signal"] is not None), device=device),
-                    ]), reduction="sum")
-                    mean_loss = float(stats[0]) / accelerator.num_processes
-                    # (DeepSpeed clips inside its engine and returns no norm; fp16 overflows with a finite loss go
-                    # to the grad scaler, which skips the step itself and lowers its scale.)
-                    grad_ok = grad_norm is None or t.mixed_precision == "fp16" or math.isfinite(float(grad_norm))
-                    grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-                    finite = math.isfinite(mean_loss) and grad_ok
-                    if finite:
-                        optimizer.step()
-                        lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                batch_wait_start = time.perf_counter()
-                continue
-
-            # --- one optimiser step done --------------------------------------------------------------------
-            global_step += 1
-            state["samples_seen"] += samples_per_step
-            state["image_samples_seen"] += d.image_batch_size * t.gradient_accumulation_steps * accelerator.num_processes
-            if finite:
-                nonfinite_in_row = 0
-                if ema is not None:
-                    ema.update(trainable)
-            else:
-                nonfinite_in_row += 1
-                state["nonfinite_steps"] += 1
-                say(f"step {global_step}: non-finite loss ({mean_loss}) or gradient norm ({grad_norm}); step skipped "
-                    f"({nonfinite_in_row} in a row, stop at {t.max_nonfinite})")
-            state["skipped_files"] += int(stats[1])
-            now = time.perf_counter()
-            step_time = now - step_start
-            wait_share = data_wait / step_time if step_time > 0 else 0.0
-            lr = lr_scheduler.get_last_lr()[0]
-
-            # --- log ------------------------------------------------------------------------------------------
-            progress.update(1)
-            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-            if main and (global_step % t.log_every == 0 or global_step == t.max_steps or not finite):
-                row = {"step": global_step, "epoch": f"{state['samples_seen'] / len(dataset):.3f}",
-                       "loss": f"{mean_loss:.6g}", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.6g}",
-                       "samples_per_s": f"{samples_per_step / step_time:.4g}", "data_wait_share": f"{wait_share:.4f}",
-                       "skipped_files": state["skipped_files"], "nonfinite_steps": state["nonfinite_steps"]}
-                csv_writer.writerow(row)
-                csv_file.flush()
-                scalars = {"train/lr": lr, "train/samples_per_s": samples_per_step / step_time,
-                           "train/data_wait_share": wait_share, "train/skipped_files": state["skipped_files"],
-                           "train/nonfinite_steps": state["nonfinite_steps"]}
-                if math.isfinite(mean_loss):
-                    scalars["train/loss"] = mean_loss
-                if math.isfinite(grad_norm):
-                    scalars["train/grad_norm"] = grad_norm
-                accelerator.log(scalars, step=global_step)
-
-            # --- save, validate, stop -------------------------------------------------------------------------
-            stop_signal = float(stats[2]) > 0
-            if on_step is not None and on_step(global_step, row_values(global_step, mean_loss, lr, grad_norm)):
-                stop_signal = True
-                stop["signal"] = stop["signal"] or "on_step"
-            if nonfinite_in_row >= t.max_nonfinite:
-                last_checkpoint = checkpoint_now()
-                progress.close()
-                if csv_file is not None:
-                    csv_file.close()
-                accelerator.end_training()
-                raise TrainingError(
-                    f"{nonfinite_in_row} non-finite losses in a row at step {global_step}: stopping. The weights "
-                    f"before them are saved in {last_checkpoint}. Lower train.learning_rate, set train.max_grad_norm, "
-                    "or use train.mixed_precision=bf16 instead of fp16.")
-            if t.checkpoint_every and global_step % t.checkpoint_every == 0 or stop_signal:
-                last_checkpoint = checkpoint_now()
-            if v.prompts and v.every and global_step % v.every == 0:
-                if main:  # with the averaged weights when there are any: they are what gets exported
-                    with ema.swapped_in(trainable) if ema is not None else contextlib.nullcontext():
-                        render_validation(pipe, config, output_dir / "validation" / f"step-{global_step:08d}", device)
-                accelerator.wait_for_everyone()
-            if stop_signal:
-                status = "interrupted"
-                say(f"\n{stop['signal'] or 'stop request'}: saved {last_checkpoint} at step {global_step}; "
-                    f"continue with --resume auto")
-                break
-            if global_step >= t.max_steps:
-                break
-            micro_losses, micro_skipped, data_wait = [], 0, 0.0
-            step_start = batch_wait_start = time.perf_counter()
-    progress.close()
-    for batches in (loader_iter, image_batches):  # stop the DataLoader workers now, not at interpreter exit
-        getattr(batches, "close", lambda: None)()
-
-    # --- export --------------------------------------------------------------------------------------------
-    pipeline_dir = None
-    check_ranks_agree(accelerator, trainable)
-    if status == "finished":
-        last_checkpoint = checkpoint_now()
-        accelerator.wait_for_everyone()
-        if main:
-            model = accelerator.unwrap_model(unet)
-            named = {k: p for k, p in model.named_parameters() if k in trainable}
-            with ema.swapped_in(named) if ema is not None else contextlib.nullcontext():
-                pipe.unet = model
-                pipeline_dir = output_dir / "pipeline"
-                pipe.save_pretrained(pipeline_dir)
-                if any(".temporal_" in k for k in model.state_dict()):
-                    model.save_temporal(output_dir / "temporal.safetensors")
-                if v.prompts and not (v.every and global_step % v.every == 0):  # (else just rendered)
-                    render_validation(pipe, config, output_dir / "validation" / "final", device)
-            say(f"wrote {pipeline_dir} (vidiff generate --model {pipeline_dir}) and {output_dir / 'temporal.safetensors'}")
-        accelerator.wait_for_everyone()
-    if main:
-        csv_file.close()
-        plot_loss_curve(output_dir / "train_log.csv", output_dir / "loss.png")
-    accelerator.end_training()
-    return TrainResult(step=global_step, status=status, output_dir=output_dir, checkpoint=last_checkpoint,
-                       pipeline=pipeline_dir, nonfinite_steps=state["nonfinite_steps"],
-                       skipped_files=state["skipped_files"], is_main_process=main)

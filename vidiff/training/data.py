@@ -1,0 +1,159 @@
+"""Training data: an endless seeded sample stream, per-position seeded items, collation, and the batch encoder.
+
+Determinism and resumption. The data order is a seeded permutation per epoch, walked by a sampler that can
+start at any sample; each item's random augmentation is seeded by (seed, position in the stream). So a run
+resumed at sample n sees exactly the clips of the straight run from n on, whatever the number of DataLoader
+workers or processes.
+"""
+from __future__ import annotations
+
+import random
+import signal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vidiff.config import Config
+
+
+class EndlessSampler(Sampler):
+    """Yields `(index, position)` forever: epoch e is a permutation of range(num_items) seeded by (seed, e),
+    epochs back to back, starting at global sample `start`. Under accelerate each rank takes every
+    num_processes-th batch of this stream, so `start` = samples consumed by all ranks together."""
+
+    def __init__(self, num_items: int, seed: int, start: int = 0):
+        if num_items < 1:
+            raise ValueError("the training dataset is empty")
+        self.num_items, self.seed, self.start = num_items, seed, start
+
+    def permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_items, generator=g).tolist()
+
+    def __iter__(self):
+        epoch, offset = divmod(self.start, self.num_items)
+        position = self.start
+        while True:
+            for index in self.permutation(epoch)[offset:]:
+                yield index, position
+                position += 1
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless; a large finite number keeps DataLoader / accelerate arithmetic working
+        return 2 ** 40
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset so item `(index, position)` is drawn with the python / numpy / torch RNGs seeded by
+    (seed, position): random clip starts, crops and flips do not depend on workers, ranks or resumption."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, position = key
+        if hasattr(self.dataset, "set_epoch"):  # datasets that seed augmentation by (seed, epoch, index)
+            self.dataset.set_epoch(position // len(self.dataset))
+        item_seed = (self.seed * 1_000_003 + position) % 2 ** 32
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(item_seed)
+            np.random.seed(item_seed)
+            torch.manual_seed(item_seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C (sent to the whole process group) to the main process, which saves a
+    checkpoint at the step boundary and then shuts them down. (SIGTERM keeps its default: the main process
+    uses it to stop workers that do not exit when asked.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors, turn numbers into a tensor, keep everything else (prompts, paths) as a list."""
+    out = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if torch.is_tensor(values[0]):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+def make_dataset(config: Config, *, images: bool = False):
+    """The training dataset for `config.data`: videos (a latent cache when `data.cache` is set), or with
+    `images=True` the one-frame image dataset of joint image + video training."""
+    d = config.data
+    from vidiff.data import VideoDataset
+
+    if images:
+        return VideoDataset(d.image_manifest, 1, d.height, d.width, train=True, flip=d.flip,
+                            seed=config.train.seed + 1, image_ok=True)
+    if d.cache:
+        from vidiff.data import CachedLatentDataset
+
+        return CachedLatentDataset(d.cache)
+    # Images in a video manifest would make one-frame samples that cannot share a batch with clips: they are
+    # skipped (and counted) as bad samples; joint training takes them from data.image_manifest instead.
+    return VideoDataset(d.manifest, d.num_frames, d.height, d.width, stride=d.stride, fps=d.fps, train=True,
+                        flip=d.flip, seed=config.train.seed, prompt=d.prompt or None, image_ok=False)
+
+
+def check_cache_geometry(dataset, config: Config, latent_channels: int, vae_scale_factor: int) -> None:
+    """A latent cache fixes the clip geometry: it must be the one the config asks for."""
+    d = config.data
+    expected = (latent_channels, d.num_frames, d.height // vae_scale_factor, d.width // vae_scale_factor)
+    found = tuple(dataset[0]["latents"].shape)
+    if found != expected:
+        raise ValueError(f"data.cache {d.cache} holds latents of shape {found} but data.num_frames / height / "
+                         f"width ask for {expected}; rebuild the cache or set them to match")
+
+
+def make_loader(dataset, *, seed: int, batch_size: int, start: int, num_workers: int,
+                pin_memory: bool = False) -> DataLoader:
+    """An endless DataLoader over `dataset` from global sample `start` (see EndlessSampler, SeededItems)."""
+    return DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=EndlessSampler(len(dataset), seed,
+                      start=start), collate_fn=collate, drop_last=True, pin_memory=pin_memory,
+                      num_workers=num_workers, worker_init_fn=_ignore_stop_signals)
+
+
+@torch.no_grad()
+def encode_batch(batch: dict, vae, text_encoder, tokenizer, *, caption_dropout: float, generator, device,
+                 vae_chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch -> (latents `(b, c, f, h, w)` scaled by the VAE factor, text embeddings `(b, L, D)`).
+
+    Caption dropout (the empty prompt with probability `caption_dropout`) trains the unconditional branch
+    that classifier-free guidance needs; VAE samples and dropout come from `generator`.
+    """
+    if "latents" in batch:  # a latent cache: both already computed
+        return batch["latents"].to(device), batch["encoder_hidden_states"].to(device)
+    pixels = batch["pixel_values"].to(device)                        # (b, 3, f, h, w) in [-1, 1]
+    b, f = pixels.shape[0], pixels.shape[2]
+    if vae is None:  # pixel-space model
+        latents = pixels
+    else:
+        frames = pixels.permute(0, 2, 1, 3, 4).reshape(b * f, *pixels.shape[1:2], *pixels.shape[3:])  # (b f) c h w
+        parts = [vae.encode(chunk.to(vae.dtype)).latent_dist.sample(generator=generator)
+                 for chunk in frames.split(vae_chunk)]
+        latents = torch.cat(parts) * vae.config.scaling_factor
+        latents = latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
+    prompts = list(batch["prompt"])
+    if caption_dropout > 0:
+        drop = torch.rand(len(prompts), generator=generator, device=generator.device) < caption_dropout
+        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    text = text_encoder(ids)[0]
+    return latents.float(), text.float()

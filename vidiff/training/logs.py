@@ -1,0 +1,155 @@
+"""What a run reports: the progress bar, train_log.csv, TensorBoard scalars, loss.png and validation clips.
+
+    output_dir/train_log.csv             one row per logged step (columns: CSV_COLUMNS)
+    output_dir/loss.png                  the loss curve, with a moving average
+    output_dir/logs/                     TensorBoard events
+    output_dir/validation/step-00000500/ 00-<prompt>.mp4 + .png contact sheets
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidiff.config import Config
+from vidiff.utils import atomic_path
+
+CSV_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "data_wait_share", "skipped_files",
+               "nonfinite_steps")
+# How each value is written to the CSV (the rest as they are).
+CSV_FORMATS = {"epoch": ".3f", "loss": ".6g", "lr": ".6g", "grad_norm": ".6g", "samples_per_s": ".4g",
+               "data_wait_share": ".4f"}
+# Logged to TensorBoard as train/<name> (loss and grad_norm only when finite).
+SCALARS = ("loss", "lr", "grad_norm", "samples_per_s", "data_wait_share", "skipped_files", "nonfinite_steps")
+
+
+def open_csv(path: Path, resume_step: int):
+    """Open the CSV log for appending; on resume, drop rows logged after the checkpoint's step."""
+    rows = []
+    if resume_step and path.is_file():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in CSV_COLUMNS} for r in rows)
+    f = open(path, "a", newline="")
+    return f, csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+
+
+def flat_config(config: Config) -> dict:
+    """`section.key -> value` with plain values only (what TensorBoard's hparams accept)."""
+    flat = {}
+    for section, values in config.to_dict().items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        else:
+            flat[section] = values
+    return flat
+
+
+class TrainLog:
+    """The progress bar (shown by the main process) and, on the main process, train_log.csv and TensorBoard.
+
+    `step(values, write=...)` takes the numbers of one optimiser step (the keys of CSV_COLUMNS).
+    """
+
+    def __init__(self, accelerator, config: Config, output_dir: Path, *, start_step: int, resumed: bool):
+        from tqdm.auto import tqdm
+
+        self.accelerator, self.main = accelerator, accelerator.is_main_process
+        self.csv_path, self.csv_file, self.csv_writer = Path(output_dir) / "train_log.csv", None, None
+        if self.main:
+            accelerator.init_trackers("tensorboard", config=flat_config(config))
+            self.csv_file, self.csv_writer = open_csv(self.csv_path, start_step if resumed else 0)
+        self.progress = tqdm(total=config.train.max_steps, initial=start_step, disable=not self.main, desc="train",
+                             dynamic_ncols=True)
+
+    def step(self, values: dict, *, write: bool) -> None:
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+        if not (self.main and write):
+            return
+        self.csv_writer.writerow({k: format(values[k], CSV_FORMATS.get(k, "")) for k in CSV_COLUMNS})
+        self.csv_file.flush()
+        scalars = {f"train/{k}": values[k] for k in SCALARS if k not in ("loss", "grad_norm") or math.isfinite(values[k])}
+        self.accelerator.log(scalars, step=values["step"])
+
+    def close(self, *, plot: bool = True) -> None:
+        """Close the bar and the CSV; draw loss.png (`plot`) from the whole CSV."""
+        self.progress.close()
+        if self.csv_file is not None:
+            self.csv_file.close()
+            self.csv_file = None
+            if plot:
+                plot_loss_curve(self.csv_path, self.csv_path.parent / "loss.png")
+
+
+def plot_loss_curve(csv_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    steps, losses = [], []
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                loss = float(row["loss"])
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(loss):
+                steps.append(int(row["step"]))
+                losses.append(loss)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
+    if len(losses) >= 10:  # a moving average makes the trend readable through the timestep noise
+        window = max(5, len(losses) // 20)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, lw=1.6, label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    # a log axis only when the loss spans orders of magnitude (early fine-tuning); else plain numbers read better
+    ax.set_yscale("log" if losses and min(losses) > 0 and max(losses) / min(losses) > 20 else "linear")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
+
+
+def render_validation(pipe, config: Config, out_dir: Path, device) -> list[Path]:
+    """One clip per validation prompt (mp4 + contact sheet); leaves the training RNG untouched."""
+    from vidiff.data import write_contact_sheet, write_video
+
+    v, d = config.validation, config.data
+    written = []
+    devices = [device] if torch.device(device).type == "cuda" else []
+    was_training = pipe.unet.training
+    pipe.unet.eval()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            for i, prompt in enumerate(v.prompts):
+                generator = torch.Generator(device=device).manual_seed(v.seed + i)
+                frames = pipe(prompt, num_frames=v.num_frames or d.num_frames, height=v.height or d.height,
+                              width=v.width or d.width, num_inference_steps=v.steps,
+                              guidance_scale=v.guidance_scale, generator=generator, progress=False)
+                stem = out_dir / f"{i:02d}-{_slug(prompt)}"
+                write_video(stem.with_suffix(".mp4"), frames, fps=v.fps)
+                write_contact_sheet(stem.with_suffix(".png"), frames)
+                written.append(stem.with_suffix(".mp4"))
+    finally:
+        pipe.unet.train(was_training)
+    return written
