@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import signal
 import time
 from dataclasses import dataclass
@@ -75,12 +74,13 @@ def is_vidiff_pipeline(path) -> bool:
 def load_pipeline(config: Config, accelerator):
     """A VideoPipeline from `model.pretrained`: a vidiff folder as is, or an SD pipeline inflated once into
     output_dir/inflated (by the main process; the others wait and load the same folder)."""
+    from vidiff.models.loading import is_hub_id
     from vidiff.pipelines import VideoPipeline
 
     m = config.model
     source = Path(m.pretrained)
     if not is_vidiff_pipeline(source):
-        if not source.exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", m.pretrained):
+        if not source.exists() and not is_hub_id(m.pretrained):
             raise FileNotFoundError(f"model.pretrained={m.pretrained!r} does not exist; give an SD pipeline folder "
                                     "(or hub id) to inflate, or a vidiff pipeline folder (with vidiff.json)")
         inflated = Path(config.output_dir) / "inflated"
