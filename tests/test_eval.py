@@ -1,0 +1,252 @@
+"""Evaluation metrics: right on true synthetic clips, wrong on wrong ones; PSNR / SSIM against float64 references
+written differently; the stage baselines; `vidiff eval` end to end on a tiny random pipeline."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from vidiff.data.synthetic import BACKGROUND, COLORS, MOTIONS, SHAPES, make_clip
+from vidiff.eval import shapes, suite, video
+
+COMBOS = list(itertools.product(COLORS, SHAPES, MOTIONS))
+OPPOSITE = {"moving left": "moving right", "moving right": "moving left", "moving up": "moving down",
+            "moving down": "moving up"}
+
+
+def soften(clip: np.ndarray, seed: int, noise: float = 12.0) -> np.ndarray:
+    """What a generator's output looks like next to the drawing: a [1 2 1]/4 blur (sigma ~0.7 px) and noise."""
+    x = clip.astype(np.float64)
+    for axis in (1, 2):
+        x = (np.roll(x, 1, axis) + 2 * x + np.roll(x, -1, axis)) / 4
+    x += np.random.default_rng(seed).normal(0, noise, x.shape)
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt following on true clips
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size, num_frames, seeds, noisy", [(32, 8, (0, 1, 2), False), (32, 8, (3,), True),
+                                                            (64, 16, (4,), False), (64, 16, (5,), True)])
+def test_true_clips_measure_right(size, num_frames, seeds, noisy):
+    """Every colour x shape x motion, at the demo's size and larger, drawn cleanly and softened: all right,
+    all temporally consistent."""
+    failures = []
+    for (color, shape, motion), seed in itertools.product(COMBOS, seeds):
+        clip = make_clip(color, shape, motion, num_frames, size, seed)
+        if noisy:
+            clip = soften(clip, seed)
+        result = shapes.score_clip(clip, color, shape, motion)
+        if not (result["correct"]["all"] and result["correct"]["consistent"]):
+            failures.append((color, shape, motion, seed, result["measured"]))
+    assert not failures, failures[:3]
+
+
+def test_features_near_their_analytic_values():
+    """fill: square 1, circle pi/4, triangle 1/2 (plus rim blur at small size); skew 0, 0, -2 sqrt(2) / 5."""
+    for shape, fill, skew in (("square", 1.0, 0.0), ("circle", math.pi / 4, 0.0), ("triangle", 0.5, -0.566)):
+        measured = shapes.measure_clip(make_clip("blue", shape, "moving right", 4, 128, 0))
+        assert measured.fill == pytest.approx(fill, abs=0.05), shape
+        assert measured.skew == pytest.approx(skew, abs=0.05), shape
+
+
+@pytest.mark.parametrize("color, shape, motion", [("red", "circle", "moving left"), ("yellow", "triangle", "moving up"),
+                                                  ("green", "square", "moving down")])
+def test_wrong_prompts_fail(color, shape, motion):
+    clip = make_clip(color, shape, motion, 8, 32, 7)
+    other_color = next(c for c in COLORS if c != color)
+    other_shape = next(s for s in SHAPES if s != shape)
+    for asked, failed in (((other_color, shape, motion), "color"), ((color, other_shape, motion), "shape"),
+                          ((color, shape, OPPOSITE[motion]), "motion")):
+        correct = shapes.score_clip(clip, *asked)["correct"]
+        assert not correct[failed] and not correct["all"]
+        assert all(correct[k] for k in ("color", "shape", "motion") if k != failed)
+
+
+@pytest.mark.parametrize("motion", list(MOTIONS))
+def test_reversed_and_still_clips(motion):
+    clip = make_clip("blue", "square", motion, 8, 32, 3)
+    assert shapes.measure_clip(clip[::-1]).motion == OPPOSITE[motion]
+    still = np.repeat(clip[:1], 8, axis=0)
+    measured = shapes.measure_clip(still)
+    assert measured.motion == shapes.STILL and measured.shape == "square" and measured.color == "blue"
+    assert not shapes.score_clip(still, "blue", "square", motion)["correct"]["all"]
+    # A jitter of a pixel or two is still "still", not a direction.
+    jitter = np.stack([np.roll(clip[0], (i % 2, -(i % 3)), axis=(0, 1)) for i in range(8)])
+    assert shapes.measure_clip(jitter).motion == shapes.STILL
+
+
+def test_recoloured_clip_measures_the_new_colour():
+    """Paint the drawn shape another colour (same alpha): the colour changes, shape and motion stay."""
+    clip = make_clip("red", "triangle", "moving right", 8, 32, 1).astype(np.float64)
+    background, red, green = (np.asarray(v, np.float64) for v in (BACKGROUND, COLORS["red"], COLORS["green"]))
+    alpha = ((clip - background) @ (red - background)) / ((red - background) @ (red - background))
+    recoloured = np.round(background + alpha[..., None] * (green - background)).astype(np.uint8)
+    assert shapes.score_clip(recoloured, "green", "triangle", "moving right")["correct"]["all"]
+
+
+def test_inconsistent_clips():
+    clip = make_clip("yellow", "circle", "moving left", 8, 32, 2)
+    assert shapes.measure_clip(clip).consistent
+    empty = np.full_like(clip, BACKGROUND[0])
+    measured = shapes.measure_clip(empty)
+    assert (measured.color, measured.shape, measured.frames_with_shape, measured.consistent) == ("none", "none", 0, False)
+    assert not shapes.score_clip(empty, "yellow", "circle", "moving left")["correct"]["all"]
+    gap = clip.copy()
+    gap[4] = BACKGROUND  # the shape vanishes for a frame
+    assert not shapes.measure_clip(gap).consistent
+    recolour = clip.copy()
+    recolour[4:] = make_clip("blue", "circle", "moving left", 8, 32, 2)[4:]  # colour changes half way
+    assert shapes.measure_clip(recolour).color_spread > shapes.MAX_COLOR_SPREAD
+    assert not shapes.measure_clip(recolour).consistent
+    grow = np.concatenate([make_clip("yellow", "circle", "moving left", 8, 64, 2)[:4, 16:48, 16:48],
+                           make_clip("yellow", "circle", "moving left", 8, 32, 2)[4:]])  # size doubles
+    assert not shapes.measure_clip(grow).consistent
+    two = np.maximum(clip, make_clip("red", "square", "moving right", 8, 32, 9))  # a second shape
+    assert shapes.measure_clip(two).single_fraction < shapes.MIN_SINGLE and not shapes.measure_clip(two).consistent
+
+
+def test_trajectory_correlation():
+    source = make_clip("red", "circle", "moving right", 8, 32, 4)
+    recoloured = make_clip("blue", "circle", "moving right", 8, 32, 4)  # same seed: same path
+    a, b = shapes.trajectory(source), shapes.trajectory(recoloured)
+    assert shapes.trajectory_correlation(a, b) > 0.99
+    assert shapes.trajectory_correlation(a, shapes.trajectory(source[::-1])) < -0.99
+    # Reference: numpy's corrcoef of the centred coordinates stacked into one vector.
+    rng = np.random.default_rng(0)
+    p, q = rng.normal(size=(8, 2)), rng.normal(size=(8, 2))
+    reference = np.corrcoef(np.concatenate([p[:, 0] - p[:, 0].mean(), p[:, 1] - p[:, 1].mean()]),
+                            np.concatenate([q[:, 0] - q[:, 0].mean(), q[:, 1] - q[:, 1].mean()]))[0, 1]
+    assert shapes.trajectory_correlation(p, q) == pytest.approx(reference, abs=1e-12)
+    assert math.isnan(shapes.trajectory_correlation(np.full((4, 2), np.nan), q[:4]))
+
+
+def test_input_errors():
+    with pytest.raises(ValueError, match="uint8"):
+        shapes.measure_clip(np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="frames, height, width, 3"):
+        shapes.measure_clip(np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="not a shapes caption"):
+        shapes.parse_caption("a purple circle moving left")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PSNR / SSIM
+# ---------------------------------------------------------------------------------------------------------------
+def test_psnr_against_closed_form_and_loop():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 250, (3, 16, 16, 3), dtype=np.uint8)
+    assert video.psnr(a, a + 5) == pytest.approx(20 * math.log10(255 / 5), abs=1e-9)  # MSE = 25 everywhere
+    b = rng.integers(0, 256, a.shape, dtype=np.uint8)
+    per_frame = []
+    for x, y in zip(a, b):
+        total = sum((int(p) - int(q)) ** 2 for p, q in zip(x.ravel().tolist(), y.ravel().tolist()))
+        per_frame.append(10 * math.log10(255 ** 2 * x.size / total))
+    assert video.psnr(a, b) == pytest.approx(sum(per_frame) / len(per_frame), abs=1e-9)
+    assert video.psnr(a, a) == video.PSNR_CAP
+
+
+def ssim_reference(x: np.ndarray, y: np.ndarray) -> float:
+    """Wang et al. 2004 by direct summation over every 11 x 11 window, float64, no convolution."""
+    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5 ** 2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    values = []
+    for f, ch in itertools.product(range(x.shape[0]), range(3)):
+        p, q = x[f, :, :, ch].astype(np.float64), y[f, :, :, ch].astype(np.float64)
+        for i in range(p.shape[0] - 10):
+            for j in range(p.shape[1] - 10):
+                u, v = p[i:i + 11, j:j + 11], q[i:i + 11, j:j + 11]
+                mu, mv = (w * u).sum(), (w * v).sum()
+                su, sv, suv = (w * (u - mu) ** 2).sum(), (w * (v - mv) ** 2).sum(), (w * (u - mu) * (v - mv)).sum()
+                values.append((2 * mu * mv + c1) * (2 * suv + c2) / ((mu ** 2 + mv ** 2 + c1) * (su + sv + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_against_reference():
+    rng = np.random.default_rng(1)
+    clip = make_clip("green", "circle", "moving down", 2, 16, 0)
+    noisy = np.clip(clip + rng.normal(0, 20, clip.shape), 0, 255).astype(np.uint8)
+    assert video.ssim(clip, noisy) == pytest.approx(ssim_reference(clip, noisy), abs=1e-10)
+    random = rng.integers(0, 256, (1, 14, 13, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (1, 14, 13, 3), dtype=np.uint8)
+    assert video.ssim(random, other) == pytest.approx(ssim_reference(random, other), abs=1e-10)
+    assert video.ssim(clip, clip) == pytest.approx(1.0, abs=1e-12)
+    assert video.ssim(clip, noisy) == pytest.approx(video.ssim(noisy, clip), abs=1e-12)
+    assert video.ssim(clip, noisy) < 0.9
+    with pytest.raises(ValueError, match="at least 11x11"):
+        video.ssim(clip[:, :8, :8], clip[:, :8, :8])
+    with pytest.raises(ValueError, match="same shape"):
+        video.psnr(clip, clip[:1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage baselines and scores
+# ---------------------------------------------------------------------------------------------------------------
+def test_linear_blend_by_hand():
+    known = np.stack([np.full((2, 2, 3), 0), np.full((2, 2, 3), 100), np.full((2, 2, 3), 40)]).astype(np.uint8)
+    blended = video.linear_blend(known, 4)
+    assert blended[:, 0, 0, 0].tolist() == [0, 25, 50, 75, 100, 85, 70, 55, 40]
+    held = video.linear_blend(known, 2, num_frames=8, phase=1)  # frames 1, 3, 5 known; 0 and 6, 7 held
+    assert held[:, 0, 0, 0].tolist() == [0, 0, 50, 100, 70, 40, 40, 40]
+
+
+def test_interpolation_true_frames_beat_blending():
+    """On synthetic motion, linear blending ghosts: the true in-between frames score far higher, and a
+    nearest-frame copy scores no better than blending."""
+    for shape, motion in (("circle", "moving right"), ("triangle", "moving up")):
+        true = make_clip("red", shape, motion, 9, 32, 0)
+        perfect = video.score_interpolation(true, true, 2)
+        assert perfect["psnr"] == video.PSNR_CAP and perfect["ssim"] == pytest.approx(1.0)
+        assert perfect["baseline_psnr"] < 35 and perfect["psnr_gain"] > 20
+        copy = true.copy()
+        copy[1::2] = true[0:-1:2]  # each in-between frame copies the previous keyframe
+        assert video.score_interpolation(true, copy, 2)["psnr_gain"] < 0
+
+
+def test_ssr_and_extension_scores():
+    true = make_clip("blue", "square", "moving left", 4, 32, 0)
+    low = video.downsample(true, 2)
+    assert low.shape == (4, 16, 16, 3)
+    assert low[0, 0, 0].tolist() == list(BACKGROUND)
+    scores = video.score_ssr(true, true, 2)
+    assert scores["psnr_gain"] > 5 and scores["baseline_ssim"] < scores["ssim"]
+    upsampled = video.bicubic_upsample(low, 2)
+    assert video.score_ssr(true, upsampled, 2)["psnr_gain"] == pytest.approx(0.0)
+    extension = video.score_extension(true, true, 2)
+    assert extension["psnr_gain"] > 10
+    held = np.concatenate([true[:2], video.repeat_last(true[:2], 2)])
+    assert video.score_extension(true, held, 2)["psnr_gain"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="num_known"):
+        video.score_extension(true, true, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------------------------------------------
+def test_cases_cover_everything_with_held_out_seeds():
+    cases = suite.make_cases()
+    assert len(cases) == 48 * len(suite.EVAL_SEEDS) >= 96
+    assert {(c.color, c.shape, c.motion) for c in cases} == set(COMBOS)
+    assert {c.seed for c in cases} == set(suite.EVAL_SEEDS)
+    first = suite.make_cases(prompts=["a blue square moving up"], seeds=[5])
+    assert suite.all_prompts()[first[0].index] == "a blue square moving up"
+    assert len(suite.make_cases(limit=3)) == 3
+    seeds = {suite.clip_seed(c.seed, c.index) for c in cases}
+    assert len(seeds) == len(cases)
+
+
+def test_summary_from_true_clips():
+    """The suite's scoring and summary on perfect clips (the drawn truth) and on deliberately wrong ones."""
+    cases = suite.make_cases(seeds=[0])
+    clips = [make_clip(c.color, c.shape, c.motion, 8, 32, c.index) for c in cases]
+    summary = suite.summarize(suite.score(cases, clips))
+    assert summary["accuracy"] == {"color": 1.0, "shape": 1.0, "motion": 1.0, "all": 1.0, "consistent": 1.0}
+    reversed_clips = [clip[::-1] for clip in clips]
+    summary = suite.summarize(suite.score(cases, reversed_clips))
+    assert summary["accuracy"]["motion"] == 0.0 and summary["accuracy"]["color"] == 1.0
+    assert summary["by_motion"]["moving up"] == {"clips": 12, "correct": 0.0, "all": 0.0}
+    table = suite.markdown_table(summary)
+    assert "| 48 | 100.0% | 100.0% | 0.0% | 0.0% | 100.0% |" in table
+    sheet = suite.contact_sheet(clips[:3], suite.score(cases[:3], clips[:3]))
+    assert sheet.dtype == np.uint8 and sheet.shape[1] >= 8 * 64

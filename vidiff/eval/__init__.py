@@ -1,0 +1,23 @@
+"""Evaluation: prompt-following metrics on the synthetic shapes world, PSNR / SSIM and stage baselines.
+
+    vidiff.eval.shapes   colour, shape, motion and temporal consistency of a clip, measured from its pixels
+    vidiff.eval.video    PSNR, SSIM (Wang et al. 2004), and the baselines: linear blending, bicubic, repeat-last
+    vidiff.eval.suite    the fixed prompt x held-out-seed set, generation, summary table, contact sheet
+"""
+from __future__ import annotations
+
+from vidiff.utils import lazy_exports
+
+_LAZY = {
+    "measure_clip": "vidiff.eval.shapes",
+    "score_clip": "vidiff.eval.shapes",
+    "trajectory": "vidiff.eval.shapes",
+    "trajectory_correlation": "vidiff.eval.shapes",
+    "psnr": "vidiff.eval.video",
+    "ssim": "vidiff.eval.video",
+    "EVAL_SEEDS": "vidiff.eval.suite",
+}
+
+__all__ = list(_LAZY)
+
+__getattr__ = lazy_exports(__name__, _LAZY)
