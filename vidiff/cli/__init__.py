@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     "generate",
     "train",
     "data",
+    "eval",
 ]
 
 

@@ -90,8 +90,8 @@ def score(cases: list[EvalCase], clips: list) -> list[dict]:
             for c, clip in zip(cases, clips)]
 
 
-def _rate(records: list[dict], key: str) -> float:
-    return float(np.mean([r["correct"][key] for r in records])) if records else math.nan
+def _rate(records: list[dict], key: str) -> float | None:
+    return float(np.mean([r["correct"][key] for r in records])) if records else None
 
 
 def summarize(records: list[dict]) -> dict:
@@ -103,7 +103,7 @@ def summarize(records: list[dict]) -> dict:
         summary[f"by_{attribute}"] = {v: {"clips": len(g), "correct": _rate(g, attribute), "all": _rate(g, "all")}
                                       for v, g in groups.items() if g}
     area_cv = [r["measured"]["area_cv"] for r in records if r["measured"]["area_cv"] is not None]
-    summary["mean_area_cv"] = float(np.mean(area_cv)) if area_cv else math.nan
+    summary["mean_area_cv"] = float(np.mean(area_cv)) if area_cv else None  # JSON has no NaN
     return summary
 
 
