@@ -399,3 +399,112 @@ def test_is_hub_id_never_takes_a_path_object():
     from pathlib import PurePosixPath
 
     assert not is_hub_id(PurePosixPath("someone/sd-model"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Damaged files: one line naming the file, whatever the loader (issue 8 §2)
+
+
+class RunsCode:
+    """Unpickling this would call os.getcwd(): a stand-in for a planted payload."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+DAMAGES = {
+    "truncated-safetensors": ("diffusion_pytorch_model.safetensors", _truncate),
+    "config-not-json": ("config.json", lambda p: p.write_text('{"_class_name": "VideoUNet", "block_out')),
+    "config-binary": ("config.json", lambda p: p.write_bytes(b"\x00\xff\xfe garbage \x89PNG")),
+    "config-not-an-object": ("config.json", lambda p: p.write_text("[1, 2, 3]")),
+}
+
+
+def _video_unet_folder(tmp_path):
+    from vidiff.models.unet import VideoUNet
+
+    tiny_unet().save_pretrained(tmp_path / "sd")
+    VideoUNet.from_2d(tmp_path / "sd").save_pretrained(tmp_path / "video")
+    return tmp_path / "video"
+
+
+def _assert_one_line_naming(info, path):
+    from vidiff.models.loading import LoadingError
+
+    assert isinstance(info.value, LoadingError), repr(info.value)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message, message
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+@pytest.mark.parametrize("loader", ["from_2d", "from_pretrained"])
+def test_damaged_folder_is_one_line_naming_the_file(tmp_path, damage, loader):
+    from vidiff.models.unet import VideoUNet
+
+    if loader == "from_2d":
+        tiny_unet().save_pretrained(tmp_path / "sd")
+        folder, load = tmp_path / "sd", VideoUNet.from_2d
+    else:
+        folder, load = _video_unet_folder(tmp_path), VideoUNet.from_pretrained
+    name, spoil = DAMAGES[damage]
+    spoil(folder / name)
+    with pytest.raises(ValueError) as info:
+        load(folder)
+    _assert_one_line_naming(info, folder / name)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "runs-code", "not-a-pickle"])
+def test_bin_weights_in_a_folder_are_one_line_naming_the_file(tmp_path, damage):
+    from vidiff.models.unet import VideoUNet
+
+    model = tiny_unet()
+    model.save_pretrained(tmp_path / "sd", safe_serialization=False)
+    weights = tmp_path / "sd" / "diffusion_pytorch_model.bin"
+    if damage == "truncated":
+        _truncate(weights)
+    elif damage == "runs-code":
+        torch.save({**model.state_dict(), "hook": RunsCode()}, weights)
+    else:
+        weights.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError) as info:
+        VideoUNet.from_2d(tmp_path / "sd")
+    _assert_one_line_naming(info, weights)
+
+
+@pytest.mark.parametrize("damage", ["truncated-safetensors", "truncated-ckpt", "runs-code-ckpt", "config-not-json"])
+def test_damaged_single_file_is_one_line_naming_the_file(tmp_path, damage):
+    from vidiff.models.unet import VideoUNet
+
+    model = tiny_unet()
+    suffix = ".safetensors" if damage == "truncated-safetensors" else ".ckpt"
+    path = write_ldm(model, tmp_path, suffix)
+    config = tmp_path / "config" / "config.json"
+    culprit = path
+    if damage.startswith("truncated"):
+        _truncate(path)
+    elif damage == "runs-code-ckpt":
+        torch.save({"state_dict": diffusers_to_ldm(model.state_dict(), dict(model.config)), "hook": RunsCode()}, path)
+    else:
+        config.write_text('{"block_out_channels": [8, 16')
+        culprit = config
+    with pytest.raises(ValueError) as info:
+        VideoUNet.from_2d(path, config=config)
+    _assert_one_line_naming(info, culprit)
+
+
+def test_damaged_shard_index_is_one_line_naming_the_file(tmp_path):
+    model = tiny_unet()
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    index = tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json"
+    for text in ('{"weight_map": {"a": ', '{"metadata": {}}', '{"weight_map": {"a": 3}}'):
+        index.write_text(text)
+        with pytest.raises(ValueError) as info:
+            load_unet_2d(tmp_path / "sharded")
+        _assert_one_line_naming(info, index)

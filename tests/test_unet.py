@@ -1,4 +1,7 @@
 """VideoUNet against diffusers' 2D U-Net and plain-einsum references (tiny seeded configs, CPU, fp32)."""
+import json
+import warnings
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -165,6 +168,10 @@ def test_bad_options_are_clear_errors(sd1_folder):
         VideoUNet.from_2d(sd1_folder, attention_backend="flash")
     with pytest.raises(ValueError, match="unknown VideoUNet option"):
         VideoUNet.from_2d(sd1_folder, temporal_convs=True)
+    with pytest.raises(ValueError, match="stage must be a lower-case stage name.*'Super Res'"):
+        VideoUNet.from_2d(sd1_folder, stage="Super Res")
+    with pytest.raises(ValueError, match="conditioning_channels must be an integer >= 0, got -1"):
+        VideoUNet.from_2d(sd1_folder, conditioning_channels=-1)
     video = VideoUNet.from_2d(sd1_folder)
     with pytest.raises(ValueError, match=r"\(b, c, f, h, w\)"):
         video(torch.randn(2, 4, 8, 8), 1, torch.randn(2, 5, 16))
@@ -282,7 +289,11 @@ def test_conditioning_channels_start_at_zero(sd1_folder):
     video = VideoUNet.from_2d(sd1_folder, conditioning_channels=3).eval()
     base = VideoUNet.from_2d(sd1_folder).eval()
     assert video.in_channels == 4 and video.conditioning_channels == 3
-    x, t, context, _ = inputs(UNet2DConditionModel.from_pretrained(sd1_folder), f=2)
+    unet2d = UNet2DConditionModel.from_pretrained(sd1_folder)
+    assert video.conv_in.weight.shape == (16, 7, 3, 3)
+    assert torch.equal(video.conv_in.weight[:, :4], unet2d.conv_in.weight)
+    assert torch.equal(video.conv_in.weight[:, 4:], torch.zeros(16, 3, 3, 3))
+    x, t, context, _ = inputs(unet2d, f=2)
     cond = torch.randn(2, 3, 2, 16, 16)
     with torch.no_grad():
         out = video(torch.cat([x, cond], dim=1), t, context)
@@ -291,13 +302,17 @@ def test_conditioning_channels_start_at_zero(sd1_folder):
 
 # ------------------------------------------------------------------------------------------- files
 def test_save_pretrained_round_trip(tmp_path, sd1_folder):
-    video = VideoUNet.from_2d(sd1_folder, cross_frame="sparse-causal", conditioning_channels=2).eval()
+    video = VideoUNet.from_2d(sd1_folder, cross_frame="sparse-causal", conditioning_channels=2,
+                              stage="interpolation").eval()
     _train_temporal_one_step_cond(video)
     video.save_pretrained(tmp_path / "video_unet")
     assert sorted(p.name for p in (tmp_path / "video_unet").iterdir()) == [
         "config.json", "diffusion_pytorch_model.safetensors"]
+    saved = json.loads((tmp_path / "video_unet" / "config.json").read_text())
+    assert (saved["stage"], saved["conditioning_channels"], saved["in_channels"]) == ("interpolation", 2, 4)
     loaded = vidiff.VideoUNet.from_pretrained(tmp_path / "video_unet").eval()
     assert loaded.config == video.config
+    assert (loaded.config["stage"], loaded.conditioning_channels) == ("interpolation", 2)
     x = torch.randn(1, 6, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x, 7, torch.ones(1, 5, 16)), video(x, 7, torch.ones(1, 5, 16)))
@@ -373,3 +388,89 @@ def test_bf16_forward_tracks_fp32(sd1_folder):
         out = video.to(torch.bfloat16)(x.bfloat16(), t, context.bfloat16())
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+# ------------------------------------------------------------------------------------------- runtime options
+def test_backend_forced_at_save_is_not_saved_and_loads_on_cpu(tmp_path, sd1_folder, monkeypatch):
+    """Issue 9: a U-Net trained with attention_backend=xformers on a CUDA box must load on a CPU machine."""
+    video = VideoUNet.from_2d(sd1_folder, cross_frame="first").eval()
+    _train_temporal_one_step_cond(video)
+    with monkeypatch.context() as cuda_box:  # pretend xformers runs here, as on the machine that trained it
+        cuda_box.setitem(attention_mod.BACKENDS, "xformers",
+                         attention_mod.Backend(attention_mod.math_attention, fused=False))
+        video.set_attention_backend("xformers")
+        video.save_pretrained(tmp_path / "trained")
+    saved = json.loads((tmp_path / "trained" / "config.json").read_text())
+    assert "attention_backend" not in saved and saved["cross_frame"] == "first"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean load: nothing to warn about
+        loaded = VideoUNet.from_pretrained(tmp_path / "trained").eval()
+    assert loaded.attention_backend == "auto" and loaded.config["cross_frame"] == "first"
+    video.set_attention_backend("sdpa")
+    x = torch.randn(1, 4, 3, 8, 8)
+    with torch.no_grad():
+        assert (loaded(x, 7, torch.ones(1, 5, 16)) - video(x, 7, torch.ones(1, 5, 16))).abs().max() <= TOL
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine where xformers cannot run")
+def test_old_config_with_a_backend_falls_back_to_auto_with_one_warning(tmp_path, sd1_folder):
+    VideoUNet.from_2d(sd1_folder).save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "attention_backend": "xformers"}))
+    with pytest.warns(UserWarning, match=r"attention_backend='xformers'.*'auto' is used") as caught:
+        loaded = VideoUNet.from_pretrained(tmp_path / "old")
+    assert len([w for w in caught if "attention_backend" in str(w.message)]) == 1
+    assert loaded.attention_backend == "auto"
+    # Asking for it explicitly on this machine is still the caller's error, one line.
+    with pytest.raises(AttentionBackendError):
+        VideoUNet.from_pretrained(tmp_path / "old", attention_backend="xformers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit choice replaces the saved one without a warning
+        assert VideoUNet.from_pretrained(tmp_path / "old", attention_backend="math").attention_backend == "math"
+
+
+# ------------------------------------------------------------------------------------------- nothing the user has is lost
+def test_save_pretrained_replaces_only_its_own_folder(tmp_path, sd1_folder):
+    video = VideoUNet.from_2d(sd1_folder).eval()
+    # A folder of the user's files, a plain file, and a diffusers (not vidiff) U-Net folder: all refused, kept.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("keep me too")
+    for target in (tmp_path / "mine", tmp_path / "file", sd1_folder):
+        before = {p: p.read_bytes() for p in ([target] if target.is_file() else target.rglob("*"))}
+        with pytest.raises(FileExistsError, match=f"{target} exists and is a (folder|file) that is not a VideoUNet"):
+            video.save_pretrained(target)
+        assert {p: p.read_bytes() for p in ([target] if target.is_file() else target.rglob("*"))} == before
+    # An empty folder and an earlier VideoUNet folder are replaced.
+    (tmp_path / "empty").mkdir()
+    video.save_pretrained(tmp_path / "empty")
+    _train_temporal_one_step_cond(video)
+    video.save_pretrained(tmp_path / "empty")
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "empty" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in video.state_dict().items())
+
+
+def test_save_temporal_replaces_only_its_own_file(tmp_path, sd1_folder):
+    from safetensors.torch import load_file, save_file
+
+    video = VideoUNet.from_2d(sd1_folder)
+    user_weights = tmp_path / "lora.safetensors"
+    save_file({"a": torch.ones(2)}, user_weights)  # someone's safetensors without vidiff's metadata
+    (tmp_path / "notes.safetensors").write_text("not even safetensors")
+    (tmp_path / "folder.safetensors").mkdir()
+    for target in (user_weights, tmp_path / "notes.safetensors"):
+        with pytest.raises(FileExistsError, match=f"{target} exists and is a file that is not a vidiff "
+                                                  "temporal-layers file"):
+            video.save_temporal(target)
+    with pytest.raises(FileExistsError, match="folder.safetensors is a folder; save_temporal writes one"):
+        video.save_temporal(tmp_path / "folder.safetensors")
+    assert (tmp_path / "folder.safetensors").is_dir()
+    assert torch.equal(load_file(user_weights)["a"], torch.ones(2))
+    assert (tmp_path / "notes.safetensors").read_text() == "not even safetensors"
+    video.save_temporal(tmp_path / "motion.safetensors")
+    _train_temporal_one_step_cond(video)
+    video.save_temporal(tmp_path / "motion.safetensors")  # an earlier temporal file is replaced
+    saved = load_file(tmp_path / "motion.safetensors")
+    assert all(torch.equal(saved[k], video.state_dict()[k]) for k in saved)

@@ -38,7 +38,7 @@ class LoadingError(ValueError):
     should be. The message is one line naming the file, so the CLI can print it as it is."""
 
 
-def one_line(error: BaseException, limit: int = 300) -> str:
+def one_line(error: BaseException, limit: int = 200) -> str:
     """`Type: message` of an exception from a library, squeezed onto one line (many span a page)."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}" if text else type(error).__name__

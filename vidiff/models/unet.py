@@ -32,10 +32,11 @@ from torch.utils.checkpoint import checkpoint
 from vidiff.models.attention import VideoAttnProcessor, check_backend
 from vidiff.models.options import RUNTIME_OPTIONS, check_cross_frame
 from vidiff.models.temporal import TemporalAttention, TemporalConv
-from vidiff.utils import atomic_dir, save_safetensors_atomic
+from vidiff.utils import atomic_dir, check_replaceable, save_safetensors_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+TEMPORAL_FORMAT = "temporal"  # the "vidiff" metadata entry of a save_temporal file
 
 # The SD 1.x / 2.x / x4-upscaler family: what the assembly below knows how to walk.
 DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
@@ -114,6 +115,17 @@ def is_video_unet_folder(path) -> bool:
     try:
         return read_video_unet_config(Path(path)) is not None
     except (OSError, ValueError):
+        return False
+
+
+def is_temporal_file(path) -> bool:
+    """True for a file `VideoUNet.save_temporal` wrote: safetensors whose metadata marks vidiff temporal layers."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("vidiff") == TEMPORAL_FORMAT
+    except Exception:  # not safetensors at all (SafetensorError, OSError, ...): not ours
         return False
 
 
@@ -338,9 +350,12 @@ class VideoUNet(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- files
     def save_pretrained(self, directory) -> None:
-        """`config.json` + `diffusion_pytorch_model.safetensors`, written atomically as one folder."""
+        """`config.json` + `diffusion_pytorch_model.safetensors`, written atomically as one folder. An existing
+        `directory` is replaced only if it is an earlier VideoUNet folder or empty (FileExistsError otherwise)."""
         import vidiff
 
+        check_replaceable(directory, is_video_unet_folder, "a VideoUNet folder (config.json of a VideoUNet)",
+                          "choose a new or empty folder (save_pretrained replaces the whole folder)")
         with atomic_dir(directory) as tmp:
             config = dict(self.config, _class_name="VideoUNet", _vidiff_version=vidiff.__version__)
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -413,11 +428,18 @@ class VideoUNet(nn.Module):
             raise RuntimeError(f"weights left unset after loading: {still_empty[:5]}")
 
     def save_temporal(self, path) -> None:
-        """The temporal layers alone, one safetensors file (a shareable motion module)."""
+        """The temporal layers alone, one safetensors file (a shareable motion module). An existing file at
+        `path` is replaced only if it is an earlier one (its metadata says so); FileExistsError otherwise."""
         tensors = {k: v for k, v in self.state_dict().items() if is_temporal_parameter(k)}
         if not tensors:
             raise ValueError("this VideoUNet has no temporal layers to save")
-        metadata = {"vidiff": "temporal", "config": json.dumps({k: self.config[k] for k in ARCHITECTURE_OPTIONS})}
+        if Path(path).is_dir():  # even an empty one: a file cannot replace it
+            raise FileExistsError(f"{path} is a folder; save_temporal writes one .safetensors file: give a file path")
+        if not (Path(path).is_file() and not Path(path).is_symlink() and is_temporal_file(path)):
+            check_replaceable(path, lambda folder: False, "a vidiff temporal-layers file (save_temporal's "
+                              ".safetensors)", "give a new file path")
+        metadata = {"vidiff": TEMPORAL_FORMAT,
+                    "config": json.dumps({k: self.config[k] for k in ARCHITECTURE_OPTIONS})}
         save_safetensors_atomic(tensors, path, metadata=metadata)
 
     def load_temporal(self, path) -> None:
