@@ -80,7 +80,7 @@ def test_cache_errors_and_atomicity(setup, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(cache_module, "encode_prompts", crash)
+    monkeypatch.setattr(cache_module, "encode_text", crash)
     with pytest.raises(RuntimeError):
         build_latent_cache(model, manifest, tmp_path / "c", num_frames=2, height=8, width=8, device="cpu",
                            progress=False)
@@ -128,3 +128,33 @@ def test_cli_cache(setup, tmp_path, capsys):
     # An earlier cache is replaced.
     assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out", str(out),
                  "--num-frames", "2", "--height", "8", "--width", "8", "--device", "cpu"]) == 0
+
+
+def test_cache_and_training_on_videos_see_the_same_latents(setup, tmp_path):
+    """Issue 9: the cache took the VAE posterior mean while training on videos drew a sample, so the two data
+    sources trained on different latents. Both now go through `encoding.encode_video` (the mean)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from vidiff.pipelines.encoding import encode_text, encode_video
+    from vidiff.training.data import encode_batch
+
+    root, model, manifest = setup
+    build_latent_cache(model, manifest, tmp_path / "c", num_frames=2, height=16, width=16, device="cpu",
+                       progress=False)
+    cached = CachedLatentDataset(tmp_path / "c")
+    videos = VideoDataset(manifest, num_frames=2, height=16, width=16, train=False)
+    vae = AutoencoderKL.from_pretrained(model / "vae").eval()
+    text_encoder = CLIPTextModel.from_pretrained(model / "text_encoder").eval()
+    tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
+    sample = videos.load(0)
+    pixels = sample["pixel_values"][None]
+    direct = encode_video(vae, pixels, scaling_factor=vae.config.scaling_factor)[0]
+    torch.testing.assert_close(cached[0]["latents"], direct, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cached[0]["encoder_hidden_states"],
+                               encode_text(text_encoder, tokenizer, [sample["prompt"]])[0], rtol=0, atol=1e-5)
+    batch = {"pixel_values": pixels, "prompt": [sample["prompt"]]}
+    latents, text = encode_batch(batch, vae, text_encoder, tokenizer, caption_dropout=0.0, device="cpu",
+                                 generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(latents[0], cached[0]["latents"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(text[0], cached[0]["encoder_hidden_states"], rtol=0, atol=1e-5)

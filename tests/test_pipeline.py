@@ -331,3 +331,130 @@ def test_save_pretrained_never_replaces_a_folder_of_other_files(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "video")
     pipe.save_pretrained(tmp_path / "video")  # an earlier pipeline folder is replaced
     assert (tmp_path / "video" / "vidiff.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The public steps: encode_video, denoise from any timestep, class labels and condition channels
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ddim", "euler"])
+def test_denoise_from_an_intermediate_timestep_is_the_tail_of_a_full_run(pipe, name):
+    """SDEdit / cascade noise augmentation start mid-schedule: given the latents a full run had after step k,
+    `denoise` over `timesteps_for_strength`'s tail ends exactly where the full run ended."""
+    from vidiff.pipelines.text_to_video import timesteps_for_strength
+
+    steps, k = 4, 2
+    seen = []
+    full = pipe(PROMPT, num_inference_steps=steps, guidance_scale=3.0, scheduler=name, seed=3, output_type="latent",
+                progress=False, callback=lambda i, t, x: seen.append(x.clone()))
+    scheduler = pipe.make_scheduler(name)
+    timesteps = timesteps_for_strength(scheduler, steps, (steps - k) / steps)
+    reference = pipe.make_scheduler(name)
+    reference.set_timesteps(steps)
+    assert torch.equal(timesteps, reference.timesteps[k:])
+    text, negative = pipe.encode_prompt([PROMPT], [""])
+    tail = pipe.denoise(seen[k - 1], text, timesteps, guidance_scale=3.0, negative_embeddings=negative,
+                        scheduler=scheduler, progress=False)
+    torch.testing.assert_close(tail, full, atol=1e-6, rtol=0)
+    # The default negative embedding is the empty prompt's.
+    scheduler = pipe.make_scheduler(name)
+    again = pipe.denoise(seen[k - 1], text, timesteps_for_strength(scheduler, steps, 0.5), guidance_scale=3.0,
+                         scheduler=scheduler, progress=False)
+    torch.testing.assert_close(again, full, atol=1e-6, rtol=0)
+
+
+def test_timesteps_for_strength_bounds():
+    from vidiff.pipelines.text_to_video import timesteps_for_strength
+    from vidiff.testing import SD_SCHEDULER
+
+    scheduler = make_scheduler("ddim", SD_SCHEDULER)
+    assert len(timesteps_for_strength(scheduler, 10, 1.0)) == 10
+    assert len(timesteps_for_strength(scheduler, 10, 0.01)) == 1  # at least one step
+    assert len(timesteps_for_strength(scheduler, 10, 0.3)) == 3
+    for bad in (0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="strength must be in"):
+            timesteps_for_strength(scheduler, 10, bad)
+
+
+def hand_written_step(unet, scheduler, x, t, text, uncond, guidance, condition=None, class_labels=None):
+    """One CFG step written out, with the condition concatenated along channels and the labels passed on."""
+    def eps(context):
+        model_input = x if condition is None else torch.cat([x, condition], dim=1)
+        return unet(model_input, t, context, class_labels=class_labels)
+    e_c, e_u = eps(text), eps(uncond)
+    return e_u + guidance * (e_c - e_u)
+
+
+def test_class_labels_reach_the_unet(tmp_path):
+    folder = make_tiny_video_pipeline(tmp_path / "labels", unet_kwargs={"num_class_embeds": 5})
+    pipe = VideoPipeline.from_pretrained(folder, device="cpu")
+    latents = noise((1, 4, 2, 8, 8), seed=6)
+    kwargs = dict(num_frames=2, num_inference_steps=2, guidance_scale=2.0, latents=latents, output_type="latent",
+                  progress=False)
+    with pytest.raises(ValueError, match="class_labels"):
+        pipe(PROMPT, **kwargs)
+    ours = pipe(PROMPT, class_labels=3, **kwargs)
+    scheduler = make_scheduler("ddim", pipe.scheduler_config)
+    scheduler.set_timesteps(2)
+    text, uncond = pipe.encode_prompt([PROMPT]), pipe.encode_prompt([""])
+    x = latents.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = hand_written_step(pipe.unet, scheduler, x, t, text, uncond, 2.0, class_labels=torch.tensor([3]))
+            x = scheduler.step(eps, t, x).prev_sample
+    torch.testing.assert_close(ours, x, atol=1e-5, rtol=0)
+    assert (pipe(PROMPT, class_labels=[4], **kwargs) - ours).abs().max() > 1e-3
+
+
+def test_condition_channels_reach_the_unet_in_every_window(folders, pipe):
+    """A U-Net with 2 conditioning channels (their conv_in weights made non-zero, as after training): denoise
+    concatenates the condition, windowed with the latents, at every step."""
+    from vidiff.models.unet import VideoUNet
+
+    torch.manual_seed(0)
+    unet = VideoUNet.from_2d(folders[0], "unet", conditioning_channels=2).eval()
+    with torch.no_grad():
+        unet.conv_in.weight[:, 4:] = torch.randn_like(unet.conv_in.weight[:, 4:]) * 0.3
+    cond_pipe = VideoPipeline(unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler_config, vae=pipe.vae)
+    f = 6
+    latents, condition = noise((1, 4, f, 8, 8), seed=7), noise((1, 2, f, 8, 8), seed=8)
+    with pytest.raises(ValueError, match="2 conditioning channels"):
+        cond_pipe(PROMPT, num_frames=f, latents=latents, progress=False)
+    with pytest.raises(ValueError, match=r"condition must have shape \(1, 2, 6, 8, 8\)"):
+        cond_pipe(PROMPT, num_frames=f, latents=latents, condition=condition[:, :1], progress=False)
+    ours = cond_pipe(PROMPT, num_frames=f, num_inference_steps=1, guidance_scale=2.0, latents=latents,
+                     condition=condition, window_size=4, window_stride=2, output_type="latent", progress=False)
+    scheduler = make_scheduler("ddim", pipe.scheduler_config)
+    scheduler.set_timesteps(1)
+    t = scheduler.timesteps[0]
+    text, uncond = pipe.encode_prompt([PROMPT]), pipe.encode_prompt([""])
+    total, weight = torch.zeros_like(latents), torch.zeros(f)
+    tent = torch.tensor([1.0, 2.0, 2.0, 1.0])
+    with torch.no_grad():
+        for start in (0, 2):
+            window = slice(start, start + 4)
+            eps = hand_written_step(unet, scheduler, latents[:, :, window], t, text, uncond, 2.0,
+                                    condition=condition[:, :, window])
+            total[:, :, window] += eps * tent.view(1, 1, 4, 1, 1)
+            weight[window] += tent
+    expected = scheduler.step(total / weight.view(1, 1, -1, 1, 1), t, latents).prev_sample
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    other = cond_pipe(PROMPT, num_frames=f, num_inference_steps=1, guidance_scale=2.0, latents=latents,
+                      condition=condition.flip(2), window_size=4, window_stride=2, output_type="latent",
+                      progress=False)
+    assert (other - ours).abs().max() > 1e-3
+
+
+def test_encode_video_is_the_vae_posterior_mean_per_frame(pipe):
+    frames = torch.rand(2, 3, 5, 16, 16, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    latents = pipe.encode_video(frames, chunk_size=2)
+    assert latents.shape == (2, 4, 5, 8, 8) and latents.dtype == torch.float32
+    with torch.no_grad():
+        reference = pipe.vae.encode(frames[1].transpose(0, 1)).latent_dist.mean * pipe.vae.config.scaling_factor
+    torch.testing.assert_close(latents[1], reference.transpose(0, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pipe.encode_video(frames, chunk_size=None), latents, atol=1e-5, rtol=0)
+    # One uint8 video (f, h, w, 3), as video_io reads it, encodes as its [-1, 1] floats.
+    video = ((frames[0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    as_float = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    torch.testing.assert_close(pipe.encode_video(video), pipe.encode_video(as_float), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="multiples of the VAE's factor 2"):
+        pipe.encode_video(frames[:, :, :, :15])

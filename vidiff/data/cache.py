@@ -8,8 +8,9 @@ would (centred clip and crop, no flip), and writes safetensors shards:
                                   metadata: prompts and paths as JSON lists
     DIR/index.json                shards, counts, the settings used, and the files skipped with their reasons
 
-(k is the VAE's downsampling factor, 8 for Stable Diffusion.) The posterior mean rather than a sample is stored
-so the cache is deterministic; the VAE's posterior is narrow, so this is the usual choice for latent caches.
+(k is the VAE's downsampling factor, 8 for Stable Diffusion.) Both come from `vidiff.pipelines.encoding`, the
+functions training and sampling use, so training from the cache sees exactly the latents (the posterior mean;
+`encoding.encode_video` says why) and embeddings that training on the videos would.
 The folder is written under a temporary name and appears complete or not at all.
 
 `CachedLatentDataset(DIR)` reads it back, one sample at a time, without loading whole shards.
@@ -26,6 +27,7 @@ import torch
 
 from vidiff.data.datasets import VideoDataset
 from vidiff.data.video_io import VideoReadError
+from vidiff.pipelines.encoding import encode_text, encode_video
 from vidiff.utils import (atomic_dir, check_replaceable, default_device, parse_dtype, save_safetensors_atomic,
                           write_json_atomic)
 
@@ -65,25 +67,6 @@ def _load_encoders(model_dir: Path, device, dtype):
     text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", dtype=dtype).to(device).eval()
     tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
     return vae, text_encoder, tokenizer
-
-
-@torch.no_grad()
-def encode_video_latents(vae, pixel_values: torch.Tensor, frame_chunk: int = 16) -> torch.Tensor:
-    """(b, c, f, h, w) pixels in [-1, 1] -> (b, c', f, h/k, w/k) scaled latents (posterior mean), encoding at
-    most `frame_chunk` frames at a time to bound memory."""
-    b, _, f = pixel_values.shape[:3]
-    frames = pixel_values.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (b f) c h w
-    parts = [vae.encode(chunk).latent_dist.mean for chunk in frames.split(frame_chunk)]
-    latents = torch.cat(parts) * vae.config.scaling_factor
-    return latents.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4)  # b c f h w
-
-
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    """CLIP last hidden states (b, L, D) of prompts padded / truncated to the tokenizer's max length."""
-    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt")
-    return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
 
 
 def _is_cache(folder: Path) -> bool:
@@ -158,8 +141,8 @@ def build_latent_cache(model_dir: str | os.PathLike, manifest: str | os.PathLike
                 group = [s for s in good if tuple(s["pixel_values"].shape) == group_shape]
                 pixels = torch.stack([s["pixel_values"] for s in group]).to(device, torch_dtype)
                 prompts = [s["prompt"] for s in group]
-                latents = encode_video_latents(vae, pixels).cpu()
-                embeddings = encode_prompts(tokenizer, text_encoder, prompts).cpu()
+                latents = encode_video(vae, pixels, scaling_factor=vae.config.scaling_factor).cpu()
+                embeddings = encode_text(text_encoder, tokenizer, prompts).cpu()
                 if buffer["latents"] and buffer["latents"][0].shape[1:] != latents.shape[1:]:
                     flush()  # a shard holds one latent shape
                 for i, sample in enumerate(group):

@@ -13,6 +13,7 @@ Song et al. 2021 (DDIM).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
@@ -25,6 +26,7 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from vidiff.pipelines.encoding import encode_text, encode_video
 from vidiff.pipelines.folder import (CROSS_FRAME_MODES, load_component, make_info, read_info, spatial_factor,
                                      write_pipeline_folder)
 from vidiff.pipelines.schedulers import check_scheduler_name, make_scheduler, max_inference_steps
@@ -214,24 +216,81 @@ class VideoPipeline:
         return resolve_settings(self.info, **settings)
 
     @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP text encoder's last hidden state for each prompt, `(n, L, D)` (SD's conditioning).
+    def encode_prompt(self, prompts: str | list[str], negative_prompts: str | list[str] | None = None, *,
+                      num_videos_per_prompt: int = 1):
+        """Text embeddings `(n * num_videos_per_prompt, L, D)` in the pipeline's dtype (SD's conditioning: the
+        CLIP text encoder's last hidden state, `encoding.encode_text`, which warns when a prompt is cut).
 
-        Prompts longer than the tokenizer's limit (77 tokens for CLIP) are cut, with a warning naming the
-        part that was dropped.
+        With `negative_prompts` (one per prompt; "" is the unconditional prompt of classifier-free guidance)
+        returns the pair `(embeddings, negative_embeddings)`. Embeddings repeat per video, prompt-major.
         """
-        max_length = self.tokenizer.model_max_length
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
-                                return_tensors="pt")
-        for prompt in prompts:
-            full = self.tokenizer(prompt, truncation=False, verbose=False)["input_ids"]
-            if len(full) > max_length:
-                # The kept ids are the first max_length - 1 plus the end token: decode what fell off.
-                dropped = self.tokenizer.decode(full[max_length - 1:-1])
-                warnings.warn(f"prompt is longer than the text encoder's {max_length} tokens; dropped: {dropped!r}",
-                              stacklevel=3)
-        ids = tokens["input_ids"].to(self.text_encoder.device)
-        return self.text_encoder(ids)[0].to(self.dtype)
+        def encode(texts: list[str]) -> torch.Tensor:
+            embeddings = encode_text(self.text_encoder, self.tokenizer, texts).to(self.dtype)
+            return embeddings.repeat_interleave(num_videos_per_prompt, dim=0)
+
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if negative_prompts is None:
+            return encode(prompts)
+        if isinstance(negative_prompts, str):
+            negative_prompts = [negative_prompts] * len(prompts)
+        if len(negative_prompts) != len(prompts):
+            raise ValueError(f"got {len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+        return encode(prompts), encode(negative_prompts)
+
+    @torch.no_grad()
+    def encode_video(self, frames, chunk_size: int | None = 8) -> torch.Tensor:
+        """Frames -> scaled VAE latents `(b, c, f, h / k, w / k)`, float32 on the pipeline's device (the pixels
+        themselves for pixel-space models); the inverse of `decode`.
+
+        frames: `(b, 3, f, h, w)` floats in [-1, 1], or one video as uint8 `(f, h, w, 3)` (numpy or torch), as
+        `vidiff.data.video_io` reads it. The VAE's posterior mean is used (`encoding.encode_video` says why).
+        """
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(frames)
+        if frames.dtype == torch.uint8:
+            if frames.ndim != 4 or frames.shape[-1] != 3:
+                raise ValueError(f"uint8 frames must have shape (f, h, w, 3), got {tuple(frames.shape)}")
+            frames = rearrange(frames, "f h w c -> 1 c f h w").float() / 127.5 - 1
+        if frames.ndim != 5 or frames.shape[1] != 3:
+            raise ValueError(f"frames must have shape (b, 3, f, h, w) in [-1, 1], got {tuple(frames.shape)}")
+        if frames.shape[-2] % self.vae_scale_factor or frames.shape[-1] % self.vae_scale_factor:
+            raise ValueError(f"frame height and width must be multiples of the VAE's factor {self.vae_scale_factor}, "
+                             f"got {frames.shape[-2]}x{frames.shape[-1]}")
+        frames = frames.to(self.device, self.vae.dtype if self.latent else torch.float32)
+        latents = encode_video(self.vae, frames, scaling_factor=float(self.info.get("scaling_factor", 1.0)),
+                               chunk_size=chunk_size)
+        return latents.float()
+
+    @torch.no_grad()
+    def prepare_latents(self, num_videos: int, num_frames: int, height: int, width: int, *,
+                        generators: list[torch.Generator], scheduler=None, noise: str = "independent",
+                        window_size: int | None = None, window_stride: int | None = None,
+                        latents: torch.Tensor | None = None) -> torch.Tensor:
+        """The starting point x_T `(num_videos, c, num_frames, height / k, width / k)`, float32 on the device.
+
+        The noise is drawn per video from that video's generator, on the CPU, so a seed gives the same clip on
+        every device and whatever else is in the batch. `noise="freenoise"` reshuffles the noise of frames past
+        the first window from the window before (FreeNoise); "independent" draws it fresh. `latents` replaces
+        the draw. With a `scheduler` the noise is scaled by its initial sigma (1 for DDIM, sigma_max for Euler).
+        Heights and widths are in pixels.
+        """
+        if noise not in LONG_VIDEO_NOISE:
+            raise ValueError(f"unknown long_video_noise {noise!r}; use one of {', '.join(LONG_VIDEO_NOISE)}")
+        shape = (num_videos, self.unet.in_channels, num_frames, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)
+        if latents is None:
+            if len(generators) != num_videos:
+                raise ValueError(f"got {len(generators)} generators for {num_videos} videos; pass one per video")
+            latents = torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generators])
+            window_size = window_size or num_frames
+            if noise == "freenoise" and num_frames > window_size:
+                stride = window_stride or max(1, window_size // 2)
+                latents = torch.stack([reschedule_noise(x, window_size, stride, g)
+                                       for x, g in zip(latents, generators)])
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        latents = latents.to(self.device, torch.float32)
+        return latents * scheduler.init_noise_sigma if scheduler is not None else latents
 
     # ----------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -241,9 +300,9 @@ class VideoPipeline:
                  generator: torch.Generator | list[torch.Generator] | None = None, seed: int | None = None,
                  num_videos_per_prompt: int = 1, eta: float = 0.0, scheduler: str | None = None,
                  cross_frame: str | None = None, window_size: int | None = None, window_stride: int | None = None,
-                 long_video_noise: str = "independent", decode_chunk_size: int | None = 8, condition: torch.Tensor | None = None,
-                 latents: torch.Tensor | None = None, output_type: str = "uint8", progress: bool = True,
-                 callback=None):
+                 long_video_noise: str = "independent", decode_chunk_size: int | None = 8,
+                 condition: torch.Tensor | None = None, class_labels=None, latents: torch.Tensor | None = None,
+                 output_type: str = "uint8", progress: bool = True, callback=None):
         """Generate videos from text.
 
         Args:
@@ -262,6 +321,7 @@ class VideoPipeline:
             decode_chunk_size: frames per VAE decoder call (bounds memory); None decodes all frames at once.
             condition: `(b, conditioning_channels, f, h, w)` concatenated to the latents along channels at every
                 step, for conditioned cascade stages; b = number of videos.
+            class_labels: the U-Net's class input, one per video or one for all (e.g. an SSR stage's noise level).
             latents: starting noise `(b, c, f, h, w)` instead of drawing it (scaled by the sampler's initial sigma).
             output_type: "uint8" (numpy `(f, h, w, 3)` per video), "pt" (one tensor `(b, 3, f, h, w)` in [-1, 1])
                 or "latent" (the final latents `(b, c, f, h, w)`).
@@ -270,127 +330,138 @@ class VideoPipeline:
         Returns:
             For "uint8": one array for one prompt and one video, else a list of arrays (prompt-major order).
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+        prompts, negative_prompts = _prompt_lists(prompt, negative_prompt)
         s = self.resolve_settings(max_steps=max_inference_steps(self.scheduler_config),
                                   num_frames=num_frames, height=height, width=width,
                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                   scheduler=scheduler, cross_frame=cross_frame, window_size=window_size,
                                   window_stride=window_stride, num_videos_per_prompt=num_videos_per_prompt,
                                   decode_chunk_size=decode_chunk_size)
-        if not (math.isfinite(eta) and eta >= 0):
-            raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic DDIM), got {eta}")
-        if long_video_noise not in LONG_VIDEO_NOISE:
-            raise ValueError(f"unknown long_video_noise {long_video_noise!r}; use one of {', '.join(LONG_VIDEO_NOISE)}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"unknown output_type {output_type!r}; use one of {', '.join(OUTPUT_TYPES)}")
-        if negative_prompt is None:
-            negative_prompts = [""] * len(prompts)
-        elif isinstance(negative_prompt, str):
-            negative_prompts = [negative_prompt] * len(prompts)
-        else:
-            negative_prompts = list(negative_prompt)
-            if len(negative_prompts) != len(prompts):
-                raise ValueError(f"got {len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+        _check_options(eta=eta, long_video_noise=long_video_noise, output_type=output_type)
         num_videos = len(prompts) * num_videos_per_prompt
         generators = make_generators(num_videos, generator, seed)
-        device, dtype = self.device, self.dtype
         f, h, w = s["num_frames"], s["height"] // self.vae_scale_factor, s["width"] // self.vae_scale_factor
-        if condition is not None:
-            expected = (num_videos, self.unet.conditioning_channels, f, h, w)
-            if tuple(condition.shape) != expected:
-                raise ValueError(f"condition must have shape {expected}, got {tuple(condition.shape)}")
-            condition = condition.to(device, dtype)
-        elif self.unet.conditioning_channels:
-            raise ValueError(f"this U-Net takes {self.unet.conditioning_channels} conditioning channels: "
-                             "pass condition= (b, channels, frames, h, w)")
+        self._check_condition(condition, (num_videos, self.unet.in_channels, f, h, w))  # before any heavy work
         self.timings = {"text": 0.0, "unet": 0.0, "sampler": 0.0, "vae": 0.0}
-        scheduler_obj = self.make_scheduler(s["scheduler"])
-        step_kwargs = {"eta": eta} if "eta" in inspect.signature(scheduler_obj.step).parameters else {}
-        if "generator" in inspect.signature(scheduler_obj.step).parameters:
-            step_kwargs["generator"] = generators
 
-        # 1. Text conditioning: one embedding per video (prompt-major), unconditional ones first for CFG.
-        start = self._tick()
-        do_cfg = s["guidance_scale"] > 1.0
-        text = self.encode_prompt(prompts).repeat_interleave(num_videos_per_prompt, dim=0)      # (b, L, D)
-        if do_cfg:
-            uncond = self.encode_prompt(negative_prompts).repeat_interleave(num_videos_per_prompt, dim=0)
-            text = torch.cat([uncond, text])                                                    # (2b, L, D)
-        self.timings["text"] += self._tick() - start
+        # 1. Text conditioning, one embedding per video; the negative prompts' only when guidance is on.
+        with self._timed("text"):
+            if s["guidance_scale"] > 1.0:
+                text, negative = self.encode_prompt(prompts, negative_prompts,
+                                                    num_videos_per_prompt=num_videos_per_prompt)
+            else:
+                text, negative = self.encode_prompt(prompts, num_videos_per_prompt=num_videos_per_prompt), None
 
-        # 2. Initial noise x_T ~ N(0, sigma_T^2 I), drawn per video from that video's generator (on the CPU, so
-        #    a seed gives the same clip on every device).
-        scheduler_obj.set_timesteps(s["num_inference_steps"], device=device)
-        shape = (num_videos, self.unet.in_channels, f, h, w)
-        if latents is None:
-            latents = torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generators])
-            if long_video_noise == "freenoise" and f > s["window_size"]:
-                latents = torch.stack([reschedule_noise(x, s["window_size"], s["window_stride"], g)
-                                       for x, g in zip(latents, generators)])
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device, torch.float32) * scheduler_obj.init_noise_sigma
+        # 2. Initial noise x_T ~ N(0, sigma_T^2 I), one generator per video.
+        sampler = self.make_scheduler(s["scheduler"])
+        timesteps = timesteps_for_strength(sampler, s["num_inference_steps"], 1.0, device=self.device)
+        latents = self.prepare_latents(num_videos, f, s["height"], s["width"], generators=generators,
+                                       scheduler=sampler, noise=long_video_noise, window_size=s["window_size"],
+                                       window_stride=s["window_stride"], latents=latents)
 
-        windows = temporal_windows(f, s["window_size"], s["window_stride"])
-        weights = window_weights(min(f, s["window_size"])).to(device)
-
-        # 3. Reverse diffusion. At each step t:
-        #      eps_c, eps_u = unet(x_t, t, text), unet(x_t, t, negative text)            (one batched call)
-        #      eps = eps_u + g (eps_c - eps_u)                                            (classifier-free guidance)
-        #    and for clips longer than the window, eps is computed on every temporal window and the windows'
-        #    predictions are averaged frame by frame with tent weights (Gen-L-Video / FreeNoise co-denoising);
-        #    then x_{t-1} = sampler_step(eps, t, x_t) (DDIM, DPM-Solver++, ... from diffusers).
-        # The latents stay fp32 between steps (the sampler's arithmetic); the U-Net runs in the pipeline dtype.
-        previous_cross_frame = self.unet.config.get("cross_frame", "none")
-        self.unet.set_cross_frame(s["cross_frame"])
-        try:
-            for i, t in enumerate(tqdm(scheduler_obj.timesteps, desc="sampling", disable=not progress,
-                                       leave=False)):
-                start = self._tick()
-                eps = torch.zeros_like(latents)
-                total_weight = torch.zeros(f, device=device)
-                for begin, end in windows:
-                    window = latents[:, :, begin:end]
-                    model_input = torch.cat([window] * 2) if do_cfg else window
-                    model_input = scheduler_obj.scale_model_input(model_input, t)
-                    if condition is not None:
-                        cond = condition[:, :, begin:end]
-                        model_input = torch.cat([model_input, torch.cat([cond] * 2) if do_cfg else cond], dim=1)
-                    out = self.unet(model_input.to(dtype), t, text).float()                 # (b or 2b, c, f, h, w)
-                    if do_cfg:
-                        out_uncond, out_text = out.chunk(2)
-                        out = out_uncond + s["guidance_scale"] * (out_text - out_uncond)
-                    weight = weights[: end - begin] if len(windows) > 1 else torch.ones(end - begin, device=device)
-                    eps[:, :, begin:end] += out * weight.view(1, 1, -1, 1, 1)
-                    total_weight[begin:end] += weight
-                eps = eps / total_weight.view(1, 1, -1, 1, 1)
-                unet_done = self._tick()
-                self.timings["unet"] += unet_done - start
-                latents = scheduler_obj.step(eps, t, latents, **step_kwargs).prev_sample
-                self.timings["sampler"] += self._tick() - unet_done
-                if callback is not None:
-                    callback(i, t, latents)
-        finally:
-            self.unet.set_cross_frame(previous_cross_frame)
-
+        # 3. Reverse diffusion x_T -> x_0 with classifier-free guidance over temporal windows.
+        with self.temporary_cross_frame(s["cross_frame"]):
+            latents = self.denoise(latents, text, timesteps, guidance_scale=s["guidance_scale"],
+                                   negative_embeddings=negative, condition=condition, class_labels=class_labels,
+                                   window_size=s["window_size"], window_stride=s["window_stride"], eta=eta,
+                                   scheduler=sampler, generators=generators, progress=progress, callback=callback)
         if output_type == "latent":
             return latents
 
         # 4. Decode: latents / scaling factor -> VAE decoder, a chunk of frames at a time (bounded memory).
-        start = self._tick()
-        video = self.decode_latents(latents, s["decode_chunk_size"])                          # (b, 3, f, H, W)
-        self.timings["vae"] += self._tick() - start
+        with self._timed("vae"):
+            video = self.decode(latents, s["decode_chunk_size"])                                # (b, 3, f, H, W)
         if output_type == "pt":
             return video
         videos = [to_uint8(v) for v in video]
         return videos[0] if num_videos == 1 else videos
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, chunk_size: int | None = 8) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, embeddings: torch.Tensor, timesteps, *, guidance_scale: float,
+                negative_embeddings: torch.Tensor | None = None, condition: torch.Tensor | None = None,
+                class_labels=None, window_size: int | None = None, window_stride: int | None = None,
+                eta: float = 0.0, scheduler, generators: list[torch.Generator] | None = None,
+                progress: bool = True, callback=None) -> torch.Tensor:
+        """Reverse diffusion from x_t at `timesteps[0]` down to x_0: latents `(b, c, f, h, w)` -> float32 latents.
+
+        `scheduler` is a sampler from `make_scheduler` on which `set_timesteps` was called; `timesteps` are its
+        timesteps or their tail (`timesteps_for_strength`), so a run may start from any noise level: partial
+        denoising for SDEdit-style editing (Meng et al. 2022) and noise-augmented cascade conditions. At each t:
+
+            eps_u, eps_c = unet([x_t, condition], t, negative / text embeddings)    (one batched call)
+            eps = eps_u + g (eps_c - eps_u)          classifier-free guidance (Ho & Salimans 2022), g > 1 only
+            eps of a long clip = tent-weighted mean of its windows' eps, frame by frame (Gen-L-Video, FreeNoise)
+            x_{t-1} = scheduler.step(eps, t, x_t)    DDIM (Song et al. 2021), DPM-Solver++, ... from diffusers
+
+        embeddings / negative_embeddings: `(b, L, D)` (negative default: the empty prompt's, the unconditional
+        embedding SD was trained with). condition: `(b, conditioning_channels, f, h, w)`, concatenated along
+        channels at every step and windowed with the latents. class_labels: one per video or one for all,
+        passed to the U-Net (an SSR stage's noise level). window_size / window_stride: temporal windows (default:
+        the whole clip; stride half the window). eta: DDIM's noise; generators: one per video, for stochastic
+        samplers. The latents stay fp32 between steps (the sampler's arithmetic); the U-Net runs in its dtype.
+        """
+        b, _, f = latents.shape[:3]
+        condition = self._check_condition(condition, tuple(latents.shape))
+        do_cfg = guidance_scale > 1.0
+        if do_cfg and negative_embeddings is None:
+            negative_embeddings = self.encode_prompt([""] * b)
+        text = torch.cat([negative_embeddings, embeddings]) if do_cfg else embeddings               # (2b or b, L, D)
+        text = text.to(self.device, self.dtype)
+        if class_labels is not None:
+            class_labels = torch.as_tensor(class_labels, device=self.device).reshape(-1).expand(b)
+            class_labels = torch.cat([class_labels] * 2) if do_cfg else class_labels
+        window_size = window_size or f
+        windows = temporal_windows(f, window_size, window_stride or max(1, window_size // 2))
+        step_kwargs = _step_kwargs(scheduler, eta, generators)
+        latents = latents.to(self.device, torch.float32)
+        for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
+            with self._timed("unet"):
+                eps = self._windowed_noise(scheduler, latents, t, text, guidance_scale if do_cfg else None,
+                                           condition, class_labels, windows)
+            with self._timed("sampler"):
+                latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+            if callback is not None:
+                callback(i, t, latents)
+        return latents
+
+    def _windowed_noise(self, scheduler, latents, t, text, guidance_scale, condition, class_labels, windows):
+        """The guided noise prediction for the whole clip at step t: one per window, overlaps averaged frame by
+        frame with tent weights (`window_weights`); a clip within one window is predicted whole."""
+        def predict(begin, end):
+            cond = condition[:, :, begin:end] if condition is not None else None
+            return self._guided_noise(scheduler, latents[:, :, begin:end], t, text, guidance_scale, cond,
+                                      class_labels)
+
+        if len(windows) == 1:
+            return predict(*windows[0])
+        f = latents.shape[2]
+        weights = window_weights(windows[0][1] - windows[0][0]).to(latents.device)
+        eps = torch.zeros_like(latents)
+        total_weight = torch.zeros(f, device=latents.device)
+        for begin, end in windows:
+            eps[:, :, begin:end] += predict(begin, end) * weights.view(1, 1, -1, 1, 1)
+            total_weight[begin:end] += weights
+        return eps / total_weight.view(1, 1, -1, 1, 1)
+
+    def _guided_noise(self, scheduler, x, t, text, guidance_scale, condition, class_labels):
+        """U-Net prediction for latents x `(b, c, f', h, w)` at t, with classifier-free guidance when
+        `guidance_scale` is set (text then holds the negative embeddings first, one batched U-Net call)."""
+        do_cfg = guidance_scale is not None
+        model_input = scheduler.scale_model_input(torch.cat([x] * 2) if do_cfg else x, t)
+        if condition is not None:  # the condition is not scaled: it is clean data, not a noisy sample
+            model_input = torch.cat([model_input, torch.cat([condition] * 2) if do_cfg else condition], dim=1)
+        out = self.unet(model_input.to(self.dtype), t, text, class_labels=class_labels).float()
+        if not do_cfg:
+            return out
+        out_uncond, out_text = out.chunk(2)
+        return out_uncond + guidance_scale * (out_text - out_uncond)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, chunk_size: int | None = 8) -> torch.Tensor:
         """`(b, c, f, h, w)` latents -> `(b, 3, f, H, W)` pixels in [-1, 1], float32. Pixel-space models pass
         through. Frames are independent for SD's VAE, so decoding in chunks gives the same result."""
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         if not self.latent:
             return latents.float().clamp(-1, 1)
         b = latents.shape[0]
@@ -401,10 +472,96 @@ class VideoPipeline:
                    for i in range(0, frames.shape[0], chunk_size)]
         return rearrange(torch.cat(decoded), "(b f) c h w -> b c f h w", b=b).clamp(-1, 1)
 
+    decode_latents = decode  # the name before the steps were public; kept for scripts
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    @contextlib.contextmanager
+    def temporary_cross_frame(self, mode: str):
+        """Use the cross-frame attention `mode` inside the block, then restore the model's own."""
+        previous = self.unet.config.get("cross_frame", "none")
+        self.unet.set_cross_frame(mode)
+        try:
+            yield
+        finally:
+            self.unet.set_cross_frame(previous)
+
+    def _check_condition(self, condition, latents_shape: tuple) -> torch.Tensor | None:
+        """The condition on the device in the U-Net's dtype, after checking it fits latents of `latents_shape`."""
+        channels = self.unet.conditioning_channels
+        if condition is None:
+            if channels:
+                raise ValueError(f"this U-Net takes {channels} conditioning channels: pass condition= "
+                                 "(b, channels, frames, h, w)")
+            return None
+        b, _, f, h, w = latents_shape
+        if tuple(condition.shape) != (b, channels, f, h, w):
+            raise ValueError(f"condition must have shape {(b, channels, f, h, w)}, got {tuple(condition.shape)}")
+        return condition.to(self.device, self.dtype)
+
+    @contextlib.contextmanager
+    def _timed(self, part: str):
+        """Add the seconds spent in the block to `self.timings[part]` (CUDA synchronised)."""
+        start = self._tick()
+        try:
+            yield
+        finally:
+            self.timings[part] = self.timings.get(part, 0.0) + self._tick() - start
+
     def _tick(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+
+def _prompt_lists(prompt, negative_prompt) -> tuple[list[str], list[str]]:
+    """(prompts, one negative prompt per prompt) from `__call__`'s arguments; raises ValueError."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+    if negative_prompt is None:
+        return prompts, [""] * len(prompts)
+    if isinstance(negative_prompt, str):
+        return prompts, [negative_prompt] * len(prompts)
+    negative_prompts = list(negative_prompt)
+    if len(negative_prompts) != len(prompts):
+        raise ValueError(f"got {len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+    return prompts, negative_prompts
+
+
+def _check_options(*, eta: float, long_video_noise: str, output_type: str) -> None:
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic DDIM), got {eta}")
+    if long_video_noise not in LONG_VIDEO_NOISE:
+        raise ValueError(f"unknown long_video_noise {long_video_noise!r}; use one of {', '.join(LONG_VIDEO_NOISE)}")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"unknown output_type {output_type!r}; use one of {', '.join(OUTPUT_TYPES)}")
+
+
+def _step_kwargs(scheduler, eta: float, generators) -> dict:
+    """The extra arguments this sampler's `step` takes: DDIM's eta, the stochastic samplers' generators."""
+    parameters = inspect.signature(scheduler.step).parameters
+    kwargs = {"eta": eta} if "eta" in parameters else {}
+    if "generator" in parameters and generators is not None:
+        kwargs["generator"] = generators
+    return kwargs
+
+
+def timesteps_for_strength(scheduler, num_inference_steps: int, strength: float = 1.0, device=None) -> torch.Tensor:
+    """Set `scheduler` to `num_inference_steps` steps and return the last `strength` part of its timesteps.
+
+    strength 1 is the whole schedule (sampling from pure noise); strength s < 1 starts at the noise level a
+    fraction s of the way up (SDEdit, Meng et al. 2022: noise the input to `timesteps[0]` with
+    `scheduler.add_noise`, then `denoise` with these timesteps), at least one step. The scheduler is told where
+    the run begins, so multistep and sigma-indexed samplers pick up at the right step.
+    """
+    if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+        raise ValueError(f"strength must be in (0, 1] (1 = start from pure noise), got {strength!r}")
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    count = min(num_inference_steps, max(1, round(num_inference_steps * strength)))
+    start = (num_inference_steps - count) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vidiff.config import Config
+from vidiff.pipelines.encoding import encode_text, encode_video
 
 
 class EndlessSampler(Sampler):
@@ -135,25 +136,17 @@ def encode_batch(batch: dict, vae, text_encoder, tokenizer, *, caption_dropout: 
     """Batch -> (latents `(b, c, f, h, w)` scaled by the VAE factor, text embeddings `(b, L, D)`).
 
     Caption dropout (the empty prompt with probability `caption_dropout`) trains the unconditional branch
-    that classifier-free guidance needs; VAE samples and dropout come from `generator`.
+    that classifier-free guidance needs; dropout comes from `generator`. Latents and embeddings come from
+    `vidiff.pipelines.encoding`, as the latent cache's do (the VAE posterior mean: `encode_video` says why).
     """
     if "latents" in batch:  # a latent cache: both already computed
         return batch["latents"].to(device), batch["encoder_hidden_states"].to(device)
     pixels = batch["pixel_values"].to(device)                        # (b, 3, f, h, w) in [-1, 1]
-    b, f = pixels.shape[0], pixels.shape[2]
-    if vae is None:  # pixel-space model
-        latents = pixels
-    else:
-        frames = pixels.permute(0, 2, 1, 3, 4).reshape(b * f, *pixels.shape[1:2], *pixels.shape[3:])  # (b f) c h w
-        parts = [vae.encode(chunk.to(vae.dtype)).latent_dist.sample(generator=generator)
-                 for chunk in frames.split(vae_chunk)]
-        latents = torch.cat(parts) * vae.config.scaling_factor
-        latents = latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
+    scaling_factor = vae.config.scaling_factor if vae is not None else 1.0
+    latents = encode_video(vae, pixels, scaling_factor=scaling_factor, chunk_size=vae_chunk)  # the cache's latents
     prompts = list(batch["prompt"])
     if caption_dropout > 0:
         drop = torch.rand(len(prompts), generator=generator, device=generator.device) < caption_dropout
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
-    text = text_encoder(ids)[0]
+    text = encode_text(text_encoder, tokenizer, prompts, device=device)
     return latents.float(), text.float()
