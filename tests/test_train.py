@@ -126,9 +126,7 @@ def test_stage_loss_matches_float64_reference(prediction_type, snr_gamma, noise_
     torch.testing.assert_close(loss.double(), per_video.mean(), rtol=1e-5, atol=1e-6)
 
 
-def test_unknown_and_planned_stages():
-    with pytest.raises(ValueError, match="not implemented yet"):
-        make_stage("ssr")
+def test_unknown_stages():
     with pytest.raises(ValueError, match="unknown train.stage 'sr'"):
         make_stage("sr")
     with pytest.raises(ValueError, match="prediction_type"):

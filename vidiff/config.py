@@ -49,7 +49,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = "base"                    # what the U-Net is trained for: base (interpolation, tsr, ssr later)
+    stage: str = "base"                    # what the U-Net is trained for: base | interpolation | tsr | ssr (options in the stage section)
     trainable: str = "temporal"            # temporal | temporal+attn-q (Tune-A-Video) | all
     max_steps: int = 1000                  # optimiser steps
     batch_size: int = 1                    # clips per rank per micro-batch
@@ -80,6 +80,16 @@ class TrainConfig:
 
 
 @dataclass
+class StageConfig:
+    """Options of the cascade stages (train.stage: interpolation | tsr | ssr); null takes the model folder's
+    (vidiff.json `stage_options`, written by `vidiff inflate --stage`), else the stage's default."""
+    factor: Union[int, None] = None        # tsr: frame-rate factor (data.num_frames a multiple of it); ssr: spatial factor, 2 or 4
+    mask_factors: Union[list[int], None] = None  # interpolation: masks keep every k-th frame, k from this set (the factors it learns; default [2, 4])
+    mask_modes: Union[list[str], None] = None    # interpolation: mask kinds drawn uniformly: interpolate | future | past (default all three; future / past = extension)
+    max_noise_level: Union[int, None] = None     # ssr: condition noise-augmentation levels drawn uniformly in [0, this] (default 350, as the SD x4 upscaler)
+
+
+@dataclass
 class ValidationConfig:
     prompts: list[str] = field(default_factory=list)  # prompts rendered to mp4 + contact sheet
     every: int = 0                         # every N steps (0 = only at the end, when prompts are given)
@@ -98,6 +108,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def to_dict(self) -> dict:
@@ -264,8 +275,37 @@ def validate(cfg: Config, where: str = "config") -> None:
     check(bool(d.manifest) or bool(d.cache), "data.manifest is empty: set it to a video folder, manifest file or video")
     check(bool(cfg.model.pretrained), "model.pretrained is empty: set it to an SD pipeline folder or a vidiff pipeline folder")
     check(bool(cfg.output_dir), "output_dir is empty")
+    _validate_stage(cfg, check)
     check(cfg.validation.every >= 0, f"validation.every must be >= 0, got {cfg.validation.every}")
     check(cfg.validation.steps >= 1, f"validation.steps must be >= 1, got {cfg.validation.steps}")
+
+
+def _validate_stage(cfg: Config, check) -> None:
+    """train.stage and the stage section (vidiff.training.stages holds the stages; checked here before any
+    model is loaded)."""
+    from vidiff.training.stages import MASK_MODES, SSR_FACTORS, STAGE_CONFIG_FIELDS, STAGE_NAMES
+
+    t, s = cfg.train, cfg.stage
+    check(t.stage in STAGE_NAMES, f"train.stage must be one of {', '.join(STAGE_NAMES)}, got {t.stage!r}")
+    for key in ("factor", "mask_factors", "mask_modes", "max_noise_level"):
+        value = getattr(s, key)
+        users = [name for name, fields in STAGE_CONFIG_FIELDS.items() if key in fields]
+        check(value is None or t.stage in users,
+              f"stage.{key}={value!r} applies to the {' / '.join(users)} stage, not to train.stage={t.stage!r}")
+    check(s.factor is None or s.factor >= 2, f"stage.factor must be >= 2, got {s.factor}")
+    check(s.factor is None or t.stage != "ssr" or s.factor in SSR_FACTORS,
+          f"stage.factor of an ssr stage must be one of {', '.join(map(str, SSR_FACTORS))}, got {s.factor}")
+    check(s.factor is None or t.stage != "tsr" or cfg.data.num_frames % s.factor == 0,
+          f"data.num_frames ({cfg.data.num_frames}) must be a multiple of stage.factor ({s.factor}) for a tsr stage")
+    check(s.mask_factors is None or (bool(s.mask_factors) and min(s.mask_factors) >= 2),
+          f"stage.mask_factors must be a non-empty list of factors >= 2, got {s.mask_factors}")
+    check(s.mask_modes is None or (bool(s.mask_modes) and set(s.mask_modes) <= set(MASK_MODES)),
+          f"stage.mask_modes must be a non-empty list from {', '.join(MASK_MODES)}, got {s.mask_modes}")
+    check(s.max_noise_level is None or 0 <= s.max_noise_level <= 999,
+          f"stage.max_noise_level must be in [0, 999], got {s.max_noise_level}")
+    check(t.stage == "base" or not cfg.validation.prompts,
+          f"validation.prompts renders text-to-video clips, which a {t.stage} stage cannot make alone; "
+          "leave it empty for cascade stages")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = (), *,

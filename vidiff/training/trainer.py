@@ -30,6 +30,7 @@ batches (editing's one-clip tuning) without a config file or output folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -46,7 +47,7 @@ from vidiff.training.checkpoints import (find_resume_checkpoint, load_checkpoint
 from vidiff.training.data import check_cache_geometry, encode_batch, make_dataset, make_loader
 from vidiff.training.ema import EMA
 from vidiff.training.logs import TrainLog, render_validation
-from vidiff.training.stages import Stage, make_stage
+from vidiff.training.stages import Stage, make_stage, stage_options
 from vidiff.utils import write_json_atomic
 
 TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
@@ -86,9 +87,14 @@ def load_pipeline(config: Config, accelerator):
         inflated = Path(config.output_dir) / "inflated"
         if accelerator.is_main_process and not is_vidiff_pipeline(inflated):
             from vidiff.pipelines.folder import inflate_pipeline
+            from vidiff.pipelines.stage_folder import inflate_stage
 
-            inflate_pipeline(m.pretrained, inflated, cross_frame=m.cross_frame or "none",
-                             temporal_conv=m.temporal_conv, temporal_attention=m.temporal_attention)
+            options = dict(cross_frame=m.cross_frame or "none", temporal_conv=m.temporal_conv,
+                           temporal_attention=m.temporal_attention)
+            if config.train.stage == "base":
+                inflate_pipeline(m.pretrained, inflated, **options)
+            else:  # a cascade stage: zero-initialised condition channels (vidiff.pipelines.stage_folder)
+                inflate_stage(m.pretrained, inflated, config.train.stage, **options)
         accelerator.wait_for_everyone()
         source = inflated
     pipe = VideoPipeline.from_pretrained(source, device="cpu", dtype="fp32")  # fp32 master weights
@@ -126,11 +132,12 @@ def drop_unused_parameters(unet, trainable: dict, stage: Stage, text_dim: int, n
     """Run one tiny forward/backward and freeze trainable parameters that get no gradient (they would make
     DDP fail with find_unused_parameters=False). Returns their names."""
     channels = unet.in_channels + unet.conditioning_channels
-    size = unet.spatial_factor
+    size = math.lcm(unet.spatial_factor, getattr(stage, "factor", 1))  # (an SSR condition divides the size)
     sample = torch.zeros(1, channels, num_frames, size, size, device=device)
     context = torch.zeros(1, 1, text_dim, device=device)
     latents = torch.zeros(1, unet.in_channels, num_frames, size, size, device=device)
-    out = unet(sample, torch.zeros(1, dtype=torch.long, device=device), context, **stage.unet_kwargs(latents))
+    _, kwargs = stage.condition(latents, torch.Generator(device=device).manual_seed(0))
+    out = unet(sample, torch.zeros(1, dtype=torch.long, device=device), context, **kwargs)
     out.float().sum().backward()
     unused = [name for name, p in trainable.items() if p.grad is None]
     for p in trainable.values():
@@ -274,7 +281,14 @@ def prepare_model(config: Config, accelerator, say):
     unet = pipe.unet
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler_config)
     prediction_type = t.prediction_type or noise_scheduler.config.prediction_type
-    stage = make_stage(t.stage, prediction_type=prediction_type, snr_gamma=t.snr_gamma, noise_offset=t.noise_offset)
+    if pipe.info.get("stage", "base") != t.stage:
+        raise ValueError(f"train.stage={t.stage!r} but {source} holds a {pipe.info.get('stage')!r} model; set "
+                         f"train.stage={pipe.info.get('stage')!r} or start from an SD pipeline or a matching folder")
+    stage = make_stage(t.stage, latent_channels=unet.in_channels, prediction_type=prediction_type,
+                       snr_gamma=t.snr_gamma, noise_offset=t.noise_offset,
+                       **stage_options(t.stage, pipe.info.get("stage_options"), dataclasses.asdict(config.stage)))
+    if t.stage != "base":  # the exported folder records the options it was trained with
+        pipe.info["stage_options"] = {**pipe.info.get("stage_options", {}), **stage.options()}
     if stage.conditioning_channels != unet.conditioning_channels:
         raise ValueError(f"stage {stage.name!r} feeds {stage.conditioning_channels} conditioning channels but the "
                          f"U-Net in {source} takes {unet.conditioning_channels}")

@@ -1,0 +1,275 @@
+"""Cascade stages on tiny models (CPU): condition builders, fresh stages, x4 upscaler route, training, sampling."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vidiff.training.stages import (AUGMENTATION_SCHEDULE, keyframe_mask, make_stage, masked_video_condition,
+                                    noise_augment, prefix_mask, repeat_frames, sample_frame_masks, ssr_condition,
+                                    stage_options, suffix_mask, tsr_condition)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "train" / "tiny.yaml"
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are dominated by per-op overhead: one thread is as fast and kinder to a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny latent SD pipeline, a tiny pixel-space one, their inflated base folders, a shapes dataset."""
+    from vidiff.data.synthetic import write_shapes_dataset
+    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.testing import make_tiny_sd_pipeline
+
+    root = tmp_path_factory.mktemp("cascade-assets")
+    sd = make_tiny_sd_pipeline(root / "sd")
+    pixel = make_tiny_sd_pipeline(root / "pixel", vae=False)
+    inflate_pipeline(sd, root / "base")
+    inflate_pipeline(pixel, root / "pixel-base")
+    write_shapes_dataset(root / "shapes", 4, num_frames=4, size=20, seed=0)
+    return {"root": root, "sd": sd, "pixel": pixel, "base": root / "base", "pixel_base": root / "pixel-base",
+            "shapes": root / "shapes"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# condition builders
+# ---------------------------------------------------------------------------------------------------------------
+def test_frame_masks():
+    assert keyframe_mask(9, 4).tolist() == [1, 0, 0, 0, 1, 0, 0, 0, 1]
+    assert keyframe_mask(8, 3, phase=1).tolist() == [0, 1, 0, 0, 1, 0, 0, 1]
+    assert prefix_mask(5, 2).tolist() == [1, 1, 0, 0, 0]
+    assert suffix_mask(5, 2).tolist() == [0, 0, 0, 1, 1]
+
+    # Random training masks: one per video, each one of the three kinds, drawn from the generator alone.
+    masks = sample_frame_masks(400, 8, factors=[2, 4], modes=["interpolate", "future", "past"],
+                               generator=torch.Generator().manual_seed(0))
+    again = sample_frame_masks(400, 8, factors=[2, 4], modes=["interpolate", "future", "past"],
+                               generator=torch.Generator().manual_seed(0))
+    assert masks.shape == (400, 8) and torch.equal(masks, again)
+    allowed = {tuple(keyframe_mask(8, k, p).tolist()): "interpolate" for k in (2, 4) for p in range(k)}
+    allowed.update({tuple(prefix_mask(8, n).tolist()): "future" for n in range(1, 8)})
+    allowed.update({tuple(suffix_mask(8, n).tolist()): "past" for n in range(1, 8)})
+    kinds = [allowed.get(tuple(m.tolist())) for m in masks]
+    assert None not in kinds, "a mask of no allowed kind"
+    assert {kinds.count(k) for k in ("interpolate", "future", "past")} <= set(range(100, 170))  # ~1/3 each
+    assert len({tuple(m.tolist()) for m in masks}) == len(allowed)  # every phase, factor and count occurs
+    only = sample_frame_masks(50, 8, factors=[4], modes=["interpolate"], generator=torch.Generator().manual_seed(1))
+    assert {tuple(m.tolist()) for m in only} == {tuple(keyframe_mask(8, 4, p).tolist()) for p in range(4)}
+
+
+def test_interpolation_condition_keeps_exactly_the_known_frames():
+    latents = torch.randn(2, 4, 6, 3, 5)
+    mask = torch.stack([keyframe_mask(6, 2), prefix_mask(6, 1)])
+    cond = masked_video_condition(latents, mask)
+    assert cond.shape == (2, 5, 6, 3, 5)
+    for b in range(2):
+        for f in range(6):
+            known = bool(mask[b, f])
+            assert torch.equal(cond[b, :4, f], latents[b, :, f] if known else torch.zeros(4, 3, 5))
+            assert torch.equal(cond[b, 4, f], torch.full((3, 5), float(known)))
+
+    stage = make_stage("interpolation", latent_channels=4, mask_factors=[2], mask_modes=["interpolate"])
+    assert stage.conditioning_channels == 5
+    cond, kwargs = stage.condition(latents, torch.Generator().manual_seed(3))
+    assert kwargs == {}
+    phase = [int(cond[b, 4, :, 0, 0].nonzero()[0]) for b in range(2)]
+    for b in range(2):  # the mask channel is a phase-shifted x2 keyframe pattern, the latents follow it
+        assert torch.equal(cond[b], masked_video_condition(latents[b:b + 1], keyframe_mask(6, 2, phase[b])[None])[0])
+
+
+def test_tsr_condition_repeats_the_low_frame_rate_video():
+    latents = torch.randn(1, 4, 6, 2, 2)
+    cond = tsr_condition(latents, 3)
+    assert cond.shape == latents.shape
+    for f in range(6):
+        assert torch.equal(cond[:, :, f], latents[:, :, 3 * (f // 3)])
+    assert torch.equal(repeat_frames(latents[:, :, :2], 2), latents[:, :, [0, 0, 1, 1]])
+    stage = make_stage("tsr", latent_channels=4, factor=3)
+    assert stage.conditioning_channels == 4
+    assert torch.equal(stage.condition(latents)[0], cond)
+    with pytest.raises(ValueError, match="multiple of 3, got 4 frames"):
+        stage.condition(latents[:, :, :4])
+
+
+def test_ssr_condition_and_noise_augmentation():
+    from diffusers import DDPMScheduler
+
+    video = torch.randn(2, 3, 2, 8, 12, dtype=torch.float64)
+    clean = ssr_condition(video, 2)
+    assert clean.shape == video.shape
+    # area reduction: each 2x2 block's mean; then a bilinear upsample back to 8 x 12 (reference: per-frame loop)
+    low = video.reshape(2, 3, 2, 4, 2, 6, 2).mean(dim=(4, 6))
+    for f in range(2):
+        expected = torch.nn.functional.interpolate(low[:, :, f], size=(8, 12), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(clean[:, :, f], expected)
+    with pytest.raises(ValueError, match="divisible by 4, got 8 x 12|divisible by 4"):
+        ssr_condition(video[..., :10], 4)
+
+    stage = make_stage("ssr", latent_channels=3, factor=2, max_noise_level=100)
+    latents = video.float()
+    cond, kwargs = stage.condition(latents, torch.Generator().manual_seed(5))
+    # Replay the generator: levels, then noise; the augmentation is diffusers' DDPM add_noise on the x4 schedule.
+    g = torch.Generator().manual_seed(5)
+    levels = torch.randint(0, 101, (2,), generator=g)
+    noise = torch.randn(clean.shape, generator=g)
+    assert torch.equal(kwargs["class_labels"], levels)
+    reference = DDPMScheduler(**AUGMENTATION_SCHEDULE).add_noise(clean.float(), noise, levels)
+    torch.testing.assert_close(cond, reference, rtol=1e-5, atol=1e-5)
+    levels_seen = torch.cat([stage.condition(latents, torch.Generator().manual_seed(s))[1]["class_labels"]
+                             for s in range(200)])
+    assert levels_seen.min() >= 0 and levels_seen.max() <= 100 and len(levels_seen.unique()) > 50
+    # level 0 keeps the clean condition up to 1% of noise (sqrt(1 - alpha_bar_0) = sqrt(1e-4)); level 999 is
+    # nearly all noise (float64 reference from the betas: sqrt-spaced 1e-4 -> 2e-2)
+    alpha_bar = torch.cumprod(1 - torch.linspace(1e-2, 0.02 ** 0.5, 1000, dtype=torch.float64) ** 2, 0)
+    for level in (0, 999):
+        got = noise_augment(clean.float(), torch.full((2,), level), stage.alphas_cumprod, noise)
+        expected = alpha_bar[level].sqrt() * clean + (1 - alpha_bar[level]).sqrt() * noise.double()
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert (1 - alpha_bar[0]).sqrt() == pytest.approx(0.01) and alpha_bar[999].sqrt() < 0.07
+
+
+def test_stage_options_and_errors():
+    assert stage_options("ssr", {"factor": 4, "noise_level": 20, "condition": "latent"},
+                         {"factor": None, "max_noise_level": 100, "mask_factors": None}) == \
+        {"factor": 4, "condition": "latent", "max_noise_level": 100}
+    with pytest.raises(ValueError, match="stage.mask_factors=\\[2\\] applies to the interpolation stage"):
+        stage_options("ssr", {}, {"mask_factors": [2]})
+    with pytest.raises(ValueError, match="stage.factor of an ssr stage must be one of 2, 4, got 3"):
+        make_stage("ssr", factor=3)
+    with pytest.raises(ValueError, match="mask_modes entries must be one of"):
+        make_stage("interpolation", mask_modes=["middle"])
+    with pytest.raises(ValueError, match="unknown train.stage 'sr'"):
+        make_stage("sr")
+    pixels = make_stage("ssr", condition="pixels")
+    with pytest.raises(ValueError, match="conditioned on low-res pixels"):
+        pixels.condition(torch.zeros(1, 4, 2, 4, 4))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fresh stages
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage", ["interpolation", "tsr", "ssr"])
+def test_fresh_stage_equals_its_base(assets, tmp_path, stage):
+    from vidiff.models.unet import VideoUNet
+    from vidiff.pipelines.folder import read_info
+    from vidiff.pipelines.stage_folder import inflate_stage
+
+    out = inflate_stage(assets["sd"], tmp_path / stage, stage)
+    info = read_info(out)
+    assert info["stage"] == stage
+    unet, base = VideoUNet.from_pretrained(out / "unet"), VideoUNet.from_pretrained(assets["base"] / "unet")
+    assert unet.conditioning_channels == {"interpolation": 5, "tsr": 4, "ssr": 4}[stage]
+    assert info["conditioning"]["conditioning_channels"] == unet.conditioning_channels
+    g = torch.Generator().manual_seed(0)
+    sample, context = torch.randn(2, 4, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
+    cond = torch.randn(2, unet.conditioning_channels, 4, 8, 8, generator=g) * 3
+    kwargs = {"class_labels": torch.tensor([0, 300])} if stage == "ssr" else {}
+    with torch.no_grad():
+        expected = base(sample, 500, context)
+        got = unet(torch.cat([sample, cond], dim=1), 500, context, **kwargs)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    # and the new parts are what the stage trains on top of the base's weights: zero columns, zero class output
+    assert torch.count_nonzero(unet.conv_in.weight[:, 4:]) == 0
+    if stage == "ssr":
+        assert torch.count_nonzero(unet.class_embedding.linear_2.weight) == 0
+        assert info["stage_options"]["factor"] == 2 and info["stage_options"]["noise_level"] == 20
+
+
+def test_inflate_stage_options(assets, tmp_path):
+    from vidiff.pipelines.folder import read_info
+    from vidiff.pipelines.stage_folder import inflate_stage
+
+    out = inflate_stage(assets["pixel"], tmp_path / "interp", "interpolation", factor=4, defaults={"num_frames": 8})
+    info = read_info(out)
+    assert info["stage_options"]["mask_factors"] == [4] and info["in_channels"] == 3
+    assert info["conditioning"]["conditioning_channels"] == 4 and info["latent"] is False
+    with pytest.raises(ValueError, match="a tsr x3 stage needs num_frames .* multiple of 3, got 16"):
+        inflate_stage(assets["sd"], tmp_path / "tsr", "tsr", factor=3)
+    with pytest.raises(ValueError, match="stage.factor of an ssr stage must be one of 2, 4, got 8"):
+        inflate_stage(assets["sd"], tmp_path / "ssr", "ssr", factor=8)
+    assert not (tmp_path / "tsr").exists() and not (tmp_path / "ssr").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------------------------
+def train_config(out, model, manifest, *overrides):
+    from vidiff.config import load_config
+
+    return load_config(TINY, [f"model.pretrained={model}", f"data.manifest={manifest}", f"output_dir={out}",
+                              "data.num_frames=4", *overrides])
+
+
+@pytest.mark.parametrize("stage, base", [("interpolation", "sd"), ("tsr", "pixel"), ("ssr", "pixel")])
+def test_training_a_stage(assets, tmp_path, stage, base):
+    """A few steps of `vidiff train` from an SD pipeline: the stage is inflated, its condition channels train
+    even with train.trainable=temporal, and the exported folder records the stage and its options."""
+    from vidiff.cli import main
+    from vidiff.pipelines.folder import read_info
+
+    out = tmp_path / "run"
+    extra = {"interpolation": ["stage.mask_factors=[2]"], "tsr": ["stage.factor=2"],
+             "ssr": ["stage.max_noise_level=200"]}[stage]
+    code = main(["train", str(TINY), f"model.pretrained={assets[base]}", f"data.manifest={assets['shapes']}",
+                 f"output_dir={out}", "data.num_frames=4", "train.max_steps=3", f"train.stage={stage}", *extra])
+    assert code == 0
+    info = read_info(out / "pipeline")
+    assert info["stage"] == stage
+    expected = {"interpolation": ("mask_factors", [2]), "tsr": ("factor", 2), "ssr": ("max_noise_level", 200)}[stage]
+    assert info["stage_options"][expected[0]] == expected[1]
+    before, after = load_file(str(out / "inflated" / UNET_WEIGHTS)), load_file(str(out / "pipeline" / UNET_WEIGHTS))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "conv_in.weight" in changed and any(".temporal_" in k for k in changed)
+    assert torch.count_nonzero(after["conv_in.weight"][:, 3 if base == "pixel" else 4:]) > 0
+    if stage == "ssr":
+        assert "class_embedding.linear_2.weight" in changed
+    assert not {k for k in changed if k != "conv_in.weight" and not k.startswith("class_embedding.")
+                and ".temporal_" not in k}, "spatial weights changed under train.trainable=temporal"
+
+
+def test_resume_of_a_stage_run_equals_a_straight_run(assets, tmp_path):
+    from vidiff.training.trainer import train
+
+    overrides = ["train.stage=ssr", "train.max_steps=4", "train.checkpoint_every=2", "data.flip=true",
+                 "train.trainable=all"]
+    straight = train(train_config(tmp_path / "straight", assets["sd"], assets["shapes"], *overrides), log=lambda *a: None)
+    cfg = train_config(tmp_path / "resumed", assets["sd"], assets["shapes"], *overrides)
+    stopped = train(cfg, on_step=lambda step, row: step == 2, log=lambda *a: None)
+    assert stopped.status == "interrupted" and stopped.step == 2
+    resumed = train(cfg, resume="auto", log=lambda *a: None)
+    assert straight.status == resumed.status == "finished"
+    a, b = load_file(str(straight.pipeline / UNET_WEIGHTS)), load_file(str(resumed.pipeline / UNET_WEIGHTS))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # and the condition mattered: a run with another seed (other masks / levels / noise) ends elsewhere
+    other = train(train_config(tmp_path / "other", assets["sd"], assets["shapes"], *overrides, "train.seed=1"),
+                  log=lambda *a: None)
+    c = load_file(str(other.pipeline / UNET_WEIGHTS))
+    assert not torch.equal(a["conv_in.weight"], c["conv_in.weight"])
+
+
+def test_training_config_errors(assets, tmp_path):
+    from vidiff.config import ConfigError
+    from vidiff.training.trainer import train
+
+    with pytest.raises(ConfigError, match="stage.max_noise_level=100 applies to the ssr stage, not to "
+                                          "train.stage='interpolation'"):
+        train_config(tmp_path, assets["sd"], assets["shapes"], "train.stage=interpolation", "stage.max_noise_level=100")
+    with pytest.raises(ConfigError, match="data.num_frames \\(4\\) must be a multiple of stage.factor \\(3\\)"):
+        train_config(tmp_path, assets["sd"], assets["shapes"], "train.stage=tsr", "stage.factor=3")
+    with pytest.raises(ConfigError, match="validation.prompts .* leave it empty for cascade stages"):
+        train_config(tmp_path, assets["sd"], assets["shapes"], "train.stage=ssr", 'validation.prompts=["a cat"]')
+    with pytest.raises(ConfigError, match="train.stage must be one of base, interpolation, tsr, ssr, got 'sr'"):
+        train_config(tmp_path, assets["sd"], assets["shapes"], "train.stage=sr")
+    # a base folder cannot be trained as a stage (it has no condition channels)
+    with pytest.raises(ValueError, match="train.stage='ssr' but .* holds a 'base' model"):
+        train(train_config(tmp_path / "x", assets["base"], assets["shapes"], "train.stage=ssr"), log=lambda *a: None)

@@ -1,0 +1,172 @@
+"""Cascade stage folders: make an untrained interpolation / TSR / SSR stage from a Stable Diffusion pipeline.
+
+A stage folder is a vidiff pipeline folder (vidiff.folder) whose U-Net takes extra input channels, with
+`vidiff.json` naming the stage and recording its `stage_options` (factors, noise augmentation):
+
+    interpolation  conv_in + (latent channels + 1): masked video latents and the mask      (Make-A-Video)
+    tsr            conv_in + latent channels: the low-frame-rate video repeated in time    (Imagen Video)
+    ssr            conv_in + latent channels: the low-res video upsampled, noise-augmented, (Imagen, SD x4)
+                   and a class embedding of the augmentation level
+
+The new `conv_in` columns and the new class embedding's output layer start at zero, so a fresh stage computes
+exactly what its base model computes, whatever the condition: training teaches it to use the condition.
+
+An SD x4 upscaler pipeline (diffusers `StableDiffusionUpscalePipeline`: a 7-channel U-Net = 4 latent + 3 pixel
+channels, a noise-level class embedding, its own VAE and `low_res_scheduler`) becomes an SSR stage that keeps
+its pretrained conditioning: the low-resolution *pixels* (at the latent size) are its condition.
+
+References: Singer et al. 2022 (Make-A-Video); Ho et al. 2022 (Imagen Video); Saharia et al. 2022 (Imagen);
+Rombach et al. 2022 (the SD x4 upscaler, diffusers' StableDiffusionUpscalePipeline).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from vidiff.pipelines.folder import (CROSS_FRAME_MODES, load_component, load_base_components, make_info,
+                                     read_scheduler_config, write_pipeline_folder)
+
+CASCADE_STAGES = ("interpolation", "tsr", "ssr")
+# What `vidiff inflate --stage NAME` records when no factor is given.
+DEFAULT_FACTOR = {"interpolation": 2, "tsr": 2, "ssr": 2}
+
+
+def default_stage_options(stage: str, factor: int | None = None, latent_channels: int = 4) -> dict:
+    """`stage_options` of a fresh stage (checked by building the training stage from them)."""
+    from vidiff.training.stages import MASK_MODES, SAMPLING_NOISE_LEVEL, make_stage
+
+    if stage not in CASCADE_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(CASCADE_STAGES)}")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int)):
+        raise ValueError(f"--factor must be an integer, got {factor!r}")
+    if stage == "interpolation":
+        options = {"mask_factors": [factor] if factor else [2, 4], "mask_modes": list(MASK_MODES)}
+    else:
+        options = {"factor": factor or DEFAULT_FACTOR[stage]}
+    options = make_stage(stage, latent_channels=latent_channels, **options).options()
+    if stage == "ssr":
+        options["noise_level"] = SAMPLING_NOISE_LEVEL  # sampling default of the condition's augmentation level
+    return options
+
+
+def widen_unet(unet, conditioning_channels: int, *, stage: str, class_embedding: bool = False):
+    """A copy of `unet` (a VideoUNet) taking `conditioning_channels` more input channels through zero-initialised
+    `conv_in` columns (recorded as a `stage` U-Net) and, with `class_embedding`, a new class embedding (an MLP on the sinusoidal embedding of
+    the label, as diffusers' `class_embed_type="timestep"`) whose output layer is zero: the copy equals `unet`."""
+    import torch
+    from diffusers.models.embeddings import TimestepEmbedding
+
+    from vidiff.models.unet import OPTIONS, VideoUNet, _spatial_from_checkpoint
+
+    config = {k: v for k, v in unet.config.items() if k not in OPTIONS}
+    options = {k: unet.config[k] for k in OPTIONS if k in unet.config}
+    options.update(conditioning_channels=unet.conditioning_channels + conditioning_channels, stage=stage)
+    state = dict(unet.state_dict())
+    weight = state["conv_in.weight"]                                     # (out, in, 3, 3)
+    state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], conditioning_channels,
+                                                                  *weight.shape[2:])], dim=1)
+    if class_embedding and unet.class_embedding is None:
+        config["class_embed_type"] = "timestep"
+        embedding = TimestepEmbedding(unet.time_embedding.linear_1.in_features,
+                                      unet.time_embedding.linear_2.out_features, act_fn=config.get("act_fn", "silu"))
+        with torch.no_grad():  # ControlNet-style zero output layer: the label adds nothing until trained
+            embedding.linear_2.weight.zero_()
+            embedding.linear_2.bias.zero_()
+        state.update({f"class_embedding.{k}": v for k, v in embedding.state_dict().items()})
+    with _spatial_from_checkpoint():
+        widened = VideoUNet(config, **options)
+    widened._load_spatial(state)
+    return widened
+
+
+def is_upscaler_folder(path) -> bool:
+    """A diffusers SD x4 upscaler pipeline folder (has `low_res_scheduler/`, as StableDiffusionUpscalePipeline
+    saves it)."""
+    path = Path(path)
+    return path.is_dir() and (path / "low_res_scheduler").is_dir() and (path / "unet").is_dir()
+
+
+def load_upscaler_components(folder: Path, **unet_options) -> dict:
+    """The parts of an SD x4 upscaler pipeline folder, its U-Net inflated into an SSR VideoUNet that keeps the
+    pretrained pixel condition (3 channels) and noise-level embedding."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from vidiff.models.loading import check_state_dict, load_unet_2d
+    from vidiff.models.unet import VideoUNet, _spatial_from_checkpoint
+
+    fix = "give a diffusers SD x4 upscaler folder (as StableDiffusionUpscalePipeline.save_pretrained writes it)"
+    for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (folder / name).is_dir():
+            raise FileNotFoundError(f"{folder} has no {name}/ folder: {fix}")
+    vae = load_component(folder, "vae", AutoencoderKL, fix)
+    unet_config, state_dict = load_unet_2d(folder, "unet")
+    latent_channels = int(vae.config.latent_channels)
+    condition_channels = int(unet_config.get("in_channels", 7)) - latent_channels
+    if condition_channels != 3 or unet_config.get("num_class_embeds") is None:
+        raise ValueError(f"{folder} is not an SD x4 upscaler: its U-Net should take {latent_channels} latent + 3 "
+                         f"pixel channels and embed the noise level (num_class_embeds); got in_channels="
+                         f"{unet_config.get('in_channels')}, num_class_embeds={unet_config.get('num_class_embeds')}")
+    with _spatial_from_checkpoint():  # conv_in keeps its 7 pretrained input columns: 4 latent + 3 condition
+        unet = VideoUNet(dict(unet_config, in_channels=latent_channels), conditioning_channels=3, stage="ssr",
+                         **unet_options)
+    check_state_dict({k: v.shape for k, v in unet.state_dict().items()}, state_dict,
+                     allow_missing=lambda key: ".temporal_" in key, source=str(folder / "unet"))
+    unet._load_spatial(state_dict)
+    low_res = read_scheduler_config(folder / "low_res_scheduler")
+    index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
+    from vidiff.training.stages import AUGMENTATION_SCHEDULE, MAX_NOISE_LEVEL, SAMPLING_NOISE_LEVEL
+
+    schedule = {k: low_res.get(k, v) for k, v in AUGMENTATION_SCHEDULE.items()}
+    options = {"factor": 2 ** (len(vae.config.block_out_channels) - 1), "condition": "pixels",
+               "max_noise_level": int(index.get("max_noise_level", MAX_NOISE_LEVEL)),
+               "augmentation_schedule": schedule, "noise_level": SAMPLING_NOISE_LEVEL}
+    return {"unet": unet, "vae": vae, "text_encoder": load_component(folder, "text_encoder", CLIPTextModel, fix),
+            "tokenizer": load_component(folder, "tokenizer", CLIPTokenizer, fix),
+            "scheduler_config": read_scheduler_config(folder / "scheduler"), "source": str(folder),
+            "stage_options": options}
+
+
+def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *, factor: int | None = None,
+                  cross_frame: str = "none", temporal_conv: bool = True, temporal_attention: bool = True,
+                  config: str | os.PathLike | None = None, defaults: dict | None = None, seed: int = 0) -> Path:
+    """Make an untrained cascade stage folder at `out` from an SD pipeline `base` (folder, hub id, or single file
+    with `config`; for `stage="ssr"` also an SD x4 upscaler folder). `factor`: interpolation: the one mask factor
+    it trains on (default 2 and 4); tsr: the frame-rate factor; ssr: 2 or 4 (an x4 upscaler fixes its own).
+    The stage equals its base model until trained. Returns `out`."""
+    import torch
+
+    if stage not in CASCADE_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(CASCADE_STAGES)}")
+    if cross_frame not in CROSS_FRAME_MODES:
+        raise ValueError(f"unknown cross-frame mode {cross_frame!r}; use one of {', '.join(CROSS_FRAME_MODES)}")
+    upscaler = is_upscaler_folder(base)
+    if upscaler and stage != "ssr":
+        raise ValueError(f"{base} is an SD x4 upscaler: it can only become an ssr stage (--stage ssr)")
+    if upscaler and factor not in (None, 4):
+        raise ValueError(f"{base} is an SD x4 upscaler: its factor is 4, got --factor {factor}")
+    if not upscaler:
+        default_stage_options(stage, factor)  # a bad factor fails here, before any loading
+    unet_options = dict(cross_frame=cross_frame, temporal_conv=temporal_conv, temporal_attention=temporal_attention)
+    with torch.random.fork_rng(devices=[]):  # seeded: the same base always gives the same folder
+        torch.manual_seed(seed)
+        if upscaler:
+            parts = load_upscaler_components(Path(base), **unet_options)
+            options = parts["stage_options"]
+        else:
+            parts = load_base_components(base, config=config, **unet_options)
+            latent_channels = parts["unet"].in_channels
+            options = default_stage_options(stage, factor, latent_channels)
+            extra = latent_channels + 1 if stage == "interpolation" else latent_channels
+            parts["unet"] = widen_unet(parts["unet"], extra, stage=stage, class_embedding=stage == "ssr")
+    info = make_info(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                     parts["scheduler_config"], stage=stage, defaults=defaults, source=parts["source"])
+    num_frames = info["defaults"]["num_frames"]
+    if stage == "tsr" and num_frames % options["factor"]:
+        # the window of a TSR stage holds whole groups of repeated frames (see vidiff.pipelines.cascade)
+        raise ValueError(f"a tsr x{options['factor']} stage needs num_frames (its window) a multiple of "
+                         f"{options['factor']}, got {num_frames}")
+    info["stage_options"] = options
+    return write_pipeline_folder(out, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
+                                 tokenizer=parts["tokenizer"], scheduler_config=parts["scheduler_config"], info=info)
