@@ -168,7 +168,7 @@ def test_fresh_stage_equals_its_base(assets, tmp_path, stage):
     info = read_info(out)
     assert info["stage"] == stage
     unet, base = VideoUNet.from_pretrained(out / "unet"), VideoUNet.from_pretrained(assets["base"] / "unet")
-    assert unet.conditioning_channels == {"interpolation": 5, "tsr": 4, "ssr": 4}[stage]
+    assert unet.conditioning_channels == {"interpolation": 5, "tsr": 4, "ssr": 4}[stage] and unet.config["stage"] == stage
     assert info["conditioning"]["conditioning_channels"] == unet.conditioning_channels
     g = torch.Generator().manual_seed(0)
     sample, context = torch.randn(2, 4, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
