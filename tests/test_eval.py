@@ -345,3 +345,55 @@ def test_eval_shapes_errors_before_any_work(tiny_model, capsys, monkeypatch, arg
 def test_eval_shapes_missing_model(tmp_path, capsys):
     code, _, err = run_cli(capsys, "eval", "shapes", "--model", tmp_path / "nope")
     assert code == 2 and "nope" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage evaluation against the drawn truth
+# ---------------------------------------------------------------------------------------------------------------
+def test_stage_scoring_with_oracle_and_baseline_stages():
+    """A stage that returns the truth beats every baseline on every clip; a stage that is the baseline gains 0 dB;
+    a stage that returns the wrong size is an error naming the stage."""
+    from vidiff.eval import stages
+
+    cases = suite.make_cases(seeds=[3], limit=4)
+    by_prompt = {c.prompt: c for c in cases}
+    truth = {"interpolation": (9, 32), "ssr": (4, 32), "extend": (6, 32)}
+
+    def oracle(stage):
+        frames, size = truth[stage]
+        return lambda *args: stages.true_clip(by_prompt[args[1]], frames, size)
+
+    baselines = {"interpolation": lambda known, prompt: video.linear_blend(known, 2),
+                 "ssr": lambda low, prompt: video.bicubic_upsample(low, 2),
+                 "extend": lambda known, prompt, n: np.concatenate([known, video.repeat_last(known, n - len(known))])}
+    for stage, (frames, size) in truth.items():
+        options = dict(num_frames=frames, size=size, factor=2, num_known=2, progress=False)
+        best = stages.summarize(stages.run_stage(stage, oracle(stage), cases, **options))
+        assert best["beats_baseline"] == 1.0 and best["psnr_gain"] > 5 and best["ssim"] > best["baseline_ssim"]
+        same = stages.summarize(stages.run_stage(stage, baselines[stage], cases, **options))
+        assert same["psnr_gain"] == pytest.approx(0.0) and same["beats_baseline"] == 0.0
+        assert f"| {stage} | 4 |" in stages.markdown_table(stage, same, stages.BASELINES[stage])
+    with pytest.raises(ValueError, match="the ssr stage returned uint8 \\(4, 16, 16, 3\\)"):
+        stages.run_stage("ssr", lambda low, prompt: low, cases, num_frames=4, size=32, progress=False)
+    with pytest.raises(ValueError, match="num_known"):
+        stages.run_stage("extend", baselines["extend"], cases, num_frames=4, size=32, num_known=4, progress=False)
+
+
+def test_edit_scores():
+    source = make_clip("red", "circle", "moving right", 8, 32, 4)
+    recoloured = make_clip("blue", "circle", "moving right", 8, 32, 4)  # same seed: same path and size
+    result = shapes.score_edit(source, recoloured, color="blue")
+    assert result["success"] and result["trajectory_correlation"] > 0.99
+    assert not shapes.score_edit(source, recoloured, color="green")["target"]
+    reshaped = make_clip("red", "square", "moving right", 8, 32, 4)
+    assert shapes.score_edit(source, reshaped, shape="square")["success"]
+    assert not shapes.score_edit(source, reshaped, color="blue")["success"]  # colour not changed, shape not kept
+    down = make_clip("blue", "circle", "moving down", 8, 32, 4)  # right colour, another motion
+    moved = shapes.score_edit(source, down, color="blue")
+    assert moved["target"] and not moved["motion_kept"] and abs(moved["trajectory_correlation"]) < 0.5
+    reversed_ = shapes.score_edit(source, recoloured[::-1], color="blue")
+    assert reversed_["target"] and not reversed_["motion_kept"] and not reversed_["success"]
+    still = shapes.score_edit(source, np.repeat(recoloured[:1], 8, axis=0), color="blue")
+    assert not still["motion_kept"]
+    with pytest.raises(ValueError, match="target color and/or shape"):
+        shapes.score_edit(source, recoloured)

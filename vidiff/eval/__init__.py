@@ -3,6 +3,7 @@
     vidiff.eval.shapes   colour, shape, motion and temporal consistency of a clip, measured from its pixels
     vidiff.eval.video    PSNR, SSIM (Wang et al. 2004), and the baselines: linear blending, bicubic, repeat-last
     vidiff.eval.suite    the fixed prompt x held-out-seed set, generation, summary table, contact sheet
+    vidiff.eval.stages   cascade stages scored against the drawn truth (interpolation, ssr, extend)
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ _LAZY = {
     "score_clip": "vidiff.eval.shapes",
     "trajectory": "vidiff.eval.shapes",
     "trajectory_correlation": "vidiff.eval.shapes",
+    "score_edit": "vidiff.eval.shapes",
     "psnr": "vidiff.eval.video",
     "ssim": "vidiff.eval.video",
     "EVAL_SEEDS": "vidiff.eval.suite",

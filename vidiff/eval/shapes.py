@@ -284,3 +284,29 @@ def parse_caption(text: str) -> tuple[str, str, str]:
             return color, shape, motion
     raise ValueError(f"{text!r} is not a shapes caption; write 'a <color> <shape> <motion>' with color in "
                      f"{'/'.join(COLORS)}, shape in {'/'.join(SHAPES)}, motion in {'/'.join(MOTIONS)}")
+
+
+MIN_TRAJECTORY_CORRELATION = 0.9  # an edit keeps the motion when the edited path follows the source's this closely
+
+
+def score_edit(source, edited, *, color: str | None = None, shape: str | None = None,
+               min_correlation: float = MIN_TRAJECTORY_CORRELATION, **options) -> dict:
+    """An edit of `source` into `edited` (both uint8 (f, h, w, 3)) that asked for a new `color` and/or `shape`:
+    {"target": the asked attributes are measured in the edit, "kept": the attributes not asked for are measured
+    as in the source, "motion_kept": same measured direction and trajectory correlation >= min_correlation,
+    "success": all three, plus the measurements}."""
+    if color is None and shape is None:
+        raise ValueError("score_edit needs the target color and/or shape of the edit")
+    if color is not None and color not in COLORS:
+        raise ValueError(f"unknown color {color!r}; use one of {', '.join(COLORS)}")
+    if shape is not None and shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; use one of {', '.join(SHAPES)}")
+    before, after = measure_clip(source, **options), measure_clip(edited, **options)
+    asked = {"color": color, "shape": shape}
+    target = all(getattr(after, k) == v for k, v in asked.items() if v is not None)
+    kept = all(getattr(after, k) == getattr(before, k) for k, v in asked.items() if v is None)
+    correlation = trajectory_correlation(trajectory(source), trajectory(edited))
+    motion_kept = after.motion == before.motion and math.isfinite(correlation) and correlation >= min_correlation
+    return {"target": target, "kept": kept, "motion_kept": bool(motion_kept),
+            "success": bool(target and kept and motion_kept), "trajectory_correlation": correlation,
+            "source": before.to_dict(), "edited": after.to_dict()}

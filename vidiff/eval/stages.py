@@ -1,0 +1,90 @@
+"""Cascade stages against the truth: the synthetic world draws the exact clip a stage should produce.
+
+For each held-out (prompt, seed) case (vidiff.eval.suite) the true clip is drawn with `make_clip` at the full
+frame rate and size; the stage gets what it would get in the cascade and its output is scored with PSNR / SSIM
+next to the simple baseline (vidiff.eval.video):
+
+    interpolation  every `factor`-th frame of the true clip     -> all frames      vs linear blending
+    ssr            the true clip area-downsampled by `factor`   -> full size       vs bicubic upsampling
+    extend         the first `num_known` frames of the true clip -> the whole clip  vs holding the last frame
+
+A stage is passed as a function, so the same scoring serves a Python pipeline, a CLI wrapper or a test double:
+    interpolation: fn(known uint8 (n, h, w, 3), prompt) -> (f, h, w, 3)
+    ssr:           fn(low uint8 (f, h, w, 3), prompt) -> (f, h * factor, w * factor, 3)
+    extend:        fn(known uint8 (k, h, w, 3), prompt, num_frames) -> (num_frames, h, w, 3)
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from vidiff.data.synthetic import make_clip
+from vidiff.eval import video
+from vidiff.eval.suite import EvalCase, clip_seed
+
+STAGES = ("interpolation", "ssr", "extend")
+SCORES = ("psnr", "baseline_psnr", "psnr_gain", "ssim", "baseline_ssim")
+
+
+def true_clip(case: EvalCase, num_frames: int, size: int) -> np.ndarray:
+    """The synthetic clip of a case, drawn at `size` with `num_frames` frames (seeded by the case)."""
+    return make_clip(case.color, case.shape, case.motion, num_frames, size, seed=clip_seed(case.seed, case.index))
+
+
+def _check_output(stage: str, out, expected: tuple) -> np.ndarray:
+    out = np.asarray(out)
+    if out.shape != expected or out.dtype != np.uint8:
+        raise ValueError(f"the {stage} stage returned {out.dtype} {out.shape}, expected uint8 {expected}")
+    return out
+
+
+def run_stage(stage: str, fn, cases: list[EvalCase], *, num_frames: int, size: int, factor: int = 2,
+              num_known: int | None = None, progress: bool = True) -> list[dict]:
+    """Score `fn` on every case: one record per clip with the prompt, seed and the scores of `video.compare`.
+    `num_frames` and `size` are those of the stage's output (the true clip)."""
+    from tqdm.auto import tqdm
+
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    if stage == "extend" and not (num_known and 1 <= num_known < num_frames):
+        raise ValueError(f"extend needs 1 <= num_known < num_frames ({num_frames}), got {num_known}")
+    records = []
+    for case in tqdm(cases, desc=stage, unit="clip", disable=not progress):
+        true = true_clip(case, num_frames, size)
+        if stage == "interpolation":
+            out = _check_output(stage, fn(true[::factor], case.prompt), true.shape)
+            scores = video.score_interpolation(true, out, factor)
+        elif stage == "ssr":
+            out = _check_output(stage, fn(video.downsample(true, factor), case.prompt), true.shape)
+            scores = video.score_ssr(true, out, factor)
+        else:
+            out = _check_output(stage, fn(true[:num_known], case.prompt, num_frames), true.shape)
+            scores = video.score_extension(true, out, num_known)
+        records.append({"prompt": case.prompt, "seed": case.seed, **scores})
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    """Mean of each score over the clips, and the fraction of clips that beat the baseline's PSNR."""
+    if not records:
+        raise ValueError("no records to summarise")
+    summary = {"num_clips": len(records)}
+    summary.update({key: float(np.mean([r[key] for r in records])) for key in SCORES})
+    summary["beats_baseline"] = float(np.mean([r["psnr_gain"] > 0 for r in records]))
+    return summary
+
+
+def markdown_table(stage: str, summary: dict, baseline: str) -> str:
+    def number(value, digits=2):
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+    return "\n".join([
+        f"| stage | clips | PSNR (dB) | {baseline} PSNR (dB) | gain (dB) | SSIM | {baseline} SSIM | clips beating {baseline} |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {stage} | {summary['num_clips']} | {number(summary['psnr'])} | {number(summary['baseline_psnr'])} | "
+        f"{number(summary['psnr_gain'])} | {number(summary['ssim'], 4)} | {number(summary['baseline_ssim'], 4)} | "
+        f"{100 * summary['beats_baseline']:.0f}% |"])
+
+
+BASELINES = {"interpolation": "linear blending", "ssr": "bicubic", "extend": "last frame held"}
