@@ -172,6 +172,11 @@ def test_bad_options_are_clear_errors(sd1_folder):
         VideoUNet.from_2d(sd1_folder, stage="Super Res")
     with pytest.raises(ValueError, match="conditioning_channels must be an integer >= 0, got -1"):
         VideoUNet.from_2d(sd1_folder, conditioning_channels=-1)
+    # Options are checked before any weights are read or downloaded.
+    with pytest.raises(ValueError, match="unknown cross_frame mode 'previous'"):
+        VideoUNet.from_2d("someone/not-downloaded", cross_frame="previous")
+    with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
+        VideoUNet.from_pretrained(sd1_folder.parent / "missing", attention_backend="flash")
     video = VideoUNet.from_2d(sd1_folder)
     with pytest.raises(ValueError, match=r"\(b, c, f, h, w\)"):
         video(torch.randn(2, 4, 8, 8), 1, torch.randn(2, 5, 16))
@@ -438,12 +443,17 @@ def test_save_pretrained_replaces_only_its_own_folder(tmp_path, sd1_folder):
     (tmp_path / "file").write_text("keep me too")
     for target in (tmp_path / "mine", tmp_path / "file", sd1_folder):
         before = {p: p.read_bytes() for p in ([target] if target.is_file() else target.rglob("*"))}
-        with pytest.raises(FileExistsError, match=f"{target} exists and is a (folder|file) that is not a VideoUNet"):
+        with pytest.raises(FileExistsError, match=f"{target} exists and is a (folder|file) that is not a VideoUNet "
+                                                  "folder"):
             video.save_pretrained(target)
         assert {p: p.read_bytes() for p in ([target] if target.is_file() else target.rglob("*"))} == before
-    # An empty folder and an earlier VideoUNet folder are replaced.
+    # An empty folder and an earlier VideoUNet folder are replaced; not one the user has added a file to.
     (tmp_path / "empty").mkdir()
     video.save_pretrained(tmp_path / "empty")
+    (tmp_path / "empty" / "README.md").write_text("my notes")
+    with pytest.raises(FileExistsError, match="not a VideoUNet folder holding only what save_pretrained writes"):
+        video.save_pretrained(tmp_path / "empty")
+    (tmp_path / "empty" / "README.md").unlink()
     _train_temporal_one_step_cond(video)
     video.save_pretrained(tmp_path / "empty")
     from safetensors.torch import load_file

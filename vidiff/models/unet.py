@@ -10,7 +10,10 @@ and interleaves the temporal layers (vidiff.models.temporal), stored beside them
     (likewise in mid_block and up_blocks)
 
 Extra input channels for cascade stages (`conditioning_channels`) widen `conv_in` with zero-initialised
-weights, so a stage starts out as its base model.
+weights, so a stage starts out as its base model; the config records the `stage` and its channels.
+
+The saved config is the model's identity (architecture, stage, the cross-frame mode it was made with). Runtime
+choices (attention backend, gradient checkpointing) are never saved, so a model loads on any machine.
 
 References: Ho et al. 2022 (Video Diffusion Models); Singer et al. 2022 (Make-A-Video); Wu et al. 2023
 (Tune-A-Video); Rombach et al. 2022 (Stable Diffusion).
@@ -75,6 +78,27 @@ def is_temporal_parameter(name: str) -> bool:
     return ".temporal_convs." in name or ".temporal_attentions." in name
 
 
+def check_options(**options) -> None:
+    """Validate VideoUNet options (any subset of OPTIONS) before anything is loaded: ValueError naming the option,
+    AttentionBackendError for a backend this machine cannot run."""
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown VideoUNet option(s) {sorted(unknown)}; choose from {', '.join(OPTIONS)}")
+    if "cross_frame" in options:
+        check_cross_frame(options["cross_frame"])
+    if "attention_backend" in options:
+        check_backend(options["attention_backend"])
+    channels = options.get("conditioning_channels", 0)
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 0:
+        raise ValueError(f"conditioning_channels must be an integer >= 0, got {channels!r}")
+    stage = options.get("stage", "base")
+    if not isinstance(stage, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", stage):
+        raise ValueError(f"stage must be a lower-case stage name such as 'base' or 'ssr', got {stage!r}")
+    for key in ("temporal_conv", "temporal_attention"):
+        if not isinstance(options.get(key, True), bool):
+            raise ValueError(f"{key} must be true or false, got {options[key]!r}")
+
+
 def check_unet_config(config: dict) -> dict:
     """Validate a diffusers UNet2DConditionModel config for inflation; returns a clean copy."""
     config = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -116,6 +140,11 @@ def is_video_unet_folder(path) -> bool:
         return read_video_unet_config(Path(path)) is not None
     except (OSError, ValueError):
         return False
+
+
+def _holds_only_a_video_unet(path: Path) -> bool:
+    """A folder save_pretrained may replace: a VideoUNet's, with no file of the user's beside it."""
+    return is_video_unet_folder(path) and {p.name for p in path.iterdir()} <= {CONFIG_NAME, WEIGHTS_NAME}
 
 
 def is_temporal_file(path) -> bool:
@@ -161,12 +190,8 @@ class VideoUNet(nn.Module):
         from diffusers import UNet2DConditionModel
 
         unet_config = check_unet_config(unet_config)
-        check_cross_frame(cross_frame)
-        check_backend(attention_backend)
-        if not isinstance(conditioning_channels, int) or conditioning_channels < 0:
-            raise ValueError(f"conditioning_channels must be an integer >= 0, got {conditioning_channels!r}")
-        if not isinstance(stage, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", stage):
-            raise ValueError(f"stage must be a lower-case stage name such as 'base' or 'ssr', got {stage!r}")
+        check_options(cross_frame=cross_frame, conditioning_channels=conditioning_channels, stage=stage,
+                      attention_backend=attention_backend)
         self.config = dict(unet_config, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
                            cross_frame=cross_frame, conditioning_channels=conditioning_channels, stage=stage)
         self.attention_backend = attention_backend
@@ -354,7 +379,8 @@ class VideoUNet(nn.Module):
         `directory` is replaced only if it is an earlier VideoUNet folder or empty (FileExistsError otherwise)."""
         import vidiff
 
-        check_replaceable(directory, is_video_unet_folder, "a VideoUNet folder (config.json of a VideoUNet)",
+        check_replaceable(directory, _holds_only_a_video_unet, "a VideoUNet folder holding only what "
+                          f"save_pretrained writes ({CONFIG_NAME}, {WEIGHTS_NAME})",
                           "choose a new or empty folder (save_pretrained replaces the whole folder)")
         with atomic_dir(directory) as tmp:
             config = dict(self.config, _class_name="VideoUNet", _vidiff_version=vidiff.__version__)
@@ -370,12 +396,11 @@ class VideoUNet(nn.Module):
 
         directory = Path(directory) / (subfolder or "")
         config_file = directory / CONFIG_NAME
-        config = read_video_unet_config(directory)
         for key in overrides:
             if key not in ("cross_frame", *RUNTIME_OPTIONS):
                 raise ValueError(f"from_pretrained cannot change {key!r}; it is fixed by {config_file}")
-        check_cross_frame(overrides.get("cross_frame", "none"))  # the caller's mistakes, before the file's
-        check_backend(overrides.get("attention_backend", "auto"))
+        check_options(**overrides)  # the caller's mistakes, before the file's
+        config = read_video_unet_config(directory)
         options = {k: config.pop(k) for k in ARCHITECTURE_OPTIONS if k in config}
         _drop_saved_runtime_options(config, config_file, overrides)
         try:
@@ -400,9 +425,7 @@ class VideoUNet(nn.Module):
         """
         from vidiff.models.loading import check_state_dict, load_unet_2d
 
-        unknown = set(options) - set(OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown VideoUNet option(s) {sorted(unknown)}; choose from {OPTIONS}")
+        check_options(**options)  # before the weights are read (or downloaded)
         unet_config, state_dict = load_unet_2d(path_or_id, subfolder, config=config)
         with _spatial_from_checkpoint():
             model = cls(unet_config, **options)
