@@ -3,6 +3,8 @@
 Everything returns the diffusers `UNet2DConditionModel` config dict and a state dict in diffusers' key layout,
 so `VideoUNet.from_2d` loads SD weights by their own names. Only safe formats are read: safetensors, or
 `.bin` / `.ckpt` / `.pt` / `.pth` through `torch.load(weights_only=True)`; a pickle that would run code is refused.
+A damaged, truncated or unsafe file ends in one `LoadingError` line naming the file; `is_hub_id` is the one test
+that tells a hub id from a local path.
 
 References: diffusers' folder layout (`config.json` + `diffusion_pytorch_model.safetensors`, sharded with an
 `*.index.json` weight map) and the original latent-diffusion key layout (`model.diffusion_model.input_blocks...`),
