@@ -27,6 +27,9 @@ def add_parser(sub):
     p.add_argument("--resume", metavar="auto|PATH", default=None,
                    help="continue from the latest checkpoint in output_dir/checkpoints (auto; starts fresh when "
                         "there is none) or from a checkpoint folder (default: start from step 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an output_dir that holds an earlier run's checkpoints (they are removed); "
+                        "without it such a run is refused")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     return p
 
@@ -50,12 +53,15 @@ def run(args) -> int:
     from vidiff.training.trainer import TrainingError, train
 
     try:
-        result = train(config, resume=args.resume)
+        result = train(config, resume=args.resume, overwrite=args.overwrite)
     except TrainingError as e:
         print(f"vidiff train: error: {e}", file=sys.stderr)
         return 1
+    # Saved cleanly, but stopped by a signal: exit as the shell reports a signal death (128 + number), so
+    # scripts can tell an interrupted run from a finished one.
+    code = {"SIGINT": 130, "SIGTERM": 143}.get(result.stop_signal, 0)
     if not result.is_main_process:
-        return 0
+        return code
     if result.status == "interrupted":
         print(f"vidiff train: stopped at step {result.step}; checkpoint {result.checkpoint} "
               "(continue with --resume auto)")
@@ -63,6 +69,6 @@ def run(args) -> int:
         print(f"vidiff train: {result.step} steps; wrote {result.pipeline} and checkpoints in "
               f"{result.output_dir / 'checkpoints'} ({result.nonfinite_steps} non-finite steps skipped, "
               f"{result.skipped_files} bad files skipped)")
-    return 0
+    return code
 
 

@@ -6,7 +6,8 @@
 
 (`accelerate launch --cpu` starts a single process; multi-process CPU runs go through torchrun as above.)
 
-Layout of `output_dir`:
+Layout of `output_dir` (a new or empty folder, or one an earlier run marked as its own; see run_folder.py):
+    vidiff-run.json          marks the folder as a vidiff run;  config.json  the resolved config
     inflated/                the SD pipeline inflated once (when model.pretrained is not a vidiff folder)
     checkpoints/checkpoint-00000500/   the resumable state (see checkpoints.py; last K kept)
     logs/                    TensorBoard events;  train_log.csv;  loss.png   (see logs.py)
@@ -42,11 +43,12 @@ import torch
 
 from vidiff.config import Config, TrainConfig
 from vidiff.training import TrainingError
-from vidiff.training.checkpoints import (find_resume_checkpoint, load_checkpoint, read_trainer_state,
-                                         save_checkpoint)
+from vidiff.training.checkpoints import (clean_stale, find_resume_checkpoint, list_checkpoints, load_checkpoint,
+                                         read_trainer_state, save_checkpoint)
 from vidiff.training.data import check_cache_geometry, encode_batch, make_dataset, make_loader
 from vidiff.training.ema import EMA
 from vidiff.training.logs import TrainLog, render_validation
+from vidiff.training.run_folder import check_output_dir, mark_run_folder
 from vidiff.training.stages import Stage, make_stage, stage_options
 from vidiff.utils import write_json_atomic
 
@@ -63,6 +65,7 @@ class TrainResult:
     nonfinite_steps: int
     skipped_files: int
     is_main_process: bool = True   # False on the other ranks of a distributed run
+    stop_signal: str | None = None  # "SIGINT" | "SIGTERM" | "on_step" when interrupted by one
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,6 +251,7 @@ class Run:
     dataset_size: int
     state: dict                     # counters saved with each checkpoint (step, samples_seen, ...)
     checkpoint: Path | None         # the checkpoint resumed from
+    discard: tuple = ()             # an earlier run's checkpoints, removed by the first save (--overwrite)
     generator: torch.Generator = None
     batches: Iterator | None = None
     image_batches: Iterator | None = None
@@ -311,7 +315,7 @@ def prepare_model(config: Config, accelerator, say):
     return pipe, stage, noise_scheduler, trainable
 
 
-def prepare_run(config: Config, resume: str | None, log) -> Run:
+def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False) -> Run:
     """Accelerator, checkpoint to resume, model, optimiser, EMA and data, all prepared and restored."""
     from accelerate.utils import set_seed
 
@@ -320,7 +324,11 @@ def prepare_run(config: Config, resume: str | None, log) -> Run:
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     say = log if main else _quiet
-    checkpoint = find_resume_checkpoint(output_dir, resume)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the run, or start it over")
+    old_checkpoints = list_checkpoints(output_dir / "checkpoints")
+    check_output_dir(output_dir, resume=resume, overwrite=overwrite, checkpoints=old_checkpoints)
+    checkpoint = find_resume_checkpoint(output_dir, resume, say)
     # samples_seen counts clips drawn by all ranks together: the data position, whatever the process count.
     state = {"step": 0, "samples_seen": 0, "image_samples_seen": 0, "nonfinite_steps": 0, "skipped_files": 0}
     if checkpoint is not None:
@@ -328,7 +336,8 @@ def prepare_run(config: Config, resume: str | None, log) -> Run:
     elif resume == "auto":
         say(f"--resume auto: no checkpoint under {output_dir / 'checkpoints'}; starting from step 0")
     if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        mark_run_folder(output_dir)
+        clean_stale(output_dir / "checkpoints")
         write_json_atomic(output_dir / "config.json", config.to_dict())
 
     set_seed(t.seed)  # the same on every rank: identical initial weights wherever they are random
@@ -348,12 +357,13 @@ def prepare_run(config: Config, resume: str | None, log) -> Run:
                                                        start=state["image_samples_seen"], num_workers=d.num_workers))
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, loader, lr_scheduler)
     if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint, ema=ema)
+        load_checkpoint(accelerator, checkpoint, model=unet, optimizer=optimizer, lr_scheduler=lr_scheduler, ema=ema)
         say(f"resumed from {checkpoint} at step {state['step']}")
     return Run(config=config, accelerator=accelerator, say=say, pipe=pipe, unet=unet, stage=stage,
                noise_scheduler=noise_scheduler, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler,
                ema=ema, loader=loader, image_loader=image_loader, dataset_size=len(dataset), state=state,
-               checkpoint=checkpoint, generator=torch.Generator(device=accelerator.device))
+               checkpoint=checkpoint, discard=tuple(old_checkpoints) if overwrite else (),
+               generator=torch.Generator(device=accelerator.device))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,8 +401,11 @@ def micro_batches(run: Run, counts: dict) -> Iterator[list[dict]]:
 
 def checkpoint_now(run: Run) -> Path:
     state = {**run.state, "num_processes": run.accelerator.num_processes, "config": run.config.to_dict()}
-    return save_checkpoint(run.accelerator, run.output_dir, run.state["step"], state, run.config.train.keep_checkpoints,
-                           ema=run.ema)
+    path = save_checkpoint(run.accelerator, run.output_dir, run.state["step"], state,
+                           run.config.train.keep_checkpoints, model=run.unet, optimizer=run.optimizer,
+                           lr_scheduler=run.lr_scheduler, ema=run.ema, discard=run.discard)
+    run.discard = ()
+    return path
 
 
 def validate(run: Run, name: str) -> None:
@@ -454,21 +467,25 @@ def count_step(run: Run, out: StepOutput) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------------------------
-def train(config: Config, *, resume: str | None = None, on_step=None, log=print) -> TrainResult:
+def train(config: Config, *, resume: str | None = None, overwrite: bool = False, on_step=None,
+          log=print) -> TrainResult:
     """Train `config.train.stage` on `config.data`; see the module docstring for what lands in output_dir.
 
     resume: None (start at step 0), "auto" (the latest checkpoint in output_dir, if any) or a checkpoint folder.
+    overwrite: start over in an output_dir that holds an earlier run's checkpoints (removed by the first save);
+        without it (and without resume) such a folder is refused.
     on_step: optional `on_step(step, values) -> bool`, called on every rank after each optimiser step with the
         logged values (step, loss, lr, grad_norm, ...); returning True stops the run as SIGTERM does
         (checkpoint, then return "interrupted").
     """
     t, v = config.train, config.validation
     # --- prepare -------------------------------------------------------------------------------------------
-    run = prepare_run(config, resume, log)
+    run = prepare_run(config, resume, log, overwrite)
     accelerator, state, say = run.accelerator, run.state, run.say
     train_log = TrainLog(accelerator, config, run.output_dir, start_step=state["step"],
                          resumed=run.checkpoint is not None)
     status, last_checkpoint, nonfinite_in_row = "finished", run.checkpoint, 0
+    saved_step = state["step"] if run.checkpoint is not None else None  # this run's state is saved at that step
     # --- loop ----------------------------------------------------------------------------------------------
     with stop_requests() as stop:
         while state["step"] < t.max_steps:
@@ -501,7 +518,7 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
                     f"before them are saved in {last_checkpoint}. Lower train.learning_rate, set train.max_grad_norm, "
                     "or use train.mixed_precision=bf16 instead of fp16.")
             if t.checkpoint_every and step % t.checkpoint_every == 0 or stop_now:
-                last_checkpoint = checkpoint_now(run)
+                last_checkpoint, saved_step = checkpoint_now(run), step
             if v.prompts and v.every and step % v.every == 0:
                 validate(run, f"step-{step:08d}")
             if stop_now:
@@ -515,13 +532,15 @@ def train(config: Config, *, resume: str | None = None, on_step=None, log=print)
     check_ranks_agree(accelerator, run.trainable)
     pipeline_dir = None
     if status == "finished":
-        last_checkpoint = checkpoint_now(run)
+        if saved_step != state["step"]:
+            last_checkpoint = checkpoint_now(run)
         pipeline_dir = export(run)
     train_log.close()
     accelerator.end_training()
     return TrainResult(step=state["step"], status=status, output_dir=run.output_dir, checkpoint=last_checkpoint,
                        pipeline=pipeline_dir, nonfinite_steps=state["nonfinite_steps"],
-                       skipped_files=state["skipped_files"], is_main_process=accelerator.is_main_process)
+                       skipped_files=state["skipped_files"], is_main_process=accelerator.is_main_process,
+                       stop_signal=stop["signal"] if status == "interrupted" else None)
 
 
 @contextlib.contextmanager
