@@ -1,8 +1,8 @@
 """Exponential moving average of the trainable weights.
 
 Only the parameters being trained are averaged (the frozen ones never change), so the EMA of a
-temporal-only fine-tune costs the size of the temporal layers. The object has `state_dict` /
-`load_state_dict`, so `accelerator.register_for_checkpointing(ema)` saves and restores it with the run.
+temporal-only fine-tune costs the size of the temporal layers. Its `state_dict` / `load_state_dict` are
+saved and restored with each checkpoint as safetensors + JSON (training/state.py).
 """
 from __future__ import annotations
 

@@ -165,8 +165,11 @@ def read_safetensors(path: Path, *, header_only: bool = False) -> dict:
 
 
 def read_tree(folder: Path, stem: str, *, header_only: bool = False):
-    """`<stem>.json` decoded against the tensors of `<stem>.safetensors`."""
+    """`<stem>.json` decoded against the tensors of `<stem>.safetensors`. The tensors are copies: safetensors
+    may map the file, and optimiser state loaded as is would stay backed by the checkpoint file."""
     tensors = read_safetensors(folder / f"{stem}.safetensors", header_only=header_only)
+    if not header_only:
+        tensors = {key: value.clone() for key, value in tensors.items()}
     node = read_json(folder / f"{stem}.json")
     try:
         return decode_tree(node, tensors)
