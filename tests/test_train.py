@@ -158,6 +158,51 @@ def test_loss_falls_on_a_fixed_batch(assets, trainable):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_fit_tunes_only_the_chosen_parameters(assets):
+    """`fit` (editing's one-clip tuning, no config or output folder) runs train's step: the first loss is
+    the stage's loss of the untouched U-Net for the same generator, the loss on the clip falls, and only the
+    temporal layers and attention queries change."""
+    import copy
+
+    from diffusers import DDPMScheduler
+
+    from vidiff.pipelines import VideoPipeline
+    from vidiff.training import fit
+
+    pipe = VideoPipeline.from_pretrained(assets["video"], device="cpu", dtype="fp32")
+    unet = pipe.unet.eval()
+    scheduler = DDPMScheduler.from_config(pipe.scheduler_config)
+    stage = make_stage("base")
+    g = torch.Generator().manual_seed(0)
+    clip = {"latents": torch.randn(1, 4, 2, 8, 8, generator=g), "encoder_hidden_states": torch.randn(1, 6, 32, generator=g)}
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+
+    def held_out_loss(model):  # the same 8 noise / timestep draws before and after tuning
+        with torch.no_grad():
+            return sum(stage.loss(model, scheduler, clip["latents"], clip["encoder_hidden_states"],
+                                  generator=torch.Generator().manual_seed(100 + i)).item() for i in range(8)) / 8
+
+    reference = copy.deepcopy(unet).train()
+    first = stage.loss(reference, scheduler, clip["latents"], clip["encoder_hidden_states"],
+                       generator=torch.Generator().manual_seed(5)).item()
+    start = held_out_loss(unet)
+    losses = fit(unet, stage, clip, steps=25, learning_rate=1e-2, noise_scheduler=scheduler,
+                 generator=torch.Generator().manual_seed(5), progress=False)
+    assert len(losses) == 25 and all(math.isfinite(x) for x in losses)
+    assert losses[0] == pytest.approx(first, rel=1e-6)
+    assert held_out_loss(unet) < 0.9 * start, (start, losses)  # measured 0.82
+
+    after = unet.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    chosen = {k for k in before if ".temporal_" in k or ".attn1.to_q." in k or ".attn2.to_q." in k}
+    assert changed <= chosen, sorted(changed - chosen)[:5]
+    assert len(changed) >= 0.9 * len(chosen), sorted(chosen - changed)[:5]
+    assert not unet.training  # eval mode as before
+    assert all(p.requires_grad for p in unet.parameters())  # as before: fit restores requires_grad
+    with pytest.raises(ValueError, match="batches ran out after 1 steps of 2"):
+        fit(unet, stage, [clip], steps=2, learning_rate=1e-3, noise_scheduler=scheduler, progress=False)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # pieces of the loop
 # ---------------------------------------------------------------------------------------------------------------

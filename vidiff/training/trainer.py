@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import signal
 import time
@@ -223,6 +224,57 @@ def training_step(accelerator, unet, stage: Stage, noise_scheduler, optimizer, m
                               applied=applied, totals=[float(x) for x in stats[1:]])
     raise ValueError(f"the micro-batches ended before a gradient step ({len(losses)} given, "
                      f"{accelerator.gradient_accumulation_steps} per step)")
+
+
+def fit(unet, stage: Stage, batches, *, steps: int, learning_rate: float, noise_scheduler,
+        trainable: str = "temporal+attn-q", accelerator=None, generator=None, progress: bool = True) -> list[float]:
+    """Tune `unet` in place for `steps` optimiser steps on `batches`; returns the loss of every step.
+
+    The step is `training_step`, the one `train` runs, without a config file, an output folder, checkpoints
+    or logs: what editing's one-clip tuning needs (Tune-A-Video, Wu et al. 2023, trains the temporal layers
+    and the attention queries: `trainable="temporal+attn-q"`).
+
+    batches: an iterable of dicts {"latents" (b, c, f, h, w), "encoder_hidden_states" (b, L, D)} (one dict is
+        repeated), at least `steps` x gradient-accumulation of them.
+    noise_scheduler: a diffusers DDPM-family scheduler (the training noise schedule).
+    accelerator: an `accelerate.Accelerator` (default: a new one, single process). The optimiser is AdamW at
+        `learning_rate` with train's defaults (betas, weight decay, gradient clipping at 1.0).
+    generator: noise and timesteps (None: the global RNG).
+    Afterwards `requires_grad` and train/eval mode are as they were.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    accelerator = accelerator or Accelerator()
+    batches = itertools.repeat(batches) if isinstance(batches, dict) else iter(batches)
+    was_training, requires_grad = unet.training, {name: p.requires_grad for name, p in unet.named_parameters()}
+    params = list(select_trainable(unet, trainable, stage).values())
+    defaults = TrainConfig()
+    optimizer, _ = make_optimizer(params, TrainConfig(learning_rate=learning_rate, max_steps=steps))
+    model, optimizer = accelerator.prepare(unet.train(), optimizer)
+    accumulation = accelerator.gradient_accumulation_steps
+
+    def micro_batches():
+        for _ in range(accumulation):
+            batch = next(batches, None)
+            if batch is None:
+                raise ValueError(f"batches ran out after {len(losses)} steps of {steps}; pass an endless iterator "
+                                 "(itertools.repeat / itertools.cycle) or one dict")
+            yield [batch]
+
+    losses = []
+    try:
+        for _ in tqdm(range(steps), desc="tune", disable=not progress, dynamic_ncols=True):
+            out = training_step(accelerator, model, stage, noise_scheduler, optimizer, micro_batches(), params=params,
+                                generator=generator, max_grad_norm=defaults.max_grad_norm)
+            losses.append(out.loss)
+    finally:
+        unet.train(was_training)
+        for name, p in unet.named_parameters():
+            p.requires_grad_(requires_grad[name])
+    return losses
 
 
 # ---------------------------------------------------------------------------------------------------------------
