@@ -131,6 +131,23 @@ def test_unknown_stages():
         make_stage("sr")
     with pytest.raises(ValueError, match="prediction_type"):
         make_stage("base", prediction_type="sample")
+    with pytest.raises(ValueError, match="base stage takes no option.*factor"):
+        make_stage("base", factor=2)
+
+
+def test_stage_interface():
+    """The base stage: no condition, no U-Net extras, and no random numbers drawn (so the noise and timesteps
+    of a base run do not depend on the stage code); the channel count is the instance's."""
+    from vidiff.training.stages import STAGES, Stage
+
+    assert STAGES["base"] is Stage
+    stage = make_stage("base", latent_channels=3)
+    assert stage.conditioning_channels == 0 and "conditioning_channels" in vars(stage)
+    g = torch.Generator().manual_seed(4)
+    state = g.get_state()
+    assert stage.condition(torch.zeros(2, 3, 2, 4, 4), g) == (None, {})
+    assert torch.equal(g.get_state(), state)
+    assert not stage.is_trainable_extra("conv_in.weight")
 
 
 @pytest.mark.parametrize("trainable", ["temporal", "all"])

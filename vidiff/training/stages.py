@@ -26,14 +26,18 @@ class Stage:
     """The base (text-to-video) stage; cascade stages subclass it and override `condition`."""
 
     name = "base"
-    conditioning_channels = 0  # extra U-Net input channels this stage concatenates to the noisy latents
 
     def __init__(self, *, latent_channels: int = 4, prediction_type: str = "epsilon",
-                 snr_gamma: float | None = None, noise_offset: float = 0.0):
+                 snr_gamma: float | None = None, noise_offset: float = 0.0, **options):
+        if options:  # subclasses take their own options and pass the rest here
+            raise ValueError(f"the {self.name} stage takes no option(s) {', '.join(sorted(options))}")
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r} "
                              "(set train.prediction_type or the scheduler config's prediction_type)")
         self.latent_channels = latent_channels
+        # Extra U-Net input channels this stage concatenates to the noisy latents: per instance, since a
+        # cascade stage's count follows the latent channels (subclasses set it after this __init__).
+        self.conditioning_channels = 0
         self.prediction_type = prediction_type
         self.snr_gamma = snr_gamma
         self.noise_offset = noise_offset
@@ -333,7 +337,7 @@ def stage_options(name: str, saved: dict | None, requested: dict) -> dict:
                              f"train.stage={name!r}; remove it")
     import inspect
 
-    accepted = set(inspect.signature(STAGES[name].__init__).parameters) - {"self", "base"}
+    accepted = set(inspect.signature(STAGES[name].__init__).parameters) - {"self", "base", "options"}
     options = {k: v for k, v in (saved or {}).items() if k in accepted}
     options.update({k: v for k, v in requested.items() if v is not None and k in allowed})
     return options
