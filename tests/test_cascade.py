@@ -273,3 +273,67 @@ def test_training_config_errors(assets, tmp_path):
     # a base folder cannot be trained as a stage (it has no condition channels)
     with pytest.raises(ValueError, match="train.stage='ssr' but .* holds a 'base' model"):
         train(train_config(tmp_path / "x", assets["base"], assets["shapes"], "train.stage=ssr"), log=lambda *a: None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the SD x4 upscaler route
+# ---------------------------------------------------------------------------------------------------------------
+def make_tiny_x4_upscaler(path: Path, sd: Path):
+    """A tiny random StableDiffusionUpscalePipeline saved as diffusers saves it: a 7-channel U-Net (4 latent + 3
+    pixel channels) with a noise-level class embedding and cross-attention-only blocks, a x4 VAE, its own
+    low-res scheduler; text encoder and tokenizer from the tiny SD pipeline."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from vidiff.testing import SD_SCHEDULER, TINY_UNET, TINY_VAE
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**dict(TINY_UNET, in_channels=7, num_class_embeds=1000,
+                                       down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                       up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                       only_cross_attention=[False, True]))
+    vae = AutoencoderKL(**dict(TINY_VAE, block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+                               up_block_types=("UpDecoderBlock2D",) * 3, scaling_factor=0.08333))
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=CLIPTextModel.from_pretrained(str(sd / "text_encoder")),
+        tokenizer=CLIPTokenizer.from_pretrained(str(sd / "tokenizer")), unet=unet,
+        low_res_scheduler=DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                                        beta_schedule="scaled_linear"),
+        scheduler=DDIMScheduler(**dict(SD_SCHEDULER, prediction_type="v_prediction")), max_noise_level=350)
+    pipe.save_pretrained(str(path))
+    return pipe
+
+
+def test_x4_upscaler_inflates_and_matches_diffusers_per_frame(assets, tmp_path):
+    from vidiff.pipelines.cascade import upscale_video
+    from vidiff.pipelines.folder import read_info
+    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    reference = make_tiny_x4_upscaler(tmp_path / "x4", assets["sd"])
+    inflate_stage(tmp_path / "x4", tmp_path / "ssr4", "ssr", defaults={"num_frames": 2})
+    info = read_info(tmp_path / "ssr4")
+    assert info["stage_options"]["factor"] == 4 and info["stage_options"]["condition"] == "pixels"
+    assert info["stage_options"]["max_noise_level"] == 350 and info["prediction_type"] == "v_prediction"
+    pipe = VideoPipeline.from_pretrained(tmp_path / "ssr4", device="cpu", dtype="fp32")
+    assert pipe.unet.conditioning_channels == 3 and pipe.unet.in_channels == 4
+
+    frames, size = 3, 8
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(1, 3, frames, size, size, generator=g) * 2 - 1
+    latents = torch.randn(1, 4, frames, size, size, generator=g)
+    seeds = [11, 12, 13]
+    noise = torch.stack([torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(s))[0] for s in seeds],
+                        dim=1)[None]                                                             # (1, 3, f, h, w)
+    settings = dict(steps=2, guidance=3.0, scheduler="ddim", negative_prompt="blue", progress=False)
+    ours = upscale_video(pipe, video, "a red circle", noise_level=40, latents=latents, condition_noise=noise,
+                         **settings)
+    assert ours.shape == (1, 3, frames, 4 * size, 4 * size)
+    reference.set_progress_bar_config(disable=True)
+    for f, s in enumerate(seeds):  # diffusers draws the image's noise from the generator first, as given here
+        expected = reference(prompt="a red circle", image=video[:, :, f], noise_level=40, num_inference_steps=2,
+                             guidance_scale=3.0, negative_prompt="blue", latents=latents[:, :, f],
+                             generator=torch.Generator().manual_seed(s), output_type="pt").images
+        torch.testing.assert_close((ours[:, :, f] + 1) / 2, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="x4 upscaler: it can only become an ssr stage"):
+        inflate_stage(tmp_path / "x4", tmp_path / "bad", "tsr")
