@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -337,3 +338,162 @@ def test_x4_upscaler_inflates_and_matches_diffusers_per_frame(assets, tmp_path):
         torch.testing.assert_close((ours[:, :, f] + 1) / 2, expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="x4 upscaler: it can only become an ssr stage"):
         inflate_stage(tmp_path / "x4", tmp_path / "bad", "tsr")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sampling: stages on videos, the cascade, the command line
+# ---------------------------------------------------------------------------------------------------------------
+SMALL = {"num_frames": 4, "height": 16, "width": 16, "num_inference_steps": 2, "fps": 8}
+
+
+@pytest.fixture(scope="module")
+def cascade(assets, tmp_path_factory):
+    """A cascade folder: base, interpolation (x2 only), tsr x2 and ssr x2 stages of the tiny SD, 4-frame windows;
+    an input clip (5 frames, 16 x 16, 10 fps) as an mp4."""
+    import yaml
+
+    from vidiff.data import write_video
+    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.pipelines.stage_folder import inflate_stage
+
+    root = tmp_path_factory.mktemp("cascade")
+    folder = root / "demo"
+    folder.mkdir()
+    inflate_pipeline(assets["sd"], folder / "base", defaults=SMALL)
+    inflate_stage(assets["sd"], folder / "interpolation", "interpolation", factor=2, defaults=SMALL)
+    inflate_stage(assets["sd"], folder / "tsr", "tsr", factor=2, defaults=SMALL)
+    inflate_stage(assets["sd"], folder / "ssr", "ssr", factor=2, defaults=SMALL)
+    (folder / "cascade.yaml").write_text(yaml.safe_dump({"stages": [
+        {"model": "base", "steps": 2, "guidance": 2.0}, {"model": "interpolation", "factor": 2, "guidance": 1.0},
+        {"model": "ssr", "noise_level": 30, "guidance": 1.0}]}))
+    video = root / "in.mp4"
+    frames = (torch.rand(5, 16, 16, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    write_video(video, frames, fps=10)
+    return {"root": root, "folder": folder, "video": video}
+
+
+def load(path):
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    return VideoPipeline.from_pretrained(path, device="cpu", dtype="fp32")
+
+
+def test_interpolation_keeps_the_keyframes_across_windows(cascade):
+    from vidiff.pipelines.cascade import interpolate_video
+
+    pipe = load(cascade["folder"] / "interpolation")
+    keyframes = torch.rand(1, 3, 6, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    out = interpolate_video(pipe, keyframes, "a red circle", factor=2, seed=0, guidance=1.0, progress=False)
+    assert out.shape == (1, 3, 11, 16, 16)  # (6 - 1) x 2 + 1 frames through windows of 4
+    assert torch.equal(out[:, :, ::2], keyframes)  # exactly as given
+    assert out[:, :, 1::2].abs().sum() > 0 and out.min() >= -1 and out.max() <= 1
+    again = interpolate_video(pipe, keyframes, "a red circle", factor=2, seed=0, guidance=1.0, progress=False)
+    assert torch.equal(out, again)
+    with pytest.raises(ValueError, match="factor 4 is not supported .* trained for x2"):
+        interpolate_video(pipe, keyframes, "", factor=4)
+
+
+def test_tsr_and_extension(cascade):
+    from vidiff.pipelines.cascade import extend_video, interpolate_video
+
+    video = torch.rand(1, 3, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    tsr = interpolate_video(load(cascade["folder"] / "tsr"), video, "", seed=0, guidance=1.0, progress=False)
+    assert tsr.shape == (1, 3, 6, 16, 16)  # n x 2
+    pipe = load(cascade["folder"] / "interpolation")
+    longer = extend_video(pipe, video, "", num_frames=5, seed=0, guidance=1.0, progress=False)
+    assert longer.shape == (1, 3, 8, 16, 16) and torch.equal(longer[:, :, :3], video)
+    with pytest.raises(ValueError, match="context frames must be in \\[1, 3\\]"):
+        extend_video(pipe, video, "", num_frames=2, context_frames=4)
+
+
+def test_cascade_end_to_end(cascade):
+    from vidiff.pipelines.cascade import CascadePipeline, run_stage
+
+    pipe = CascadePipeline.from_pretrained(cascade["folder"], device="cpu", dtype="fp32")
+    assert pipe.plan(3, 16, 16) == [(3, 16, 16), (5, 16, 16), (5, 32, 32)] and pipe.frame_rate_factor == 2
+    final, stages = pipe("a red circle", num_frames=3, height=16, width=16, seed=4, return_intermediate=True,
+                         output_type="pt", progress=False)
+    assert [tuple(s.shape) for s in stages] == [(1, 3, 3, 16, 16), (1, 3, 5, 16, 16), (1, 3, 5, 32, 32)]
+    assert torch.equal(final, stages[-1]) and torch.equal(stages[1][:, :, ::2], stages[0])
+    assert list(pipe.timings) == ["0 base", "1 interpolation", "2 ssr"]
+    # each stage is the stage function on the previous output, with the cascade's settings and seed
+    again = run_stage(pipe.pipelines[2], stages[1], "a red circle", noise_level=30, seed=4, guidance=1.0, progress=False)
+    torch.testing.assert_close(again, final, rtol=0, atol=1e-6)
+    frames = pipe("a red circle", num_frames=3, height=16, width=16, seed=4, progress=False)
+    assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.uint8
+    with pytest.raises(ValueError, match="interpolation needs at least 2 frames"):
+        pipe("a red circle", num_frames=1)
+
+
+def run_cli(capsys, *argv):
+    from vidiff.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def png_frames(folder: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+
+
+def test_stage_commands(cascade, tmp_path, capsys):
+    from vidiff.data import read_video
+
+    source = read_video(cascade["video"]).frames
+    code, out, _ = run_cli(capsys, "interpolate", "--model", cascade["folder"] / "interpolation", "--video",
+                           cascade["video"], "--factor", 2, "--seed", 3, "--quiet", "--out", tmp_path / "interp")
+    assert code == 0 and "9 frames 16x16 @ 20 fps" in out
+    frames = png_frames(tmp_path / "interp")
+    assert frames.shape == (9, 16, 16, 3) and np.array_equal(frames[::2], source)  # keyframes exact (lossless PNGs)
+    sidecar = json.loads((tmp_path / "interp.json").read_text())
+    assert sidecar["fps"] == 20 and sidecar["input_fps"] == 10 and sidecar["factor"] == 2 and sidecar["seed"] == 3
+    assert sidecar["steps"] == 2 and sidecar["guidance"] == 1.0 and sidecar["scheduler"] == "ddim"
+
+    code, out, _ = run_cli(capsys, "extend", "--model", cascade["folder"] / "interpolation", "--video",
+                           cascade["video"], "--frames", 3, "--seed", 1, "--quiet", "--out", tmp_path / "ext.mp4")
+    assert code == 0
+    assert read_video(tmp_path / "ext.mp4").frames.shape == (8, 16, 16, 3)
+    assert json.loads((tmp_path / "ext.json").read_text())["fps"] == 10
+
+    code, out, _ = run_cli(capsys, "upscale", "--model", cascade["folder"] / "ssr", "--video", cascade["video"],
+                           "--noise-level", 50, "--prompt", "a red circle", "--seed", 1, "--quiet",
+                           "--out", tmp_path / "up.mp4")
+    assert code == 0
+    clip = read_video(tmp_path / "up.mp4")
+    assert clip.frames.shape == (5, 32, 32, 3) and clip.fps == pytest.approx(10)
+    sidecar = json.loads((tmp_path / "up.json").read_text())
+    assert sidecar["noise_level"] == 50 and sidecar["prompt"] == "a red circle" and sidecar["guidance"] == 7.5
+    # --overwrite replaces the clip; without it the run stops before any work (see the errors below)
+    code, _, _ = run_cli(capsys, "upscale", "--model", cascade["folder"] / "ssr", "--video", cascade["video"],
+                         "--quiet", "--overwrite", "--out", tmp_path / "up.mp4")
+    assert code == 0 and json.loads((tmp_path / "up.json").read_text())["noise_level"] == 20
+
+
+def test_generate_cascade(cascade, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "generate", "--model", cascade["folder"], "--prompt", "a red circle",
+                             "--num-frames", 3, "--seed", 5, "--keep-intermediate", "--quiet", "--out", tmp_path / "c")
+    assert code == 0, err
+    assert png_frames(tmp_path / "c").shape == (5, 32, 32, 3)
+    assert png_frames(tmp_path / "c_0-base").shape == (3, 16, 16, 3)
+    assert np.array_equal(png_frames(tmp_path / "c_1-interpolation")[::2], png_frames(tmp_path / "c_0-base"))
+    sidecar = json.loads((tmp_path / "c.json").read_text())
+    assert sidecar["fps"] == 16 and [s["stage"] for s in sidecar["stages"]] == ["base", "interpolation", "ssr"]
+    assert sidecar["stages"][2]["noise_level"] == 30 and sidecar["stages"][1]["factor"] == 2
+    assert sidecar["stages"][0]["guidance"] == 2.0 and sidecar["seed"] == 5
+    # the same cascade from its YAML path gives the same clip
+    code, _, _ = run_cli(capsys, "generate", "--cascade", cascade["folder"] / "cascade.yaml", "--prompt",
+                         "a red circle", "--num-frames", 3, "--seed", 5, "--quiet", "--out", tmp_path / "d")
+    assert code == 0 and np.array_equal(png_frames(tmp_path / "d"), png_frames(tmp_path / "c"))
+
+
+def test_inflate_stage_command(assets, tmp_path, capsys):
+    from vidiff.pipelines.folder import read_info
+
+    code, out, _ = run_cli(capsys, "inflate", "--stage", "tsr", "--factor", 4, "--base", assets["pixel"],
+                           "--num-frames", 8, "--out", tmp_path / "tsr")
+    assert code == 0 and "tsr stage" in out
+    info = read_info(tmp_path / "tsr")
+    assert info["stage"] == "tsr" and info["stage_options"] == {"factor": 4} and info["defaults"]["num_frames"] == 8

@@ -22,6 +22,9 @@ SUBCOMMANDS = [
     "train",
     "data",
     "eval",
+    "interpolate",
+    "extend",
+    "upscale",
 ]
 
 

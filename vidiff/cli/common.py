@@ -17,6 +17,24 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+def check_device(device: str | None) -> str | None:
+    """`--device` (None = the best available): a known kind, an existing CUDA index; CLIError otherwise."""
+    if device is None:
+        return None
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (":" in device and not (kind == "cuda" and index.isdigit())):
+        raise CLIError(f"unknown --device {device!r}; use cuda, cuda:N, mps or cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda, but no CUDA device is available; use --device cpu")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise CLIError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 .. "
+                       f"cuda:{torch.cuda.device_count() - 1})")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise CLIError("--device mps, but MPS is not available; use --device cpu")
+    return device
+
 
 def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = False, frames_dir: bool = False,
                       contact_sheet: bool = False) -> Path:

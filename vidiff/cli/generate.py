@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidiff.cli.common import CLIError, check_output_path, numbered_paths, write_outputs
+from vidiff.cli.common import CLIError, check_device, check_output_path, numbered_paths, write_outputs
 
 
 def add_parser(sub):
@@ -16,10 +16,16 @@ def add_parser(sub):
                "  vidiff generate --model models/sd15-video --prompt \"a red fox running in snow\" --out fox.mp4\n"
                "  vidiff generate --model M --prompt \"waves\" --num-frames 64 --steps 25 --seed 7 --gif --out waves.mp4\n"
                "  vidiff generate --model M --prompts-file prompts.txt --num-videos 2 --out clips/clip.mp4\n"
+               "  vidiff generate --cascade configs/cascade/demo.yaml --prompt \"a red circle\" --keep-intermediate --out c.mp4\n"
                "\nseveral videos (prompts x --num-videos) are written as clip-000.mp4, clip-001.mp4, ...;\n"
                "video i uses seed + i, so `--seed S+i --num-videos 1` remakes it alone.\n"
                "--out's suffix picks the format: .mp4, .gif, .png (contact sheet), none (folder of PNG frames).")
-    p.add_argument("--model", metavar="DIR", default=None, help="vidiff pipeline folder (from `vidiff inflate`/`train`)")
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help="vidiff pipeline folder (from `vidiff inflate`/`train`), or a cascade folder (cascade.yaml)")
+    p.add_argument("--cascade", metavar="YAML", default=None,
+                   help="cascade YAML (configs/cascade/): the base, then each interpolation / tsr / ssr stage")
+    p.add_argument("--keep-intermediate", action="store_true",
+                   help="with a cascade: also write each stage's output (clip_0-base.mp4, clip_1-interpolation.mp4, ...)")
     p.add_argument("--prompt", action="append", default=None, help="text prompt (repeat for several)")
     p.add_argument("--prompts-file", metavar="F", default=None,
                    help="text file, one prompt per line (blank lines and # comments skipped)")
@@ -64,7 +70,7 @@ def run(args) -> int:
     from vidiff.pipelines.text_to_video import resolve_settings
 
     # Everything is checked before the model loads: a typo costs no time.
-    if args.model is None:
+    if args.model is None and args.cascade is None:
         raise CLIError("no --model given (the built-in demo model is not available yet): make a model folder with "
                        "`vidiff inflate --base SD_PIPELINE --out DIR` and pass --model DIR")
     prompts = list(args.prompt or [])
@@ -87,7 +93,19 @@ def run(args) -> int:
         raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
     if not (math.isfinite(args.eta) and args.eta >= 0):
         raise CLIError(f"--eta must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {args.eta}")
+    from vidiff.pipelines.cascade import is_cascade
+
+    if args.cascade is not None or is_cascade(args.model):
+        from vidiff.cli.stage_io import generate_cascade
+
+        return generate_cascade(args, prompts)
+    if args.keep_intermediate:
+        raise CLIError("--keep-intermediate applies to a cascade (--cascade YAML or a cascade folder as --model)")
     info = read_info(args.model)
+    if info.get("stage", "base") != "base":
+        command = "upscale" if info["stage"] == "ssr" else "interpolate"
+        raise CLIError(f"--model {args.model!r} is a {info['stage']} stage, which needs a video to work on: use "
+                       f"`vidiff {command} --model {args.model} --video IN`, or list it in a cascade (--cascade)")
     try:
         schedule = read_scheduler_config(Path(args.model) / "scheduler")
     except (FileNotFoundError, ValueError) as e:  # (json.JSONDecodeError is a ValueError)
@@ -113,20 +131,7 @@ def run(args) -> int:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     fps = args.fps if args.fps is not None else info["defaults"].get("fps", 8)
     paths = numbered_paths(out, len(prompts) * args.num_videos)
-    device = args.device
-    if device is not None:
-        import torch
-
-        kind, _, index = device.partition(":")
-        if kind not in ("cpu", "cuda", "mps") or (":" in device and not (kind == "cuda" and index.isdigit())):
-            raise CLIError(f"unknown --device {device!r}; use cuda, cuda:N, mps or cpu")
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise CLIError("--device cuda, but no CUDA device is available; use --device cpu")
-        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-            raise CLIError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 .. "
-                           f"cuda:{torch.cuda.device_count() - 1})")
-        if kind == "mps" and not torch.backends.mps.is_available():
-            raise CLIError("--device mps, but MPS is not available; use --device cpu")
+    device = check_device(args.device)
 
     from vidiff.pipelines.text_to_video import VideoPipeline
 

@@ -17,7 +17,11 @@ def add_parser(sub):
                "  vidiff inflate --base ./stable-diffusion-v1-5 --out models/sd15-video\n"
                "  vidiff inflate --base runwayml/stable-diffusion-v1-5 --out models/sd15-video --cross-frame first\n"
                "  vidiff inflate --base v1-5-pruned.safetensors --config ./sd15-configs --out models/sd15-video\n"
-               "\nthen: vidiff generate --model models/sd15-video --prompt \"a cat running\" --out clip.mp4")
+               "  vidiff inflate --stage interpolation --base ./stable-diffusion-v1-5 --out models/interp --factor 4\n"
+               "  vidiff inflate --stage ssr --base ./stable-diffusion-x4-upscaler --out models/x4-video\n"
+               "\nthen: vidiff generate --model models/sd15-video --prompt \"a cat running\" --out clip.mp4\n"
+               "a cascade stage (--stage) starts as its base model (zero-initialised condition channels); train it\n"
+               "with `vidiff train configs/train/STAGE.yaml model.pretrained=DIR`.")
     p.add_argument("--base", required=True, metavar="SD",
                    help="diffusers SD pipeline folder, hub id (when online), or single-file .safetensors/.ckpt")
     p.add_argument("--out", required=True, metavar="DIR", help="pipeline folder to write")
@@ -30,6 +34,12 @@ def add_parser(sub):
     p.add_argument("--num-frames", type=int, default=16,
                    help="default clip length / temporal window written to vidiff.json (default: %(default)s)")
     p.add_argument("--fps", type=float, default=8, help="default frame rate written to vidiff.json (default: %(default)s)")
+    p.add_argument("--stage", choices=("base", "interpolation", "tsr", "ssr"), default="base",
+                   help="what the folder is: a text-to-video base, or a cascade stage with extra condition channels "
+                        "(ssr also takes an SD x4 upscaler folder, keeping its conditioning) (default: %(default)s)")
+    p.add_argument("--factor", type=int, default=None,
+                   help="stage factor: interpolation: the one mask factor to train (default 2 and 4); tsr: frame "
+                        "rate (default 2); ssr: 2 or 4 (default 2; an x4 upscaler is 4)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     return p
 
@@ -56,19 +66,35 @@ def run(args) -> int:
     if blocking is not None and not blocking.is_dir():
         raise CLIError(f"--out {str(out)!r}: {str(blocking)!r} is a file, not a folder; choose another --out")
     from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.pipelines.stage_folder import default_stage_options, inflate_stage, is_upscaler_folder
 
+    if args.stage == "base" and args.factor is not None:
+        raise CLIError("--factor applies to a cascade stage (--stage interpolation | tsr | ssr)")
+    upscaler = is_upscaler_folder(args.base)
+    if upscaler and args.stage != "ssr":
+        raise CLIError(f"--base {args.base} is an SD x4 upscaler: it can only become an ssr stage (--stage ssr)")
+    if args.stage != "base" and not upscaler:
+        default_stage_options(args.stage, args.factor)  # a bad --factor fails here, before loading
+    if args.stage == "tsr" and args.num_frames % (args.factor or 2):
+        raise CLIError(f"--num-frames {args.num_frames} must be a multiple of the tsr factor {args.factor or 2} "
+                       "(the stage's window holds whole groups of repeated frames)")
     fps = int(args.fps) if float(args.fps).is_integer() else args.fps
-    inflate_pipeline(args.base, out, cross_frame=args.cross_frame, temporal_conv=not args.no_temporal_conv,
-                     temporal_attention=not args.no_temporal_attention, config=args.config,
-                     defaults={"num_frames": args.num_frames, "fps": fps})
+    options = dict(cross_frame=args.cross_frame, temporal_conv=not args.no_temporal_conv,
+                   temporal_attention=not args.no_temporal_attention, config=args.config,
+                   defaults={"num_frames": args.num_frames, "fps": fps})
+    if args.stage == "base":
+        inflate_pipeline(args.base, out, **options)
+    else:
+        inflate_stage(args.base, out, args.stage, factor=args.factor, **options)
     from vidiff.pipelines.folder import read_info
 
     info = read_info(out)
     d = info["defaults"]
     layers = [name for name, on in (("temporal conv", not args.no_temporal_conv),
                                     ("temporal attention", not args.no_temporal_attention)) if on]
+    stage = "" if args.stage == "base" else f"{args.stage} stage {info.get('stage_options')}, "
     print(f"wrote {out}/ (vidiff.json, unet/, {'vae/, ' if info['latent'] else ''}text_encoder/, tokenizer/, "
-          f"scheduler/): {' + '.join(layers) or 'no temporal layers'}, cross-frame {args.cross_frame}, "
+          f"scheduler/): {stage}{' + '.join(layers) or 'no temporal layers'}, cross-frame {args.cross_frame}, "
           f"defaults {d['num_frames']} frames {d['height']}x{d['width']} @ {d['fps']} fps")
     return 0
 

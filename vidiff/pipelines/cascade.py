@@ -94,12 +94,12 @@ def stage_output_size(info: dict, size: tuple[int, int, int], *, factor: int | N
     stage, (frames, height, width) = stage_name(info), size
     k = check_factor(info, factor, where)
     if stage in TEMPORAL_STAGES:
-        _check_pixels(info, height, width, where)
+        check_pixels(info, height, width, where)
         if stage == "interpolation" and frames < 2:
             raise ValueError(f"interpolation needs at least 2 frames (keyframes), got {frames}")
         return ((frames - 1) * k + 1 if stage == "interpolation" else frames * k), height, width
     if stage == "ssr":
-        _check_pixels(info, height * k, width * k, where, what=f"the x{k} output")
+        check_pixels(info, height * k, width * k, where, what=f"the x{k} output")
         if info["stage_options"].get("condition") == "pixels":  # x4 upscaler: low-res pixels at the latent size
             unet_factor = int(info["unet_spatial_factor"])
             if height % unet_factor or width % unet_factor:
@@ -109,7 +109,7 @@ def stage_output_size(info: dict, size: tuple[int, int, int], *, factor: int | N
     raise ValueError(f"{where} is a {stage!r} model, not a cascade stage (interpolation, tsr or ssr)")
 
 
-def _check_pixels(info: dict, height: int, width: int, where: str, what: str = "the input") -> None:
+def check_pixels(info: dict, height: int, width: int, where: str, what: str = "the input") -> None:
     factor = spatial_factor(info)
     if height % factor or width % factor or height < factor or width < factor:
         raise ValueError(f"{what} is {height}x{width} pixels, but {where} needs multiples of {factor} "
@@ -336,7 +336,7 @@ def extend_video(pipe, video, prompt, *, num_frames: int, context_frames: int | 
     b, _, n, h, w = video.shape
     window = int(pipe.defaults["num_frames"])
     context = check_extension(pipe.info, n, num_frames, context_frames)
-    _check_pixels(pipe.info, h, w, "this model")
+    check_pixels(pipe.info, h, w, "this model")
     generators = make_generators(b, generator, seed)
     prompts = _prompts(prompt, b)
     latents = pipe.encode_video(video)
