@@ -497,3 +497,107 @@ def test_inflate_stage_command(assets, tmp_path, capsys):
     assert code == 0 and "tsr stage" in out
     info = read_info(tmp_path / "tsr")
     assert info["stage"] == "tsr" and info["stage_options"] == {"factor": 4} and info["defaults"]["num_frames"] == 8
+
+
+@pytest.fixture(scope="module")
+def bad_cascades(assets, cascade, tmp_path_factory):
+    """Cascade YAMLs with one defect each, and a stage whose text encoder is not the base's."""
+    import yaml
+
+    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.testing import make_tiny_sd_pipeline
+
+    root = tmp_path_factory.mktemp("bad-cascades")
+    other = make_tiny_sd_pipeline(root / "other-sd", seed=1)  # same architecture, other text encoder weights
+    inflate_stage(other, root / "other-ssr", "ssr", defaults=SMALL)
+    folder = cascade["folder"]
+    cases = {
+        "missing": [{"model": str(folder / "base")}, {"model": str(root / "nope")}],
+        "encoder": [{"model": str(folder / "base")}, {"model": str(root / "other-ssr")}],
+        "not-base": [{"model": str(folder / "ssr")}],
+        "unknown-key": [{"model": str(folder / "base"), "stepz": 3}],
+        "factor": [{"model": str(folder / "base")}, {"model": str(folder / "interpolation"), "factor": 4}],
+        "level": [{"model": str(folder / "base")}, {"model": str(folder / "ssr"), "noise_level": 500}],
+        "level-on-tsr": [{"model": str(folder / "base")}, {"model": str(folder / "tsr"), "noise_level": 5}],
+    }
+    for name, stages in cases.items():
+        (root / f"{name}.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    return root
+
+
+@pytest.mark.parametrize("case", [
+    "interp-factor", "interp-base-model", "interp-ssr-model", "interp-short", "interp-size", "interp-exists",
+    "interp-steps", "interp-no-video", "interp-same", "interp-cascade-model", "extend-frames", "extend-context",
+    "extend-tsr", "upscale-level", "upscale-negative-level", "upscale-interp-model", "upscale-size",
+    "gen-missing", "gen-encoder", "gen-not-base", "gen-unknown-key", "gen-factor", "gen-level", "gen-level-on-tsr",
+    "gen-both", "gen-keep", "gen-window", "gen-stage-model", "gen-fit", "inflate-x4-tsr", "inflate-factor-base",
+    "inflate-ssr-factor", "inflate-tsr-frames"])
+def test_cli_errors_before_any_work(assets, cascade, bad_cascades, tmp_path, capsys, monkeypatch, case):
+    """Every bad input is one line on stderr and exit status 2, before any model loads or any sampling."""
+    from vidiff.data import write_video
+    from vidiff.pipelines import stage_folder
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", no_loading)
+    monkeypatch.setattr(stage_folder, "load_base_components", no_loading)
+    monkeypatch.setattr(stage_folder, "load_upscaler_components", no_loading)
+    f, video, out = cascade["folder"], cascade["video"], tmp_path / "out.mp4"
+    one_frame, odd, tiny = tmp_path / "one.mp4", tmp_path / "odd.mp4", tmp_path / "tiny.gif"
+    write_video(one_frame, np.zeros((1, 16, 16, 3), np.uint8), fps=8)
+    write_video(odd, np.zeros((3, 18, 18, 3), np.uint8), fps=8)
+    write_video(tiny, np.zeros((3, 9, 9, 3), np.uint8), fps=8)
+    (tmp_path / "taken.mp4").write_bytes(b"mine")
+    x4 = tmp_path / "x4"
+    (x4 / "low_res_scheduler").mkdir(parents=True)
+    (x4 / "unet").mkdir()
+    interp = ["interpolate", "--model", f / "interpolation", "--video", video, "--out", out]
+    extend = ["extend", "--model", f / "interpolation", "--video", video, "--out", out, "--frames", 4]
+    upscale = ["upscale", "--model", f / "ssr", "--video", video, "--out", out]
+    gen = ["generate", "--prompt", "a cat", "--out", out, "--cascade"]
+    inflate = ["inflate", "--base", assets["sd"], "--out", tmp_path / "stage"]
+    argv, expected = {
+        "interp-factor": (interp + ["--factor", 4], "--factor 4 is not supported by --model .* trained for x2"),
+        "interp-base-model": (interp[:2] + [f / "base"] + interp[3:], "is a 'base' model; `vidiff interpolate` needs"),
+        "interp-ssr-model": (interp[:2] + [f / "ssr"] + interp[3:], "is a 'ssr' model"),
+        "interp-short": (interp[:4] + [one_frame] + interp[5:], "interpolation needs at least 2 frames"),
+        "interp-size": (interp[:4] + [odd] + interp[5:], "the input is 18x18 pixels, but .* needs multiples of 4"),
+        "interp-exists": (interp[:-1] + [tmp_path / "taken.mp4"], "taken.mp4 already exists; pass --overwrite"),
+        "interp-steps": (interp + ["--steps", 0], "--steps must be >= 1"),
+        "interp-no-video": (interp[:4] + [tmp_path / "nope.mp4"] + interp[5:], "--video .*nope.mp4' does not exist"),
+        "interp-same": (interp[:-1] + [video, "--overwrite"], "--out must differ from --video"),
+        "interp-cascade-model": (interp[:2] + [f] + interp[3:], "is a whole cascade; give the folder of its"),
+        "extend-frames": (extend[:-1] + [0], "--frames must be an integer >= 1, got 0"),
+        "extend-context": (extend + ["--context-frames", 4], "--context-frames must be in \\[1, 3\\]"),
+        "extend-tsr": (extend[:2] + [f / "tsr"] + extend[3:], "is a 'tsr' model; `vidiff extend` needs"),
+        "upscale-level": (upscale + ["--noise-level", 400], "--noise-level must be an integer in \\[0, 350\\]"),
+        "upscale-negative-level": (upscale + ["--noise-level", -1], "--noise-level must be an integer in"),
+        "upscale-interp-model": (upscale[:2] + [f / "interpolation"] + upscale[3:], "needs 'ssr' stage"),
+        "upscale-size": (upscale[:4] + [tiny] + upscale[5:], "the x2 output is 18x18 pixels, but .* multiples of 4"),
+        "gen-missing": (gen + [bad_cascades / "missing.yaml"], "stage 1: model .*nope' does not exist"),
+        "gen-encoder": (gen + [bad_cascades / "encoder.yaml"], "has another text encoder than the base model"),
+        "gen-not-base": (gen + [bad_cascades / "not-base.yaml"], "the first stage must be a text-to-video base"),
+        "gen-unknown-key": (gen + [bad_cascades / "unknown-key.yaml"], "unknown key\\(s\\) stepz"),
+        "gen-factor": (gen + [bad_cascades / "factor.yaml"], "factor 4 is not supported by .* trained for x2"),
+        "gen-level": (gen + [bad_cascades / "level.yaml"], "noise level must be an integer in \\[0, 350\\]"),
+        "gen-level-on-tsr": (gen + [bad_cascades / "level-on-tsr.yaml"], "noise_level applies to ssr stages"),
+        "gen-both": (gen + [f, "--model", f], "give --model or --cascade, not both"),
+        "gen-keep": (gen[:-1] + ["--model", f / "base", "--keep-intermediate"], "--keep-intermediate applies to a"),
+        "gen-window": (gen + [f, "--window-size", 4], "--window-size does not apply to a cascade"),
+        "gen-stage-model": (gen[:-1] + ["--model", f / "ssr"], "is a ssr stage, which needs a video"),
+        "gen-fit": (gen + [f, "--num-frames", 1], "interpolation needs at least 2 frames"),
+        "inflate-x4-tsr": (["inflate", "--base", x4, "--out", tmp_path / "s", "--stage", "tsr"], "SD x4 upscaler"),
+        "inflate-factor-base": (inflate + ["--factor", 2], "--factor applies to a cascade stage"),
+        "inflate-ssr-factor": (inflate + ["--stage", "ssr", "--factor", 3], "ssr stage must be one of 2, 4, got 3"),
+        "inflate-tsr-frames": (inflate + ["--stage", "tsr", "--factor", 3], "--num-frames 16 must be a multiple"),
+    }[case]
+    code, stdout, err = run_cli(capsys, *argv)
+    assert code == 2, (stdout, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vidiff {argv[0]}: error: "), err
+    import re
+
+    assert re.search(expected, lines[0]), lines[0]
+    assert not out.exists() and not (tmp_path / "stage").exists()
