@@ -10,7 +10,8 @@ import torch
 
 from vidiff.training.ema import EMA
 from vidiff.training.state import (CheckpointError, CorruptCheckpointError, UnsafeCheckpointError, check_checkpoint,
-                                   decode_tree, encode_tree, load_training_state, save_training_state)
+                                   check_supported, decode_tree, encode_tree, load_training_state,
+                                   save_training_state)
 
 
 class Run:
@@ -194,3 +195,15 @@ def test_tree_encoding_is_data_only():
         decode_tree({"__tensor__": "missing"}, {})
     with pytest.raises(ValueError, match="tagged node"):
         decode_tree({"__tuple__": [], "other": 1}, {})
+
+
+def test_sharded_training_is_refused_up_front():
+    from accelerate.utils import DistributedType
+
+    class Sharded:
+        distributed_type = DistributedType.FSDP
+
+    with pytest.raises(ValueError, match="FSDP is not supported.*DDP"):
+        check_supported(Sharded())
+    Sharded.distributed_type = DistributedType.MULTI_GPU
+    check_supported(Sharded())

@@ -19,6 +19,7 @@ from vidiff.training.ema import EMA
 from vidiff.training.stages import make_stage, min_snr_weights
 from vidiff.training import TrainingError
 from vidiff.training.checkpoints import list_checkpoints, save_checkpoint
+from vidiff.training.state import check_checkpoint
 from vidiff.training.data import EndlessSampler
 from vidiff.training.trainer import drop_unused_parameters, select_trainable, train
 
@@ -497,6 +498,11 @@ def test_two_process_ddp_run(assets, tmp_path):
     rows = read_csv(out / "train_log.csv")
     assert [r["step"] for r in rows] == ["1", "2"]
     assert (out / "pipeline" / "vidiff.json").is_file()
+    # One copy of the weights and optimiser state (main process), each rank's random states, nothing pickled.
+    (checkpoint,) = list_checkpoints(out / "checkpoints")
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {"random_states_0.safetensors", "random_states_1.safetensors", "optimizer.safetensors"} <= names
+    check_checkpoint(checkpoint)
 
 
 def test_training_from_a_latent_cache(assets, tmp_path):

@@ -280,18 +280,20 @@ def _scaler(accelerator):
     return getattr(accelerator, "scaler", None) if accelerator is not None else None
 
 
-def _check_distributed(accelerator) -> None:
+def check_supported(accelerator) -> None:
+    """These checkpoints hold one full copy of the weights and optimiser state: data parallelism only (a
+    sharded optimiser, DeepSpeed or FSDP, would need each rank's shard). Checked when the run starts."""
     kind = str(getattr(getattr(accelerator, "distributed_type", None), "value", "NO")).upper()
     if kind in ("DEEPSPEED", "FSDP", "MEGATRON_LM", "XLA"):
-        raise ValueError(f"accelerate distributed_type {kind}: vidiff checkpoints support one process or DDP "
-                         "(MULTI_GPU / MULTI_CPU); launch with plain data parallelism")
+        raise ValueError(f"accelerate distributed_type {kind} is not supported: vidiff checkpoints support one "
+                         "process or DDP (MULTI_GPU / MULTI_CPU); run `accelerate config` and choose plain multi-GPU")
 
 
 def save_training_state(folder, *, model, optimizer, lr_scheduler, ema=None, accelerator=None) -> None:
     """Write the trainer state into `folder` (which exists). Call on every rank: the main process writes the
     shared files, every rank its random states. The caller writes trainer_state.json after a barrier."""
     folder = Path(folder)
-    _check_distributed(accelerator)
+    check_supported(accelerator)
     main = accelerator is None or accelerator.is_main_process
     rank = accelerator.process_index if accelerator is not None else 0
     if main:
@@ -312,7 +314,7 @@ def load_training_state(folder, *, model, optimizer, lr_scheduler, ema=None, acc
     """Validate `folder` (check_checkpoint) and restore what `save_training_state` wrote into the given objects.
     Every rank calls it. A file that does not fit this run raises CheckpointError naming it."""
     folder = Path(folder)
-    _check_distributed(accelerator)
+    check_supported(accelerator)
     check_checkpoint(folder)
     rank = accelerator.process_index if accelerator is not None else 0
 

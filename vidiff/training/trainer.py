@@ -51,6 +51,7 @@ from vidiff.training.ema import EMA
 from vidiff.training.logs import TrainLog, render_validation
 from vidiff.training.run_folder import check_output_dir, mark_run_folder
 from vidiff.training.stages import Stage, make_stage, stage_options
+from vidiff.training.state import check_supported
 from vidiff.utils import write_json_atomic
 
 TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
@@ -376,6 +377,7 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     say = log if main else _quiet
+    check_supported(accelerator)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: continue the run, or start it over")
     old_checkpoints = list_checkpoints(output_dir / "checkpoints")
