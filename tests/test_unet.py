@@ -484,3 +484,20 @@ def test_save_temporal_replaces_only_its_own_file(tmp_path, sd1_folder):
     video.save_temporal(tmp_path / "motion.safetensors")  # an earlier temporal file is replaced
     saved = load_file(tmp_path / "motion.safetensors")
     assert all(torch.equal(saved[k], video.state_dict()[k]) for k in saved)
+
+
+def test_from_2d_weights_keeps_a_pretrained_condition(tmp_path):
+    """An SD x4-upscaler-style U-Net already takes its condition (3 pixel channels) in conv_in: inflated as a stage
+    with conditioning_channels=3 it keeps those trained columns and equals the 2D model on every frame."""
+    unet2d = make_2d(X4)
+    config = dict(unet2d.config, in_channels=4)  # 4 latent channels; the other 3 are the stage's condition
+    video = VideoUNet.from_2d_weights(config, unet2d.state_dict(), conditioning_channels=3, stage="ssr").eval()
+    assert (video.in_channels, video.conditioning_channels, video.config["stage"]) == (4, 3, "ssr")
+    assert torch.equal(video.conv_in.weight, unet2d.conv_in.weight)
+    x, t, context, labels = inputs(unet2d, f=3)
+    with torch.no_grad():
+        out = video(x, t, context, class_labels=labels)
+    assert (out - per_frame_2d(unet2d, x, t, context, labels)).abs().max() <= TOL
+    # conv_in columns that are neither the latents alone nor latents + condition are named.
+    with pytest.raises(ValueError, match=r"conv_in.weight: checkpoint \(16, 7, 3, 3\) vs model \(16, 6, 3, 3\)"):
+        VideoUNet.from_2d_weights(config, unet2d.state_dict(), conditioning_channels=2, source="x4")

@@ -423,18 +423,33 @@ class VideoUNet(nn.Module):
         Spatial weights load by their diffusers names; temporal layers and conditioning channels keep their
         identity / zero initialisation, so the result equals the 2D model on every frame.
         """
-        from vidiff.models.loading import check_state_dict, load_unet_2d
+        from vidiff.models.loading import load_unet_2d
 
         check_options(**options)  # before the weights are read (or downloaded)
         unet_config, state_dict = load_unet_2d(path_or_id, subfolder, config=config)
+        return cls.from_2d_weights(unet_config, state_dict, source=str(path_or_id), **options)
+
+    @classmethod
+    def from_2d_weights(cls, unet_config: dict, state_dict, *, source: str = "the checkpoint", **options
+                        ) -> "VideoUNet":
+        """Inflate a 2D U-Net given as its diffusers config and state dict (what `from_2d` does after reading them).
+
+        With `conditioning_channels=k`, the config's `in_channels` counts the latent channels only, and the
+        state dict's `conv_in.weight` either has just those columns (the k new ones start at zero: the stage
+        starts as its base) or already has k more (an image model that takes the condition itself, e.g. the SD
+        x4 upscaler's 3 low-resolution pixel channels: kept as trained).
+        """
+        from vidiff.models.loading import check_state_dict
+
+        check_options(**options)
         with _spatial_from_checkpoint():
             model = cls(unet_config, **options)
-        if model.conditioning_channels and "conv_in.weight" in state_dict:
-            weight = state_dict["conv_in.weight"]  # widen with zero columns for the condition channels
+        weight = state_dict.get("conv_in.weight")
+        if model.conditioning_channels and weight is not None and weight.shape[1] == model.in_channels:
             extra = weight.new_zeros(weight.shape[0], model.conditioning_channels, *weight.shape[2:])
             state_dict = dict(state_dict, **{"conv_in.weight": torch.cat([weight, extra], dim=1)})
         expected = {k: v.shape for k, v in model.state_dict().items()}
-        check_state_dict(expected, state_dict, allow_missing=is_temporal_parameter, source=str(path_or_id))
+        check_state_dict(expected, state_dict, allow_missing=is_temporal_parameter, source=source)
         model._load_spatial(state_dict)
         return model
 
