@@ -27,8 +27,8 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from vidiff.pipelines.encoding import encode_text, encode_video
-from vidiff.pipelines.folder import (CROSS_FRAME_MODES, load_component, make_info, read_info, spatial_factor,
-                                     write_pipeline_folder)
+from vidiff.models.options import CROSS_FRAME_MODES
+from vidiff.pipelines.folder import make_info, read_info, spatial_factor, write_pipeline_folder
 from vidiff.pipelines.schedulers import check_scheduler_name, make_scheduler, max_inference_steps
 
 OUTPUT_TYPES = ("uint8", "pt", "latent")
@@ -138,6 +138,7 @@ class VideoPipeline:
         dtype: "fp32" | "fp16" | "bf16" or a torch dtype (default: fp16 on CUDA, fp32 elsewhere)."""
         from transformers import CLIPTextModel, CLIPTokenizer
 
+        from vidiff.models.loading import load_component
         from vidiff.models.unet import VideoUNet
         from vidiff.pipelines.folder import read_scheduler_config
 
