@@ -151,3 +151,65 @@ def test_cli_inflate_errors(sd, tmp_path, capsys, monkeypatch, case):
     assert not (tmp_path / "out").exists()
     assert (tmp_path / "keep" / "data.txt").read_text() == "precious\n"
     assert (tmp_path / "notes.txt").read_text() == "precious\n"
+
+
+def test_a_missing_path_that_is_no_hub_id_is_not_downloaded(tmp_path, monkeypatch):
+    """Issue 9: two hub-id tests disagreed (the inflater took "my models/sd" for a hub repo and tried to download
+    it); `vidiff.models.loading.is_hub_id` is the one test."""
+    from vidiff.models import loading
+    from vidiff.pipelines.folder import inflate_pipeline
+
+    def no_download(repo_id):
+        raise AssertionError(f"tried to download {repo_id!r}")
+
+    monkeypatch.setattr(loading, "_download_base", no_download)
+    for text in ("my models/sd", "../sd/unet", "owner/name/extra", "sd/model.json"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            inflate_pipeline(text, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert loading.is_hub_id("owner/name") and not loading.is_hub_id("my models/sd")
+
+
+def test_stage_is_checked_in_vidiff_json_and_before_inflating(sd, tmp_path, monkeypatch):
+    from vidiff.models import loading
+    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.testing import make_tiny_video_pipeline
+
+    folder = make_tiny_video_pipeline(tmp_path / "video")
+    info = json.loads((folder / "vidiff.json").read_text())
+    assert read_info(folder)["stage"] == "base"
+    (folder / "vidiff.json").write_text(json.dumps(dict(info, stage="superres")))
+    with pytest.raises(ValueError, match=r"unknown stage 'superres' in .*vidiff.json .*use one of base, "
+                                         r"interpolation, tsr, ssr"):
+        read_info(folder)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded the base before checking the options")
+
+    monkeypatch.setattr(loading, "load_base_components", no_loading)
+    with pytest.raises(ValueError, match="unknown stage 'superres'"):
+        inflate_pipeline(sd, tmp_path / "out", stage="superres")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="conditioning_channels must be an integer >= 0"):
+            inflate_pipeline(sd, tmp_path / "out", stage="tsr", conditioning_channels=bad)
+
+
+def test_inflated_stage_has_zero_initialised_condition_channels(sd, tmp_path):
+    """`inflate_pipeline(stage=..., conditioning_channels=k)`: the stage is recorded, the U-Net takes k more input
+    channels, and until trained it samples exactly what the base stage samples, whatever the condition."""
+    from vidiff import VideoPipeline
+    from vidiff.pipelines.folder import inflate_pipeline
+
+    defaults = {"num_frames": 2, "height": 16, "width": 16}
+    base = VideoPipeline.from_pretrained(inflate_pipeline(sd, tmp_path / "base", defaults=defaults), device="cpu")
+    out = inflate_pipeline(sd, tmp_path / "tsr", stage="tsr", conditioning_channels=4, defaults=defaults)
+    info = read_info(out)
+    assert info["stage"] == "tsr" and info["conditioning"]["conditioning_channels"] == 4
+    unet_config = json.loads((out / "unet" / "config.json").read_text())
+    assert unet_config["stage"] == "tsr" and unet_config["conditioning_channels"] == 4
+    stage = VideoPipeline.from_pretrained(out, device="cpu")
+    assert stage.unet.conv_in.weight.shape[1] == 8 and not stage.unet.conv_in.weight[:, 4:].any()
+    condition = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(num_inference_steps=2, seed=0, output_type="latent", progress=False)
+    torch.testing.assert_close(stage("a red circle", condition=condition, **kwargs), base("a red circle", **kwargs),
+                               atol=1e-6, rtol=0)

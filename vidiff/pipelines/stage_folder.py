@@ -24,8 +24,8 @@ import json
 import os
 from pathlib import Path
 
-from vidiff.pipelines.folder import (CROSS_FRAME_MODES, load_component, load_base_components, make_info,
-                                     read_scheduler_config, write_pipeline_folder)
+from vidiff.models.options import CROSS_FRAME_MODES
+from vidiff.pipelines.folder import make_info, read_scheduler_config, write_pipeline_folder
 
 CASCADE_STAGES = ("interpolation", "tsr", "ssr")
 # What `vidiff inflate --stage NAME` records when no factor is given.
@@ -93,7 +93,7 @@ def load_upscaler_components(folder: Path, **unet_options) -> dict:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from vidiff.models.loading import check_state_dict, load_unet_2d
+    from vidiff.models.loading import check_state_dict, load_component, load_unet_2d
     from vidiff.models.unet import VideoUNet, _spatial_from_checkpoint
 
     fix = "give a diffusers SD x4 upscaler folder (as StableDiffusionUpscalePipeline.save_pretrained writes it)"
@@ -136,6 +136,8 @@ def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *
     it trains on (default 2 and 4); tsr: the frame-rate factor; ssr: 2 or 4 (an x4 upscaler fixes its own).
     The stage equals its base model until trained. Returns `out`."""
     import torch
+
+    from vidiff.models.loading import load_base_components
 
     if stage not in CASCADE_STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(CASCADE_STAGES)}")
