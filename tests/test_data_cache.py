@@ -1,5 +1,6 @@
 """Latent cache: the stored latents / embeddings equal a direct VAE / CLIP encoding; shards, bad files, CLI."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +159,20 @@ def test_cache_and_training_on_videos_see_the_same_latents(setup, tmp_path):
                                  generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(latents[0], cached[0]["latents"], rtol=0, atol=1e-5)
     torch.testing.assert_close(text[0], cached[0]["encoder_hidden_states"], rtol=0, atol=1e-5)
+
+
+def test_a_damaged_encoder_file_is_one_line_naming_it(setup, tmp_path, capsys):
+    import shutil
+
+    root, model, manifest = setup
+    damaged = Path(shutil.copytree(model, tmp_path / "sd"))
+    weights = damaged / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"{weights} is damaged or truncated"):
+        build_latent_cache(damaged, manifest, tmp_path / "c", num_frames=2, height=8, width=8, device="cpu",
+                           progress=False)
+    assert main(["data", "cache", "--model", str(damaged), "--manifest", str(manifest), "--out", str(tmp_path / "c"),
+                 "--num-frames", "2", "--height", "8", "--width", "8", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(weights) in err
+    assert not (tmp_path / "c").exists()

@@ -458,3 +458,62 @@ def test_encode_video_is_the_vae_posterior_mean_per_frame(pipe):
     torch.testing.assert_close(pipe.encode_video(video), pipe.encode_video(as_float), atol=0, rtol=0)
     with pytest.raises(ValueError, match="multiples of the VAE's factor 2"):
         pipe.encode_video(frames[:, :, :, :15])
+
+
+class _Planted:
+    """A pickle that would create a file when unpickled with full pickle (the attack torch.load(weights_only=False)
+    lets through)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _damage(folder: Path, case: str, marker: Path) -> Path:
+    """Damage one file of a pipeline folder as `case` says; returns the file that is now damaged."""
+    import pickle
+
+    component, kind = case.split(":")
+    target = folder / component
+    if kind == "truncated":
+        file = next(target.glob("*.safetensors"))
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    elif kind == "pickle":  # only a code-running .bin left where the safetensors weights were
+        weights = next(target.glob("*.safetensors"))
+        weights.unlink()
+        file = target / ("pytorch_model.bin" if component == "text_encoder" else "diffusion_pytorch_model.bin")
+        file.write_bytes(pickle.dumps({"weight": _Planted(str(marker))}, protocol=2))
+    else:  # garbage JSON
+        file = target / kind
+        file.write_text('{"_class_name": "Auto')
+    return file
+
+
+DAMAGE = ["text_encoder:truncated", "text_encoder:pickle", "text_encoder:config.json", "vae:truncated", "vae:pickle",
+          "vae:config.json", "unet:truncated", "unet:config.json", "tokenizer:tokenizer.json",
+          "tokenizer:tokenizer_config.json", "scheduler:scheduler_config.json"]
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_or_unsafe_file_is_one_line_naming_it(folders, tmp_path, capsys, case):
+    """Issue 8: a truncated safetensors, a pickle .bin or garbage JSON in a component folder ended in a raw
+    SafetensorError / UnpicklingError / JSONDecodeError traceback. Now: one line naming the file, from the Python
+    API (a ValueError / FileNotFoundError) and from `vidiff generate` (exit 2), and a planted pickle never runs."""
+    import shutil
+
+    from vidiff.cli import main
+
+    folder = Path(shutil.copytree(folders[1], tmp_path / "video"))
+    marker = tmp_path / "pickle-ran"
+    damaged = _damage(folder, case, marker)
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        VideoPipeline.from_pretrained(folder, device="cpu")
+    message = str(info.value)
+    assert "\n" not in message and str(damaged) in message, message
+    code = main(["generate", "--model", str(folder), "--prompt", PROMPT, "--steps", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "clip.mp4")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(damaged) in err and "Traceback" not in err
+    assert not marker.exists() and not (tmp_path / "clip.mp4").exists()

@@ -56,17 +56,21 @@ class _Samples(torch.utils.data.Dataset):
 
 
 def _load_encoders(model_dir: Path, device, dtype):
+    """The frozen VAE, text encoder and tokenizer of a pipeline folder (safe formats only; a damaged file is
+    one error naming it)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
+
+    from vidiff.models.loading import load_component
 
     missing = [name for name in ("vae", "text_encoder", "tokenizer") if not (model_dir / name).is_dir()]
     if missing:
         raise FileNotFoundError(f"pipeline folder {model_dir} lacks {'/, '.join(missing)}/; give a Stable Diffusion "
                                 f"or vidiff pipeline folder (with vae/, text_encoder/, tokenizer/)")
-    vae = AutoencoderKL.from_pretrained(model_dir / "vae", torch_dtype=dtype).to(device).eval()
-    text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", dtype=dtype).to(device).eval()
-    tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
-    return vae, text_encoder, tokenizer
+    fix = "give an intact Stable Diffusion or vidiff pipeline folder"
+    vae = load_component(model_dir, "vae", AutoencoderKL, fix).to(device, dtype).eval()
+    text_encoder = load_component(model_dir, "text_encoder", CLIPTextModel, fix).to(device, dtype).eval()
+    return vae, text_encoder, load_component(model_dir, "tokenizer", CLIPTokenizer, fix)
 
 
 def _is_cache(folder: Path) -> bool:
