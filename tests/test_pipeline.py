@@ -517,3 +517,26 @@ def test_a_damaged_or_unsafe_file_is_one_line_naming_it(folders, tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(damaged) in err and "Traceback" not in err
     assert not marker.exists() and not (tmp_path / "clip.mp4").exists()
+
+
+@pytest.mark.parametrize("device, cuda, count, match", [
+    ("cuda", False, 0, r"device 'cuda' asked for, but no CUDA device is available.*use 'cpu'"),
+    ("cuda:3", True, 2, r"device 'cuda:3': there are 2 CUDA devices \(cuda:0 .. cuda:1\)"),
+    ("tpu", False, 0, r"unknown device 'tpu'; use cuda, cuda:N, mps or cpu"),
+])
+def test_unavailable_device_is_a_clear_error_before_loading(folders, monkeypatch, device, cuda, count, match):
+    """Issue 8: from_pretrained(device="cuda") on a CPU build loaded the whole model, then raised torch's
+    AssertionError ("Torch not compiled with CUDA enabled")."""
+    from vidiff.models.unet import VideoUNet
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded the model before checking the device")
+
+    monkeypatch.setattr(VideoUNet, "from_pretrained", no_loading)
+    with pytest.raises(ValueError, match=match):
+        VideoPipeline.from_pretrained(folders[1], device=device)
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        VideoPipeline.from_pretrained(folders[1], device="cpu", dtype="fp8")

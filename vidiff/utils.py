@@ -140,3 +140,30 @@ def default_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def check_device(device=None):
+    """`device` ("cpu", "cuda", "cuda:N", "mps", a torch.device, or None for the best available) as a
+    torch.device, after checking this machine has it: a ValueError naming the device and the fix, instead of
+    torch's AssertionError ("Torch not compiled with CUDA enabled") after a model has been loaded."""
+    import torch
+
+    if device is None:
+        return torch.device(default_device())
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use cuda, cuda:N, mps or cpu") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {str(device)!r} asked for, but no CUDA device is available ({why}); use 'cpu'")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {str(device)!r}: there are {count} CUDA devices (cuda:0 .. cuda:{count - 1})")
+    elif resolved.type == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but MPS is not available; use 'cpu'")
+    elif resolved.type != "cpu":
+        raise ValueError(f"unsupported device {str(device)!r}; use cuda, cuda:N, mps or cpu")
+    return resolved

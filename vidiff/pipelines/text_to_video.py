@@ -141,7 +141,9 @@ class VideoPipeline:
         from vidiff.models.loading import load_component
         from vidiff.models.unet import VideoUNet
         from vidiff.pipelines.folder import read_scheduler_config
+        from vidiff.utils import check_device, parse_dtype
 
+        device, dtype = check_device(device), parse_dtype(dtype) if dtype is not None else None  # before loading
         directory = Path(directory)
         info = read_info(directory)
         if info["kind"] != "text-to-video":
@@ -165,9 +167,9 @@ class VideoPipeline:
                                      tokenizer=self.tokenizer, scheduler_config=self.scheduler_config, info=self.info)
 
     def to(self, device=None, dtype=None) -> "VideoPipeline":
-        from vidiff.utils import default_device, parse_dtype
+        from vidiff.utils import check_device, parse_dtype
 
-        device = torch.device(device or default_device())
+        device = check_device(device)
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
         dtype = parse_dtype(dtype)
