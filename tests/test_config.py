@@ -110,11 +110,23 @@ def test_bad_overrides(override, message):
     ("data.num_frames=0", "data.num_frames"),
     ("data.image_batch_size=2", "data.image_manifest"),
     ("model.pretrained=", "model.pretrained"),
+    ("model.cross_frame=sparse", "model.cross_frame must be null (keep the model's) or one of none, first"),
+    ("model.attention_backend=flash", "model.attention_backend must be one of auto, sdpa, xformers, math"),
+    ("train.stage=upscale", "train.stage must be one of base, interpolation, tsr, ssr"),
 ])
-def test_range_checks(override, message):
+def test_range_checks(override, message, tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(None, REQUIRED + [override])
     assert message in str(e.value)
+    # From a file: the message names the file too.
+    import yaml
+
+    key, value = override.split("=", 1)
+    section, name = key.split(".")
+    path = write(tmp_path, yaml.safe_dump({section: {name: yaml.safe_load(value) if value else ""}}))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, [r for r in REQUIRED if not r.startswith(key + "=")])
+    assert message in str(e.value) and str(path) in str(e.value)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -275,9 +275,23 @@ def validate(cfg: Config, where: str = "config") -> None:
     check(bool(d.manifest) or bool(d.cache), "data.manifest is empty: set it to a video folder, manifest file or video")
     check(bool(cfg.model.pretrained), "model.pretrained is empty: set it to an SD pipeline folder or a vidiff pipeline folder")
     check(bool(cfg.output_dir), "output_dir is empty")
+    _validate_model(cfg, check)
     _validate_stage(cfg, check)
     check(cfg.validation.every >= 0, f"validation.every must be >= 0, got {cfg.validation.every}")
     check(cfg.validation.steps >= 1, f"validation.steps must be >= 1, got {cfg.validation.steps}")
+
+
+def _validate_model(cfg: Config, check) -> None:
+    """model.cross_frame and model.attention_backend by the names vidiff.models.options defines (torch-free);
+    whether the backend can run on this machine is checked by the trainer before it loads anything."""
+    from vidiff.models.options import ATTENTION_BACKENDS, CROSS_FRAME_MODES
+
+    m = cfg.model
+    check(m.cross_frame is None or m.cross_frame in CROSS_FRAME_MODES,
+          f"model.cross_frame must be null (keep the model's) or one of {', '.join(CROSS_FRAME_MODES)}, "
+          f"got {m.cross_frame!r}")
+    check(m.attention_backend in ATTENTION_BACKENDS,
+          f"model.attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {m.attention_backend!r}")
 
 
 def _validate_stage(cfg: Config, check) -> None:
