@@ -7,7 +7,7 @@ import pytest
 from vidiff.cli import main
 from vidiff.data.synthetic import (BACKGROUND, COLORS, MOTIONS, SHAPES, caption, make_clip, sample_specs,
                                    write_shapes_dataset)
-from vidiff.data.video_io import read_video
+from vidiff.data.video_io import read_video, write_video
 
 
 def colour_mask(frames: np.ndarray, rgb) -> np.ndarray:
@@ -142,3 +142,22 @@ def test_cli_shapes(tmp_path, capsys):
     for fps in ("0", "nan"):
         assert main(["data", "shapes", "--out", str(tmp_path / "other"), "--count", "1", "--fps", fps]) == 2
         assert "--fps must be > 0" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def test_shapes_dataset_bytes_do_not_depend_on_what_ran_before(tmp_path):
+    """Found in QA: after other tests ran in the process, the same seed wrote other pixels. x264's AVX-512 code for
+    macroblock-tree rate control reads memory it never wrote on small frames, so what earlier work left in the heap
+    (decoded or encoded videos) changed the encoder's choices. The files must be byte-identical for a seed."""
+    import hashlib
+
+    def digests(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+    reference = digests(write_shapes_dataset(tmp_path / "ref", count=6, num_frames=5, size=32, seed=3).parent)
+    rng = np.random.default_rng(0)
+    for round_ in range(6):
+        for path in sorted((tmp_path / "ref").glob("*.mp4")):  # leave decoder and encoder memory in the heap
+            read_video(path, backend="pyav")
+            write_video(tmp_path / "other.mp4", rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8), fps=8)
+        again = write_shapes_dataset(tmp_path / f"again{round_}", count=6, num_frames=5, size=32, seed=3).parent
+        assert digests(again) == reference, f"round {round_}"

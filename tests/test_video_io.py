@@ -439,3 +439,29 @@ def test_damaged_file_is_one_line_on_stderr(tmp_path):
             f"try:\n    read_video({str(cut)!r}, backend='auto')\nexcept ValueError as e:\n    print(e)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "truncated" in result.stdout and result.stderr.strip() == ""
+
+
+def test_mp4_bytes_do_not_depend_on_earlier_work(tmp_path):
+    """Found in QA (issue 8): the same frames encoded to other bytes (and other pixels) after other videos were
+    encoded and decoded in the process: x264's AVX-512 macroblock-tree code reads memory it never wrote, so the
+    heap's leftovers steered its rate control. Without the pinned settings this fails on most runs on a CPU with
+    AVX-512 (the heap is luck); the settings written into the stream are checked exactly."""
+    import hashlib
+    import re
+
+    from vidiff.data.synthetic import make_clip
+
+    rng = np.random.default_rng(0)
+    clip = make_clip("red", "circle", "moving left", num_frames=5, size=32, seed=1)
+    digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
+    reference = digest(write_video(tmp_path / "clip.mp4", clip, fps=8))
+    changed = 0
+    for round_ in range(60):  # leave other videos' encoder and decoder memory in the heap
+        side = 32 if round_ % 2 else int(rng.integers(8, 33)) * 2
+        write_video(tmp_path / "other.mp4", rng.integers(0, 256, (5, side, side, 3), dtype=np.uint8), fps=8)
+        read_video(tmp_path / "other.mp4", backend="pyav")
+        changed += digest(write_video(tmp_path / "clip.mp4", clip, fps=8)) != reference
+    assert changed == 0, f"{changed} of 60 writes of the same frames gave other bytes"
+    # x264 records its settings in the stream (an SEI message): macroblock-tree off, one thread whatever the CPU.
+    settings = re.search(rb"options: ([^\x00]+)", (tmp_path / "clip.mp4").read_bytes()).group(1).decode().split()
+    assert {"mbtree=0", "threads=1", "lookahead_threads=1"} <= set(settings), settings

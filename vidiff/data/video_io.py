@@ -392,6 +392,15 @@ def video_rate(fps) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+# Encoder settings pinned so the same frames give the same bytes whatever ran before and on any machine:
+# - mbtree off: x264's AVX-512 macroblock-tree code (core 165, as PyAV 18 ships it) reads memory it never wrote,
+#   so the heap left by earlier work (decoding or encoding other videos) changed its rate control and the same
+#   seed wrote other pixels (seen at 16-80 px; tests/test_video_io.py repeats it). Costs some bitrate, not quality.
+# - one thread: the default thread count follows the CPU count, and x264's slices follow the threads.
+X264_PINNED = {"mbtree": "0"}
+X264_THREADS = 1
+
+
 def _write_mp4(path: Path, frames: np.ndarray, fps, crf: int = 18) -> None:
     import av
 
@@ -403,7 +412,8 @@ def _write_mp4(path: Path, frames: np.ndarray, fps, crf: int = 18) -> None:
         stream = container.add_stream("libx264", rate=video_rate(fps))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
+        stream.options = {"crf": str(crf), **X264_PINNED}
+        stream.codec_context.thread_count = X264_THREADS
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
