@@ -542,7 +542,7 @@ def test_cli_errors_before_any_work(assets, cascade, bad_cascades, tmp_path, cap
         raise AssertionError("a model was loaded before the input was checked")
 
     monkeypatch.setattr(VideoPipeline, "from_pretrained", no_loading)
-    monkeypatch.setattr(stage_folder, "load_base_components", no_loading)
+    monkeypatch.setattr("vidiff.models.loading.load_base_components", no_loading)  # its one home (SD-base loading)
     monkeypatch.setattr(stage_folder, "load_upscaler_components", no_loading)
     f, video, out = cascade["folder"], cascade["video"], tmp_path / "out.mp4"
     one_frame, odd, tiny = tmp_path / "one.mp4", tmp_path / "odd.mp4", tmp_path / "tiny.gif"
