@@ -111,9 +111,9 @@ def test_batch_of_prompts_returns_list(pipe):
 
 def test_chunked_vae_decoding_equals_unchunked_and_diffusers(pipe):
     latents = noise((2, 4, 5, 8, 8), seed=2)
-    full = pipe.decode_latents(latents, chunk_size=None)
+    full = pipe.decode(latents, chunk_size=None)
     for chunk in (1, 3, 8):
-        torch.testing.assert_close(pipe.decode_latents(latents, chunk_size=chunk), full, atol=1e-5, rtol=0)
+        torch.testing.assert_close(pipe.decode(latents, chunk_size=chunk), full, atol=1e-5, rtol=0)
     # Reference: diffusers' VAE on every frame of video 1, latents divided by the scaling factor.
     with torch.no_grad():
         frames = pipe.vae.decode(latents[1].transpose(0, 1) / pipe.vae.config.scaling_factor).sample

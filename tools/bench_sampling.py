@@ -62,11 +62,11 @@ def decode_memory(folder: str, chunk: int | None, frames: int, device: str, dtyp
     h = pipe.defaults["height"] // pipe.vae_scale_factor
     latents = torch.randn(1, 4, frames, h, h, device=pipe.device)
     if pipe.device.type == "cuda":
-        pipe.decode_latents(latents[:, :, :1], chunk)  # warm up kernels / allocator
+        pipe.decode(latents[:, :, :1], chunk)  # warm up kernels / allocator
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        pipe.decode_latents(latents, chunk)
+        pipe.decode(latents, chunk)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
 
@@ -86,7 +86,7 @@ def decode_memory(folder: str, chunk: int | None, frames: int, device: str, dtyp
     base = rss()
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    pipe.decode_latents(latents, chunk)
+    pipe.decode(latents, chunk)
     done.set()
     thread.join()
     return (max(peak[0], rss()) - base) / 2**20

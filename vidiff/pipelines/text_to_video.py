@@ -116,7 +116,9 @@ class VideoPipeline:
     """Text-to-video sampling with a VideoUNet (public: `vidiff.VideoPipeline`).
 
     Build with `VideoPipeline.from_pretrained(dir)` on a folder written by `vidiff inflate` / `vidiff train`,
-    then call with a prompt. The sampler is chosen per call by name (`scheduler=`), built from the folder's noise
+    then call with a prompt. `__call__` is the composition of public steps that the cascade stages and editing
+    call on their own: `encode_prompt` -> `prepare_latents` -> `denoise` (from any timestep:
+    `timesteps_for_strength`) -> `decode`, with `encode_video` the inverse of `decode`. The sampler is chosen per call by name (`scheduler=`), built from the folder's noise
     schedule (`pipe.make_scheduler(name)`). `pipe.timings` holds the seconds spent per part in the last call
     (text, unet, sampler, vae).
     """
@@ -474,8 +476,6 @@ class VideoPipeline:
         decoded = [self.vae.decode(frames[i:i + chunk_size]).sample.float()
                    for i in range(0, frames.shape[0], chunk_size)]
         return rearrange(torch.cat(decoded), "(b f) c h w -> b c f h w", b=b).clamp(-1, 1)
-
-    decode_latents = decode  # the name before the steps were public; kept for scripts
 
     # ----------------------------------------------------------------------------------------------- helpers
     @contextlib.contextmanager
