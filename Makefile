@@ -7,7 +7,7 @@ TORCH_INDEX ?=
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.vidiff-installed
 
-.PHONY: venv test test-all bench clean
+.PHONY: venv test test-all bench clean demo
 
 venv: $(STAMP)
 
@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
+
+# The first command to run: set-up, then a clip from the built-in demo cascade (vidiff/assets/demo), with a GIF
+# and a contact sheet. tests/test_demo.py runs this recipe's `vidiff generate` line.
+DEMO_OUT    ?= outputs/demo
+demo: $(STAMP)
+	$(VENV)/bin/vidiff generate --prompt "a red circle moving right" --seed 0 --gif --contact-sheet --quiet --out $(DEMO_OUT)/clip.mp4
+	@echo "demo: clip $(DEMO_OUT)/clip.mp4, GIF $(DEMO_OUT)/clip.gif, contact sheet $(DEMO_OUT)/clip.png"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

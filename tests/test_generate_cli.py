@@ -99,6 +99,10 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         raise AssertionError("the model was loaded before the input was checked")
 
     monkeypatch.setattr(VideoPipeline, "from_pretrained", no_loading)
+    if case == "no-model":  # an install without the built-in demo models (vidiff/assets/demo)
+        from vidiff import demo
+
+        monkeypatch.setattr(demo, "DEMO_DIR", tmp_path / "no-demo")
     sd = tmp_path / "sd"
     sd.mkdir()
     (sd / "model_index.json").write_text("{}")

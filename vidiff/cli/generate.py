@@ -13,6 +13,7 @@ def add_parser(sub):
         description="Sample video clips from a vidiff pipeline folder. Unset sizes and sampling settings take the "
                     "folder's defaults (its vidiff.json). Each clip gets a JSON sidecar (prompt, seed, settings).",
         epilog="examples:\n"
+               "  vidiff generate --prompt \"a red circle moving right\" --out clip.mp4   (no --model: the built-in demo)\n"
                "  vidiff generate --model models/sd15-video --prompt \"a red fox running in snow\" --out fox.mp4\n"
                "  vidiff generate --model M --prompt \"waves\" --num-frames 64 --steps 25 --seed 7 --gif --out waves.mp4\n"
                "  vidiff generate --model M --prompts-file prompts.txt --num-videos 2 --out clips/clip.mp4\n"
@@ -21,7 +22,9 @@ def add_parser(sub):
                "video i uses seed + i, so `--seed S+i --num-videos 1` remakes it alone.\n"
                "--out's suffix picks the format: .mp4, .gif, .png (contact sheet), none (folder of PNG frames).")
     p.add_argument("--model", metavar="DIR", default=None,
-                   help="vidiff pipeline folder (from `vidiff inflate`/`train`), or a cascade folder (cascade.yaml)")
+                   help="vidiff pipeline folder (from `vidiff inflate`/`train`), or a cascade folder (cascade.yaml); "
+                        "default: the built-in demo cascade (shapes: colours, circle/square/triangle, moving "
+                        "left/right/up/down)")
     p.add_argument("--cascade", metavar="YAML", default=None,
                    help="cascade YAML (configs/cascade/): the base, then each interpolation / tsr / ssr stage")
     p.add_argument("--keep-intermediate", action="store_true",
@@ -70,9 +73,14 @@ def run(args) -> int:
     from vidiff.pipelines.text_to_video import resolve_settings
 
     # Everything is checked before the model loads: a typo costs no time.
-    if args.model is None and args.cascade is None:
-        raise CLIError("no --model given (the built-in demo model is not available yet): make a model folder with "
-                       "`vidiff inflate --base SD_PIPELINE --out DIR` and pass --model DIR")
+    demo_model = args.model is None and args.cascade is None
+    if demo_model:  # the built-in demo cascade (vidiff.demo), so a fresh install makes a clip at once
+        from vidiff import demo
+
+        try:
+            args.model = str(demo.default_model())
+        except FileNotFoundError as e:
+            raise CLIError(str(e)) from None
     prompts = list(args.prompt or [])
     if args.prompts_file:
         file = Path(args.prompts_file)
@@ -87,6 +95,13 @@ def run(args) -> int:
         prompts += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise CLIError("no prompt: pass --prompt \"...\" or --prompts-file F")
+    if demo_model:
+        import sys
+
+        print(f"using the built-in demo model {args.model} (pass --model DIR for another)", file=sys.stderr)
+        message = demo.unknown_words_message(prompts)
+        if message:
+            print(f"warning: {message}", file=sys.stderr)
     if args.num_videos < 1:
         raise CLIError(f"--num-videos must be >= 1, got {args.num_videos}")
     if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):

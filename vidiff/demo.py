@@ -1,0 +1,143 @@
+"""The built-in demo models: a small pixel-space cascade trained on the synthetic "shapes" data.
+
+A fresh install cannot download Stable Diffusion, so vidiff ships its own tiny models (trained by
+`tools/train_demo.py`, configs in `configs/demo/`) under `vidiff/assets/demo/`:
+
+    base/           text-to-video, 8 frames of 32x32 pixels (inflated from a text-to-image model)
+    interpolation/  x2 frames (8 -> 15), Make-A-Video masked interpolation        (when trained)
+    ssr/            x2 size (32 -> 64), noise-augmented spatial super-resolution  (when trained)
+    cascade.yaml    the stages in order: this folder is a cascade folder (`--model` of a cascade)
+    checksums.json  sha256 of every weight file, checked by the tests
+
+The text encoder is a small random (seeded, frozen) CLIP text model whose tokenizer spells each word of the
+shapes vocabulary as one token, so the models know exactly the words of the shapes captions
+("a red circle moving right"); `unknown_words` finds the others, and `warn_unknown_words` says so in one line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from pathlib import Path
+
+from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES
+
+DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
+STAGES = ("base", "interpolation", "ssr")  # cascade order
+CHECKSUMS = "checksums.json"
+EXAMPLE_PROMPT = "a red circle moving right"
+
+
+def vocabulary() -> list[str]:
+    """Every word of the shapes captions, in a stable order: "a", the colours, shapes and motion words."""
+    words = ["a", *COLORS, *SHAPES]
+    for motion in MOTIONS:
+        words.extend(w for w in motion.split() if w not in words)
+    return words
+
+
+def prompt_words(prompt: str) -> list[str]:
+    """The words of a prompt as CLIP's tokenizer sees them (lower case; letters, digits and apostrophes)."""
+    return re.findall(r"[a-z0-9']+", prompt.lower())
+
+
+def unknown_words(prompts: str | list[str]) -> list[str]:
+    """Words of `prompts` (one or several) the demo models were never trained on, in order, without repeats."""
+    known = set(vocabulary())
+    out: list[str] = []
+    for prompt in [prompts] if isinstance(prompts, str) else prompts:
+        for word in prompt_words(prompt):
+            if word not in known and word not in out:
+                out.append(word)
+    return out
+
+
+def unknown_words_message(prompts: str | list[str]) -> str | None:
+    """One line naming the unknown words of `prompts` and listing the known ones; None if all are known."""
+    unknown = unknown_words(prompts)
+    if not unknown:
+        return None
+    return (f"the demo model has never seen {', '.join(repr(w) for w in unknown)}; it knows only: "
+            f"{' '.join(vocabulary())} (e.g. {EXAMPLE_PROMPT!r})")
+
+
+def warn_unknown_words(prompts: str | list[str]) -> str | None:
+    """Warn (one line) if `prompts` have words the demo models do not know; returns the message or None."""
+    message = unknown_words_message(prompts)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return message
+
+
+def model_dir(stage: str = "base") -> Path:
+    """The folder of the demo model for `stage` ("base", "interpolation" or "ssr")."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown demo stage {stage!r}; use one of {', '.join(STAGES)}")
+    return DEMO_DIR / stage
+
+
+def available_stages() -> list[str]:
+    """The demo stages shipped with this install (each a complete pipeline folder), in cascade order."""
+    return [s for s in STAGES if (DEMO_DIR / s / "vidiff.json").is_file()]
+
+
+def default_model() -> Path:
+    """The demo model `generate` uses without --model: the cascade folder (base -> interpolation -> ssr, see
+    its cascade.yaml) when this install has the stages, else the base alone; a clear error if it has neither."""
+    if (DEMO_DIR / "cascade.yaml").is_file():
+        return DEMO_DIR
+    path = model_dir("base")
+    if not (path / "vidiff.json").is_file():
+        raise FileNotFoundError(f"no demo model at {path}: this install lacks vidiff/assets/demo (reinstall vidiff, "
+                                "or run tools/train_demo.py), or pass --model DIR")
+    return path
+
+
+def write_cascade(root: str | Path = DEMO_DIR) -> Path | None:
+    """Write `root/cascade.yaml` listing the demo stages present under `root` in cascade order (None, and no
+    file, when only the base is there: the base folder is then the default model)."""
+    root = Path(root)
+    stages = [s for s in STAGES if (root / s / "vidiff.json").is_file()]
+    path = root / "cascade.yaml"
+    if stages[:1] != ["base"] or len(stages) < 2:
+        path.unlink(missing_ok=True)
+        return None
+    lines = ["# The built-in demo cascade (vidiff/demo.py); each stage's steps / guidance: its vidiff.json defaults",
+             "stages:"] + [f"  - model: {s}" for s in stages]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weight_files(root: str | Path = DEMO_DIR) -> list[Path]:
+    """Every weight file (*.safetensors) under `root`, sorted."""
+    return sorted(Path(root).rglob("*.safetensors"))
+
+
+def write_checksums(root: str | Path = DEMO_DIR) -> Path:
+    """Record the sha256 of every weight file under `root` in `root/checksums.json` (paths relative to root)."""
+    root = Path(root)
+    table = {p.relative_to(root).as_posix(): sha256(p) for p in weight_files(root)}
+    path = root / CHECKSUMS
+    path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def verify_checksums(root: str | Path = DEMO_DIR) -> list[str]:
+    """Problems with the shipped weights (a missing, changed or unrecorded file), as lines; [] if all match."""
+    root = Path(root)
+    recorded = json.loads((root / CHECKSUMS).read_text())
+    found = {p.relative_to(root).as_posix() for p in weight_files(root)}
+    problems = [f"{name}: missing" for name in sorted(set(recorded) - found)]
+    problems += [f"{name}: not in {CHECKSUMS}" for name in sorted(found - set(recorded))]
+    problems += [f"{name}: sha256 differs from {CHECKSUMS}" for name in sorted(found & set(recorded))
+                 if sha256(root / name) != recorded[name]]
+    return problems
