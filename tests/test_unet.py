@@ -192,6 +192,8 @@ def test_forcing_xformers_without_cuda_is_a_clear_error(sd1_folder):
         video.set_attention_backend("xformers")
     assert isinstance(info.value, RuntimeError) and "\n" not in str(info.value)
     assert video.attention_backend == "auto"  # the refused choice left the model as it was
+    assert attention_mod.backend_unavailable("xformers") == "it needs a CUDA device"
+    assert attention_mod.backend_unavailable("sdpa") is None and attention_mod.backend_unavailable("auto") is None
 
 
 def test_xformers_kernel_refusal_is_one_line(monkeypatch):

@@ -483,9 +483,9 @@ def parse_args(argv=None):
             if xformers_available():
                 args.models.append("video[xformers]")
             else:
-                from vidiff.models.attention import _xformers_error
+                from vidiff.models.attention import backend_unavailable
 
-                print(f"xformers vs SDPA: xformers cannot run here ({_xformers_error()}); SDPA only",
+                print(f"xformers vs SDPA: xformers cannot run here ({backend_unavailable('xformers')}); SDPA only",
                       file=sys.stderr)
     args.matmul_tflops = 0.0
     return args

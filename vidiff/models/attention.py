@@ -19,12 +19,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from vidiff.models.options import (ATTENTION_BACKENDS, CROSS_FRAME_MODES, CROSS_FRAME_SOURCES, check_backend_name,
-                                   check_cross_frame)
-
-__all__ = ["ATTENTION_BACKENDS", "BACKENDS", "CROSS_FRAME_MODES", "AttentionBackendError", "VideoAttnProcessor",
-           "attention", "check_backend", "check_cross_frame", "cross_frame_kv", "math_attention", "resolve_backend",
-           "xformers_available"]
+from vidiff.models.options import ATTENTION_BACKENDS, CROSS_FRAME_SOURCES, check_backend_name
 
 # Fused CUDA kernels launch one block per (batch x heads) on a grid axis limited to 65535. The temporal layers
 # fold b*h*w into the batch (2 * 64 * 64 = 8192 pixel columns for one 512 px clip with CFG, times 8 heads), which
@@ -105,12 +100,16 @@ BACKENDS: dict[str, Backend] = {
 assert ATTENTION_BACKENDS == ("auto", *BACKENDS), "vidiff.models.options names every backend of this registry"
 
 
+def backend_unavailable(name: str) -> str | None:
+    """Why backend `name` cannot run on this machine, or None when it can ("auto" always can)."""
+    return None if check_backend_name(name) == "auto" else BACKENDS[name].unavailable()
+
+
 def check_backend(name: str) -> str:
     """`name` if it is a known backend that can run here; ValueError for an unknown name, AttentionBackendError
     (one line: the backend, why not, the fix) for one this machine cannot run."""
-    check_backend_name(name)
     if name != "auto":
-        reason = BACKENDS[name].unavailable()
+        reason = backend_unavailable(name)
         if reason is not None:
             raise AttentionBackendError(f"attention backend {name!r} was requested but cannot run here ({reason}); "
                                         f"{BACKENDS[name].fix}")
