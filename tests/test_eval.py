@@ -356,16 +356,15 @@ def test_stage_scoring_with_oracle_and_baseline_stages():
     from vidiff.eval import stages
 
     cases = suite.make_cases(seeds=[3], limit=4)
-    by_prompt = {c.prompt: c for c in cases}
     truth = {"interpolation": (9, 32), "ssr": (4, 32), "extend": (6, 32)}
 
     def oracle(stage):
         frames, size = truth[stage]
-        return lambda *args: stages.true_clip(by_prompt[args[1]], frames, size)
+        return lambda *args: stages.true_clip(args[1], frames, size)
 
-    baselines = {"interpolation": lambda known, prompt: video.linear_blend(known, 2),
-                 "ssr": lambda low, prompt: video.bicubic_upsample(low, 2),
-                 "extend": lambda known, prompt, n: np.concatenate([known, video.repeat_last(known, n - len(known))])}
+    baselines = {"interpolation": lambda known, case: video.linear_blend(known, 2),
+                 "ssr": lambda low, case: video.bicubic_upsample(low, 2),
+                 "extend": lambda known, case, n: np.concatenate([known, video.repeat_last(known, n - len(known))])}
     for stage, (frames, size) in truth.items():
         options = dict(num_frames=frames, size=size, factor=2, num_known=2, progress=False)
         best = stages.summarize(stages.run_stage(stage, oracle(stage), cases, **options))
@@ -374,7 +373,7 @@ def test_stage_scoring_with_oracle_and_baseline_stages():
         assert same["psnr_gain"] == pytest.approx(0.0) and same["beats_baseline"] == 0.0
         assert f"| {stage} | 4 |" in stages.markdown_table(stage, same, stages.BASELINES[stage])
     with pytest.raises(ValueError, match="the ssr stage returned uint8 \\(4, 16, 16, 3\\)"):
-        stages.run_stage("ssr", lambda low, prompt: low, cases, num_frames=4, size=32, progress=False)
+        stages.run_stage("ssr", lambda low, case: low, cases, num_frames=4, size=32, progress=False)
     with pytest.raises(ValueError, match="num_known"):
         stages.run_stage("extend", baselines["extend"], cases, num_frames=4, size=32, num_known=4, progress=False)
 

@@ -8,10 +8,11 @@ next to the simple baseline (vidiff.eval.video):
     ssr            the true clip area-downsampled by `factor`   -> full size       vs bicubic upsampling
     extend         the first `num_known` frames of the true clip -> the whole clip  vs holding the last frame
 
-A stage is passed as a function, so the same scoring serves a Python pipeline, a CLI wrapper or a test double:
-    interpolation: fn(known uint8 (n, h, w, 3), prompt) -> (f, h, w, 3)
-    ssr:           fn(low uint8 (f, h, w, 3), prompt) -> (f, h * factor, w * factor, 3)
-    extend:        fn(known uint8 (k, h, w, 3), prompt, num_frames) -> (num_frames, h, w, 3)
+A stage is passed as a function, so the same scoring serves a Python pipeline, a CLI wrapper or a test double;
+it gets the case (its prompt, and `clip_seed(case.seed, case.index)` to seed its noise):
+    interpolation: fn(known uint8 (n, h, w, 3), case) -> (f, h, w, 3)
+    ssr:           fn(low uint8 (f, h, w, 3), case) -> (f, h * factor, w * factor, 3)
+    extend:        fn(known uint8 (k, h, w, 3), case, num_frames) -> (num_frames, h, w, 3)
 """
 from __future__ import annotations
 
@@ -53,13 +54,13 @@ def run_stage(stage: str, fn, cases: list[EvalCase], *, num_frames: int, size: i
     for case in tqdm(cases, desc=stage, unit="clip", disable=not progress):
         true = true_clip(case, num_frames, size)
         if stage == "interpolation":
-            out = _check_output(stage, fn(true[::factor], case.prompt), true.shape)
+            out = _check_output(stage, fn(true[::factor], case), true.shape)
             scores = video.score_interpolation(true, out, factor)
         elif stage == "ssr":
-            out = _check_output(stage, fn(video.downsample(true, factor), case.prompt), true.shape)
+            out = _check_output(stage, fn(video.downsample(true, factor), case), true.shape)
             scores = video.score_ssr(true, out, factor)
         else:
-            out = _check_output(stage, fn(true[:num_known], case.prompt, num_frames), true.shape)
+            out = _check_output(stage, fn(true[:num_known], case, num_frames), true.shape)
             scores = video.score_extension(true, out, num_known)
         records.append({"prompt": case.prompt, "seed": case.seed, **scores})
     return records
