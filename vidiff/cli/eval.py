@@ -1,4 +1,5 @@
-"""`vidiff eval`: measured quality on the synthetic shapes world (prompt following, temporal consistency)."""
+"""`vidiff eval`: measured quality on the synthetic shapes world (prompt following, temporal consistency, and the
+cascade stages against the drawn truth)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ from vidiff.cli.common import CLIError
 
 SHAPES_EPILOG = """examples:
   vidiff eval shapes --model vidiff/assets/demo/base --out results.json --contact-sheet sheet.png
+  vidiff eval shapes --cascade configs/cascade/demo.yaml --out cascade.json
   vidiff eval shapes --model runs/base/pipeline --seeds 9001,9002,9003 --steps 25
   vidiff eval shapes --model M --prompts "a red circle moving left" --prompts "a blue square moving up" --seeds 1
 
@@ -15,43 +17,84 @@ the default seeds 9001,9002 are held out: no checkpoint or setting was picked wi
 motion are measured from the pixels (vidiff.eval.shapes); the table gives each attribute's accuracy, all three
 together, and temporal consistency (one shape of stable size and colour in every frame)."""
 
+STAGE_EPILOG = """examples:
+  vidiff eval stage --model vidiff/assets/demo/interpolation --out interpolation.json
+  vidiff eval stage --model vidiff/assets/demo/ssr --out ssr.json
+  vidiff eval stage --stage extend --model runs/interpolation/pipeline --num-known 4
+
+For each held-out prompt x seed the true clip is drawn (vidiff.data.synthetic); the stage gets what it would
+get in a cascade (every k-th frame / the clip at 1/k size / the first frames) and its output is scored with
+PSNR and SSIM next to the baseline: linear blending / bicubic upsampling / holding the last frame."""
+
 
 def add_parser(sub):
     p = sub.add_parser("eval", help="measure generation quality on the synthetic shapes prompts",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Generate clips for a fixed prompt x seed set and measure them from their pixels.",
-                       epilog="example: vidiff eval shapes --model DIR --out results.json")
+                       epilog="examples:\n  vidiff eval shapes --model DIR --out results.json\n"
+                              "  vidiff eval stage --model STAGE_DIR --out stage.json")
     eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND")
     shapes = eval_sub.add_parser(
-        "shapes", help="prompt following (colour, shape, motion) and temporal consistency of a text-to-video model",
+        "shapes", help="prompt following (colour, shape, motion) and temporal consistency of a model or cascade",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Generate one clip per shapes prompt and seed, measure colour, shape, motion direction and "
                     "temporal consistency from the pixels, print a markdown table and write the results as JSON.",
         epilog=SHAPES_EPILOG)
-    shapes.add_argument("--model", metavar="DIR", required=True, help="vidiff pipeline folder (text-to-video)")
-    shapes.add_argument("--seeds", default=None,
-                        help="comma-separated evaluation seeds (default: the held-out 9001,9002)")
-    shapes.add_argument("--prompts", action="append", default=None, metavar="TEXT",
-                        help="evaluate only this shapes caption (repeatable; default: all 48)")
-    shapes.add_argument("--limit", type=int, default=None, help="keep only the first N clips (quick checks)")
-    shapes.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the model's)")
-    shapes.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
-    shapes.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
-    shapes.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    shapes.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    shapes.add_argument("--scheduler", default=None, help="sampler name (default: the model's)")
+    source = shapes.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="DIR", help="vidiff pipeline folder (text-to-video)")
+    source.add_argument("--cascade", metavar="YAML", help="cascade YAML (or a folder holding cascade.yaml)")
+    _add_case_arguments(shapes)
+    shapes.add_argument("--num-frames", type=int, default=None, help="base frames per clip (default: the model's)")
+    shapes.add_argument("--height", type=int, default=None, help="base pixels (default: the model's)")
+    shapes.add_argument("--width", type=int, default=None, help="base pixels (default: the model's)")
+    shapes.add_argument("--steps", type=int, default=None, help="base sampling steps (default: the model's)")
+    shapes.add_argument("--guidance", type=float, default=None, help="base guidance scale (default: the model's)")
+    shapes.add_argument("--scheduler", default=None, help="sampler name (default: the model's; not with --cascade)")
     shapes.add_argument("--batch-size", type=int, default=16, help="clips sampled together (default: %(default)s)")
-    shapes.add_argument("--device", default=None, help="cuda | mps | cpu (default: best available)")
-    shapes.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
-                        help="default: fp16 on CUDA, else fp32")
-    shapes.add_argument("--out", default=None, metavar="JSON", help="write the results here (e.g. results.json)")
     shapes.add_argument("--contact-sheet", default=None, metavar="PNG",
                         help="write a PNG with a row of frames per clip, labelled with what was measured wrong")
-    shapes.add_argument("--overwrite", action="store_true", help="replace existing --out / --contact-sheet files")
-    shapes.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_arguments(shapes)
+
+    stage = eval_sub.add_parser(
+        "stage", help="a cascade stage (interpolation, ssr, extension) against the true synthetic clips",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score a cascade stage with PSNR / SSIM against the drawn truth, next to its simple baseline.",
+        epilog=STAGE_EPILOG)
+    stage.add_argument("--model", metavar="DIR", required=True, help="stage pipeline folder")
+    stage.add_argument("--stage", choices=("interpolation", "ssr", "extend"), default=None,
+                       help="what to score (default: the model's kind; `extend` needs an interpolation model "
+                            "trained with future-prediction masks)")
+    _add_case_arguments(stage)
+    stage.add_argument("--factor", type=int, default=None, help="interpolation factor (default: the stage's first)")
+    stage.add_argument("--num-frames", type=int, default=None,
+                       help="frames of the output clip (default: the stage's window)")
+    stage.add_argument("--num-known", type=int, default=None,
+                       help="extend: frames given to the stage (default: half the window)")
+    stage.add_argument("--noise-level", type=int, default=None, help="ssr: condition noise level (default: the stage's)")
+    stage.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    stage.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    _add_run_arguments(stage)
     return p
 
 
+def _add_case_arguments(p) -> None:
+    p.add_argument("--seeds", default=None, help="comma-separated evaluation seeds (default: the held-out 9001,9002)")
+    p.add_argument("--prompts", action="append", default=None, metavar="TEXT",
+                   help="evaluate only this shapes caption (repeatable; default: all 48)")
+    p.add_argument("--limit", type=int, default=None, help="keep only the first N clips (quick checks)")
+
+
+def _add_run_arguments(p) -> None:
+    p.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: best available)")
+    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, else fp32")
+    p.add_argument("--out", default=None, metavar="JSON", help="write the results here (e.g. results.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checks (before any model loads)
+# ---------------------------------------------------------------------------------------------------------------
 def _check_file_target(path: str | None, flag: str, suffix: str, overwrite: bool):
     """A results file: the right suffix, not a folder, not an existing file unless --overwrite."""
     from pathlib import Path
@@ -73,33 +116,40 @@ def _check_file_target(path: str | None, flag: str, suffix: str, overwrite: bool
     return target
 
 
-def _parse_seeds(text: str | None) -> list[int]:
-    from vidiff.eval.suite import EVAL_SEEDS
+def _cases(args):
+    """The (prompt, seed) cases from --seeds / --prompts / --limit."""
+    from vidiff.eval import suite
 
-    if text is None:
-        return list(EVAL_SEEDS)
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise CLIError(f"--seeds {text!r} must be comma-separated integers, e.g. 9001,9002") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise CLIError(f"--seeds {text!r} must list at least one seed, each once")
-    return seeds
+    if args.seeds is None:
+        seeds = list(suite.EVAL_SEEDS)
+    else:
+        try:
+            seeds = [int(part) for part in args.seeds.split(",") if part.strip()]
+        except ValueError:
+            raise CLIError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 9001,9002") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise CLIError(f"--seeds {args.seeds!r} must list at least one seed, each once")
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be >= 1, got {args.limit}")
+    return seeds, suite.make_cases(seeds, prompts=args.prompts, limit=args.limit)  # ValueError names a caption
 
 
-def _settings(args, info: dict) -> dict:
-    """The sampling settings, checked against the model's vidiff.json before it loads (flags named in errors)."""
+def _check_device(device: str | None) -> None:
+    if device is not None and device.partition(":")[0] not in ("cpu", "cuda", "mps"):
+        raise CLIError(f"unknown --device {device!r}; use cuda, cuda:N, mps or cpu")
+
+
+def _resolve(info: dict, model, **requested) -> dict:
+    """Sampling settings checked against a model's vidiff.json, errors naming the flags."""
     from pathlib import Path
 
     from vidiff.pipelines.folder import read_scheduler_config
     from vidiff.pipelines.schedulers import max_inference_steps
     from vidiff.pipelines.text_to_video import resolve_settings
 
-    schedule = read_scheduler_config(Path(args.model) / "scheduler")
+    schedule = read_scheduler_config(Path(model) / "scheduler")
     try:
-        return resolve_settings(info, max_steps=max_inference_steps(schedule), num_frames=args.num_frames,
-                                height=args.height, width=args.width, num_inference_steps=args.steps,
-                                guidance_scale=args.guidance, scheduler=args.scheduler)
+        return resolve_settings(info, max_steps=max_inference_steps(schedule), **requested)
     except ValueError as e:
         message = str(e)
         for name, flag in (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
@@ -109,25 +159,77 @@ def _settings(args, info: dict) -> dict:
         raise CLIError(message) from None
 
 
-def _command(args, seeds: list[int]) -> str:
+def _command(args, seeds: list[int], flags: tuple[str, ...]) -> str:
     """The command line that reproduces this evaluation (output flags left out)."""
     import shlex
 
-    parts = ["vidiff", "eval", "shapes", "--model", args.model, "--seeds", ",".join(map(str, seeds))]
+    parts = ["vidiff", "eval", args.eval_command]
+    for flag in ("--cascade", "--model", "--stage"):
+        value = getattr(args, flag[2:], None)
+        if value is not None:
+            parts += [flag, str(value)]
+    parts += ["--seeds", ",".join(map(str, seeds))]
     for prompt in args.prompts or []:
         parts += ["--prompts", prompt]
-    for flag, value in (("--limit", args.limit), ("--num-frames", args.num_frames), ("--height", args.height),
-                        ("--width", args.width), ("--steps", args.steps), ("--guidance", args.guidance),
-                        ("--scheduler", args.scheduler), ("--dtype", args.dtype)):
+    for flag in ("--limit",) + flags + ("--dtype",):
+        value = getattr(args, flag[2:].replace("-", "_"), None)
         if value is not None:
             parts += [flag, str(value)]
     return shlex.join(parts)
 
 
+def _quiet_loading(quiet: bool) -> None:
+    if quiet:  # transformers / diffusers draw their own weight-loading bars
+        import diffusers.utils.logging
+        import transformers.utils.logging
+
+        transformers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.disable_progress_bar()
+
+
+def _write_results(out, results: dict) -> None:
+    from vidiff.utils import write_json_atomic
+
+    if out is not None:
+        write_json_atomic(out, results)
+
+
 def run(args) -> int:
     if args.eval_command == "shapes":
         return run_shapes(args)
-    raise CLIError("choose what to evaluate: `vidiff eval shapes --model DIR` (see vidiff eval --help)")
+    if args.eval_command == "stage":
+        return run_stage(args)
+    raise CLIError("choose what to evaluate: `vidiff eval shapes --model DIR` or `vidiff eval stage --model DIR` "
+                   "(see vidiff eval --help)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vidiff eval shapes
+# ---------------------------------------------------------------------------------------------------------------
+def _shapes_settings(args) -> tuple[dict, dict]:
+    """(sampling settings to pass, settings to record) for --model or --cascade."""
+    from vidiff.pipelines.folder import read_info
+
+    if args.cascade is not None:
+        from vidiff.pipelines.cascade import read_cascade
+
+        if args.scheduler is not None:
+            raise CLIError("--scheduler does not apply to --cascade (each stage uses its YAML's sampler)")
+        specs = read_cascade(args.cascade)
+        base = specs[0]
+        s = _resolve(base.info, base.model, num_frames=args.num_frames, height=args.height, width=args.width,
+                     num_inference_steps=args.steps if args.steps is not None else base.steps,
+                     guidance_scale=args.guidance if args.guidance is not None else base.guidance)
+        call = {k: s[k] for k in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale")}
+        return call, dict(call, stages=[str(spec.model) for spec in specs])
+    info = read_info(args.model)
+    if info["kind"] != "text-to-video" or info.get("stage", "base") != "base":
+        raise CLIError(f"--model {args.model} is not a text-to-video base model; `eval shapes` samples from text "
+                       "(score a cascade stage with `vidiff eval stage`)")
+    s = _resolve(info, args.model, num_frames=args.num_frames, height=args.height, width=args.width,
+                 num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler)
+    call = {k: s[k] for k in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "scheduler")}
+    return call, dict(call)
 
 
 def run_shapes(args) -> int:
@@ -136,46 +238,36 @@ def run_shapes(args) -> int:
 
     import vidiff
     from vidiff.eval import suite
-    from vidiff.pipelines.folder import read_info
-    from vidiff.utils import write_json_atomic
 
-    # Everything is checked before the model loads.
-    seeds = _parse_seeds(args.seeds)
+    seeds, cases = _cases(args)
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise CLIError(f"--limit must be >= 1, got {args.limit}")
-    cases = suite.make_cases(seeds, prompts=args.prompts, limit=args.limit)  # ValueError names a bad caption
     out = _check_file_target(args.out, "--out", ".json", args.overwrite)
     sheet_path = _check_file_target(args.contact_sheet, "--contact-sheet", ".png", args.overwrite)
-    if args.device is not None and args.device.partition(":")[0] not in ("cpu", "cuda", "mps"):
-        raise CLIError(f"unknown --device {args.device!r}; use cuda, cuda:N, mps or cpu")
-    info = read_info(args.model)
-    if info["kind"] != "text-to-video":
-        raise CLIError(f"--model {args.model} holds a {info['kind']!r} model; `eval shapes` needs a text-to-video "
-                       "base model")
-    settings = _settings(args, info)
+    _check_device(args.device)
+    call, recorded = _shapes_settings(args)
+    _quiet_loading(args.quiet)
+    if args.cascade is not None:
+        from vidiff.pipelines.cascade import CascadePipeline
 
-    from vidiff.pipelines.text_to_video import VideoPipeline
+        pipe = CascadePipeline.from_pretrained(args.cascade, device=args.device, dtype=args.dtype)
+        device = pipe.base.device
+    else:
+        from vidiff.pipelines.text_to_video import VideoPipeline
 
-    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        pipe = VideoPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        device = pipe.device
     start = time.perf_counter()
-    clips = suite.generate(pipe, cases, batch_size=args.batch_size, progress=not args.quiet,
-                           num_frames=settings["num_frames"], height=settings["height"], width=settings["width"],
-                           num_inference_steps=settings["num_inference_steps"],
-                           guidance_scale=settings["guidance_scale"], scheduler=settings["scheduler"])
+    clips = suite.generate(pipe, cases, batch_size=args.batch_size, progress=not args.quiet, **call)
     seconds = time.perf_counter() - start
     records = suite.score(cases, clips)
     summary = suite.summarize(records)
     print(suite.markdown_table(summary))
-    written = []
-    if out is not None:
-        results = {"command": _command(args, seeds), "model": str(Path(args.model).resolve()), "seeds": seeds, "vidiff_version": vidiff.__version__,
-                   "settings": {k: settings[k] for k in ("num_frames", "height", "width", "num_inference_steps",
-                                                         "guidance_scale", "scheduler")},
-                   "device": str(pipe.device), "seconds": round(seconds, 2), "summary": summary, "clips": records}
-        write_json_atomic(out, results)
-        written.append(str(out))
+    flags = ("--num-frames", "--height", "--width", "--steps", "--guidance", "--scheduler")
+    _write_results(out, {"command": _command(args, seeds, flags), "model": str(Path(args.cascade or args.model).resolve()),
+                         "seeds": seeds, "vidiff_version": vidiff.__version__, "settings": recorded,
+                         "clip_size": list(clips[0].shape[:3]), "device": str(device), "seconds": round(seconds, 2),
+                         "summary": summary, "clips": records})
     if sheet_path is not None:
         from PIL import Image
 
@@ -183,8 +275,105 @@ def run_shapes(args) -> int:
 
         with atomic_path(sheet_path) as tmp:
             Image.fromarray(suite.contact_sheet(clips, records)).save(tmp, format="PNG")
-        written.append(str(sheet_path))
+    written = [str(p) for p in (out, sheet_path) if p is not None]
     print(f"evaluated {len(records)} clips ({len(set(c.prompt for c in cases))} prompts, {len(seeds)} seeds) "
           f"in {seconds:.1f} s: all attributes right {100 * summary['accuracy']['all']:.1f}%"
           + (f"; wrote {', '.join(written)}" if written else ""))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vidiff eval stage
+# ---------------------------------------------------------------------------------------------------------------
+def _stage_plan(args, info: dict) -> dict:
+    """What to score and at which sizes, from the model's vidiff.json and the flags (torch-free checks)."""
+    from vidiff.pipelines import cascade
+
+    kind = cascade.stage_name(info)
+    stage = args.stage or {"interpolation": "interpolation", "ssr": "ssr"}.get(kind)
+    if stage is None or (stage in ("interpolation", "extend") and kind != "interpolation") \
+            or (stage == "ssr" and kind != "ssr"):
+        raise CLIError(f"--model {args.model} is a {kind!r} model; `eval stage` scores interpolation / extend "
+                       "(an interpolation stage) and ssr (an ssr stage)")
+    d = info["defaults"]
+    frames = args.num_frames if args.num_frames is not None else int(d["num_frames"])
+    plan = {"stage": stage, "num_frames": frames, "size": int(d["height"]), "factor": 2, "num_known": None}
+    if int(d["height"]) != int(d["width"]):
+        raise CLIError(f"--model {args.model} makes {d['width']}x{d['height']} clips; the shapes clips are square")
+    try:
+        if stage == "interpolation":
+            plan["factor"] = cascade.check_factor(info, args.factor, f"--model {args.model}")
+            if frames < plan["factor"] + 1 or (frames - 1) % plan["factor"]:
+                raise CLIError(f"--num-frames {frames}: x{plan['factor']} interpolation makes (n - 1) x "
+                               f"{plan['factor']} + 1 frames from n keyframes; use e.g. {2 * plan['factor'] + 1}")
+        elif stage == "ssr":
+            plan["factor"] = cascade.check_factor(info, None, f"--model {args.model}")
+            plan["noise_level"] = cascade.check_noise_level(info, args.noise_level, f"--model {args.model}")
+            cascade.stage_output_size(info, (frames, plan["size"] // plan["factor"], plan["size"] // plan["factor"]),
+                                      where=f"--model {args.model}")
+        else:
+            known = args.num_known if args.num_known is not None else max(1, frames // 2)
+            if not 1 <= known < frames:
+                raise CLIError(f"--num-known must be in [1, {frames - 1}] for {frames}-frame clips, got {known}")
+            plan["num_known"] = known
+            cascade.check_extension(info, known, frames - known, None)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return plan
+
+
+def _stage_function(pipe, plan: dict, settings: dict):
+    """fn(input uint8 clip, case[, num_frames]) -> uint8 clip, seeded per case (vidiff.eval.stages' contract)."""
+    from vidiff.eval.suite import clip_seed
+    from vidiff.pipelines import cascade
+    from vidiff.pipelines.text_to_video import to_uint8
+
+    def seed(case):
+        return clip_seed(case.seed, case.index)
+
+    if plan["stage"] == "interpolation":
+        return lambda known, case: to_uint8(cascade.interpolate_video(
+            pipe, known, case.prompt, factor=plan["factor"], seed=seed(case), **settings)[0])
+    if plan["stage"] == "ssr":
+        return lambda low, case: to_uint8(cascade.upscale_video(
+            pipe, low, case.prompt, noise_level=plan["noise_level"], seed=seed(case), **settings)[0])
+    return lambda known, case, frames: to_uint8(cascade.extend_video(
+        pipe, known, case.prompt, num_frames=frames - len(known), seed=seed(case), **settings)[0])
+
+
+def run_stage(args) -> int:
+    import time
+    from pathlib import Path
+
+    import vidiff
+    from vidiff.eval import stages
+    from vidiff.pipelines.folder import read_info
+
+    seeds, cases = _cases(args)
+    out = _check_file_target(args.out, "--out", ".json", args.overwrite)
+    _check_device(args.device)
+    info = read_info(args.model)
+    plan = _stage_plan(args, info)
+    s = _resolve(info, args.model, num_inference_steps=args.steps, guidance_scale=args.guidance)
+    settings = {"steps": s["num_inference_steps"], "guidance": s["guidance_scale"], "progress": False}
+    _quiet_loading(args.quiet)
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    start = time.perf_counter()
+    records = stages.run_stage(plan["stage"], _stage_function(pipe, plan, settings), cases,
+                               num_frames=plan["num_frames"], size=plan["size"], factor=plan["factor"],
+                               num_known=plan["num_known"], progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    summary = stages.summarize(records)
+    print(stages.markdown_table(plan["stage"], summary, stages.BASELINES[plan["stage"]]))
+    flags = ("--factor", "--num-frames", "--num-known", "--noise-level", "--steps", "--guidance")
+    _write_results(out, {"command": _command(args, seeds, flags), "model": str(Path(args.model).resolve()),
+                         "seeds": seeds, "vidiff_version": vidiff.__version__, "plan": plan,
+                         "settings": {k: v for k, v in settings.items() if k != "progress"},
+                         "device": str(pipe.device), "seconds": round(seconds, 2), "summary": summary,
+                         "clips": records})
+    print(f"evaluated the {plan['stage']} stage on {len(records)} clips in {seconds:.1f} s: "
+          f"{summary['psnr_gain']:+.2f} dB PSNR over {stages.BASELINES[plan['stage']]}"
+          + (f"; wrote {out}" if out is not None else ""))
     return 0
