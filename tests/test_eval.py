@@ -396,3 +396,115 @@ def test_edit_scores():
     assert not still["motion_kept"]
     with pytest.raises(ValueError, match="target color and/or shape"):
         shapes.score_edit(source, recoloured)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `vidiff eval stage` and `vidiff eval shapes --cascade`
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_stages(tmp_path_factory):
+    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.testing import make_tiny_sd_pipeline, make_tiny_video_pipeline
+
+    root = tmp_path_factory.mktemp("stages")
+    sd = make_tiny_sd_pipeline(root / "sd", seed=1, vae=False)
+    small = {"num_frames": 5, "height": 16, "width": 16, "num_inference_steps": 2}
+    paths = {"interpolation": inflate_stage(sd, root / "interpolation", "interpolation", defaults=small),
+             "ssr": inflate_stage(sd, root / "ssr", "ssr", factor=2, defaults=dict(small, num_frames=4, height=32,
+                                                                                   width=32)),
+             "base": make_tiny_video_pipeline(root / "base", seed=1, vae=False, defaults=dict(small, num_frames=3))}
+    (root / "cascade.yaml").write_text(f"stages:\n  - model: {paths['base']}\n  - model: {paths['interpolation']}\n"
+                                       f"    factor: 2\n  - model: {paths['ssr']}\n")
+    paths["cascade"] = root / "cascade.yaml"
+    return paths
+
+
+@pytest.mark.parametrize("stage, model, frames, size", [("interpolation", "interpolation", 5, 16),
+                                                       ("extend", "interpolation", 5, 16), ("ssr", "ssr", 4, 32)])
+def test_eval_stage_end_to_end(tiny_stages, tmp_path, capsys, stage, model, frames, size):
+    """A random stage runs through the real sampler; the JSON holds one record per clip with finite scores and
+    the baseline's score equals the one computed here from the drawn truth."""
+    import json
+
+    from vidiff.eval import stages
+
+    out = tmp_path / "stage.json"
+    code, printed, err = run_cli(capsys, "eval", "stage", "--model", tiny_stages[model], "--stage", stage,
+                                 "--limit", 2, "--out", out, "--quiet")
+    assert code == 0, err
+    assert f"| {stage} | 2 |" in printed and f"evaluated the {stage} stage on 2 clips" in printed
+    results = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert results["plan"]["num_frames"] == frames and results["plan"]["size"] == size
+    case = suite.make_cases(limit=1)[0]
+    true = stages.true_clip(case, frames, size)
+    baseline = {"interpolation": lambda: video.score_interpolation(true, true, 2),
+                "extend": lambda: video.score_extension(true, true, results["plan"]["num_known"]),
+                "ssr": lambda: video.score_ssr(true, true, 2)}[stage]()["baseline_psnr"]
+    assert results["clips"][0]["baseline_psnr"] == pytest.approx(baseline)
+    assert all(math.isfinite(r["psnr"]) for r in results["clips"])
+
+
+def test_eval_stage_feeds_each_stage_what_the_cascade_would(tiny_stages, tmp_path, capsys, monkeypatch):
+    """Stand-in stages that return their own baseline from what they were given score exactly 0 dB over it:
+    the inputs (keyframes, low-res clip, first frames) and the seeds reach the stage as documented."""
+    import json
+
+    from vidiff.pipelines import cascade
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    seen = []
+
+    def as_pt(clip):
+        import torch
+        return torch.from_numpy(np.asarray(clip)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+
+    def interpolate(pipe, known, prompt, *, factor, seed, **settings):
+        seen.append(seed)
+        return as_pt(video.linear_blend(known, factor))
+
+    monkeypatch.setattr(cascade, "interpolate_video", interpolate)
+    monkeypatch.setattr(cascade, "upscale_video", lambda pipe, low, prompt, **k: as_pt(video.bicubic_upsample(low, 2)))
+    monkeypatch.setattr(cascade, "extend_video", lambda pipe, known, prompt, *, num_frames, **k: as_pt(
+        np.concatenate([known, video.repeat_last(known, num_frames)])))
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: type("P", (), {"device": "cpu"})()))
+    for stage, model in (("interpolation", "interpolation"), ("ssr", "ssr"), ("extend", "interpolation")):
+        out = tmp_path / f"{stage}.json"
+        code, _, err = run_cli(capsys, "eval", "stage", "--model", tiny_stages[model], "--stage", stage,
+                               "--limit", 3, "--out", out, "--quiet")
+        assert code == 0, err
+        summary = json.loads(out.read_text())["summary"]
+        assert summary["psnr_gain"] == pytest.approx(0.0, abs=1e-9) and summary["num_clips"] == 3, stage
+    assert seen == [suite.clip_seed(c.seed, c.index) for c in suite.make_cases(limit=3)]
+
+
+@pytest.mark.parametrize("model, argv, message", [
+    ("base", [], "is a 'base' model"),
+    ("interpolation", ["--stage", "ssr"], "is a 'interpolation' model"),
+    ("interpolation", ["--num-frames", "6"], "--num-frames 6: x2 interpolation"),
+    ("interpolation", ["--factor", "3"], "factor 3 is not supported"),
+    ("interpolation", ["--stage", "extend", "--num-known", "5"], "--num-known must be in [1, 4]"),
+    ("ssr", ["--noise-level", "999"], "noise level must be an integer in [0, 350]"),
+    ("ssr", ["--steps", "0"], "--steps must be >= 1"),
+])
+def test_eval_stage_errors_before_any_work(tiny_stages, capsys, monkeypatch, model, argv, message):
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model"))
+    code, _, err = run_cli(capsys, "eval", "stage", "--model", tiny_stages[model], *argv)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_eval_shapes_cascade(tiny_stages, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "cascade.json"
+    code, printed, err = run_cli(capsys, "eval", "shapes", "--cascade", tiny_stages["cascade"], "--limit", 2,
+                                 "--batch-size", 2, "--out", out, "--quiet")
+    assert code == 0, err
+    results = json.loads(out.read_text())
+    assert results["clip_size"] == [5, 32, 32]  # 3 base frames -> x2 interpolation -> x2 ssr
+    assert len(results["settings"]["stages"]) == 3 and results["command"].startswith("vidiff eval shapes --cascade")
+    code, _, err = run_cli(capsys, "eval", "shapes", "--cascade", tiny_stages["cascade"], "--scheduler", "ddim")
+    assert code == 2 and "--scheduler does not apply to --cascade" in err
+    code, _, err = run_cli(capsys, "eval", "shapes", "--model", tiny_stages["ssr"])
+    assert code == 2 and "not a text-to-video base model" in err

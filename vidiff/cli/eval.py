@@ -276,7 +276,7 @@ def run_shapes(args) -> int:
         with atomic_path(sheet_path) as tmp:
             Image.fromarray(suite.contact_sheet(clips, records)).save(tmp, format="PNG")
     written = [str(p) for p in (out, sheet_path) if p is not None]
-    print(f"evaluated {len(records)} clips ({len(set(c.prompt for c in cases))} prompts, {len(seeds)} seeds) "
+    print(f"evaluated {len(records)} clips ({len({c.prompt for c in cases})} prompts, {len({c.seed for c in cases})} seeds) "
           f"in {seconds:.1f} s: all attributes right {100 * summary['accuracy']['all']:.1f}%"
           + (f"; wrote {', '.join(written)}" if written else ""))
     return 0
