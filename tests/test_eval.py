@@ -508,3 +508,26 @@ def test_eval_shapes_cascade(tiny_stages, tmp_path, capsys):
     assert code == 2 and "--scheduler does not apply to --cascade" in err
     code, _, err = run_cli(capsys, "eval", "shapes", "--model", tiny_stages["ssr"])
     assert code == 2 and "not a text-to-video base model" in err
+
+
+def test_ablation_report():
+    """tools/eval_ablation.py's table and headline: the first step at which the inflated run reaches the scratch
+    run's final all-attributes accuracy, as a fraction of the steps."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("eval_ablation", Path(__file__).parents[1] / "tools" / "eval_ablation.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def acc(all_):
+        return {"color": 1.0, "shape": 0.5, "motion": 0.25, "all": all_, "consistent": 1.0}
+
+    results = {"evaluations": {"inflated": {"0": acc(0.1), "100": acc(0.5), "200": acc(0.7), "400": acc(0.9)},
+                               "scratch": {"0": acc(0.0), "200": acc(0.3), "400": acc(0.6)}}}
+    table, headline = tool.report(results, 400)
+    assert headline == {"scratch_final_all": 0.6, "inflated_final_all": 0.9, "inflated_steps_to_scratch_final": 200,
+                        "fraction_of_steps": 0.5}
+    assert "| 100 | 100% / 50% / 25% / **50%** | - |" in table and "reaches it at step 200 (50% of the steps)" in table
+    results["evaluations"]["inflated"] = {"400": acc(0.5)}
+    assert tool.report(results, 400)[1]["inflated_steps_to_scratch_final"] is None

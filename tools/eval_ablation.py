@@ -126,6 +126,21 @@ def evaluate_snapshot(path: Path, inflated_dir: Path, cases, settings: dict, dev
     return suite.summarize(suite.score(cases, clips))["accuracy"]
 
 
+def evaluation_order(out: Path, runs: list[str], total: int) -> list[tuple[str, int, Path]]:
+    """(run, step, snapshot) in the order that answers the question soonest: both final steps, then the inflated
+    run's curve from its earliest steps, then the rest of the scratch curve."""
+    found = {run: {int(p.stem.split("-")[1]): p for p in sorted((out / run).glob("ema-*.safetensors"))} for run in runs}
+
+    def priority(item):
+        run, step = item
+        if step == total:
+            return (0, 0 if run == "scratch" else 1, step)
+        return (1, step) if run == "inflated" else (2, step)
+
+    order = sorted(((run, step) for run in runs for step in found[run]), key=priority)
+    return [(run, step, found[run][step]) for run, step in order]
+
+
 def first_step_reaching(curve: dict[int, float], target: float) -> int | None:
     return next((step for step in sorted(curve) if curve[step] >= target), None)
 
@@ -228,20 +243,19 @@ def main(argv=None) -> int:
     results.update(command="python tools/eval_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
                    seeds=args.seeds, settings=settings, device=device.type)
     total = 0
-    for run in args.runs:
+    for run in args.runs:  # train first, evaluate after: a run cut short still compares like with like
         began = time.perf_counter()
         total = train_run(td, ctx, run, out, inflated_dir, args.eval_every)
         print(f"{run}: trained {total} steps in {time.perf_counter() - began:.0f} s", flush=True)
+    for run, step, snapshot in evaluation_order(out, args.runs, total):
         done = results["evaluations"].setdefault(run, {})
-        for snapshot in sorted((out / run).glob("ema-*.safetensors")):
-            step = str(int(snapshot.stem.split("-")[1]))
-            if step in done:
-                continue
-            began = time.perf_counter()
-            done[step] = evaluate_snapshot(snapshot, inflated_dir, cases, settings, device, args.batch_size)
-            print(f"{run} step {step}: all attributes {100 * done[step]['all']:.1f}% "
-                  f"({time.perf_counter() - began:.0f} s)", flush=True)
-            write_json_atomic(results_path, results)
+        if str(step) in done:
+            continue
+        began = time.perf_counter()
+        done[str(step)] = evaluate_snapshot(snapshot, inflated_dir, cases, settings, device, args.batch_size)
+        print(f"{run} step {step}: all attributes {100 * done[str(step)]['all']:.1f}% "
+              f"({time.perf_counter() - began:.0f} s)", flush=True)
+        write_json_atomic(results_path, results)
     table, headline = report(results, total)
     results["headline"] = headline
     write_json_atomic(results_path, results)
