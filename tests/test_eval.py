@@ -332,7 +332,7 @@ def test_eval_shapes_scores_what_the_pipeline_draws(tiny_model, tmp_path, capsys
     (["--contact-sheet", "s.jpg"], "--contact-sheet 's.jpg' must end in .png"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--height", "17"], "--height must be a positive multiple"),
-    (["--device", "tpu"], "unknown --device 'tpu'"),
+    (["--device", "tpu"], "--device: unknown device 'tpu'"),
 ])
 def test_eval_shapes_errors_before_any_work(tiny_model, capsys, monkeypatch, argv, message):
     from vidiff.pipelines.text_to_video import VideoPipeline

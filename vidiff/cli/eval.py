@@ -135,8 +135,13 @@ def _cases(args):
 
 
 def _check_device(device: str | None) -> None:
-    if device is not None and device.partition(":")[0] not in ("cpu", "cuda", "mps"):
-        raise CLIError(f"unknown --device {device!r}; use cuda, cuda:N, mps or cpu")
+    from vidiff.utils import check_device
+
+    if device is not None:
+        try:
+            check_device(device)
+        except ValueError as e:
+            raise CLIError(f"--device: {e}") from None
 
 
 def _resolve(info: dict, model, **requested) -> dict:
