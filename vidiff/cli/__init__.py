@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "interpolate",
     "extend",
     "upscale",
+    "edit",
 ]
 
 

@@ -18,6 +18,9 @@ def add_parser(sub):
                "  vidiff generate --model M --prompt \"waves\" --num-frames 64 --steps 25 --seed 7 --gif --out waves.mp4\n"
                "  vidiff generate --model M --prompts-file prompts.txt --num-videos 2 --out clips/clip.mp4\n"
                "  vidiff generate --cascade configs/cascade/demo.yaml --prompt \"a red circle\" --keep-intermediate --out c.mp4\n"
+               "  vidiff generate --model M --zero-shot --motion-field 8,0 --prompt \"a horse galloping\" --out horse.mp4\n"
+               "\n--zero-shot (Text2Video-Zero) makes coherent clips from a freshly inflated image model, before any video\n"
+               "training: frame 0's latent is moved by the motion field (pixels per frame) and every frame attends to frame 0.\n"
                "\nseveral videos (prompts x --num-videos) are written as clip-000.mp4, clip-001.mp4, ...;\n"
                "video i uses seed + i, so `--seed S+i --num-videos 1` remakes it alone.\n"
                "--out's suffix picks the format: .mp4, .gif, .png (contact sheet), none (folder of PNG frames).")
@@ -58,6 +61,11 @@ def add_parser(sub):
     p.add_argument("--gif", action="store_true", help="also write a .gif beside each clip")
     p.add_argument("--frames-dir", action="store_true", help="also write a folder of PNG frames (<stem>_frames/)")
     p.add_argument("--contact-sheet", action="store_true", help="also write a .png contact sheet of the frames")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="training-free video from an image model (Text2Video-Zero): motion in the latents + "
+                        "cross-frame attention on frame 0; what to use before any video training")
+    p.add_argument("--motion-field", metavar="DX,DY", default=None,
+                   help="with --zero-shot: global motion in pixels per frame, x right, y down (default: 8,0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -108,9 +116,12 @@ def run(args) -> int:
         raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
     if not (math.isfinite(args.eta) and args.eta >= 0):
         raise CLIError(f"--eta must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {args.eta}")
+    motion_field = _zero_shot_options(args)
     from vidiff.pipelines.cascade import is_cascade
 
     if args.cascade is not None or is_cascade(args.model):
+        if args.zero_shot:
+            raise CLIError("--zero-shot samples one text-to-video model; it does not apply to a cascade")
         from vidiff.cli.stage_io import generate_cascade
 
         return generate_cascade(args, prompts)
@@ -130,7 +141,8 @@ def run(args) -> int:
         settings = resolve_settings(info, max_steps=max_inference_steps(schedule),
                                     num_frames=args.num_frames, height=args.height, width=args.width,
                                     num_inference_steps=args.steps, guidance_scale=args.guidance,
-                                    scheduler=args.scheduler, cross_frame=args.cross_frame,
+                                    scheduler=args.scheduler,
+                                    cross_frame=args.cross_frame or ("first" if args.zero_shot else None),
                                     window_size=args.window_size, window_stride=args.window_stride,
                                     decode_chunk_size=args.decode_chunk_size)
     except ValueError as e:  # name the flag, not the Python argument
@@ -158,13 +170,16 @@ def run(args) -> int:
         diffusers.utils.logging.disable_progress_bar()
     pipe = VideoPipeline.from_pretrained(args.model, device=device, dtype=args.dtype)
     start = time.perf_counter()
-    videos = pipe(prompts, num_frames=settings["num_frames"], height=settings["height"], width=settings["width"],
-                  num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
-                  negative_prompt=args.negative, seed=seed, num_videos_per_prompt=args.num_videos, eta=args.eta,
-                  scheduler=settings["scheduler"], cross_frame=settings["cross_frame"],
-                  window_size=settings["window_size"], window_stride=settings["window_stride"],
-                  long_video_noise=args.long_video_noise, decode_chunk_size=settings["decode_chunk_size"],
-                  progress=not args.quiet)
+    if args.zero_shot:
+        videos = _zero_shot(pipe, prompts, args, settings, seed, motion_field)
+    else:
+        videos = pipe(prompts, num_frames=settings["num_frames"], height=settings["height"], width=settings["width"],
+                      num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
+                      negative_prompt=args.negative, seed=seed, num_videos_per_prompt=args.num_videos, eta=args.eta,
+                      scheduler=settings["scheduler"], cross_frame=settings["cross_frame"],
+                      window_size=settings["window_size"], window_stride=settings["window_stride"],
+                      long_video_noise=args.long_video_noise, decode_chunk_size=settings["decode_chunk_size"],
+                      progress=not args.quiet)
     seconds = time.perf_counter() - start
     videos = [videos] if len(paths) == 1 else videos
     import vidiff
@@ -181,6 +196,8 @@ def run(args) -> int:
             "long_video_noise": args.long_video_noise, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
             "vidiff_version": vidiff.__version__, "seconds": round(seconds / len(paths), 3),
         }
+        if args.zero_shot:
+            sidecar.update(zero_shot=True, motion_field=list(motion_field), scheduler="ddim")
         written = write_outputs(path, frames, fps, sidecar, gif=args.gif, frames_dir=args.frames_dir,
                                 contact_sheet=args.contact_sheet)
         print(f"wrote {', '.join(str(p) for p in written)} ({len(frames)} frame{'s' * (len(frames) != 1)}, {frames.shape[2]}x{frames.shape[1]}, "
@@ -188,3 +205,37 @@ def run(args) -> int:
     return 0
 
 
+
+
+def _zero_shot_options(args):
+    """(dx, dy) of --motion-field for --zero-shot (None without it); CLIError for bad combinations."""
+    if not args.zero_shot:
+        if args.motion_field is not None:
+            raise CLIError("--motion-field applies to --zero-shot generation; add --zero-shot")
+        return None
+    from vidiff.pipelines.editing import parse_motion_field
+
+    for flag, value, default in (("--scheduler", args.scheduler, None), ("--eta", args.eta, 0.0),
+                                 ("--long-video-noise", args.long_video_noise, "independent")):
+        if value != default:
+            raise CLIError(f"{flag} does not apply to --zero-shot (it samples with deterministic DDIM)")
+    try:
+        return parse_motion_field(args.motion_field or "8,0")
+    except ValueError as e:
+        raise CLIError(f"--motion-field: {e}") from None
+
+
+def _zero_shot(pipe, prompts, args, settings, seed, motion_field) -> list:
+    """Text2Video-Zero clips, prompt-major, video i with seed + i (vidiff.pipelines.editing.zero_shot_generate)."""
+    from vidiff.pipelines.editing import zero_shot_generate
+    from vidiff.pipelines.text_to_video import to_uint8
+
+    videos = []
+    for index in range(len(prompts) * args.num_videos):
+        video = zero_shot_generate(pipe, prompts[index // args.num_videos], motion_field=motion_field,
+                                   num_frames=settings["num_frames"], height=settings["height"],
+                                   width=settings["width"], num_inference_steps=settings["num_inference_steps"],
+                                   guidance_scale=settings["guidance_scale"], negative_prompt=args.negative,
+                                   seed=seed + index, cross_frame=settings["cross_frame"], progress=not args.quiet)
+        videos.append(to_uint8(video[0]))
+    return videos[0] if len(videos) == 1 else videos
