@@ -385,7 +385,7 @@ def edit_video(pipe, frames, prompts: list[str] | str, *, source_prompt: str = "
         check_strength(strength)
     steps = num_inference_steps or pipe.defaults["num_inference_steps"]
     guidance = pipe.defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-    result, timings = None, {}
+    timings: dict[str, float] = {}
 
     with _timed(timings, "encode"):
         latents = pipe.encode_video(frames)                                                  # (1, c, f, h', w')
@@ -430,9 +430,8 @@ def edit_video(pipe, frames, prompts: list[str] | str, *, source_prompt: str = "
                                       scheduler=sampler, generators=generators, progress=progress)
             with _timed(timings, "decode"):
                 videos.append(pipe.decode(edited))
-    result = EditResult(videos=videos, latents=latents, start=start, tune_losses=losses,
-                        reconstruction_loss=before_after, inversion_cached=cached, timings=timings)
-    return result
+    return EditResult(videos=videos, latents=latents, start=start, tune_losses=losses,
+                      reconstruction_loss=before_after, inversion_cached=cached, timings=timings)
 
 
 # ---------------------------------------------------------------------------------------------------------------
