@@ -427,6 +427,8 @@ def test_edit_errors_are_one_line_before_any_model_loads(models, tmp_path, capsy
         ([*base, "--video", video, "--strength", 0.5, "--cache-inversion", "--out", tmp_path / "o.mp4"], "--strength"),
         ([*base, "--video", video, "--stride", 2, "--fps", 5, "--out", tmp_path / "o.mp4"], "not both"),
         ([*base, "--video", video, "--tuned", model, "--out", tmp_path / "o.mp4"], "not both"),
+        (["edit", "--tuned", model, "--method", "zero-shot", "--prompt", "x", "--video", video, "--out",
+          tmp_path / "o.mp4"], "--method zero-shot"),
         (["edit", "--model", tmp_path / "nope", "--prompt", "x", "--video", video, "--out", tmp_path / "o.mp4"],
          "does not exist"),
         ([*base, "--video", video, "--out", tmp_path / "o.txt"], "--out"),

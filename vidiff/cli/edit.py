@@ -41,8 +41,8 @@ def add_parser(sub):
     p.add_argument("--source-prompt", default="", metavar="TEXT",
                    help="what the input shows; inversion and tuning condition on it (default: the empty prompt)")
     p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default: none)")
-    p.add_argument("--method", choices=("zero-shot", "tune"), default="zero-shot",
-                   help="zero-shot (no training) or tune (Tune-A-Video) (default: %(default)s)")
+    p.add_argument("--method", choices=("zero-shot", "tune"), default=None,
+                   help="zero-shot (no training) or tune (Tune-A-Video) (default: zero-shot; tune with --tuned)")
     p.add_argument("--cross-frame", choices=("first", "sparse-causal"), default=None,
                    help="attention across frames while inverting and sampling (default: first for zero-shot, "
                         "sparse-causal for tune)")
@@ -90,16 +90,24 @@ def _model_dir(args) -> str:
     return str(model_dir("base"))
 
 
-def _check_numbers(args) -> None:
+def _method(args) -> str:
+    if args.tuned is not None:
+        if args.method == "zero-shot":
+            raise CLIError("--tuned DIR is a Tune-A-Video model: drop --method zero-shot (or use --model)")
+        return "tune"
+    return args.method or "zero-shot"
+
+
+def _check_numbers(args, method: str) -> None:
     if args.strength is not None and not (math.isfinite(args.strength) and 0 <= args.strength <= 1):
         raise CLIError(f"--strength must be in [0, 1] (0 = the input unchanged, 1 = plain generation), "
                        f"got {args.strength}")
-    if args.method == "tune" and args.tuned is None:
+    if method == "tune" and args.tuned is None:
         if args.tune_steps < 1:
             raise CLIError(f"--tune-steps must be >= 1, got {args.tune_steps}")
         if not (math.isfinite(args.tune_lr) and args.tune_lr > 0):
             raise CLIError(f"--tune-lr must be a finite number > 0, got {args.tune_lr}")
-    if args.save_tuned is not None and (args.method != "tune" or args.tuned is not None):
+    if args.save_tuned is not None and (method != "tune" or args.tuned is not None):
         raise CLIError("--save-tuned keeps a model tuned here: it needs --method tune (and no --tuned)")
     if args.cache_inversion and args.strength is not None:
         raise CLIError("--cache-inversion caches the DDIM inversion, which --strength (SDEdit) skips; drop one")
@@ -193,9 +201,9 @@ def run(args) -> int:
     prompts = list(args.prompt or [])
     if not prompts or not all(p.strip() for p in prompts):
         raise CLIError("no prompt: pass --prompt \"what the video should show\" (repeat for several)")
-    _check_numbers(args)
+    method = _method(args)
+    _check_numbers(args, method)
     model = _model_dir(args)
-    method = "tune" if args.tuned is not None else args.method
     info = read_info(model)
     if info.get("stage", "base") != "base":
         raise CLIError(f"--model {model!r} is a {info['stage']} stage; editing needs a text-to-video base model")
