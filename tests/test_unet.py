@@ -172,6 +172,8 @@ def test_bad_options_are_clear_errors(sd1_folder):
         VideoUNet.from_2d(sd1_folder, stage="Super Res")
     with pytest.raises(ValueError, match="conditioning_channels must be an integer >= 0, got -1"):
         VideoUNet.from_2d(sd1_folder, conditioning_channels=-1)
+    with pytest.raises(ValueError, match="temporal_conv must be true or false, got 'yes'"):
+        VideoUNet.from_2d(sd1_folder, temporal_conv="yes")
     # Options are checked before any weights are read or downloaded.
     with pytest.raises(ValueError, match="unknown cross_frame mode 'previous'"):
         VideoUNet.from_2d("someone/not-downloaded", cross_frame="previous")

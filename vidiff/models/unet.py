@@ -190,8 +190,8 @@ class VideoUNet(nn.Module):
         from diffusers import UNet2DConditionModel
 
         unet_config = check_unet_config(unet_config)
-        check_options(cross_frame=cross_frame, conditioning_channels=conditioning_channels, stage=stage,
-                      attention_backend=attention_backend)
+        check_options(temporal_conv=temporal_conv, temporal_attention=temporal_attention, cross_frame=cross_frame,
+                      conditioning_channels=conditioning_channels, stage=stage, attention_backend=attention_backend)
         self.config = dict(unet_config, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
                            cross_frame=cross_frame, conditioning_channels=conditioning_channels, stage=stage)
         self.attention_backend = attention_backend
