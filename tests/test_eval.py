@@ -531,3 +531,31 @@ def test_ablation_report():
     assert "| 100 | 100% / 50% / 25% / **50%** | - |" in table and "reaches it at step 200 (50% of the steps)" in table
     results["evaluations"]["inflated"] = {"400": acc(0.5)}
     assert tool.report(results, 400)[1]["inflated_steps_to_scratch_final"] is None
+
+
+def test_eval_shapes_defaults_to_the_demo_model(tiny_stages, tiny_model, capsys, monkeypatch):
+    """No --model: the demo's default model (a cascade folder counts as --cascade), as `vidiff generate` does."""
+    from vidiff import demo
+    from vidiff.pipelines.cascade import CascadePipeline
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    class Loaded(Exception):
+        pass
+
+    def stop(kind):
+        def from_pretrained(cls, path, **kwargs):
+            raise Loaded(kind, str(path))
+        return classmethod(from_pretrained)
+
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", stop("model"))
+    monkeypatch.setattr(CascadePipeline, "from_pretrained", stop("cascade"))
+    monkeypatch.setattr(demo, "default_model", lambda: tiny_model)
+    with pytest.raises(Loaded) as loaded:
+        run_cli(capsys, "eval", "shapes", "--limit", 1)
+    assert loaded.value.args == ("model", str(tiny_model))
+    cascade_folder = tiny_stages["cascade"].parent
+    (cascade_folder / "cascade.yaml").write_text(tiny_stages["cascade"].read_text())
+    monkeypatch.setattr(demo, "default_model", lambda: cascade_folder)
+    with pytest.raises(Loaded) as loaded:
+        run_cli(capsys, "eval", "shapes", "--limit", 1)
+    assert loaded.value.args == ("cascade", str(cascade_folder))

@@ -7,8 +7,8 @@ import argparse
 from vidiff.cli.common import CLIError
 
 SHAPES_EPILOG = """examples:
-  vidiff eval shapes --model vidiff/assets/demo/base --out results.json --contact-sheet sheet.png
-  vidiff eval shapes --cascade configs/cascade/demo.yaml --out cascade.json
+  vidiff eval shapes --out results.json --contact-sheet sheet.png      (the built-in demo model)
+  vidiff eval shapes --model vidiff/assets/demo/base --out base.json
   vidiff eval shapes --model runs/base/pipeline --seeds 9001,9002,9003 --steps 25
   vidiff eval shapes --model M --prompts "a red circle moving left" --prompts "a blue square moving up" --seeds 1
 
@@ -40,8 +40,10 @@ def add_parser(sub):
         description="Generate one clip per shapes prompt and seed, measure colour, shape, motion direction and "
                     "temporal consistency from the pixels, print a markdown table and write the results as JSON.",
         epilog=SHAPES_EPILOG)
-    source = shapes.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="DIR", help="vidiff pipeline folder (text-to-video)")
+    source = shapes.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="DIR",
+                        help="vidiff pipeline folder (text-to-video; a cascade folder counts as --cascade; "
+                             "default: the built-in demo model)")
     source.add_argument("--cascade", metavar="YAML", help="cascade YAML (or a folder holding cascade.yaml)")
     _add_case_arguments(shapes)
     shapes.add_argument("--num-frames", type=int, default=None, help="base frames per clip (default: the model's)")
@@ -237,6 +239,22 @@ def _shapes_settings(args) -> tuple[dict, dict]:
     return call, dict(call)
 
 
+def _shapes_source(args) -> None:
+    """No --model / --cascade: the built-in demo model (its cascade when shipped); a cascade folder given as
+    --model is a cascade (as in `vidiff generate`)."""
+    from pathlib import Path
+
+    if args.model is None and args.cascade is None:
+        from vidiff import demo
+
+        args.model = str(demo.default_model())  # FileNotFoundError (one line) when the install has none
+    if args.model is not None and Path(args.model).is_dir():
+        from vidiff.pipelines.cascade import is_cascade
+
+        if is_cascade(args.model):
+            args.cascade, args.model = args.model, None
+
+
 def run_shapes(args) -> int:
     import time
     from pathlib import Path
@@ -244,6 +262,7 @@ def run_shapes(args) -> int:
     import vidiff
     from vidiff.eval import suite
 
+    _shapes_source(args)
     seeds, cases = _cases(args)
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
