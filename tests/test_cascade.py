@@ -601,3 +601,31 @@ def test_cli_errors_before_any_work(assets, cascade, bad_cascades, tmp_path, cap
 
     assert re.search(expected, lines[0]), lines[0]
     assert not out.exists() and not (tmp_path / "stage").exists()
+
+
+def test_pixel_space_cascade_saves_as_one_folder(assets, tmp_path):
+    """The demo's kind of cascade: pixel-space base -> interpolation x2 -> ssr x2, saved as one folder that
+    loads and samples the same clip as the YAML it came from."""
+    import vidiff
+    import yaml
+
+    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.pipelines.stage_folder import inflate_stage
+
+    small = dict(SMALL, height=8, width=8)
+    inflate_pipeline(assets["pixel"], tmp_path / "base", defaults=small)
+    inflate_stage(assets["pixel"], tmp_path / "interp", "interpolation", factor=2, defaults=small)
+    inflate_stage(assets["pixel"], tmp_path / "ssr", "ssr", defaults=small)
+    spec = tmp_path / "pixel.yaml"
+    spec.write_text(yaml.safe_dump({"stages": [{"model": "base"}, {"model": "interp", "guidance": 1.0},
+                                               {"model": "ssr", "guidance": 1.0}]}))
+    pipe = vidiff.CascadePipeline.from_pretrained(spec, device="cpu", dtype="fp32")
+    first = pipe("a red circle", num_frames=4, seed=0, progress=False)
+    assert first.shape == (7, 16, 16, 3)  # (4 - 1) x 2 + 1 frames, 8 px x 2
+    pipe.save_pretrained(tmp_path / "folder")
+    assert sorted(p.name for p in (tmp_path / "folder").iterdir()) == ["00-base", "01-interpolation", "02-ssr",
+                                                                       "cascade.yaml"]
+    reloaded = vidiff.CascadePipeline.from_pretrained(tmp_path / "folder", device="cpu", dtype="fp32")
+    assert np.array_equal(reloaded("a red circle", num_frames=4, seed=0, progress=False), first)
+    with pytest.raises(FileExistsError, match="not a cascade folder"):
+        pipe.save_pretrained(tmp_path / "interp")  # never replaces a folder it did not write

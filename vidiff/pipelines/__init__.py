@@ -5,7 +5,9 @@ from vidiff.utils import lazy_exports
 
 _LAZY = {
     "VideoPipeline": "vidiff.pipelines.text_to_video",
+    "CascadePipeline": "vidiff.pipelines.cascade",
     "inflate_pipeline": "vidiff.pipelines.folder",
+    "inflate_stage": "vidiff.pipelines.stage_folder",
     "read_info": "vidiff.pipelines.folder",
     "write_pipeline_folder": "vidiff.pipelines.folder",
     "SCHEDULERS": "vidiff.pipelines.schedulers",
