@@ -629,3 +629,26 @@ def test_pixel_space_cascade_saves_as_one_folder(assets, tmp_path):
     assert np.array_equal(reloaded("a red circle", num_frames=4, seed=0, progress=False), first)
     with pytest.raises(FileExistsError, match="not a cascade folder"):
         pipe.save_pretrained(tmp_path / "interp")  # never replaces a folder it did not write
+
+
+def test_text_encoder_identity(assets, tmp_path):
+    """A half-precision copy of the base's text encoder is the same encoder; other weights are not."""
+    import shutil
+
+    from transformers import CLIPTextModel
+
+    from vidiff.pipelines.cascade import same_text_encoder, text_encoder_summary
+    from vidiff.testing import make_tiny_sd_pipeline
+
+    base = text_encoder_summary(assets["base"])
+    half = tmp_path / "half"
+    shutil.copytree(assets["base"] / "tokenizer", half / "tokenizer")
+    CLIPTextModel.from_pretrained(str(assets["base"] / "text_encoder")).half().save_pretrained(str(half / "text_encoder"))
+    assert same_text_encoder(text_encoder_summary(half), base)
+    other = make_tiny_sd_pipeline(tmp_path / "other", seed=1)
+    assert not same_text_encoder(text_encoder_summary(other), base)
+    nudged = CLIPTextModel.from_pretrained(str(assets["base"] / "text_encoder"))
+    with torch.no_grad():
+        next(p for n, p in nudged.named_parameters() if n.endswith("final_layer_norm.weight")).mul_(1.01)  # by 1%
+    nudged.save_pretrained(str(half / "text_encoder"))
+    assert not same_text_encoder(text_encoder_summary(half), base)

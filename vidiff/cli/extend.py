@@ -51,5 +51,5 @@ def run(args) -> int:
     sidecar = {"command": "extend", "stage": "interpolation", "new_frames": args.frames, "context_frames": context,
                "seed": seed, "input_frames": len(frames), "input_fps": source.fps, **settings,
                "seconds": round(time.perf_counter() - start, 3)}
-    stage_io.write_result(args, out, video, source.fps, sidecar, f"{len(frames)} frames + {args.frames}")
+    stage_io.write_result(args, pipe, out, video, source.fps, sidecar, f"{len(frames)} frames + {args.frames}")
     return 0

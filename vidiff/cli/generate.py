@@ -117,21 +117,13 @@ def run(args) -> int:
     if not (math.isfinite(args.eta) and args.eta >= 0):
         raise CLIError(f"--eta must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {args.eta}")
     motion_field = _zero_shot_options(args)
-    from vidiff.pipelines.cascade import is_cascade
+    from vidiff.cli import stage_io
 
-    if args.cascade is not None or is_cascade(args.model):
+    if stage_io.is_cascade_request(args):
         if args.zero_shot:
             raise CLIError("--zero-shot samples one text-to-video model; it does not apply to a cascade")
-        from vidiff.cli.stage_io import generate_cascade
-
-        return generate_cascade(args, prompts)
-    if args.keep_intermediate:
-        raise CLIError("--keep-intermediate applies to a cascade (--cascade YAML or a cascade folder as --model)")
-    info = read_info(args.model)
-    if info.get("stage", "base") != "base":
-        command = "upscale" if info["stage"] == "ssr" else "interpolate"
-        raise CLIError(f"--model {args.model!r} is a {info['stage']} stage, which needs a video to work on: use "
-                       f"`vidiff {command} --model {args.model} --video IN`, or list it in a cascade (--cascade)")
+        return stage_io.generate_cascade(args, prompts)
+    info = stage_io.check_base_model(args.model, read_info(args.model))
     try:
         schedule = read_scheduler_config(Path(args.model) / "scheduler")
     except (FileNotFoundError, ValueError) as e:  # (json.JSONDecodeError is a ValueError)

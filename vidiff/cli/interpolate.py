@@ -53,5 +53,5 @@ def run(args) -> int:
     sidecar = {"command": "interpolate", "stage": stage_name(info), "factor": factor, "seed": seed,
                "input_frames": len(frames), "input_fps": source.fps, **settings,
                "seconds": round(time.perf_counter() - start, 3)}
-    stage_io.write_result(args, out, video, fps, sidecar, f"{len(frames)} frames x{factor} ({stage_name(info)})")
+    stage_io.write_result(args, pipe, out, video, fps, sidecar, f"{len(frames)} frames x{factor} ({stage_name(info)})")
     return 0

@@ -114,7 +114,7 @@ def seed_of(args) -> int:
     return args.seed if args.seed is not None else secrets.randbelow(2**31)
 
 
-def write_result(args, out: Path, video, fps: float, sidecar: dict, summary: str) -> None:
+def write_result(args, pipe, out: Path, video, fps: float, sidecar: dict, summary: str) -> None:
     """Write the clip (`video` `(1, 3, f, h, w)` in [-1, 1]) and its sidecar; print one line."""
     import vidiff
     from vidiff.pipelines.text_to_video import to_uint8
@@ -123,7 +123,8 @@ def write_result(args, out: Path, video, fps: float, sidecar: dict, summary: str
     record = {"input": str(Path(args.video).resolve()), "model": str(Path(args.model).resolve()),
               "prompt": args.prompt, "negative_prompt": args.negative, **sidecar, "fps": fps,
               "num_frames": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2]),
-              "device": args.device, "dtype": args.dtype, "vidiff_version": vidiff.__version__}
+              "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
+              "vidiff_version": vidiff.__version__}
     written = write_outputs(out, frames, fps, record)
     print(f"wrote {', '.join(str(p) for p in written)}: {summary} -> {frames.shape[0]} frames "
           f"{frames.shape[2]}x{frames.shape[1]} @ {fps:g} fps (seed {sidecar['seed']})")
@@ -155,6 +156,26 @@ def _cascade_settings(args, specs) -> list[dict]:
         resolved.append({"model": str(spec.model.resolve()), "stage": spec.stage, "steps": s["num_inference_steps"],
                          "guidance": s["guidance_scale"], "scheduler": s["scheduler"]})
     return resolved
+
+
+def is_cascade_request(args) -> bool:
+    """`generate` with --cascade, or with a cascade folder / YAML as --model."""
+    from vidiff.pipelines.cascade import is_cascade
+
+    if args.cascade is not None or is_cascade(args.model):
+        return True
+    if args.keep_intermediate:
+        raise CLIError("--keep-intermediate applies to a cascade (--cascade YAML or a cascade folder as --model)")
+    return False
+
+
+def check_base_model(model: str, info: dict) -> dict:
+    """`generate --model` needs a text-to-video base: a stage needs a video to work on."""
+    if info.get("stage", "base") != "base":
+        command = "upscale" if info["stage"] == "ssr" else "interpolate"
+        raise CLIError(f"--model {model!r} is a {info['stage']} stage, which needs a video to work on: use "
+                       f"`vidiff {command} --model {model} --video IN`, or list it in a cascade (--cascade)")
+    return info
 
 
 def intermediate_path(path: Path, index: int, stage: str) -> Path:

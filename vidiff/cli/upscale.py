@@ -53,5 +53,5 @@ def run(args) -> int:
     sidecar = {"command": "upscale", "stage": "ssr", "factor": factor, "noise_level": level, "seed": seed,
                "input_frames": len(frames), "input_height": source.height, "input_width": source.width,
                **settings, "seconds": round(time.perf_counter() - start, 3)}
-    stage_io.write_result(args, out, video, source.fps, sidecar, f"{source.width}x{source.height} x{factor}")
+    stage_io.write_result(args, pipe, out, video, source.fps, sidecar, f"{source.width}x{source.height} x{factor}")
     return 0

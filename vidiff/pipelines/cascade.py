@@ -172,9 +172,9 @@ def read_cascade(path) -> list[StageSpec]:
         check_factor(spec.info, spec.factor, f"{file} stage {i} ({spec.model})")
         if spec.stage == "ssr":
             check_noise_level(spec.info, spec.noise_level, f"{file} stage {i} ({spec.model})")
-    base_encoder = text_encoder_fingerprint(specs[0].model)
+    base_encoder = text_encoder_summary(specs[0].model)
     for i, spec in enumerate(specs[1:], 1):
-        if text_encoder_fingerprint(spec.model) != base_encoder:
+        if not same_text_encoder(text_encoder_summary(spec.model), base_encoder):
             raise ValueError(f"{file}: stage {i} ({spec.model}) has another text encoder than the base model "
                              f"({specs[0].model}); every stage of a cascade must use the base's text encoder")
     return specs
@@ -225,23 +225,40 @@ def _resolve_model(file: Path, text: str, where: str) -> Path:
                             "fix the path")
 
 
-def text_encoder_fingerprint(model: Path) -> str:
-    """A digest of a pipeline folder's text encoder (config without paths / versions, weights, tokenizer
-    vocabulary), so stages can be checked to share the base's without loading any of them."""
-    digest = hashlib.sha256()
-    config_file = Path(model) / "text_encoder" / "config.json"
-    if config_file.is_file():
-        config = json.loads(config_file.read_text())
-        for key in ("_name_or_path", "transformers_version", "dtype", "torch_dtype"):
-            config.pop(key, None)
-        digest.update(json.dumps(config, sort_keys=True).encode())
-    for folder in ("text_encoder", "tokenizer"):
-        for file in sorted((Path(model) / folder).glob("*")):
-            if file.suffix in (".safetensors", ".bin") or file.name in ("vocab.json", "merges.txt"):
-                with open(file, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 22), b""):
-                        digest.update(block)
-    return digest.hexdigest()
+def text_encoder_summary(model: Path) -> dict:
+    """What identifies a pipeline folder's text encoder without building it: its config (without paths and
+    versions), the tokenizer's vocabulary digest, and per weight tensor its shape and float64 mean and mean
+    absolute value (so an fp16 copy of the same encoder matches an fp32 one)."""
+    from vidiff.models.loading import read_state_dict
+
+    folder = Path(model) / "text_encoder"
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    for key in ("_name_or_path", "transformers_version", "dtype", "torch_dtype"):
+        config.pop(key, None)
+    vocab = hashlib.sha256()
+    for name in ("vocab.json", "merges.txt"):
+        file = Path(model) / "tokenizer" / name
+        vocab.update(file.read_bytes() if file.is_file() else b"")
+    # a shard index reads all its shards; else every weight file
+    files = sorted(folder.glob("*.index.json"))[:1] or sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    tensors = {}
+    for file in files:
+        for name, tensor in read_state_dict(file).items():
+            values = tensor.double()
+            tensors[name] = (tuple(tensor.shape), float(values.mean()), float(values.abs().mean()))
+    return {"config": config, "vocab": vocab.hexdigest(), "tensors": tensors}
+
+
+def same_text_encoder(a: dict, b: dict, rtol: float = 1e-3) -> bool:
+    """Summaries from `text_encoder_summary` of the same encoder (up to half-precision rounding)."""
+    if a["config"] != b["config"] or a["vocab"] != b["vocab"] or a["tensors"].keys() != b["tensors"].keys():
+        return False
+    for name, (shape, mean, mean_abs) in a["tensors"].items():
+        other_shape, other_mean, other_abs = b["tensors"][name]
+        if shape != other_shape or not math.isclose(mean_abs, other_abs, rel_tol=rtol, abs_tol=1e-7) \
+                or abs(mean - other_mean) > rtol * mean_abs + 1e-7:
+            return False
+    return True
 
 
 def plan_cascade(specs: list[StageSpec], num_frames: int, height: int, width: int) -> list[tuple[int, int, int]]:

@@ -1,0 +1,141 @@
+"""Where one cascade run spends its time and memory: base -> interpolation x2 -> SSR x2.
+
+Builds the SD 1.5-shaped random pipeline of tools/bench_sampling.py (U-Net widths 64-128-128, SD's 8x VAE at
+quarter width, a 12-layer CLIP text encoder of width 256), inflates a base, an interpolation stage and an SSR
+stage from it (`vidiff.pipelines.stage_folder.inflate_stage`: untrained, so the numbers are the cost, not the
+quality), and runs the cascade once with classifier-free guidance in every stage. Per stage: output size, seconds,
+share of the run, and peak memory during the stage (CUDA: max allocated; CPU: the process's resident high-water
+mark, VmHWM reset through /proc/self/clear_refs), absolute (all stages' weights stay loaded) and added over what
+the process held when the stage started (on the CPU the allocator keeps freed memory, so after the warm-up run
+"added" is what a stage needs beyond the earlier stages' peaks).
+
+    python tools/bench_cascade.py --threads 1          # 4 frames of 8 x 8 latents (64 px) -> 7 frames, 128 px
+    python tools/bench_cascade.py --frames 8 --latent 32 --steps 25 --device cuda --dtype fp16
+
+Prints a markdown table (the README's Performance section keeps a copy).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sampling import PROMPT, build  # noqa: E402  (the same SD-shaped model as the sampling benchmark)
+
+
+def _proc_status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA max allocated, else the rise of the resident high-water mark (MiB)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            self.start = _proc_status_mb("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.peak = _proc_status_mb("VmHWM")
+        self.added = self.peak - self.start
+
+
+def make_cascade(root: Path, frames: int, latent: int):
+    """Base, interpolation x2 and SSR x2 folders from one SD-shaped pipeline, and their cascade YAML."""
+    import yaml
+
+    from vidiff.pipelines.stage_folder import inflate_stage
+
+    base = build(root, frames, latent)
+    defaults = {"num_frames": frames, "height": latent * 8, "width": latent * 8}
+    inflate_stage(root / "sd", root / "interpolation", "interpolation", factor=2, defaults=defaults)
+    inflate_stage(root / "sd", root / "ssr", "ssr", factor=2, defaults=defaults)
+    spec = root / "cascade.yaml"
+    spec.write_text(yaml.safe_dump({"stages": [{"model": str(base)}, {"model": str(root / "interpolation")},
+                                               {"model": str(root / "ssr")}]}))
+    return spec
+
+
+def run(pipe, args) -> list[dict]:
+    """The cascade's stages one by one (as CascadePipeline.__call__ runs them), each measured."""
+    from vidiff.pipelines.cascade import run_stage
+
+    size = args.latent * 8
+    rows, video = [], None
+    for i, (spec, stage) in enumerate(zip(pipe.specs, pipe.pipelines)):
+        settings = dict(num_inference_steps=args.steps, guidance_scale=7.5, progress=False)
+        with PeakMemory(stage.device) as memory:
+            start = time.perf_counter()
+            if i == 0:
+                video = stage(PROMPT, num_frames=args.frames, height=size, width=size, seed=0, output_type="pt",
+                              **settings)
+            else:
+                video = run_stage(stage, video, PROMPT, seed=0, steps=args.steps, guidance=7.5, progress=False)
+            if stage.device.type == "cuda":
+                torch.cuda.synchronize(stage.device)
+            seconds = time.perf_counter() - start
+        rows.append({"stage": spec.stage, "shape": tuple(video.shape[2:]), "seconds": seconds,
+                     "memory": memory.added, "peak": memory.peak})
+    return rows
+
+
+def table(rows: list[dict], device: str) -> str:
+    total = sum(r["seconds"] for r in rows)
+    kind = "allocated" if device.startswith("cuda") else "RSS"
+    lines = [f"| stage | output (frames x h x w) | seconds | share | peak {kind} MiB | added MiB |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        f, h, w = r["shape"]
+        lines.append(f"| {r['stage']} | {f} x {h} x {w} | {r['seconds']:.2f} | {100 * r['seconds'] / total:.0f}% | "
+                     f"{r['peak']:.0f} | {r['memory']:.0f} |")
+    lines.append(f"| total | | {total:.2f} | 100% | | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=4, help="base frames (default: %(default)s)")
+    parser.add_argument("--latent", type=int, default=8, help="base latent size; pixels = 8x (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=4, help="sampling steps per stage (default: %(default)s)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from vidiff.pipelines.cascade import CascadePipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = make_cascade(Path(tmp), args.frames, args.latent)
+        pipe = CascadePipeline.from_pretrained(spec, device=args.device, dtype=args.dtype)
+        run(pipe, args)  # warm-up (kernels, allocator), same sizes
+        rows = run(pipe, args)
+    print(f"cascade base -> interpolation x2 -> ssr x2, {args.steps} steps each, guidance 7.5, {args.device} "
+          f"{args.dtype}, {torch.get_num_threads()} threads\n")
+    print(table(rows, args.device))
+
+
+if __name__ == "__main__":
+    main()
