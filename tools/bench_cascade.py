@@ -4,10 +4,9 @@ Builds the SD 1.5-shaped random pipeline of tools/bench_sampling.py (U-Net width
 quarter width, a 12-layer CLIP text encoder of width 256), inflates a base, an interpolation stage and an SSR
 stage from it (`vidiff.pipelines.stage_folder.inflate_stage`: untrained, so the numbers are the cost, not the
 quality), and runs the cascade once with classifier-free guidance in every stage. Per stage: output size, seconds,
-share of the run, and peak memory during the stage (CUDA: max allocated; CPU: the process's resident high-water
-mark, VmHWM reset through /proc/self/clear_refs), absolute (all stages' weights stay loaded) and added over what
-the process held when the stage started (on the CPU the allocator keeps freed memory, so after the warm-up run
-"added" is what a stage needs beyond the earlier stages' peaks).
+share of the run (after a warm-up run), and the peak memory the stage adds to its loaded weights and input,
+measured in a fresh process per stage on the saved input (CUDA: max allocated; CPU: the resident high-water
+mark, VmHWM reset through /proc/self/clear_refs), so no earlier stage's allocations hide it.
 
     python tools/bench_cascade.py --threads 1          # 4 frames of 8 x 8 latents (64 px) -> 7 frames, 128 px
     python tools/bench_cascade.py --frames 8 --latent 32 --steps 25 --device cuda --dtype fp16
@@ -37,7 +36,8 @@ def _proc_status_mb(field: str) -> float:
 
 
 class PeakMemory:
-    """Peak memory of a block: CUDA max allocated, else the rise of the resident high-water mark (MiB)."""
+    """Peak memory a block adds over what is held when it starts (MiB): CUDA max allocated, else the resident
+    high-water mark (VmHWM, reset through /proc/self/clear_refs)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -48,17 +48,16 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device) / 2**20
         else:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
             self.start = _proc_status_mb("VmRSS")
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.added = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.start
         else:
-            self.peak = _proc_status_mb("VmHWM")
-        self.added = self.peak - self.start
+            self.added = _proc_status_mb("VmHWM") - self.start
 
 
 def make_cascade(root: Path, frames: int, latent: int):
@@ -72,44 +71,80 @@ def make_cascade(root: Path, frames: int, latent: int):
     inflate_stage(root / "sd", root / "interpolation", "interpolation", factor=2, defaults=defaults)
     inflate_stage(root / "sd", root / "ssr", "ssr", factor=2, defaults=defaults)
     spec = root / "cascade.yaml"
-    spec.write_text(yaml.safe_dump({"stages": [{"model": str(base)}, {"model": str(root / "interpolation")},
-                                               {"model": str(root / "ssr")}]}))
+    spec.write_text(yaml.safe_dump({"stages": [{"model": str(base)}, {"model": "interpolation"}, {"model": "ssr"}]}))
     return spec
 
 
-def run(pipe, args) -> list[dict]:
-    """The cascade's stages one by one (as CascadePipeline.__call__ runs them), each measured."""
+def run_stage_once(i: int, spec, stage, video, args):
+    """Stage `i` of the cascade on `video` (the previous stage's output; None for the base)."""
     from vidiff.pipelines.cascade import run_stage
 
-    size = args.latent * 8
+    if i == 0:
+        size = args.latent * 8
+        return stage(PROMPT, num_frames=args.frames, height=size, width=size, seed=0, output_type="pt",
+                     num_inference_steps=args.steps, guidance_scale=7.5, progress=False)
+    return run_stage(stage, video, PROMPT, seed=0, steps=args.steps, guidance=7.5, progress=False)
+
+
+def time_stages(pipe, args, root: Path) -> list[dict]:
+    """The cascade's stages one by one (as CascadePipeline.__call__ runs them), timed; each stage's input is saved
+    (safetensors) for the memory measurement."""
+    from safetensors.torch import save_file
+
     rows, video = [], None
     for i, (spec, stage) in enumerate(zip(pipe.specs, pipe.pipelines)):
-        settings = dict(num_inference_steps=args.steps, guidance_scale=7.5, progress=False)
-        with PeakMemory(stage.device) as memory:
-            start = time.perf_counter()
-            if i == 0:
-                video = stage(PROMPT, num_frames=args.frames, height=size, width=size, seed=0, output_type="pt",
-                              **settings)
-            else:
-                video = run_stage(stage, video, PROMPT, seed=0, steps=args.steps, guidance=7.5, progress=False)
-            if stage.device.type == "cuda":
-                torch.cuda.synchronize(stage.device)
-            seconds = time.perf_counter() - start
-        rows.append({"stage": spec.stage, "shape": tuple(video.shape[2:]), "seconds": seconds,
-                     "memory": memory.added, "peak": memory.peak})
+        if video is not None:
+            save_file({"video": video.float().cpu().contiguous()}, str(root / f"input-{i}.safetensors"))
+        start = time.perf_counter()
+        video = run_stage_once(i, spec, stage, video, args)
+        if stage.device.type == "cuda":
+            torch.cuda.synchronize(stage.device)
+        rows.append({"stage": spec.stage, "shape": tuple(video.shape[2:]), "seconds": time.perf_counter() - start})
     return rows
+
+
+def stage_memory(i: int, args, root: Path) -> float:
+    """MiB that running stage `i` adds to its loaded weights and input, measured in a fresh process (so nothing
+    an earlier stage allocated hides it)."""
+    import json
+    import subprocess
+
+    command = [sys.executable, __file__, "--child", str(i), "--root", str(root), "--frames", str(args.frames),
+               "--latent", str(args.latent), "--steps", str(args.steps), "--device", args.device,
+               "--dtype", args.dtype, "--threads", str(torch.get_num_threads())]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["added_mib"]
+
+
+def child(args) -> None:
+    """Load stage `args.child` alone, run it once on its saved input, print the memory it added (JSON)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from vidiff.pipelines.cascade import read_cascade
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    spec = read_cascade(args.root / "cascade.yaml")[args.child]
+    stage = VideoPipeline.from_pretrained(spec.model, device=args.device, dtype=args.dtype)
+    video = None
+    if args.child:
+        video = load_file(str(args.root / f"input-{args.child}.safetensors"))["video"].to(stage.device)
+    with PeakMemory(stage.device) as memory:
+        run_stage_once(args.child, spec, stage, video, args)
+    print(json.dumps({"added_mib": memory.added}))
 
 
 def table(rows: list[dict], device: str) -> str:
     total = sum(r["seconds"] for r in rows)
-    kind = "allocated" if device.startswith("cuda") else "RSS"
-    lines = [f"| stage | output (frames x h x w) | seconds | share | peak {kind} MiB | added MiB |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    kind = "allocated" if device.startswith("cuda") else "resident"
+    lines = [f"| stage | output (frames x h x w) | seconds | share | peak {kind} MiB added |",
+             "| --- | --- | --- | --- | --- |"]
     for r in rows:
         f, h, w = r["shape"]
         lines.append(f"| {r['stage']} | {f} x {h} x {w} | {r['seconds']:.2f} | {100 * r['seconds'] / total:.0f}% | "
-                     f"{r['peak']:.0f} | {r['memory']:.0f} |")
-    lines.append(f"| total | | {total:.2f} | 100% | | |")
+                     f"{r['memory']:.0f} |")
+    lines.append(f"| total | | {total:.2f} | 100% | |")
     return "\n".join(lines)
 
 
@@ -121,19 +156,27 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.child is not None:
+        return child(args)
 
     from vidiff.pipelines.cascade import CascadePipeline
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = make_cascade(Path(tmp), args.frames, args.latent)
-        pipe = CascadePipeline.from_pretrained(spec, device=args.device, dtype=args.dtype)
-        run(pipe, args)  # warm-up (kernels, allocator), same sizes
-        rows = run(pipe, args)
+        root = Path(tmp)
+        make_cascade(root, args.frames, args.latent)
+        pipe = CascadePipeline.from_pretrained(root / "cascade.yaml", device=args.device, dtype=args.dtype)
+        time_stages(pipe, args, root)  # warm-up (kernels, allocator), same sizes
+        rows = time_stages(pipe, args, root)
+        del pipe
+        for i, row in enumerate(rows):
+            row["memory"] = stage_memory(i, args, root)
     print(f"cascade base -> interpolation x2 -> ssr x2, {args.steps} steps each, guidance 7.5, {args.device} "
-          f"{args.dtype}, {torch.get_num_threads()} threads\n")
+          f"{args.dtype}, {torch.get_num_threads()} thread(s)\n")
     print(table(rows, args.device))
 
 
