@@ -8,6 +8,7 @@ Torch-free: the CLI checks names before it loads a model.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from vidiff.utils import write_json_atomic
@@ -18,21 +19,16 @@ class CLIError(Exception):
 
 
 def check_device(device: str | None) -> str | None:
-    """`--device` (None = the best available): a known kind, an existing CUDA index; CLIError otherwise."""
+    """`--device` (None = the best available) checked by `vidiff.utils.check_device` (the one device check),
+    its message naming the flag; CLIError otherwise."""
     if device is None:
         return None
-    import torch
+    from vidiff.utils import check_device as check
 
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (":" in device and not (kind == "cuda" and index.isdigit())):
-        raise CLIError(f"unknown --device {device!r}; use cuda, cuda:N, mps or cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda, but no CUDA device is available; use --device cpu")
-    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-        raise CLIError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 .. "
-                       f"cuda:{torch.cuda.device_count() - 1})")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise CLIError("--device mps, but MPS is not available; use --device cpu")
+    try:
+        check(device)
+    except ValueError as e:
+        raise CLIError(re.sub(r"\bdevice\b", "--device", str(e), count=1)) from None
     return device
 
 

@@ -50,12 +50,11 @@ def default_stage_options(stage: str, factor: int | None = None, latent_channels
     return options
 
 
-def widen_unet(unet, conditioning_channels: int, *, stage: str, class_embedding: bool = False):
-    """A copy of `unet` (a VideoUNet) taking `conditioning_channels` more input channels through zero-initialised
-    `conv_in` columns (recorded as a `stage` U-Net) and, with `class_embedding`, a new class embedding (an MLP on the sinusoidal embedding of
-    the label, as diffusers' `class_embed_type="timestep"`) whose output layer is zero: the copy equals `unet`."""
+def widen_unet(unet, conditioning_channels: int, *, stage: str):
+    """A copy of `unet` (a VideoUNet, its latent channel count known only once loaded) taking
+    `conditioning_channels` more input channels through zero-initialised `conv_in` columns, recorded as a
+    `stage` U-Net: the copy computes exactly what `unet` computes, whatever the condition."""
     import torch
-    from diffusers.models.embeddings import TimestepEmbedding
 
     from vidiff.models.unet import OPTIONS, VideoUNet, _spatial_from_checkpoint
 
@@ -66,18 +65,28 @@ def widen_unet(unet, conditioning_channels: int, *, stage: str, class_embedding:
     weight = state["conv_in.weight"]                                     # (out, in, 3, 3)
     state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], conditioning_channels,
                                                                   *weight.shape[2:])], dim=1)
-    if class_embedding and unet.class_embedding is None:
-        config["class_embed_type"] = "timestep"
-        embedding = TimestepEmbedding(unet.time_embedding.linear_1.in_features,
-                                      unet.time_embedding.linear_2.out_features, act_fn=config.get("act_fn", "silu"))
-        with torch.no_grad():  # ControlNet-style zero output layer: the label adds nothing until trained
-            embedding.linear_2.weight.zero_()
-            embedding.linear_2.bias.zero_()
-        state.update({f"class_embedding.{k}": v for k, v in embedding.state_dict().items()})
-    with _spatial_from_checkpoint():
+    with _spatial_from_checkpoint():  # spatial modules on the meta device, filled from `state`
         widened = VideoUNet(config, **options)
     widened._load_spatial(state)
     return widened
+
+
+def add_level_embedding(unet) -> None:
+    """Give a VideoUNet without one a class embedding for the SSR condition's noise level: an MLP on the
+    level's sinusoidal embedding (diffusers' `class_embed_type="timestep"`, recorded in the U-Net config so the
+    saved stage rebuilds it) whose output layer is zero, so the U-Net computes what it did before."""
+    import torch
+    from diffusers.models.embeddings import TimestepEmbedding
+
+    if unet.class_embedding is not None:
+        return
+    embedding = TimestepEmbedding(unet.time_embedding.linear_1.in_features, unet.time_embedding.linear_2.out_features,
+                                  act_fn=unet.config.get("act_fn", "silu"))
+    with torch.no_grad():  # ControlNet-style zero output layer: the level adds nothing until trained
+        embedding.linear_2.weight.zero_()
+        embedding.linear_2.bias.zero_()
+    unet.class_embedding = embedding.to(unet.device, unet.dtype)
+    unet.class_embed_type = unet.config["class_embed_type"] = "timestep"
 
 
 def is_upscaler_folder(path) -> bool:
@@ -161,7 +170,9 @@ def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *
             latent_channels = parts["unet"].in_channels
             options = default_stage_options(stage, factor, latent_channels)
             extra = latent_channels + 1 if stage == "interpolation" else latent_channels
-            parts["unet"] = widen_unet(parts["unet"], extra, stage=stage, class_embedding=stage == "ssr")
+            parts["unet"] = widen_unet(parts["unet"], extra, stage=stage)
+            if stage == "ssr":
+                add_level_embedding(parts["unet"])
     info = make_info(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
                      parts["scheduler_config"], stage=stage, defaults=defaults, source=parts["source"])
     num_frames = info["defaults"]["num_frames"]
