@@ -398,6 +398,8 @@ def test_only_the_chosen_parameters_change(assets, tmp_path, straight_run, mode)
     else:
         out = tmp_path / "run"
         extra = ["train.max_steps=2", f"train.trainable={mode}"]
+        if mode == "temporal+attn-q":  # also at a size other than the source folder's default (16 x 16)
+            extra += ["data.height=24", "data.width=20"]
         if mode == "all":  # also joint image + video batches (one-frame images in their own batch)
             from PIL import Image
 
@@ -416,6 +418,18 @@ def test_only_the_chosen_parameters_change(assets, tmp_path, straight_run, mode)
     assert len(changed) >= 0.9 * len(wanted), sorted(wanted - changed)[:5]
     if mode == "temporal+attn-q":
         assert any(".attn1.to_q." in k for k in changed) and any(".attn2.to_q." in k for k in changed)
+    # The exported defaults are the clip it was trained on (the source folders' are 16 or 4 frames, 16 x 16).
+    from vidiff.pipelines.folder import read_info
+
+    trained = (2, 24, 20) if mode == "temporal+attn-q" else (2, 16, 16)
+    defaults = read_info(out / "pipeline")["defaults"]
+    assert (defaults["num_frames"], defaults["height"], defaults["width"]) == trained
+    if mode == "temporal+attn-q":  # and `generate` without sizes makes that clip
+        from vidiff.pipelines import VideoPipeline
+
+        pipe = VideoPipeline.from_pretrained(out / "pipeline", device="cpu", dtype="fp32")
+        frames = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0), progress=False)
+        assert frames.shape == (2, 24, 20, 3)
     # The VAE and text encoder are frozen in every mode.
     source = out / "inflated" if mode == "temporal" else assets["video"]
     for part in ("text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
@@ -423,22 +437,33 @@ def test_only_the_chosen_parameters_change(assets, tmp_path, straight_run, mode)
 
 
 def test_nonfinite_losses_and_bad_files(assets, tmp_path):
-    # A manifest folder with one corrupt clip among the good ones.
+    from vidiff.training.data import SeededItems, make_dataset
+
+    # A manifest folder with two corrupt clips beside a good one: the stream meets them again and again.
     data = tmp_path / "data"
     data.mkdir()
-    for clip in sorted(assets["shapes"].glob("*.mp4"))[:2]:
-        shutil.copy(clip, data)
-        shutil.copy(clip.with_suffix(".txt"), data)
-    (data / "zz-corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
-    (data / "zz-corrupt.txt").write_text("a broken clip")
+    clip = sorted(assets["shapes"].glob("*.mp4"))[0]
+    shutil.copy(clip, data)
+    shutil.copy(clip.with_suffix(".txt"), data)
+    for name in ("zz-corrupt-1", "zz-corrupt-2"):
+        (data / f"{name}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+        (data / f"{name}.txt").write_text("a broken clip")
 
     out = tmp_path / "nan"
-    result = train(config(out, assets["video"], data, "train.max_steps=3", "train.debug_nan_steps=[1]"))
+    cfg = config(out, assets["video"], data, "train.max_steps=5", "train.debug_nan_steps=[1]")
+    result = train(cfg)
     assert result.status == "finished" and result.nonfinite_steps == 1
     rows = read_csv(out / "train_log.csv")
-    assert math.isnan(float(rows[1]["loss"])) and rows[1]["nonfinite_steps"] == "1" and rows[-1]["step"] == "3"
-    assert int(rows[-1]["skipped_files"]) >= 1 and result.skipped_files == int(rows[-1]["skipped_files"])
+    assert math.isnan(float(rows[1]["loss"])) and rows[1]["nonfinite_steps"] == "1" and rows[-1]["step"] == "5"
     assert all(torch.isfinite(v).all() for v in checkpoint_weights(out).values())
+    # Distinct bad files and encounters, against the same sample stream replayed through a fresh dataset.
+    items, sampler = SeededItems(make_dataset(cfg), seed=0), iter(EndlessSampler(3, seed=0))
+    samples = [items[next(sampler)] for _ in range(5)]
+    encounters = sum(s["num_skipped"] for s in samples)
+    assert {Path(p).name for s in samples for p in s["skipped_paths"]} == {"zz-corrupt-1.mp4", "zz-corrupt-2.mp4"}
+    assert encounters > 2  # the test means something: files were met more than once
+    assert (result.skipped_files, result.skipped_encounters) == (2, encounters)
+    assert (rows[-1]["skipped_files"], rows[-1]["skipped_encounters"]) == ("2", str(encounters))
 
     out = tmp_path / "nan-stop"
     with pytest.raises(TrainingError, match="2 non-finite losses in a row at step 2.*checkpoint-00000002"):
@@ -520,3 +545,79 @@ def test_training_from_a_latent_cache(assets, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if ".temporal_" in k)
     with pytest.raises(ValueError, match="rebuild the cache"):
         train(config(tmp_path / "bad", assets["video"], assets["shapes"], f"data.cache={cache}", "data.num_frames=3"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# user errors: one line naming the config key, before any model is loaded or inflated
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("data.manifest={missing}", "data.manifest='{missing}'"),
+    ("model.pretrained={missing}", "model.pretrained='{missing}' does not exist"),
+    ("model.pretrained={not_sd}", "model.pretrained='{not_sd}' is neither a vidiff pipeline folder"),
+    ("model.pretrained={single_file}", "model.pretrained='{single_file}' is a single-file checkpoint"),
+    ("train.lr_scheduler=cosine_annealing", "train.lr_scheduler='cosine_annealing' is not a schedule"),
+    ("model.attention_backend=xformers", "model.attention_backend: attention backend 'xformers'"),
+    ("data.height=18", "data.height=18 must be a multiple of 4"),
+])
+def test_bad_options_fail_before_loading(assets, tmp_path, monkeypatch, override, message):
+    """Every mistake is found before inflating (the SD folder is the model source here): nothing is written."""
+    import vidiff.pipelines.folder
+    from vidiff.config import ConfigError
+
+    if "xformers" in override and torch.cuda.is_available():
+        pytest.skip("xformers may run on this machine")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    monkeypatch.setattr(vidiff.pipelines.folder, "inflate_pipeline", no_loading)
+    not_sd = tmp_path / "not-sd"
+    (not_sd / "unet").mkdir(parents=True)
+    single_file = tmp_path / "model.safetensors"
+    single_file.write_bytes(b"x")
+    names = dict(missing=str(tmp_path / "nope"), not_sd=str(not_sd), single_file=str(single_file))
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError) as e:
+        train(config(out, assets["sd"], assets["shapes"], override.format(**names)))
+    assert message.format(**names) in str(e.value) and "\n" not in str(e.value)
+    assert "--base '" not in str(e.value)  # (the loaders' wording for `vidiff inflate --base`)
+    assert not out.exists()
+
+
+def test_output_location_checked_first(assets, tmp_path, monkeypatch):
+    import vidiff.training.preflight as preflight
+    from vidiff.config import ConfigError
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(preflight.os, "access", lambda path, mode: False)  # (tests run as root: chmod won't do)
+    with pytest.raises(ConfigError, match=r"output_dir='.*run' cannot be written \(.* is read-only"):
+        train(config(out, assets["sd"], assets["shapes"]))
+    monkeypatch.undo()
+    Usage = type("Usage", (), {"free": 5 * 2 ** 20})
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: Usage)
+    with pytest.raises(ConfigError, match=r"the disk holding .* is full \(5.0 MiB free\)"):
+        train(config(out, assets["sd"], assets["shapes"]))
+    assert not out.exists()
+
+
+def test_hub_errors_name_the_config_key(assets, tmp_path, monkeypatch):
+    """An unreachable hub id is reported as model.pretrained (the loaders speak of `inflate --base`)."""
+    from huggingface_hub import constants
+
+    from vidiff.config import ConfigError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match=r"^model.pretrained='someone/some-model' is not a local folder and "
+                                          "HF_HUB_OFFLINE is set"):
+        train(config(tmp_path / "run", "someone/some-model", assets["shapes"]))
+
+
+def test_cli_train_errors_are_one_line(assets, tmp_path, capsys):
+    from vidiff.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", str(TINY), f"model.pretrained={assets['sd']}", f"data.manifest={tmp_path / 'nope'}",
+                 f"output_dir={out}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("vidiff train: error: data.manifest=") and "\n" not in err
+    assert not out.exists()

@@ -68,7 +68,7 @@ def run(args) -> int:
     else:
         print(f"vidiff train: {result.step} steps; wrote {result.pipeline} and checkpoints in "
               f"{result.output_dir / 'checkpoints'} ({result.nonfinite_steps} non-finite steps skipped, "
-              f"{result.skipped_files} bad files skipped)")
+              f"{result.skipped_files} bad files skipped, {result.skipped_encounters} times in all)")
     return code
 
 

@@ -1,8 +1,9 @@
 """Training datasets: manifests of (video or image, caption), clip sampling, transforms, bad-file handling.
 
 A sample is `{"pixel_values": (c, f, h, w) float in [-1, 1], "prompt": str, "path": str, "num_skipped": int,
-"is_image": bool}`. `num_skipped` counts the bad files met (and replaced) while producing that sample, so the
-trainer can sum it over batches whatever the number of workers and processes.
+"skipped_paths": list[str], "is_image": bool}`. `num_skipped` counts the bad files met (and replaced) while
+producing that sample and `skipped_paths` names them, so the trainer can report both how often bad files came up
+and how many distinct ones there are, whatever the number of workers and processes.
 
 Manifests:
   - a folder of videos (and images), each with a same-named `.txt` caption (searched recursively);
@@ -283,7 +284,7 @@ class VideoDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)}")
-        skipped = 0
+        skipped: list[str] = []  # the bad files passed over for this sample, one entry per encounter
         tried: set[int] = set()
         for candidate in self._all_candidates(index):
             file_index = candidate % len(self.entries)
@@ -292,16 +293,17 @@ class VideoDataset(torch.utils.data.Dataset):
             tried.add(file_index)
             path = self.entries[file_index].path
             if path in self.bad_files:
-                skipped += 1
+                skipped.append(path)
                 continue
             try:
                 sample = self.load(candidate)
             except (VideoReadError, OSError) as e:
                 reason = e.reason if isinstance(e, VideoReadError) else f"{type(e).__name__}: {e}"
                 self._mark_bad(path, reason)
-                skipped += 1
+                skipped.append(path)
                 continue
-            sample["num_skipped"] = skipped
+            # Encounters and paths both: the trainer reports distinct bad files and how often they came up.
+            sample["num_skipped"], sample["skipped_paths"] = len(skipped), skipped
             return sample
         first = next(iter(self.bad_files.items()), ("?", "?"))
         raise ValueError(f"all {len(self.entries)} files of the manifest are unreadable or too short for "

@@ -7,6 +7,7 @@ workers or processes.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import signal
 
@@ -128,6 +129,16 @@ def make_loader(dataset, *, seed: int, batch_size: int, start: int, num_workers:
     return DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=EndlessSampler(len(dataset), seed,
                       start=start), collate_fn=collate, drop_last=True, pin_memory=pin_memory,
                       num_workers=num_workers, worker_init_fn=_ignore_stop_signals)
+
+
+def skipped_file_ids(batch: dict | None) -> set[int]:
+    """63-bit ids of the bad files a batch passed over (its items' `skipped_paths`): small integers that ranks
+    can exchange as a tensor to count distinct files."""
+    if batch is None:
+        return set()
+    paths = [path for item in batch.get("skipped_paths", []) for path in item]
+    return {int.from_bytes(hashlib.blake2b(p.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
+            >> 1 for p in paths}
 
 
 @torch.no_grad()

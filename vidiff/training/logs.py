@@ -18,13 +18,15 @@ import torch
 from vidiff.config import Config
 from vidiff.utils import atomic_path
 
+# skipped_files: distinct bad files passed over so far; skipped_encounters: how often they came up.
 CSV_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "data_wait_share", "skipped_files",
-               "nonfinite_steps")
+               "skipped_encounters", "nonfinite_steps")
 # How each value is written to the CSV (the rest as they are).
 CSV_FORMATS = {"epoch": ".3f", "loss": ".6g", "lr": ".6g", "grad_norm": ".6g", "samples_per_s": ".4g",
                "data_wait_share": ".4f"}
 # Logged to TensorBoard as train/<name> (loss and grad_norm only when finite).
-SCALARS = ("loss", "lr", "grad_norm", "samples_per_s", "data_wait_share", "skipped_files", "nonfinite_steps")
+SCALARS = ("loss", "lr", "grad_norm", "samples_per_s", "data_wait_share", "skipped_files", "skipped_encounters",
+           "nonfinite_steps")
 
 
 def open_csv(path: Path, resume_step: int):

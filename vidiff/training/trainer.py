@@ -42,13 +42,14 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from vidiff.config import Config, TrainConfig
+from vidiff.config import Config, ConfigError, TrainConfig
 from vidiff.training import TrainingError
 from vidiff.training.checkpoints import (clean_stale, find_resume_checkpoint, list_checkpoints, load_checkpoint,
                                          read_trainer_state, save_checkpoint)
-from vidiff.training.data import check_cache_geometry, encode_batch, make_dataset, make_loader
+from vidiff.training.data import check_cache_geometry, encode_batch, make_loader, skipped_file_ids
 from vidiff.training.ema import EMA
 from vidiff.training.logs import TrainLog, render_validation
+from vidiff.training.preflight import check_run, check_stage_matches
 from vidiff.training.run_folder import check_output_dir, mark_run_folder
 from vidiff.training.stages import Stage, make_stage, stage_options
 from vidiff.training.state import check_supported
@@ -65,9 +66,10 @@ class TrainResult:
     checkpoint: Path | None        # the last checkpoint written
     pipeline: Path | None          # output_dir/pipeline when finished
     nonfinite_steps: int
-    skipped_files: int
+    skipped_files: int             # distinct bad files passed over (all ranks)
     is_main_process: bool = True   # False on the other ranks of a distributed run
     stop_signal: str | None = None  # "SIGINT" | "SIGTERM" | "on_step" when interrupted by one
+    skipped_encounters: int = 0    # how often bad files came up (one file can be met many times)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,15 +82,11 @@ def is_vidiff_pipeline(path) -> bool:
 def load_pipeline(config: Config, accelerator):
     """A VideoPipeline from `model.pretrained`: a vidiff folder as is, or an SD pipeline inflated once into
     output_dir/inflated (by the main process; the others wait and load the same folder)."""
-    from vidiff.models.loading import is_hub_id
     from vidiff.pipelines import VideoPipeline
 
     m = config.model
     source = Path(m.pretrained)
     if not is_vidiff_pipeline(source):
-        if not source.exists() and not is_hub_id(m.pretrained):
-            raise FileNotFoundError(f"model.pretrained={m.pretrained!r} does not exist; give an SD pipeline folder "
-                                    "(or hub id) to inflate, or a vidiff pipeline folder (with vidiff.json)")
         inflated = Path(config.output_dir) / "inflated"
         if accelerator.is_main_process and not is_vidiff_pipeline(inflated):
             from vidiff.pipelines.folder import inflate_pipeline
@@ -96,10 +94,17 @@ def load_pipeline(config: Config, accelerator):
 
             options = dict(cross_frame=m.cross_frame or "none", temporal_conv=m.temporal_conv,
                            temporal_attention=m.temporal_attention)
-            if config.train.stage == "base":
-                inflate_pipeline(m.pretrained, inflated, **options)
-            else:  # a cascade stage: zero-initialised condition channels (vidiff.pipelines.stage_folder)
-                inflate_stage(m.pretrained, inflated, config.train.stage, **options)
+            try:
+                if config.train.stage == "base":
+                    inflate_pipeline(m.pretrained, inflated, **options)
+                else:  # a cascade stage: zero-initialised condition channels (vidiff.pipelines.stage_folder)
+                    inflate_stage(m.pretrained, inflated, config.train.stage, **options)
+            except (FileNotFoundError, ValueError) as e:
+                # The loaders speak of `vidiff inflate --base`; here the user set model.pretrained.
+                message = str(e)
+                if not message.startswith("--base "):
+                    raise
+                raise ConfigError(f"model.pretrained={message[len('--base '):]}") from e
         accelerator.wait_for_everyone()
         source = inflated
     pipe = VideoPipeline.from_pretrained(source, device="cpu", dtype="fp32")  # fp32 master weights
@@ -338,9 +343,7 @@ def prepare_model(config: Config, accelerator, say):
     unet = pipe.unet
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler_config)
     prediction_type = t.prediction_type or noise_scheduler.config.prediction_type
-    if pipe.info.get("stage", "base") != t.stage:
-        raise ValueError(f"train.stage={t.stage!r} but {source} holds a {pipe.info.get('stage')!r} model; set "
-                         f"train.stage={pipe.info.get('stage')!r} or start from an SD pipeline or a matching folder")
+    check_stage_matches(pipe.info, t.stage, source)  # (an inflated folder left by an earlier run)
     stage = make_stage(t.stage, latent_channels=unet.in_channels, prediction_type=prediction_type,
                        snr_gamma=t.snr_gamma, noise_offset=t.noise_offset,
                        **stage_options(t.stage, pipe.info.get("stage_options"), dataclasses.asdict(config.stage)))
@@ -374,6 +377,7 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
 
     t, d = config.train, config.data
     output_dir = Path(config.output_dir)
+    checked = check_run(config)  # options, model source, data, output location: before anything is loaded
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     say = log if main else _quiet
@@ -384,29 +388,35 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
     check_output_dir(output_dir, resume=resume, overwrite=overwrite, checkpoints=old_checkpoints)
     checkpoint = find_resume_checkpoint(output_dir, resume, say)
     # samples_seen counts clips drawn by all ranks together: the data position, whatever the process count.
-    state = {"step": 0, "samples_seen": 0, "image_samples_seen": 0, "nonfinite_steps": 0, "skipped_files": 0}
+    # skipped_files counts distinct bad files (their ids kept to tell new ones), skipped_encounters every meeting.
+    state = {"step": 0, "samples_seen": 0, "image_samples_seen": 0, "nonfinite_steps": 0, "skipped_files": 0,
+             "skipped_encounters": 0, "skipped_file_ids": []}
     if checkpoint is not None:
         state.update(read_trainer_state(checkpoint, config))
     elif resume == "auto":
         say(f"--resume auto: no checkpoint under {output_dir / 'checkpoints'}; starting from step 0")
     if main:
-        mark_run_folder(output_dir)
-        clean_stale(output_dir / "checkpoints")
-        write_json_atomic(output_dir / "config.json", config.to_dict())
+        try:
+            mark_run_folder(output_dir)
+            clean_stale(output_dir / "checkpoints")
+            write_json_atomic(output_dir / "config.json", config.to_dict())
+        except OSError as e:
+            raise TrainingError(f"cannot write to output_dir {output_dir} ({e.strerror or e}); free space or "
+                                "choose another output_dir") from e
 
     set_seed(t.seed)  # the same on every rank: identical initial weights wherever they are random
     pipe, stage, noise_scheduler, trainable = prepare_model(config, accelerator, say)
     optimizer, lr_scheduler = make_optimizer(trainable.values(), t, accelerator.num_processes)
     ema = EMA(trainable, t.ema_decay).to(accelerator.device) if t.ema else None
 
-    dataset = make_dataset(config)
-    if d.cache:
+    dataset = checked.dataset
+    if d.cache:  # (checked before loading too, where the model's JSON files tell the geometry)
         check_cache_geometry(dataset, config, pipe.unet.in_channels, pipe.vae_scale_factor)
     loader = make_loader(dataset, seed=t.seed, batch_size=t.batch_size, start=state["samples_seen"],
                          num_workers=d.num_workers, pin_memory=accelerator.device.type == "cuda")
     image_loader = None
     if d.image_batch_size:  # joint image + video training: one-frame samples in their own batches
-        images = make_dataset(config, images=True)
+        images = checked.image_dataset
         image_loader = accelerator.prepare(make_loader(images, seed=t.seed + 1, batch_size=d.image_batch_size,
                                                        start=state["image_samples_seen"], num_workers=d.num_workers))
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, loader, lr_scheduler)
@@ -427,6 +437,28 @@ def _num_skipped(batch: dict | None) -> int:
     return int(torch.as_tensor(batch.get("num_skipped", 0)).sum()) if batch is not None else 0
 
 
+def new_counts() -> dict:
+    """What one optimiser step measures besides the loss: data wait (s), bad-file encounters and their ids."""
+    return {"data_wait": 0.0, "skipped": 0, "skipped_ids": set()}
+
+
+def step_extras(run: Run, counts: dict, stop: dict) -> list[float]:
+    """Summed over ranks with the step's loss: bad-file encounters, bad files not seen before, stop requests."""
+    return [counts["skipped"], len(counts["skipped_ids"] - set(run.state["skipped_file_ids"])),
+            stop["signal"] is not None]
+
+
+def union_across_ranks(accelerator, ids: set[int]) -> set[int]:
+    """The union of every rank's `ids` (63-bit file ids; padded to the longest with -1 for one all-gather)."""
+    if accelerator.num_processes == 1:
+        return ids
+    device = accelerator.device
+    longest = int(accelerator.gather(torch.tensor([len(ids)], device=device)).max())
+    local = torch.full((longest,), -1, dtype=torch.long, device=device)
+    local[:len(ids)] = torch.tensor(sorted(ids), dtype=torch.long)
+    return {int(i) for i in accelerator.gather(local).tolist() if i >= 0}
+
+
 def micro_batches(run: Run, counts: dict) -> Iterator[list[dict]]:
     """The encoded micro-batches of one optimiser step: [video part] (+ image part in joint training).
     Adds the time spent waiting for data and the bad files skipped to `counts`."""
@@ -441,6 +473,7 @@ def micro_batches(run: Run, counts: dict) -> Iterator[list[dict]]:
         image_batch = next(run.image_batches) if run.image_batches is not None else None
         counts["data_wait"] += time.perf_counter() - wait_start
         counts["skipped"] += _num_skipped(batch) + _num_skipped(image_batch)
+        counts["skipped_ids"] |= skipped_file_ids(batch) | skipped_file_ids(image_batch)
         parts = []
         for b, weight in ((batch, 1.0), (image_batch, t.image_loss_weight)):
             if b is not None:
@@ -471,6 +504,15 @@ def validate(run: Run, name: str) -> None:
     run.accelerator.wait_for_everyone()
 
 
+def record_training_settings(info: dict, config: Config) -> None:
+    """vidiff.json's defaults become the clip the model was trained on (frames, size; fps when data.fps set),
+    so `vidiff generate --model` without options makes what the model learned."""
+    d = config.data
+    info["defaults"].update(num_frames=d.num_frames, height=d.height, width=d.width)
+    if d.fps is not None:
+        info["defaults"]["fps"] = d.fps
+
+
 def export(run: Run) -> Path | None:
     """output_dir/pipeline (EMA weights when train.ema) and temporal.safetensors; final validation clips."""
     accelerator, v, step = run.accelerator, run.config.validation, run.state["step"]
@@ -481,10 +523,15 @@ def export(run: Run) -> Path | None:
         named = {k: p for k, p in model.named_parameters() if k in run.trainable}
         with run.ema.swapped_in(named) if run.ema is not None else contextlib.nullcontext():
             run.pipe.unet = model
+            record_training_settings(run.pipe.info, run.config)
             pipeline_dir = run.output_dir / "pipeline"
-            run.pipe.save_pretrained(pipeline_dir)
-            if any(True for _ in model.temporal_parameters()):
-                model.save_temporal(run.output_dir / "temporal.safetensors")
+            try:
+                run.pipe.save_pretrained(pipeline_dir)
+                if any(True for _ in model.temporal_parameters()):
+                    model.save_temporal(run.output_dir / "temporal.safetensors")
+            except OSError as e:
+                raise TrainingError(f"writing {pipeline_dir} failed ({e.strerror or e}); the trained weights are in "
+                                    f"the last checkpoint: free space and run again with --resume auto") from e
             if v.prompts and not (v.every and step % v.every == 0):  # (else just rendered)
                 render_validation(run.pipe, run.config, run.output_dir / "validation" / "final", accelerator.device)
         run.say(f"wrote {pipeline_dir} (vidiff generate --model {pipeline_dir}) and "
@@ -501,17 +548,22 @@ def step_values(run: Run, out: StepOutput, counts: dict, step_time: float) -> di
             "lr": run.lr_scheduler.get_last_lr()[0], "grad_norm": out.grad_norm,
             "samples_per_s": samples_per_step / step_time,
             "data_wait_share": counts["data_wait"] / step_time if step_time > 0 else 0.0,
-            "skipped_files": state["skipped_files"], "nonfinite_steps": state["nonfinite_steps"]}
+            "skipped_files": state["skipped_files"], "skipped_encounters": state["skipped_encounters"],
+            "nonfinite_steps": state["nonfinite_steps"]}
 
 
-def count_step(run: Run, out: StepOutput) -> None:
+def count_step(run: Run, out: StepOutput, counts: dict) -> None:
     """Advance the saved counters by one optimiser step; update the EMA when the step was applied."""
     t, d, state = run.config.train, run.config.data, run.state
     per_step = t.gradient_accumulation_steps * run.accelerator.num_processes
     state["step"] += 1
     state["samples_seen"] += t.batch_size * per_step
     state["image_samples_seen"] += d.image_batch_size * per_step
-    state["skipped_files"] += int(out.totals[0])
+    state["skipped_encounters"] += int(out.totals[0])
+    if out.totals[1] > 0:  # a rank met a bad file it had not met before: every rank joins the gather
+        seen = set(state["skipped_file_ids"])
+        state["skipped_file_ids"] = sorted(seen | union_across_ranks(run.accelerator, counts["skipped_ids"] - seen))
+    state["skipped_files"] = len(state["skipped_file_ids"])
     if out.applied and run.ema is not None:
         run.ema.update(run.trainable)
     if not out.applied:
@@ -545,12 +597,12 @@ def train(config: Config, *, resume: str | None = None, overwrite: bool = False,
         while state["step"] < t.max_steps:
             # --- step: noise, timesteps, dropout and VAE samples of step n on this rank: from (seed, n, rank)
             run.generator.manual_seed((t.seed * 1_000_003 + state["step"]) * 1_009 + accelerator.process_index)
-            counts, step_start = {"data_wait": 0.0, "skipped": 0}, time.perf_counter()
+            counts, step_start = new_counts(), time.perf_counter()
             out = training_step(accelerator, run.unet, run.stage, run.noise_scheduler, run.optimizer,
                                 micro_batches(run, counts), params=list(run.trainable.values()),
                                 generator=run.generator, max_grad_norm=t.max_grad_norm, lr_scheduler=run.lr_scheduler,
-                                extras=lambda: [counts["skipped"], stop["signal"] is not None])
-            count_step(run, out)
+                                extras=lambda: step_extras(run, counts, stop))
+            count_step(run, out, counts)
             step = state["step"]
             nonfinite_in_row = 0 if out.applied else nonfinite_in_row + 1
             if not out.applied:
@@ -560,7 +612,7 @@ def train(config: Config, *, resume: str | None = None, overwrite: bool = False,
             values = step_values(run, out, counts, time.perf_counter() - step_start)
             train_log.step(values, write=step % t.log_every == 0 or step == t.max_steps or not out.applied)
             # --- save, validate, stop --------------------------------------------------------------------------
-            stop_now = out.totals[1] > 0
+            stop_now = out.totals[2] > 0
             if on_step is not None and on_step(step, values):
                 stop_now, stop["signal"] = True, stop["signal"] or "on_step"
             if nonfinite_in_row >= t.max_nonfinite:
@@ -593,7 +645,8 @@ def train(config: Config, *, resume: str | None = None, overwrite: bool = False,
     accelerator.end_training()
     return TrainResult(step=state["step"], status=status, output_dir=run.output_dir, checkpoint=last_checkpoint,
                        pipeline=pipeline_dir, nonfinite_steps=state["nonfinite_steps"],
-                       skipped_files=state["skipped_files"], is_main_process=accelerator.is_main_process,
+                       skipped_files=state["skipped_files"], skipped_encounters=state["skipped_encounters"],
+                       is_main_process=accelerator.is_main_process,
                        stop_signal=stop["signal"] if status == "interrupted" else None)
 
 

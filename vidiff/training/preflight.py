@@ -1,0 +1,160 @@
+"""What a training run checks before it loads anything: every mistake in the config costs seconds, not the
+minutes (and gigabytes) of inflating an SD model first.
+
+    check_run(config) -> Preflight   the config's values, the model source, the data, the output location
+
+Each problem is one ConfigError line naming the config key, the value and the fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidiff.config import Config, ConfigError, validate
+
+# A run writes at least config.json, the CSV and a checkpoint before anything else; with less free space than this
+# the output location is as good as full.
+MIN_FREE_BYTES = 64 * 2 ** 20
+SD_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class Preflight:
+    dataset: object                # the training dataset (built once, here)
+    image_dataset: object | None   # joint image + video training
+    model_kind: str                # "vidiff" (a pipeline folder) | "sd" (an SD folder to inflate) | "hub"
+    info: dict | None              # vidiff.json of a vidiff folder
+
+
+def check_run(config: Config) -> Preflight:
+    """Check `config` against this machine before any model is loaded; returns the datasets it built."""
+    validate(config)
+    check_options(config)
+    kind, info = check_model_source(config)
+    check_output_location(Path(config.output_dir))
+    dataset, image_dataset = check_data(config, info)
+    return Preflight(dataset=dataset, image_dataset=image_dataset, model_kind=kind, info=info)
+
+
+def check_options(config: Config) -> None:
+    """Options whose check needs a library or this machine (not possible in config.validate)."""
+    from diffusers.optimization import SchedulerType
+
+    from vidiff.models.attention import AttentionBackendError, check_backend
+
+    names = [s.value for s in SchedulerType]
+    if config.train.lr_scheduler not in names:
+        raise ConfigError(f"train.lr_scheduler={config.train.lr_scheduler!r} is not a schedule; choose one of "
+                          f"{', '.join(names)}")
+    try:
+        check_backend(config.model.attention_backend)
+    except AttentionBackendError as e:
+        raise ConfigError(f"model.attention_backend: {e}") from None
+
+
+def check_model_source(config: Config) -> tuple[str, dict | None]:
+    """model.pretrained must be a vidiff pipeline folder (of the stage being trained), a diffusers SD pipeline
+    folder, or a hub id; returns ("vidiff" | "sd" | "hub", vidiff.json or None)."""
+    from vidiff.models.loading import is_hub_id
+    from vidiff.pipelines.folder import INFO_NAME, read_info
+
+    text = config.model.pretrained
+    path = Path(text).expanduser()
+    key = f"model.pretrained={text!r}"
+    if (path / INFO_NAME).is_file():
+        try:
+            info = read_info(path)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{key}: {e}") from None
+        check_stage_matches(info, config.train.stage, path)
+        return "vidiff", info
+    if path.is_file():
+        raise ConfigError(f"{key} is a single-file checkpoint: inflate it first (vidiff inflate --base {text} "
+                          "--config SD_PIPELINE_FOLDER --out DIR) and set model.pretrained=DIR")
+    if path.is_dir():
+        missing = [part + "/" for part in SD_PARTS if not (path / part).is_dir()]
+        if missing:
+            raise ConfigError(f"{key} is neither a vidiff pipeline folder (no {INFO_NAME}) nor a diffusers SD "
+                              f"pipeline folder (missing {', '.join(missing)}); give one of those")
+        return "sd", None
+    if is_hub_id(text):
+        return "hub", None
+    raise ConfigError(f"{key} does not exist; give an SD pipeline folder (or hub id owner/name) to inflate, or a "
+                      "vidiff pipeline folder (with vidiff.json)")
+
+
+def check_stage_matches(info: dict, stage: str, source) -> None:
+    """A vidiff folder trains as the stage it was made for."""
+    held = info.get("stage", "base")
+    if held != stage:
+        raise ConfigError(f"train.stage={stage!r} but {source} holds a {held!r} model; set train.stage={held!r} "
+                          "or start from an SD pipeline or a matching folder")
+
+
+def check_output_location(output_dir: Path) -> None:
+    """output_dir (or the folder it will be made in) must be a writable folder with room to write."""
+    existing = output_dir
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(f"output_dir={str(output_dir)!r}: {existing} is a file, not a folder; choose another "
+                          "output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir={str(output_dir)!r} cannot be written ({existing} is read-only for this "
+                          "user); choose a writable output_dir")
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"output_dir={str(output_dir)!r}: the disk holding {existing} is full "
+                          f"({free / 2 ** 20:.1f} MiB free); free some space or choose another output_dir")
+
+
+def check_data(config: Config, info: dict | None):
+    """Build the training datasets (they read the manifests and check the files exist); a latent cache must
+    hold clips of the configured geometry for this model."""
+    from vidiff.training.data import check_cache_geometry, make_dataset
+
+    d = config.data
+    key = f"data.cache={d.cache!r}" if d.cache else f"data.manifest={d.manifest!r}"
+    try:
+        dataset = make_dataset(config)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+    geometry = model_geometry(config, info)
+    if d.cache and geometry is not None:
+        check_cache_geometry(dataset, config, *geometry)
+    if geometry is not None:
+        factor = geometry[1] * geometry[2]
+        for name in ("height", "width"):
+            if getattr(d, name) % factor:
+                raise ConfigError(f"data.{name}={getattr(d, name)} must be a multiple of {factor} for this model "
+                                  f"(VAE factor x U-Net factor)")
+    image_dataset = None
+    if d.image_batch_size:
+        try:
+            image_dataset = make_dataset(config, images=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"data.image_manifest={d.image_manifest!r}: {e}") from None
+    return dataset, image_dataset
+
+
+def model_geometry(config: Config, info: dict | None) -> tuple[int, int, int] | None:
+    """(latent channels, VAE factor, U-Net factor) from the model's JSON files without loading it; None when
+    they cannot be told (a hub id)."""
+    if info is not None:
+        return int(info["in_channels"]), int(info["vae_scale_factor"]), int(info["unet_spatial_factor"])
+    path = Path(config.model.pretrained).expanduser()
+    try:
+        unet = json.loads((path / "unet" / "config.json").read_text())
+        vae_file = path / "vae" / "config.json"
+        vae = json.loads(vae_file.read_text()) if vae_file.is_file() else None
+    except (OSError, ValueError):
+        return None
+    vae_factor = 2 ** (len(vae["block_out_channels"]) - 1) if vae is not None else 1
+    unet_factor = 2 ** (len(unet.get("block_out_channels", [0])) - 1)
+    channels = int(vae["latent_channels"]) if vae is not None else int(unet.get("in_channels", 3))
+    return channels, vae_factor, unet_factor
