@@ -95,13 +95,12 @@ def check_stage_matches(info: dict, stage: str, source) -> None:
 
 
 def check_output_location(output_dir: Path) -> None:
-    """output_dir (or the folder it will be made in) must be a writable folder with room to write."""
-    existing = output_dir
-    while not existing.exists():
-        if existing.parent == existing:
-            break
+    """output_dir (or the folder it will be made in) must be a writable folder with room to write. (Whether
+    an existing output_dir may be written into at all is run_folder.check_output_dir's rule.)"""
+    existing = output_dir if output_dir.is_dir() else output_dir.parent
+    while not existing.exists() and existing.parent != existing:
         existing = existing.parent
-    if existing.exists() and not existing.is_dir():
+    if not existing.is_dir():
         raise ConfigError(f"output_dir={str(output_dir)!r}: {existing} is a file, not a folder; choose another "
                           "output_dir")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -126,7 +125,7 @@ def check_data(config: Config, info: dict | None):
         raise ConfigError(f"{key}: {e}") from None
     geometry = model_geometry(config, info)
     if d.cache and geometry is not None:
-        check_cache_geometry(dataset, config, *geometry)
+        check_cache_geometry(dataset, config, geometry[0], geometry[1])
     if geometry is not None:
         factor = geometry[1] * geometry[2]
         for name in ("height", "width"):
