@@ -559,3 +559,85 @@ def test_eval_shapes_defaults_to_the_demo_model(tiny_stages, tiny_model, capsys,
     with pytest.raises(Loaded) as loaded:
         run_cli(capsys, "eval", "shapes", "--limit", 1)
     assert loaded.value.args == ("cascade", str(cascade_folder))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Editing
+# ---------------------------------------------------------------------------------------------------------------
+def test_edit_scoring_with_oracle_and_failing_editors():
+    from vidiff.eval import edits
+
+    cases = suite.make_cases(seeds=[4], limit=6)
+    assert [edits.edit_target(c, "color")[0] for c in cases[:1]] == ["green"]  # red -> green
+    assert edits.edit_target(cases[0], "shape") == ("square", "a red square moving left")
+
+    def redraw(attribute):
+        def fn(source, case, prompt):
+            return make_clip(*shapes.parse_caption(prompt), len(source), source.shape[1],
+                             seed=suite.clip_seed(case.seed, case.index))
+        return fn
+
+    for attribute in edits.EDIT_ATTRIBUTES:
+        best = edits.summarize(edits.run_edits(redraw(attribute), cases, attribute=attribute, num_frames=8,
+                                               size=32, progress=False))
+        assert best == {"num_clips": 6, "target": 1.0, "kept": 1.0, "motion_kept": 1.0, "success": 1.0,
+                        "mean_trajectory_correlation": pytest.approx(1.0, abs=1e-3)}
+    unchanged = edits.summarize(edits.run_edits(lambda s, c, p: s, cases, num_frames=8, size=32, progress=False))
+    assert unchanged["target"] == 0.0 and unchanged["motion_kept"] == 1.0 and unchanged["success"] == 0.0
+    backwards = edits.summarize(edits.run_edits(lambda s, c, p: redraw("color")(s, c, p)[::-1], cases,
+                                                num_frames=8, size=32, progress=False))
+    assert backwards["target"] == 1.0 and backwards["motion_kept"] == 0.0 and backwards["success"] == 0.0
+    assert "| color | 6 | 100.0% |" in edits.markdown_table("color", backwards)
+
+
+def test_eval_edit_end_to_end(tiny_model, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "edit.json"
+    code, printed, err = run_cli(capsys, "eval", "edit", "--model", tiny_model, "--limit", 2, "--steps", 2,
+                                 "--out", out, "--quiet")
+    assert code == 0, err
+    results = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert results["summary"]["num_clips"] == 2 and results["settings"]["method"] == "zero-shot"
+    assert [c["edit_prompt"] for c in results["clips"]] == ["a green circle moving left", "a green circle moving right"]
+    assert "edited 2 clips" in printed
+
+
+def test_eval_edit_wiring(tiny_model, tmp_path, capsys, monkeypatch):
+    """An editor that redraws the truth with the target prompt scores 100%: the source clip, the prompts and the
+    per-case seed reach `edit_video` as documented."""
+    import json
+
+    import torch
+
+    from vidiff.pipelines import editing
+
+    calls = []
+
+    def fake_edit(pipe, frames, prompts, *, source_prompt, seed, **kwargs):
+        calls.append((source_prompt, prompts[0], seed))
+        assert np.array_equal(frames, make_clip(*shapes.parse_caption(source_prompt), 4, 16, seed=seed))
+        clip = make_clip(*shapes.parse_caption(prompts[0]), 4, 16, seed=seed)
+        pixels = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        return editing.EditResult(videos=[pixels], latents=pixels)
+
+    monkeypatch.setattr(editing, "edit_video", fake_edit)
+    out = tmp_path / "edit.json"
+    code, _, err = run_cli(capsys, "eval", "edit", "--model", tiny_model, "--limit", 3, "--out", out, "--quiet")
+    assert code == 0, err
+    assert json.loads(out.read_text())["summary"]["target"] == 1.0
+    assert [c[2] for c in calls] == [suite.clip_seed(c.seed, c.index) for c in suite.make_cases(limit=3)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--strength", "2"], "--strength must be in [0, 1]"),
+    (["--method", "tune", "--tune-steps", "0"], "--method tune needs --tune-steps >= 1"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--seeds", ""], "--seeds '' must list at least one seed"),
+])
+def test_eval_edit_errors_before_any_work(tiny_model, capsys, monkeypatch, argv, message):
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model"))
+    code, _, err = run_cli(capsys, "eval", "edit", "--model", tiny_model, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1, err

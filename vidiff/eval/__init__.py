@@ -4,6 +4,7 @@
     vidiff.eval.video    PSNR, SSIM (Wang et al. 2004), and the baselines: linear blending, bicubic, repeat-last
     vidiff.eval.suite    the fixed prompt x held-out-seed set, generation, summary table, contact sheet
     vidiff.eval.stages   cascade stages scored against the drawn truth (interpolation, ssr, extend)
+    vidiff.eval.edits    editing: the colour (or shape) changed to the target with the motion kept
 """
 from __future__ import annotations
 
