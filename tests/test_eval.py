@@ -641,3 +641,14 @@ def test_eval_edit_errors_before_any_work(tiny_model, capsys, monkeypatch, argv,
     monkeypatch.setattr(VideoPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model"))
     code, _, err = run_cli(capsys, "eval", "edit", "--model", tiny_model, *argv)
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_erratic_motion_is_not_a_direction():
+    """A blob that jumps about with a net drift (the frames of a true clip out of order) is "erratic"; a real
+    motion with a pixel of wobble keeps its direction."""
+    clip = make_clip("green", "circle", "moving right", 8, 32, 0)
+    shuffled = clip[[0, 5, 2, 7, 1, 4, 6, 3]]
+    measured = shapes.measure_clip(shuffled)
+    assert measured.motion == shapes.ERRATIC and measured.displacement[0] > 0  # drifts right, but not a path
+    wobble = np.stack([np.roll(frame, (i % 2), axis=0) for i, frame in enumerate(clip)])  # 1 px up-down
+    assert shapes.measure_clip(wobble).motion == "moving right"

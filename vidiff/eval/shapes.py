@@ -17,7 +17,8 @@ Per frame:
        skew = vertical skewness of the mass: 0 for the symmetric circle and square, -2*sqrt(2)/5 = -0.566 for
               the upward triangle (its mass grows towards its base; image y points down).
 Per clip: colour from the median paint over frames, shape from the median features, motion from the
-least-squares slope of the centroid over time (below a minimum travel the clip is "still").
+least-squares slope of the centroid over time (below a minimum travel the clip is "still"; a path a straight
+line fits badly, a blob jumping about, is "erratic").
 """
 from __future__ import annotations
 
@@ -38,11 +39,14 @@ SQUARE_FILL = (math.pi / 4 + 1.0) / 2
 TRIANGLE_FILL = (0.5 + math.pi / 4) / 2
 TRIANGLE_SKEW = -0.2
 STILL = "still"
+ERRATIC = "erratic"
 NO_SHAPE = "none"
 
 MIN_CONTRAST = 60.0      # RGB distance from the background below which nothing counts as a shape (the palette's
                          # closest colour, green, is ~170 away from the background)
 MIN_TRAVEL = 0.1         # fraction of the frame size the centroid must travel to count as moving
+MIN_LINEARITY = 0.6      # R^2 of the straight-line fit of the centroid path below which motion is "erratic" (a
+                         # blob that jumps about with some net drift is not "moving left"; drawn motion: R^2 = 1)
 # Temporal consistency: one shape in every frame, of stable size and colour.
 MAX_AREA_CV = 0.15       # std / mean of the per-frame area
 MAX_COLOR_SPREAD = 40.0  # largest RGB distance of a frame's paint from the clip's median paint
@@ -192,19 +196,24 @@ def analyze_frame(frame, min_contrast: float = MIN_CONTRAST) -> FrameShape | Non
 # ---------------------------------------------------------------------------------------------------------------
 # One clip
 # ---------------------------------------------------------------------------------------------------------------
-def motion_direction(centroids: np.ndarray, times: np.ndarray, size: int, min_travel: float = MIN_TRAVEL
-                     ) -> tuple[str, tuple[float, float]]:
+def motion_direction(centroids: np.ndarray, times: np.ndarray, size: int, min_travel: float = MIN_TRAVEL,
+                     min_linearity: float = MIN_LINEARITY) -> tuple[str, tuple[float, float]]:
     """(direction, (dx, dy)) from centroids (n, 2) as (y, x) at frame indices `times`: the least-squares slope
     over the clip's span; the dominant axis names the direction unless the travel is below
-    `min_travel * size` pixels ("still")."""
+    `min_travel * size` pixels ("still") or the straight line explains less than `min_linearity` of the path's
+    variance ("erratic")."""
     if len(times) < 2:
         return STILL, (0.0, 0.0)
     span = float(times.max() - times.min())
     centred = times - times.mean()
-    slopes = centred @ (centroids - centroids.mean(axis=0)) / float(centred @ centred)  # (dy/dt, dx/dt)
+    deviation = centroids - centroids.mean(axis=0)
+    slopes = centred @ deviation / float(centred @ centred)  # (dy/dt, dx/dt)
     dy, dx = (float(s) * span for s in slopes)
     if max(abs(dx), abs(dy)) < min_travel * size:
         return STILL, (dx, dy)
+    residual = deviation - centred[:, None] * slopes[None, :]
+    if 1.0 - float((residual ** 2).sum()) / float((deviation ** 2).sum()) < min_linearity:
+        return ERRATIC, (dx, dy)
     if abs(dx) >= abs(dy):
         return ("moving right" if dx > 0 else "moving left"), (dx, dy)
     return ("moving down" if dy > 0 else "moving up"), (dx, dy)
