@@ -204,8 +204,9 @@ def test_fit_tunes_only_the_chosen_parameters(assets):
     first = stage.loss(reference, scheduler, clip["latents"], clip["encoder_hidden_states"],
                        generator=torch.Generator().manual_seed(5)).item()
     start = held_out_loss(unet)
-    losses = fit(unet, stage, clip, steps=25, learning_rate=1e-2, noise_scheduler=scheduler,
-                 generator=torch.Generator().manual_seed(5), progress=False)
+    with torch.no_grad():  # as a sampling caller would hold it: fit trains anyway
+        losses = fit(unet, stage, clip, steps=25, learning_rate=1e-2, noise_scheduler=scheduler,
+                     generator=torch.Generator().manual_seed(5), progress=False)
     assert len(losses) == 25 and all(math.isfinite(x) for x in losses)
     assert losses[0] == pytest.approx(first, rel=1e-6)
     assert held_out_loss(unet) < 0.9 * start, (start, losses)  # measured 0.82
@@ -621,3 +622,23 @@ def test_cli_train_errors_are_one_line(assets, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("vidiff train: error: data.manifest=") and "\n" not in err
     assert not out.exists()
+
+
+def test_full_disk_at_export_is_one_line_and_resumable(assets, tmp_path, monkeypatch):
+    """The final export hits a full disk: one line, the last checkpoint kept, and --resume auto only exports."""
+    from vidiff.pipelines import VideoPipeline
+
+    def full(self, path):
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "run"
+    cfg = config(out, assets["video"], assets["shapes"], "train.max_steps=2", "train.checkpoint_every=0")
+    monkeypatch.setattr(VideoPipeline, "save_pretrained", full)
+    with pytest.raises(TrainingError, match=r"^writing .*pipeline failed \(No space left on device\); the trained "
+                                            r"weights are in the last checkpoint.*--resume auto$"):
+        train(cfg)
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["checkpoint-00000002"]
+    monkeypatch.undo()
+    result = train(cfg, resume="auto")
+    assert result.status == "finished" and result.step == 2 and (out / "pipeline" / "vidiff.json").is_file()
+    assert_same(unet_weights(out / "pipeline"), checkpoint_weights(out))

@@ -1,8 +1,10 @@
 """Training: one accelerate loop for every stage (`train`), the stages' inputs and objective, EMA.
 
 Modules: `trainer` (the loop: `train`, and `fit` / `training_step` for callers without a config file),
-`data` (seeded sample stream, collation, batch encoding), `checkpoints` (save / find / load / prune),
-`logs` (CSV, loss plot, TensorBoard, validation clips), `stages` (what each stage feeds the U-Net), `ema`.
+`preflight` (every check before a model is loaded), `data` (seeded sample stream, collation, batch encoding),
+`checkpoints` (save / find / load / prune) over `state` (the pickle-free training state), `run_folder` (when
+output_dir may be written), `logs` (CSV, loss plot, TensorBoard, validation clips), `stages` (what each stage
+feeds the U-Net), `ema`.
 
     from vidiff.config import load_config
     from vidiff.training import train

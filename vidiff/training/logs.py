@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vidiff.config import Config
+from vidiff.training import TrainingError
 from vidiff.utils import atomic_path
 
 # skipped_files: distinct bad files passed over so far; skipped_encounters: how often they came up.
@@ -77,8 +78,12 @@ class TrainLog:
         self.progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
         if not (self.main and write):
             return
-        self.csv_writer.writerow({k: format(values[k], CSV_FORMATS.get(k, "")) for k in CSV_COLUMNS})
-        self.csv_file.flush()
+        try:
+            self.csv_writer.writerow({k: format(values[k], CSV_FORMATS.get(k, "")) for k in CSV_COLUMNS})
+            self.csv_file.flush()
+        except OSError as e:  # a full disk: one line (the last checkpoint is intact; training state is not lost)
+            raise TrainingError(f"writing {self.csv_path} failed ({e.strerror or e}) at step {values['step']}; free "
+                                "space and continue with --resume auto") from e
         scalars = {f"train/{k}": values[k] for k in SCALARS if k not in ("loss", "grad_norm") or math.isfinite(values[k])}
         self.accelerator.log(scalars, step=values["step"])
 
@@ -149,8 +154,12 @@ def render_validation(pipe, config: Config, out_dir: Path, device) -> list[Path]
                               width=v.width or d.width, num_inference_steps=v.steps,
                               guidance_scale=v.guidance_scale, generator=generator, progress=False)
                 stem = out_dir / f"{i:02d}-{_slug(prompt)}"
-                write_video(stem.with_suffix(".mp4"), frames, fps=v.fps)
-                write_contact_sheet(stem.with_suffix(".png"), frames)
+                try:
+                    write_video(stem.with_suffix(".mp4"), frames, fps=v.fps)
+                    write_contact_sheet(stem.with_suffix(".png"), frames)
+                except OSError as e:
+                    raise TrainingError(f"writing validation clips to {out_dir} failed ({e.strerror or e}); free "
+                                        "space (or set validation.prompts=[]) and continue with --resume auto") from e
                 written.append(stem.with_suffix(".mp4"))
     finally:
         pipe.unet.train(was_training)

@@ -16,7 +16,8 @@ Layout of `output_dir` (a new or empty folder, or one an earlier run marked as i
     temporal.safetensors     the temporal layers alone (a motion module)
 
 Determinism and resumption. The data stream is seeded by position (data.py); the noise, timesteps, caption
-dropout and VAE sampling of step n on rank r come from a generator seeded by (seed, n, r). So a run stopped
+dropout and stage conditions (masks, noise augmentation) of step n on rank r come from a generator seeded by
+(seed, n, r), and the VAE latents are the posterior mean (no random numbers). So a run stopped
 after step n and resumed with `--resume auto` sees exactly the batches and noise of the straight run, whatever
 the number of DataLoader workers.
 
@@ -272,10 +273,11 @@ def fit(unet, stage: Stage, batches, *, steps: int, learning_rate: float, noise_
 
     losses = []
     try:
-        for _ in tqdm(range(steps), desc="tune", disable=not progress, dynamic_ncols=True):
-            out = training_step(accelerator, model, stage, noise_scheduler, optimizer, micro_batches(), params=params,
-                                generator=generator, max_grad_norm=defaults.max_grad_norm)
-            losses.append(out.loss)
+        with torch.enable_grad():  # (callers often sample, and so call this, under torch.no_grad)
+            for _ in tqdm(range(steps), desc="tune", disable=not progress, dynamic_ncols=True):
+                out = training_step(accelerator, model, stage, noise_scheduler, optimizer, micro_batches(),
+                                    params=params, generator=generator, max_grad_norm=defaults.max_grad_norm)
+                losses.append(out.loss)
     finally:
         unet.train(was_training)
         for name, p in unet.named_parameters():
@@ -595,7 +597,7 @@ def train(config: Config, *, resume: str | None = None, overwrite: bool = False,
     # --- loop ----------------------------------------------------------------------------------------------
     with stop_requests() as stop:
         while state["step"] < t.max_steps:
-            # --- step: noise, timesteps, dropout and VAE samples of step n on this rank: from (seed, n, rank)
+            # --- step: noise, timesteps, dropout and conditions of step n on this rank: from (seed, n, rank)
             run.generator.manual_seed((t.seed * 1_000_003 + state["step"]) * 1_009 + accelerator.process_index)
             counts, step_start = new_counts(), time.perf_counter()
             out = training_step(accelerator, run.unet, run.stage, run.noise_scheduler, run.optimizer,
