@@ -1,4 +1,5 @@
 """The `vidiff` command line as a whole: one module per subcommand, no abbreviated flags, --version, fast --help."""
+import os
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -6,6 +7,8 @@ from importlib.metadata import PackageNotFoundError, version
 import pytest
 
 import vidiff
+from pathlib import Path
+
 from vidiff.cli import SUBCOMMANDS, build_parser, main
 
 
@@ -73,3 +76,69 @@ def test_help_imports_no_torch():
 def test_python_dash_m_vidiff():
     done = subprocess.run([sys.executable, "-m", "vidiff", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("vidiff ")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder no file can be created in (as root, chmod does not stop writes: /sys, where it is read-only)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    try:
+        (Path("/sys") / ".vidiff-probe").write_text("")
+    except OSError:
+        yield Path("/sys")
+        return
+    pytest.skip("no read-only folder on this machine")
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--model", "{model}", "--prompt", "x", "--out", "{ro}/clip.mp4"],
+    ["inflate", "--base", "{model}", "--out", "{ro}/video"],
+    ["data", "shapes", "--count", "2", "--out", "{ro}/shapes"],
+    ["data", "cache", "--model", "{model}", "--manifest", "{model}", "--out", "{ro}/cache"],
+])
+def test_read_only_output_location_fails_before_any_work(command, read_only_dir, tmp_path, capsys, monkeypatch):
+    """Found in QA (issue 8): a read-only (or full) output location ended in an OSError traceback after all the
+    sampling / inflating / encoding. Now one line before anything is loaded."""
+    from vidiff.data import synthetic
+    from vidiff.pipelines import folder
+    from vidiff.testing import make_tiny_video_pipeline
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    model = make_tiny_video_pipeline(tmp_path / "model", seed=0)
+    capsys.readouterr()
+    for module, name in ((VideoPipeline, "from_pretrained"), (folder, "inflate_pipeline"),
+                         (synthetic, "make_clip")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("work started before the check"))
+    argv = [a.format(model=model, ro=read_only_dir) for a in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write in {read_only_dir}" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["inflate", "--base", "sd", "--out", "o", "--fps", "1e308"], "--fps must be between 0.1 and 1000"),
+    (["inflate", "--base", "sd", "--out", "o", "--num-frames", "100000"], "--num-frames must be between 1 and 4096"),
+    (["data", "shapes", "--out", "d", "--count", "3", "--size", "65536"], "--size must be between 8 and 4096"),
+    (["data", "shapes", "--out", "d", "--count", "3", "--fps", "1e-9"], "--fps must be between 0.1 and 1000"),
+    (["data", "shapes", "--out", "d", "--count", "3", "--seed", "-1"], "--seed must be between 0 and"),
+    (["data", "cache", "--model", "m", "--manifest", "x", "--out", "c", "--height", "65536"],
+     "--height must be between 1 and 4096"),
+    (["data", "cache", "--model", "m", "--manifest", "x", "--out", "c", "--fps", "inf"],
+     "--fps must be between 0.1 and 1000"),
+    (["data", "cache", "--model", "m", "--manifest", "x", "--out", "c", "--batch-size", "0"],
+     "--batch-size must be between 1 and 4096"),
+    (["data", "cache", "--model", "m", "--manifest", "x", "--out", "c", "--device", "cuda:x"], "unknown --device"),
+])
+def test_numbers_out_of_range_are_one_line(argv, match, tmp_path, capsys, monkeypatch):
+    """Found in QA (issue 8): huge or tiny numbers passed the checks and failed (or were silently replaced) later."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

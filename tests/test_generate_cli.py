@@ -91,7 +91,8 @@ def test_generate_pixel_space_model(tmp_path, capsys):
                                   "stride-zero", "out-empty", "out-under-file", "out-folder-of-files",
                                   "frames-dir-clash", "prompts-file-folder", "steps-over-schedule",
                                   "truncated-scheduler", "prompts-file-binary", "nan-default", "missing-default",
-                                  "device-index"])
+                                  "device-index", "height-huge", "fps-huge", "fps-tiny", "seed-negative",
+                                  "frames-huge", "guidance-huge", "cuda-on-cpu", "sidecar-exists", "gif-exists"])
 def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, case):
     from vidiff.pipelines.text_to_video import VideoPipeline
 
@@ -112,23 +113,23 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "sd-folder": (["--model", sd], "vidiff inflate"),
         "height": (["--height", 18], "--height must be a positive multiple of 4"),
         "width": (["--width", 2], "--width must be a positive multiple of 4"),
-        "frames": (["--num-frames", 0], "--num-frames must be an integer >= 1"),
-        "steps": (["--steps", 0], "--steps must be >= 1"),
+        "frames": (["--num-frames", 0], "--num-frames must be between 1 and 4096, got 0"),
+        "steps": (["--steps", 0], "--steps must be between 1 and 1000, got 0"),
         "scheduler": (["--scheduler", "heun"], "unknown --scheduler 'heun'; use one of: ddim, dpm-solver++"),
         "no-prompt": (["--prompt", None], "no prompt"),
         "prompts-file": (["--prompts-file", tmp_path / "nope.txt"], "--prompts-file"),
         "out-suffix": (["--out", tmp_path / "clip.avi"], "cannot tell the video format"),
-        "num-videos": (["--num-videos", 0], "--num-videos must be >= 1"),
-        "fps": (["--fps", 0], "--fps must be > 0"),
+        "num-videos": (["--num-videos", 0], "--num-videos must be between 1 and 10000, got 0"),
+        "fps": (["--fps", 0], "--fps must be between 0.1 and 1000 frames per second, got 0"),
         "window": (["--num-frames", 9, "--window-size", 4, "--window-stride", 6], "must not exceed --window-size"),
         "device": (["--device", "tpu"], "unknown --device"),
         "device-index": (["--device", "cuda:x"], "unknown --device 'cuda:x'"),  # torch's RuntimeError on a GPU
         # Found in QA: these passed the checks and failed (or silently misbehaved) after sampling.
-        "fps-nan": (["--fps", "nan"], "--fps must be > 0"),
-        "guidance-nan": (["--guidance", "nan"], "--guidance must be a finite number"),
-        "eta": (["--eta", -1], "--eta must be a number >= 0"),
-        "window-zero": (["--window-size", 0], "--window-size and --window-stride must be >= 1"),
-        "stride-zero": (["--window-stride", 0], "--window-size and --window-stride must be >= 1"),
+        "fps-nan": (["--fps", "nan"], "--fps must be between 0.1 and 1000 frames per second, got nan"),
+        "guidance-nan": (["--guidance", "nan"], "--guidance must be between 0 and 100 (1 = off), got nan"),
+        "eta": (["--eta", -1], "--eta must be between 0 and 1 (0 = deterministic DDIM, 1 = DDPM-like), got -1"),
+        "window-zero": (["--window-size", 0], "--window-size must be between 1 and 4096, got 0"),
+        "stride-zero": (["--window-stride", 0], "--window-stride must be between 1 and 4096, got 0"),
         "out-empty": (["--out", ""], "--out '' is empty"),
         "out-under-file": (["--out", tmp_path / "notes.txt" / "clip.mp4"], "is a file, not a folder"),
         # A suffix-less --out is a folder of PNG frames: it must never replace a folder of other things.
@@ -142,7 +143,26 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         # `vidiff inflate --fps nan` used to write NaN into vidiff.json; generate then failed after sampling.
         "nan-default": (["--model", tmp_path / "damaged"], "defaults.fps must be a finite"),
         "missing-default": (["--model", tmp_path / "damaged"], "defaults lack num_frames"),  # was: "'num_frames'"
+        # Found in QA (issue 8): out-of-range numbers failed after sampling (OverflowError) or were silently
+        # replaced (--fps 1e-9 wrote a 24 fps file while the sidecar said 1e-09).
+        "height-huge": (["--height", 65536], "--height must be between 1 and 4096 pixels, got 65536"),
+        "fps-huge": (["--fps", "1e308"], "--fps must be between 0.1 and 1000 frames per second, got 1e+308"),
+        "fps-tiny": (["--fps", "1e-9"], "--fps must be between 0.1 and 1000 frames per second, got 1e-09"),
+        "seed-negative": (["--seed", -1], "--seed must be between 0 and"),
+        "frames-huge": (["--num-frames", 100000], "--num-frames must be between 1 and 4096, got 100000"),
+        "guidance-huge": (["--guidance", "1e9"], "--guidance must be between 0 and 100 (1 = off), got 1e+09"),
+        # Found in QA: from_pretrained(device="cuda") on a CPU build was torch's AssertionError after loading.
+        "cuda-on-cpu": (["--device", "cuda"], "--device 'cuda' asked for, but no CUDA device is available"),
+        # Found in QA (issue 8): an existing clip's sidecar / GIF was replaced without asking.
+        "sidecar-exists": ([], "clip.json already exists; pass --overwrite to replace it"),
+        "gif-exists": (["--gif", ""], "clip.gif already exists; pass --overwrite to replace it"),
     }
+    if case == "cuda-on-cpu":
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if case in ("sidecar-exists", "gif-exists"):
+        (tmp_path / ("clip.json" if case == "sidecar-exists" else "clip.gif")).write_text("the user's\n")
     if case in ("truncated-scheduler", "nan-default", "missing-default"):
         import shutil
 
@@ -195,3 +215,98 @@ def test_generate_cuda_index_beyond_the_devices(model, tmp_path, capsys, monkeyp
     code, _, err = run(capsys, "generate", "--model", model, "--prompt", "x", "--device", "cuda:3",
                        "--out", tmp_path / "clip.mp4")
     assert code == 2 and "there are 1 CUDA devices (cuda:0 .. cuda:0)" in err and not (tmp_path / "clip.mp4").exists()
+
+
+def test_generate_replaces_outputs_only_with_overwrite(model, tmp_path, capsys):
+    """Found in QA (issue 8): a second run to the same --out replaced the clip and its sidecar without asking."""
+    out = tmp_path / "holiday.mp4"
+    common = ["generate", "--model", model, "--prompt", "x", "--steps", 1, "--num-frames", 2, "--quiet", "--gif",
+              "--out", out]
+    assert run(capsys, *common, "--seed", 1)[0] == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["holiday.gif", "holiday.json", "holiday.mp4"]
+    code, _, err = run(capsys, *common, "--seed", 2)
+    assert code == 2 and "holiday.mp4 already exists (and 2 more of this run's outputs)" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    code, _, err = run(capsys, *common, "--seed", 2, "--overwrite")
+    assert code == 0, err
+    assert json.loads((tmp_path / "holiday.json").read_text())["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no lock or staging leftovers
+    assert (tmp_path / "holiday.mp4").read_bytes() != before["holiday.mp4"]
+
+
+def test_generate_write_error_is_one_line_and_leaves_nothing(model, tmp_path, capsys, monkeypatch):
+    """A disk that fills up while the clip is written: one line naming the file, no partial outputs."""
+    import errno
+
+    from vidiff.data import video_io
+
+    def full_disk(path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(video_io, "_write_gif", full_disk)
+    code, _, err = run(capsys, "generate", "--model", model, "--prompt", "x", "--steps", 1, "--num-frames", 2,
+                       "--quiet", "--gif", "--out", tmp_path / "clip.mp4")
+    assert code == 1 and "No space left on device" in err and err.startswith("vidiff generate: error:")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # not the mp4 without its gif and sidecar, nor temporary files
+
+
+def test_concurrent_writes_to_one_name_never_mix(tmp_path):
+    """Found in QA (issue 8): two runs writing the same --out at once could leave the mp4 of one and the JSON
+    of the other. Each run's clip is a flat grey that says which run it is; the sidecar must agree."""
+    import threading
+
+    from vidiff.cli.common import write_outputs
+
+    out = tmp_path / "clip.mp4"
+    errors = []
+
+    def writer(run_id: int):
+        frames = np.full((2, 16, 16, 3), 40 + 170 * run_id, np.uint8)
+        try:
+            for attempt in range(12):
+                write_outputs(out, frames, 8, {"run": run_id, "attempt": attempt}, gif=True, overwrite=True)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def check():
+        sidecar = json.loads((tmp_path / "clip.json").read_text())
+        for clip in (out, tmp_path / "clip.gif"):
+            level = read_video(clip, backend="pyav").frames.mean()
+            assert abs(level - (40 + 170 * sidecar["run"])) < 8, (clip.name, level, sidecar)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        if out.exists():
+            from vidiff.cli.common import name_lock
+
+            with name_lock(out):  # a reader takes the lock too: it sees one run's files
+                check()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    check()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif", "clip.json", "clip.mp4"]
+
+
+def test_name_lock_holds_off_a_publisher(tmp_path):
+    """While one holder has the clip's lock, another run's files are staged but not moved into place."""
+    import threading
+    import time
+
+    from vidiff.cli.common import name_lock, write_outputs
+
+    out = tmp_path / "clip.mp4"
+    frames = np.zeros((2, 16, 16, 3), np.uint8)
+    with name_lock(out):
+        writer = threading.Thread(target=write_outputs, args=(out, frames, 8, {"run": 1}))
+        writer.start()
+        time.sleep(1.0)
+        assert not out.exists() and not (tmp_path / "clip.json").exists() and writer.is_alive()
+    writer.join(30)
+    assert out.is_file() and json.loads((tmp_path / "clip.json").read_text())["run"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.json", "clip.mp4"]

@@ -128,11 +128,11 @@ def test_cli_inflate_errors(sd, tmp_path, capsys, monkeypatch, case):
         "not-sd": (["--base", str(tmp_path / "empty")], "missing unet/"),
         "single-file-no-config": (["--base", str(weights)], "pass --config"),
         "hub-offline": (["--base", "someone/some-model"], "HF_HUB_OFFLINE"),
-        "bad-num-frames": (["--base", str(sd), "--num-frames", "0"], "--num-frames must be >= 1"),
+        "bad-num-frames": (["--base", str(sd), "--num-frames", "0"], "--num-frames must be between 1 and 4096, got 0"),
         "config-missing": (["--base", str(weights), "--config", str(tmp_path / "nope")], "is not a folder"),
         "same-as-base": (["--base", str(sd), "--out", str(sd), "--overwrite"], "must differ"),
         # Found in QA: NaN reached vidiff.json; --overwrite deleted whatever folder --out named.
-        "fps-nan": (["--base", str(sd), "--fps", "nan"], "--fps must be > 0 and finite"),
+        "fps-nan": (["--base", str(sd), "--fps", "nan"], "--fps must be between 0.1 and 1000 frames per second, got nan"),
         "overwrite-foreign-folder": (["--base", str(sd), "--out", str(tmp_path / "keep"), "--overwrite"],
                                      "is not a vidiff pipeline folder"),
         "overwrite-file": (["--base", str(sd), "--out", str(tmp_path / "notes.txt"), "--overwrite"],

@@ -141,7 +141,7 @@ def test_cli_shapes(tmp_path, capsys):
     # Found in QA: a zero / NaN rate failed only inside the writer, with a message that did not name --fps.
     for fps in ("0", "nan"):
         assert main(["data", "shapes", "--out", str(tmp_path / "other"), "--count", "1", "--fps", fps]) == 2
-        assert "--fps must be > 0" in capsys.readouterr().err and not (tmp_path / "other").exists()
+        assert "--fps must be between 0.1 and 1000" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
 
 def test_shapes_dataset_bytes_do_not_depend_on_what_ran_before(tmp_path):

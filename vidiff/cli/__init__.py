@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"vidiff {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. a folder that turned read-only or a disk that filled up during the work
+        if os.environ.get("VIDIFF_DEBUG"):
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"vidiff {args.command}: error: {where}{e.strerror or e} (set VIDIFF_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"vidiff {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,21 +1,43 @@
-"""Helpers shared by the `vidiff` subcommands: the one-line user error, and where `vidiff generate` puts its files.
+"""Helpers shared by the `vidiff` subcommands: the one-line user error, the checks every command makes before
+any heavy work (numbers in range, a usable device, a writable output location), and where clips are written.
 
 One video goes to `--out` as given (`clip.mp4`); several go to numbered names beside it (`clip-000.mp4`,
 `clip-001.mp4`, ... in prompt-major order). Each main output gets a sidecar `clip.json` (or `clip-000.json`) and,
 on request, extra formats with the same stem: `clip.gif`, `clip.png` (contact sheet), `clip_frames/` (PNGs).
-Torch-free: the CLI checks names before it loads a model.
+An existing file among them is replaced only with `--overwrite`. A clip's files are written under temporary names
+first and published together under a lock on the clip's name, so two runs writing the same `--out` at once leave
+one run's files, never a mix. Torch-free: the CLI checks names before it loads a model.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from vidiff.utils import write_json_atomic
 
+# Sane bounds shared by the subcommands' numeric flags (checked before any work, so a typo such as
+# `--height 65536` or `--fps 1e308` is one line, not an out-of-memory or an OverflowError after sampling).
+MAX_FRAMES = 4096  # frames in one clip
+MAX_SIDE = 4096  # pixels, height or width (beyond any SD-family model's training size and x264's level limits)
+MIN_FPS, MAX_FPS = 0.1, 1000.0  # frames per second a clip is written at (mp4 stores rates as fractions of 1001)
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed; video i uses seed + i
+
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+def check_number(flag: str, value, low, high, what: str = "") -> None:
+    """`value` of `flag` (None = unset) lies in [low, high] and is finite; CLIError naming both bounds otherwise."""
+    if value is None:
+        return
+    if not (math.isfinite(value) and low <= value <= high):
+        raise CLIError(f"{flag} must be between {low:g} and {high:g}{' ' + what if what else ''}, got {value:g}")
 
 
 def check_device(device: str | None) -> str | None:
@@ -32,11 +54,32 @@ def check_device(device: str | None) -> str | None:
     return device
 
 
+def check_writable(target: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create and delete a small probe file where `target` will be written (its nearest existing folder), so a
+    read-only or full location is one line now rather than an OSError after the work. Returns that folder."""
+    target = Path(target).absolute()
+    folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), Path("/"))
+    if not folder.is_dir():
+        raise CLIError(f"{flag} {target}: {folder} is a file, not a folder; choose another {flag}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vidiff-probe-", dir=folder)
+        try:
+            os.write(fd, bytes(64 * 1024))  # a full disk may still take an empty file, not data
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise CLIError(f"{flag} {target}: cannot write in {folder} ({e.strerror or e}); choose a writable "
+                       f"location with free space") from None
+    return folder
+
+
 def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = False, frames_dir: bool = False,
-                      contact_sheet: bool = False) -> Path:
+                      contact_sheet: bool = False, overwrite: bool = False) -> Path:
     """Validate `--out` and every file `write_outputs` will write for `count` videos with these extras (a known
     video suffix; nothing that would replace a folder, or a folder of other files; no file where a parent folder
-    should be), so a bad name fails before the model loads. Returns `out`."""
+    should be; no existing output unless `overwrite`; a writable location), so a bad name fails before the model
+    loads. Returns `out`."""
     from vidiff.data.video_io import check_write_target, video_format
 
     if str(out) in ("", "."):
@@ -47,6 +90,7 @@ def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = Fal
         raise ValueError(f"--out {str(out)!r} is an existing folder; give a file name such as clip.mp4")
     if out.suffix.lower() == ".json":
         raise ValueError(f"--out {str(out)!r}: .json is the sidecar's suffix; give a video name such as clip.mp4")
+    existing = []
     for path in numbered_paths(out, count):
         for target, target_kind in _targets(path, gif, frames_dir, contact_sheet):
             try:
@@ -56,7 +100,18 @@ def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = Fal
         sidecar = _sidecar_path(path)
         if sidecar.is_dir():
             raise ValueError(f"--out: the sidecar {sidecar} would replace a folder; choose another --out")
+        existing += [p for p in output_paths(path, gif, frames_dir, contact_sheet) if p.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more of this run's outputs)" if len(existing) > 1 else ""
+        raise CLIError(f"--out: {existing[0]} already exists{more}; pass --overwrite to replace it or choose "
+                       "another --out")
+    check_writable(out)
     return out
+
+
+def output_paths(path: Path, gif: bool = False, frames_dir: bool = False, contact_sheet: bool = False) -> list[Path]:
+    """Every path `write_outputs(path, ...)` writes: the clip, the requested extras, the sidecar."""
+    return [target for target, _ in _targets(path, gif, frames_dir, contact_sheet)] + [_sidecar_path(path)]
 
 
 def numbered_paths(out: str | os.PathLike, count: int) -> list[Path]:
@@ -69,15 +124,82 @@ def numbered_paths(out: str | os.PathLike, count: int) -> list[Path]:
 
 
 def write_outputs(path: Path, frames, fps: float, sidecar: dict, *, gif: bool = False, frames_dir: bool = False,
-                  contact_sheet: bool = False) -> list[Path]:
-    """Write one clip to `path` (format from its suffix), the requested extras and its sidecar; returns the paths."""
+                  contact_sheet: bool = False, overwrite: bool = False) -> list[Path]:
+    """Write one clip to `path` (format from its suffix), the requested extras and its sidecar; returns the paths.
+
+    Everything is written into a private folder beside `path` first, then moved into place under an exclusive
+    lock on the clip's name: another run publishing the same names waits, so the mp4, the extras and the JSON
+    always come from one run. Without `overwrite`, a file that appeared meanwhile is not replaced (CLIError).
+    """
     from vidiff.data.video_io import write_video
 
-    written = [write_video(target, frames, fps=fps, format=kind)
-               for target, kind in _targets(path, gif, frames_dir, contact_sheet)]
-    sidecar_path = _sidecar_path(path)
-    write_json_atomic(sidecar_path, dict(sidecar, files=[str(p.name) for p in written]))
-    return written + [sidecar_path]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        staged = [(write_video(staging / target.name, frames, fps=fps, format=kind), target)
+                  for target, kind in _targets(path, gif, frames_dir, contact_sheet)]
+        sidecar_path = _sidecar_path(path)
+        write_json_atomic(staging / sidecar_path.name, dict(sidecar, files=[target.name for _, target in staged]))
+        staged.append((staging / sidecar_path.name, sidecar_path))
+        with name_lock(path):
+            _publish(staged, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [target for _, target in staged]
+
+
+def _publish(staged: list[tuple[Path, Path]], overwrite: bool) -> None:
+    """Move each staged file (or frames folder) onto its target; called under the clip's lock."""
+    from vidiff.data.video_io import check_write_target
+
+    existing = [target for _, target in staged if target.exists()]
+    if existing and not overwrite:
+        raise CLIError(f"--out: {existing[0]} appeared while this run was sampling (another run?) and is not "
+                       "replaced; pass --overwrite to replace it or choose another --out")
+    for source, target in staged:
+        if source.is_dir():  # a frames folder: only a frames folder may be replaced (checked again: time passed)
+            check_write_target(target, "frames")
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            if target.exists():
+                os.replace(target, old)
+            os.replace(source, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(source, target)
+
+
+@contextlib.contextmanager
+def name_lock(path: Path):
+    """An exclusive advisory lock (flock) on `path`'s name, held in `.<name>.lock` beside it and removed after.
+
+    A waiter that wakes up on a lock file already removed (and perhaps recreated by a third run) retries on the
+    current one, so two holders never overlap. Without fcntl (Windows) this is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        except FileNotFoundError:  # removed by the holder we waited for
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # before the unlock: a waiter then sees the file is gone and retries
+        os.close(fd)
 
 
 def _targets(path: Path, gif: bool, frames_dir: bool, contact_sheet: bool) -> list[tuple[Path, str]]:

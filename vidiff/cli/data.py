@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from vidiff.cli.common import CLIError
+from vidiff.cli.common import (MAX_FPS, MAX_FRAMES, MAX_SEED, MAX_SIDE, MIN_FPS, CLIError, check_device,
+                               check_number, check_writable)
+
+MAX_CLIPS = 1_000_000  # clips in one shapes dataset or cache shard
 
 
 class _DataHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -71,43 +74,53 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import math
-
     if args.data_command == "shapes":
-        from vidiff.data.synthetic import write_shapes_dataset
-
-        if args.count < 1 or args.frames < 1 or args.size < 8:
-            raise CLIError(f"need --count >= 1, --frames >= 1, --size >= 8; got --count {args.count} "
-                           f"--frames {args.frames} --size {args.size}")
-        if not (math.isfinite(args.fps) and args.fps > 0):
-            raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
-        if args.size % 2:  # H.264 in yuv420p stores even sizes only: the mp4 would be padded to size + 1
-            raise CLIError(f"--size must be even (H.264 mp4 frames have even sizes), got {args.size}; "
-                           f"use {args.size - 1} or {args.size + 1}")
-        manifest = write_shapes_dataset(args.out, args.count, num_frames=args.frames, size=args.size,
-                                        seed=args.seed, fps=args.fps, progress=True)
-        print(f"wrote {args.count} clip{'s' if args.count > 1 else ''} ({args.frames} "
-              f"frame{'s' if args.frames > 1 else ''}, {args.size}x{args.size}) and {manifest}")
-        return 0
+        return run_shapes(args)
     if args.data_command == "cache":
-        from vidiff.data.cache import build_latent_cache
-
-        for name in ("num_frames", "height", "width", "stride", "batch_size", "shard_size"):
-            if getattr(args, name) < 1:
-                raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-        if args.num_workers < 0:
-            raise CLIError(f"--num-workers must be >= 0 (0 decodes in the main process), got {args.num_workers}")
-        if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
-            raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
-        index = build_latent_cache(
-            args.model, args.manifest, args.out, num_frames=args.num_frames, height=args.height, width=args.width,
-            stride=args.stride, fps=args.fps, batch_size=args.batch_size, shard_size=args.shard_size,
-            num_workers=args.num_workers, device=args.device, dtype=args.dtype,
-            caption_column=args.caption_column, path_column=args.path_column, path_template=args.path_template,
-            prompt=args.prompt, root=args.root)
-        print(f"cached {index['num_samples']} clips in {len(index['shards'])} shard(s) under {args.out} "
-              f"({index['num_skipped']} bad files skipped)")
-        return 0
+        return run_cache(args)
     raise CLIError("give a data command: `vidiff data shapes ...` or `vidiff data cache ...` (see --help)")
 
 
+def run_shapes(args) -> int:
+    check_number("--count", args.count, 1, MAX_CLIPS)
+    check_number("--frames", args.frames, 1, MAX_FRAMES)
+    check_number("--size", args.size, 8, MAX_SIDE, "pixels")
+    check_number("--seed", args.seed, 0, MAX_SEED)
+    check_number("--fps", args.fps, MIN_FPS, MAX_FPS, "frames per second")
+    if args.size % 2:  # H.264 in yuv420p stores even sizes only: the mp4 would be padded to size + 1
+        raise CLIError(f"--size must be even (H.264 mp4 frames have even sizes), got {args.size}; "
+                       f"use {args.size - 1} or {args.size + 1}")
+    check_writable(args.out)
+    from vidiff.data.synthetic import write_shapes_dataset
+
+    manifest = write_shapes_dataset(args.out, args.count, num_frames=args.frames, size=args.size,
+                                    seed=args.seed, fps=args.fps, progress=True)
+    print(f"wrote {args.count} clip{'s' if args.count > 1 else ''} ({args.frames} "
+          f"frame{'s' if args.frames > 1 else ''}, {args.size}x{args.size}) and {manifest}")
+    return 0
+
+
+def run_cache(args) -> int:
+    check_number("--num-frames", args.num_frames, 1, MAX_FRAMES)
+    check_number("--height", args.height, 1, MAX_SIDE, "pixels")
+    check_number("--width", args.width, 1, MAX_SIDE, "pixels")
+    check_number("--stride", args.stride, 1, MAX_FRAMES, "source frames")
+    check_number("--fps", args.fps, MIN_FPS, MAX_FPS, "frames per second")
+    check_number("--batch-size", args.batch_size, 1, 4096, "clips")
+    check_number("--shard-size", args.shard_size, 1, MAX_CLIPS, "clips")
+    if args.num_workers < 0:
+        raise CLIError(f"--num-workers must be >= 0 (0 decodes in the main process), got {args.num_workers}")
+    check_number("--num-workers", args.num_workers, 0, 256)
+    check_device(args.device)
+    check_writable(args.out)
+    from vidiff.data.cache import build_latent_cache
+
+    index = build_latent_cache(
+        args.model, args.manifest, args.out, num_frames=args.num_frames, height=args.height, width=args.width,
+        stride=args.stride, fps=args.fps, batch_size=args.batch_size, shard_size=args.shard_size,
+        num_workers=args.num_workers, device=args.device, dtype=args.dtype,
+        caption_column=args.caption_column, path_column=args.path_column, path_template=args.path_template,
+        prompt=args.prompt, root=args.root)
+    print(f"cached {index['num_samples']} clips in {len(index['shards'])} shard(s) under {args.out} "
+          f"({index['num_skipped']} bad files skipped)")
+    return 0

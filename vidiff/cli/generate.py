@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from vidiff.cli.common import CLIError, check_device, check_output_path, numbered_paths, write_outputs
+from vidiff.cli.common import (MAX_FPS, MAX_FRAMES, MAX_SEED, MAX_SIDE, MIN_FPS, CLIError, check_device,
+                               check_number, check_output_path, numbered_paths, write_outputs)
+
+MAX_VIDEOS = 10_000  # clips in one run (prompts x --num-videos)
+MAX_STEPS = 1000  # sampling steps (the model's noise schedule may allow fewer)
+MAX_GUIDANCE = 100.0  # classifier-free guidance scale (7.5 is SD's usual; far beyond 30 only saturates)
 
 
 def add_parser(sub):
@@ -58,6 +63,8 @@ def add_parser(sub):
     p.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: best available)")
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, else fp32")
     p.add_argument("--out", required=True, metavar="PATH", help="output clip, e.g. clip.mp4")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs of the same names (clip, sidecar, .gif, .png, _frames/)")
     p.add_argument("--gif", action="store_true", help="also write a .gif beside each clip")
     p.add_argument("--frames-dir", action="store_true", help="also write a folder of PNG frames (<stem>_frames/)")
     p.add_argument("--contact-sheet", action="store_true", help="also write a .png contact sheet of the frames")
@@ -71,14 +78,12 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import math
     import secrets
     import time
     from pathlib import Path
 
     from vidiff.pipelines.folder import read_info, read_scheduler_config
     from vidiff.pipelines.schedulers import max_inference_steps
-    from vidiff.pipelines.text_to_video import resolve_settings
 
     # Everything is checked before the model loads: a typo costs no time.
     demo_model = args.model is None and args.cascade is None
@@ -89,20 +94,7 @@ def run(args) -> int:
             args.model = str(demo.default_model())
         except FileNotFoundError as e:
             raise CLIError(str(e)) from None
-    prompts = list(args.prompt or [])
-    if args.prompts_file:
-        file = Path(args.prompts_file)
-        if not file.is_file():
-            what = "is a folder, not a text file" if file.is_dir() else "does not exist"
-            raise CLIError(f"--prompts-file {str(file)!r} {what}; give a text file with one prompt per line")
-        try:
-            lines = file.read_text(encoding="utf-8-sig").splitlines()
-        except UnicodeDecodeError as e:
-            raise CLIError(f"--prompts-file {str(file)!r} is not UTF-8 text ({e.reason} at byte {e.start}); save it "
-                           "as UTF-8 with one prompt per line") from None
-        prompts += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise CLIError("no prompt: pass --prompt \"...\" or --prompts-file F")
+    prompts = read_prompts(args)
     if demo_model:
         import sys
 
@@ -110,12 +102,7 @@ def run(args) -> int:
         message = demo.unknown_words_message(prompts)
         if message:
             print(f"warning: {message}", file=sys.stderr)
-    if args.num_videos < 1:
-        raise CLIError(f"--num-videos must be >= 1, got {args.num_videos}")
-    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
-        raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
-    if not (math.isfinite(args.eta) and args.eta >= 0):
-        raise CLIError(f"--eta must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {args.eta}")
+    check_numbers(args, len(prompts))
     motion_field = _zero_shot_options(args)
     from vidiff.cli import stage_io
 
@@ -129,24 +116,9 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as e:  # (json.JSONDecodeError is a ValueError)
         raise CLIError(f"{args.model}: unreadable scheduler/scheduler_config.json ({e}); re-create the folder "
                        "with `vidiff inflate`") from None
-    try:
-        settings = resolve_settings(info, max_steps=max_inference_steps(schedule),
-                                    num_frames=args.num_frames, height=args.height, width=args.width,
-                                    num_inference_steps=args.steps, guidance_scale=args.guidance,
-                                    scheduler=args.scheduler,
-                                    cross_frame=args.cross_frame or ("first" if args.zero_shot else None),
-                                    window_size=args.window_size, window_stride=args.window_stride,
-                                    decode_chunk_size=args.decode_chunk_size)
-    except ValueError as e:  # name the flag, not the Python argument
-        message = str(e)
-        for name, flag in (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
-                           ("guidance_scale", "--guidance"), ("window_stride", "--window-stride"),
-                           ("window_size", "--window-size"), ("decode_chunk_size", "--decode-chunk-size"),
-                           ("height", "--height"), ("width", "--width"), ("scheduler", "--scheduler")):
-            message = message.replace(name, flag)
-        raise CLIError(message) from None
+    settings = _settings(args, info, max_inference_steps(schedule))
     out = check_output_path(args.out, len(prompts) * args.num_videos, gif=args.gif, frames_dir=args.frames_dir,
-                            contact_sheet=args.contact_sheet)
+                            contact_sheet=args.contact_sheet, overwrite=args.overwrite)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     fps = args.fps if args.fps is not None else info["defaults"].get("fps", 8)
     paths = numbered_paths(out, len(prompts) * args.num_videos)
@@ -174,29 +146,98 @@ def run(args) -> int:
                       progress=not args.quiet)
     seconds = time.perf_counter() - start
     videos = [videos] if len(paths) == 1 else videos
-    import vidiff
-
     for index, (path, frames) in enumerate(zip(paths, videos)):
         prompt = prompts[index // args.num_videos]
-        sidecar = {
-            "prompt": prompt, "negative_prompt": args.negative, "seed": seed + index,
-            "model": str(Path(args.model).resolve()), "num_frames": settings["num_frames"],
-            "height": settings["height"], "width": settings["width"], "fps": fps,
-            "num_inference_steps": settings["num_inference_steps"], "guidance_scale": settings["guidance_scale"],
-            "scheduler": settings["scheduler"], "eta": args.eta, "cross_frame": settings["cross_frame"],
-            "window_size": settings["window_size"], "window_stride": settings["window_stride"],
-            "long_video_noise": args.long_video_noise, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
-            "vidiff_version": vidiff.__version__, "seconds": round(seconds / len(paths), 3),
-        }
+        sidecar = _sidecar(args, settings, pipe, prompt=prompt, seed=seed + index, fps=fps,
+                           seconds=seconds / len(paths))
         if args.zero_shot:
             sidecar.update(zero_shot=True, motion_field=list(motion_field), scheduler="ddim")
         written = write_outputs(path, frames, fps, sidecar, gif=args.gif, frames_dir=args.frames_dir,
-                                contact_sheet=args.contact_sheet)
-        print(f"wrote {', '.join(str(p) for p in written)} ({len(frames)} frame{'s' * (len(frames) != 1)}, {frames.shape[2]}x{frames.shape[1]}, "
-              f"{fps:g} fps, seed {seed + index}, {prompt!r})")
+                                contact_sheet=args.contact_sheet, overwrite=args.overwrite)
+        print(f"wrote {', '.join(str(p) for p in written)} ({len(frames)} frame{'s' * (len(frames) != 1)}, "
+              f"{frames.shape[2]}x{frames.shape[1]}, {fps:g} fps, seed {seed + index}, {prompt!r})")
     return 0
 
 
+def read_prompts(args) -> list[str]:
+    """--prompt (repeated) then --prompts-file's lines (blank lines and # comments skipped); CLIError if none."""
+    from pathlib import Path
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        file = Path(args.prompts_file)
+        if not file.is_file():
+            what = "is a folder, not a text file" if file.is_dir() else "does not exist"
+            raise CLIError(f"--prompts-file {str(file)!r} {what}; give a text file with one prompt per line")
+        try:
+            lines = file.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as e:
+            raise CLIError(f"--prompts-file {str(file)!r} is not UTF-8 text ({e.reason} at byte {e.start}); save it "
+                           "as UTF-8 with one prompt per line") from None
+        prompts += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise CLIError("no prompt: pass --prompt \"...\" or --prompts-file F")
+    return prompts
+
+
+def check_numbers(args, num_prompts: int) -> None:
+    """Every numeric flag in a sane range, before anything is read or loaded (the model's own limits, such as
+    its size factor and noise schedule, are checked by `resolve_settings` next)."""
+    check_number("--num-videos", args.num_videos, 1, MAX_VIDEOS)
+    if num_prompts * args.num_videos > MAX_VIDEOS:
+        raise CLIError(f"{num_prompts} prompts x --num-videos {args.num_videos} is more than {MAX_VIDEOS} clips; "
+                       "split the prompts over several runs")
+    check_number("--num-frames", args.num_frames, 1, MAX_FRAMES)
+    check_number("--height", args.height, 1, MAX_SIDE, "pixels")
+    check_number("--width", args.width, 1, MAX_SIDE, "pixels")
+    check_number("--steps", args.steps, 1, MAX_STEPS)
+    check_number("--guidance", args.guidance, 0, MAX_GUIDANCE, "(1 = off)")
+    check_number("--eta", args.eta, 0, 1, "(0 = deterministic DDIM, 1 = DDPM-like)")
+    check_number("--seed", args.seed, 0, MAX_SEED - num_prompts * args.num_videos)
+    check_number("--fps", args.fps, MIN_FPS, MAX_FPS, "frames per second")
+    check_number("--window-size", args.window_size, 1, MAX_FRAMES)
+    check_number("--window-stride", args.window_stride, 1, MAX_FRAMES)
+    check_number("--decode-chunk-size", args.decode_chunk_size, 1, MAX_FRAMES)
+
+
+def _settings(args, info: dict, max_steps: int) -> dict:
+    """The model's defaults filled in and checked against the model (`resolve_settings`), in the flags' names."""
+    from vidiff.pipelines.text_to_video import resolve_settings
+
+    try:
+        return resolve_settings(info, max_steps=max_steps, num_frames=args.num_frames, height=args.height,
+                                width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                scheduler=args.scheduler,
+                                cross_frame=args.cross_frame or ("first" if args.zero_shot else None),
+                                window_size=args.window_size, window_stride=args.window_stride,
+                                decode_chunk_size=args.decode_chunk_size)
+    except ValueError as e:  # name the flag, not the Python argument
+        message = str(e)
+        for name, flag in (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
+                           ("guidance_scale", "--guidance"), ("window_stride", "--window-stride"),
+                           ("window_size", "--window-size"), ("decode_chunk_size", "--decode-chunk-size"),
+                           ("height", "--height"), ("width", "--width"), ("scheduler", "--scheduler")):
+            message = message.replace(name, flag)
+        raise CLIError(message) from None
+
+
+def _sidecar(args, settings: dict, pipe, *, prompt: str, seed: int, fps: float, seconds: float) -> dict:
+    """What the clip's JSON records: enough to make it again (`--seed` with the same settings and model)."""
+    from pathlib import Path
+
+    import vidiff
+
+    return {
+        "prompt": prompt, "negative_prompt": args.negative, "seed": seed,
+        "model": str(Path(args.model).resolve()), "num_frames": settings["num_frames"],
+        "height": settings["height"], "width": settings["width"], "fps": fps,
+        "num_inference_steps": settings["num_inference_steps"], "guidance_scale": settings["guidance_scale"],
+        "scheduler": settings["scheduler"], "eta": args.eta, "cross_frame": settings["cross_frame"],
+        "window_size": settings["window_size"], "window_stride": settings["window_stride"],
+        "long_video_noise": args.long_video_noise, "device": str(pipe.device),
+        "dtype": str(pipe.dtype).replace("torch.", ""), "vidiff_version": vidiff.__version__,
+        "seconds": round(seconds, 3),
+    }
 
 
 def _zero_shot_options(args):

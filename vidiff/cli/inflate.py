@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidiff.cli.common import CLIError
+from vidiff.cli.common import MAX_FPS, MAX_FRAMES, MIN_FPS, CLIError, check_number, check_writable
 
 
 def add_parser(sub):
@@ -45,14 +45,11 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import math
     from pathlib import Path
 
     out = Path(args.out)
-    if args.num_frames < 1:
-        raise CLIError(f"--num-frames must be >= 1, got {args.num_frames}")
-    if not (math.isfinite(args.fps) and args.fps > 0):
-        raise CLIError(f"--fps must be > 0 and finite, got {args.fps}")
+    check_number("--num-frames", args.num_frames, 1, MAX_FRAMES)
+    check_number("--fps", args.fps, MIN_FPS, MAX_FPS, "frames per second")
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out {str(out)!r} already exists; pass --overwrite to replace it or choose another folder")
     if Path(args.base).exists() and out.resolve() == Path(args.base).resolve():
@@ -65,6 +62,7 @@ def run(args) -> int:
     blocking = next((parent for parent in out.absolute().parents if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise CLIError(f"--out {str(out)!r}: {str(blocking)!r} is a file, not a folder; choose another --out")
+    check_writable(out)
     from vidiff.pipelines.folder import inflate_pipeline
     from vidiff.pipelines.stage_folder import default_stage_options, inflate_stage, is_upscaler_folder
 

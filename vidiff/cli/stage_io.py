@@ -84,7 +84,7 @@ def check_settings(args, info: dict) -> dict:
 
 def check_output(args) -> Path:
     """--out: a writable video name, not the input, existing only with --overwrite."""
-    out = check_output_path(args.out)
+    out = check_output_path(args.out, overwrite=args.overwrite)
     if Path(args.video).resolve() == out.resolve():
         raise CLIError("--out must differ from --video")
     sidecar = out.with_suffix(".json") if out.suffix else out.with_name(out.name + ".json")
@@ -125,7 +125,7 @@ def write_result(args, pipe, out: Path, video, fps: float, sidecar: dict, summar
               "num_frames": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2]),
               "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
               "vidiff_version": vidiff.__version__}
-    written = write_outputs(out, frames, fps, record)
+    written = write_outputs(out, frames, fps, record, overwrite=args.overwrite)
     print(f"wrote {', '.join(str(p) for p in written)}: {summary} -> {frames.shape[0]} frames "
           f"{frames.shape[2]}x{frames.shape[1]} @ {fps:g} fps (seed {sidecar['seed']})")
 
@@ -207,12 +207,13 @@ def generate_cascade(args, prompts: list[str]) -> int:
     except ValueError as e:
         raise CLIError(f"{e} (sizes from --num-frames / --height / --width or the base's defaults)") from None
     count = len(prompts) * args.num_videos
-    out = check_output_path(args.out, count, gif=args.gif, frames_dir=args.frames_dir, contact_sheet=args.contact_sheet)
+    out = check_output_path(args.out, count, gif=args.gif, frames_dir=args.frames_dir, contact_sheet=args.contact_sheet,
+                            overwrite=args.overwrite)
     paths = [Path(p) for p in _numbered(out, count)]
     if args.keep_intermediate:
         for path in paths:
             for i, spec in enumerate(specs[:-1]):
-                check_output_path(intermediate_path(path, i, spec.stage))
+                check_output_path(intermediate_path(path, i, spec.stage), overwrite=args.overwrite)
     base_fps = args.fps if args.fps is not None else d.get("fps", 8)
     seed = seed_of(args)
     device = check_device(args.device)
@@ -237,11 +238,12 @@ def generate_cascade(args, prompts: list[str]) -> int:
                    "dtype": str(pipe.base.dtype).replace("torch.", ""), "vidiff_version": vidiff.__version__,
                    "seconds": round(time.perf_counter() - start, 3)}
         written = write_outputs(path, final, rates[-1], sidecar, gif=args.gif, frames_dir=args.frames_dir,
-                                contact_sheet=args.contact_sheet)
+                                contact_sheet=args.contact_sheet, overwrite=args.overwrite)
         if args.keep_intermediate:
             for i, (frames, stage) in enumerate(zip(outputs[:-1], stages[:-1])):
                 written += write_outputs(intermediate_path(path, i, stage["stage"]), frames, stage["fps"],
-                                         dict(sidecar, stage=i, **{k: stage[k] for k in ("frames", "height", "width", "fps")}))
+                                         dict(sidecar, stage=i, **{k: stage[k] for k in ("frames", "height", "width", "fps")}),
+                                         overwrite=args.overwrite)
         print(f"wrote {', '.join(str(p) for p in written)} ({' -> '.join(f'{f}x{w}x{h}' for f, h, w in sizes)} "
               f"frames x w x h, {rates[-1]:g} fps, seed {seed + index}, {prompt!r})")
     return 0
