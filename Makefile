@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 # and a contact sheet. tests/test_demo.py runs this recipe's `vidiff generate` line.
 DEMO_OUT    ?= outputs/demo
 demo: $(STAMP)
-	$(VENV)/bin/vidiff generate --prompt "a red circle moving right" --seed 0 --gif --contact-sheet --quiet --out $(DEMO_OUT)/clip.mp4
+	$(VENV)/bin/vidiff generate --prompt "a red circle moving right" --seed 0 --gif --contact-sheet --quiet --overwrite --out $(DEMO_OUT)/clip.mp4
 	@echo "demo: clip $(DEMO_OUT)/clip.mp4, GIF $(DEMO_OUT)/clip.gif, contact sheet $(DEMO_OUT)/clip.png"
 
 test: $(STAMP)
