@@ -167,12 +167,12 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 
 def _check_outputs(args, count: int) -> list[Path]:
+    if str(args.out) and Path(args.video).resolve() == Path(args.out).resolve():
+        raise CLIError("--out must differ from --video")
     try:
-        out = check_output_path(args.out, count, contact_sheet=args.contact_sheet)
+        out = check_output_path(args.out, count, contact_sheet=args.contact_sheet, overwrite=args.overwrite)
     except ValueError as e:
         raise CLIError(str(e) if str(e).startswith("--out") else f"--out {args.out!r}: {e}") from None
-    if Path(args.video).resolve() == out.resolve():
-        raise CLIError("--out must differ from --video")
     paths = output_paths(out, count)
     for path in paths:
         sidecar = path.with_suffix(".json") if path.suffix else path.with_name(path.name + ".json")
@@ -284,7 +284,8 @@ def _edit(args, model, method, prompts, settings, source, indices, paths, cache,
     for path, prompt, video in zip(paths, prompts, result.videos):
         edited = to_uint8(video[0])
         out_frames = np.concatenate([frames, edited], axis=2) if args.side_by_side else edited
-        written = write_outputs(path, out_frames, fps, dict(record, prompt=prompt), contact_sheet=args.contact_sheet)
+        written = write_outputs(path, out_frames, fps, dict(record, prompt=prompt), contact_sheet=args.contact_sheet,
+                                overwrite=args.overwrite)
         print(f"wrote {', '.join(str(p) for p in written)} ({len(out_frames)} frames, {out_frames.shape[2]}x"
               f"{out_frames.shape[1]}, {fps:g} fps, {method}, seed {seed}, {prompt!r})")
     if args.save_tuned is not None:

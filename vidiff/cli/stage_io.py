@@ -84,9 +84,9 @@ def check_settings(args, info: dict) -> dict:
 
 def check_output(args) -> Path:
     """--out: a writable video name, not the input, existing only with --overwrite."""
-    out = check_output_path(args.out, overwrite=args.overwrite)
-    if Path(args.video).resolve() == out.resolve():
+    if str(args.out) and Path(args.video).resolve() == Path(args.out).resolve():
         raise CLIError("--out must differ from --video")
+    out = check_output_path(args.out, overwrite=args.overwrite)
     sidecar = out.with_suffix(".json") if out.suffix else out.with_name(out.name + ".json")
     existing = [p for p in (out, sidecar) if p.exists()]
     if existing and not args.overwrite:
