@@ -239,6 +239,36 @@ def test_endless_sampler_resumes_mid_stream():
     assert sorted(other) == list(range(5)) and other != [i for i, _ in straight[:5]]  # another seed, another order
 
 
+def test_distinct_bad_files_across_ranks():
+    """Bad files are counted once however often and on however many ranks they come up: ids of the paths, and
+    their union over ranks through one padded all-gather (a fake second rank here)."""
+    from vidiff.training.data import skipped_file_ids
+    from vidiff.training.trainer import union_across_ranks
+
+    batch = {"skipped_paths": [["/data/a.mp4", "/data/b.mp4"], [], ["/data/a.mp4"]]}
+    ids = skipped_file_ids(batch)
+    assert len(ids) == 2 and all(0 <= i < 2 ** 63 for i in ids)
+    assert ids == skipped_file_ids({"skipped_paths": [["/data/b.mp4"], ["/data/a.mp4"]]}) and not skipped_file_ids(None)
+
+    class TwoRanks:  # rank 0 here; rank 1 holds `other`
+        num_processes, device = 2, torch.device("cpu")
+
+        def __init__(self, other):
+            self.other, self.calls = sorted(other), 0
+
+        def gather(self, tensor):
+            if self.calls == 0:  # the lengths
+                theirs = torch.tensor([len(self.other)])
+            else:  # the padded ids
+                theirs = torch.full_like(tensor, -1)
+                theirs[:len(self.other)] = torch.tensor(self.other)
+            self.calls += 1
+            return torch.cat([tensor, theirs])
+
+    assert union_across_ranks(TwoRanks({5, 7, 9}), {1, 5}) == {1, 5, 7, 9}
+    assert union_across_ranks(TwoRanks(set()), {3}) == {3}
+
+
 def test_ema_matches_formula_and_round_trips():
     p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     ema = EMA({"w": p}, decay=0.9)

@@ -86,7 +86,7 @@ def load_pipeline(config: Config, accelerator):
     from vidiff.pipelines import VideoPipeline
 
     m = config.model
-    source = Path(m.pretrained)
+    source = Path(m.pretrained).expanduser()
     if not is_vidiff_pipeline(source):
         inflated = Path(config.output_dir) / "inflated"
         if accelerator.is_main_process and not is_vidiff_pipeline(inflated):
