@@ -442,6 +442,23 @@ def test_edit_errors_are_one_line_before_any_model_loads(models, tmp_path, capsy
     assert (tmp_path / "user-folder" / "notes.txt").read_text() == "mine"
 
 
+def test_edit_without_model_uses_the_demo_base(models, tmp_path, capsys, monkeypatch):
+    import vidiff.demo
+
+    video = write_clip(tmp_path / "in.mp4")
+    argv = ["edit", "--video", video, "--prompt", "a blue circle", "--source-prompt", "a red camel", "--num-frames", 4,
+            "--steps", 2, "--seed", 0, "--quiet", "--out", tmp_path / "e.mp4"]
+    monkeypatch.setattr(vidiff.demo, "available_stages", lambda: [])
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and "demo model is not installed" in err and "--model DIR" in err
+    monkeypatch.setattr(vidiff.demo, "available_stages", lambda: ["base"])
+    monkeypatch.setattr(vidiff.demo, "model_dir", lambda stage="base": Path(models["latent"]))
+    code, _, err = cli(capsys, *argv)
+    assert code == 0, err
+    assert "using the built-in demo model" in err and "'camel'" in err  # a word the demo never saw
+    assert json.loads((tmp_path / "e.json").read_text())["model"] == str(Path(models["latent"]).resolve())
+
+
 def test_edit_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["edit", "--help"])

@@ -87,6 +87,15 @@ def _model_dir(args) -> str:
     if available_stages is None or "base" not in available_stages():
         raise CLIError("no --model given and the built-in demo model is not installed: pass --model DIR (make one "
                        "with `vidiff inflate --base SD_PIPELINE --out DIR`)")
+    import sys
+
+    from vidiff.demo import unknown_words_message
+
+    # The demo base (shapes: colours, circle / square / triangle), not its cascade: editing needs one base model.
+    print(f"using the built-in demo model {model_dir('base')} (pass --model DIR for another)", file=sys.stderr)
+    message = unknown_words_message(list(args.prompt) + ([args.source_prompt] if args.source_prompt else []))
+    if message:
+        print(f"warning: {message}", file=sys.stderr)
     return str(model_dir("base"))
 
 

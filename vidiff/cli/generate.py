@@ -106,6 +106,11 @@ def run(args) -> int:
     motion_field = _zero_shot_options(args)
     from vidiff.cli import stage_io
 
+    if args.zero_shot and demo_model:  # zero-shot samples the demo's base alone, not its cascade
+        from vidiff.pipelines.cascade import is_cascade
+
+        if is_cascade(args.model):
+            args.model = str(demo.model_dir("base"))
     if stage_io.is_cascade_request(args):
         if args.zero_shot:
             raise CLIError("--zero-shot samples one text-to-video model; it does not apply to a cascade")

@@ -338,7 +338,7 @@ class EditResult:
     tune_losses: list[float] = field(default_factory=list)
     reconstruction_loss: tuple[float, float] | None = None  # (before, after) tuning
     inversion_cached: bool = False                  # the inversion came from the cache
-    timings: dict = field(default_factory=dict)     # seconds: encode, tune, invert, sample, decode
+    timings: dict = field(default_factory=dict)     # seconds: encode, tune, tune_loss, invert, sample, decode
 
 
 def check_edit_options(method: str, cross_frame: str | None) -> str:
@@ -393,11 +393,14 @@ def edit_video(pipe, frames, prompts: list[str] | str, *, source_prompt: str = "
     before_after = None
     losses: list[float] = []
     if method == "tune" and tune_steps:
-        with _timed(timings, "tune"), pipe.temporary_cross_frame("sparse-causal"):
-            before = reconstruction_loss(pipe, latents, source, seed=seed)
-            losses = tune_on_clip(pipe, latents, source, steps=tune_steps, learning_rate=tune_lr, seed=seed,
-                                  accelerator=accelerator, progress=progress)
-            before_after = (before, reconstruction_loss(pipe, latents, source, seed=seed))
+        with pipe.temporary_cross_frame("sparse-causal"):
+            with _timed(timings, "tune_loss"):
+                before = reconstruction_loss(pipe, latents, source, seed=seed)
+            with _timed(timings, "tune"):
+                losses = tune_on_clip(pipe, latents, source, steps=tune_steps, learning_rate=tune_lr, seed=seed,
+                                      accelerator=accelerator, progress=progress)
+            with _timed(timings, "tune_loss"):
+                before_after = (before, reconstruction_loss(pipe, latents, source, seed=seed))
 
     cached = False
     with pipe.temporary_cross_frame(cross_frame):
