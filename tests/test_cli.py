@@ -36,10 +36,10 @@ def test_help_lists_only_registered_commands(capsys):
     ["data", "shapes", "--out", "d", "--count", "3", "--fram", "4"],
 ])
 def test_abbreviated_flags_are_errors(argv, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    assert exit_.value.code == 2
-    assert "unrecognized arguments" in capsys.readouterr().err
+    """Found in QA (issue 8): `--num-frame 8` was taken as --num-frames."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --" in err and len(err.strip().splitlines()) == 1
 
 
 def test_every_parser_refuses_abbreviations():
@@ -142,3 +142,56 @@ def test_numbers_out_of_range_are_one_line(argv, match, tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
+
+
+def test_train_overrides_before_and_after_flags(tmp_path, capsys):
+    """Found in QA (issue 9): `vidiff train CONFIG --resume auto train.max_steps=6` failed with 'unrecognized
+    arguments': overrides work wherever they are typed, and a later override of a key wins."""
+    argv = ["train", str(CONFIGS / "tiny.yaml"), "model.pretrained=sd", "train.max_steps=3", "--resume", "auto",
+            "train.max_steps=6", "data.manifest=clips", "--print-config", "train.learning_rate=0.002"]
+    assert main(argv) == 0
+    import yaml
+
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["train"]["max_steps"] == 6 and config["train"]["learning_rate"] == 0.002
+    assert config["model"]["pretrained"] == "sd" and config["data"]["manifest"] == "clips"
+
+
+@pytest.mark.parametrize("argv,unknown", [
+    (["train", "CONFIG", "--resume", "auto", "--bogus", "train.max_steps=6"], "--bogus"),
+    (["train", "CONFIG", "--print-confi"], "--print-confi"),  # no abbreviations either
+    (["data", "shapes", "--out", "d", "--count", "2", "extra=1"], "extra=1"),  # only train takes overrides
+])
+def test_unknown_arguments_are_one_line(argv, unknown, capsys):
+    argv = [str(CONFIGS / "tiny.yaml") if a == "CONFIG" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: unrecognized arguments: {unknown}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_attention_backend_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """Found in QA (issue 9): an xformers failure (a RuntimeError from the attention module) reached the user as
+    a traceback. Any AttentionBackendError is one line; other RuntimeErrors stay tracebacks (bugs)."""
+    from vidiff.models.attention import AttentionBackendError
+    from vidiff.pipelines.text_to_video import VideoPipeline
+    from vidiff.testing import make_tiny_video_pipeline
+
+    model = make_tiny_video_pipeline(tmp_path / "model", seed=0)
+    capsys.readouterr()
+
+    def refuse(*args, **kwargs):
+        raise AttentionBackendError("attention backend 'xformers' cannot run on (2, 16, 1, 8) torch.float32 inputs "
+                                    "(NotImplementedError: no kernel); use attention_backend='sdpa'")
+
+    monkeypatch.setattr(VideoPipeline, "__call__", refuse)
+    argv = ["generate", "--model", str(model), "--prompt", "x", "--quiet", "--out", str(tmp_path / "c.mp4")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vidiff generate: error: attention backend 'xformers' cannot run")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c.mp4").exists()
+    monkeypatch.setattr(VideoPipeline, "__call__", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(argv)

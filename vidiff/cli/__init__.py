@@ -74,10 +74,19 @@ def _quiet_weight_bars() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Known flags anywhere; what is left is KEY=VALUE overrides for a command that takes them (`vidiff train CONFIG
+    # --resume auto train.max_steps=6`: argparse alone stops collecting positionals at the first flag).
+    args, extras = parser.parse_known_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
+    if extras:
+        unknown = [item for item in extras if item.startswith("-") or not hasattr(args, "overrides")]
+        if unknown:
+            print(f"vidiff {args.command}: error: unrecognized arguments: {' '.join(unknown)} (see vidiff "
+                  f"{args.command} --help)", file=sys.stderr)
+            return 2
+        args.overrides = list(args.overrides) + extras  # command-line order: later overrides win
     if (args.command, getattr(args, "data_command", None)) != ("data", "shapes"):
         _quiet_weight_bars()
     try:
@@ -87,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"vidiff {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # an attention backend this machine cannot run (xformers missing, bad GPU, ...)
+        attention = sys.modules.get("vidiff.models.attention")
+        if os.environ.get("VIDIFF_DEBUG") or attention is None or not isinstance(e, attention.AttentionBackendError):
+            raise
+        print(f"vidiff {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. a folder that turned read-only or a disk that filled up during the work
         if os.environ.get("VIDIFF_DEBUG"):
