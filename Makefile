@@ -1,7 +1,8 @@
 # vidiff developer tasks. `make test` is all a fresh machine needs.
 PYTHON      ?= python3
 VENV        ?= .venv
-# CPU wheel by default; CUDA users: make TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
+# torch from the configured index (PyPI: the CUDA build on Linux). CPU-only Linux: TORCH_INDEX="--index-url
+# https://download.pytorch.org/whl/cpu"; CUDA: TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PY          := $(VENV)/bin/python

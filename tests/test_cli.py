@@ -195,3 +195,27 @@ def test_attention_backend_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(VideoPipeline, "__call__", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         main(argv)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_docs_and_configs_name_the_maintained_sd_repository():
+    """Found in QA (issue 8): `runwayml/stable-diffusion-v1-5` was removed from the hub in 2024; the README,
+    configs and help texts must name the maintained copy."""
+    files = [ROOT / "README.md", *ROOT.glob("configs/**/*.yaml"), *ROOT.glob("vidiff/**/*.py")]
+    stale = [str(f.relative_to(ROOT)) for f in files if "runwayml/" in f.read_text(encoding="utf-8")]
+    assert stale == []
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in (ROOT / "README.md").read_text()
+
+
+def test_pyproject_license_is_an_spdx_string_and_readme_shows_the_cpu_index():
+    """Found in QA (issue 8): the license table gave setuptools deprecation warnings; a plain `pip install` on
+    Linux pulled the multi-GB CUDA torch."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    requires = project["build-system"]["requires"]
+    assert any(r.replace(" ", "").startswith("setuptools>=77") for r in requires)  # SPDX strings: setuptools 77
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in (ROOT / "README.md").read_text()

@@ -15,7 +15,7 @@ def add_parser(sub):
                     "the image model does until trained); VAE, text encoder, tokenizer and noise schedule are kept.",
         epilog="examples:\n"
                "  vidiff inflate --base ./stable-diffusion-v1-5 --out models/sd15-video\n"
-               "  vidiff inflate --base runwayml/stable-diffusion-v1-5 --out models/sd15-video --cross-frame first\n"
+               "  vidiff inflate --base stable-diffusion-v1-5/stable-diffusion-v1-5 --out models/sd15-video --cross-frame first\n"
                "  vidiff inflate --base v1-5-pruned.safetensors --config ./sd15-configs --out models/sd15-video\n"
                "  vidiff inflate --stage interpolation --base ./stable-diffusion-v1-5 --out models/interp --factor 4\n"
                "  vidiff inflate --stage ssr --base ./stable-diffusion-x4-upscaler --out models/x4-video\n"
