@@ -465,3 +465,88 @@ def test_mp4_bytes_do_not_depend_on_earlier_work(tmp_path):
     # x264 records its settings in the stream (an SEI message): macroblock-tree off, one thread whatever the CPU.
     settings = re.search(rb"options: ([^\x00]+)", (tmp_path / "clip.mp4").read_bytes()).group(1).decode().split()
     assert {"mbtree=0", "threads=1", "lookahead_threads=1"} <= set(settings), settings
+
+
+def write_rotated(path, rotation: int, num_frames: int = 3):
+    """A 24x32 (h x w) clip with a red block in the stored top-left corner and a display matrix turning it
+    `rotation` degrees counterclockwise, as phones store sideways recordings."""
+    frame = np.full((24, 32, 3), 30, np.uint8)
+    frame[:8, :16] = [230, 30, 30]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        stream.options = {"crf": "0"}
+        stream.set_display_rotation(rotation)
+        for _ in range(num_frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)
+
+
+def ffmpeg_frame(path, height: int, width: int) -> np.ndarray:
+    """The first frame as the ffmpeg command line shows it (it applies the display matrix): the reference."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", str(path), "-frames:v", "1",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rotated_videos_read_upright(tmp_path, rotation, backend):
+    """Found in QA (issue 8): PyAV returned phone videos unrotated and decord garbled them, so the two readers
+    disagreed by 60+ per pixel and a resize squashed the clip to the stored aspect. Both give what players show."""
+    path = write_rotated(tmp_path / f"r{rotation}.mp4", rotation)
+    upright = (32, 24) if rotation in (90, 270) else (24, 32)
+    info = probe_video(path)
+    assert (info.height, info.width, info.rotation) == (*upright, rotation)
+    clip = read_video(path, backend=backend)
+    assert clip.frames.shape == (3, *upright, 3)
+    reference = ffmpeg_frame(path, *upright).astype(int)
+    assert np.abs(clip.frames[0].astype(int) - reference).max() <= 2
+    np.testing.assert_array_equal(clip.frames[0], np.rot90(read_video(write_rotated(tmp_path / "plain.mp4", 0),
+                                                                      backend=backend).frames[0], rotation // 90))
+    resized = read_video(path, backend=backend, size=12).frames  # shorter side 12, the displayed aspect kept
+    assert resized.shape == (3, *(12 * s // 24 for s in upright), 3)
+    block = resized[0, ..., 0] > 130  # the red block is where the player shows it
+    corner = {90: (slice(-8, None), slice(0, 4)), 180: (slice(-4, None), slice(-8, None)),
+              270: (slice(0, 8), slice(-4, None))}[rotation]
+    assert block[corner].mean() > 0.9 and block.mean() < 0.3
+
+
+def write_variable_rate(path, pts_ms):
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i, pts in enumerate(pts_ms):
+            frame = av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)
+
+
+def test_variable_frame_rate_is_detected_and_fps_sampling_warns_once(tmp_path):
+    """Found in QA (issue 8): `fps=` sampling of a variable-frame-rate file (a burst of frames, then a pause)
+    silently used the average rate. The file is flagged, and sampling by rate warns once per file."""
+    import warnings
+
+    burst = write_variable_rate(tmp_path / "vfr.mp4", [0, 40, 80, 120, 160, 1000, 1040, 1080, 1120, 2000])
+    steady = write_variable_rate(tmp_path / "cfr.mp4", [40 * i for i in range(10)])
+    assert probe_video(burst).variable_rate and not probe_video(steady).variable_rate
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            read_video(burst, num_frames=3, fps=4, backend="pyav")
+        read_video(burst, num_frames=3, stride=2, backend="pyav")  # frame counts, no rates: nothing to warn of
+        read_video(steady, num_frames=3, fps=10, backend="pyav")
+    messages = [str(w.message) for w in caught if "variable frame rate" in str(w.message)]
+    assert len(messages) == 1 and str(burst) in messages[0]

@@ -2,7 +2,9 @@
 
 Reading: decord when it is installed (fast random access to the frames a clip needs), PyAV otherwise; both give
 the same frames for the same indices (up to small colour-conversion differences). Which frames a clip takes is
-plain arithmetic (`clip_indices`), shared by both readers and by the datasets, so it is tested once.
+plain arithmetic (`clip_indices`), shared by both readers and by the datasets, so it is tested once. Frames come
+out as players show them: a display matrix (phone videos recorded sideways) is applied, and resizing keeps the
+displayed aspect. Variable-frame-rate files are flagged (`VideoInfo.variable_rate`); `fps=` sampling of one warns.
 
 Writing: mp4 (H.264, yuv420p), gif, a folder of PNG frames, or a contact-sheet PNG (a grid of frames with their
 indices), picked by the path's suffix or `format=`. Every write goes through a temporary name (atomic).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -39,6 +42,9 @@ class VideoReadError(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
+_WARNED_VARIABLE_RATE: set[str] = set()  # files already warned about (once per file and process)
+
+
 class ClipTooShortError(ValueError):
     """The clip asked for does not fit in the video (raised by `clip_indices`)."""
 
@@ -49,8 +55,10 @@ class VideoInfo:
 
     num_frames: int  # frames in the stream (header count, or packets counted when the header has none)
     fps: float  # average frame rate
-    height: int
+    height: int  # as displayed: a phone video recorded sideways with rotation metadata is reported upright
     width: int
+    rotation: int = 0  # display rotation, degrees counterclockwise (0, 90, 180, 270); frames are read upright
+    variable_rate: bool = False  # frame durations differ (phones, screen recordings): `fps=` sampling is approximate
 
 
 @dataclass
@@ -173,6 +181,10 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             if num_frames <= 0:  # e.g. mkv / webm: no count in the header, so count the packets
                 num_frames = sum(1 for packet in container.demux(stream) if packet.size)
             width, height = stream.codec_context.width, stream.codec_context.height
+            try:
+                variable_rate = _has_variable_rate(stream, num_frames)
+            except Exception:  # index_entries is PyAV >= 14
+                variable_rate = False
     except VideoReadError:
         raise
     except Exception as e:  # av.FFmpegError and friends
@@ -181,7 +193,39 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         raise VideoReadError(path, "video stream has no frames")
     if not width or not height:
         raise VideoReadError(path, "video stream has no frame size (unsupported codec?)")
-    return VideoInfo(num_frames=num_frames, fps=fps, height=height, width=width)
+    rotation = _display_rotation(path)
+    if rotation in (90, 270):
+        height, width = width, height
+    return VideoInfo(num_frames=num_frames, fps=fps, height=height, width=width, rotation=rotation,
+                     variable_rate=variable_rate)
+
+
+def _display_rotation(path: Path) -> int:
+    """The display matrix's rotation (ISO/IEC 14496-12 `tkhd` matrix, as FFmpeg reads it into frame side data),
+    in degrees counterclockwise, one of 0 / 90 / 180 / 270. Phones store sideways sensor frames with a matrix.
+    Read from the first decoded frame (PyAV has no stream-level getter); a file that does not decode says 0 here
+    and fails where its frames are read."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                return int(round(float(getattr(frame, "rotation", 0) or 0) / 90)) % 4 * 90
+    except Exception:  # damaged files are reported by the reader, with its reason
+        return 0
+    return 0
+
+
+def _has_variable_rate(stream, num_frames: int) -> bool:
+    """True when the container's sample table (mp4 / mov: one index entry per frame) holds frame durations that
+    differ by more than half the median one. Containers that index keyframes only (mkv, webm) say False."""
+    entries = stream.index_entries
+    if len(entries) != num_frames or num_frames < 3:
+        return False
+    times = np.sort(np.array([entry.timestamp for entry in entries], np.float64))
+    steps = np.diff(times)
+    median = float(np.median(steps))
+    return median > 0 and bool(np.abs(steps - median).max() > 0.5 * median)
 
 
 def _read_pyav(path: Path, indices: np.ndarray, shape: tuple[int, int] | None, num_source: int) -> np.ndarray:
@@ -334,11 +378,20 @@ def read_frames(path: str | os.PathLike, info: VideoInfo, indices=None, num_fram
     if indices.max() >= info.num_frames:
         raise VideoReadError(path, f"too short: frame {int(indices.max())} requested, the video has "
                                    f"{info.num_frames} frames")
-    shape = _resize_shape(info.height, info.width, size)
+    if fps is not None and info.variable_rate and str(path) not in _WARNED_VARIABLE_RATE:
+        _WARNED_VARIABLE_RATE.add(str(path))
+        warnings.warn(f"{path}: variable frame rate (frame durations differ); fps={fps:g} sampling counts frames at "
+                      f"the average rate {info.fps:g}, so sample times are approximate. Re-encode at a constant "
+                      "rate (ffmpeg -fps_mode cfr) for exact timing", stacklevel=2)
+    shape = _resize_shape(info.height, info.width, size)  # upright (displayed) size
+    turns = info.rotation // 90
     if backend == "decord" and not _have_decord():
         raise ValueError("backend 'decord' requested but decord is not installed: pip install decord, "
                          "or use backend='pyav'")
-    use_decord = backend == "decord" or (backend == "auto" and _have_decord() and path.suffix.lower() != ".gif")
+    # decord 0.6 returns rotated files as garbled 4-channel arrays: PyAV reads them, and the frames are turned
+    # upright here, so both backends give the displayed frames.
+    use_decord = not turns and (backend == "decord" or (backend == "auto" and _have_decord()
+                                                         and path.suffix.lower() != ".gif"))
     frames = None
     if use_decord:
         try:
@@ -353,12 +406,15 @@ def read_frames(path: str | os.PathLike, info: VideoInfo, indices=None, num_fram
                 message = str(e).strip().split("Error: ")[-1][:200]  # drop decord's "[time] file.cc:line:" prefix
                 raise VideoReadError(path, f"decord failed ({type(e).__name__}: {message})") from None
     if frames is None:
+        coded_shape = shape if shape is None or turns % 2 == 0 else (shape[1], shape[0])
         try:
-            frames = _read_pyav(path, indices, shape, info.num_frames)
+            frames = _read_pyav(path, indices, coded_shape, info.num_frames)
         except VideoReadError:
             raise
         except Exception as e:
             raise VideoReadError(path, f"cannot decode ({type(e).__name__}: {e})") from None
+        if turns:  # counterclockwise quarter turns, as players show the file
+            frames = np.rot90(frames, turns, axes=(1, 2))
     return VideoClip(np.ascontiguousarray(frames, dtype=np.uint8), info.fps, indices, info.num_frames)
 
 
