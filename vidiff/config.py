@@ -297,7 +297,8 @@ def _validate_model(cfg: Config, check) -> None:
 def _validate_stage(cfg: Config, check) -> None:
     """train.stage and the stage section (vidiff.training.stages holds the stages; checked here before any
     model is loaded)."""
-    from vidiff.training.stages import MASK_MODES, SSR_FACTORS, STAGE_CONFIG_FIELDS, STAGE_NAMES
+    from vidiff.models.options import STAGE_NAMES
+    from vidiff.training.stages import MASK_MODES, SSR_FACTORS, STAGE_CONFIG_FIELDS
 
     t, s = cfg.train, cfg.stage
     check(t.stage in STAGE_NAMES, f"train.stage must be one of {', '.join(STAGE_NAMES)}, got {t.stage!r}")

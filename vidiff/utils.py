@@ -119,6 +119,10 @@ def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: di
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+# The precision names the CLI and the pipelines accept (parse_dtype also takes torch's spellings).
+DTYPES = ("fp32", "fp16", "bf16")
+
+
 def parse_dtype(name: str):
     """'fp32' | 'fp16' | 'bf16' (or torch spellings) -> torch.dtype."""
     import torch
@@ -128,7 +132,7 @@ def parse_dtype(name: str):
     if isinstance(name, torch.dtype):
         return name
     if name not in table:
-        raise ValueError(f"unknown dtype {name!r}; use one of fp32, fp16, bf16")
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     return table[name]
 
 

@@ -5,6 +5,7 @@ import argparse
 
 from vidiff.cli.common import (MAX_FPS, MAX_FRAMES, MAX_SEED, MAX_SIDE, MIN_FPS, CLIError, check_device,
                                check_number, check_writable)
+from vidiff.utils import DTYPES
 
 MAX_CLIPS = 1_000_000  # clips in one shapes dataset or cache shard
 
@@ -69,7 +70,7 @@ def add_parser(sub):
                        help="folder that relative manifest paths start from (default: the manifest's folder)")
     cache.add_argument("--prompt", default=None, help="prompt for a single-video manifest")
     cache.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
-    cache.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="encoder precision")
+    cache.add_argument("--dtype", default="fp32", choices=DTYPES, help="encoder precision")
     return p
 
 

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 
 from vidiff.cli.common import CLIError, check_device, check_output_path, write_outputs
+from vidiff.models.options import CROSS_FRAME_MODES
+from vidiff.utils import DTYPES
 
 # python argument name in error messages -> the flag the user typed
 FLAG_NAMES = (("num_inference_steps", "--steps"), ("guidance_scale", "--guidance"), ("num_frames", "--num-frames"),
@@ -43,7 +45,7 @@ def add_parser(sub):
     p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default: none)")
     p.add_argument("--method", choices=("zero-shot", "tune"), default=None,
                    help="zero-shot (no training) or tune (Tune-A-Video) (default: zero-shot; tune with --tuned)")
-    p.add_argument("--cross-frame", choices=("first", "sparse-causal"), default=None,
+    p.add_argument("--cross-frame", choices=[m for m in CROSS_FRAME_MODES if m != "none"], default=None,
                    help="attention across frames while inverting and sampling (default: first for zero-shot, "
                         "sparse-causal for tune)")
     p.add_argument("--strength", type=float, default=None,
@@ -63,7 +65,7 @@ def add_parser(sub):
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance while sampling (default: the model's)")
     p.add_argument("--seed", type=int, default=None, help="seed for tuning and SDEdit noise (default: random, recorded)")
     p.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: best available)")
-    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
+    p.add_argument("--dtype", default=None, choices=DTYPES,
                    help="default: fp32 for --method tune (AdamW on fp16 weights loses the updates), else fp16 on CUDA")
     p.add_argument("--out", required=True, metavar="PATH", help="output clip, e.g. edited.mp4")
     p.add_argument("--side-by-side", action="store_true", help="write the input and the edit next to each other")

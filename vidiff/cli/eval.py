@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vidiff.cli.common import CLIError
+from vidiff.utils import DTYPES
 
 SHAPES_EPILOG = """examples:
   vidiff eval shapes --out results.json --contact-sheet sheet.png      (the built-in demo model)
@@ -117,7 +118,7 @@ def _add_case_arguments(p) -> None:
 
 def _add_run_arguments(p) -> None:
     p.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: best available)")
-    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, else fp32")
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="default: fp16 on CUDA, else fp32")
     p.add_argument("--out", default=None, metavar="JSON", help="write the results here (e.g. results.json)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -5,6 +5,9 @@ import argparse
 
 from vidiff.cli.common import (MAX_FPS, MAX_FRAMES, MAX_SEED, MAX_SIDE, MIN_FPS, CLIError, check_device,
                                check_number, check_output_path, numbered_paths, write_outputs)
+from vidiff.models.options import CROSS_FRAME_MODES
+from vidiff.pipelines.schedulers import SCHEDULERS
+from vidiff.utils import DTYPES
 
 MAX_VIDEOS = 10_000  # clips in one run (prompts x --num-videos)
 MAX_STEPS = 1000  # sampling steps (the model's noise schedule may allow fewer)
@@ -47,12 +50,12 @@ def add_parser(sub):
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale, 1 = off (default: the model's)")
     p.add_argument("--scheduler", default=None,
-                   help="ddim | dpm-solver++ | euler | euler-ancestral | ddpm | unipc (default: the model's)")
+                   help=f"{' | '.join(SCHEDULERS)} (default: the model's)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="random seed; video i uses seed + i (default: random, recorded)")
     p.add_argument("--num-videos", type=int, default=1, help="videos per prompt (default: %(default)s)")
     p.add_argument("--fps", type=float, default=None, help="frame rate of the written clips (default: the model's)")
-    p.add_argument("--cross-frame", choices=("none", "first", "sparse-causal"), default=None,
+    p.add_argument("--cross-frame", choices=CROSS_FRAME_MODES, default=None,
                    help="override the model's cross-frame attention mode")
     p.add_argument("--window-size", type=int, default=None,
                    help="temporal window for long clips (default: the model's num_frames)")
@@ -61,7 +64,7 @@ def add_parser(sub):
                    help="noise of frames past the first window: fresh, or FreeNoise's reshuffled (default: %(default)s)")
     p.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default: %(default)s)")
     p.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: best available)")
-    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, else fp32")
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="default: fp16 on CUDA, else fp32")
     p.add_argument("--out", required=True, metavar="PATH", help="output clip, e.g. clip.mp4")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs of the same names (clip, sidecar, .gif, .png, _frames/)")

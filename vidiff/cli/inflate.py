@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from vidiff.cli.common import MAX_FPS, MAX_FRAMES, MIN_FPS, CLIError, check_number, check_writable
+from vidiff.models.options import CROSS_FRAME_MODES, STAGE_NAMES
 
 
 def add_parser(sub):
@@ -27,14 +28,14 @@ def add_parser(sub):
     p.add_argument("--out", required=True, metavar="DIR", help="pipeline folder to write")
     p.add_argument("--config", metavar="DIR", default=None,
                    help="for a single-file --base: a local diffusers SD pipeline folder with its configs")
-    p.add_argument("--cross-frame", choices=("none", "first", "sparse-causal"), default="none",
+    p.add_argument("--cross-frame", choices=CROSS_FRAME_MODES, default="none",
                    help="spatial self-attention across frames (default: %(default)s)")
     p.add_argument("--no-temporal-conv", action="store_true", help="do not add temporal convolutions")
     p.add_argument("--no-temporal-attention", action="store_true", help="do not add temporal attention layers")
     p.add_argument("--num-frames", type=int, default=16,
                    help="default clip length / temporal window written to vidiff.json (default: %(default)s)")
     p.add_argument("--fps", type=float, default=8, help="default frame rate written to vidiff.json (default: %(default)s)")
-    p.add_argument("--stage", choices=("base", "interpolation", "tsr", "ssr"), default="base",
+    p.add_argument("--stage", choices=STAGE_NAMES, default="base",
                    help="what the folder is: a text-to-video base, or a cascade stage with extra condition channels "
                         "(ssr also takes an SD x4 upscaler folder, keeping its conditioning) (default: %(default)s)")
     p.add_argument("--factor", type=int, default=None,

@@ -11,6 +11,8 @@ import secrets
 from pathlib import Path
 
 from vidiff.cli.common import CLIError, check_device, check_output_path, write_outputs
+from vidiff.pipelines.schedulers import SCHEDULERS
+from vidiff.utils import DTYPES
 
 # python argument name in error messages -> the flag the user typed
 FLAG_NAMES = (("num_inference_steps", "--steps"), ("guidance_scale", "--guidance"), ("scheduler", "--scheduler"))
@@ -25,10 +27,10 @@ def add_common_arguments(p, example_model: str = "runs/interpolation/pipeline") 
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance, 1 = off (default: the model's with --prompt, else 1)")
     p.add_argument("--scheduler", default=None,
-                   help="ddim | dpm-solver++ | euler | euler-ancestral | ddpm | unipc (default: the model's)")
+                   help=f"{' | '.join(SCHEDULERS)} (default: the model's)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, recorded in the sidecar)")
     p.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: best available)")
-    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, else fp32")
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="default: fp16 on CUDA, else fp32")
     p.add_argument("--out", required=True, metavar="PATH", help="output clip (.mp4, .gif, .png sheet, or a folder)")
     p.add_argument("--overwrite", action="store_true", help="replace --out (and its sidecar) if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

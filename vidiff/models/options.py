@@ -1,4 +1,4 @@
-"""The VideoUNet's string options, defined once: cross-frame attention modes and attention backend names.
+"""The string options, defined once: cross-frame attention modes, attention backend names and stage names.
 
 Torch-free on purpose: config validation and the CLI's `choices=` import these names without loading torch;
 the U-Net and the attention processors import the same names, so a mode added here is known everywhere.
@@ -11,6 +11,9 @@ Cross-frame modes say, for frame i of a clip, which frames its spatial self-atte
 
 Attention backends: "auto" resolves per device (xformers on CUDA when it runs, else PyTorch SDPA); "sdpa",
 "xformers" and "math" (plain einsum, the reference) can be forced. The kernels are in vidiff.models.attention.
+
+Stage names say what a U-Net's extra input channels hold ("base" has none); what each stage feeds the U-Net is
+vidiff.training.stages, and `vidiff.json` / the U-Net config record the name.
 
 Runtime options (attention backend, gradient checkpointing) are not the model's identity: they are never saved
 with a model, so a model saved on a CUDA machine with xformers loads on any machine (STYLE habit 15).
@@ -28,6 +31,10 @@ CROSS_FRAME_SOURCES: dict[str, Callable[[int], list[int]]] = {
 CROSS_FRAME_MODES: tuple[str, ...] = tuple(CROSS_FRAME_SOURCES)
 
 ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
+
+# The cascade stages (what each feeds the U-Net: vidiff.training.stages.STAGES) and all stage names.
+CASCADE_STAGES: tuple[str, ...] = ("interpolation", "tsr", "ssr")
+STAGE_NAMES: tuple[str, ...] = ("base", *CASCADE_STAGES)
 
 # VideoUNet options that belong to one run on one machine, never written into a saved model's config.
 RUNTIME_OPTIONS: tuple[str, ...] = ("attention_backend",)

@@ -10,7 +10,7 @@ Layout (what `vidiff inflate` and `vidiff train` write, `vidiff generate` / `edi
     scheduler/       the base model's diffusers scheduler config (the noise schedule; the sampler is chosen
                      by name at sampling time, vidiff.pipelines.schedulers)
 
-`read_info` reads only JSON (and the stage names), so the CLI can validate a request against a model before
+`read_info` reads only JSON (torch-free), so the CLI can validate a request against a model before
 loading any of it.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import math
 import os
 from pathlib import Path
 
-from vidiff.models.options import CROSS_FRAME_MODES
+from vidiff.models.options import STAGE_NAMES, check_cross_frame
 
 INFO_NAME = "vidiff.json"
 KIND = "text-to-video"
@@ -81,9 +81,7 @@ def read_info(path: str | os.PathLike) -> dict:
 
 
 def check_stage(stage: str, context: str = "") -> str:
-    """`stage` if it is a known stage name (vidiff.training.stages.STAGE_NAMES), else a ValueError."""
-    from vidiff.training.stages import STAGE_NAMES  # (imports torch: the stage names live with the stages)
-
+    """`stage` if it is a known stage name (vidiff.models.options.STAGE_NAMES), else a ValueError."""
     if not isinstance(stage, str) or stage not in STAGE_NAMES:
         raise ValueError(f"unknown stage {stage!r}{context}; use one of {', '.join(STAGE_NAMES)}")
     return stage
@@ -186,7 +184,7 @@ def inflate_pipeline(base: str | os.PathLike, out: str | os.PathLike, *, cross_f
 
     The U-Net gains temporal layers that start as the identity, so the result samples each frame as the
     image model would until it is trained. VAE, text encoder, tokenizer and noise schedule are kept as they are.
-    `stage` (vidiff.training.stages.STAGE_NAMES) is recorded in vidiff.json and the U-Net config; a cascade
+    `stage` (vidiff.models.options.STAGE_NAMES) is recorded in vidiff.json and the U-Net config; a cascade
     stage's `conditioning_channels` extra input channels are created zero-initialised, so the stage starts out
     as its base. `defaults` override vidiff.json's sampling defaults (`num_frames`, `height`, `fps`, ...).
     `seed` fixes the random parts of the temporal layers' initialisation, so the same base always gives the
@@ -196,8 +194,7 @@ def inflate_pipeline(base: str | os.PathLike, out: str | os.PathLike, *, cross_f
 
     from vidiff.models.loading import load_base_components
 
-    if cross_frame not in CROSS_FRAME_MODES:
-        raise ValueError(f"unknown cross-frame mode {cross_frame!r}; use one of {', '.join(CROSS_FRAME_MODES)}")
+    check_cross_frame(cross_frame)
     check_stage(stage)
     if isinstance(conditioning_channels, bool) or not isinstance(conditioning_channels, int) \
             or conditioning_channels < 0:

@@ -24,10 +24,9 @@ import json
 import os
 from pathlib import Path
 
-from vidiff.models.options import CROSS_FRAME_MODES
+from vidiff.models.options import CASCADE_STAGES, check_cross_frame
 from vidiff.pipelines.folder import make_info, read_scheduler_config, write_pipeline_folder
 
-CASCADE_STAGES = ("interpolation", "tsr", "ssr")
 # What `vidiff inflate --stage NAME` records when no factor is given.
 DEFAULT_FACTOR = {"interpolation": 2, "tsr": 2, "ssr": 2}
 
@@ -51,24 +50,19 @@ def default_stage_options(stage: str, factor: int | None = None, latent_channels
 
 
 def widen_unet(unet, conditioning_channels: int, *, stage: str):
-    """A copy of `unet` (a VideoUNet, its latent channel count known only once loaded) taking
-    `conditioning_channels` more input channels through zero-initialised `conv_in` columns, recorded as a
-    `stage` U-Net: the copy computes exactly what `unet` computes, whatever the condition."""
-    import torch
+    """A copy of `unet` (a freshly inflated VideoUNet without condition channels, its latent channel count
+    known only once loaded) taking `conditioning_channels` input channels through zero-initialised `conv_in`
+    columns, recorded as a `stage` U-Net: the copy computes exactly what `unet` computes, whatever the condition.
+    The widening is `VideoUNet.from_2d_weights`'s, the one `inflate_pipeline(conditioning_channels=)` uses."""
+    from vidiff.models.unet import OPTIONS, VideoUNet
 
-    from vidiff.models.unet import OPTIONS, VideoUNet, _spatial_from_checkpoint
-
+    if unet.conditioning_channels:
+        raise ValueError(f"widen_unet takes a U-Net without condition channels, got one with "
+                         f"{unet.conditioning_channels}")
     config = {k: v for k, v in unet.config.items() if k not in OPTIONS}
     options = {k: unet.config[k] for k in OPTIONS if k in unet.config}
-    options.update(conditioning_channels=unet.conditioning_channels + conditioning_channels, stage=stage)
-    state = dict(unet.state_dict())
-    weight = state["conv_in.weight"]                                     # (out, in, 3, 3)
-    state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], conditioning_channels,
-                                                                  *weight.shape[2:])], dim=1)
-    with _spatial_from_checkpoint():  # spatial modules on the meta device, filled from `state`
-        widened = VideoUNet(config, **options)
-    widened._load_spatial(state)
-    return widened
+    options.update(conditioning_channels=conditioning_channels, stage=stage)
+    return VideoUNet.from_2d_weights(config, unet.state_dict(), source=f"the inflated {stage} U-Net", **options)
 
 
 def add_level_embedding(unet) -> None:
@@ -102,8 +96,8 @@ def load_upscaler_components(folder: Path, **unet_options) -> dict:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from vidiff.models.loading import check_state_dict, load_component, load_unet_2d
-    from vidiff.models.unet import VideoUNet, _spatial_from_checkpoint
+    from vidiff.models.loading import load_component, load_unet_2d
+    from vidiff.models.unet import VideoUNet
 
     fix = "give a diffusers SD x4 upscaler folder (as StableDiffusionUpscalePipeline.save_pretrained writes it)"
     for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
@@ -117,12 +111,9 @@ def load_upscaler_components(folder: Path, **unet_options) -> dict:
         raise ValueError(f"{folder} is not an SD x4 upscaler: its U-Net should take {latent_channels} latent + 3 "
                          f"pixel channels and embed the noise level (num_class_embeds); got in_channels="
                          f"{unet_config.get('in_channels')}, num_class_embeds={unet_config.get('num_class_embeds')}")
-    with _spatial_from_checkpoint():  # conv_in keeps its 7 pretrained input columns: 4 latent + 3 condition
-        unet = VideoUNet(dict(unet_config, in_channels=latent_channels), conditioning_channels=3, stage="ssr",
-                         **unet_options)
-    check_state_dict({k: v.shape for k, v in unet.state_dict().items()}, state_dict,
-                     allow_missing=lambda key: ".temporal_" in key, source=str(folder / "unet"))
-    unet._load_spatial(state_dict)
+    # conv_in keeps its 7 pretrained input columns: 4 latent + 3 condition
+    unet = VideoUNet.from_2d_weights(dict(unet_config, in_channels=latent_channels), state_dict,
+                                     conditioning_channels=3, stage="ssr", source=str(folder / "unet"), **unet_options)
     low_res = read_scheduler_config(folder / "low_res_scheduler")
     index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
     from vidiff.training.stages import AUGMENTATION_SCHEDULE, MAX_NOISE_LEVEL, SAMPLING_NOISE_LEVEL
@@ -150,8 +141,7 @@ def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *
 
     if stage not in CASCADE_STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(CASCADE_STAGES)}")
-    if cross_frame not in CROSS_FRAME_MODES:
-        raise ValueError(f"unknown cross-frame mode {cross_frame!r}; use one of {', '.join(CROSS_FRAME_MODES)}")
+    check_cross_frame(cross_frame)
     upscaler = is_upscaler_folder(base)
     if upscaler and stage != "ssr":
         raise ValueError(f"{base} is an SD x4 upscaler: it can only become an ssr stage (--stage ssr)")

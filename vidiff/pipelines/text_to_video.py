@@ -27,7 +27,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from vidiff.pipelines.encoding import encode_text, encode_video
-from vidiff.models.options import CROSS_FRAME_MODES
+from vidiff.models.options import check_cross_frame
 from vidiff.pipelines.folder import make_info, read_info, spatial_factor, write_pipeline_folder
 from vidiff.pipelines.schedulers import check_scheduler_name, make_scheduler, max_inference_steps
 
@@ -617,8 +617,7 @@ def resolve_settings(info: dict, *, num_frames=None, height=None, width=None, nu
     if decode_chunk_size is not None and decode_chunk_size < 1:
         raise ValueError(f"decode_chunk_size must be >= 1 or None, got {decode_chunk_size}")
     check_scheduler_name(s["scheduler"])
-    if s["cross_frame"] not in CROSS_FRAME_MODES:
-        raise ValueError(f"unknown cross-frame mode {s['cross_frame']!r}; use one of {', '.join(CROSS_FRAME_MODES)}")
+    check_cross_frame(s["cross_frame"])
     # Long clips: windows of the trained length, overlapping by half (FreeNoise uses a quarter: smoother,
     # twice the U-Net calls).
     s["window_size"] = int(window_size if window_size is not None else defaults["num_frames"])
