@@ -213,3 +213,45 @@ def test_inflated_stage_has_zero_initialised_condition_channels(sd, tmp_path):
     kwargs = dict(num_inference_steps=2, seed=0, output_type="latent", progress=False)
     torch.testing.assert_close(stage("a red circle", condition=condition, **kwargs), base("a red circle", **kwargs),
                                atol=1e-6, rtol=0)
+
+
+def test_stage_channels_come_from_one_path(sd):
+    """`stage_folder.widen_unet` (cascade stages, whose channel count is known once the base is loaded) and
+    `VideoUNet.from_2d(conditioning_channels=k)` (what `inflate_pipeline` uses) make the same U-Net: both go
+    through `VideoUNet.from_2d_weights`."""
+    from vidiff import VideoUNet
+    from vidiff.pipelines.stage_folder import widen_unet
+
+    torch.manual_seed(0)
+    base = VideoUNet.from_2d(sd, "unet")
+    torch.manual_seed(0)
+    direct = VideoUNet.from_2d(sd, "unet", conditioning_channels=5, stage="interpolation")
+    widened = widen_unet(base, 5, stage="interpolation")
+    assert widened.config == direct.config and widened.config["stage"] == "interpolation"
+    expected, got = direct.state_dict(), widened.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0, msg=key)
+    weight = got["conv_in.weight"]
+    assert weight.shape[1] == base.in_channels + 5 and not weight[:, base.in_channels:].any()
+    torch.testing.assert_close(weight[:, :base.in_channels], base.state_dict()["conv_in.weight"], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="without condition channels"):
+        widen_unet(direct, 2, stage="interpolation")
+
+
+def test_read_info_and_stage_names_do_not_import_torch(tmp_path):
+    """The CLI checks a model folder (vidiff.json, stage names) before it loads torch."""
+    import subprocess
+    import sys
+
+    from vidiff.testing import make_tiny_video_pipeline
+
+    folder = make_tiny_video_pipeline(tmp_path / "video")
+    code = ("import sys; from vidiff.pipelines.folder import read_info; from vidiff.models.options import "
+            "STAGE_NAMES; info = read_info(sys.argv[1]); assert info['stage'] in STAGE_NAMES; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    from vidiff.training import stages
+
+    assert stages.STAGE_NAMES == ("base", "interpolation", "tsr", "ssr") == tuple(stages.STAGES)

@@ -215,7 +215,8 @@ def test_unknown_scheduler_lists_the_names(pipe):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"height": 18}, "multiple of 4"), ({"num_frames": 0}, "num_frames"), ({"num_inference_steps": 0}, "num_inference"),
-    ({"cross_frame": "all"}, "cross-frame"), ({"output_type": "pil"}, "output_type"),
+    ({"cross_frame": "all"}, "unknown cross_frame mode .all.; choose one of none, first"),
+    ({"output_type": "pil"}, "output_type"),
     # Found in QA: these failed deep inside torch / diffusers (TypeError, IndexError) or after the text encoding,
     # or were silently replaced by the defaults (window 0), or ran on (NaN guidance / eta).
     ({"height": 16.0}, "height must be an integer"), ({"num_inference_steps": 2.5}, "num_inference_steps must be"),

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES
+from vidiff.utils import write_json_atomic
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 STAGES = ("base", "interpolation", "ssr")  # cascade order
@@ -127,7 +128,7 @@ def write_checksums(root: str | Path = DEMO_DIR) -> Path:
     root = Path(root)
     table = {p.relative_to(root).as_posix(): sha256(p) for p in weight_files(root)}
     path = root / CHECKSUMS
-    path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(path, table)
     return path
 
 

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,8 +29,42 @@ MIN_FPS, MAX_FPS = 0.1, 1000.0  # frames per second a clip is written at (mp4 st
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed; video i uses seed + i
 
 
+# resolve_settings' argument names in its messages -> the flags users type (each command passes the names it has)
+SETTING_FLAGS = {"num_inference_steps": "--steps", "num_frames": "--num-frames", "guidance_scale": "--guidance",
+                 "window_stride": "--window-stride", "window_size": "--window-size",
+                 "decode_chunk_size": "--decode-chunk-size", "height": "--height", "width": "--width",
+                 "scheduler": "--scheduler"}
+
+
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+def in_flag_names(message: str, names, prefix: str = "--") -> str:
+    """`message` with each of `names` (python argument names, SETTING_FLAGS keys) spelled as its flag; `prefix`
+    replaces the flag's "--" (e.g. "stage 1 " for a cascade stage's setting)."""
+    for name in names:
+        message = message.replace(name, prefix + SETTING_FLAGS[name][2:])
+    return message
+
+
+def seed_or_random(seed: int | None) -> int:
+    """`--seed`, or a fresh random one when it is unset (the sidecar records it, so the run can be repeated)."""
+    return seed if seed is not None else secrets.randbelow(2**31)
+
+
+def probe_video_arg(path: str | os.PathLike, flag: str = "--video"):
+    """The header of the input video `flag` names (frame count, fps, size; no decoding), or a CLIError when it
+    is missing, a folder, or not a readable video."""
+    from vidiff.data.video_io import VideoReadError, probe_video
+
+    if not Path(path).is_file():
+        what = "is a folder, not a video file" if Path(path).is_dir() else "does not exist"
+        raise CLIError(f"{flag} {str(path)!r} {what}")
+    try:
+        return probe_video(path)
+    except VideoReadError as e:
+        raise CLIError(f"{flag} {str(path)!r} is not readable ({e.reason}); give a video file PyAV can open") from None
 
 
 def check_number(flag: str, value, low, high, what: str = "") -> None:
@@ -107,6 +142,17 @@ def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = Fal
                        "another --out")
     check_writable(out)
     return out
+
+
+def check_video_output(out: str | os.PathLike, video: str | os.PathLike, count: int = 1, **extras) -> Path:
+    """`--out` of a command that reads `--video`: never the input itself (said before any 'already exists'),
+    then every `check_output_path` rule (`extras`: gif, frames_dir, contact_sheet, overwrite). Returns `out`."""
+    if str(out) and Path(video).resolve() == Path(out).resolve():
+        raise CLIError("--out must differ from --video")
+    try:
+        return check_output_path(out, count, **extras)
+    except ValueError as e:  # e.g. video_format's "cannot tell the video format from ...": name the flag
+        raise CLIError(str(e) if str(e).startswith("--out") else f"--out {str(out)!r}: {e}") from None
 
 
 def output_paths(path: Path, gif: bool = False, frames_dir: bool = False, contact_sheet: bool = False) -> list[Path]:

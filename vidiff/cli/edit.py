@@ -5,13 +5,13 @@ import argparse
 import math
 from pathlib import Path
 
-from vidiff.cli.common import CLIError, check_device, check_output_path, write_outputs
+from vidiff.cli.common import (CLIError, check_device, check_video_output, in_flag_names, probe_video_arg,
+                               seed_or_random, write_outputs)
 from vidiff.models.options import CROSS_FRAME_MODES
 from vidiff.utils import DTYPES
 
-# python argument name in error messages -> the flag the user typed
-FLAG_NAMES = (("num_inference_steps", "--steps"), ("guidance_scale", "--guidance"), ("num_frames", "--num-frames"),
-              ("height", "--height"), ("width", "--width"))
+# the settings edit takes (their flags: vidiff.cli.common.SETTING_FLAGS)
+SETTING_NAMES = ("num_inference_steps", "guidance_scale", "num_frames", "height", "width")
 
 
 def add_parser(sub):
@@ -134,16 +134,9 @@ def _check_numbers(args, method: str) -> None:
 
 def _check_video(args, num_frames: int):
     """Probe --video and check the clip fits in it (header only: no decoding, no model)."""
-    from vidiff.data.video_io import VideoReadError, clip_indices, probe_video
+    from vidiff.data.video_io import clip_indices
 
-    path = Path(args.video)
-    if not path.is_file():
-        what = "is a folder, not a video file" if path.is_dir() else "does not exist"
-        raise CLIError(f"--video {args.video!r} {what}")
-    try:
-        source = probe_video(path)
-    except VideoReadError as e:
-        raise CLIError(f"--video {args.video!r} is not readable ({e.reason}); give a video file PyAV can open") from None
+    source = probe_video_arg(args.video)
     if args.fps is not None and not source.fps:
         raise CLIError(f"--video {args.video!r} has no frame rate in its header, so --fps cannot apply; use --stride")
     try:
@@ -164,10 +157,7 @@ def _settings(args, info: dict, model: str) -> dict:
                                 height=args.height, width=args.width, num_inference_steps=args.steps,
                                 guidance_scale=args.guidance)
     except (ValueError, FileNotFoundError) as e:
-        message = str(e)
-        for name, flag in FLAG_NAMES:
-            message = message.replace(name, flag)
-        raise CLIError(message) from None
+        raise CLIError(in_flag_names(str(e), SETTING_NAMES)) from None
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -178,19 +168,9 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 
 def _check_outputs(args, count: int) -> list[Path]:
-    if str(args.out) and Path(args.video).resolve() == Path(args.out).resolve():
-        raise CLIError("--out must differ from --video")
-    try:
-        out = check_output_path(args.out, count, contact_sheet=args.contact_sheet, overwrite=args.overwrite)
-    except ValueError as e:
-        raise CLIError(str(e) if str(e).startswith("--out") else f"--out {args.out!r}: {e}") from None
+    # the clips, their sidecars and contact sheets: existing ones only with --overwrite
+    out = check_video_output(args.out, args.video, count, contact_sheet=args.contact_sheet, overwrite=args.overwrite)
     paths = output_paths(out, count)
-    for path in paths:
-        sidecar = path.with_suffix(".json") if path.suffix else path.with_name(path.name + ".json")
-        targets = [path, sidecar] + ([path.with_suffix(".png")] if args.contact_sheet else [])
-        existing = [p for p in targets if p.exists()]
-        if existing and not args.overwrite:
-            raise CLIError(f"--out: {existing[0]} already exists; pass --overwrite to replace it or choose another --out")
     if args.save_tuned is not None:
         from vidiff.pipelines.folder import INFO_NAME
         from vidiff.utils import check_replaceable
@@ -204,8 +184,6 @@ def _check_outputs(args, count: int) -> list[Path]:
 
 
 def run(args) -> int:
-    import secrets
-
     from vidiff.pipelines.folder import read_info
 
     # Every check before the model loads: a typo costs no time.
@@ -232,7 +210,7 @@ def run(args) -> int:
             raise CLIError(f"--cache-inversion: {e}") from None
     device = check_device(args.device)
     dtype = args.dtype or ("fp32" if method == "tune" and args.tuned is None else None)
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    seed = seed_or_random(args.seed)
     return _edit(args, model, method, prompts, settings, source, indices, paths, cache, device, dtype, seed)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidiff.cli.common import CLIError
+from vidiff.cli.common import CLIError, in_flag_names
 from vidiff.utils import DTYPES
 
 SHAPES_EPILOG = """examples:
@@ -188,12 +188,8 @@ def _resolve(info: dict, model, **requested) -> dict:
     try:
         return resolve_settings(info, max_steps=max_inference_steps(schedule), **requested)
     except ValueError as e:
-        message = str(e)
-        for name, flag in (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
-                           ("guidance_scale", "--guidance"), ("height", "--height"), ("width", "--width"),
-                           ("scheduler", "--scheduler")):
-            message = message.replace(name, flag)
-        raise CLIError(message) from None
+        raise CLIError(in_flag_names(str(e), ("num_inference_steps", "num_frames", "guidance_scale", "height",
+                                               "width", "scheduler"))) from None
 
 
 def _command(args, seeds: list[int], flags: tuple[str, ...]) -> str:

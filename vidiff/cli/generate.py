@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from vidiff.cli.common import (MAX_FPS, MAX_FRAMES, MAX_SEED, MAX_SIDE, MIN_FPS, CLIError, check_device,
-                               check_number, check_output_path, numbered_paths, write_outputs)
+from vidiff.cli.common import (MAX_FPS, MAX_FRAMES, MAX_SEED, MAX_SIDE, MIN_FPS, SETTING_FLAGS, CLIError,
+                               check_device, check_number, check_output_path, in_flag_names, numbered_paths,
+                               seed_or_random, write_outputs)
 from vidiff.models.options import CROSS_FRAME_MODES
 from vidiff.pipelines.schedulers import SCHEDULERS
 from vidiff.utils import DTYPES
@@ -81,7 +82,6 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import secrets
     import time
     from pathlib import Path
 
@@ -127,7 +127,7 @@ def run(args) -> int:
     settings = _settings(args, info, max_inference_steps(schedule))
     out = check_output_path(args.out, len(prompts) * args.num_videos, gif=args.gif, frames_dir=args.frames_dir,
                             contact_sheet=args.contact_sheet, overwrite=args.overwrite)
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    seed = seed_or_random(args.seed)
     fps = args.fps if args.fps is not None else info["defaults"].get("fps", 8)
     paths = numbered_paths(out, len(prompts) * args.num_videos)
     device = check_device(args.device)
@@ -220,13 +220,7 @@ def _settings(args, info: dict, max_steps: int) -> dict:
                                 window_size=args.window_size, window_stride=args.window_stride,
                                 decode_chunk_size=args.decode_chunk_size)
     except ValueError as e:  # name the flag, not the Python argument
-        message = str(e)
-        for name, flag in (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
-                           ("guidance_scale", "--guidance"), ("window_stride", "--window-stride"),
-                           ("window_size", "--window-size"), ("decode_chunk_size", "--decode-chunk-size"),
-                           ("height", "--height"), ("width", "--width"), ("scheduler", "--scheduler")):
-            message = message.replace(name, flag)
-        raise CLIError(message) from None
+        raise CLIError(in_flag_names(str(e), SETTING_FLAGS)) from None
 
 
 def _sidecar(args, settings: dict, pipe, *, prompt: str, seed: int, fps: float, seconds: float) -> dict:

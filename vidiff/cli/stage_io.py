@@ -7,15 +7,15 @@ setting, the input and the seed, so a run can be repeated.
 from __future__ import annotations
 
 import math
-import secrets
 from pathlib import Path
 
-from vidiff.cli.common import CLIError, check_device, check_output_path, write_outputs
+from vidiff.cli.common import (CLIError, check_device, check_output_path, check_video_output, in_flag_names,
+                               probe_video_arg, seed_or_random, write_outputs)
 from vidiff.pipelines.schedulers import SCHEDULERS
 from vidiff.utils import DTYPES
 
-# python argument name in error messages -> the flag the user typed
-FLAG_NAMES = (("num_inference_steps", "--steps"), ("guidance_scale", "--guidance"), ("scheduler", "--scheduler"))
+# the settings these commands take (their flags: vidiff.cli.common.SETTING_FLAGS)
+SETTING_NAMES = ("num_inference_steps", "guidance_scale", "scheduler")
 
 
 def add_common_arguments(p, example_model: str = "runs/interpolation/pipeline") -> None:
@@ -53,12 +53,7 @@ def read_stage_info(model: str, stages: tuple[str, ...], command: str) -> dict:
 
 def probe_input(path: str):
     """Frame count, fps and size of `--video` from its header (no decoding)."""
-    from vidiff.data.video_io import probe_video
-
-    if not Path(path).is_file():
-        what = "is a folder, not a video file" if Path(path).is_dir() else "does not exist"
-        raise CLIError(f"--video {path!r} {what}")
-    video = probe_video(path)
+    video = probe_video_arg(path)
     if not (math.isfinite(video.fps) and video.fps > 0):
         raise CLIError(f"--video {path!r} has no frame rate in its header; re-encode it (e.g. ffmpeg -r 8)")
     return video
@@ -76,24 +71,14 @@ def check_settings(args, info: dict) -> dict:
         settings = resolve_settings(info, max_steps=max_inference_steps(schedule), num_inference_steps=args.steps,
                                     guidance_scale=guidance, scheduler=args.scheduler)
     except (ValueError, FileNotFoundError) as e:
-        message = str(e)
-        for name, flag in FLAG_NAMES:
-            message = message.replace(name, flag)
-        raise CLIError(message) from None
+        raise CLIError(in_flag_names(str(e), SETTING_NAMES)) from None
     return {"steps": settings["num_inference_steps"], "guidance": settings["guidance_scale"],
             "scheduler": settings["scheduler"]}
 
 
 def check_output(args) -> Path:
-    """--out: a writable video name, not the input, existing only with --overwrite."""
-    if str(args.out) and Path(args.video).resolve() == Path(args.out).resolve():
-        raise CLIError("--out must differ from --video")
-    out = check_output_path(args.out, overwrite=args.overwrite)
-    sidecar = out.with_suffix(".json") if out.suffix else out.with_name(out.name + ".json")
-    existing = [p for p in (out, sidecar) if p.exists()]
-    if existing and not args.overwrite:
-        raise CLIError(f"--out: {existing[0]} already exists; pass --overwrite to replace it or choose another --out")
-    return out
+    """--out: a writable video name, not the input, existing (with its sidecar) only with --overwrite."""
+    return check_video_output(args.out, args.video, overwrite=args.overwrite)
 
 
 def load_stage(args):
@@ -113,7 +98,7 @@ def load_stage(args):
 
 
 def seed_of(args) -> int:
-    return args.seed if args.seed is not None else secrets.randbelow(2**31)
+    return seed_or_random(args.seed)
 
 
 def write_result(args, pipe, out: Path, video, fps: float, sidecar: dict, summary: str) -> None:
@@ -151,10 +136,7 @@ def _cascade_settings(args, specs) -> list[dict]:
             s = resolve_settings(spec.info, max_steps=max_inference_steps(read_scheduler_config(spec.model / "scheduler")),
                                  num_inference_steps=steps, guidance_scale=guidance, scheduler=scheduler)
         except (ValueError, FileNotFoundError) as e:
-            message = str(e)
-            for name, flag in FLAG_NAMES:
-                message = message.replace(name, flag if ours else f"stage {i} {flag[2:]}")
-            raise CLIError(message) from None
+            raise CLIError(in_flag_names(str(e), SETTING_NAMES, "--" if ours else f"stage {i} ")) from None
         resolved.append({"model": str(spec.model.resolve()), "stage": spec.stage, "steps": s["num_inference_steps"],
                          "guidance": s["guidance_scale"], "scheduler": s["scheduler"]})
     return resolved

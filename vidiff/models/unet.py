@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from vidiff.models.attention import VideoAttnProcessor, check_backend
 from vidiff.models.options import RUNTIME_OPTIONS, check_cross_frame
 from vidiff.models.temporal import TemporalAttention, TemporalConv
-from vidiff.utils import atomic_dir, check_replaceable, save_safetensors_atomic
+from vidiff.utils import atomic_dir, check_replaceable, save_safetensors_atomic, write_json_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -384,7 +384,7 @@ class VideoUNet(nn.Module):
                           "choose a new or empty folder (save_pretrained replaces the whole folder)")
         with atomic_dir(directory) as tmp:
             config = dict(self.config, _class_name="VideoUNet", _vidiff_version=vidiff.__version__)
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            write_json_atomic(tmp / CONFIG_NAME, config)
             save_safetensors_atomic(self.state_dict(), tmp / WEIGHTS_NAME, metadata={"format": "pt"})
 
     @classmethod

@@ -139,7 +139,7 @@ def write_pipeline_folder(path: str | os.PathLike, *, unet, text_encoder, tokeni
                           vae=None, info: dict) -> Path:
     """Write a complete pipeline folder atomically (a crash leaves any old folder at `path` untouched). An
     existing `path` is replaced only if it is an earlier pipeline folder (has vidiff.json) or empty."""
-    from vidiff.utils import atomic_dir, check_replaceable
+    from vidiff.utils import atomic_dir, check_replaceable, write_json_atomic
 
     path = Path(path)
     check_replaceable(path, lambda p: (p / INFO_NAME).is_file(), f"a vidiff pipeline folder (no {INFO_NAME})",
@@ -152,7 +152,7 @@ def write_pipeline_folder(path: str | os.PathLike, *, unet, text_encoder, tokeni
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2) + "\n")
-        (tmp / INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(tmp / INFO_NAME, info)
     return path
 
 

@@ -31,9 +31,10 @@ from vidiff.pipelines.folder import make_info, read_scheduler_config, write_pipe
 DEFAULT_FACTOR = {"interpolation": 2, "tsr": 2, "ssr": 2}
 
 
-def default_stage_options(stage: str, factor: int | None = None, latent_channels: int = 4) -> dict:
-    """`stage_options` of a fresh stage (checked by building the training stage from them)."""
-    from vidiff.training.stages import MASK_MODES, SAMPLING_NOISE_LEVEL, make_stage
+def fresh_stage(stage: str, factor: int | None = None, latent_channels: int = 4):
+    """The training stage (vidiff.training.stages) a fresh stage folder describes: its options are the folder's
+    `stage_options`, its `conditioning_channels` the U-Net's extra input channels."""
+    from vidiff.training.stages import MASK_MODES, make_stage
 
     if stage not in CASCADE_STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(CASCADE_STAGES)}")
@@ -43,7 +44,14 @@ def default_stage_options(stage: str, factor: int | None = None, latent_channels
         options = {"mask_factors": [factor] if factor else [2, 4], "mask_modes": list(MASK_MODES)}
     else:
         options = {"factor": factor or DEFAULT_FACTOR[stage]}
-    options = make_stage(stage, latent_channels=latent_channels, **options).options()
+    return make_stage(stage, latent_channels=latent_channels, **options)
+
+
+def default_stage_options(stage: str, factor: int | None = None, latent_channels: int = 4) -> dict:
+    """`stage_options` of a fresh stage (checked by building the training stage from them)."""
+    from vidiff.training.stages import SAMPLING_NOISE_LEVEL
+
+    options = fresh_stage(stage, factor, latent_channels).options()
     if stage == "ssr":
         options["noise_level"] = SAMPLING_NOISE_LEVEL  # sampling default of the condition's augmentation level
     return options
@@ -159,7 +167,7 @@ def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *
             parts = load_base_components(base, config=config, **unet_options)
             latent_channels = parts["unet"].in_channels
             options = default_stage_options(stage, factor, latent_channels)
-            extra = latent_channels + 1 if stage == "interpolation" else latent_channels
+            extra = fresh_stage(stage, factor, latent_channels).conditioning_channels  # the Stage says how many
             parts["unet"] = widen_unet(parts["unet"], extra, stage=stage)
             if stage == "ssr":
                 add_level_embedding(parts["unet"])
