@@ -25,14 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sampling import PROMPT, build  # noqa: E402  (the same SD-shaped model as the sampling benchmark)
-
-
-def _proc_status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from bench_train import _proc_status_mb  # noqa: E402  (the one /proc/self/status reader)
 
 
 class PeakMemory:

@@ -25,8 +25,6 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import time
-
     from vidiff.pipelines.cascade import check_pixels, check_extension, extend_video
 
     info = stage_io.read_stage_info(args.model, ("interpolation",), "extend")
@@ -40,16 +38,12 @@ def run(args) -> int:
         check_pixels(info, source.height, source.width, f"--model {args.model}")
     except ValueError as e:
         raise CLIError(f"--video {args.video}: {e}") from None
-    settings = stage_io.check_settings(args, info)
-    out = stage_io.check_output(args)
-    seed = stage_io.seed_of(args)
 
-    pipe, frames = stage_io.load_stage(args)
-    start = time.perf_counter()
-    video = extend_video(pipe, frames, args.prompt, num_frames=args.frames, context_frames=context, seed=seed,
-                         negative_prompt=args.negative, progress=not args.quiet, **settings)
-    sidecar = {"command": "extend", "stage": "interpolation", "new_frames": args.frames, "context_frames": context,
-               "seed": seed, "input_frames": len(frames), "input_fps": source.fps, **settings,
-               "seconds": round(time.perf_counter() - start, 3)}
-    stage_io.write_result(args, pipe, out, video, source.fps, sidecar, f"{len(frames)} frames + {args.frames}")
-    return 0
+    def sample(pipe, frames, settings: dict, seed: int):
+        video = extend_video(pipe, frames, args.prompt, num_frames=args.frames, context_frames=context, seed=seed,
+                             negative_prompt=args.negative, progress=not args.quiet, **settings)
+        fields = {"command": "extend", "stage": "interpolation", "new_frames": args.frames,
+                  "context_frames": context, "input_fps": source.fps}
+        return video, source.fps, fields, f"{len(frames)} frames + {args.frames}"
+
+    return stage_io.sample_and_write(args, info, sample)

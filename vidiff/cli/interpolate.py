@@ -26,8 +26,6 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import time
-
     from vidiff.pipelines.cascade import check_factor, interpolate_video, stage_name, stage_output_size
 
     info = stage_io.read_stage_info(args.model, ("interpolation", "tsr"), "interpolate")
@@ -41,17 +39,11 @@ def run(args) -> int:
                           where=f"--model {args.model}")
     except ValueError as e:
         raise CLIError(f"--video {args.video}: {e}") from None
-    settings = stage_io.check_settings(args, info)
-    out = stage_io.check_output(args)
-    seed = stage_io.seed_of(args)
 
-    pipe, frames = stage_io.load_stage(args)
-    start = time.perf_counter()
-    video = interpolate_video(pipe, frames, args.prompt, factor=factor, seed=seed, negative_prompt=args.negative,
-                              progress=not args.quiet, **settings)
-    fps = source.fps * factor
-    sidecar = {"command": "interpolate", "stage": stage_name(info), "factor": factor, "seed": seed,
-               "input_frames": len(frames), "input_fps": source.fps, **settings,
-               "seconds": round(time.perf_counter() - start, 3)}
-    stage_io.write_result(args, pipe, out, video, fps, sidecar, f"{len(frames)} frames x{factor} ({stage_name(info)})")
-    return 0
+    def sample(pipe, frames, settings: dict, seed: int):
+        video = interpolate_video(pipe, frames, args.prompt, factor=factor, seed=seed, negative_prompt=args.negative,
+                                  progress=not args.quiet, **settings)
+        fields = {"command": "interpolate", "stage": stage_name(info), "factor": factor, "input_fps": source.fps}
+        return video, source.fps * factor, fields, f"{len(frames)} frames x{factor} ({stage_name(info)})"
+
+    return stage_io.sample_and_write(args, info, sample)

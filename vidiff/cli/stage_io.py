@@ -101,6 +101,25 @@ def seed_of(args) -> int:
     return seed_or_random(args.seed)
 
 
+def sample_and_write(args, info: dict, sample) -> int:
+    """What interpolate / extend / upscale do once their own checks pass: the settings, --out and the seed
+    checked, the stage and the input loaded, `sample(pipe, frames, settings, seed) -> (video, fps, sidecar
+    fields, summary)` timed, the clip and its sidecar written."""
+    import time
+
+    settings = check_settings(args, info)
+    out = check_output(args)
+    seed = seed_of(args)
+
+    pipe, frames = load_stage(args)
+    start = time.perf_counter()
+    video, fps, fields, summary = sample(pipe, frames, settings, seed)
+    sidecar = {**fields, "seed": seed, "input_frames": len(frames), **settings,
+               "seconds": round(time.perf_counter() - start, 3)}
+    write_result(args, pipe, out, video, fps, sidecar, summary)
+    return 0
+
+
 def write_result(args, pipe, out: Path, video, fps: float, sidecar: dict, summary: str) -> None:
     """Write the clip (`video` `(1, 3, f, h, w)` in [-1, 1]) and its sidecar; print one line."""
     import vidiff

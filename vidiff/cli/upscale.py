@@ -26,8 +26,6 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import time
-
     from vidiff.pipelines.cascade import check_noise_level, stage_output_size, upscale_video
 
     info = stage_io.read_stage_info(args.model, ("ssr",), "upscale")
@@ -41,17 +39,13 @@ def run(args) -> int:
                                          where=f"--model {args.model}")
     except ValueError as e:
         raise CLIError(f"--video {args.video}: {e}") from None
-    settings = stage_io.check_settings(args, info)
-    out = stage_io.check_output(args)
-    seed = stage_io.seed_of(args)
-
-    pipe, frames = stage_io.load_stage(args)
-    start = time.perf_counter()
-    video = upscale_video(pipe, frames, args.prompt, noise_level=level, seed=seed, negative_prompt=args.negative,
-                          progress=not args.quiet, **settings)
     factor = height // source.height
-    sidecar = {"command": "upscale", "stage": "ssr", "factor": factor, "noise_level": level, "seed": seed,
-               "input_frames": len(frames), "input_height": source.height, "input_width": source.width,
-               **settings, "seconds": round(time.perf_counter() - start, 3)}
-    stage_io.write_result(args, pipe, out, video, source.fps, sidecar, f"{source.width}x{source.height} x{factor}")
-    return 0
+
+    def sample(pipe, frames, settings: dict, seed: int):
+        video = upscale_video(pipe, frames, args.prompt, noise_level=level, seed=seed, negative_prompt=args.negative,
+                              progress=not args.quiet, **settings)
+        fields = {"command": "upscale", "stage": "ssr", "factor": factor, "noise_level": level,
+                  "input_height": source.height, "input_width": source.width}
+        return video, source.fps, fields, f"{source.width}x{source.height} x{factor}"
+
+    return stage_io.sample_and_write(args, info, sample)

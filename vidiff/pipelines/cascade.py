@@ -30,17 +30,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from einops import rearrange
 
 from vidiff.pipelines.folder import read_info, spatial_factor
 from vidiff.pipelines.schedulers import check_scheduler_name
+from vidiff.pipelines.text_to_video import as_video
 
 CASCADE_FILE = "cascade.yaml"
 STAGE_KEYS = ("model", "steps", "guidance", "scheduler", "noise_level", "factor")
@@ -272,19 +270,6 @@ def plan_cascade(specs: list[StageSpec], num_frames: int, height: int, width: in
 # ---------------------------------------------------------------------------------------------------------------
 # Running one stage on a video
 # ---------------------------------------------------------------------------------------------------------------
-def as_video(frames, device=None) -> torch.Tensor:
-    """`(b, 3, f, h, w)` floats in [-1, 1] from such a tensor or one uint8 video `(f, h, w, 3)` (as read)."""
-    if isinstance(frames, np.ndarray):
-        frames = torch.from_numpy(frames)
-    if frames.dtype == torch.uint8:
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"uint8 frames must have shape (f, h, w, 3), got {tuple(frames.shape)}")
-        frames = rearrange(frames, "f h w c -> 1 c f h w").float() / 127.5 - 1
-    if frames.ndim != 5 or frames.shape[1] != 3:
-        raise ValueError(f"video must have shape (b, 3, f, h, w) in [-1, 1], got {tuple(frames.shape)}")
-    return frames.float().to(device) if device is not None else frames.float()
-
-
 def _prompts(prompt, count: int) -> list[str]:
     prompts = [prompt] * count if isinstance(prompt, str) else list(prompt)
     if len(prompts) != count or not all(isinstance(p, str) for p in prompts):

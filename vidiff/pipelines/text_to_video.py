@@ -103,6 +103,20 @@ def make_generators(num_videos: int, generator=None, seed: int | None = None) ->
     return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
 
+def as_video(frames, device=None) -> torch.Tensor:
+    """`(b, 3, f, h, w)` floats in [-1, 1] from such a tensor or one uint8 video `(f, h, w, 3)` (numpy or torch,
+    as `vidiff.data.video_io` reads it); the inverse of `to_uint8`."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(frames)
+    if frames.dtype == torch.uint8:
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"uint8 frames must have shape (f, h, w, 3), got {tuple(frames.shape)}")
+        frames = rearrange(frames, "f h w c -> 1 c f h w").float() / 127.5 - 1
+    if frames.ndim != 5 or frames.shape[1] != 3:
+        raise ValueError(f"video must have shape (b, 3, f, h, w) in [-1, 1], got {tuple(frames.shape)}")
+    return frames.float().to(device) if device is not None else frames.float()
+
+
 def to_uint8(video: torch.Tensor) -> np.ndarray:
     """`(c, f, h, w)` in [-1, 1] -> uint8 `(f, h, w, 3)` (rounded, not truncated)."""
     video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -250,14 +264,7 @@ class VideoPipeline:
         frames: `(b, 3, f, h, w)` floats in [-1, 1], or one video as uint8 `(f, h, w, 3)` (numpy or torch), as
         `vidiff.data.video_io` reads it. The VAE's posterior mean is used (`encoding.encode_video` says why).
         """
-        if isinstance(frames, np.ndarray):
-            frames = torch.from_numpy(frames)
-        if frames.dtype == torch.uint8:
-            if frames.ndim != 4 or frames.shape[-1] != 3:
-                raise ValueError(f"uint8 frames must have shape (f, h, w, 3), got {tuple(frames.shape)}")
-            frames = rearrange(frames, "f h w c -> 1 c f h w").float() / 127.5 - 1
-        if frames.ndim != 5 or frames.shape[1] != 3:
-            raise ValueError(f"frames must have shape (b, 3, f, h, w) in [-1, 1], got {tuple(frames.shape)}")
+        frames = as_video(frames)
         if frames.shape[-2] % self.vae_scale_factor or frames.shape[-1] % self.vae_scale_factor:
             raise ValueError(f"frame height and width must be multiples of the VAE's factor {self.vae_scale_factor}, "
                              f"got {frames.shape[-2]}x{frames.shape[-1]}")
