@@ -517,6 +517,11 @@ def test_rotated_videos_read_upright(tmp_path, rotation, backend):
     corner = {90: (slice(-8, None), slice(0, 4)), 180: (slice(-4, None), slice(-8, None)),
               270: (slice(0, 8), slice(-4, None))}[rotation]
     assert block[corner].mean() > 0.9 and block.mean() < 0.3
+    # The rotation is read once per file version: a file replaced at the same path is read again.
+    import os
+
+    os.replace(write_rotated(tmp_path / "new.mp4", 0), path)
+    assert probe_video(path).rotation == 0 and read_video(path, backend=backend).frames.shape == (3, 24, 32, 3)
 
 
 def write_variable_rate(path, pts_ms):

@@ -14,6 +14,7 @@ repeating the last row / column; NTSC rates such as 29.97 are stored exactly as 
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -203,15 +204,23 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 def _display_rotation(path: Path) -> int:
     """The display matrix's rotation (ISO/IEC 14496-12 `tkhd` matrix, as FFmpeg reads it into frame side data),
     in degrees counterclockwise, one of 0 / 90 / 180 / 270. Phones store sideways sensor frames with a matrix.
-    Read from the first decoded frame (PyAV has no stream-level getter); a file that does not decode says 0 here
-    and fails where its frames are read."""
+    Read from the first decoded frame (PyAV has no stream-level getter), once per file version: datasets probe
+    a file at every load."""
+    stat = path.stat()
+    return _first_frame_rotation(str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=65536)
+def _first_frame_rotation(path: str, inode: int, mtime_ns: int, size: int) -> int:
+    """(Inode, time and size key the cache: a replaced or rewritten file is read again.) A file that does not decode says 0
+    here and fails where its frames are read, with the reader's reason."""
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(path) as container:
             for frame in container.decode(video=0):
                 return int(round(float(getattr(frame, "rotation", 0) or 0) / 90)) % 4 * 90
-    except Exception:  # damaged files are reported by the reader, with its reason
+    except Exception:
         return 0
     return 0
 
