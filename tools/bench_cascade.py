@@ -142,12 +142,14 @@ def table(rows: list[dict], device: str) -> str:
 
 
 def main() -> None:
+    from vidiff.utils import DTYPES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=4, help="base frames (default: %(default)s)")
     parser.add_argument("--latent", type=int, default=8, help="base latent size; pixels = 8x (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=4, help="sampling steps per stage (default: %(default)s)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--dtype", default="fp32", choices=DTYPES)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)

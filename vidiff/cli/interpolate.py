@@ -5,6 +5,7 @@ import argparse
 
 from vidiff.cli import stage_io
 from vidiff.cli.common import CLIError
+from vidiff.models.options import TEMPORAL_STAGES
 
 
 def add_parser(sub):
@@ -28,7 +29,7 @@ def add_parser(sub):
 def run(args) -> int:
     from vidiff.pipelines.cascade import check_factor, interpolate_video, stage_name, stage_output_size
 
-    info = stage_io.read_stage_info(args.model, ("interpolation", "tsr"), "interpolate")
+    info = stage_io.read_stage_info(args.model, TEMPORAL_STAGES, "interpolate")
     try:
         factor = check_factor(info, args.factor, f"--model {args.model}")
     except ValueError as e:

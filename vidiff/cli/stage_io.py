@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vidiff.cli.common import (CLIError, check_device, check_output_path, check_video_output, in_flag_names,
                                probe_video_arg, seed_or_random, write_outputs)
+from vidiff.models.options import TEMPORAL_STAGES
 from vidiff.pipelines.schedulers import SCHEDULERS
 from vidiff.utils import DTYPES
 
@@ -224,7 +225,7 @@ def generate_cascade(args, prompts: list[str]) -> int:
     pipe = CascadePipeline.from_pretrained(source, device=device, dtype=args.dtype)
     rates = [base_fps]  # fps after each stage: the temporal stages multiply it by their factor
     for spec in specs[1:]:
-        rates.append(rates[-1] * (_factor(spec) if spec.stage in ("interpolation", "tsr") else 1))
+        rates.append(rates[-1] * (_factor(spec) if spec.stage in TEMPORAL_STAGES else 1))
     for index, path in enumerate(paths):
         prompt = prompts[index // args.num_videos]
         start = time.perf_counter()
@@ -268,7 +269,7 @@ def _stage_extra(spec) -> dict:
     """The stage-specific settings a sidecar records (factor, noise level)."""
     from vidiff.pipelines.cascade import check_noise_level
 
-    if spec.stage in ("interpolation", "tsr"):
+    if spec.stage in TEMPORAL_STAGES:
         return {"factor": _factor(spec)}
     if spec.stage == "ssr":
         return {"factor": _factor(spec), "noise_level": check_noise_level(spec.info, spec.noise_level, str(spec.model))}

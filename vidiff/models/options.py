@@ -35,6 +35,8 @@ ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
 # The cascade stages (what each feeds the U-Net: vidiff.training.stages.STAGES) and all stage names.
 CASCADE_STAGES: tuple[str, ...] = ("interpolation", "tsr", "ssr")
 STAGE_NAMES: tuple[str, ...] = ("base", *CASCADE_STAGES)
+# The stages that raise the frame rate (the others keep it): interpolation and temporal super-resolution.
+TEMPORAL_STAGES: tuple[str, ...] = ("interpolation", "tsr")
 
 # VideoUNet options that belong to one run on one machine, never written into a saved model's config.
 RUNTIME_OPTIONS: tuple[str, ...] = ("attention_backend",)

@@ -36,13 +36,13 @@ from pathlib import Path
 
 import torch
 
+from vidiff.models.options import TEMPORAL_STAGES
 from vidiff.pipelines.folder import read_info, spatial_factor
 from vidiff.pipelines.schedulers import check_scheduler_name
 from vidiff.pipelines.text_to_video import as_video
 
 CASCADE_FILE = "cascade.yaml"
 STAGE_KEYS = ("model", "steps", "guidance", "scheduler", "noise_level", "factor")
-TEMPORAL_STAGES = ("interpolation", "tsr")
 
 
 # ---------------------------------------------------------------------------------------------------------------
