@@ -19,12 +19,7 @@ REAL_VIDEOS = next((p / "shared" / "data" / "videos" for p in Path(__file__).res
                     if (p / "shared" / "data" / "videos").is_dir()), Path("/nonexistent"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,7 @@ TINY = REPO / "configs" / "train" / "tiny.yaml"
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are dominated by per-op overhead: one intra-op thread is as fast alone and much faster on a
-    shared, loaded machine (measured 4x here). Restored afterwards for the other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS="1")

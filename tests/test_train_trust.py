@@ -25,12 +25,7 @@ SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS="1")
 SUBPROCESS_ENV.pop("VIDIFF_DEBUG", None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
