@@ -12,6 +12,8 @@ Steps (each skipped when its output exists; `--resume auto` continues an interru
     ssr            `vidiff inflate --stage ssr` of it, trained x2 (32 -> 64 pixels)
     publish        the models in fp16 + logs, loss curves, commands and checksums into vidiff/assets/demo/
     gallery        docs/demo.gif: the published cascade's clips for six prompts, each with its prompt
+    scratch        (not in the default run) the base's video U-Net trained from a random start with the same
+                   data and steps: the inflation ablation (both save EMA snapshots every base.snapshot_every)
 Work goes to --work (default runs/demo): data is made in memory from vidiff.data.synthetic, so nothing but torch
 and the repo is needed (it runs as it is on a GPU machine). Configuration: configs/demo/demo.yaml.
 """
@@ -38,7 +40,7 @@ from vidiff import demo  # noqa: E402
 from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES, make_clip, sample_specs  # noqa: E402
 from vidiff.utils import atomic_dir, atomic_path, save_safetensors_atomic  # noqa: E402
 
-STEPS = ("text", "t2i", "base", "interpolation", "ssr", "publish", "gallery")
+STEPS = ("text", "t2i", "base", "interpolation", "ssr", "publish", "gallery", "scratch")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,9 +203,10 @@ def load_checkpoint(folder: Path, unet, ema, optimizer, device) -> int:
 
 
 def train_loop(unet, stage, batch_fn, run: dict, work: Path, scheduler_cfg: dict, device, resume: str,
-               label: str) -> None:
+               label: str, snapshot=None) -> None:
     """Train `unet` with `stage.loss` on batches `batch_fn(generator, batch_size) -> (pixels, embeddings)`;
-    EMA weights are copied into `unet` at the end. Checkpoints and train_log.csv go to `work`."""
+    EMA weights are copied into `unet` at the end. Checkpoints and train_log.csv go to `work`; every
+    `run["snapshot_every"]` steps `snapshot(step)` is called with the EMA weights swapped into `unet`."""
     from diffusers import DDPMScheduler
 
     from vidiff.training.ema import EMA
@@ -251,6 +254,9 @@ def train_loop(unet, stage, batch_fn, run: dict, work: Path, scheduler_cfg: dict
         if step % run["checkpoint_every"] == 0 or step == run["steps"]:
             write_log(rows, log_path)
             save_checkpoint(work, step, unet, ema, optimizer)
+        if snapshot is not None and run.get("snapshot_every") and step % run["snapshot_every"] == 0:
+            with ema.swapped_in(params):
+                snapshot(step)
     ema.copy_to(params)
     unet.eval()
 
@@ -364,8 +370,11 @@ def scheduler_config(cfg: dict) -> dict:
     return dict(cfg["scheduler"], _class_name="DDPMScheduler")
 
 
-def step_base(ctx: Context) -> None:
-    """Inflate the text-to-image model (`vidiff inflate`'s code) and train all weights on 8-frame clips."""
+def step_base(ctx: Context, name: str = "base") -> None:
+    """Inflate the text-to-image model (`vidiff inflate`'s code) and train all weights on 8-frame clips.
+    name="scratch": the same video U-Net and training from a random start (the inflation ablation)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
     from vidiff.models.unet import VideoUNet
     from vidiff.pipelines.folder import inflate_pipeline, read_info, write_pipeline_folder
     from vidiff.training.stages import make_stage
@@ -373,27 +382,31 @@ def step_base(ctx: Context) -> None:
     cfg, init = ctx.cfg, ctx.work / "base" / "inflated"
     if not (init / "vidiff.json").is_file():
         inflate_pipeline(ctx.work / "t2i" / "sd", init, defaults=cfg["defaults"], seed=cfg["seed"])
-    unet = VideoUNet.from_pretrained(init / "unet").to(ctx.device)
-    print(f"base: U-Net with {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters", flush=True)
+    if name == "scratch":
+        torch.manual_seed(cfg["seed"])
+        unet = VideoUNet(dict(cfg["unet"])).to(ctx.device)
+    else:
+        unet = VideoUNet.from_pretrained(init / "unet").to(ctx.device)
+    print(f"{name}: U-Net with {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters", flush=True)
     clips, index = ctx.data
     size, frames = cfg["unet"]["sample_size"], slice(None, None, 2)
+    info = read_info(init)
+    info["source"] = "tools/train_demo.py (configs/demo/demo.yaml)"
+    parts = dict(text_encoder=CLIPTextModel.from_pretrained(str(init / "text_encoder")),
+                 tokenizer=CLIPTokenizer.from_pretrained(str(init / "tokenizer")),
+                 scheduler_config=json.loads((init / "scheduler" / "scheduler_config.json").read_text()), info=info)
 
     def batch(generator, batch_size):
         pick = torch.randint(0, len(clips), (batch_size,), generator=generator, device=ctx.device)
         return to_pixels(clips[pick], frames=frames, size=size), ctx.text_for(index[pick], generator)
 
-    stage = make_stage("base", prediction_type=cfg["scheduler"]["prediction_type"])
-    train_loop(unet, stage, batch, ctx.run_config("base"), ctx.work / "base" / "train", scheduler_config(cfg),
-               ctx.device, ctx.resume, "base")
-    from transformers import CLIPTextModel, CLIPTokenizer
+    def snapshot(step: int) -> None:  # the EMA model so far, as a pipeline folder (accuracy vs steps)
+        write_pipeline_folder(ctx.work / name / "snapshots" / f"step-{step:06d}", unet=unet, **parts)
 
-    info = read_info(init)
-    info["source"] = "tools/train_demo.py (configs/demo/demo.yaml)"
-    write_pipeline_folder(ctx.work / "base" / "final", unet=unet.cpu(),
-                          text_encoder=CLIPTextModel.from_pretrained(str(init / "text_encoder")),
-                          tokenizer=CLIPTokenizer.from_pretrained(str(init / "tokenizer")),
-                          scheduler_config=json.loads((init / "scheduler" / "scheduler_config.json").read_text()),
-                          info=info)
+    stage = make_stage("base", prediction_type=cfg["scheduler"]["prediction_type"])
+    train_loop(unet, stage, batch, ctx.run_config("base"), ctx.work / name / "train", scheduler_config(cfg),
+               ctx.device, ctx.resume, name, snapshot=snapshot)
+    write_pipeline_folder(ctx.work / name / "final", unet=unet.cpu(), **parts)
 
 
 def step_stage(ctx: Context, name: str) -> None:
@@ -521,7 +534,7 @@ def parse_args(argv=None):
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo" / "demo.yaml"))
     parser.add_argument("--work", default=str(ROOT / "runs" / "demo"), help="working folder (checkpoints, logs)")
     parser.add_argument("--out", default=str(demo.DEMO_DIR), help="where `publish` puts the models")
-    parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
+    parser.add_argument("--steps", default=",".join(STEPS[:-1]), help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--resume", default="auto", choices=("auto", "none"),
                         help="auto: skip finished steps, continue an interrupted one; none: redo the named steps")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every step count (e.g. 0.05)")
@@ -548,7 +561,7 @@ def main(argv=None) -> int:
     done = {"text": work / "text" / "text_encoder", "t2i": work / "t2i" / "sd" / "model_index.json",
             "base": work / "base" / "final" / "vidiff.json",
             "interpolation": work / "interpolation" / "final" / "vidiff.json",
-            "ssr": work / "ssr" / "final" / "vidiff.json"}
+            "ssr": work / "ssr" / "final" / "vidiff.json", "scratch": work / "scratch" / "final" / "vidiff.json"}
     command = "python tools/train_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.steps:
         if args.resume == "auto" and name in done and done[name].exists():
@@ -563,6 +576,8 @@ def main(argv=None) -> int:
             step_gallery(ROOT / "docs" / "demo.gif", Path(args.out))
         elif name in ("interpolation", "ssr"):
             step_stage(ctx, name)
+        elif name == "scratch":
+            step_base(ctx, "scratch")
         else:
             {"t2i": step_t2i, "base": step_base}[name](ctx)
         print(f"{name}: finished in {time.perf_counter() - began:.0f} s", flush=True)

@@ -27,6 +27,7 @@ def add_parser(sub):
 def run(args) -> int:
     from vidiff.pipelines.cascade import check_pixels, check_extension, extend_video
 
+    stage_io.use_demo_model(args, "interpolation")
     info = stage_io.read_stage_info(args.model, ("interpolation",), "extend")
     source = stage_io.probe_input(args.video)
     try:

@@ -29,6 +29,7 @@ def add_parser(sub):
 def run(args) -> int:
     from vidiff.pipelines.cascade import check_factor, interpolate_video, stage_name, stage_output_size
 
+    stage_io.use_demo_model(args, "interpolation")
     info = stage_io.read_stage_info(args.model, TEMPORAL_STAGES, "interpolate")
     try:
         factor = check_factor(info, args.factor, f"--model {args.model}")

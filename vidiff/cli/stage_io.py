@@ -20,7 +20,8 @@ SETTING_NAMES = ("num_inference_steps", "guidance_scale", "scheduler")
 
 
 def add_common_arguments(p, example_model: str = "runs/interpolation/pipeline") -> None:
-    p.add_argument("--model", required=True, metavar="DIR", help=f"stage pipeline folder (e.g. {example_model})")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help=f"stage pipeline folder (e.g. {example_model}; default: the built-in demo stage)")
     p.add_argument("--video", required=True, metavar="PATH", help="input video (mp4, gif, webm, ...)")
     p.add_argument("--prompt", default="", help="text prompt (default: none; guidance is then off)")
     p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default: none)")
@@ -35,6 +36,21 @@ def add_common_arguments(p, example_model: str = "runs/interpolation/pipeline") 
     p.add_argument("--out", required=True, metavar="PATH", help="output clip (.mp4, .gif, .png sheet, or a folder)")
     p.add_argument("--overwrite", action="store_true", help="replace --out (and its sidecar) if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def use_demo_model(args, stage: str) -> None:
+    """No --model: the built-in demo `stage` model (vidiff.demo; trained on the shapes data)."""
+    if args.model is not None:
+        return
+    import sys
+
+    from vidiff import demo
+
+    path = demo.model_dir(stage)
+    if not (path / "vidiff.json").is_file():
+        raise CLIError(f"no --model given and this install has no demo {stage} model ({path}); pass --model DIR")
+    args.model = str(path)
+    print(f"using the built-in demo {stage} model {path} (pass --model DIR for another)", file=sys.stderr)
 
 
 def read_stage_info(model: str, stages: tuple[str, ...], command: str) -> dict:

@@ -28,6 +28,7 @@ def add_parser(sub):
 def run(args) -> int:
     from vidiff.pipelines.cascade import check_noise_level, stage_output_size, upscale_video
 
+    stage_io.use_demo_model(args, "ssr")
     info = stage_io.read_stage_info(args.model, ("ssr",), "upscale")
     try:
         level = check_noise_level(info, args.noise_level, f"--model {args.model}")
