@@ -2,10 +2,17 @@
 generation with the shipped weights, `vidiff generate` without --model, and the command `make demo` runs."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
+import json
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
+import pytest
 
 from vidiff import demo
 from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES, caption
@@ -58,3 +65,114 @@ def test_learned_merges_rebuild_each_word():
                     pieces[i:i + 2] = [a + b]
                 i += 1
         assert pieces == [word + "</w>"]
+
+
+# ------------------------------------------------------------------------------------------------ shipped models
+def test_shipped_tokenizer_gives_whole_words_for_every_caption():
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(demo.model_dir("base") / "tokenizer"))
+    for text in CAPTIONS:
+        ids = tokenizer(text)["input_ids"]
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        assert tokens == ["<|startoftext|>", *(w + "</w>" for w in text.split()), "<|endoftext|>"]
+
+
+def test_shipped_weights_match_their_checksums_and_stay_small():
+    files = demo.weight_files()
+    assert any("base/unet" in p.as_posix() for p in files)
+    recorded = json.loads((demo.DEMO_DIR / demo.CHECKSUMS).read_text())
+    assert sorted(recorded) == sorted(p.relative_to(demo.DEMO_DIR).as_posix() for p in files)
+    assert demo.verify_checksums() == []
+    assert sum(p.stat().st_size for p in files) <= 20e6
+
+
+def test_checksums_catch_changed_missing_and_extra_files(tmp_path):
+    shutil.copytree(demo.model_dir("base") / "unet", tmp_path / "base" / "unet")
+    demo.write_checksums(tmp_path)
+    assert demo.verify_checksums(tmp_path) == []
+    weights = tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert demo.verify_checksums(tmp_path) == [f"base/unet/{weights.name}: sha256 differs from checksums.json"]
+    (tmp_path / "extra.safetensors").write_bytes(b"x")
+    weights.unlink()
+    assert demo.verify_checksums(tmp_path) == [f"base/unet/{weights.name}: missing",
+                                               "extra.safetensors: not in checksums.json"]
+
+
+def test_demo_base_makes_a_clip_of_its_size():
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained(demo.model_dir("base"), device="cpu")
+    assert pipe.latent is False and pipe.defaults["num_frames"] == 8 and pipe.defaults["height"] == 32
+    video = pipe("a red circle moving right", num_inference_steps=2, seed=0, progress=False)
+    assert video.dtype == np.uint8 and video.shape == (8, 32, 32, 3)
+    assert video.std() > 0  # an image, not a constant
+
+
+def test_demo_cascade_makes_15_frames_of_64_pixels():
+    from vidiff.pipelines.cascade import CascadePipeline
+
+    assert demo.default_model() == demo.DEMO_DIR and demo.available_stages() == list(demo.STAGES)
+    pipe = CascadePipeline.from_pretrained(demo.DEMO_DIR, device="cpu")
+    pipe.specs = [dataclasses.replace(spec, steps=2) for spec in pipe.specs]  # every stage runs, quickly
+    video = pipe("a blue square moving up", seed=0, progress=False)
+    assert video.dtype == np.uint8 and video.shape == (15, 64, 64, 3)
+
+
+# ------------------------------------------------------------------------------------------------ CLI / make demo
+def test_generate_without_model_warns_once_about_unknown_words(capsys):
+    from vidiff.cli import main
+
+    code = main(["generate", "--prompt", "a purple circle moving sideways", "--out", "clip.unknown-suffix"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    warnings = [line for line in err if line.startswith("warning:")]
+    assert len(warnings) == 1 and "'purple', 'sideways'" in warnings[0] and "moving" in warnings[0]
+    assert any("built-in demo model" in line for line in err)
+
+
+def _make_demo_command(out_dir: Path) -> list[str]:
+    """The `vidiff generate ...` line of `make demo` (from `make -n`), as CLI arguments."""
+    if shutil.which("make") is None:
+        pytest.fail("`make` is needed to read the demo recipe")
+    printed = subprocess.run(["make", "-s", "-n", "demo", "STAMP=", f"DEMO_OUT={out_dir}"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    lines = [shlex.split(line) for line in printed.splitlines() if " generate " in line]
+    assert len(lines) == 1, printed
+    assert Path(lines[0][0]).name == "vidiff"
+    return lines[0][1:]
+
+
+def test_make_demo_command_writes_clip_gif_and_contact_sheet(tmp_path, capsys):
+    from vidiff.cli import main
+    from vidiff.data.video_io import probe_video, read_video
+
+    argv = _make_demo_command(tmp_path)
+    assert "--model" not in argv and "--cascade" not in argv  # the demo needs nothing but the install
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "warning:" not in captured.err
+    sidecar = json.loads((tmp_path / "clip.json").read_text())
+    assert sidecar["prompt"] == "a red circle moving right"
+    frames, fps = read_video(tmp_path / "clip.mp4")
+    assert frames.shape == (15, 64, 64, 3) and fps == sidecar["fps"]
+    assert probe_video(tmp_path / "clip.gif").num_frames == 15
+    assert (tmp_path / "clip.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("command, stage", [("interpolate", "interpolation"), ("extend", "interpolation"),
+                                            ("upscale", "ssr")])
+def test_stage_commands_default_to_the_demo_stage(command, stage, tmp_path, capsys):
+    from vidiff.cli import main
+
+    argv = [command, "--video", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out.mp4")]
+    if command == "extend":
+        argv += ["--frames", "4"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == (f"using the built-in demo {stage} model {demo.model_dir(stage)} "
+                      "(pass --model DIR for another)")
+    assert "missing.mp4' does not exist" in err[-1] and len(err) == 2
