@@ -531,6 +531,8 @@ def test_ablation_report():
     assert "| 100 | 100% / 50% / 25% / **50%** | - |" in table and "reaches it at step 200 (50% of the steps)" in table
     results["evaluations"]["inflated"] = {"400": acc(0.5)}
     assert tool.report(results, 400)[1]["inflated_steps_to_scratch_final"] is None
+    results["evaluations"]["scratch"]["400"] = acc(0.0)
+    assert "read the per-attribute columns" in tool.report(results, 400)[0]
 
 
 def test_eval_shapes_defaults_to_the_demo_model(tiny_stages, tiny_model, capsys, monkeypatch):

@@ -165,9 +165,13 @@ def report(results: dict, total_steps: int) -> tuple[str, dict]:
         headline = {"scratch_final_all": target, "inflated_final_all": curves["inflated"].get(total_steps),
                     "inflated_steps_to_scratch_final": reached,
                     "fraction_of_steps": None if reached is None else reached / total_steps}
-        lines += ["", f"Scratch after {total_steps} steps: {100 * target:.0f}% all attributes; the inflated run "
-                      + (f"reaches it at step {reached} ({100 * reached / total_steps:.0f}% of the steps)."
-                         if reached is not None else "never reaches it.")]
+        if target == 0:  # "reaching 0%" at step 0 says nothing
+            lines += ["", f"Scratch after {total_steps} steps: 0% all attributes, so that column "
+                          "cannot compare the runs: read the per-attribute columns."]
+        else:
+            lines += ["", f"Scratch after {total_steps} steps: {100 * target:.0f}% all attributes; the inflated run "
+                          + (f"reaches it at step {reached} ({100 * reached / total_steps:.0f}% of the steps)."
+                             if reached is not None else "never reaches it.")]
     return "\n".join(lines), headline
 
 
