@@ -176,3 +176,25 @@ def test_stage_commands_default_to_the_demo_stage(command, stage, tmp_path, caps
     assert err[0] == (f"using the built-in demo {stage} model {demo.model_dir(stage)} "
                       "(pass --model DIR for another)")
     assert "missing.mp4' does not exist" in err[-1] and len(err) == 2
+
+
+@pytest.mark.parametrize("command", ["interpolate", "extend", "upscale"])
+def test_demo_stages_refuse_a_clip_of_another_size_before_loading(command, tmp_path, capsys, monkeypatch):
+    """The demo stages know 32x32 clips; a 64x48 video is one line before any model loads (a 512 px one ran for
+    many minutes)."""
+    import numpy as np
+
+    from vidiff.cli import main
+    from vidiff.data.video_io import write_video
+    from vidiff.pipelines import text_to_video
+
+    write_video(tmp_path / "big.mp4", np.zeros((4, 48, 64, 3), np.uint8), fps=8)
+    monkeypatch.setattr(text_to_video.VideoPipeline, "from_pretrained",
+                        classmethod(lambda *a, **k: pytest.fail("model loaded")))
+    argv = [command, "--video", str(tmp_path / "big.mp4"), "--out", str(tmp_path / "out.mp4")]
+    if command == "extend":
+        argv += ["--frames", "4"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "is 64x48; the built-in demo stages take the demo model's 32x32 clips" in err[-1]
+    assert not (tmp_path / "out.mp4").exists()

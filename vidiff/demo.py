@@ -78,6 +78,14 @@ def model_dir(stage: str = "base") -> Path:
     return DEMO_DIR / stage
 
 
+def input_size() -> tuple[int, int]:
+    """(height, width) of the demo base's clips: what the demo interpolation and ssr stages were trained on."""
+    import json
+
+    defaults = json.loads((model_dir("base") / "vidiff.json").read_text())["defaults"]
+    return int(defaults["height"]), int(defaults["width"])
+
+
 def available_stages() -> list[str]:
     """The demo stages shipped with this install (each a complete pipeline folder), in cascade order."""
     return [s for s in STAGES if (DEMO_DIR / s / "vidiff.json").is_file()]

@@ -29,7 +29,7 @@ def run(args) -> int:
 
     stage_io.use_demo_model(args, "interpolation")
     info = stage_io.read_stage_info(args.model, ("interpolation",), "extend")
-    source = stage_io.probe_input(args.video)
+    source = stage_io.probe_input(args)
     try:
         context = check_extension(info, source.num_frames, args.frames, args.context_frames)
     except ValueError as e:

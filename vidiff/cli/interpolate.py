@@ -35,7 +35,7 @@ def run(args) -> int:
         factor = check_factor(info, args.factor, f"--model {args.model}")
     except ValueError as e:
         raise CLIError(str(e).replace("factor", "--factor", 1)) from None
-    source = stage_io.probe_input(args.video)
+    source = stage_io.probe_input(args)
     try:
         stage_output_size(info, (source.num_frames, source.height, source.width), factor=factor,
                           where=f"--model {args.model}")

@@ -50,6 +50,7 @@ def use_demo_model(args, stage: str) -> None:
     if not (path / "vidiff.json").is_file():
         raise CLIError(f"no --model given and this install has no demo {stage} model ({path}); pass --model DIR")
     args.model = str(path)
+    args.demo_input_size = demo.input_size()
     print(f"using the built-in demo {stage} model {path} (pass --model DIR for another)", file=sys.stderr)
 
 
@@ -68,11 +69,18 @@ def read_stage_info(model: str, stages: tuple[str, ...], command: str) -> dict:
     return info
 
 
-def probe_input(path: str):
-    """Frame count, fps and size of `--video` from its header (no decoding)."""
+def probe_input(args):
+    """Frame count, fps and size of `--video` from its header (no decoding). The built-in demo stages were
+    trained on the demo base's small clips: a larger input would run for minutes on what they never saw."""
+    path = args.video
     video = probe_video_arg(path)
     if not (math.isfinite(video.fps) and video.fps > 0):
         raise CLIError(f"--video {path!r} has no frame rate in its header; re-encode it (e.g. ffmpeg -r 8)")
+    demo_size = getattr(args, "demo_input_size", None)
+    if demo_size is not None and (video.height, video.width) != demo_size:
+        raise CLIError(f"--video {path!r} is {video.width}x{video.height}; the built-in demo stages take the demo "
+                       f"model's {demo_size[1]}x{demo_size[0]} clips (make one with `vidiff generate`), or pass "
+                       "--model DIR for a stage trained at your size")
     return video
 
 

@@ -34,7 +34,7 @@ def run(args) -> int:
         level = check_noise_level(info, args.noise_level, f"--model {args.model}")
     except ValueError as e:
         raise CLIError(str(e).replace("noise level", "--noise-level", 1)) from None
-    source = stage_io.probe_input(args.video)
+    source = stage_io.probe_input(args)
     try:
         _, height, _ = stage_output_size(info, (source.num_frames, source.height, source.width),
                                          where=f"--model {args.model}")
