@@ -22,6 +22,7 @@ from vidiff.training.checkpoints import list_checkpoints, save_checkpoint
 from vidiff.training.state import check_checkpoint
 from vidiff.training.data import EndlessSampler
 from vidiff.training.trainer import drop_unused_parameters, select_trainable, train
+from vidiff.testing import FakeAccelerator
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "train" / "tiny.yaml"
@@ -297,17 +298,6 @@ def test_unused_trainable_parameters_are_frozen(assets):
     assert unused == [name] and name not in trainable
     assert not dict(unet.named_parameters())[name].requires_grad
     assert all(p.grad is None for p in unet.parameters())
-
-
-class FakeAccelerator:
-    """One process, no wrapping: what checkpoints.save_checkpoint needs of accelerate."""
-    is_main_process, process_index, num_processes, step, scaler = True, 0, 1, 0, None
-
-    def wait_for_everyone(self):
-        pass
-
-    def unwrap_model(self, model):
-        return model
 
 
 def tiny_training_objects():

@@ -18,6 +18,7 @@ from vidiff.config import load_config
 from vidiff.training.checkpoints import clean_stale, list_checkpoints, prune_checkpoints, save_checkpoint
 from vidiff.training.state import check_checkpoint
 from vidiff.training.trainer import train
+from vidiff.testing import FakeAccelerator
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "train" / "tiny.yaml"
@@ -188,16 +189,6 @@ def test_a_kill_while_pruning_leaves_nothing_that_is_never_cleaned(tmp_path, mon
     # ... only a hidden name, which the next run's start removes.
     assert clean_stale(root) == [root / ".checkpoint-00000002.trash"]
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-00000004", "checkpoint-00000006"]
-
-
-class FakeAccelerator:
-    is_main_process, process_index, num_processes, step, scaler = True, 0, 1, 0, None
-
-    def wait_for_everyone(self):
-        pass
-
-    def unwrap_model(self, model):
-        return model
 
 
 def test_a_save_replaces_an_existing_checkpoint_of_the_same_step(tmp_path):

@@ -315,3 +315,14 @@ def save_sd_single_file(sd_folder: str | os.PathLike, path: str | os.PathLike) -
         with atomic_path(path) as tmp:
             torch.save({"state_dict": {k: v.contiguous() for k, v in checkpoint.items()}}, tmp)
     return path
+
+
+class FakeAccelerator:
+    """One process, no wrapping: what vidiff.training.checkpoints.save_checkpoint needs of accelerate (tests)."""
+    is_main_process, process_index, num_processes, step, scaler = True, 0, 1, 0, None
+
+    def wait_for_everyone(self):
+        pass
+
+    def unwrap_model(self, model):
+        return model
