@@ -27,7 +27,10 @@ X4 = dict(in_channels=7, out_channels=4, block_out_channels=(16, 32), layers_per
           cross_attention_dim=16, sample_size=8, attention_head_dim=8, num_class_embeds=1000,
           down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
 ONLY_CROSS = dict(SD1, only_cross_attention=True)
-CONFIGS = {"sd1": SD1, "sd2": SD2, "x4-upscaler": X4, "only-cross-attention": ONLY_CROSS}
+# Imagen's pooled text embedding added to the timestep embedding (the demo models use it)
+POOLED_TEXT = dict(SD1, addition_embed_type="text", addition_embed_type_num_heads=2)
+CONFIGS = {"sd1": SD1, "sd2": SD2, "x4-upscaler": X4, "only-cross-attention": ONLY_CROSS,
+           "pooled-text": POOLED_TEXT}
 
 
 def make_2d(config, seed=0):

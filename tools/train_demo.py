@@ -163,10 +163,10 @@ def to_pixels(clips: torch.Tensor, *, frames: slice, size: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # Training loop (shared by every step): AdamW, warm-up, EMA, CSV log, resumable safetensors checkpoints
 # ---------------------------------------------------------------------------------------------------------------
-def save_checkpoint(folder: Path, step: int, unet, ema, optimizer) -> None:
-    tensors = {f"model.{k}": v for k, v in unet.state_dict().items()}
+def save_checkpoint(folder: Path, step: int, model, ema, optimizer) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
-    names = [n for n, p in unet.named_parameters() if p.requires_grad]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
     for i, name in enumerate(names):
         state = optimizer.state.get(optimizer.param_groups[0]["params"][i], {})
         for key in ("exp_avg", "exp_avg_sq"):
@@ -179,7 +179,7 @@ def save_checkpoint(folder: Path, step: int, unet, ema, optimizer) -> None:
         shutil.rmtree(old)
 
 
-def load_checkpoint(folder: Path, unet, ema, optimizer, device) -> int:
+def load_checkpoint(folder: Path, model, ema, optimizer, device) -> int:
     from safetensors.torch import load_file
 
     checkpoints = sorted(folder.glob("checkpoint-*"))
@@ -188,10 +188,10 @@ def load_checkpoint(folder: Path, unet, ema, optimizer, device) -> int:
     last = checkpoints[-1]
     tensors = load_file(str(last / "state.safetensors"), device=str(device))
     info = json.loads((last / "state.json").read_text())
-    unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.shadow = {k[4:]: v.float() for k, v in tensors.items() if k.startswith("ema.")}
     ema.num_updates = info["ema_updates"]
-    names = [n for n, p in unet.named_parameters() if p.requires_grad]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = optimizer.param_groups[0]["params"]
     for i, name in enumerate(names):
         if f"adam.exp_avg.{name}" in tensors:
@@ -202,20 +202,23 @@ def load_checkpoint(folder: Path, unet, ema, optimizer, device) -> int:
     return int(info["step"])
 
 
-def train_loop(unet, stage, batch_fn, run: dict, work: Path, scheduler_cfg: dict, device, resume: str,
+def train_loop(model, stage, batch_fn, run: dict, work: Path, scheduler_cfg: dict, device, resume: str,
                label: str, snapshot=None) -> None:
-    """Train `unet` with `stage.loss` on batches `batch_fn(generator, batch_size) -> (pixels, embeddings)`;
-    EMA weights are copied into `unet` at the end. Checkpoints and train_log.csv go to `work`; every
-    `run["snapshot_every"]` steps `snapshot(step)` is called with the EMA weights swapped into `unet`."""
+    """Train `model` (`{"unet": ..., "text_encoder": ...}`, the text encoder only if it trains) with `stage.loss`
+    on batches `batch_fn(generator, batch_size) -> (pixels, embeddings)`; EMA weights are copied into the model
+    at the end. Checkpoints and train_log.csv go to `work`; every `run["snapshot_every"]` steps `snapshot(step)`
+    is called with the EMA weights swapped in. `run["stop_at"]` ends the run early on the same schedule (the
+    ablation's scratch model: the base's hyper-parameters, fewer steps)."""
     from diffusers import DDPMScheduler
 
     from vidiff.training.ema import EMA
 
     scheduler = DDPMScheduler.from_config(scheduler_cfg)
-    params = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+    unet = model["unet"]
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(list(params.values()), lr=run["learning_rate"], weight_decay=0.0)
     ema = EMA(params, run["ema_decay"]).to(device)
-    start = load_checkpoint(work, unet, ema, optimizer, device) if resume == "auto" else 0
+    start = load_checkpoint(work, model, ema, optimizer, device) if resume == "auto" else 0
     if resume != "auto" and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -226,8 +229,9 @@ def train_loop(unet, stage, batch_fn, run: dict, work: Path, scheduler_cfg: dict
                                                                                                    enabled=False)
     began, seconds0 = time.perf_counter(), float(rows[-1]["seconds"]) if rows else 0.0
     running = []
-    unet.train()
-    for step in range(start + 1, run["steps"] + 1):
+    model.train()
+    last = min(run["steps"], run.get("stop_at") or run["steps"])
+    for step in range(start + 1, last + 1):
         generator = torch.Generator(device).manual_seed(run["seed"] * 1_000_003 + step)  # same batch on resume
         lr = run["learning_rate"] * min(1.0, step / max(1, run["warmup"]))
         lr *= 0.5 * (1 + math.cos(math.pi * step / run["steps"])) * 0.9 + 0.1  # cosine decay to 10%
@@ -242,23 +246,23 @@ def train_loop(unet, stage, batch_fn, run: dict, work: Path, scheduler_cfg: dict
         optimizer.step()
         ema.update(params)
         running.append(loss.detach())
-        if step % 50 == 0 or step == run["steps"]:
+        if step % 50 == 0 or step == last:
             mean = torch.stack(running).mean().item()
             running = []
             seconds = seconds0 + time.perf_counter() - began
             rows.append({"step": step, "loss": f"{mean:.5f}", "lr": f"{lr:.3g}", "grad_norm": f"{grad_norm:.3f}",
                          "seconds": f"{seconds:.1f}"})
-            if step % 100 == 0 or step == run["steps"]:
-                print(f"{label}: step {step}/{run['steps']} loss {mean:.4f} lr {lr:.2e} "
+            if step % 100 == 0 or step == last:
+                print(f"{label}: step {step}/{last} loss {mean:.4f} lr {lr:.2e} "
                       f"({(step - start) / (time.perf_counter() - began):.1f} it/s)", flush=True)
-        if step % run["checkpoint_every"] == 0 or step == run["steps"]:
+        if step % run["checkpoint_every"] == 0 or step == last:
             write_log(rows, log_path)
-            save_checkpoint(work, step, unet, ema, optimizer)
+            save_checkpoint(work, step, model, ema, optimizer)
         if snapshot is not None and run.get("snapshot_every") and step % run["snapshot_every"] == 0:
             with ema.swapped_in(params):
                 snapshot(step)
     ema.copy_to(params)
-    unet.eval()
+    model.eval()
 
 
 def write_log(rows: list[dict], path: Path) -> None:
@@ -295,7 +299,8 @@ class Context:
     def __init__(self, cfg: dict, work: Path, device: torch.device, resume: str, steps_scale: float):
         self.cfg, self.work, self.device, self.resume, self.steps_scale = cfg, work, device, resume, steps_scale
         self._data = None
-        self._embeddings = None
+        self.text_encoder = self.tokenizer = self.caption_ids = None
+        self.text_trainable = False
 
     def run_config(self, name: str) -> dict:
         run = dict(self.cfg[name], seed=self.cfg["seed"])
@@ -310,22 +315,34 @@ class Context:
             self._data = clips.to(self.device), index.to(self.device)
         return self._data
 
-    @property
-    def embeddings(self) -> torch.Tensor:
-        """`(49, L, D)`: the 48 captions then "" (the unconditional embedding, for caption dropout)."""
-        if self._embeddings is None:
-            from transformers import CLIPTextModel, CLIPTokenizer
+    def load_text(self, folder: Path, trainable: bool):
+        """The tokenizer and CLIP text model of `folder` (a pipeline folder, or the `text` step's output) for this
+        step: trained along with the U-Net (then part of the step's model) or frozen. Returns the text model."""
+        from transformers import CLIPTextModel, CLIPTokenizer
 
-            folder = self.work / "text"
-            self._embeddings = encode(CLIPTextModel.from_pretrained(str(folder / "text_encoder")),
-                                      CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
-                                      captions() + [""], self.device)
-        return self._embeddings
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+        self.caption_ids = self.tokenizer(captions() + [""], padding="max_length", truncation=True,
+                                          max_length=self.tokenizer.model_max_length,
+                                          return_tensors="pt")["input_ids"].to(self.device)
+        self.text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder")).to(self.device)
+        self.text_encoder.requires_grad_(trainable)
+        self.text_trainable = trainable
+        return self.text_encoder
+
+    def model(self, unet) -> torch.nn.ModuleDict:
+        """What a step trains: the U-Net, and the text model if it trains too."""
+        parts = {"unet": unet}
+        if self.text_trainable:
+            parts["text_encoder"] = self.text_encoder
+        return torch.nn.ModuleDict(parts)
 
     def text_for(self, index: torch.Tensor, generator) -> torch.Tensor:
-        """Caption embeddings of clips `index`, replaced by "" with probability data.caption_dropout."""
+        """Caption embeddings `(b, L, D)` of clips `index` (captions() order), replaced by "" with probability
+        data.caption_dropout (for classifier-free guidance)."""
         drop = torch.rand(index.shape, generator=generator, device=self.device) < self.cfg["data"]["caption_dropout"]
-        return self.embeddings[torch.where(drop, len(self.embeddings) - 1, index)]
+        ids = self.caption_ids[torch.where(drop, len(self.caption_ids) - 1, index)]
+        with torch.set_grad_enabled(self.text_trainable):
+            return self.text_encoder(ids)[0]
 
 
 def step_t2i(ctx: Context) -> None:
@@ -342,6 +359,7 @@ def step_t2i(ctx: Context) -> None:
     print(f"t2i: U-Net with {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters", flush=True)
     clips, index = ctx.data
     size = cfg["unet"]["sample_size"]
+    ctx.load_text(ctx.work / "text", trainable=cfg["t2i"].get("train_text", False))
 
     def batch(generator, batch_size):
         pick = torch.randint(0, len(clips), (batch_size,), generator=generator, device=ctx.device)
@@ -349,15 +367,16 @@ def step_t2i(ctx: Context) -> None:
         one = clips[pick, :, frame][:, :, None]                                     # (b, 3, 1, H, W)
         return to_pixels(one, frames=slice(None), size=size), ctx.text_for(index[pick], generator)
 
-    stage = make_stage("base", prediction_type=cfg["scheduler"]["prediction_type"])
-    train_loop(unet, stage, batch, ctx.run_config("t2i"), ctx.work / "t2i" / "train", scheduler_config(cfg),
+    run = ctx.run_config("t2i")
+    stage = make_stage("base", prediction_type=cfg["scheduler"]["prediction_type"], snr_gamma=run.get("snr_gamma"))
+    train_loop(ctx.model(unet), stage, batch, run, ctx.work / "t2i" / "train", scheduler_config(cfg),
                ctx.device, ctx.resume, "t2i")
     image_unet = UNet2DConditionModel(**cfg["unet"])
     image_unet.load_state_dict(unet.state_dict())  # same names: VideoUNet adopts diffusers' modules
     with atomic_dir(out) as tmp:
         image_unet.save_pretrained(str(tmp / "unet"))
-        for part in ("text_encoder", "tokenizer"):
-            shutil.copytree(ctx.work / "text" / part, tmp / part)
+        ctx.text_encoder.cpu().save_pretrained(str(tmp / "text_encoder"))
+        shutil.copytree(ctx.work / "text" / "tokenizer", tmp / "tokenizer")
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(cfg), indent=2))
         (tmp / "model_index.json").write_text(json.dumps({
@@ -372,9 +391,8 @@ def scheduler_config(cfg: dict) -> dict:
 
 def step_base(ctx: Context, name: str = "base") -> None:
     """Inflate the text-to-image model (`vidiff inflate`'s code) and train all weights on 8-frame clips.
-    name="scratch": the same video U-Net and training from a random start (the inflation ablation)."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
+    name="scratch": the same video U-Net and training from a random start, with the same text model, schedule
+    and data, stopped at `base.ablation_steps` (the inflation ablation)."""
     from vidiff.models.unet import VideoUNet
     from vidiff.pipelines.folder import inflate_pipeline, read_info, write_pipeline_folder
     from vidiff.training.stages import make_stage
@@ -392,9 +410,9 @@ def step_base(ctx: Context, name: str = "base") -> None:
     size, frames = cfg["unet"]["sample_size"], slice(None, None, 2)
     info = read_info(init)
     info["source"] = "tools/train_demo.py (configs/demo/demo.yaml)"
-    parts = dict(text_encoder=CLIPTextModel.from_pretrained(str(init / "text_encoder")),
-                 tokenizer=CLIPTokenizer.from_pretrained(str(init / "tokenizer")),
-                 scheduler_config=json.loads((init / "scheduler" / "scheduler_config.json").read_text()), info=info)
+    text_encoder = ctx.load_text(init, trainable=cfg["base"].get("train_text", False))
+    parts = dict(text_encoder=text_encoder, tokenizer=ctx.tokenizer, info=info,
+                 scheduler_config=json.loads((init / "scheduler" / "scheduler_config.json").read_text()))
 
     def batch(generator, batch_size):
         pick = torch.randint(0, len(clips), (batch_size,), generator=generator, device=ctx.device)
@@ -403,19 +421,21 @@ def step_base(ctx: Context, name: str = "base") -> None:
     def snapshot(step: int) -> None:  # the EMA model so far, as a pipeline folder (accuracy vs steps)
         write_pipeline_folder(ctx.work / name / "snapshots" / f"step-{step:06d}", unet=unet, **parts)
 
-    stage = make_stage("base", prediction_type=cfg["scheduler"]["prediction_type"])
-    train_loop(unet, stage, batch, ctx.run_config("base"), ctx.work / name / "train", scheduler_config(cfg),
+    run = ctx.run_config("base")
+    if name == "scratch":
+        run["stop_at"] = max(1, round(cfg["base"]["ablation_steps"] * ctx.steps_scale))
+    stage = make_stage("base", prediction_type=cfg["scheduler"]["prediction_type"], snr_gamma=run.get("snr_gamma"))
+    train_loop(ctx.model(unet), stage, batch, run, ctx.work / name / "train", scheduler_config(cfg),
                ctx.device, ctx.resume, name, snapshot=snapshot)
-    write_pipeline_folder(ctx.work / name / "final", unet=unet.cpu(), **parts)
+    write_pipeline_folder(ctx.work / name / "final", unet=unet.cpu(), **dict(parts, text_encoder=text_encoder.cpu()))
 
 
 def step_stage(ctx: Context, name: str) -> None:
     """A cascade stage (`vidiff inflate --stage NAME`'s code on the text-to-image model), trained on crops:
     interpolation on `window` consecutive 32x32 frames (x2 keyframe masks, plus the future / past prediction
     masks that let it extend clips); ssr on `window` consecutive frames, `crop` x `crop` patches of the 64x64
-    clips (the U-Net is convolutional: patches teach it the same upsampling at a quarter of the cost)."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
+    clips (the U-Net is convolutional: patches teach it the same upsampling at a quarter of the cost). The text
+    model stays the text-to-image model's."""
     from vidiff.models.unet import VideoUNet
     from vidiff.pipelines.folder import read_info, write_pipeline_folder
     from vidiff.pipelines.stage_folder import inflate_stage
@@ -427,10 +447,14 @@ def step_stage(ctx: Context, name: str) -> None:
         inflate_stage(ctx.work / "t2i" / "sd", init, name, factor=s["factor"], defaults=s["defaults"],
                       seed=cfg["seed"])
     info = read_info(init)
+    # the demo's own choices on top of the stage's defaults (its mask mix, its noise levels), checked by make_stage
+    info["stage_options"] = dict(info["stage_options"], **s.get("stage_options", {}))
     unet = VideoUNet.from_pretrained(init / "unet").to(ctx.device)
     print(f"{name}: U-Net with {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters", flush=True)
+    run = ctx.run_config(name)
     stage = make_stage(name, latent_channels=3, prediction_type=cfg["scheduler"]["prediction_type"],
-                       **stage_options(name, info["stage_options"], {}))
+                       snr_gamma=run.get("snr_gamma"), **stage_options(name, info["stage_options"], {}))
+    text_encoder = ctx.load_text(init, trainable=False)
     clips, index = ctx.data
     window, size, crop = s["window"], s["size"], s.get("crop") or s["size"]
 
@@ -443,12 +467,11 @@ def step_stage(ctx: Context, name: str) -> None:
                              for v, t, (y, x) in zip(video, start.tolist(), corner.tolist())])
         return video, ctx.text_for(index[pick], generator)
 
-    train_loop(unet, stage, batch, ctx.run_config(name), ctx.work / name / "train", scheduler_config(cfg),
+    train_loop(ctx.model(unet), stage, batch, run, ctx.work / name / "train", scheduler_config(cfg),
                ctx.device, ctx.resume, name)
     info["source"] = "tools/train_demo.py (configs/demo/demo.yaml)"
-    write_pipeline_folder(ctx.work / name / "final", unet=unet.cpu(),
-                          text_encoder=CLIPTextModel.from_pretrained(str(init / "text_encoder")),
-                          tokenizer=CLIPTokenizer.from_pretrained(str(init / "tokenizer")),
+    write_pipeline_folder(ctx.work / name / "final", unet=unet.cpu(), text_encoder=text_encoder.cpu(),
+                          tokenizer=ctx.tokenizer,
                           scheduler_config=json.loads((init / "scheduler" / "scheduler_config.json").read_text()),
                           info=info)
 

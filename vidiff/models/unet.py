@@ -47,7 +47,7 @@ UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D")
 MID_BLOCKS = ("UNetMidBlock2DCrossAttn", None)
 # config keys that must keep diffusers' defaults (features outside the SD family)
 UNSUPPORTED = {
-    "addition_embed_type": None, "encoder_hid_dim_type": None, "time_embedding_type": "positional",
+    "encoder_hid_dim_type": None, "time_embedding_type": "positional",
     "time_cond_proj_dim": None, "attention_type": "default", "dual_cross_attention": False,
     "class_embeddings_concat": False, "time_embedding_act_fn": None, "num_attention_heads": None,
 }
@@ -114,6 +114,9 @@ def check_unet_config(config: dict) -> dict:
             raise ValueError(f"VideoUNet does not support {key}={config[key]!r} (SD 1.x/2.x configs only)")
     if config.get("class_embed_type") not in (None, "timestep"):
         raise ValueError(f"VideoUNet supports class_embed_type None or 'timestep', got {config['class_embed_type']!r}")
+    if config.get("addition_embed_type") not in (None, "text"):
+        raise ValueError("VideoUNet supports addition_embed_type None or 'text' (Imagen's pooled text embedding "
+                         f"added to the timestep embedding), got {config['addition_embed_type']!r}")
     return config
 
 
@@ -209,6 +212,8 @@ class VideoUNet(nn.Module):
         self.spatial_factor = 2 ** base.num_upsamplers
         self.center_input_sample = base.config.center_input_sample
         self.class_embed_type = base.config.class_embed_type
+        # None, or the pooled-text embedding of addition_embed_type "text" (diffusers sets it only then)
+        self.add_embedding = getattr(base, "add_embedding", None)
         for name in ("conv_in", "time_proj", "time_embedding", "class_embedding", "down_blocks", "mid_block",
                      "up_blocks", "conv_norm_out", "conv_act", "conv_out"):
             setattr(self, name, getattr(base, name))
@@ -302,8 +307,8 @@ class VideoUNet(nn.Module):
             return x
         return self._run(fn, x, context)
 
-    def _embed(self, timestep, class_labels, batch: int, dtype):
-        """Timestep (+ class) embedding per video, as diffusers computes it, `(b, d)`."""
+    def _embed(self, timestep, class_labels, encoder_hidden_states, batch: int, dtype):
+        """Timestep (+ class, + pooled text) embedding per video, as diffusers computes it, `(b, d)`."""
         t = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], device=self.device)
         t = t.to(self.device).reshape(-1).expand(batch) if t.numel() == 1 else t.to(self.device).reshape(-1)
         if t.shape[0] != batch:
@@ -317,6 +322,8 @@ class VideoUNet(nn.Module):
             if self.class_embed_type == "timestep":
                 class_labels = self.time_proj(class_labels).to(dtype)
             emb = emb + self.class_embedding(class_labels).to(dtype)
+        if self.add_embedding is not None:
+            emb = emb + self.add_embedding(encoder_hidden_states).to(dtype)
         return emb
 
     def forward(self, sample, timestep, encoder_hidden_states, class_labels=None):
@@ -331,7 +338,7 @@ class VideoUNet(nn.Module):
         if encoder_hidden_states.shape[0] != b:
             raise ValueError(f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, sample has {b}")
         # 2D blocks run on every frame: fold frames into the batch; the embeddings repeat per frame.
-        emb = self._embed(timestep, class_labels, b, sample.dtype).repeat_interleave(f, dim=0)  # (b f) d
+        emb = self._embed(timestep, class_labels, encoder_hidden_states, b, sample.dtype).repeat_interleave(f, dim=0)  # (b f) d
         context = encoder_hidden_states.repeat_interleave(f, dim=0)                            # (b f) L D
         x = rearrange(sample, "b c f h w -> (b f) c h w")
         if self.center_input_sample:
