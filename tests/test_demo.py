@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = [caption(c, s, m) for c, s, m in itertools.product(COLORS, SHAPES, MOTIONS)]
 
 
-def _train_demo():
-    spec = importlib.util.spec_from_file_location("train_demo", ROOT / "tools" / "train_demo.py")
+def _load_tool(name: str):
+    """tools/NAME.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -44,7 +45,7 @@ def test_unknown_words_message_is_one_line_listing_the_known_words():
 
 
 def test_tokenizer_spells_every_word_as_one_token(tmp_path):
-    tokenizer = _train_demo().write_tokenizer(tmp_path, 16)
+    tokenizer = _load_tool("train_demo").write_tokenizer(tmp_path, 16)
     for word in demo.vocabulary():
         ids = tokenizer(word, add_special_tokens=False)["input_ids"]
         assert tokenizer.convert_ids_to_tokens(ids) == [word + "</w>"]
@@ -55,7 +56,7 @@ def test_tokenizer_spells_every_word_as_one_token(tmp_path):
 
 def test_learned_merges_rebuild_each_word():
     words = ["moving", "more", "red", "right"]
-    merges = _train_demo().learn_merges(words)
+    merges = _load_tool("train_demo").learn_merges(words)
     for word in words:  # replay the merges in order, as BPE does, on each word's letters
         pieces = [*word[:-1], word[-1] + "</w>"]
         for a, b in merges:
@@ -198,3 +199,53 @@ def test_demo_stages_refuse_a_clip_of_another_size_before_loading(command, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "is 64x48; the built-in demo stages take the demo model's 32x32 clips" in err[-1]
     assert not (tmp_path / "out.mp4").exists()
+
+
+# ------------------------------------------------------------------------------------------------ reproduction
+def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
+    """tools/train_demo.py at a tiny scale: every step writes what the next needs, the published cascade loads
+    and generates, the text model trained in t2i is the one every stage shares, snapshots start at step 0, the
+    scratch run stops at ablation_steps, a finished step is skipped on rerun and tools/eval_ablation.py scores
+    the snapshots."""
+    import torch
+    import yaml
+
+    from vidiff.pipelines.cascade import CascadePipeline
+
+    cfg = yaml.safe_load((ROOT / "configs" / "demo" / "demo.yaml").read_text())
+    cfg["data"]["count"] = 48
+    for step in ("t2i", "base", "interpolation", "ssr"):
+        cfg[step].update(steps=4, batch_size=2, checkpoint_every=2, warmup=1)
+    cfg["base"].update(snapshot_every=2, ablation_steps=2)
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    work, out = tmp_path / "work", tmp_path / "out"
+    td = _load_tool("train_demo")
+    args = ["--config", str(config), "--work", str(work), "--out", str(out), "--device", "cpu"]
+    assert td.main(args + ["--steps", "text,t2i,base,scratch,interpolation,ssr,publish"]) == 0
+
+    text_t2i = (work / "t2i" / "sd" / "text_encoder" / "model.safetensors").read_bytes()
+    assert text_t2i != (work / "text" / "text_encoder" / "model.safetensors").read_bytes()  # it trained
+    for stage in demo.STAGES:
+        assert (out / stage / "text_encoder" / "model.safetensors").read_bytes() == text_t2i
+    assert sorted(p.name for p in (work / "base" / "snapshots").iterdir()) == ["step-000000", "step-000002",
+                                                                               "step-000004"]
+    assert sorted(p.name for p in (work / "scratch" / "snapshots").iterdir()) == ["step-000000", "step-000002"]
+    assert [r.split(",")[0] for r in (work / "scratch" / "train" / "train_log.csv").read_text().split()[1:]] == ["2"]
+    assert demo.verify_checksums(out) == []
+    pipe = CascadePipeline.from_pretrained(out, device="cpu")
+    clip = pipe("a red circle moving right", generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+                progress=False)
+    assert clip.shape == (15, 64, 64, 3) and clip.dtype == np.uint8
+
+    before = (work / "base" / "final" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert td.main(args + ["--steps", "base"]) == 0  # done: skipped
+    assert (work / "base" / "final" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+
+    ablation = _load_tool("eval_ablation")
+    assert ablation.main(["--config", str(config), "--demo-work", str(work), "--out", str(tmp_path / "ablation"),
+                          "--sample-steps", "1", "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
+    assert sorted(results["evaluations"]["inflated"]) == sorted(results["evaluations"]["scratch"]) == ["0", "2"]
+    assert (tmp_path / "ablation" / "ablation.png").is_file()
+

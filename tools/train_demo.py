@@ -229,6 +229,8 @@ def train_loop(model, stage, batch_fn, run: dict, work: Path, scheduler_cfg: dic
                                                                                                    enabled=False)
     began, seconds0 = time.perf_counter(), float(rows[-1]["seconds"]) if rows else 0.0
     running = []
+    if snapshot is not None and start == 0:
+        snapshot(0)  # the starting point of the accuracy-vs-steps curve
     model.train()
     last = min(run["steps"], run.get("stop_at") or run["steps"])
     for step in range(start + 1, last + 1):

@@ -27,8 +27,6 @@ Voleti et al. 2022 (MCVD); Saharia et al. 2022 (Imagen).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -142,8 +140,10 @@ def is_cascade(path) -> bool:
 
 def read_cascade(path) -> list[StageSpec]:
     """Read and check a cascade (YAML file or folder with cascade.yaml): every model folder exists and is a
-    vidiff pipeline, the first is a base model and the rest are stages, the settings have the right types, and
-    all stages share the base's text encoder. ValueError / FileNotFoundError name the file, stage and fix."""
+    vidiff pipeline, the first is a base model and the rest are stages, and the settings have the right types.
+    ValueError / FileNotFoundError name the file, stage and fix. Stages need not share the base's text encoder:
+    each folder is self-contained and every stage encodes the prompt with its own (a base trained together
+    with its text model still works with stages made from the original one)."""
     import yaml
 
     path = Path(path)
@@ -170,11 +170,6 @@ def read_cascade(path) -> list[StageSpec]:
         check_factor(spec.info, spec.factor, f"{file} stage {i} ({spec.model})")
         if spec.stage == "ssr":
             check_noise_level(spec.info, spec.noise_level, f"{file} stage {i} ({spec.model})")
-    base_encoder = text_encoder_summary(specs[0].model)
-    for i, spec in enumerate(specs[1:], 1):
-        if not same_text_encoder(text_encoder_summary(spec.model), base_encoder):
-            raise ValueError(f"{file}: stage {i} ({spec.model}) has another text encoder than the base model "
-                             f"({specs[0].model}); every stage of a cascade must use the base's text encoder")
     return specs
 
 
@@ -221,42 +216,6 @@ def _resolve_model(file: Path, text: str, where: str) -> Path:
     raise FileNotFoundError(f"{where}: model {text!r} does not exist (looked in "
                             f"{' and '.join(str(c.parent) for c in candidates)}); train or inflate it first, or "
                             "fix the path")
-
-
-def text_encoder_summary(model: Path) -> dict:
-    """What identifies a pipeline folder's text encoder without building it: its config (without paths and
-    versions), the tokenizer's vocabulary digest, and per weight tensor its shape and float64 mean and mean
-    absolute value (so an fp16 copy of the same encoder matches an fp32 one)."""
-    from vidiff.models.loading import read_state_dict
-
-    folder = Path(model) / "text_encoder"
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    for key in ("_name_or_path", "transformers_version", "dtype", "torch_dtype"):
-        config.pop(key, None)
-    vocab = hashlib.sha256()
-    for name in ("vocab.json", "merges.txt"):
-        file = Path(model) / "tokenizer" / name
-        vocab.update(file.read_bytes() if file.is_file() else b"")
-    # a shard index reads all its shards; else every weight file
-    files = sorted(folder.glob("*.index.json"))[:1] or sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-    tensors = {}
-    for file in files:
-        for name, tensor in read_state_dict(file).items():
-            values = tensor.double()
-            tensors[name] = (tuple(tensor.shape), float(values.mean()), float(values.abs().mean()))
-    return {"config": config, "vocab": vocab.hexdigest(), "tensors": tensors}
-
-
-def same_text_encoder(a: dict, b: dict, rtol: float = 1e-3) -> bool:
-    """Summaries from `text_encoder_summary` of the same encoder (up to half-precision rounding)."""
-    if a["config"] != b["config"] or a["vocab"] != b["vocab"] or a["tensors"].keys() != b["tensors"].keys():
-        return False
-    for name, (shape, mean, mean_abs) in a["tensors"].items():
-        other_shape, other_mean, other_abs = b["tensors"][name]
-        if shape != other_shape or not math.isclose(mean_abs, other_abs, rel_tol=rtol, abs_tol=1e-7) \
-                or abs(mean - other_mean) > rtol * mean_abs + 1e-7:
-            return False
-    return True
 
 
 def plan_cascade(specs: list[StageSpec], num_frames: int, height: int, width: int) -> list[tuple[int, int, int]]:
