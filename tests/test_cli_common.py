@@ -56,3 +56,25 @@ def test_in_flag_names_and_seed():
     assert seed_or_random(7) == 7 and seed_or_random(0) == 0
     seeds = {seed_or_random(None) for _ in range(8)}
     assert len(seeds) > 1 and all(0 <= s < 2**31 for s in seeds)
+
+
+def test_commands_leave_the_library_progress_bars_as_they_found_them(tmp_path, capsys):
+    """`main` switches transformers' weight bars off (and, with --quiet, diffusers' bars too) only while a
+    command runs: run in-process (tests, notebooks) it leaves no global state behind."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    from vidiff.cli import main
+    from vidiff.cli.common import quiet_loading, restored_library_bars
+
+    assert transformers_logging.is_progress_bar_enabled() and diffusers_logging.is_progress_bar_enabled()
+    with restored_library_bars():
+        quiet_loading()
+        assert not transformers_logging.is_progress_bar_enabled() and not diffusers_logging.is_progress_bar_enabled()
+    assert transformers_logging.is_progress_bar_enabled() and diffusers_logging.is_progress_bar_enabled()
+    # a real command that fails after switching the bars off (--quiet, then a missing model folder)
+    code = main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x", "--out", str(tmp_path / "a.mp4"),
+                 "--quiet"])
+    assert code == 2 and "nope" in capsys.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled() and diffusers_logging.is_progress_bar_enabled()
+    assert transformers_logging._tqdm_active

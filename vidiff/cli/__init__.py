@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from vidiff.cli.common import CLIError
+from vidiff.cli.common import CLIError, restored_library_bars
 
 __all__ = ["CLIError", "SUBCOMMANDS", "build_parser", "main"]
 
@@ -87,8 +87,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.command} --help)", file=sys.stderr)
             return 2
         args.overrides = list(args.overrides) + extras  # command-line order: later overrides win
-    if (args.command, getattr(args, "data_command", None)) != ("data", "shapes"):
-        _quiet_weight_bars()
+    with restored_library_bars():
+        if (args.command, getattr(args, "data_command", None)) != ("data", "shapes"):
+            _quiet_weight_bars()
+        return _run(args)
+
+
+def _run(args) -> int:
+    """Run the parsed command; its known failures become one `vidiff CMD: error: ...` line."""
     try:
         return int(args._run(args) or 0)
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, KeyError) as e:

@@ -36,6 +36,44 @@ SETTING_FLAGS = {"num_inference_steps": "--steps", "num_frames": "--num-frames",
                  "scheduler": "--scheduler"}
 
 
+LIBRARY_LOGGING = ("transformers.utils.logging", "diffusers.utils.logging")
+
+
+def quiet_loading(quiet: bool = True) -> None:
+    """--quiet: switch off the progress bars transformers and diffusers draw while loading weights (`main`
+    switches them back on when the command ends)."""
+    if quiet:
+        import importlib
+
+        for name in LIBRARY_LOGGING:
+            importlib.import_module(name).disable_progress_bar()
+
+
+@contextlib.contextmanager
+def restored_library_bars():
+    """Put transformers' and diffusers' progress-bar switches back as they were when the command ends, so a
+    command run in-process (tests, notebooks) leaves no global state behind. A library first imported during the
+    command goes back to its default (bars on)."""
+    import sys
+
+    def state(name):
+        module = sys.modules.get(name)
+        return None if module is None else (module.is_progress_bar_enabled(), getattr(module, "_tqdm_active", None))
+
+    before = {name: state(name) for name in LIBRARY_LOGGING}
+    try:
+        yield
+    finally:
+        for name, saved in before.items():
+            module = sys.modules.get(name)
+            if module is None:
+                continue
+            enabled, active = saved if saved is not None else (True, True)
+            (module.enable_progress_bar if enabled else module.disable_progress_bar)()
+            if active is not None and hasattr(module, "_tqdm_active"):
+                module._tqdm_active = active
+
+
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 

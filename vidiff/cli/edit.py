@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from vidiff.cli.common import (CLIError, check_device, check_video_output, in_flag_names, probe_video_arg,
-                               seed_or_random, write_outputs)
+                               quiet_loading, seed_or_random, write_outputs)
 from vidiff.models.options import CROSS_FRAME_MODES
 from vidiff.utils import DTYPES
 
@@ -238,12 +238,7 @@ def _edit(args, model, method, prompts, settings, source, indices, paths, cache,
     cross_frame = check_edit_options(method, args.cross_frame)
     height, width = settings["height"], settings["width"]
     frames = _read_clip(args, source, indices, height, width)
-    if args.quiet:
-        import diffusers.utils.logging
-        import transformers.utils.logging
-
-        transformers.utils.logging.disable_progress_bar()
-        diffusers.utils.logging.disable_progress_bar()
+    quiet_loading(args.quiet)
     pipe = VideoPipeline.from_pretrained(model, device=device, dtype=dtype)
     start = time.perf_counter()
     tune_steps = args.tune_steps if method == "tune" and args.tuned is None else 0

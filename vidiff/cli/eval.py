@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidiff.cli.common import CLIError, in_flag_names
+from vidiff.cli.common import CLIError, in_flag_names, quiet_loading
 from vidiff.utils import DTYPES
 
 SHAPES_EPILOG = """examples:
@@ -211,15 +211,6 @@ def _command(args, seeds: list[int], flags: tuple[str, ...]) -> str:
     return shlex.join(parts)
 
 
-def _quiet_loading(quiet: bool) -> None:
-    if quiet:  # transformers / diffusers draw their own weight-loading bars
-        import diffusers.utils.logging
-        import transformers.utils.logging
-
-        transformers.utils.logging.disable_progress_bar()
-        diffusers.utils.logging.disable_progress_bar()
-
-
 def _write_results(out, results: dict) -> None:
     from vidiff.utils import write_json_atomic
 
@@ -298,7 +289,7 @@ def run_shapes(args) -> int:
     sheet_path = _check_file_target(args.contact_sheet, "--contact-sheet", ".png", args.overwrite)
     _check_device(args.device)
     call, recorded = _shapes_settings(args)
-    _quiet_loading(args.quiet)
+    quiet_loading(args.quiet)
     if args.cascade is not None:
         from vidiff.pipelines.cascade import CascadePipeline
 
@@ -408,7 +399,7 @@ def run_stage(args) -> int:
     plan = _stage_plan(args, info)
     s = _resolve(info, args.model, num_inference_steps=args.steps, guidance_scale=args.guidance)
     settings = {"steps": s["num_inference_steps"], "guidance": s["guidance_scale"], "progress": False}
-    _quiet_loading(args.quiet)
+    quiet_loading(args.quiet)
     from vidiff.pipelines.text_to_video import VideoPipeline
 
     pipe = VideoPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
@@ -492,7 +483,7 @@ def run_edit(args) -> int:
     d = info["defaults"]
     if int(d["height"]) != int(d["width"]):
         raise CLIError(f"--model {model} makes {d['width']}x{d['height']} clips; the shapes clips are square")
-    _quiet_loading(args.quiet)
+    quiet_loading(args.quiet)
     fn, pipe = _editor(args, model, settings)
     start = time.perf_counter()
     records = edits.run_edits(fn, cases, attribute=args.attribute, num_frames=int(d["num_frames"]),

@@ -5,7 +5,7 @@ import argparse
 
 from vidiff.cli.common import (MAX_FPS, MAX_FRAMES, MAX_SEED, MAX_SIDE, MIN_FPS, SETTING_FLAGS, CLIError,
                                check_device, check_number, check_output_path, in_flag_names, numbered_paths,
-                               seed_or_random, write_outputs)
+                               quiet_loading, seed_or_random, write_outputs)
 from vidiff.models.options import CROSS_FRAME_MODES
 from vidiff.pipelines.schedulers import SCHEDULERS
 from vidiff.utils import DTYPES
@@ -141,12 +141,7 @@ def run(args) -> int:
 
     from vidiff.pipelines.text_to_video import VideoPipeline
 
-    if args.quiet:  # transformers / diffusers draw their own weight-loading bars
-        import diffusers.utils.logging
-        import transformers.utils.logging
-
-        transformers.utils.logging.disable_progress_bar()
-        diffusers.utils.logging.disable_progress_bar()
+    quiet_loading(args.quiet)
     pipe = VideoPipeline.from_pretrained(args.model, device=device, dtype=args.dtype)
     start = time.perf_counter()
     if args.zero_shot:

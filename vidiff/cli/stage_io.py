@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from vidiff.cli.common import (CLIError, check_device, check_output_path, check_video_output, in_flag_names,
-                               probe_video_arg, seed_or_random, write_outputs)
+                               probe_video_arg, quiet_loading, seed_or_random, write_outputs)
 from vidiff.models.options import TEMPORAL_STAGES
 from vidiff.pipelines.schedulers import SCHEDULERS
 from vidiff.utils import DTYPES
@@ -109,12 +109,7 @@ def check_output(args) -> Path:
 def load_stage(args):
     """The stage pipeline and the input frames (uint8 `(f, h, w, 3)`), after every check."""
     check_device(args.device)
-    if args.quiet:
-        import diffusers.utils.logging
-        import transformers.utils.logging
-
-        transformers.utils.logging.disable_progress_bar()
-        diffusers.utils.logging.disable_progress_bar()
+    quiet_loading(args.quiet)
     from vidiff.data.video_io import read_video
     from vidiff.pipelines.text_to_video import VideoPipeline
 
