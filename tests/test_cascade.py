@@ -651,3 +651,29 @@ def test_each_stage_encodes_the_prompt_with_its_own_text_encoder(cascade, bad_ca
     assert clip.shape[0] == pipe.plan()[-1][0]
     assert [encoder for encoder, _ in used] == [p.text_encoder for p in pipe.pipelines]
     assert not torch.allclose(used[0][1], used[1][1])  # two encoders, two embeddings of the same prompt
+
+
+def test_pixel_space_ssr_is_conditioned_as_in_training(assets, tmp_path, monkeypatch):
+    """A pixel-space ssr stage sees the low-res frames enlarged: exactly the condition training derives from the
+    high-res clip (reduced, enlarged). Reducing the enlarged frames once more would blur it (what it did before)."""
+    from vidiff.pipelines import cascade as cascade_mod
+    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.pipelines.text_to_video import VideoPipeline
+    from vidiff.training.stages import augmentation_alphas
+
+    folder = inflate_stage(assets["pixel"], tmp_path / "ssr", "ssr", factor=2, defaults=SMALL)
+    pipe = VideoPipeline.from_pretrained(folder)
+    high = torch.rand(1, 3, 2, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    low = torch.nn.functional.avg_pool3d(high, (1, 2, 2))
+    seen = {}
+
+    def record(pipe_, prompts, condition, size, settings, generators, **extra):
+        seen["condition"] = condition
+        raise StopIteration
+
+    monkeypatch.setattr(cascade_mod, "_sample", record)
+    with pytest.raises(StopIteration):
+        cascade_mod.upscale_video(pipe, low, "a red circle", noise_level=0, seed=0,
+                                  condition_noise=torch.zeros(1, 3, 2, 16, 16))
+    expected = augmentation_alphas()[0].sqrt() * ssr_condition(high, 2)
+    torch.testing.assert_close(seen["condition"], expected, atol=1e-6, rtol=0)

@@ -356,6 +356,8 @@ def upscale_video(pipe, video, prompt, *, noise_level: int | None = None, genera
     generators = make_generators(b, generator, seed)
     if options.get("condition") == "pixels":  # SD x4 upscaler: the low-res pixels are the condition
         clean = video
+    elif not pipe.latent:  # pixel space: the low-res frames are what training reduced the clip to, enlarged
+        clean = spatial_upsample(video, (height, width))  # (reducing them again would blur the condition)
     else:
         clean = ssr_condition(pipe.encode_video(spatial_upsample(video, (height, width))), k)
     if condition_noise is None:
