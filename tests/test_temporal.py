@@ -26,11 +26,14 @@ def test_temporal_layers_start_as_identity():
     x = torch.randn(2 * 4, 16, 3, 5)
     assert torch.equal(TemporalConv(16)(x, 4), x)
     assert torch.equal(TemporalAttention(16, num_heads=2)(x, 4), x)
+    assert torch.equal(TemporalAttention(16, num_heads=2, position="qkv")(x, 4), x)
 
 
-def test_temporal_attention_equals_einsum_reference():
+@pytest.mark.parametrize("position", ["qk", "qkv"])
+def test_temporal_attention_equals_einsum_reference(position):
+    """Frame positions enter queries and keys ("qk"), or values too ("qkv", AnimateDiff's form)."""
     torch.manual_seed(0)
-    layer = TemporalAttention(8, num_heads=2, backend="sdpa")
+    layer = TemporalAttention(8, num_heads=2, backend="sdpa", position=position)
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_(0, 0.5)
@@ -41,11 +44,13 @@ def test_temporal_attention_equals_einsum_reference():
     pos = frame_position_encoding(f, 8)
     q = layer.to_q(normed + pos).unflatten(-1, (2, 4))
     k = layer.to_k(normed + pos).unflatten(-1, (2, 4))
-    v = layer.to_v(normed).unflatten(-1, (2, 4))
+    v = layer.to_v(normed + pos if position == "qkv" else normed).unflatten(-1, (2, 4))
     weights = torch.einsum("bxyqhd,bxykhd->bxyhqk", q, k).mul(4 ** -0.5).softmax(-1)
     attended = torch.einsum("bxyhqk,bxykhd->bxyqhd", weights, v).flatten(-2)
     ref = (tokens + layer.to_out(attended)).permute(0, 3, 4, 1, 2).reshape(b * f, 8, h, w)
     assert (layer(x, f) - ref).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="temporal_position must be one of qk, qkv, got 'v'"):
+        TemporalAttention(8, num_heads=2, position="v")
 
 
 def test_frame_position_encoding_is_sinusoidal():

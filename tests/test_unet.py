@@ -508,3 +508,32 @@ def test_from_2d_weights_keeps_a_pretrained_condition(tmp_path):
     # conv_in columns that are neither the latents alone nor latents + condition are named.
     with pytest.raises(ValueError, match=r"conv_in.weight: checkpoint \(16, 7, 3, 3\) vs model \(16, 6, 3, 3\)"):
         VideoUNet.from_2d_weights(config, unet2d.state_dict(), conditioning_channels=2, source="x4")
+
+
+def test_temporal_position_is_saved_and_old_configs_mean_qk(tmp_path, sd1_folder):
+    """temporal_position is part of the architecture: saved, reloaded, equal to the 2D model at init either way,
+    and a config saved before the option existed loads as "qk" (what those models were trained with)."""
+    video = VideoUNet.from_2d(sd1_folder, temporal_position="qkv").eval()
+    assert {m.position for m in video.modules() if hasattr(m, "position")} == {"qkv"}
+    unet2d = UNet2DConditionModel.from_pretrained(sd1_folder)
+    x, t, context, labels = inputs(unet2d, f=4)
+    with torch.no_grad():
+        assert (video(x, t, context) - per_frame_2d(unet2d, x, t, context, labels)).abs().max() <= TOL
+        for p in video.temporal_parameters():  # trained temporal layers: "qkv" and "qk" now differ
+            p.normal_(0, 0.1)
+    video.save_pretrained(tmp_path / "qkv")
+    loaded = VideoUNet.from_pretrained(tmp_path / "qkv")
+    assert loaded.config["temporal_position"] == "qkv"
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, context), video(x, t, context))
+    config = json.loads((tmp_path / "qkv" / "config.json").read_text())
+    del config["temporal_position"]
+    (tmp_path / "qkv" / "config.json").write_text(json.dumps(config))
+    old = VideoUNet.from_pretrained(tmp_path / "qkv")
+    assert old.config["temporal_position"] == "qk"
+    with torch.no_grad():
+        assert not torch.allclose(old(x, t, context), video(x, t, context))
+    with pytest.raises(ValueError, match="from_pretrained cannot change 'temporal_position'"):
+        VideoUNet.from_pretrained(tmp_path / "qkv", temporal_position="qkv")
+    with pytest.raises(ValueError, match="temporal_position must be one of qk, qkv"):
+        VideoUNet.from_2d(sd1_folder, temporal_position="values")

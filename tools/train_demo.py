@@ -401,10 +401,12 @@ def step_base(ctx: Context, name: str = "base") -> None:
 
     cfg, init = ctx.cfg, ctx.work / "base" / "inflated"
     if not (init / "vidiff.json").is_file():
-        inflate_pipeline(ctx.work / "t2i" / "sd", init, defaults=cfg["defaults"], seed=cfg["seed"])
+        inflate_pipeline(ctx.work / "t2i" / "sd", init, defaults=cfg["defaults"], seed=cfg["seed"],
+                         temporal_position=cfg["base"].get("temporal_position", "qk"))
     if name == "scratch":
         torch.manual_seed(cfg["seed"])
-        unet = VideoUNet(dict(cfg["unet"])).to(ctx.device)
+        unet = VideoUNet(dict(cfg["unet"]), temporal_position=cfg["base"].get("temporal_position", "qk"))
+        unet = unet.to(ctx.device)
     else:
         unet = VideoUNet.from_pretrained(init / "unet").to(ctx.device)
     print(f"{name}: U-Net with {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters", flush=True)

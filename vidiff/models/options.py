@@ -32,6 +32,11 @@ CROSS_FRAME_MODES: tuple[str, ...] = tuple(CROSS_FRAME_SOURCES)
 
 ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
 
+# Where temporal attention adds its frame position encoding: "qk", to queries and keys (which frames attend to
+# which; the values carry content only), or "qkv", to values too (AnimateDiff's motion modules: every frame's
+# features also learn which frame they are, which lets a model place content by time, e.g. a direction of travel).
+TEMPORAL_POSITIONS: tuple[str, ...] = ("qk", "qkv")
+
 # The cascade stages (what each feeds the U-Net: vidiff.training.stages.STAGES) and all stage names.
 CASCADE_STAGES: tuple[str, ...] = ("interpolation", "tsr", "ssr")
 STAGE_NAMES: tuple[str, ...] = ("base", *CASCADE_STAGES)

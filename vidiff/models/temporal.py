@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from vidiff.models.attention import attention
+from vidiff.models.options import TEMPORAL_POSITIONS
 
 
 def frame_position_encoding(num_frames: int, dim: int, device=None, dtype=None):
@@ -70,12 +71,15 @@ class TemporalConv(nn.Module):
 class TemporalAttention(nn.Module):
     """Pre-norm multi-head self-attention across frames, residual, zero-initialised output projection."""
 
-    def __init__(self, channels: int, num_heads: int = 8, backend: str = "auto"):
+    def __init__(self, channels: int, num_heads: int = 8, backend: str = "auto", position: str = "qk"):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"temporal attention: {channels} channels do not split into {num_heads} heads")
+        if position not in TEMPORAL_POSITIONS:
+            raise ValueError(f"temporal_position must be one of {', '.join(TEMPORAL_POSITIONS)}, got {position!r}")
         self.num_heads = num_heads
         self.backend = backend
+        self.position = position
         self.norm = nn.LayerNorm(channels)
         self.to_q = nn.Linear(channels, channels, bias=False)
         self.to_k = nn.Linear(channels, channels, bias=False)
@@ -88,12 +92,16 @@ class TemporalAttention(nn.Module):
         height = x.shape[-2]
         tokens = rearrange(x, "(b f) c h w -> (b h w) f c", f=num_frames)
         h = self.norm(tokens)
-        # The position encoding tells the layer where each frame sits; it enters queries and keys, not values:
-        # q = W_q (h + pos) = W_q h + W_q pos, so one fused matmul serves q, k and v and pos is projected once.
+        # The position encoding tells the layer where each frame sits. "qkv": it is added to the input of all three
+        # projections. "qk": to queries and keys only, q = W_q (h + pos) = W_q h + W_q pos, so one fused matmul
+        # serves q, k and v and pos is projected once (per frame, not per token).
         pos = frame_position_encoding(num_frames, h.shape[-1], device=h.device, dtype=h.dtype)
-        qkv = F.linear(h, torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight]))
-        q, k, v = qkv.chunk(3, dim=-1)
-        q, k = q + self.to_q(pos), k + self.to_k(pos)
+        weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
+        if self.position == "qkv":
+            q, k, v = F.linear(h + pos, weight).chunk(3, dim=-1)
+        else:
+            q, k, v = F.linear(h, weight).chunk(3, dim=-1)
+            q, k = q + self.to_q(pos), k + self.to_k(pos)
         q, k, v = (rearrange(t, "n f (heads d) -> n heads f d", heads=self.num_heads) for t in (q, k, v))
         out = attention(q, k, v, self.backend)
         out = self.to_out(rearrange(out, "n heads f d -> n f (heads d)"))

@@ -33,7 +33,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from vidiff.models.attention import VideoAttnProcessor, check_backend
-from vidiff.models.options import RUNTIME_OPTIONS, check_cross_frame
+from vidiff.models.options import RUNTIME_OPTIONS, TEMPORAL_POSITIONS, check_cross_frame
 from vidiff.models.temporal import TemporalAttention, TemporalConv
 from vidiff.utils import atomic_dir, check_replaceable, save_safetensors_atomic, write_json_atomic
 
@@ -53,7 +53,8 @@ UNSUPPORTED = {
 }
 # What a VideoUNet adds to its 2D config, saved with it: the model's identity. `cross_frame` is the mode it was
 # made (or tuned) with, a default that `set_cross_frame` may change for a run; any machine can compute every mode.
-ARCHITECTURE_OPTIONS = ("temporal_conv", "temporal_attention", "cross_frame", "conditioning_channels", "stage")
+ARCHITECTURE_OPTIONS = ("temporal_conv", "temporal_attention", "cross_frame", "conditioning_channels", "stage",
+                        "temporal_position")
 # Accepted by the constructor, from_2d and from_pretrained, never saved (vidiff.models.options.RUNTIME_OPTIONS).
 OPTIONS = ARCHITECTURE_OPTIONS + RUNTIME_OPTIONS
 
@@ -94,6 +95,9 @@ def check_options(**options) -> None:
     stage = options.get("stage", "base")
     if not isinstance(stage, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", stage):
         raise ValueError(f"stage must be a lower-case stage name such as 'base' or 'ssr', got {stage!r}")
+    if options.get("temporal_position", "qk") not in TEMPORAL_POSITIONS:
+        raise ValueError(f"temporal_position must be one of {', '.join(TEMPORAL_POSITIONS)}, got "
+                         f"{options['temporal_position']!r}")
     for key in ("temporal_conv", "temporal_attention"):
         if not isinstance(options.get(key, True), bool):
             raise ValueError(f"{key} must be true or false, got {options[key]!r}")
@@ -183,20 +187,24 @@ class VideoUNet(nn.Module):
             condition to `sample` along channels).
         stage: the cascade stage this U-Net serves ("base", "interpolation", "tsr", "ssr", ...), recorded in
             its config so a saved stage says what its conditioning channels hold.
+        temporal_position: "qk" (default; configs saved without it mean this) or "qkv": where temporal attention
+            adds its frame position encoding (vidiff.models.options.TEMPORAL_POSITIONS).
         attention_backend: "auto" | "sdpa" | "xformers" | "math"; a runtime choice, not saved with the model.
     """
 
     def __init__(self, unet_config: dict, *, temporal_conv: bool = True, temporal_attention: bool = True,
                  cross_frame: str = "none", conditioning_channels: int = 0, stage: str = "base",
-                 attention_backend: str = "auto"):
+                 temporal_position: str = "qk", attention_backend: str = "auto"):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
         unet_config = check_unet_config(unet_config)
         check_options(temporal_conv=temporal_conv, temporal_attention=temporal_attention, cross_frame=cross_frame,
-                      conditioning_channels=conditioning_channels, stage=stage, attention_backend=attention_backend)
+                      conditioning_channels=conditioning_channels, stage=stage, attention_backend=attention_backend,
+                      temporal_position=temporal_position)
         self.config = dict(unet_config, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
-                           cross_frame=cross_frame, conditioning_channels=conditioning_channels, stage=stage)
+                           cross_frame=cross_frame, conditioning_channels=conditioning_channels, stage=stage,
+                           temporal_position=temporal_position)
         self.attention_backend = attention_backend
 
         # Build diffusers' 2D U-Net once and adopt its modules under the same names.
@@ -226,7 +234,8 @@ class VideoUNet(nn.Module):
                 block.temporal_convs = nn.ModuleList(TemporalConv(r.out_channels) for r in block.resnets)
             if temporal_attention and hasattr(block, "attentions"):
                 block.temporal_attentions = nn.ModuleList(
-                    TemporalAttention(a.config.in_channels, a.transformer_blocks[0].attn1.heads, attention_backend)
+                    TemporalAttention(a.config.in_channels, a.transformer_blocks[0].attn1.heads, attention_backend,
+                                      temporal_position)
                     for a in block.attentions)
         self.gradient_checkpointing = False
         self.set_attention_backend(attention_backend)
