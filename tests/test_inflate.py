@@ -79,10 +79,14 @@ def test_single_file_checkpoint_with_local_config(sd, tmp_path, capsys, suffix):
 def test_cli_inflate_options(sd, tmp_path, capsys):
     out = tmp_path / "video"
     code, stdout, _ = run(capsys, "inflate", "--base", str(sd), "--out", str(out), "--cross-frame", "sparse-causal",
-                          "--no-temporal-conv")
+                          "--no-temporal-conv", "--temporal-position", "qkv")
     assert code == 0 and "temporal attention" in stdout and "temporal conv +" not in stdout
     config = json.loads((out / "unet" / "config.json").read_text())
     assert config["cross_frame"] == "sparse-causal" and not config["temporal_conv"] and config["temporal_attention"]
+    assert config["temporal_position"] == "qkv"
+    code, _, _ = run(capsys, "inflate", "--base", str(sd), "--out", str(tmp_path / "stage"), "--stage", "ssr",
+                     "--temporal-position", "qkv")
+    assert code == 0 and json.loads((tmp_path / "stage" / "unet" / "config.json").read_text())["temporal_position"] == "qkv"
     assert read_info(out)["defaults"]["cross_frame"] == "sparse-causal"
     # --overwrite replaces an existing folder; without it, an error.
     code, _, err = run(capsys, "inflate", "--base", str(sd), "--out", str(out))

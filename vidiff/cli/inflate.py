@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from vidiff.cli.common import MAX_FPS, MAX_FRAMES, MIN_FPS, CLIError, check_number, check_writable
-from vidiff.models.options import CROSS_FRAME_MODES, STAGE_NAMES
+from vidiff.models.options import CROSS_FRAME_MODES, STAGE_NAMES, TEMPORAL_POSITIONS
 
 
 def add_parser(sub):
@@ -32,6 +32,9 @@ def add_parser(sub):
                    help="spatial self-attention across frames (default: %(default)s)")
     p.add_argument("--no-temporal-conv", action="store_true", help="do not add temporal convolutions")
     p.add_argument("--no-temporal-attention", action="store_true", help="do not add temporal attention layers")
+    p.add_argument("--temporal-position", choices=TEMPORAL_POSITIONS, default="qk",
+                   help="where temporal attention adds frame positions: queries and keys, or values too "
+                        "(AnimateDiff's form) (default: %(default)s)")
     p.add_argument("--num-frames", type=int, default=16,
                    help="default clip length / temporal window written to vidiff.json (default: %(default)s)")
     p.add_argument("--fps", type=float, default=8, help="default frame rate written to vidiff.json (default: %(default)s)")
@@ -79,7 +82,8 @@ def run(args) -> int:
                        "(the stage's window holds whole groups of repeated frames)")
     fps = int(args.fps) if float(args.fps).is_integer() else args.fps
     options = dict(cross_frame=args.cross_frame, temporal_conv=not args.no_temporal_conv,
-                   temporal_attention=not args.no_temporal_attention, config=args.config,
+                   temporal_attention=not args.no_temporal_attention, temporal_position=args.temporal_position,
+                   config=args.config,
                    defaults={"num_frames": args.num_frames, "fps": fps})
     if args.stage == "base":
         inflate_pipeline(args.base, out, **options)

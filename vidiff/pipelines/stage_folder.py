@@ -138,7 +138,8 @@ def load_upscaler_components(folder: Path, **unet_options) -> dict:
 
 def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *, factor: int | None = None,
                   cross_frame: str = "none", temporal_conv: bool = True, temporal_attention: bool = True,
-                  config: str | os.PathLike | None = None, defaults: dict | None = None, seed: int = 0) -> Path:
+                  temporal_position: str = "qk", config: str | os.PathLike | None = None,
+                  defaults: dict | None = None, seed: int = 0) -> Path:
     """Make an untrained cascade stage folder at `out` from an SD pipeline `base` (folder, hub id, or single file
     with `config`; for `stage="ssr"` also an SD x4 upscaler folder). `factor`: interpolation: the one mask factor
     it trains on (default 2 and 4); tsr: the frame-rate factor; ssr: 2 or 4 (an x4 upscaler fixes its own).
@@ -157,7 +158,8 @@ def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *
         raise ValueError(f"{base} is an SD x4 upscaler: its factor is 4, got --factor {factor}")
     if not upscaler:
         default_stage_options(stage, factor)  # a bad factor fails here, before any loading
-    unet_options = dict(cross_frame=cross_frame, temporal_conv=temporal_conv, temporal_attention=temporal_attention)
+    unet_options = dict(cross_frame=cross_frame, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
+                        temporal_position=temporal_position)
     with torch.random.fork_rng(devices=[]):  # seeded: the same base always gives the same folder
         torch.manual_seed(seed)
         if upscaler:
