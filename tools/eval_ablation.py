@@ -132,6 +132,7 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", default=str(suite.EVAL_SEEDS[0]),
                         help="comma-separated evaluation seeds (default: the first held-out one; 48 clips each)")
     parser.add_argument("--sample-steps", type=int, default=None, help="sampling steps (default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=48, help="clips sampled together")
     parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     args = parser.parse_args(argv)
@@ -161,8 +162,9 @@ def main(argv=None) -> int:
     results_path = out / "ablation.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"evaluations": {}}
     results.update(command="python tools/eval_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                   seeds=args.seeds, device=device.type, ablation_steps=total)
-    settings = {} if args.sample_steps is None else {"num_inference_steps": args.sample_steps}
+                   seeds=args.seeds, device=device.type, ablation_steps=total, settings=settings)
+    settings = {key: value for key, value in (("num_inference_steps", args.sample_steps),
+                                              ("guidance_scale", args.guidance)) if value is not None}
     out.mkdir(parents=True, exist_ok=True)
     for run, step, folder in evaluation_order(found, total):
         done = results["evaluations"].setdefault(run, {})
