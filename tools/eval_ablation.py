@@ -161,10 +161,10 @@ def main(argv=None) -> int:
     cases = suite.make_cases(args.seeds)
     results_path = out / "ablation.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"evaluations": {}}
-    results.update(command="python tools/eval_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                   seeds=args.seeds, device=device.type, ablation_steps=total, settings=settings)
     settings = {key: value for key, value in (("num_inference_steps", args.sample_steps),
                                               ("guidance_scale", args.guidance)) if value is not None}
+    results.update(command="python tools/eval_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                   seeds=args.seeds, device=device.type, ablation_steps=total, settings=settings)
     out.mkdir(parents=True, exist_ok=True)
     for run, step, folder in evaluation_order(found, total):
         done = results["evaluations"].setdefault(run, {})
