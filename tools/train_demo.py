@@ -6,8 +6,10 @@
 
 Steps (each skipped when its output exists; `--resume auto` continues an interrupted one from its checkpoint):
     text           the tokenizer (one token per word of the shapes vocabulary) and a seeded random CLIP text model
-    t2i            a pixel-space text-to-image U-Net trained on single frames (a diffusers SD folder without VAE)
-    base           `vidiff inflate` of it (temporal conv + attention), trained on 8-frame clips: the base model
+    t2i            a pixel-space text-to-image U-Net trained on single frames, with the text model (`train_text`)
+                   (a diffusers SD folder without VAE)
+    base           `vidiff inflate` of it (temporal conv + attention), trained on 8-frame clips, with the text model:
+                   the base model
     interpolation  `vidiff inflate --stage interpolation` of the text-to-image model, trained x2 (8 -> 15 frames)
     ssr            `vidiff inflate --stage ssr` of it, trained x2 (32 -> 64 pixels)
     publish        the models in fp16 + logs, loss curves, commands and checksums into vidiff/assets/demo/
