@@ -58,12 +58,15 @@ def test_in_flag_names_and_seed():
     assert len(seeds) > 1 and all(0 <= s < 2**31 for s in seeds)
 
 
+# imported here, not under a test's capsys: diffusers' log handler keeps the stderr it first sees, and a test's
+# captured stream is closed when the test ends ("--- Logging error ---" in every later test)
+import diffusers.utils.logging as diffusers_logging  # noqa: E402
+import transformers.utils.logging as transformers_logging  # noqa: E402
+
+
 def test_commands_leave_the_library_progress_bars_as_they_found_them(tmp_path, capsys):
     """`main` switches transformers' weight bars off (and, with --quiet, diffusers' bars too) only while a
     command runs: run in-process (tests, notebooks) it leaves no global state behind."""
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
     from vidiff.cli import main
     from vidiff.cli.common import quiet_loading, restored_library_bars
 
