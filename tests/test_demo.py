@@ -202,6 +202,26 @@ def test_demo_stages_refuse_a_clip_of_another_size_before_loading(command, tmp_p
 
 
 # ------------------------------------------------------------------------------------------------ reproduction
+def test_noise_shift_divides_every_signal_to_noise_ratio():
+    """base.noise_shift s: the demo schedule with every SNR divided by s**2, as betas a diffusers sampler takes."""
+    import torch
+    import yaml
+    from diffusers import DDIMScheduler
+
+    td = _load_tool("train_demo")
+    cfg = yaml.safe_load((ROOT / "configs" / "demo" / "demo.yaml").read_text())
+    assert "trained_betas" not in td.scheduler_config(cfg) and "trained_betas" not in td.scheduler_config(cfg, 1)
+
+    def snr(config):
+        alphas = DDIMScheduler.from_config(config).alphas_cumprod.double()
+        return alphas / (1 - alphas)
+
+    plain, shifted = snr(td.scheduler_config(cfg)), snr(td.scheduler_config(cfg, 4))
+    ratio = (shifted / plain)[:990]  # the last betas are capped at 0.999 like the plain schedule's
+    torch.testing.assert_close(ratio, torch.full_like(ratio, 1 / 16), rtol=1e-3, atol=0)
+    assert shifted[-1] <= plain[-1]
+
+
 def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
     """tools/train_demo.py at a tiny scale: every step writes what the next needs, the published cascade loads
     and generates, the text model trains in t2i and the base (the stages keep t2i's), snapshots start at step 0, the

@@ -616,8 +616,8 @@ def test_eval_edit_wiring(tiny_model, tmp_path, capsys, monkeypatch):
 
     calls = []
 
-    def fake_edit(pipe, frames, prompts, *, source_prompt, seed, **kwargs):
-        calls.append((source_prompt, prompts[0], seed))
+    def fake_edit(pipe, frames, prompts, *, source_prompt, seed, negative_prompt, **kwargs):
+        calls.append((source_prompt, prompts[0], seed, negative_prompt))
         assert np.array_equal(frames, make_clip(*shapes.parse_caption(source_prompt), 4, 16, seed=seed))
         clip = make_clip(*shapes.parse_caption(prompts[0]), 4, 16, seed=seed)
         pixels = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
@@ -629,6 +629,15 @@ def test_eval_edit_wiring(tiny_model, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert json.loads(out.read_text())["summary"]["target"] == 1.0
     assert [c[2] for c in calls] == [suite.clip_seed(c.seed, c.index) for c in suite.make_cases(limit=3)]
+    assert [c[3] for c in calls] == [None] * 3
+
+    calls.clear()  # --negative source: each clip's own caption is the negative prompt, recorded with the settings
+    code, _, err = run_cli(capsys, "eval", "edit", "--model", tiny_model, "--limit", 2, "--negative", "source",
+                           "--out", out, "--overwrite", "--quiet")
+    assert code == 0, err
+    assert [c[3] for c in calls] == [c[0] for c in calls] == [c.prompt for c in suite.make_cases(limit=2)]
+    results = json.loads(out.read_text())
+    assert results["settings"]["negative"] == "source" and "--negative source" in results["command"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -122,9 +122,10 @@ def build_text(cfg: dict, out: Path, seed: int) -> None:
         assert cosine.max() < 0.999, "captions must give distinct embeddings"
 
 
-def captions() -> list[str]:
-    """The 48 captions, in (colour, shape, motion) product order."""
-    return [f"a {c} {s} {m}" for c in COLORS for s in SHAPES for m in MOTIONS]
+def captions(motion: bool = True) -> list[str]:
+    """The 48 captions, in (colour, shape, motion) product order; motion=False: without the motion words (what a
+    single frame shows, "a red circle")."""
+    return [f"a {c} {s} {m}" if motion else f"a {c} {s}" for c in COLORS for s in SHAPES for m in MOTIONS]
 
 
 @torch.no_grad()
@@ -319,13 +320,14 @@ class Context:
             self._data = clips.to(self.device), index.to(self.device)
         return self._data
 
-    def load_text(self, folder: Path, trainable: bool):
+    def load_text(self, folder: Path, trainable: bool, motion: bool = True):
         """The tokenizer and CLIP text model of `folder` (a pipeline folder, or the `text` step's output) for this
-        step: trained along with the U-Net (then part of the step's model) or frozen. Returns the text model."""
+        step: trained along with the U-Net (then part of the step's model) or frozen; `motion`: captions with the
+        motion words. Returns the text model."""
         from transformers import CLIPTextModel, CLIPTokenizer
 
         self.tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
-        self.caption_ids = self.tokenizer(captions() + [""], padding="max_length", truncation=True,
+        self.caption_ids = self.tokenizer(captions(motion) + [""], padding="max_length", truncation=True,
                                           max_length=self.tokenizer.model_max_length,
                                           return_tensors="pt")["input_ids"].to(self.device)
         self.text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder")).to(self.device)
@@ -363,7 +365,8 @@ def step_t2i(ctx: Context) -> None:
     print(f"t2i: U-Net with {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters", flush=True)
     clips, index = ctx.data
     size = cfg["unet"]["sample_size"]
-    ctx.load_text(ctx.work / "text", trainable=cfg["t2i"].get("train_text", False))
+    ctx.load_text(ctx.work / "text", trainable=cfg["t2i"].get("train_text", False),
+                  motion=cfg["t2i"].get("motion_words", True))
 
     def batch(generator, batch_size):
         pick = torch.randint(0, len(clips), (batch_size,), generator=generator, device=ctx.device)
@@ -389,8 +392,20 @@ def step_t2i(ctx: Context) -> None:
             "scheduler": ["diffusers", "DDPMScheduler"]}, indent=2))
 
 
-def scheduler_config(cfg: dict) -> dict:
-    return dict(cfg["scheduler"], _class_name="DDPMScheduler")
+def scheduler_config(cfg: dict, noise_shift: float | None = None) -> dict:
+    """The diffusers DDPMScheduler config of a step; with `noise_shift` s, the same schedule at s times the noise
+    (every signal-to-noise ratio divided by s**2, Hoogeboom et al. 2023's shifted schedule), as `trained_betas`."""
+    config = dict(cfg["scheduler"], _class_name="DDPMScheduler")
+    if noise_shift is None or noise_shift == 1:
+        return config
+    from diffusers import DDPMScheduler
+
+    alphas_cumprod = DDPMScheduler.from_config(config).alphas_cumprod.double()
+    log_snr = torch.log(alphas_cumprod) - torch.log1p(-alphas_cumprod) - 2 * math.log(noise_shift)
+    shifted = torch.sigmoid(log_snr)
+    betas = 1 - shifted / torch.cat([shifted.new_ones(1), shifted[:-1]])
+    config["trained_betas"] = betas.clamp(max=0.999).tolist()
+    return config
 
 
 def step_base(ctx: Context, name: str = "base") -> None:
@@ -417,8 +432,10 @@ def step_base(ctx: Context, name: str = "base") -> None:
     info = read_info(init)
     info["source"] = "tools/train_demo.py (configs/demo/demo.yaml)"
     text_encoder = ctx.load_text(init, trainable=cfg["base"].get("train_text", False))
+    schedule = scheduler_config(cfg, cfg["base"].get("noise_shift"))
     parts = dict(text_encoder=text_encoder, tokenizer=ctx.tokenizer, info=info,
-                 scheduler_config=json.loads((init / "scheduler" / "scheduler_config.json").read_text()))
+                 scheduler_config=dict(json.loads((init / "scheduler" / "scheduler_config.json").read_text()),
+                                       **schedule))
 
     def batch(generator, batch_size):
         pick = torch.randint(0, len(clips), (batch_size,), generator=generator, device=ctx.device)
@@ -431,8 +448,8 @@ def step_base(ctx: Context, name: str = "base") -> None:
     if name == "scratch":
         run["stop_at"] = max(1, round(cfg["base"]["ablation_steps"] * ctx.steps_scale))
     stage = make_stage("base", prediction_type=cfg["scheduler"]["prediction_type"], snr_gamma=run.get("snr_gamma"))
-    train_loop(ctx.model(unet), stage, batch, run, ctx.work / name / "train", scheduler_config(cfg),
-               ctx.device, ctx.resume, name, snapshot=snapshot)
+    train_loop(ctx.model(unet), stage, batch, run, ctx.work / name / "train", schedule, ctx.device, ctx.resume,
+               name, snapshot=snapshot)
     write_pipeline_folder(ctx.work / name / "final", unet=unet.cpu(), **dict(parts, text_encoder=text_encoder.cpu()))
 
 

@@ -92,6 +92,10 @@ def add_parser(sub):
                       help="zero-shot (cross-frame attention) or tune (Tune-A-Video, per clip) (default: %(default)s)")
     edit.add_argument("--strength", type=float, default=None,
                       help="SDEdit strength in [0, 1] instead of DDIM inversion (default: inversion)")
+    edit.add_argument("--negative", choices=("none", "source"), default="none",
+                      help="negative prompt while sampling: none (the empty prompt) or source (the clip's own "
+                           "caption: guidance then pushes from the source towards the target, the way users pass "
+                           "`vidiff edit --negative`) (default: %(default)s)")
     edit.add_argument("--tune-steps", type=int, default=100, help="tune: steps per clip (default: %(default)s)")
     edit.add_argument("--tune-lr", type=float, default=3e-5, help="tune: learning rate (default: %(default)s)")
     _add_case_arguments(edit)
@@ -450,6 +454,7 @@ def _editor(args, model: str, settings: dict):
         result = edit_video(pipe, source, [prompt], source_prompt=case.prompt, method=args.method,
                             num_inference_steps=settings["num_inference_steps"],
                             guidance_scale=settings["guidance_scale"], seed=clip_seed(case.seed, case.index),
+                            negative_prompt=case.prompt if args.negative == "source" else None,
                             strength=args.strength, tune_steps=args.tune_steps if args.method == "tune" else 0,
                             tune_lr=args.tune_lr, progress=False)
         return to_uint8(result.videos[0][0])
@@ -491,13 +496,15 @@ def run_edit(args) -> int:
     seconds = time.perf_counter() - start
     summary = edits.summarize(records)
     print(edits.markdown_table(args.attribute, summary))
-    flags = ("--attribute", "--method", "--strength", "--tune-steps", "--tune-lr", "--steps", "--guidance")
+    flags = ("--attribute", "--method", "--strength", "--negative", "--tune-steps", "--tune-lr", "--steps",
+             "--guidance")
     args.model = model
     _write_results(out, {"command": _command(args, seeds, flags), "model": str(Path(model).resolve()),
                          "seeds": seeds, "vidiff_version": vidiff.__version__,
                          "settings": {"steps": settings["num_inference_steps"],
                                       "guidance": settings["guidance_scale"], "method": args.method,
-                                      "strength": args.strength, "attribute": args.attribute},
+                                      "strength": args.strength, "negative": args.negative,
+                                      "attribute": args.attribute},
                          "device": str(pipe.device), "seconds": round(seconds, 2), "summary": summary,
                          "clips": records})
     print(f"edited {len(records)} clips in {seconds:.1f} s: {args.attribute} changed with the motion kept in "
