@@ -537,3 +537,42 @@ def test_temporal_position_is_saved_and_old_configs_mean_qk(tmp_path, sd1_folder
         VideoUNet.from_pretrained(tmp_path / "qkv", temporal_position="qkv")
     with pytest.raises(ValueError, match="temporal_position must be one of qk, qkv"):
         VideoUNet.from_2d(sd1_folder, temporal_position="values")
+
+
+def test_frame_embedding_adds_each_frames_index_to_its_timestep_embedding(tmp_path, sd1_folder):
+    """frame_embedding: zero at inflation (the 2D model per frame); once trained, exactly diffusers' U-Net with the
+    frame's embedding added to its timestep embedding (class_embed_type "identity" adds class_labels there);
+    trained with the temporal layers; saved, reloaded, and absent from configs saved before it existed."""
+    video = VideoUNet.from_2d(sd1_folder, temporal_conv=False, temporal_attention=False, frame_embedding=True).eval()
+    unet2d = UNet2DConditionModel.from_pretrained(sd1_folder)
+    x, t, context, labels = inputs(unet2d, f=4)
+    with torch.no_grad():
+        assert (video(x, t, context) - per_frame_2d(unet2d, x, t, context, labels)).abs().max() <= TOL
+        for p in video.frame_embedding.parameters():
+            p.normal_(0, 0.1)
+        frames = video.frame_embedding(4)                                               # (f, d)
+        assert not torch.allclose(frames[0], frames[1])
+        reference = UNet2DConditionModel(**dict(SD1, class_embed_type="identity")).eval()
+        reference.load_state_dict(unet2d.state_dict())
+        folded = reference(rearrange(x, "b c f h w -> (b f) c h w"), t.repeat_interleave(4),
+                           context.repeat_interleave(4, dim=0), class_labels=frames.repeat(2, 1)).sample
+        expected = rearrange(folded, "(b f) c h w -> b c f h w", f=4)
+        assert (video(x, t, context) - expected).abs().max() <= TOL
+    assert is_temporal_parameter("frame_embedding.proj.weight")
+    video.freeze_spatial()
+    assert {n for n, p in video.named_parameters() if p.requires_grad} == {"frame_embedding.proj.weight",
+                                                                           "frame_embedding.proj.bias"}
+
+    video.save_pretrained(tmp_path / "fe")
+    loaded = VideoUNet.from_pretrained(tmp_path / "fe")
+    assert loaded.config["frame_embedding"] is True
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, context), video(x, t, context))
+    config = json.loads((tmp_path / "fe" / "config.json").read_text())
+    del config["frame_embedding"]
+    (tmp_path / "fe" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(vidiff.models.loading.LoadingError, match="frame_embedding.proj"):
+        VideoUNet.from_pretrained(tmp_path / "fe")  # old config: no such layer, so its weights are unexpected
+    assert VideoUNet.from_2d(sd1_folder).frame_embedding is None
+    with pytest.raises(ValueError, match="frame_embedding must be true or false"):
+        VideoUNet.from_2d(sd1_folder, frame_embedding="yes")

@@ -419,10 +419,12 @@ def step_base(ctx: Context, name: str = "base") -> None:
     cfg, init = ctx.cfg, ctx.work / "base" / "inflated"
     if not (init / "vidiff.json").is_file():
         inflate_pipeline(ctx.work / "t2i" / "sd", init, defaults=cfg["defaults"], seed=cfg["seed"],
-                         temporal_position=cfg["base"].get("temporal_position", "qk"))
+                         temporal_position=cfg["base"].get("temporal_position", "qk"),
+                         frame_embedding=cfg["base"].get("frame_embedding", False))
     if name == "scratch":
         torch.manual_seed(cfg["seed"])
-        unet = VideoUNet(dict(cfg["unet"]), temporal_position=cfg["base"].get("temporal_position", "qk"))
+        unet = VideoUNet(dict(cfg["unet"]), temporal_position=cfg["base"].get("temporal_position", "qk"),
+                         frame_embedding=cfg["base"].get("frame_embedding", False))
         unet = unet.to(ctx.device)
     else:
         unet = VideoUNet.from_pretrained(init / "unet").to(ctx.device)

@@ -36,6 +36,26 @@ def frame_position_encoding(num_frames: int, dim: int, device=None, dtype=None):
     return enc.to(dtype)
 
 
+class FrameEmbedding(nn.Module):
+    """Which frame of the clip each frame is, for every resnet block: the frame index's sinusoidal encoding through
+    a zero-initialised linear layer, added to the frame's timestep embedding (so the inflated U-Net starts as the
+    image model). Temporal attention alone tells only the attention resolutions where a frame sits; a caption's
+    "moving right" needs a frame-dependent position at every level."""
+
+    def __init__(self, embed_dim: int, channels: int = 64):
+        super().__init__()
+        self.channels = channels
+        self.proj = nn.Linear(channels, embed_dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, num_frames: int, dtype=None) -> torch.Tensor:
+        """`(num_frames, embed_dim)`."""
+        code = frame_position_encoding(num_frames, self.channels, device=self.proj.weight.device,
+                                       dtype=self.proj.weight.dtype)
+        return self.proj(code).to(dtype or self.proj.weight.dtype)
+
+
 class TemporalConv(nn.Module):
     """Convolution over frames only, at every pixel (a Conv1d along f), Dirac-initialised: output == input.
 
