@@ -79,11 +79,12 @@ def test_single_file_checkpoint_with_local_config(sd, tmp_path, capsys, suffix):
 def test_cli_inflate_options(sd, tmp_path, capsys):
     out = tmp_path / "video"
     code, stdout, _ = run(capsys, "inflate", "--base", str(sd), "--out", str(out), "--cross-frame", "sparse-causal",
-                          "--no-temporal-conv", "--temporal-position", "qkv", "--frame-embedding")
+                          "--no-temporal-conv", "--temporal-position", "qkv", "--frame-embedding",
+                          "--coordinate-embedding")
     assert code == 0 and "temporal attention" in stdout and "temporal conv +" not in stdout
     config = json.loads((out / "unet" / "config.json").read_text())
     assert config["cross_frame"] == "sparse-causal" and not config["temporal_conv"] and config["temporal_attention"]
-    assert config["temporal_position"] == "qkv" and config["frame_embedding"] is True
+    assert config["temporal_position"] == "qkv" and config["frame_embedding"] is config["coordinate_embedding"] is True
     code, _, _ = run(capsys, "inflate", "--base", str(sd), "--out", str(tmp_path / "stage"), "--stage", "ssr",
                      "--temporal-position", "qkv")
     assert code == 0 and json.loads((tmp_path / "stage" / "unet" / "config.json").read_text())["temporal_position"] == "qkv"

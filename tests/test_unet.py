@@ -576,3 +576,43 @@ def test_frame_embedding_adds_each_frames_index_to_its_timestep_embedding(tmp_pa
     assert VideoUNet.from_2d(sd1_folder).frame_embedding is None
     with pytest.raises(ValueError, match="frame_embedding must be true or false"):
         VideoUNet.from_2d(sd1_folder, frame_embedding="yes")
+
+
+def test_coordinate_embedding_adds_each_pixels_position_after_conv_in(tmp_path, sd1_folder):
+    """coordinate_embedding: zero at inflation (the 2D model per frame); once trained, exactly diffusers' U-Net
+    given the sinusoid code of each pixel's position as extra input channels whose conv_in columns are the 1x1
+    projection at the kernel's centre; the code spans [-1, 1] across any frame size; saved and reloaded."""
+    video = VideoUNet.from_2d(sd1_folder, temporal_conv=False, temporal_attention=False,
+                              coordinate_embedding=True).eval()
+    unet2d = UNet2DConditionModel.from_pretrained(sd1_folder)
+    x, t, context, labels = inputs(unet2d, f=2, size=12)
+    with torch.no_grad():
+        assert (video(x, t, context) - per_frame_2d(unet2d, x, t, context, labels)).abs().max() <= TOL
+        for p in video.coordinate_embedding.parameters():
+            p.normal_(0, 0.1)
+        proj = video.coordinate_embedding.proj
+        code_channels = proj.in_channels
+        reference = UNet2DConditionModel(**dict(SD1, in_channels=4 + code_channels)).eval()
+        state = dict(unet2d.state_dict())
+        columns = torch.zeros(proj.out_channels, code_channels, 3, 3)
+        columns[:, :, 1, 1] = proj.weight[:, :, 0, 0]
+        state["conv_in.weight"] = torch.cat([state["conv_in.weight"], columns], dim=1)
+        state["conv_in.bias"] = state["conv_in.bias"] + proj.bias
+        reference.load_state_dict(state)
+        ys = (torch.arange(12) + 0.5) / 12 * 2 - 1
+        angles = ys[:, None] * (torch.pi * 2.0 ** torch.arange(code_channels // 4) / 2)   # (12, k)
+        ay, ax = angles[:, None, :].expand(12, 12, -1), angles[None, :, :].expand(12, 12, -1)
+        code = torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=-1).permute(2, 0, 1)
+        folded = rearrange(x, "b c f h w -> (b f) c h w")
+        folded = torch.cat([folded, code[None].expand(len(folded), -1, -1, -1)], dim=1)
+        out = reference(folded, t.repeat_interleave(2), context.repeat_interleave(2, dim=0)).sample
+        expected = rearrange(out, "(b f) c h w -> b c f h w", f=2)
+        assert (video(x, t, context) - expected).abs().max() <= TOL
+    assert is_temporal_parameter("coordinate_embedding.proj.weight")
+    video.save_pretrained(tmp_path / "ce")
+    loaded = VideoUNet.from_pretrained(tmp_path / "ce")
+    assert loaded.config["coordinate_embedding"] is True and loaded.config["frame_embedding"] is False
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, context), video(x, t, context))
+    with pytest.raises(ValueError, match="coordinate_embedding must be true or false"):
+        VideoUNet.from_2d(sd1_folder, coordinate_embedding=1)

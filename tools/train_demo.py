@@ -42,6 +42,7 @@ from vidiff import demo  # noqa: E402
 from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES, make_clip, sample_specs  # noqa: E402
 from vidiff.utils import atomic_dir, atomic_path, save_safetensors_atomic  # noqa: E402
 
+BASE_ARCHITECTURE = ("temporal_position", "frame_embedding", "coordinate_embedding")  # base.* keys for VideoUNet
 STEPS = ("text", "t2i", "base", "interpolation", "ssr", "publish", "gallery", "scratch")
 
 
@@ -417,15 +418,12 @@ def step_base(ctx: Context, name: str = "base") -> None:
     from vidiff.training.stages import make_stage
 
     cfg, init = ctx.cfg, ctx.work / "base" / "inflated"
+    architecture = {k: cfg["base"][k] for k in BASE_ARCHITECTURE if k in cfg["base"]}  # VideoUNet options
     if not (init / "vidiff.json").is_file():
-        inflate_pipeline(ctx.work / "t2i" / "sd", init, defaults=cfg["defaults"], seed=cfg["seed"],
-                         temporal_position=cfg["base"].get("temporal_position", "qk"),
-                         frame_embedding=cfg["base"].get("frame_embedding", False))
+        inflate_pipeline(ctx.work / "t2i" / "sd", init, defaults=cfg["defaults"], seed=cfg["seed"], **architecture)
     if name == "scratch":
         torch.manual_seed(cfg["seed"])
-        unet = VideoUNet(dict(cfg["unet"]), temporal_position=cfg["base"].get("temporal_position", "qk"),
-                         frame_embedding=cfg["base"].get("frame_embedding", False))
-        unet = unet.to(ctx.device)
+        unet = VideoUNet(dict(cfg["unet"]), **architecture).to(ctx.device)
     else:
         unet = VideoUNet.from_pretrained(init / "unet").to(ctx.device)
     print(f"{name}: U-Net with {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters", flush=True)

@@ -38,6 +38,9 @@ def add_parser(sub):
     p.add_argument("--frame-embedding", action="store_true",
                    help="add each frame's index to its timestep embedding (zero-initialised), so every block, not "
                         "only temporal attention, knows which frame it draws")
+    p.add_argument("--coordinate-embedding", action="store_true",
+                   help="add each pixel's position to the features after conv_in (zero-initialised): convolutions "
+                        "and SD's attention carry no absolute position")
     p.add_argument("--num-frames", type=int, default=16,
                    help="default clip length / temporal window written to vidiff.json (default: %(default)s)")
     p.add_argument("--fps", type=float, default=8, help="default frame rate written to vidiff.json (default: %(default)s)")
@@ -86,7 +89,8 @@ def run(args) -> int:
     fps = int(args.fps) if float(args.fps).is_integer() else args.fps
     options = dict(cross_frame=args.cross_frame, temporal_conv=not args.no_temporal_conv,
                    temporal_attention=not args.no_temporal_attention, temporal_position=args.temporal_position,
-                   frame_embedding=args.frame_embedding, config=args.config,
+                   frame_embedding=args.frame_embedding,
+                   coordinate_embedding=args.coordinate_embedding, config=args.config,
                    defaults={"num_frames": args.num_frames, "fps": fps})
     if args.stage == "base":
         inflate_pipeline(args.base, out, **options)

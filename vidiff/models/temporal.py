@@ -56,6 +56,31 @@ class FrameEmbedding(nn.Module):
         return self.proj(code).to(dtype or self.proj.weight.dtype)
 
 
+class CoordinateEmbedding(nn.Module):
+    """Where each pixel is: sinusoids of its (x, y) position (normalised to [-1, 1] across the frame, so any size
+    works) at `frequencies` octaves, through a zero-initialised 1x1 convolution, added to the features after
+    `conv_in` (the inflated U-Net starts as the image model). Convolutions and SD's attention carry no absolute
+    position; a caption that says where a shape goes ("moving right": on the left first) needs it."""
+
+    def __init__(self, channels: int, frequencies: int = 4):
+        super().__init__()
+        self.frequencies = frequencies
+        self.proj = nn.Conv2d(4 * frequencies, channels, kernel_size=1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        """`(1, channels, height, width)`."""
+        device, dtype = self.proj.weight.device, self.proj.weight.dtype
+        scales = math.pi * 2.0 ** torch.arange(self.frequencies, device=device, dtype=torch.float32) / 2
+        ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 - 1
+        xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 - 1
+        ay = (ys[:, None] * scales)[:, None, :].expand(height, width, -1)          # h w k
+        ax = (xs[:, None] * scales)[None, :, :].expand(height, width, -1)
+        code = torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=-1).permute(2, 0, 1)[None]
+        return self.proj(code.to(dtype))
+
+
 class TemporalConv(nn.Module):
     """Convolution over frames only, at every pixel (a Conv1d along f), Dirac-initialised: output == input.
 

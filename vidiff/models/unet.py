@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vidiff.models.attention import VideoAttnProcessor, check_backend
 from vidiff.models.options import RUNTIME_OPTIONS, TEMPORAL_POSITIONS, check_cross_frame
-from vidiff.models.temporal import FrameEmbedding, TemporalAttention, TemporalConv
+from vidiff.models.temporal import CoordinateEmbedding, FrameEmbedding, TemporalAttention, TemporalConv
 from vidiff.utils import atomic_dir, check_replaceable, save_safetensors_atomic, write_json_atomic
 
 CONFIG_NAME = "config.json"
@@ -54,7 +54,7 @@ UNSUPPORTED = {
 # What a VideoUNet adds to its 2D config, saved with it: the model's identity. `cross_frame` is the mode it was
 # made (or tuned) with, a default that `set_cross_frame` may change for a run; any machine can compute every mode.
 ARCHITECTURE_OPTIONS = ("temporal_conv", "temporal_attention", "cross_frame", "conditioning_channels", "stage",
-                        "temporal_position", "frame_embedding")
+                        "temporal_position", "frame_embedding", "coordinate_embedding")
 # Accepted by the constructor, from_2d and from_pretrained, never saved (vidiff.models.options.RUNTIME_OPTIONS).
 OPTIONS = ARCHITECTURE_OPTIONS + RUNTIME_OPTIONS
 
@@ -76,7 +76,8 @@ def is_temporal_parameter(name: str) -> bool:
     """True for the parameters (and state-dict keys) of the temporal layers the inflation adds, e.g.
     `down_blocks.0.temporal_convs.1.weight`: the one test behind `temporal_parameters`, `freeze_spatial`,
     `save_temporal` and the trainer's `trainable` modes."""
-    return ".temporal_convs." in name or ".temporal_attentions." in name or name.startswith("frame_embedding.")
+    return (".temporal_convs." in name or ".temporal_attentions." in name
+            or name.startswith(("frame_embedding.", "coordinate_embedding.")))
 
 
 def check_options(**options) -> None:
@@ -98,7 +99,7 @@ def check_options(**options) -> None:
     if options.get("temporal_position", "qk") not in TEMPORAL_POSITIONS:
         raise ValueError(f"temporal_position must be one of {', '.join(TEMPORAL_POSITIONS)}, got "
                          f"{options['temporal_position']!r}")
-    for key in ("temporal_conv", "temporal_attention", "frame_embedding"):
+    for key in ("temporal_conv", "temporal_attention", "frame_embedding", "coordinate_embedding"):
         if not isinstance(options.get(key, True), bool):
             raise ValueError(f"{key} must be true or false, got {options[key]!r}")
 
@@ -191,22 +192,27 @@ class VideoUNet(nn.Module):
             adds its frame position encoding (vidiff.models.options.TEMPORAL_POSITIONS).
         frame_embedding: add each frame's index to its timestep embedding (temporal.FrameEmbedding, zero
             initialised; configs saved without it mean False).
+        coordinate_embedding: add each pixel's position to the features after conv_in (temporal.CoordinateEmbedding,
+            zero initialised; configs saved without it mean False).
         attention_backend: "auto" | "sdpa" | "xformers" | "math"; a runtime choice, not saved with the model.
     """
 
     def __init__(self, unet_config: dict, *, temporal_conv: bool = True, temporal_attention: bool = True,
                  cross_frame: str = "none", conditioning_channels: int = 0, stage: str = "base",
-                 temporal_position: str = "qk", frame_embedding: bool = False, attention_backend: str = "auto"):
+                 temporal_position: str = "qk", frame_embedding: bool = False, coordinate_embedding: bool = False,
+                 attention_backend: str = "auto"):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
         unet_config = check_unet_config(unet_config)
         check_options(temporal_conv=temporal_conv, temporal_attention=temporal_attention, cross_frame=cross_frame,
                       conditioning_channels=conditioning_channels, stage=stage, attention_backend=attention_backend,
-                      temporal_position=temporal_position, frame_embedding=frame_embedding)
+                      temporal_position=temporal_position, frame_embedding=frame_embedding,
+                      coordinate_embedding=coordinate_embedding)
         self.config = dict(unet_config, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
                            cross_frame=cross_frame, conditioning_channels=conditioning_channels, stage=stage,
-                           temporal_position=temporal_position, frame_embedding=frame_embedding)
+                           temporal_position=temporal_position, frame_embedding=frame_embedding,
+                           coordinate_embedding=coordinate_embedding)
         self.attention_backend = attention_backend
 
         # Build diffusers' 2D U-Net once and adopt its modules under the same names.
@@ -240,6 +246,7 @@ class VideoUNet(nn.Module):
                                       temporal_position)
                     for a in block.attentions)
         self.frame_embedding = FrameEmbedding(base.time_embedding.linear_2.out_features) if frame_embedding else None
+        self.coordinate_embedding = CoordinateEmbedding(self.conv_in.out_channels) if coordinate_embedding else None
         self.gradient_checkpointing = False
         self.set_attention_backend(attention_backend)
         self.set_cross_frame(cross_frame)
@@ -361,6 +368,8 @@ class VideoUNet(nn.Module):
         odd_size = h % self.spatial_factor or w % self.spatial_factor
 
         x = self.conv_in(x)
+        if self.coordinate_embedding is not None:
+            x = x + self.coordinate_embedding(h, w).to(x.dtype)
         skips = [x]
         for block in self.down_blocks:
             for j in range(len(block.resnets)):

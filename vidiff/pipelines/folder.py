@@ -179,7 +179,7 @@ def read_scheduler_config(folder: str | os.PathLike) -> dict:
 def inflate_pipeline(base: str | os.PathLike, out: str | os.PathLike, *, cross_frame: str = "none",
                      temporal_conv: bool = True, temporal_attention: bool = True, stage: str = "base",
                      conditioning_channels: int = 0, temporal_position: str = "qk", frame_embedding: bool = False,
-                     config: str | os.PathLike | None = None,
+                     coordinate_embedding: bool = False, config: str | os.PathLike | None = None,
                      defaults: dict | None = None, seed: int = 0) -> Path:
     """Inflate an SD pipeline (folder, hub id or single file + `config`) into a vidiff pipeline folder at `out`.
 
@@ -188,7 +188,8 @@ def inflate_pipeline(base: str | os.PathLike, out: str | os.PathLike, *, cross_f
     `stage` (vidiff.models.options.STAGE_NAMES) is recorded in vidiff.json and the U-Net config; a cascade
     stage's `conditioning_channels` extra input channels are created zero-initialised, so the stage starts out
     as its base. `temporal_position` (vidiff.models.options.TEMPORAL_POSITIONS) is where temporal attention adds
-    its frame position encoding; `frame_embedding` adds each frame's index to its timestep embedding. `defaults` override vidiff.json's sampling defaults (`num_frames`, `height`, `fps`, ...).
+    its frame position encoding; `frame_embedding` adds each frame's index to its timestep embedding, `coordinate_embedding`
+    each pixel's position to its features. `defaults` override vidiff.json's sampling defaults (`num_frames`, `height`, `fps`, ...).
     `seed` fixes the random parts of the temporal layers' initialisation, so the same base always gives the
     same folder. Returns `out`.
     """
@@ -206,7 +207,8 @@ def inflate_pipeline(base: str | os.PathLike, out: str | os.PathLike, *, cross_f
         parts = load_base_components(base, config=config, cross_frame=cross_frame, temporal_conv=temporal_conv,
                                      temporal_attention=temporal_attention, stage=stage,
                                      conditioning_channels=conditioning_channels,
-                                     temporal_position=temporal_position, frame_embedding=frame_embedding)
+                                     temporal_position=temporal_position, frame_embedding=frame_embedding,
+                                     coordinate_embedding=coordinate_embedding)
     info = make_info(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
                      parts["scheduler_config"], stage=stage, defaults=defaults, source=parts["source"])
     return write_pipeline_folder(out, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],

@@ -139,7 +139,7 @@ def load_upscaler_components(folder: Path, **unet_options) -> dict:
 def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *, factor: int | None = None,
                   cross_frame: str = "none", temporal_conv: bool = True, temporal_attention: bool = True,
                   temporal_position: str = "qk", frame_embedding: bool = False,
-                  config: str | os.PathLike | None = None,
+                  coordinate_embedding: bool = False, config: str | os.PathLike | None = None,
                   defaults: dict | None = None, seed: int = 0) -> Path:
     """Make an untrained cascade stage folder at `out` from an SD pipeline `base` (folder, hub id, or single file
     with `config`; for `stage="ssr"` also an SD x4 upscaler folder). `factor`: interpolation: the one mask factor
@@ -160,7 +160,8 @@ def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *
     if not upscaler:
         default_stage_options(stage, factor)  # a bad factor fails here, before any loading
     unet_options = dict(cross_frame=cross_frame, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
-                        temporal_position=temporal_position, frame_embedding=frame_embedding)
+                        temporal_position=temporal_position, frame_embedding=frame_embedding,
+                        coordinate_embedding=coordinate_embedding)
     with torch.random.fork_rng(devices=[]):  # seeded: the same base always gives the same folder
         torch.manual_seed(seed)
         if upscaler:
