@@ -5,11 +5,10 @@
     python tools/train_demo.py --steps-scale 0.05   # a quick, rough run on a CPU
 
 Steps (each skipped when its output exists; `--resume auto` continues an interrupted one from its checkpoint):
-    text           the tokenizer (one token per word of the shapes vocabulary) and a seeded random CLIP text model
-    t2i            a pixel-space text-to-image U-Net trained on single frames, with the text model (`train_text`)
-                   (a diffusers SD folder without VAE)
-    base           `vidiff inflate` of it (temporal conv + attention), trained on 8-frame clips, with the text model:
-                   the base model
+    text           the tokenizer (one token per word of the shapes vocabulary) and a seeded CLIP text model,
+                   pretrained to say each caption's colour, shape and motion (`text.pretrain_steps`), then frozen
+    t2i            a pixel-space text-to-image U-Net trained on single frames (a diffusers SD folder without VAE)
+    base           `vidiff inflate` of it (temporal conv + attention), trained on 8-frame clips: the base model
     interpolation  `vidiff inflate --stage interpolation` of the text-to-image model, trained x2 (8 -> 15 frames)
     ssr            `vidiff inflate --stage ssr` of it, trained x2 (32 -> 64 pixels)
     publish        the models in fp16 + logs, loss curves, commands and checksums into vidiff/assets/demo/
@@ -98,7 +97,8 @@ def write_tokenizer(folder: Path, max_length: int):
 
 
 def build_text(cfg: dict, out: Path, seed: int) -> None:
-    """Step `text`: tokenizer/ + text_encoder/ (random, seeded; frozen in every later step)."""
+    """Step `text`: tokenizer/ + text_encoder/ (seeded, pretrained when `text.pretrain_steps`; the later steps
+    train it along only if their `train_text` says so)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     t = cfg["text"]
@@ -114,6 +114,8 @@ def build_text(cfg: dict, out: Path, seed: int) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             encoder = CLIPTextModel(config).eval()
+            if t.get("pretrain_steps"):
+                pretrain_text(encoder, tokenizer, t["pretrain_steps"])
         encoder.save_pretrained(str(tmp / "text_encoder"))
         emb = encode(encoder, tokenizer, captions() + [""], "cpu")
         flat = F.normalize(emb.flatten(1), dim=1)
@@ -121,6 +123,34 @@ def build_text(cfg: dict, out: Path, seed: int) -> None:
         print(f"text: vocab {len(tokenizer)} tokens, {sum(p.numel() for p in encoder.parameters())} parameters; "
               f"largest cosine similarity between two caption embeddings {cosine.max():.4f}", flush=True)
         assert cosine.max() < 0.999, "captions must give distinct embeddings"
+
+
+def pretrain_text(encoder, tokenizer, steps: int, learning_rate: float = 3e-3) -> None:
+    """Teach the text model what each caption says, as CLIP's pretraining taught SD's: colour, shape and motion
+    each read back by a linear head from the mean of its hidden states and from its end-of-text output (the
+    heads are dropped). A random model says the motion words weakly, and a U-Net that hears them weakly never
+    learns them: the text model then forgets them while it trains with the U-Net (the first demo bases)."""
+    import itertools
+
+    combos = list(itertools.product(range(len(COLORS)), range(len(SHAPES)), range(len(MOTIONS))))
+    labels = torch.tensor(combos)                                                   # (48, 3), captions() order
+    ids = tokenizer(captions(), padding="max_length", max_length=tokenizer.model_max_length,
+                    return_tensors="pt")["input_ids"]
+    width = encoder.config.hidden_size
+    heads = torch.nn.ModuleList(torch.nn.Linear(width, n) for n in (len(COLORS), len(SHAPES), len(MOTIONS)))
+    optimizer = torch.optim.Adam([*encoder.parameters(), *heads.parameters()], lr=learning_rate)
+    encoder.train()
+    for _ in range(steps):
+        out = encoder(ids)
+        loss = sum(F.cross_entropy(head(features), labels[:, k])
+                   for features in (out.last_hidden_state.mean(1), out.pooler_output)
+                   for k, head in enumerate(heads))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    encoder.eval().requires_grad_(True)
+    print(f"text: pretrained {steps} steps on the captions' colour / shape / motion, loss {loss.item():.4f}",
+          flush=True)
 
 
 def captions(motion: bool = True) -> list[str]:
