@@ -28,7 +28,8 @@ class Stage:
     name = "base"
 
     def __init__(self, *, latent_channels: int = 4, prediction_type: str = "epsilon",
-                 snr_gamma: float | None = None, noise_offset: float = 0.0, **options):
+                 snr_gamma: float | None = None, noise_offset: float = 0.0, noisy_fraction: float = 0.0,
+                 **options):
         if options:  # subclasses take their own options and pass the rest here
             raise ValueError(f"the {self.name} stage takes no option(s) {', '.join(sorted(options))}")
         if prediction_type not in ("epsilon", "v_prediction"):
@@ -41,6 +42,11 @@ class Stage:
         self.prediction_type = prediction_type
         self.snr_gamma = snr_gamma
         self.noise_offset = noise_offset
+        if not 0.0 <= noisy_fraction <= 1.0:
+            raise ValueError(f"noisy_fraction must be in [0, 1], got {noisy_fraction!r}")
+        # this share of each batch draws its timestep from the noisiest quarter of the schedule, where a clip's
+        # layout (and a video's motion) is still open and only the caption can say what it should be
+        self.noisy_fraction = noisy_fraction
 
     # -------------------------------------------------------------------------------- stage-specific parts
     def condition(self, latents: torch.Tensor, generator: torch.Generator | None = None):
@@ -71,6 +77,11 @@ class Stage:
                                                             device=latents.device, dtype=latents.dtype)
         num_train_timesteps = scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, num_train_timesteps, (b,), generator=generator, device=latents.device)
+        if self.noisy_fraction:
+            noisy = torch.randint(num_train_timesteps * 3 // 4, num_train_timesteps, (b,), generator=generator,
+                                  device=latents.device)
+            pick = torch.rand(b, generator=generator, device=latents.device) < self.noisy_fraction
+            timesteps = torch.where(pick, noisy, timesteps)
         noisy = scheduler.add_noise(latents, noise, timesteps)
 
         if self.prediction_type == "epsilon":
