@@ -247,8 +247,8 @@ def test_noise_shift_divides_every_signal_to_noise_ratio():
 
 def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
     """tools/train_demo.py at a tiny scale: every step writes what the next needs, the published cascade loads
-    and generates, the text model (pretrained for a few steps) trains in t2i and the base (the stages keep t2i's),
-    snapshots start at step 0, the
+    and generates, the text model (pretrained for a few steps) trains in t2i and the base only where the config
+    says so (the stages keep t2i's), snapshots start at step 0, the
     scratch run stops at ablation_steps, a finished step is skipped on rerun and tools/eval_ablation.py scores
     the snapshots."""
     import torch
@@ -261,7 +261,7 @@ def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
     cfg["text"]["pretrain_steps"] = 5
     for step in ("t2i", "base", "interpolation", "ssr"):
         cfg[step].update(steps=4, batch_size=2, checkpoint_every=2, warmup=1)
-    cfg["base"].update(snapshot_every=2, ablation_steps=2)
+    cfg["base"].update(snapshot_every=2, ablation_steps=2, train_text=not cfg["t2i"]["train_text"])  # both cases
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(cfg))
     work, out = tmp_path / "work", tmp_path / "out"
@@ -269,11 +269,14 @@ def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
     args = ["--config", str(config), "--work", str(work), "--out", str(out), "--device", "cpu"]
     assert td.main(args + ["--steps", "text,t2i,base,scratch,interpolation,ssr,publish"]) == 0
 
-    text_t2i = (work / "t2i" / "sd" / "text_encoder" / "model.safetensors").read_bytes()
-    assert text_t2i != (work / "text" / "text_encoder" / "model.safetensors").read_bytes()  # it trained
-    for stage in ("interpolation", "ssr"):  # the stages keep the text-to-image model's text encoder ...
-        assert (out / stage / "text_encoder" / "model.safetensors").read_bytes() == text_t2i
-    assert (out / "base" / "text_encoder" / "model.safetensors").read_bytes() != text_t2i  # ... the base trains on
+    def text_model(folder):
+        return (folder / "text_encoder" / "model.safetensors").read_bytes()
+
+    text, text_t2i = text_model(work / "text"), text_model(work / "t2i" / "sd")
+    assert (text_t2i != text) == cfg["t2i"]["train_text"]  # the text model trains along only where it says so
+    assert (text_model(out / "base") != text_t2i) == cfg["base"]["train_text"]
+    for stage in ("interpolation", "ssr"):  # the stages keep the text-to-image model's text encoder
+        assert text_model(out / stage) == text_t2i
     assert sorted(p.name for p in (work / "base" / "snapshots").iterdir()) == ["step-000000", "step-000002",
                                                                                "step-000004"]
     assert sorted(p.name for p in (work / "scratch" / "snapshots").iterdir()) == ["step-000000", "step-000002"]
