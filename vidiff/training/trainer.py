@@ -397,6 +397,9 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
         state.update(read_trainer_state(checkpoint, config))
     elif resume == "auto":
         say(f"--resume auto: no checkpoint under {output_dir / 'checkpoints'}; starting from step 0")
+    # Every rank has checked the folder before the main process writes to it: else a slower rank could meet it
+    # holding only the marker's temporary file (write_json_atomic), not yet a run folder, and refuse it.
+    accelerator.wait_for_everyone()
     if main:
         try:
             mark_run_folder(output_dir)
