@@ -121,9 +121,10 @@ def test_stage_loss_matches_float64_reference(prediction_type, snr_gamma, noise_
     torch.testing.assert_close(loss.double(), per_video.mean(), rtol=1e-5, atol=1e-6)
 
 
-def test_noisy_fraction_draws_that_share_of_timesteps_from_the_noisiest_quarter():
-    """noisy_fraction p: each timestep comes from [750, 1000) with probability p (replayed from the generator),
-    otherwise from the whole schedule; 0 draws exactly what it drew before the option existed."""
+@pytest.mark.parametrize("noisy_from", [0.75, 0.9])
+def test_noisy_fraction_draws_that_share_of_timesteps_from_the_noisiest_part(noisy_from):
+    """noisy_fraction p: each timestep comes from [1000 noisy_from, 1000) with probability p (replayed from the
+    generator), otherwise from the whole schedule; 0 draws exactly what it drew before the option existed."""
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler()
@@ -135,18 +136,21 @@ def test_noisy_fraction_draws_that_share_of_timesteps_from_the_noisiest_quarter(
         return sample
 
     for fraction in (0.0, 0.5, 1.0):
-        make_stage("base", noisy_fraction=fraction).loss(fake_unet, scheduler, latents, text,
-                                                         generator=torch.Generator().manual_seed(3))
+        make_stage("base", noisy_fraction=fraction, noisy_from=noisy_from).loss(
+            fake_unet, scheduler, latents, text, generator=torch.Generator().manual_seed(3))
         g = torch.Generator().manual_seed(3)
         torch.randn(latents.shape, generator=g)
         t = torch.randint(0, 1000, (64,), generator=g)
         if fraction:
-            noisy = torch.randint(750, 1000, (64,), generator=g)
+            noisy = torch.randint(round(1000 * noisy_from), 1000, (64,), generator=g)
             t = torch.where(torch.rand(64, generator=g) < fraction, noisy, t)
         assert torch.equal(seen[-1], t)
-    assert seen[-1].min() >= 750 and (seen[1] >= 750).float().mean() > (seen[0] >= 750).float().mean()
+    start = round(1000 * noisy_from)
+    assert seen[-1].min() >= start and (seen[1] >= start).float().mean() > (seen[0] >= start).float().mean()
     with pytest.raises(ValueError, match="noisy_fraction must be in"):
         make_stage("base", noisy_fraction=1.5)
+    with pytest.raises(ValueError, match="noisy_from must be in"):
+        make_stage("base", noisy_fraction=0.5, noisy_from=1.0)
 
 
 def test_unknown_stages():

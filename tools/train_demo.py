@@ -478,7 +478,7 @@ def step_base(ctx: Context, name: str = "base") -> None:
     if name == "scratch":
         run["stop_at"] = max(1, round(cfg["base"]["ablation_steps"] * ctx.steps_scale))
     stage = make_stage("base", prediction_type=cfg["scheduler"]["prediction_type"], snr_gamma=run.get("snr_gamma"),
-                       noisy_fraction=run.get("noisy_fraction", 0.0))
+                       noisy_fraction=run.get("noisy_fraction", 0.0), noisy_from=run.get("noisy_from", 0.75))
     train_loop(ctx.model(unet), stage, batch, run, ctx.work / name / "train", schedule, ctx.device, ctx.resume,
                name, snapshot=snapshot)
     write_pipeline_folder(ctx.work / name / "final", unet=unet.cpu(), **dict(parts, text_encoder=text_encoder.cpu()))

@@ -29,7 +29,7 @@ class Stage:
 
     def __init__(self, *, latent_channels: int = 4, prediction_type: str = "epsilon",
                  snr_gamma: float | None = None, noise_offset: float = 0.0, noisy_fraction: float = 0.0,
-                 **options):
+                 noisy_from: float = 0.75, **options):
         if options:  # subclasses take their own options and pass the rest here
             raise ValueError(f"the {self.name} stage takes no option(s) {', '.join(sorted(options))}")
         if prediction_type not in ("epsilon", "v_prediction"):
@@ -44,9 +44,13 @@ class Stage:
         self.noise_offset = noise_offset
         if not 0.0 <= noisy_fraction <= 1.0:
             raise ValueError(f"noisy_fraction must be in [0, 1], got {noisy_fraction!r}")
-        # this share of each batch draws its timestep from the noisiest quarter of the schedule, where a clip's
-        # layout (and a video's motion) is still open and only the caption can say what it should be
+        if not 0.0 <= noisy_from < 1.0:
+            raise ValueError(f"noisy_from must be in [0, 1), got {noisy_from!r}")
+        # this share of each batch draws its timestep from the noisiest part of the schedule (from `noisy_from`
+        # of it on: 0.75, the noisiest quarter), where a clip's layout (and a video's motion) is still open and
+        # only the caption can say what it should be
         self.noisy_fraction = noisy_fraction
+        self.noisy_from = noisy_from
 
     # -------------------------------------------------------------------------------- stage-specific parts
     def condition(self, latents: torch.Tensor, generator: torch.Generator | None = None):
@@ -78,8 +82,8 @@ class Stage:
         num_train_timesteps = scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, num_train_timesteps, (b,), generator=generator, device=latents.device)
         if self.noisy_fraction:
-            noisy = torch.randint(num_train_timesteps * 3 // 4, num_train_timesteps, (b,), generator=generator,
-                                  device=latents.device)
+            noisy = torch.randint(round(num_train_timesteps * self.noisy_from), num_train_timesteps, (b,),
+                                  generator=generator, device=latents.device)
             pick = torch.rand(b, generator=generator, device=latents.device) < self.noisy_fraction
             timesteps = torch.where(pick, noisy, timesteps)
         noisy = scheduler.add_noise(latents, noise, timesteps)
