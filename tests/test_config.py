@@ -107,6 +107,8 @@ def test_bad_overrides(override, message):
     ("train.max_steps=0", "train.max_steps"),
     ("train.ema_decay=1.0", "train.ema_decay"),
     ("train.prediction_type=sample", "train.prediction_type"),
+    ("train.noisy_fraction=1.5", "train.noisy_fraction must be in [0, 1]"),
+    ("train.noisy_from=1", "train.noisy_from must be in [0, 1)"),
     ("data.num_frames=0", "data.num_frames"),
     ("data.image_batch_size=2", "data.image_manifest"),
     ("model.pretrained=", "model.pretrained"),

@@ -367,7 +367,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 RESUME = ["train.max_steps=6", "train.checkpoint_every=3", "train.ema=true", "train.lr_scheduler=cosine",
           "train.lr_warmup_steps=2", "data.flip=true", "train.snr_gamma=5", "train.noise_offset=0.05",
-          "train.caption_dropout=0.3"]
+          "train.caption_dropout=0.3", "train.noisy_fraction=0.5", "train.noisy_from=0.9"]
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,8 @@ class TrainConfig:
     prediction_type: Union[str, None] = None  # epsilon | v_prediction; null = the scheduler config's
     snr_gamma: Union[float, None] = None   # min-SNR-gamma loss weighting (Hang et al. 2023); 5.0 is the usual value
     noise_offset: float = 0.0              # offset noise: per-video, per-channel constant added to the noise (0.05-0.1)
+    noisy_fraction: float = 0.0            # share of timesteps drawn from the noisiest part of the schedule, where
+    noisy_from: float = 0.75               # (from this fraction of it on) only the caption can say where things move
     caption_dropout: float = 0.0           # probability of training on the empty prompt (for classifier-free guidance)
     image_loss_weight: float = 1.0         # weight of the image loss in joint image + video training
     ema: bool = False                      # keep an exponential moving average of the trainable weights (exported)
@@ -265,6 +267,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     check(0.0 <= t.caption_dropout <= 1.0, f"train.caption_dropout must be in [0, 1], got {t.caption_dropout}")
     check(t.snr_gamma is None or t.snr_gamma > 0, f"train.snr_gamma must be null or > 0, got {t.snr_gamma}")
     check(t.noise_offset >= 0, f"train.noise_offset must be >= 0, got {t.noise_offset}")
+    check(0.0 <= t.noisy_fraction <= 1.0, f"train.noisy_fraction must be in [0, 1], got {t.noisy_fraction}")
+    check(0.0 <= t.noisy_from < 1.0, f"train.noisy_from must be in [0, 1), got {t.noisy_from}")
     for name in ("num_frames", "height", "width", "stride"):
         check(getattr(d, name) >= 1, f"data.{name} must be >= 1, got {getattr(d, name)}")
     check(d.fps is None or d.fps > 0, f"data.fps must be null or > 0, got {d.fps}")

@@ -347,7 +347,8 @@ def prepare_model(config: Config, accelerator, say):
     prediction_type = t.prediction_type or noise_scheduler.config.prediction_type
     check_stage_matches(pipe.info, t.stage, source)  # (an inflated folder left by an earlier run)
     stage = make_stage(t.stage, latent_channels=unet.in_channels, prediction_type=prediction_type,
-                       snr_gamma=t.snr_gamma, noise_offset=t.noise_offset,
+                       snr_gamma=t.snr_gamma, noise_offset=t.noise_offset, noisy_fraction=t.noisy_fraction,
+                       noisy_from=t.noisy_from,
                        **stage_options(t.stage, pipe.info.get("stage_options"), dataclasses.asdict(config.stage)))
     if t.stage != "base":  # the exported folder records the options it was trained with
         pipe.info["stage_options"] = {**pipe.info.get("stage_options", {}), **stage.options()}
