@@ -324,5 +324,27 @@ def test_caption_sensitivity_measures_what_each_word_changes(tmp_path, monkeypat
     assert tool.main([str(model), "--timesteps", "999,500", "--out", str(out)]) == 0
     written = json.loads(out.read_text())["models"][str(model)]
     assert {a: {int(t): v for t, v in per_t.items()} for a, per_t in written.items()} == numbers
+    assert set(json.loads(out.read_text())["pure_noise_direction"][str(model)]) == {"right_way", "pixels"}
     with pytest.raises(SystemExit):
         tool.main([str(tmp_path), "--timesteps", "999"])  # not a pipeline folder: a one-line usage error
+
+
+def test_pure_noise_direction_reads_the_direction_of_travel():
+    """direction_score: true shapes clips move their caption's way (100%, about the distance they travel); the
+    same clips played backwards move the other way (0%, the same distance negative); a still clip does not move."""
+    import numpy as np
+    import torch
+
+    from vidiff.data.synthetic import make_clip
+    from vidiff.eval.suite import make_cases
+
+    tool = _load_tool("caption_sensitivity")
+    cases = make_cases(seeds=[5])
+    clips = torch.from_numpy(np.stack([make_clip(c.color, c.shape, c.motion, 8, 32, seed=c.index) for c in cases]))
+    clips = clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # b c f h w
+    motions = [c.motion for c in cases]
+    forward, backward = tool.direction_score(clips, motions), tool.direction_score(clips.flip(2), motions)
+    assert forward["right_way"] == 1.0 and forward["pixels"] > 8, forward
+    assert backward["right_way"] == 0.0 and backward["pixels"] == pytest.approx(-forward["pixels"], rel=1e-4)
+    still = tool.direction_score(clips[:, :, :1].expand(-1, -1, 8, -1, -1), motions)
+    assert still == {"right_way": 0.0, "pixels": 0.0}

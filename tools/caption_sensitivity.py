@@ -11,6 +11,12 @@ instead of a full `vidiff eval shapes`, so it can follow a training run's snapsh
 
 Prints a markdown table (one row per model and timestep; the last column is motion / colour) and, with --out,
 writes the numbers as JSON.
+
+It also asks the model where it would draw each caption's shape from pure noise (timestep 999): the clean clip it
+predicts there is the mean of everything the caption allows, so "moving right" must put its blob further right in
+the last frame than in the first. The share of the 48 captions whose predicted blob moves the caption's way (and
+how far along the axis, in pixels) is the direction the model has learned to start from; at ~50% a sampler picks
+the sign of the motion by chance.
 """
 from __future__ import annotations
 
@@ -65,6 +71,47 @@ def sensitivity(pipe, timesteps: list[int], *, seed: int = 0, batch_size: int = 
     return result
 
 
+def blob_displacement(clips: torch.Tensor) -> torch.Tensor:
+    """`(b, 2)`: how far (x, y in pixels) the centre of what stands out from each frame's median colour moves from
+    the first frame to the last, for clips `(b, c, f, h, w)`."""
+    weight = (clips - clips.flatten(-2).median(dim=-1).values[..., None, None]).abs().sum(dim=1)  # b f h w
+    weight = weight / weight.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    xs = torch.arange(clips.shape[-1], dtype=weight.dtype, device=weight.device)
+    ys = torch.arange(clips.shape[-2], dtype=weight.dtype, device=weight.device)
+    cx, cy = (weight.sum(-2) * xs).sum(-1), (weight.sum(-1) * ys).sum(-1)  # b f
+    return torch.stack([cx[:, -1] - cx[:, 0], cy[:, -1] - cy[:, 0]], dim=-1)
+
+
+def direction_score(clips: torch.Tensor, motions: list[str]) -> dict[str, float]:
+    """Share of `clips` whose blob moves more than half a pixel in its motion's direction, and the mean distance
+    along the motion's axis (negative: the wrong way)."""
+    direction = torch.tensor([MOTIONS[m] for m in motions], dtype=torch.float32)
+    along = (blob_displacement(clips.float().cpu()) * direction).sum(-1)
+    return {"right_way": (along > 0.5).float().mean().item(), "pixels": along.mean().item()}
+
+
+@torch.no_grad()
+def pure_noise_direction(pipe, *, seed: int = 0, batch_size: int = 16, timestep: int = 999) -> dict[str, float]:
+    """direction_score of the clean clips the U-Net predicts from pure noise at `timestep`, one per caption."""
+    d = pipe.defaults
+    cases = make_cases(seeds=[seed])
+    shape = (len(cases), pipe.unet.in_channels, int(d["num_frames"]), int(d["height"]) // pipe.vae_scale_factor,
+             int(d["width"]) // pipe.vae_scale_factor)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device)
+    alpha = pipe.make_scheduler("ddim").alphas_cumprod[timestep].item()
+    text = pipe.encode_prompt([c.prompt for c in cases])
+    clean = []
+    for i in range(0, len(cases), batch_size):
+        x = noise[i:i + batch_size].to(pipe.dtype)
+        out = pipe.unet(x, torch.full((len(x),), timestep, device=x.device), text[i:i + batch_size]).float()
+        x = x.float()
+        if pipe.scheduler_config.get("prediction_type", "epsilon") == "v_prediction":
+            clean.append(alpha ** 0.5 * x - (1 - alpha) ** 0.5 * out)
+        else:
+            clean.append((x - (1 - alpha) ** 0.5 * out) / alpha ** 0.5)
+    return direction_score(pipe.decode(torch.cat(clean)), [c.motion for c in cases])
+
+
 def markdown(rows: list[tuple[str, dict]]) -> str:
     lines = ["| model | timestep | colour | shape | motion | motion / colour |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, numbers in rows:
@@ -92,17 +139,23 @@ def main(argv=None) -> int:
     missing = [m for m in args.models if not (Path(m) / "vidiff.json").is_file()]
     if missing:
         parser.error(f"not a vidiff pipeline folder (no vidiff.json): {', '.join(missing)}")
-    rows = []
+    rows, directions = [], []
     for model in args.models:
         pipe = VideoPipeline.from_pretrained(model, device="cpu")
         bad = [t for t in timesteps if not 0 <= t < len(pipe.make_scheduler("ddim").alphas_cumprod)]
         if not timesteps or bad:
             parser.error(f"--timesteps must be training timesteps of {model}'s schedule, got {args.timesteps!r}")
         rows.append((model, sensitivity(pipe, timesteps, seed=args.seed)))
+        directions.append((model, pure_noise_direction(pipe, seed=args.seed)))
         print(markdown(rows[-1:]) if len(rows) == 1 else markdown(rows[-1:]).split("\n", 2)[2], flush=True)
+    print("\nFrom pure noise (timestep 999), the predicted clip's blob moves the caption's way:\n")
+    print("| model | captions | pixels along the motion |\n| --- | ---: | ---: |")
+    for name, score in directions:
+        print(f"| {name} | {score['right_way']:.0%} | {score['pixels']:.2f} |")
     if args.out:
         write_json_atomic(args.out, {"timesteps": timesteps, "seed": args.seed,
-                                     "models": {name: numbers for name, numbers in rows}})
+                                     "models": {name: numbers for name, numbers in rows},
+                                     "pure_noise_direction": dict(directions)})
     return 0
 
 
