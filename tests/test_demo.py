@@ -248,7 +248,7 @@ def test_noise_shift_divides_every_signal_to_noise_ratio():
 def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
     """tools/train_demo.py at a tiny scale: every step writes what the next needs, the published cascade loads
     and generates, the text model (pretrained for a few steps) trains in t2i and the base only where the config
-    says so (the stages keep t2i's), snapshots start at step 0, the
+    says so (the stages keep t2i's), snapshots start at step 0 and go on through the base's finishing phase, the
     scratch run stops at ablation_steps, a finished step is skipped on rerun and tools/eval_ablation.py scores
     the snapshots."""
     import torch
@@ -262,6 +262,7 @@ def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
     for step in ("t2i", "base", "interpolation", "ssr"):
         cfg[step].update(steps=4, batch_size=2, checkpoint_every=2, warmup=1)
     cfg["base"].update(snapshot_every=2, ablation_steps=2, train_text=not cfg["t2i"]["train_text"])  # both cases
+    cfg["base"]["finish"].update(steps=2, batch_size=2, checkpoint_every=1, snapshot_every=1)
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(cfg))
     work, out = tmp_path / "work", tmp_path / "out"
@@ -277,8 +278,11 @@ def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
     assert (text_model(out / "base") != text_t2i) == cfg["base"]["train_text"]
     for stage in ("interpolation", "ssr"):  # the stages keep the text-to-image model's text encoder
         assert text_model(out / stage) == text_t2i
-    assert sorted(p.name for p in (work / "base" / "snapshots").iterdir()) == ["step-000000", "step-000002",
-                                                                               "step-000004"]
+    # the finishing phase goes on from the first phase's weights, counting its snapshots on from there
+    assert sorted(p.name for p in (work / "base" / "snapshots").iterdir()) == [
+        "step-000000", "step-000002", "step-000004", "step-000005", "step-000006"]
+    assert [r.split(",")[0] for r in (work / "base" / "finish" / "train_log.csv").read_text().split()[1:]] == ["2"]
+    assert not (work / "scratch" / "finish").exists()  # the ablation compares the first phase only
     assert sorted(p.name for p in (work / "scratch" / "snapshots").iterdir()) == ["step-000000", "step-000002"]
     assert [r.split(",")[0] for r in (work / "scratch" / "train" / "train_log.csv").read_text().split()[1:]] == ["2"]
     assert demo.verify_checksums(out) == []

@@ -474,13 +474,23 @@ def step_base(ctx: Context, name: str = "base") -> None:
     def snapshot(step: int) -> None:  # the EMA model so far, as a pipeline folder (accuracy vs steps)
         write_pipeline_folder(ctx.work / name / "snapshots" / f"step-{step:06d}", unet=unet, **parts)
 
+    def stage_for(run):
+        return make_stage("base", prediction_type=cfg["scheduler"]["prediction_type"], snr_gamma=run.get("snr_gamma"),
+                          noisy_fraction=run.get("noisy_fraction", 0.0), noisy_from=run.get("noisy_from", 0.75))
+
     run = ctx.run_config("base")
     if name == "scratch":
         run["stop_at"] = max(1, round(cfg["base"]["ablation_steps"] * ctx.steps_scale))
-    stage = make_stage("base", prediction_type=cfg["scheduler"]["prediction_type"], snr_gamma=run.get("snr_gamma"),
-                       noisy_fraction=run.get("noisy_fraction", 0.0), noisy_from=run.get("noisy_from", 0.75))
-    train_loop(ctx.model(unet), stage, batch, run, ctx.work / name / "train", schedule, ctx.device, ctx.resume,
-               name, snapshot=snapshot)
+    train_loop(ctx.model(unet), stage_for(run), batch, run, ctx.work / name / "train", schedule, ctx.device,
+               ctx.resume, name, snapshot=snapshot)
+    if cfg["base"].get("finish") and name != "scratch":
+        # The finishing phase: the trained (EMA) weights on, with its own settings, checkpoints and EMA
+        # (base/finish/); snapshots go on counting from the first phase's last step.
+        finish = dict(run, **cfg["base"]["finish"])
+        finish["steps"] = max(1, round(finish["steps"] * ctx.steps_scale))
+        finish["checkpoint_every"] = max(1, min(finish["checkpoint_every"], finish["steps"]))
+        train_loop(ctx.model(unet), stage_for(finish), batch, finish, ctx.work / name / "finish", schedule,
+                   ctx.device, ctx.resume, f"{name} finish", snapshot=lambda step: step and snapshot(run["steps"] + step))
     write_pipeline_folder(ctx.work / name / "final", unet=unet.cpu(), **dict(parts, text_encoder=text_encoder.cpu()))
 
 
