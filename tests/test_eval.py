@@ -121,6 +121,23 @@ def test_trajectory_correlation():
     assert math.isnan(shapes.trajectory_correlation(np.full((4, 2), np.nan), q[:4]))
 
 
+def test_path_distance_sees_the_shift_correlation_misses():
+    """A path drawn parallel to the source's but shifted by (3, 4) px correlates at 1 and is 5 px away; frames
+    without a shape are left out; none shared: NaN."""
+    rng = np.random.default_rng(1)
+    p = rng.normal(size=(8, 2)) * 5
+    shifted = p + np.array([3.0, 4.0])
+    assert shapes.trajectory_correlation(p, shifted) == pytest.approx(1.0)
+    assert shapes.path_distance(p, shifted) == pytest.approx(5.0) and shapes.path_distance(p, p) == 0.0
+    q = shifted.copy()
+    q[2] = np.nan
+    assert shapes.path_distance(p, q) == pytest.approx(5.0)
+    assert math.isnan(shapes.path_distance(np.full((4, 2), np.nan), p[:4]))
+    source = make_clip("red", "circle", "moving right", 8, 32, 4)
+    assert shapes.score_edit(source, make_clip("blue", "circle", "moving right", 8, 32, 4),
+                             color="blue")["path_distance"] < 0.5  # same seed: the same path
+
+
 def test_input_errors():
     with pytest.raises(ValueError, match="uint8"):
         shapes.measure_clip(np.zeros((2, 8, 8, 3), np.float32))
@@ -583,7 +600,8 @@ def test_edit_scoring_with_oracle_and_failing_editors():
         best = edits.summarize(edits.run_edits(redraw(attribute), cases, attribute=attribute, num_frames=8,
                                                size=32, progress=False))
         assert best == {"num_clips": 6, "target": 1.0, "kept": 1.0, "motion_kept": 1.0, "success": 1.0,
-                        "mean_trajectory_correlation": pytest.approx(1.0, abs=1e-3)}
+                        "mean_trajectory_correlation": pytest.approx(1.0, abs=1e-3),
+                        "mean_path_distance": pytest.approx(0.0, abs=0.5)}
     unchanged = edits.summarize(edits.run_edits(lambda s, c, p: s, cases, num_frames=8, size=32, progress=False))
     assert unchanged["target"] == 0.0 and unchanged["motion_kept"] == 1.0 and unchanged["success"] == 0.0
     backwards = edits.summarize(edits.run_edits(lambda s, c, p: redraw("color")(s, c, p)[::-1], cases,

@@ -5,7 +5,8 @@ For each held-out (prompt, seed) case (vidiff.eval.suite) the source clip is dra
 is the next colour (or shape) in `synthetic.COLORS` (`SHAPES`) order, so every colour is both source and target
 equally often; the edit prompt is the caption with that one word changed. The edited clip is scored by
 `shapes.score_edit`: the target attribute measured in the edit, the other one as in the source, and the motion
-kept (same measured direction, centroid trajectory correlated with the source's at >= 0.9).
+kept (same measured direction, centroid trajectory correlated with the source's at >= 0.9); the mean distance
+between the two paths (pixels) is reported beside it, since a parallel, shifted path correlates too.
 
 An editor is passed as a function `fn(source uint8 (f, h, w, 3), case, target_prompt) -> uint8 (f, h, w, 3)`.
 """
@@ -51,8 +52,8 @@ def run_edits(fn, cases: list[EvalCase], *, attribute: str = "color", num_frames
         scores = score_edit(source, edited, **{attribute: target})
         records.append({"prompt": case.prompt, "seed": case.seed, "edit_prompt": prompt, "target": target,
                         **{k: scores[k] for k in RATES},
-                        "trajectory_correlation": (scores["trajectory_correlation"]
-                                                   if math.isfinite(scores["trajectory_correlation"]) else None),
+                        **{k: scores[k] if math.isfinite(scores[k]) else None
+                           for k in ("trajectory_correlation", "path_distance")},
                         "measured": {k: scores["edited"][k] for k in ("color", "shape", "motion")}})
     return records
 
@@ -61,19 +62,21 @@ def summarize(records: list[dict]) -> dict:
     """Rates of target reached / other attribute kept / motion kept / all three, and the mean correlation."""
     if not records:
         raise ValueError("no records to summarise")
-    correlations = [r["trajectory_correlation"] for r in records
-                    if r["trajectory_correlation"] is not None and math.isfinite(r["trajectory_correlation"])]
     summary = {"num_clips": len(records), **{k: float(np.mean([r[k] for r in records])) for k in RATES}}
-    summary["mean_trajectory_correlation"] = float(np.mean(correlations)) if correlations else None
+    for key in ("trajectory_correlation", "path_distance"):
+        values = [r.get(key) for r in records]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        summary[f"mean_{key}"] = float(np.mean(values)) if values else None
     return summary
 
 
 def markdown_table(attribute: str, summary: dict) -> str:
-    correlation = summary["mean_trajectory_correlation"]
+    correlation, distance = summary["mean_trajectory_correlation"], summary.get("mean_path_distance")
     return "\n".join([
         f"| edit | clips | {attribute} changed to the target | other attribute kept | motion kept | all | "
-        "mean trajectory correlation |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "mean trajectory correlation | mean path distance (px) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {attribute} | {summary['num_clips']} | {100 * summary['target']:.1f}% | {100 * summary['kept']:.1f}% | "
         f"{100 * summary['motion_kept']:.1f}% | {100 * summary['success']:.1f}% | "
-        + ("n/a" if correlation is None else f"{correlation:.3f}") + " |"])
+        + ("n/a" if correlation is None else f"{correlation:.3f}") + " | "
+        + ("n/a" if distance is None else f"{distance:.2f}") + " |"])

@@ -284,6 +284,17 @@ def trajectory_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
 
 
+def path_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean distance in pixels between two centroid trajectories (f, 2), frame by frame, on the frames where both
+    show a shape: what trajectory_correlation leaves out (a path drawn parallel to the other, shifted, correlates
+    at 1). NaN when no frame is shared."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"trajectories must both be (frames, 2), got {a.shape} and {b.shape}")
+    keep = ~(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1))
+    return float(np.linalg.norm(a[keep] - b[keep], axis=1).mean()) if keep.any() else float("nan")
+
+
 def parse_caption(text: str) -> tuple[str, str, str]:
     """"a red circle moving left" -> ("red", "circle", "moving left"); a ValueError for anything else."""
     words = text.strip().split()
@@ -303,7 +314,7 @@ def score_edit(source, edited, *, color: str | None = None, shape: str | None = 
     """An edit of `source` into `edited` (both uint8 (f, h, w, 3)) that asked for a new `color` and/or `shape`:
     {"target": the asked attributes are measured in the edit, "kept": the attributes not asked for are measured
     as in the source, "motion_kept": same measured direction and trajectory correlation >= min_correlation,
-    "success": all three, plus the measurements}."""
+    "success": all three, "trajectory_correlation", "path_distance" (pixels), plus the measurements}."""
     if color is None and shape is None:
         raise ValueError("score_edit needs the target color and/or shape of the edit")
     if color is not None and color not in COLORS:
@@ -314,8 +325,9 @@ def score_edit(source, edited, *, color: str | None = None, shape: str | None = 
     asked = {"color": color, "shape": shape}
     target = all(getattr(after, k) == v for k, v in asked.items() if v is not None)
     kept = all(getattr(after, k) == getattr(before, k) for k, v in asked.items() if v is None)
-    correlation = trajectory_correlation(trajectory(source), trajectory(edited))
+    path_a, path_b = trajectory(source), trajectory(edited)
+    correlation = trajectory_correlation(path_a, path_b)
     motion_kept = after.motion == before.motion and math.isfinite(correlation) and correlation >= min_correlation
     return {"target": target, "kept": kept, "motion_kept": bool(motion_kept),
             "success": bool(target and kept and motion_kept), "trajectory_correlation": correlation,
-            "source": before.to_dict(), "edited": after.to_dict()}
+            "path_distance": path_distance(path_a, path_b), "source": before.to_dict(), "edited": after.to_dict()}
