@@ -558,6 +558,8 @@ def step_publish(ctx: Context, out: Path, command: str) -> None:
                                 metadata={"format": "pt"})
         for name in ("train_log.csv", "loss.png"):
             shutil.copy2(ctx.work / stage / "train" / name, target / name)
+            if (ctx.work / stage / "finish" / name).is_file():  # the base's finishing phase (base.finish)
+                shutil.copy2(ctx.work / stage / "finish" / name, target / f"finish_{name}")
         published.append(stage)
     for name in ("train_log.csv", "loss.png"):  # the text-to-image step the base was inflated from
         (out / "t2i").mkdir(parents=True, exist_ok=True)
@@ -566,7 +568,8 @@ def step_publish(ctx: Context, out: Path, command: str) -> None:
         "# How these demo models were made\n\n"
         f"    {command}\n\nConfiguration: configs/demo/demo.yaml (seed {ctx.cfg['seed']}, "
         f"steps x {ctx.steps_scale}), device: {ctx.device.type}. Each stage folder holds its train_log.csv and "
-        "loss.png; t2i/ holds those of the text-to-image model the base was inflated from.\n")
+        "loss.png (the base also finish_train_log.csv and finish_loss.png, of its finishing phase); t2i/ holds "
+        "those of the text-to-image model the base was inflated from.\n")
     demo.write_cascade(out)
     demo.write_checksums(out)
     total = sum(p.stat().st_size for p in demo.weight_files(out))
