@@ -490,7 +490,8 @@ def step_base(ctx: Context, name: str = "base") -> None:
         finish["steps"] = max(1, round(finish["steps"] * ctx.steps_scale))
         finish["checkpoint_every"] = max(1, min(finish["checkpoint_every"], finish["steps"]))
         train_loop(ctx.model(unet), stage_for(finish), batch, finish, ctx.work / name / "finish", schedule,
-                   ctx.device, ctx.resume, f"{name} finish", snapshot=lambda step: step and snapshot(run["steps"] + step))
+                   ctx.device, ctx.resume, f"{name} finish",
+                   snapshot=lambda step: step and snapshot(run["steps"] + step))
     write_pipeline_folder(ctx.work / name / "final", unet=unet.cpu(), **dict(parts, text_encoder=text_encoder.cpu()))
 
 
