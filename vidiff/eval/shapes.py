@@ -269,17 +269,23 @@ def score_clip(frames, color: str, shape: str, motion: str, **options) -> dict:
             "correct": correct}
 
 
-def trajectory_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two centroid trajectories (f, 2) taken jointly over both axes (each axis centred
-    on its own mean), on the frames where both show a shape: 1 when one path is a positive scaling of the other.
-    NaN when fewer than two frames are shared or either path does not move."""
+def _shared_frames(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Two centroid trajectories (f, 2) as float64, kept to the frames where both show a shape."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 2:
         raise ValueError(f"trajectories must both be (frames, 2), got {a.shape} and {b.shape}")
     keep = ~(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1))
-    if keep.sum() < 2:
+    return a[keep], b[keep]
+
+
+def trajectory_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two centroid trajectories (f, 2) taken jointly over both axes (each axis centred
+    on its own mean), on the frames where both show a shape: 1 when one path is a positive scaling of the other.
+    NaN when fewer than two frames are shared or either path does not move."""
+    a, b = _shared_frames(a, b)
+    if len(a) < 2:
         return float("nan")
-    a, b = a[keep] - a[keep].mean(axis=0), b[keep] - b[keep].mean(axis=0)
+    a, b = a - a.mean(axis=0), b - b.mean(axis=0)
     denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
     return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
 
@@ -288,11 +294,8 @@ def path_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Mean distance in pixels between two centroid trajectories (f, 2), frame by frame, on the frames where both
     show a shape: what trajectory_correlation leaves out (a path drawn parallel to the other, shifted, correlates
     at 1). NaN when no frame is shared."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 2:
-        raise ValueError(f"trajectories must both be (frames, 2), got {a.shape} and {b.shape}")
-    keep = ~(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1))
-    return float(np.linalg.norm(a[keep] - b[keep], axis=1).mean()) if keep.any() else float("nan")
+    a, b = _shared_frames(a, b)
+    return float(np.linalg.norm(a - b, axis=1).mean()) if len(a) else float("nan")
 
 
 def parse_caption(text: str) -> tuple[str, str, str]:
