@@ -249,8 +249,8 @@ def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
     """tools/train_demo.py at a tiny scale: every step writes what the next needs, the published cascade loads
     and generates, the text model (pretrained for a few steps) trains in t2i and the base only where the config
     says so (the stages keep t2i's), snapshots start at step 0 and go on through the base's finishing phase, the
-    scratch run stops at ablation_steps, a finished step is skipped on rerun and tools/eval_ablation.py scores
-    the snapshots."""
+    ablation trains the whole recipe (both phases) at each budget from both starts (the base is its inflated
+    run of the whole recipe), a finished step is skipped on rerun and tools/eval_ablation.py scores every run."""
     import torch
     import yaml
 
@@ -261,14 +261,15 @@ def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
     cfg["text"]["pretrain_steps"] = 5
     for step in ("t2i", "base", "interpolation", "ssr"):
         cfg[step].update(steps=4, batch_size=2, checkpoint_every=2, warmup=1)
-    cfg["base"].update(snapshot_every=2, ablation_steps=2, train_text=not cfg["t2i"]["train_text"])  # both cases
+    cfg["base"].update(snapshot_every=2, train_text=not cfg["t2i"]["train_text"])  # both cases
+    cfg["ablation"]["budgets"] = [0.5, 1.0]
     cfg["base"]["finish"].update(steps=2, batch_size=2, checkpoint_every=1, snapshot_every=1)
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(cfg))
     work, out = tmp_path / "work", tmp_path / "out"
     td = _load_tool("train_demo")
     args = ["--config", str(config), "--work", str(work), "--out", str(out), "--device", "cpu"]
-    assert td.main(args + ["--steps", "text,t2i,base,scratch,interpolation,ssr,publish"]) == 0
+    assert td.main(args + ["--steps", "text,t2i,base,ablation,interpolation,ssr,publish"]) == 0
 
     def text_model(folder):
         return (folder / "text_encoder" / "model.safetensors").read_bytes()
@@ -282,11 +283,15 @@ def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
     assert sorted(p.name for p in (work / "base" / "snapshots").iterdir()) == [
         "step-000000", "step-000002", "step-000004", "step-000005", "step-000006"]
     assert [r.split(",")[0] for r in (work / "base" / "finish" / "train_log.csv").read_text().split()[1:]] == ["2"]
-    assert not (work / "scratch" / "finish").exists()  # the ablation compares the first phase only
     finish_log = (work / "base" / "finish" / "train_log.csv").read_text()
     assert (out / "base" / "finish_train_log.csv").read_text() == finish_log  # published with the base
-    assert sorted(p.name for p in (work / "scratch" / "snapshots").iterdir()) == ["step-000000", "step-000002"]
-    assert [r.split(",")[0] for r in (work / "scratch" / "train" / "train_log.csv").read_text().split()[1:]] == ["2"]
+    # the ablation's runs: half the steps of each phase (2 + 1) from both starts, the whole recipe from scratch
+    assert sorted(p.name for p in (work / "ablation").iterdir()) == ["inflated-3", "scratch-3", "scratch-6"]
+    for run, steps in (("inflated-3", ["2", "1"]), ("scratch-3", ["2", "1"]), ("scratch-6", ["4", "2"])):
+        logs = [work / "ablation" / run / phase / "train_log.csv" for phase in ("train", "finish")]
+        assert [log.read_text().split()[-1].split(",")[0] for log in logs] == steps
+        assert (work / "ablation" / run / "final" / "vidiff.json").is_file()
+        assert not (work / "ablation" / run / "snapshots").exists()
     assert demo.verify_checksums(out) == []
     pipe = CascadePipeline.from_pretrained(out, device="cpu")
     clip = pipe("a red circle moving right", generator=torch.Generator().manual_seed(0), num_inference_steps=2,
@@ -299,9 +304,11 @@ def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
 
     ablation = _load_tool("eval_ablation")
     assert ablation.main(["--config", str(config), "--demo-work", str(work), "--out", str(tmp_path / "ablation"),
-                          "--sample-steps", "1", "--device", "cpu"]) == 0
+                          "--seeds", "9001", "--sample-steps", "1", "--device", "cpu"]) == 0
     results = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
-    assert sorted(results["evaluations"]["inflated"]) == sorted(results["evaluations"]["scratch"]) == ["0", "2"]
+    assert sorted(results["evaluations"]["inflated"]) == sorted(results["evaluations"]["scratch"]) == ["3", "6"]
+    assert results["runs"]["inflated"]["6"] == str(work / "base" / "final") and results["total_steps"] == 6
+    assert set(results["headline"]) >= {"scratch_final_all", "inflated_steps_to_scratch_final"}
     assert (tmp_path / "ablation" / "ablation.png").is_file()
 
 

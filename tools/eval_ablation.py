@@ -1,20 +1,19 @@
 """The inflation ablation (issue 12): is starting the video model from a trained text-to-image model worth it?
 
-tools/train_demo.py trains the two runs with one loop, the same batches and the same learning-rate schedule:
-    inflated   its `base` step: the text-to-image model inflated with identity temporal layers (what the demo ships)
-    scratch    its `scratch` step: the same video U-Net from a random start, stopped at base.ablation_steps
-Both save their EMA weights as pipeline folders every base.snapshot_every steps (and at step 0):
-<work>/{base,scratch}/snapshots/step-NNNNNN. This tool samples the shapes prompts on the held-out evaluation
-seed(s) (vidiff.eval.suite) with the snapshots of both runs up to ablation_steps, scores them from the pixels
-(colour, shape, motion, all together) and reports accuracy vs steps:
+`python tools/train_demo.py --steps ablation` trains the demo base's recipe (both phases, each with its
+learning-rate schedule, the same batches) at every `ablation.budgets` fraction of its steps, twice:
+    inflated   from the text-to-image model inflated with identity temporal layers (at budget 1: the shipped base)
+    scratch    from a random start: the same video U-Net, text model and data
+This tool samples the shapes prompts on the held-out evaluation seeds (vidiff.eval.suite) with the final (EMA)
+model of every run, scores them from the pixels (colour, shape, motion, all together) and reports accuracy vs
+training steps. The claim measured: the inflated start reaches the scratch model's accuracy after the whole
+recipe with at most half the steps.
 
-    python tools/train_demo.py --steps scratch      # after the base step (or alongside it)
-    python tools/eval_ablation.py                   # every snapshot up to base.ablation_steps
-    python tools/eval_ablation.py --eval-steps 0,250,500,1000,2000
+    python tools/train_demo.py --steps ablation     # after the base step (or alongside it)
+    python tools/eval_ablation.py                   # every run there is; reruns skip what is done
 
-Writes to --out (default runs/ablation): ablation.json (every evaluation; reruns skip what is done),
-ablation.md (the table) and ablation.png. The claim measured: the inflated run reaches the scratch run's final
-all-attributes accuracy in at most half the steps.
+Writes to --out (default runs/ablation): ablation.json (every evaluation), ablation.md (the table) and
+ablation.png.
 """
 from __future__ import annotations
 
@@ -27,27 +26,20 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
+from train_demo import Context, ablation_runs  # noqa: E402
 from vidiff.eval import suite  # noqa: E402
 from vidiff.utils import atomic_path, write_json_atomic  # noqa: E402
 
 RUNS = ("inflated", "scratch")
-FOLDERS = {"inflated": "base", "scratch": "scratch"}  # train_demo's step (and working sub-folder) of each run
-
-
-def snapshots(work: Path, run: str, total: int, steps: list[int] | None) -> dict[int, Path]:
-    """`{step: pipeline folder}` of a run's snapshots up to `total` (only `steps` if given)."""
-    found = {int(p.name.split("-")[1]): p for p in sorted((work / FOLDERS[run] / "snapshots").glob("step-*"))
-             if (p / "vidiff.json").is_file()}
-    return {k: v for k, v in found.items() if k <= total and (steps is None or k in steps)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------------------------
-def evaluate_snapshot(folder: Path, cases, settings: dict, device, batch_size: int) -> dict:
-    """Sample and score the shapes cases with the pipeline folder of one snapshot."""
+def evaluate_model(folder: Path, cases, settings: dict, device, batch_size: int) -> dict:
+    """Sample and score the shapes cases with one pipeline folder: the accuracies."""
     from vidiff.pipelines.text_to_video import VideoPipeline
 
     pipe = VideoPipeline.from_pretrained(folder, device=device)
@@ -56,8 +48,8 @@ def evaluate_snapshot(folder: Path, cases, settings: dict, device, batch_size: i
 
 
 def evaluation_order(found: dict[str, dict[int, Path]], total: int) -> list[tuple[str, int, Path]]:
-    """(run, step, snapshot) in the order that answers the question soonest: both final steps, then the inflated
-    run's curve from its earliest steps, then the rest of the scratch curve."""
+    """(run, steps, model) in the order that answers the question soonest: both runs of the whole recipe, then the
+    inflated runs from the fewest steps, then the rest of the scratch runs."""
     def priority(item):
         run, step = item
         if step == total:
@@ -73,9 +65,9 @@ def first_step_reaching(curve: dict[int, float], target: float) -> int | None:
 
 
 def report(results: dict, total_steps: int) -> tuple[str, dict]:
-    """The markdown table (accuracy vs steps of both runs) and the headline comparison."""
+    """The markdown table (accuracy vs training steps from both starts) and the headline comparison."""
     steps = sorted({int(s) for run in RUNS for s in results["evaluations"].get(run, {})})
-    lines = ["| step | inflated: colour / shape / motion / **all** | scratch: colour / shape / motion / **all** |",
+    lines = ["| steps | inflated: colour / shape / motion / **all** | scratch: colour / shape / motion / **all** |",
              "| ---: | --- | --- |"]
     for step in steps:
         cells = []
@@ -97,8 +89,8 @@ def report(results: dict, total_steps: int) -> tuple[str, dict]:
                           "cannot compare the runs: read the per-attribute columns."]
         else:
             lines += ["", f"Scratch after {total_steps} steps: {100 * target:.0f}% all attributes; the inflated run "
-                          + (f"reaches it at step {reached} ({100 * reached / total_steps:.0f}% of the steps)."
-                             if reached is not None else "never reaches it.")]
+                          + (f"reaches it with {reached} steps ({100 * reached / total_steps:.0f}% of the steps)."
+                             if reached is not None else "no inflated run reaches it.")]
     return "\n".join(lines), headline
 
 
@@ -113,7 +105,7 @@ def plot(results: dict, path: Path) -> None:
         points = sorted((int(s), a["all"]) for s, a in results["evaluations"].get(run, {}).items())
         if points:
             ax.plot(*zip(*points), marker="o", label=run)
-    ax.set(xlabel="training step", ylabel="all attributes right", ylim=(0, 1), title="inflation ablation")
+    ax.set(xlabel="training steps", ylabel="all attributes right", ylim=(0, 1), title="inflation ablation")
     ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -125,12 +117,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo" / "demo.yaml"))
     parser.add_argument("--demo-work", default=str(ROOT / "runs" / "demo"),
-                        help="train_demo's working folder (holding base/snapshots and scratch/snapshots)")
+                        help="train_demo's working folder (holding base/ and ablation/)")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="train_demo's --steps-scale of the runs")
     parser.add_argument("--out", default=str(ROOT / "runs" / "ablation"), help="ablation folder")
-    parser.add_argument("--eval-steps", default=None,
-                        help="comma-separated snapshot steps to evaluate (default: every one up to ablation_steps)")
-    parser.add_argument("--seeds", default=str(suite.EVAL_SEEDS[0]),
-                        help="comma-separated evaluation seeds (default: the first held-out one; 48 clips each)")
+    parser.add_argument("--seeds", default=",".join(map(str, suite.EVAL_SEEDS)),
+                        help="comma-separated evaluation seeds (default: the held-out ones; 48 clips each)")
     parser.add_argument("--sample-steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=48, help="clips sampled together")
@@ -138,10 +129,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        args.eval_steps = None if args.eval_steps is None else [int(s) for s in args.eval_steps.split(",")]
     except ValueError:
-        parser.error(f"--seeds and --eval-steps must be comma-separated integers, got {args.seeds!r}, "
-                     f"{args.eval_steps!r}")
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if not args.steps_scale > 0:
+        parser.error(f"--steps-scale must be > 0, got {args.steps_scale}")
     return args
 
 
@@ -152,27 +143,34 @@ def main(argv=None) -> int:
     cfg = yaml.safe_load(Path(args.config).read_text())
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     work, out = Path(args.demo_work), Path(args.out)
-    total = int(cfg["base"]["ablation_steps"])
-    found = {run: snapshots(work, run, total, args.eval_steps) for run in RUNS}
-    for run, folders in found.items():
-        if not folders:
-            raise SystemExit(f"eval_ablation: no {run} snapshots in {work / FOLDERS[run] / 'snapshots'}; run "
-                             f"`python tools/train_demo.py --steps {FOLDERS[run]}` first")
+    runs = ablation_runs(Context(cfg, work, device, "auto", args.steps_scale))
+    total = max(steps for _, _, steps, _ in runs)
+    found = {run: {} for run in RUNS}
+    for start, _, steps, folder in runs:
+        if (folder / "final" / "vidiff.json").is_file():
+            found[start][steps] = folder / "final"
+        else:
+            print(f"eval_ablation: {start} run of {steps} steps not trained yet ({folder}): `python "
+                  f"tools/train_demo.py --steps {'base' if folder.name == 'base' else 'ablation'}`", flush=True)
+    if not any(found.values()):
+        raise SystemExit(f"eval_ablation: no ablation runs in {work}; run `python tools/train_demo.py --steps "
+                         "base,ablation` first")
     cases = suite.make_cases(args.seeds)
     results_path = out / "ablation.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"evaluations": {}}
     settings = {key: value for key, value in (("num_inference_steps", args.sample_steps),
                                               ("guidance_scale", args.guidance)) if value is not None}
     results.update(command="python tools/eval_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                   seeds=args.seeds, device=device.type, ablation_steps=total, settings=settings)
+                   seeds=args.seeds, device=device.type, total_steps=total, settings=settings,
+                   runs={start: {str(steps): str(folder) for steps, folder in found[start].items()} for start in RUNS})
     out.mkdir(parents=True, exist_ok=True)
-    for run, step, folder in evaluation_order(found, total):
+    for run, steps, folder in evaluation_order(found, total):
         done = results["evaluations"].setdefault(run, {})
-        if str(step) in done:
+        if str(steps) in done:
             continue
         began = time.perf_counter()
-        done[str(step)] = evaluate_snapshot(folder, cases, settings, device, args.batch_size)
-        print(f"{run} step {step}: all attributes {100 * done[str(step)]['all']:.1f}% "
+        done[str(steps)] = evaluate_model(folder, cases, settings, device, args.batch_size)
+        print(f"{run}, {steps} steps: all attributes {100 * done[str(steps)]['all']:.1f}% "
               f"({time.perf_counter() - began:.0f} s)", flush=True)
         write_json_atomic(results_path, results)
     table, headline = report(results, total)

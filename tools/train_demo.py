@@ -13,8 +13,10 @@ Steps (each skipped when its output exists; `--resume auto` continues an interru
     ssr            `vidiff inflate --stage ssr` of it, trained x2 (32 -> 64 pixels)
     publish        the models in fp16 + logs, loss curves, commands and checksums into vidiff/assets/demo/
     gallery        docs/demo.gif: the published cascade's clips for six prompts, each with its prompt
-    scratch        (not in the default run) the base's video U-Net trained from a random start with the same
-                   data and steps: the inflation ablation (both save EMA snapshots every base.snapshot_every)
+    ablation       (not in the default run) the inflation ablation's runs: the base recipe (both phases) at each
+                   `ablation.budgets` fraction of its steps, from the inflated start and from a random one
+                   (<work>/ablation/{inflated,scratch}-STEPS; the inflated run at budget 1 is `base`);
+                   --budgets / --starts pick some of them (two processes can share the work)
 Work goes to --work (default runs/demo): data is made in memory from vidiff.data.synthetic, so nothing but torch
 and the repo is needed (it runs as it is on a GPU machine). Configuration: configs/demo/demo.yaml.
 """
@@ -42,7 +44,7 @@ from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES, make_clip, sample_spe
 from vidiff.utils import atomic_dir, atomic_path, save_safetensors_atomic  # noqa: E402
 
 BASE_ARCHITECTURE = ("temporal_position", "frame_embedding", "coordinate_embedding")  # base.* keys for VideoUNet
-STEPS = ("text", "t2i", "base", "interpolation", "ssr", "publish", "gallery", "scratch")
+STEPS = ("text", "t2i", "base", "interpolation", "ssr", "publish", "gallery", "ablation")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -439,19 +441,22 @@ def scheduler_config(cfg: dict, noise_shift: float | None = None) -> dict:
     return config
 
 
-def step_base(ctx: Context, name: str = "base") -> None:
-    """Inflate the text-to-image model (`vidiff inflate`'s code) and train all weights on 8-frame clips.
-    name="scratch": the same video U-Net and training from a random start, with the same text model, schedule
-    and data, stopped at `base.ablation_steps` (the inflation ablation)."""
+def step_base(ctx: Context, folder: Path | None = None, *, scratch: bool = False, budget: float = 1.0) -> None:
+    """Inflate the text-to-image model (`vidiff inflate`'s code) and train all weights on 8-frame clips, in
+    `folder` (default <work>/base, which also saves EMA snapshots every base.snapshot_every steps).
+    The inflation ablation's runs: `scratch`, the same video U-Net from a random start (same text model, data and
+    recipe); `budget`, the whole recipe (both phases, their learning-rate schedules) with its steps scaled."""
     from vidiff.models.unet import VideoUNet
     from vidiff.pipelines.folder import inflate_pipeline, read_info, write_pipeline_folder
     from vidiff.training.stages import make_stage
 
     cfg, init = ctx.cfg, ctx.work / "base" / "inflated"
+    folder = folder or ctx.work / "base"
+    name = folder.name
     architecture = {k: cfg["base"][k] for k in BASE_ARCHITECTURE if k in cfg["base"]}  # VideoUNet options
     if not (init / "vidiff.json").is_file():
         inflate_pipeline(ctx.work / "t2i" / "sd", init, defaults=cfg["defaults"], seed=cfg["seed"], **architecture)
-    if name == "scratch":
+    if scratch:
         torch.manual_seed(cfg["seed"])
         unet = VideoUNet(dict(cfg["unet"]), **architecture).to(ctx.device)
     else:
@@ -471,28 +476,61 @@ def step_base(ctx: Context, name: str = "base") -> None:
         pick = torch.randint(0, len(clips), (batch_size,), generator=generator, device=ctx.device)
         return to_pixels(clips[pick], frames=frames, size=size), ctx.text_for(index[pick], generator)
 
-    def snapshot(step: int) -> None:  # the EMA model so far, as a pipeline folder (accuracy vs steps)
-        write_pipeline_folder(ctx.work / name / "snapshots" / f"step-{step:06d}", unet=unet, **parts)
+    snapshot = None
+    if folder == ctx.work / "base":
+        def snapshot(step: int) -> None:  # the EMA model so far, as a pipeline folder (accuracy vs steps)
+            write_pipeline_folder(folder / "snapshots" / f"step-{step:06d}", unet=unet, **parts)
 
     def stage_for(run):
         return make_stage("base", prediction_type=cfg["scheduler"]["prediction_type"], snr_gamma=run.get("snr_gamma"),
                           noisy_fraction=run.get("noisy_fraction", 0.0), noisy_from=run.get("noisy_from", 0.75))
 
-    run = ctx.run_config("base")
-    if name == "scratch":
-        run["stop_at"] = max(1, round(cfg["base"]["ablation_steps"] * ctx.steps_scale))
-    train_loop(ctx.model(unet), stage_for(run), batch, run, ctx.work / name / "train", schedule, ctx.device,
-               ctx.resume, name, snapshot=snapshot)
-    if cfg["base"].get("finish") and name != "scratch":
+    run, finish = base_runs(ctx, budget)
+    train_loop(ctx.model(unet), stage_for(run), batch, run, folder / "train", schedule, ctx.device, ctx.resume,
+               name, snapshot=snapshot)
+    if finish:
         # The finishing phase: the trained (EMA) weights on, with its own settings, checkpoints and EMA
-        # (base/finish/); snapshots go on counting from the first phase's last step.
-        finish = dict(run, **cfg["base"]["finish"])
-        finish["steps"] = max(1, round(finish["steps"] * ctx.steps_scale))
-        finish["checkpoint_every"] = max(1, min(finish["checkpoint_every"], finish["steps"]))
-        train_loop(ctx.model(unet), stage_for(finish), batch, finish, ctx.work / name / "finish", schedule,
-                   ctx.device, ctx.resume, f"{name} finish",
-                   snapshot=lambda step: step and snapshot(run["steps"] + step))
-    write_pipeline_folder(ctx.work / name / "final", unet=unet.cpu(), **dict(parts, text_encoder=text_encoder.cpu()))
+        # (<folder>/finish/); snapshots go on counting from the first phase's last step.
+        train_loop(ctx.model(unet), stage_for(finish), batch, finish, folder / "finish", schedule, ctx.device,
+                   ctx.resume, f"{name} finish",
+                   snapshot=snapshot and (lambda step: step and snapshot(run["steps"] + step)))
+    write_pipeline_folder(folder / "final", unet=unet.cpu(), **dict(parts, text_encoder=text_encoder.cpu()))
+
+
+def base_runs(ctx: Context, budget: float = 1.0) -> tuple[dict, dict | None]:
+    """The base recipe's two phases (the finishing phase None if the config has none), steps x `budget`."""
+    run = ctx.run_config("base")
+    finish = dict(run, **ctx.cfg["base"]["finish"]) if ctx.cfg["base"].get("finish") else None
+    for phase in filter(None, (run, finish)):
+        phase["steps"] = max(1, round(phase["steps"] * (budget if phase is run else budget * ctx.steps_scale)))
+        phase["checkpoint_every"] = max(1, min(phase["checkpoint_every"], phase["steps"]))
+    return run, finish
+
+
+def ablation_runs(ctx: Context, budgets=None, starts=("inflated", "scratch")) -> list[tuple[str, float, int, Path]]:
+    """The inflation ablation's runs `(start, budget, steps, folder)`: the base recipe at every `ablation.budgets`
+    fraction of its steps (both phases: `steps` in all) from the inflated start and from scratch. The inflated
+    run at budget 1 is the base."""
+    runs = []
+    for budget in budgets or ctx.cfg["ablation"]["budgets"]:
+        run, finish = base_runs(ctx, budget)
+        total = run["steps"] + (finish["steps"] if finish else 0)
+        for start in starts:
+            folder = (ctx.work / "base" if start == "inflated" and budget == 1
+                      else ctx.work / "ablation" / f"{start}-{total}")
+            runs.append((start, budget, total, folder))
+    return runs
+
+
+def step_ablation(ctx: Context, budgets=None, starts=("inflated", "scratch")) -> None:
+    """Train the inflation ablation's runs that are not there yet (the base is its own step)."""
+    for start, budget, _, folder in ablation_runs(ctx, budgets, starts):
+        if folder == ctx.work / "base":
+            continue
+        if ctx.resume == "auto" and (folder / "final" / "vidiff.json").is_file():
+            print(f"{folder.name}: done, skipped", flush=True)
+            continue
+        step_base(ctx, folder, scratch=start == "scratch", budget=budget)
 
 
 def step_stage(ctx: Context, name: str) -> None:
@@ -630,6 +668,9 @@ def parse_args(argv=None):
                         help="auto: skip finished steps, continue an interrupted one; none: redo the named steps")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every step count (e.g. 0.05)")
     parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    parser.add_argument("--budgets", default=None,
+                        help="`ablation`: comma-separated fractions of the base's steps (default: ablation.budgets)")
+    parser.add_argument("--starts", default="inflated,scratch", help="`ablation`: inflated, scratch or both")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: on a shared 2-core machine more threads wait on each other)")
     args = parser.parse_args(argv)
@@ -639,6 +680,15 @@ def parse_args(argv=None):
         parser.error(f"unknown step(s) {unknown}; choose from {', '.join(STEPS)}")
     if not args.steps_scale > 0:
         parser.error(f"--steps-scale must be > 0, got {args.steps_scale}")
+    try:
+        args.budgets = None if args.budgets is None else [float(b) for b in args.budgets.split(",") if b.strip()]
+    except ValueError:
+        parser.error(f"--budgets must be comma-separated numbers, got {args.budgets!r}")
+    if args.budgets is not None and not (args.budgets and all(0 < b <= 1 for b in args.budgets)):
+        parser.error(f"--budgets must be fractions in (0, 1], got {args.budgets}")
+    args.starts = tuple(s.strip() for s in args.starts.split(",") if s.strip())
+    if not args.starts or set(args.starts) - {"inflated", "scratch"}:
+        parser.error(f"--starts must be inflated, scratch or both, got {args.starts}")
     return args
 
 
@@ -652,7 +702,7 @@ def main(argv=None) -> int:
     done = {"text": work / "text" / "text_encoder", "t2i": work / "t2i" / "sd" / "model_index.json",
             "base": work / "base" / "final" / "vidiff.json",
             "interpolation": work / "interpolation" / "final" / "vidiff.json",
-            "ssr": work / "ssr" / "final" / "vidiff.json", "scratch": work / "scratch" / "final" / "vidiff.json"}
+            "ssr": work / "ssr" / "final" / "vidiff.json"}
     command = "python tools/train_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.steps:
         if args.resume == "auto" and name in done and done[name].exists():
@@ -667,8 +717,8 @@ def main(argv=None) -> int:
             step_gallery(ROOT / "docs" / "demo.gif", Path(args.out))
         elif name in ("interpolation", "ssr"):
             step_stage(ctx, name)
-        elif name == "scratch":
-            step_base(ctx, "scratch")
+        elif name == "ablation":
+            step_ablation(ctx, args.budgets, args.starts)
         else:
             {"t2i": step_t2i, "base": step_base}[name](ctx)
         print(f"{name}: finished in {time.perf_counter() - began:.0f} s", flush=True)
