@@ -18,6 +18,7 @@ ablation.png.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -94,19 +95,42 @@ def report(results: dict, total_steps: int) -> tuple[str, dict]:
     return "\n".join(lines), headline
 
 
-def plot(results: dict, path: Path) -> None:
+def training_log(path: Path) -> list[tuple[int, float]]:
+    """(step, loss) rows of a train_demo train_log.csv; [] when there is none."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as file:
+        return [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(file)]
+
+
+def plot(results: dict, path: Path, models: dict[str, dict[int, Path]] | None = None) -> None:
+    """Accuracy vs steps of both starts; beside it, with `models` (`{run: {steps: final folder}}`), every run's
+    training loss (both phases: the finishing one starts where the dotted line is)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    fig, axes = plt.subplots(1, 2 if models else 1, figsize=(10 if models else 5, 3), dpi=100, squeeze=False)
+    ax = axes[0, 0]
     for run in RUNS:
         points = sorted((int(s), a["all"]) for s, a in results["evaluations"].get(run, {}).items())
         if points:
             ax.plot(*zip(*points), marker="o", label=run)
     ax.set(xlabel="training steps", ylabel="all attributes right", ylim=(0, 1), title="inflation ablation")
     ax.legend()
+    if models:
+        ax = axes[0, 1]
+        for run, style in zip(RUNS, ("-", "--")):
+            for steps, folder in sorted(models[run].items()):
+                first, finish = (training_log(folder.parent / phase / "train_log.csv") for phase in ("train", "finish"))
+                end = first[-1][0] if first else 0
+                x, y = zip(*(first + [(end + step, loss) for step, loss in finish])) if first or finish else ((), ())
+                line, = ax.plot(x, y, style, lw=1, label=f"{run}, {steps} steps")
+                if first and finish:
+                    ax.axvline(end, color=line.get_color(), lw=0.5, ls=":")
+        ax.set(xlabel="step", ylabel="loss (mean of 50 steps)", yscale="log", title="training loss")
+        ax.legend(fontsize=6)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp)
@@ -178,7 +202,7 @@ def main(argv=None) -> int:
     write_json_atomic(results_path, results)
     with atomic_path(out / "ablation.md") as tmp:
         tmp.write_text(table + "\n")
-    plot(results, out / "ablation.png")
+    plot(results, out / "ablation.png", found)
     print(table)
     return 0
 
