@@ -361,3 +361,40 @@ def test_pure_noise_direction_reads_the_direction_of_travel():
     assert backward["right_way"] == 0.0 and backward["pixels"] == pytest.approx(-forward["pixels"], rel=1e-4)
     still = tool.direction_score(clips[:, :, :1].expand(-1, -1, 8, -1, -1), motions)
     assert still == {"right_way": 0.0, "pixels": 0.0}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--budgets", "0.5,0"], "--budgets must be fractions in (0, 1]"),
+    (["--budgets", "1.5"], "--budgets must be fractions in (0, 1]"),
+    (["--budgets", "half"], "--budgets must be comma-separated numbers"),
+    (["--starts", "inflated,random"], "--starts must be inflated, scratch or both"),
+    (["--steps", "scratch"], "unknown step(s) ['scratch']"),
+])
+def test_train_demo_refuses_bad_ablation_flags_in_one_line(flags, message, capsys):
+    """train_demo's ablation flags: a bad value is one usage line naming it, before anything is built."""
+    td = _load_tool("train_demo")
+    with pytest.raises(SystemExit) as exc:
+        td.parse_args(flags)
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error
+
+
+def test_ablation_runs_scale_both_phases_and_reuse_the_base(tmp_path):
+    """The ablation's runs: each budget scales the first phase and the finishing phase alike (rounded), names its
+    folder by the steps in all, and the inflated run of the whole recipe is the base itself."""
+    import torch
+    import yaml
+
+    td = _load_tool("train_demo")
+    cfg = yaml.safe_load((ROOT / "configs" / "demo" / "demo.yaml").read_text())
+    ctx = td.Context(cfg, tmp_path, torch.device("cpu"), "auto", 1.0)
+    first, finish = cfg["base"]["steps"], cfg["base"]["finish"]["steps"]
+    runs = td.ablation_runs(ctx, budgets=[0.5, 1.0])
+    assert [(start, budget, steps) for start, budget, steps, _ in runs] == [
+        ("inflated", 0.5, round(first / 2) + round(finish / 2)), ("scratch", 0.5, round(first / 2) + round(finish / 2)),
+        ("inflated", 1.0, first + finish), ("scratch", 1.0, first + finish)]
+    assert runs[2][3] == tmp_path / "base" and runs[3][3] == tmp_path / "ablation" / f"scratch-{first + finish}"
+    run, fin = td.base_runs(ctx, 0.5)
+    assert (run["steps"], fin["steps"]) == (round(first / 2), round(finish / 2))
+    assert fin["learning_rate"] == cfg["base"]["finish"]["learning_rate"] and run["learning_rate"] == cfg["base"]["learning_rate"]
