@@ -243,8 +243,7 @@ def train_loop(model, stage, batch_fn, run: dict, work: Path, scheduler_cfg: dic
     """Train `model` (`{"unet": ..., "text_encoder": ...}`, the text encoder only if it trains) with `stage.loss`
     on batches `batch_fn(generator, batch_size) -> (pixels, embeddings)`; EMA weights are copied into the model
     at the end. Checkpoints and train_log.csv go to `work`; every `run["snapshot_every"]` steps `snapshot(step)`
-    is called with the EMA weights swapped in. `run["stop_at"]` ends the run early on the same schedule (the
-    ablation's scratch model: the base's hyper-parameters, fewer steps)."""
+    is called with the EMA weights swapped in."""
     from diffusers import DDPMScheduler
 
     from vidiff.training.ema import EMA
@@ -268,7 +267,7 @@ def train_loop(model, stage, batch_fn, run: dict, work: Path, scheduler_cfg: dic
     if snapshot is not None and start == 0:
         snapshot(0)  # the starting point of the accuracy-vs-steps curve
     model.train()
-    last = min(run["steps"], run.get("stop_at") or run["steps"])
+    last = run["steps"]
     for step in range(start + 1, last + 1):
         generator = torch.Generator(device).manual_seed(run["seed"] * 1_000_003 + step)  # same batch on resume
         lr = run["learning_rate"] * min(1.0, step / max(1, run["warmup"]))
@@ -499,10 +498,12 @@ def step_base(ctx: Context, folder: Path | None = None, *, scratch: bool = False
 
 def base_runs(ctx: Context, budget: float = 1.0) -> tuple[dict, dict | None]:
     """The base recipe's two phases (the finishing phase None if the config has none), steps x `budget`."""
-    run = ctx.run_config("base")
-    finish = dict(run, **ctx.cfg["base"]["finish"]) if ctx.cfg["base"].get("finish") else None
+    run, finish = ctx.run_config("base"), None
+    if ctx.cfg["base"].get("finish"):
+        finish = dict(run, **ctx.cfg["base"]["finish"])
+        finish["steps"] = max(1, round(finish["steps"] * ctx.steps_scale))
     for phase in filter(None, (run, finish)):
-        phase["steps"] = max(1, round(phase["steps"] * (budget if phase is run else budget * ctx.steps_scale)))
+        phase["steps"] = max(1, round(phase["steps"] * budget))
         phase["checkpoint_every"] = max(1, min(phase["checkpoint_every"], phase["steps"]))
     return run, finish
 
