@@ -252,7 +252,7 @@ def test_read_info_and_stage_names_do_not_import_torch(tmp_path):
     from vidiff.testing import make_tiny_video_pipeline
 
     folder = make_tiny_video_pipeline(tmp_path / "video")
-    code = ("import sys; from vidiff.pipelines.folder import read_info; from vidiff.models.options import "
+    code = ("import sys; from vidiff.pipelines.folder import read_info; from vidiff.spec import "
             "STAGE_NAMES; info = read_info(sys.argv[1]); assert info['stage'] in STAGE_NAMES; "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)

@@ -11,7 +11,7 @@ from einops import rearrange
 import vidiff
 from vidiff.models import attention as attention_mod
 from vidiff.models.attention import AttentionBackendError, VideoAttnProcessor
-from vidiff.models.options import ATTENTION_BACKENDS, CROSS_FRAME_MODES
+from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES
 from vidiff.models.unet import VideoUNet, is_temporal_parameter
 
 TOL = 1e-5
@@ -106,7 +106,7 @@ def test_temporal_layers_present_and_named(sd1_folder):
 
 
 # ------------------------------------------------------------------------------------------- cross-frame
-# Written out here independently of vidiff.models.options: every registered mode needs a reference.
+# Written out here independently of vidiff.spec: every registered mode needs a reference.
 REFERENCE_SOURCES = {"none": lambda i: [i], "first": lambda i: [0], "sparse-causal": lambda i: [0, max(i - 1, 0)]}
 
 

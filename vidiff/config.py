@@ -286,9 +286,9 @@ def validate(cfg: Config, where: str = "config") -> None:
 
 
 def _validate_model(cfg: Config, check) -> None:
-    """model.cross_frame and model.attention_backend by the names vidiff.models.options defines (torch-free);
+    """model.cross_frame and model.attention_backend by the names vidiff.spec defines (torch-free);
     whether the backend can run on this machine is checked by the trainer before it loads anything."""
-    from vidiff.models.options import ATTENTION_BACKENDS, CROSS_FRAME_MODES
+    from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES
 
     m = cfg.model
     check(m.cross_frame is None or m.cross_frame in CROSS_FRAME_MODES,
@@ -301,7 +301,7 @@ def _validate_model(cfg: Config, check) -> None:
 def _validate_stage(cfg: Config, check) -> None:
     """train.stage and the stage section (vidiff.training.stages holds the stages; checked here before any
     model is loaded)."""
-    from vidiff.models.options import STAGE_NAMES
+    from vidiff.spec import STAGE_NAMES
     from vidiff.training.stages import MASK_MODES, SSR_FACTORS, STAGE_CONFIG_FIELDS
 
     t, s = cfg.train, cfg.stage

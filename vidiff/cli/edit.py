@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vidiff.cli.common import (CLIError, check_device, check_video_output, in_flag_names, probe_video_arg,
                                quiet_loading, seed_or_random, write_outputs)
-from vidiff.models.options import CROSS_FRAME_MODES
+from vidiff.spec import CROSS_FRAME_MODES
 from vidiff.utils import DTYPES
 
 # the settings edit takes (their flags: vidiff.cli.common.SETTING_FLAGS)

@@ -6,7 +6,7 @@ import argparse
 from vidiff.cli.common import (MAX_FPS, MAX_FRAMES, MAX_SEED, MAX_SIDE, MIN_FPS, SETTING_FLAGS, CLIError,
                                check_device, check_number, check_output_path, in_flag_names, numbered_paths,
                                quiet_loading, seed_or_random, write_outputs)
-from vidiff.models.options import CROSS_FRAME_MODES
+from vidiff.spec import CROSS_FRAME_MODES
 from vidiff.pipelines.schedulers import SCHEDULERS
 from vidiff.utils import DTYPES
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from vidiff.cli.common import MAX_FPS, MAX_FRAMES, MIN_FPS, CLIError, check_number, check_writable
-from vidiff.models.options import CROSS_FRAME_MODES, STAGE_NAMES, TEMPORAL_POSITIONS
+from vidiff.spec import CROSS_FRAME_MODES, STAGE_NAMES, TEMPORAL_POSITIONS
 
 
 def add_parser(sub):

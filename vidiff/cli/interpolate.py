@@ -5,7 +5,7 @@ import argparse
 
 from vidiff.cli import stage_io
 from vidiff.cli.common import CLIError
-from vidiff.models.options import TEMPORAL_STAGES
+from vidiff.spec import TEMPORAL_STAGES
 
 
 def add_parser(sub):

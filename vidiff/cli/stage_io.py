@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vidiff.cli.common import (CLIError, check_device, check_output_path, check_video_output, in_flag_names,
                                probe_video_arg, quiet_loading, seed_or_random, write_outputs)
-from vidiff.models.options import TEMPORAL_STAGES
+from vidiff.spec import TEMPORAL_STAGES
 from vidiff.pipelines.schedulers import SCHEDULERS
 from vidiff.utils import DTYPES
 

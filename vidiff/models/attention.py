@@ -4,7 +4,7 @@ All attention in vidiff goes through `attention(q, k, v, backend)` on `(batch, h
 each backend is one entry of the `BACKENDS` registry (its kernel, and why it cannot run here, if it cannot).
 The spatial layers keep diffusers' `Attention` modules (so SD weights load by their own names) and get a
 `VideoAttnProcessor`, which computes the same thing as diffusers' `AttnProcessor2_0` and, for self-attention,
-can take keys and values from other frames (the modes of vidiff.models.options.CROSS_FRAME_SOURCES).
+can take keys and values from other frames (the modes of vidiff.spec.CROSS_FRAME_SOURCES).
 
 References: Dao et al. 2022 (FlashAttention); Lefaudeux et al. 2022 (xformers memory-efficient attention);
 Khachatryan et al. 2023 (Text2Video-Zero); Wu et al. 2023 (Tune-A-Video).
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from vidiff.models.options import ATTENTION_BACKENDS, CROSS_FRAME_SOURCES, check_backend_name
+from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_SOURCES, check_backend_name
 
 # Fused CUDA kernels launch one block per (batch x heads) on a grid axis limited to 65535. The temporal layers
 # fold b*h*w into the batch (2 * 64 * 64 = 8192 pixel columns for one 512 px clip with CFG, times 8 heads), which
@@ -97,7 +97,7 @@ BACKENDS: dict[str, Backend] = {
     "xformers": Backend(_xformers_attention, fused=True, unavailable=_xformers_probe, fix=XFORMERS_FIX),
     "math": Backend(math_attention, fused=False),
 }
-assert ATTENTION_BACKENDS == ("auto", *BACKENDS), "vidiff.models.options names every backend of this registry"
+assert ATTENTION_BACKENDS == ("auto", *BACKENDS), "vidiff.spec names every backend of this registry"
 
 
 def backend_unavailable(name: str) -> str | None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from vidiff.models.attention import attention
-from vidiff.models.options import TEMPORAL_POSITIONS
+from vidiff.spec import TEMPORAL_POSITIONS
 
 
 def frame_position_encoding(num_frames: int, dim: int, device=None, dtype=None):

@@ -33,7 +33,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from vidiff.models.attention import VideoAttnProcessor, check_backend
-from vidiff.models.options import RUNTIME_OPTIONS, TEMPORAL_POSITIONS, check_cross_frame
+from vidiff.spec import RUNTIME_OPTIONS, TEMPORAL_POSITIONS, check_cross_frame
 from vidiff.models.temporal import CoordinateEmbedding, FrameEmbedding, TemporalAttention, TemporalConv
 from vidiff.utils import atomic_dir, check_replaceable, save_safetensors_atomic, write_json_atomic
 
@@ -55,7 +55,7 @@ UNSUPPORTED = {
 # made (or tuned) with, a default that `set_cross_frame` may change for a run; any machine can compute every mode.
 ARCHITECTURE_OPTIONS = ("temporal_conv", "temporal_attention", "cross_frame", "conditioning_channels", "stage",
                         "temporal_position", "frame_embedding", "coordinate_embedding")
-# Accepted by the constructor, from_2d and from_pretrained, never saved (vidiff.models.options.RUNTIME_OPTIONS).
+# Accepted by the constructor, from_2d and from_pretrained, never saved (vidiff.spec.RUNTIME_OPTIONS).
 OPTIONS = ARCHITECTURE_OPTIONS + RUNTIME_OPTIONS
 
 # Set while a loader builds a model whose spatial weights come from a checkpoint: the 2D modules are then created
@@ -189,7 +189,7 @@ class VideoUNet(nn.Module):
         stage: the cascade stage this U-Net serves ("base", "interpolation", "tsr", "ssr", ...), recorded in
             its config so a saved stage says what its conditioning channels hold.
         temporal_position: "qk" (default; configs saved without it mean this) or "qkv": where temporal attention
-            adds its frame position encoding (vidiff.models.options.TEMPORAL_POSITIONS).
+            adds its frame position encoding (vidiff.spec.TEMPORAL_POSITIONS).
         frame_embedding: add each frame's index to its timestep embedding (temporal.FrameEmbedding, zero
             initialised; configs saved without it mean False).
         coordinate_embedding: add each pixel's position to the features after conv_in (temporal.CoordinateEmbedding,

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from vidiff.models.options import TEMPORAL_STAGES
+from vidiff.spec import TEMPORAL_STAGES
 from vidiff.pipelines.folder import read_info, spatial_factor
 from vidiff.pipelines.schedulers import check_scheduler_name
 from vidiff.pipelines.text_to_video import as_video

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from tqdm.auto import tqdm
 
-from vidiff.models.options import check_cross_frame
+from vidiff.spec import check_cross_frame
 
 EDIT_METHODS = ("zero-shot", "tune")
 # The cross-frame attention each method samples with unless told otherwise.

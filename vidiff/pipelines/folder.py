@@ -20,7 +20,7 @@ import math
 import os
 from pathlib import Path
 
-from vidiff.models.options import STAGE_NAMES, check_cross_frame
+from vidiff.spec import STAGE_NAMES, check_cross_frame
 
 INFO_NAME = "vidiff.json"
 KIND = "text-to-video"
@@ -81,7 +81,7 @@ def read_info(path: str | os.PathLike) -> dict:
 
 
 def check_stage(stage: str, context: str = "") -> str:
-    """`stage` if it is a known stage name (vidiff.models.options.STAGE_NAMES), else a ValueError."""
+    """`stage` if it is a known stage name (vidiff.spec.STAGE_NAMES), else a ValueError."""
     if not isinstance(stage, str) or stage not in STAGE_NAMES:
         raise ValueError(f"unknown stage {stage!r}{context}; use one of {', '.join(STAGE_NAMES)}")
     return stage
@@ -185,9 +185,9 @@ def inflate_pipeline(base: str | os.PathLike, out: str | os.PathLike, *, cross_f
 
     The U-Net gains temporal layers that start as the identity, so the result samples each frame as the
     image model would until it is trained. VAE, text encoder, tokenizer and noise schedule are kept as they are.
-    `stage` (vidiff.models.options.STAGE_NAMES) is recorded in vidiff.json and the U-Net config; a cascade
+    `stage` (vidiff.spec.STAGE_NAMES) is recorded in vidiff.json and the U-Net config; a cascade
     stage's `conditioning_channels` extra input channels are created zero-initialised, so the stage starts out
-    as its base. `temporal_position` (vidiff.models.options.TEMPORAL_POSITIONS) is where temporal attention adds
+    as its base. `temporal_position` (vidiff.spec.TEMPORAL_POSITIONS) is where temporal attention adds
     its frame position encoding; `frame_embedding` adds each frame's index to its timestep embedding, `coordinate_embedding`
     each pixel's position to its features. `defaults` override vidiff.json's sampling defaults (`num_frames`, `height`, `fps`, ...).
     `seed` fixes the random parts of the temporal layers' initialisation, so the same base always gives the

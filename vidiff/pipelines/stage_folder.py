@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from vidiff.models.options import CASCADE_STAGES, check_cross_frame
+from vidiff.spec import CASCADE_STAGES, check_cross_frame
 from vidiff.pipelines.folder import make_info, read_scheduler_config, write_pipeline_folder
 
 # What `vidiff inflate --stage NAME` records when no factor is given.

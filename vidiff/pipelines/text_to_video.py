@@ -27,7 +27,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from vidiff.pipelines.encoding import encode_text, encode_video
-from vidiff.models.options import check_cross_frame
+from vidiff.spec import check_cross_frame
 from vidiff.pipelines.folder import make_info, read_info, spatial_factor, write_pipeline_folder
 from vidiff.pipelines.schedulers import check_scheduler_name, make_scheduler, max_inference_steps
 

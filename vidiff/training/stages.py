@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from vidiff.models.options import STAGE_NAMES  # noqa: F401  (re-exported: the names are defined once, torch-free)
+from vidiff.spec import STAGE_NAMES  # noqa: F401  (re-exported: the names are defined once, torch-free)
 
 
 class Stage:

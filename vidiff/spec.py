@@ -1,0 +1,384 @@
+"""The bottom layer, torch-free: the names every layer agrees on, what a pipeline folder is (`PipelineInfo`,
+read from its `vidiff.json`), and what one sampling request is (`SamplingSettings`), each checked once.
+
+    names            cross-frame modes, attention backends, temporal positions, stage and sampler names
+    SETTINGS         every user setting's type and range, in one table; `check_setting` is the one check
+    PipelineInfo     vidiff.json as a typed, validated object (`read_info`), written back by `to_json`
+    SamplingSettings one request's frames / size / steps / guidance / sampler / windows, filled from the folder's
+                     defaults and checked against the model (`resolve_sampling`)
+
+A request is checked where it enters (the CLI or the Python API) and the layers below trust what they get.
+Errors are `SettingError`s (a ValueError) naming the Python field; the CLI spells the field as its flag with
+the `flag` of the table (`SettingError.for_flags`), so a bad value reads the same from both doors.
+
+Cross-frame modes say, for frame i of a clip, which frames its spatial self-attention takes keys and values from:
+
+    "none"           frame i itself (the image model run frame by frame)
+    "first"          frame 0                        (Text2Video-Zero, Khachatryan et al. 2023)
+    "sparse-causal"  frame 0 and frame i - 1        (Tune-A-Video, Wu et al. 2023)
+
+The mode is a per-call sampling setting, like the sampler: never part of a saved U-Net (a pipeline folder may
+suggest one in its sampling defaults, as a Tune-A-Video tuned folder suggests "sparse-causal").
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names, defined once
+# ---------------------------------------------------------------------------------------------------------------
+# mode -> the frames frame i reads keys/values from (frame 0 in "sparse-causal" reads itself twice: no change)
+CROSS_FRAME_SOURCES: dict[str, Callable[[int], list[int]]] = {
+    "none": lambda i: [i],
+    "first": lambda i: [0],
+    "sparse-causal": lambda i: [0, max(i - 1, 0)],
+}
+CROSS_FRAME_MODES: tuple[str, ...] = tuple(CROSS_FRAME_SOURCES)
+
+# "auto" resolves per device (xformers on CUDA when it runs, else PyTorch SDPA); the kernels: vidiff.models.attention
+ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
+
+# Where temporal attention adds its frame position encoding: "qk", to queries and keys (which frames attend to
+# which; the values carry content only), or "qkv", to values too (AnimateDiff's motion modules: every frame's
+# features also learn which frame they are, which lets a model place content by time, e.g. a direction of travel).
+TEMPORAL_POSITIONS: tuple[str, ...] = ("qk", "qkv")
+
+# What a U-Net's extra input channels hold ("base" has none); each stage's home is vidiff.stages.
+CASCADE_STAGES: tuple[str, ...] = ("interpolation", "tsr", "ssr")
+STAGE_NAMES: tuple[str, ...] = ("base", *CASCADE_STAGES)
+# The stages that raise the frame rate (the others keep it): what `vidiff interpolate` accepts.
+TEMPORAL_STAGES: tuple[str, ...] = ("interpolation", "tsr")
+
+# Samplers by name (built by vidiff.pipelines.schedulers.make_scheduler).
+SCHEDULER_NAMES: tuple[str, ...] = ("ddim", "dpm-solver++", "euler", "euler-ancestral", "ddpm", "unipc")
+
+# How the frames past the first temporal window start (FreeNoise, Qiu et al. 2023, reshuffles earlier noise).
+LONG_VIDEO_NOISE: tuple[str, ...] = ("independent", "freenoise")
+
+# VideoUNet options that belong to one run on one machine, never written into a saved model's config.
+RUNTIME_OPTIONS: tuple[str, ...] = ("attention_backend",)
+
+
+class SettingError(ValueError):
+    """A user setting out of range: `str(e)` names the Python field; `for_flags()` names the CLI flag."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name} {problem}")
+        self.name, self.problem = name, problem
+
+    def for_flags(self, prefix: str = "--") -> str:
+        """The message with the field spelled as its flag (`--steps must ...`); `prefix` replaces "--" (a
+        cascade stage's setting: "stage 2 steps must ...")."""
+        spec = SETTINGS.get(self.name)
+        flag = spec.flag if spec is not None and spec.flag else "--" + self.name.replace("_", "-")
+        return f"{prefix}{flag[2:]} {self.problem}"
+
+
+def check_cross_frame(mode: str) -> str:
+    """`mode` if it is a known cross-frame mode, else a ValueError listing the modes."""
+    if mode not in CROSS_FRAME_SOURCES:
+        raise ValueError(f"unknown cross_frame mode {mode!r}; choose one of {', '.join(CROSS_FRAME_MODES)}")
+    return mode
+
+
+def check_backend_name(name: str) -> str:
+    """`name` if it is a known attention backend, else a ValueError listing them (availability is checked by
+    vidiff.models.attention.check_backend, which needs torch)."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
+    return name
+
+
+def check_choice(name: str, value, choices) -> str:
+    """`value` if it is one of `choices`, else a SettingError listing them."""
+    if value not in choices:
+        raise SettingError(name, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every user setting's range, in one table
+# ---------------------------------------------------------------------------------------------------------------
+MAX_FRAMES = 4096   # frames in one clip
+MAX_SIDE = 4096     # pixels, height or width (beyond any SD-family model's training size and x264's level limits)
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed; video i uses seed + i
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: integer or real, its closed range, a note for the message, and the CLI flag."""
+
+    kind: type                 # int or float
+    low: float
+    high: float
+    flag: str = ""             # the CLI's spelling (default: --name-with-dashes)
+    note: str = ""             # shown after the range, e.g. "(1 = off)"
+
+
+SETTINGS: dict[str, Setting] = {
+    "num_frames": Setting(int, 1, MAX_FRAMES, "--num-frames"),
+    "height": Setting(int, 1, MAX_SIDE, "--height", "pixels"),
+    "width": Setting(int, 1, MAX_SIDE, "--width", "pixels"),
+    "num_inference_steps": Setting(int, 1, 1000, "--steps"),
+    # 7.5 is SD's usual scale; far beyond 30 only saturates
+    "guidance_scale": Setting(float, 0, 100, "--guidance", "(1 = off)"),
+    "eta": Setting(float, 0, 1, "--eta", "(0 = deterministic DDIM, 1 = DDPM-like)"),
+    "window_size": Setting(int, 1, MAX_FRAMES, "--window-size"),
+    "window_stride": Setting(int, 1, MAX_FRAMES, "--window-stride"),
+    "decode_chunk_size": Setting(int, 1, MAX_FRAMES, "--decode-chunk-size"),
+    "num_videos_per_prompt": Setting(int, 1, 10_000, "--num-videos"),
+    "seed": Setting(int, 0, MAX_SEED, "--seed"),
+    # mp4 stores rates as fractions of 1001
+    "fps": Setting(float, 0.1, 1000, "--fps", "frames per second"),
+    # SDEdit / editing: the share of the schedule the input is noised through (1 = start from pure noise)
+    "strength": Setting(float, 0, 1, "--strength", "(0 keeps the input, 1 starts from pure noise)"),
+    "noise_level": Setting(int, 0, 999, "--noise-level"),
+    "factor": Setting(int, 2, 64, "--factor"),
+    "context_frames": Setting(int, 1, MAX_FRAMES, "--context-frames"),
+    "tune_steps": Setting(int, 1, 100_000, "--tune-steps"),
+    "tune_learning_rate": Setting(float, 1e-12, 1.0, "--tune-lr"),
+}
+
+
+def check_setting(name: str, value, low=None, high=None):
+    """`value` of the setting `name` (None = unset, returned as is) if it has the setting's type and lies in its
+    range (`low` / `high` narrow it, e.g. a model's own limit); a SettingError otherwise."""
+    if value is None:
+        return None
+    spec = SETTINGS[name]
+    low = spec.low if low is None else max(low, spec.low)
+    high = spec.high if high is None else min(high, spec.high)
+    if spec.kind is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or type(value).__name__.startswith("int")):
+            raise SettingError(name, f"must be an integer, got {value!r}")
+        value = int(value)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise SettingError(name, f"must be a number, got {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        note = f" {spec.note}" if spec.note else ""
+        raise SettingError(name, f"must be between {low:g} and {high:g}{note}, got {value:g}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline folder's description: vidiff.json
+# ---------------------------------------------------------------------------------------------------------------
+INFO_NAME = "vidiff.json"
+KIND = "text-to-video"
+REMAKE = "re-create the folder with `vidiff inflate`"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Sampling defaults of a pipeline folder: what a request leaves unset."""
+
+    num_frames: int = 16                # frames per clip; also the temporal window the model was trained on
+    height: int = 512                   # pixels (the base U-Net's trained size: sample_size x VAE factor)
+    width: int = 512
+    fps: float = 8                      # frame rate of written clips
+    num_inference_steps: int = 25       # sampler steps
+    guidance_scale: float = 7.5         # classifier-free guidance weight (1 = off)
+    scheduler: str = "ddim"             # sampler name (SCHEDULER_NAMES)
+    cross_frame: str = "none"           # suggested cross-frame mode (a Tune-A-Video tuned folder: sparse-causal)
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """vidiff.json: what the folder's model is, and how to sample it by default. Read once (`read_info`)."""
+
+    stage: str = "base"                 # STAGE_NAMES: what the U-Net's extra input channels hold
+    latent: bool = True                 # a VAE (latent space) or pixel space
+    in_channels: int = 4                # latent (or pixel) channels the U-Net denoises
+    vae_scale_factor: int = 8           # pixels per latent, each side (1 in pixel space)
+    scaling_factor: float = 0.18215     # the VAE latents' scale (SD 1.x)
+    unet_spatial_factor: int = 8        # the U-Net's total downsampling
+    prediction_type: str = "epsilon"    # epsilon | v_prediction (the noise schedule's)
+    defaults: Defaults = field(default_factory=Defaults)
+    stage_options: dict = field(default_factory=dict)   # the stage's own options (vidiff.stages checks them)
+    conditioning: dict = field(default_factory=dict)    # text encoder class, max length, widths
+    kind: str = KIND
+    source: str | None = None           # what the folder was inflated from
+    vidiff_version: str = ""
+    extra: dict = field(default_factory=dict)           # other keys (e.g. `tuned_on`), kept as they are
+
+    @property
+    def spatial_factor(self) -> int:
+        """Pixel sizes must be multiples of this: the VAE's downsampling times the U-Net's."""
+        return self.vae_scale_factor * self.unet_spatial_factor
+
+    def with_defaults(self, **changes) -> "PipelineInfo":
+        return replace(self, defaults=replace(self.defaults, **changes))
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        extra = data.pop("extra")
+        return {**data, **extra}
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = INFO_NAME) -> "PipelineInfo":
+        """Check and convert vidiff.json's content; ValueError naming the key and the fix."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must hold a JSON object; {REMAKE}")
+        for key in ("kind", "stage", "defaults", "vae_scale_factor", "unet_spatial_factor"):
+            if key not in data:
+                raise ValueError(f"{where} lacks the key {key!r}; {REMAKE}")
+        names = {f.name for f in fields(cls)} - {"extra"}
+        info = cls(**{k: v for k, v in data.items() if k in names},
+                   extra={k: v for k, v in data.items() if k not in names})
+        return replace(info, defaults=_read_defaults(data["defaults"], where)).checked(where)
+
+    def checked(self, where: str = INFO_NAME) -> "PipelineInfo":
+        if not isinstance(self.stage, str) or self.stage not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {self.stage!r} in {where}; use one of {', '.join(STAGE_NAMES)} "
+                             f"(fix it or {REMAKE})")
+        for name in ("in_channels", "vae_scale_factor", "unet_spatial_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}: {name} must be an integer >= 1, got {value!r}; {REMAKE}")
+        if not isinstance(self.stage_options, dict) or not isinstance(self.conditioning, dict):
+            raise ValueError(f"{where}: stage_options and conditioning must be objects; {REMAKE}")
+        if self.defaults.scheduler not in SCHEDULER_NAMES or self.defaults.cross_frame not in CROSS_FRAME_MODES:
+            raise ValueError(f"{where}: defaults name an unknown scheduler {self.defaults.scheduler!r} or "
+                             f"cross-frame mode {self.defaults.cross_frame!r}; fix the value or {REMAKE}")
+        return self
+
+
+_DEFAULT_TYPES = {"num_frames": int, "height": int, "width": int, "num_inference_steps": int, "fps": (int, float),
+                  "guidance_scale": (int, float), "scheduler": str, "cross_frame": str}
+
+
+def _read_defaults(data, where: str) -> Defaults:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: defaults must be an object, got {data!r}; {REMAKE}")
+    missing = [key for key in _DEFAULT_TYPES if key not in data and key != "cross_frame"]
+    if missing:
+        raise ValueError(f"{where}: defaults lack {', '.join(missing)}; add them or {REMAKE}")
+    for key, value in data.items():
+        kind = _DEFAULT_TYPES.get(key)
+        if kind is None:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool) or (
+                isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"{where}: defaults.{key} must be a finite {kind}, got {value!r}; fix the value or "
+                             f"{REMAKE}")
+    return Defaults(**{k: v for k, v in data.items() if k in _DEFAULT_TYPES})
+
+
+def read_info(path: str | os.PathLike) -> PipelineInfo:
+    """Read and check `path/vidiff.json`; FileNotFoundError / ValueError naming the problem and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model folder {str(path)!r} does not exist (make one with "
+                                f"`vidiff inflate --base SD_PIPELINE --out {path}`)")
+    if not path.is_dir():
+        raise NotADirectoryError(f"model {str(path)!r} is a file, not a vidiff pipeline folder (make one with "
+                                 "`vidiff inflate --base SD_PIPELINE --out DIR`)")
+    info_file = path / INFO_NAME
+    if not info_file.is_file():
+        hint = (" (it looks like a diffusers Stable Diffusion folder: inflate it first with "
+                f"`vidiff inflate --base {path} --out DIR`)") if (path / "model_index.json").is_file() else ""
+        raise FileNotFoundError(f"{str(path)!r} is not a vidiff pipeline folder: {INFO_NAME} is missing{hint}")
+    info = PipelineInfo.from_json(read_json(info_file, REMAKE), str(info_file))
+    if not (path / "unet" / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no unet/config.json: the pipeline folder is incomplete")
+    return info
+
+
+def read_json(file: str | os.PathLike, fix: str):
+    """The JSON content of `file`; a one-line ValueError naming the file, the problem and `fix` otherwise (the
+    one JSON reader with a readable error)."""
+    try:
+        return json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file} is not a readable JSON file ({type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                         f"); {fix}") from None
+
+
+def read_scheduler_config(folder: str | os.PathLike) -> dict:
+    """The noise schedule of a pipeline: the diffusers scheduler config `folder/scheduler_config.json`."""
+    file = Path(folder) / "scheduler_config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{folder} has no scheduler_config.json")
+    config = read_json(file, "the folder is damaged: re-create it")
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} holds a JSON {type(config).__name__}, not a scheduler config object; the folder "
+                         "is damaged: re-create it")
+    return config
+
+
+def max_inference_steps(config: dict) -> int:
+    """The most sampling steps every sampler handles on this noise schedule: training steps - steps_offset - 1
+    (998 for SD). Beyond it diffusers' samplers step past the schedule's end: 1000 DDIM steps on SD index
+    timestep 1000 (IndexError); 999 DPM-Solver++ / UniPC steps start at timestep 1000 (NaN)."""
+    return int(config.get("num_train_timesteps", 1000)) - int(config.get("steps_offset", 0) or 0) - 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One sampling request
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Every setting of one sampling call, filled and checked (`resolve_sampling`); the layers below trust it."""
+
+    num_frames: int
+    height: int                         # pixels
+    width: int
+    num_inference_steps: int
+    guidance_scale: float               # classifier-free guidance runs when > 1 (`guided`)
+    scheduler: str
+    cross_frame: str
+    window_size: int                    # temporal windows of long clips (the trained length by default)
+    window_stride: int
+    eta: float = 0.0                    # DDIM's noise (0 = deterministic)
+    long_video_noise: str = "independent"
+    decode_chunk_size: int | None = 8   # frames per VAE decoder call; None = all at once
+    num_videos_per_prompt: int = 1
+
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance (Ho & Salimans 2022) on: a scale of 1 or less is the conditional model alone."""
+        return self.guidance_scale > 1.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_sampling(info: PipelineInfo, *, max_steps: int | None = None, num_frames=None, height=None, width=None,
+                     num_inference_steps=None, guidance_scale=None, scheduler=None, cross_frame=None,
+                     window_size=None, window_stride=None, eta=0.0, long_video_noise="independent",
+                     decode_chunk_size=8, num_videos_per_prompt=1) -> SamplingSettings:
+    """The settings of one call: None takes the folder's default; every value is checked once, here (its range
+    in SETTINGS, then the model's own limits: size multiples, the noise schedule's steps, windows that cover
+    the clip). `max_steps` is `max_inference_steps` of the folder's noise schedule, when known."""
+    d = info.defaults
+    take = lambda value, default: default if value is None else value  # noqa: E731
+    frames = check_setting("num_frames", take(num_frames, d.num_frames))
+    s = dict(num_frames=frames, height=check_setting("height", take(height, d.height)),
+             width=check_setting("width", take(width, d.width)),
+             num_inference_steps=check_setting("num_inference_steps", take(num_inference_steps,
+                                                                           d.num_inference_steps), high=max_steps),
+             guidance_scale=float(check_setting("guidance_scale", take(guidance_scale, d.guidance_scale))),
+             scheduler=check_choice("scheduler", take(scheduler, d.scheduler), SCHEDULER_NAMES),
+             cross_frame=check_choice("cross_frame", take(cross_frame, d.cross_frame), CROSS_FRAME_MODES),
+             eta=float(check_setting("eta", eta)),
+             long_video_noise=check_choice("long_video_noise", long_video_noise, LONG_VIDEO_NOISE),
+             decode_chunk_size=check_setting("decode_chunk_size", decode_chunk_size),
+             num_videos_per_prompt=check_setting("num_videos_per_prompt", num_videos_per_prompt))
+    for key in ("height", "width"):
+        if s[key] % info.spatial_factor:
+            raise SettingError(key, f"must be a positive multiple of {info.spatial_factor} for this model (VAE "
+                                    f"factor {info.vae_scale_factor} x U-Net factor {info.unet_spatial_factor}), "
+                                    f"got {s[key]}")
+    # Long clips: windows of the trained length, overlapping by half (FreeNoise uses a quarter: smoother,
+    # twice the U-Net calls).
+    size = check_setting("window_size", take(window_size, d.num_frames))
+    stride = check_setting("window_stride", take(window_stride, max(1, size // 2)))
+    if stride > size:
+        raise SettingError("window_stride", f"({stride}) must not exceed window_size ({size}): windows would leave "
+                                            "frames uncovered")
+    return SamplingSettings(window_size=size, window_stride=stride, **s)
