@@ -341,11 +341,16 @@ class SamplingSettings:
 
     @property
     def guided(self) -> bool:
-        """Classifier-free guidance (Ho & Salimans 2022) on: a scale of 1 or less is the conditional model alone."""
-        return self.guidance_scale > 1.0
+        return guidance_on(self.guidance_scale)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def guidance_on(guidance_scale: float) -> bool:
+    """Classifier-free guidance (Ho & Salimans 2022) runs: a scale of 1 or less is the conditional model alone
+    (the one place that decides it)."""
+    return guidance_scale > 1.0
 
 
 def resolve_sampling(info: PipelineInfo, *, max_steps: int | None = None, num_frames=None, height=None, width=None,

@@ -7,9 +7,9 @@ each target prompt is sampled from that noise through the pipeline's own `denois
     zero-shot  no training; spatial self-attention reads frame 0 ("first") or frames 0 and i - 1
                ("sparse-causal") while inverting and sampling, which keeps the frames' appearance consistent
                (Text2Video-Zero, Khachatryan et al. 2023)
-    tune       Tune-A-Video (Wu et al. 2023): first fit the temporal layers and the attention query projections
-               to the clip with the source prompt (the trainer's `fit`, sparse-causal attention), then invert
-               and sample with the tuned model; several prompts share one tuning and one inversion
+    tune       Tune-A-Video (Wu et al. 2023): sample a model fitted to the clip first (its temporal layers and
+               attention query projections, with the source prompt and sparse-causal attention: the trainer's
+               `fit`, run by vidiff.training.tune.tune_and_edit); several prompts share one inversion
 
 `strength` is the lighter alternative to inversion: SDEdit (Meng et al. 2022) noises the clip's latents to the
 timestep a fraction `strength` up the schedule and denoises from there (0 returns the clip, 1 is plain generation
@@ -33,16 +33,20 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from vidiff.spec import check_cross_frame
+from vidiff.data.datasets import cover_size, crop_offsets
+from vidiff.pipelines.text_to_video import make_generators, timesteps_for_strength
+from vidiff.spec import check_choice, check_cross_frame, check_setting
+from vidiff.utils import save_safetensors_atomic, write_json_atomic
 
 EDIT_METHODS = ("zero-shot", "tune")
 # The cross-frame attention each method samples with unless told otherwise.
@@ -61,8 +65,6 @@ def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
     The same cover-then-centre-crop rule as the datasets' evaluation transform, so a clip is seen as training
     saw clips."""
-    from vidiff.data.datasets import cover_size, crop_offsets
-
     f, h, w, _ = frames.shape
     if (h, w) != (height, width):
         new_h, new_w = cover_size(h, w, height, width)
@@ -166,13 +168,6 @@ def ddim_invert(pipe, latents: torch.Tensor, embeddings: torch.Tensor, num_infer
 # ---------------------------------------------------------------------------------------------------------------
 # SDEdit: partial noising as the light alternative to inversion
 # ---------------------------------------------------------------------------------------------------------------
-def check_strength(strength) -> float:
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
-        raise ValueError(f"strength must be a number in [0, 1] (0 = the input unchanged, 1 = plain generation), "
-                         f"got {strength!r}")
-    return float(strength)
-
-
 def sdedit_start(pipe, latents: torch.Tensor, strength: float, num_inference_steps: int, *,
                  generators: list[torch.Generator]):
     """(x_t, timesteps, sampler) to `denoise` from for SDEdit at `strength` (Meng et al. 2022): the clip's
@@ -180,9 +175,7 @@ def sdedit_start(pipe, latents: torch.Tensor, strength: float, num_inference_ste
 
     strength 0 returns the latents with no timesteps (nothing to denoise); strength 1 starts from the seed's pure
     noise, exactly as plain generation does (x_T ~ N(0, I), the input forgotten)."""
-    from vidiff.pipelines.text_to_video import timesteps_for_strength
-
-    strength = check_strength(strength)
+    strength = float(check_setting("strength", strength))
     sampler = pipe.make_scheduler("ddim")
     b, _, f, h, w = latents.shape
     k = pipe.vae_scale_factor
@@ -198,63 +191,12 @@ def sdedit_start(pipe, latents: torch.Tensor, strength: float, num_inference_ste
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tune-A-Video: one-shot tuning on the clip
+# Tune-A-Video: keeping a tuned model (the tuning itself: vidiff.training.tune)
 # ---------------------------------------------------------------------------------------------------------------
-def _base_stage(pipe):
-    from vidiff.training.stages import make_stage
-
-    return make_stage("base", latent_channels=pipe.unet.in_channels,
-                      prediction_type=pipe.scheduler_config.get("prediction_type", "epsilon"))
-
-
-def _noise_schedule(pipe):
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(pipe.scheduler_config)
-
-
-@torch.no_grad()
-def reconstruction_loss(pipe, latents: torch.Tensor, embeddings: torch.Tensor, *, seed: int = 0,
-                        num_draws: int = 8) -> float:
-    """The diffusion loss on the clip averaged over `num_draws` fixed (noise, timestep) draws from `seed`: the
-    same draws before and after tuning, so the two numbers compare (what `tune_on_clip` lowers)."""
-    stage, schedule = _base_stage(pipe), _noise_schedule(pipe)
-    latents = latents.to(pipe.device, pipe.dtype)
-    embeddings = embeddings.to(pipe.device, pipe.dtype)
-    generator = torch.Generator(pipe.device).manual_seed(seed)
-    losses = [float(stage.loss(pipe.unet, schedule, latents, embeddings, generator=generator))
-              for _ in range(num_draws)]
-    return sum(losses) / len(losses)
-
-
-def tune_on_clip(pipe, latents: torch.Tensor, embeddings: torch.Tensor, *, steps: int, learning_rate: float,
-                 seed: int = 0, accelerator=None, progress: bool = True) -> list[float]:
-    """Tune-A-Video's one-shot tuning (Wu et al. 2023): fit `pipe.unet` in place to the one clip `latents`
-    `(1, c, f, h, w)` with its source prompt's `embeddings`, training the temporal layers and the spatial
-    attention query projections (`trainable="temporal+attn-q"`) with sparse-causal cross-frame attention, so
-    the model learns this clip's motion while keeping the image model's appearance knowledge. Runs the trainer's
-    reusable `fit` (accelerate, AdamW, progress bar). The U-Net's own cross-frame mode is restored afterwards
-    (sample the tuned model with sparse-causal attention, as `edit_video` does); returns the losses.
-    """
-    from vidiff.training import fit
-
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"tune steps must be an integer >= 1, got {steps!r}")
-    if not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise ValueError(f"tune learning rate must be a finite number > 0, got {learning_rate!r}")
-    batch = {"latents": latents.to(pipe.device, pipe.dtype), "encoder_hidden_states": embeddings.to(pipe.device, pipe.dtype)}
-    generator = torch.Generator(pipe.device).manual_seed(seed)
-    with torch.enable_grad(), pipe.temporary_cross_frame("sparse-causal"):
-        return fit(pipe.unet, _base_stage(pipe), batch, steps=steps, learning_rate=learning_rate,
-                   noise_scheduler=_noise_schedule(pipe), trainable="temporal+attn-q", accelerator=accelerator,
-                   generator=generator, progress=progress)
-
-
 def save_tuned(pipe, directory: str | os.PathLike, record: dict) -> Path:
     """Keep a tuned model as a pipeline folder (sparse-causal by default, the tuning recorded in vidiff.json)."""
-    info = json.loads(json.dumps(pipe.info))
-    info["defaults"]["cross_frame"] = "sparse-causal"
-    info["tuned_on"] = record
+    info = pipe.info.with_defaults(cross_frame="sparse-causal")
+    info = replace(info, extra={**info.extra, "tuned_on": record})
     previous, pipe.info = pipe.info, info
     try:
         with pipe.temporary_cross_frame("sparse-causal"):
@@ -303,8 +245,6 @@ class InversionCache:
 
     def load(self, key: dict) -> torch.Tensor | None:
         """The cached latents for `key`, or None (no file, another key, an unreadable file)."""
-        from safetensors import safe_open
-
         wanted = dict(key, format=INVERSION_FORMAT)
         if self._stored_key() != wanted or not self.path.is_file():
             return None
@@ -319,8 +259,6 @@ class InversionCache:
         return latents
 
     def save(self, key: dict, latents: torch.Tensor) -> None:
-        from vidiff.utils import save_safetensors_atomic, write_json_atomic
-
         wanted = dict(key, format=INVERSION_FORMAT)
         save_safetensors_atomic({"latents": latents.detach().float().cpu().contiguous()}, self.path,
                                 metadata={"key": json.dumps(wanted, sort_keys=True)})
@@ -343,8 +281,7 @@ class EditResult:
 
 def check_edit_options(method: str, cross_frame: str | None) -> str:
     """The cross-frame mode for `method` (its default when None); ValueError for unknown names."""
-    if method not in EDIT_METHODS:
-        raise ValueError(f"unknown edit method {method!r}; use one of {', '.join(EDIT_METHODS)}")
+    check_choice("method", method, EDIT_METHODS)
     return check_cross_frame(cross_frame or DEFAULT_CROSS_FRAME[method])
 
 
@@ -360,81 +297,76 @@ def _timed(timings: dict, part: str):
 def edit_video(pipe, frames, prompts: list[str] | str, *, source_prompt: str = "", method: str = "zero-shot",
                cross_frame: str | None = None, num_inference_steps: int | None = None,
                guidance_scale: float | None = None, negative_prompt: str | None = None, seed: int = 0,
-               strength: float | None = None, tune_steps: int = 0, tune_lr: float = 3e-5, accelerator=None,
-               cache: InversionCache | None = None, cache_key: dict | None = None,
-               progress: bool = True) -> EditResult:
+               strength: float | None = None, cache: InversionCache | None = None, cache_key: dict | None = None,
+               latents: torch.Tensor | None = None, progress: bool = True) -> EditResult:
     """Edit one clip to each of `prompts`.
 
-    frames: uint8 `(f, h, w, 3)` at a size the model takes (`fit_frames`), or pixels `(1, 3, f, h, w)` in [-1, 1].
-    method: "zero-shot" or "tune" (tunes for `tune_steps` steps at `tune_lr` first; 0 steps: `pipe` is already
-        tuned, e.g. a `--tuned` folder). cross_frame: attention while inverting and sampling (default "first"
-        for zero-shot, "sparse-causal" for tune).
+    frames: uint8 `(f, h, w, 3)` at a size the model takes (`fit_frames`), or pixels `(1, 3, f, h, w)` in [-1, 1]
+        (`latents`: the clip already encoded).
+    method: "zero-shot", or "tune" for a model tuned on the clip (vidiff.training.tune.tune_and_edit tunes and
+        then calls this; a `--tuned` folder is one). cross_frame: attention while inverting and sampling (default
+        "first" for zero-shot, "sparse-causal" for tune).
     strength: None inverts the clip (DDIM inversion, guidance 1, `source_prompt` or "" for the empty prompt);
         a number in [0, 1] noises it instead (SDEdit).
     cache / cache_key: reuse or store the inverted latents (the key must name the clip, the model and anything
-        else that changes them; the inversion settings are added here).
+        else that changes them, e.g. the tuning; the inversion settings are added here).
     Sampling is deterministic DDIM with `guidance_scale` (default: the model's).
     """
-    from vidiff.pipelines.text_to_video import make_generators, timesteps_for_strength
-
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
     cross_frame = check_edit_options(method, cross_frame)
-    if strength is not None:
-        check_strength(strength)
-    steps = num_inference_steps or pipe.defaults["num_inference_steps"]
-    guidance = pipe.defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+    check_setting("strength", strength)
+    settings = pipe.resolve_settings(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     timings: dict[str, float] = {}
-
     with _timed(timings, "encode"):
-        latents = pipe.encode_video(frames)                                                  # (1, c, f, h', w')
+        latents = pipe.encode_video(frames) if latents is None else latents                # (1, c, f, h', w')
         source = pipe.encode_prompt([source_prompt])
-    before_after = None
-    losses: list[float] = []
-    if method == "tune" and tune_steps:
-        with pipe.temporary_cross_frame("sparse-causal"):
-            with _timed(timings, "tune_loss"):
-                before = reconstruction_loss(pipe, latents, source, seed=seed)
-            with _timed(timings, "tune"):
-                losses = tune_on_clip(pipe, latents, source, steps=tune_steps, learning_rate=tune_lr, seed=seed,
-                                      accelerator=accelerator, progress=progress)
-            with _timed(timings, "tune_loss"):
-                before_after = (before, reconstruction_loss(pipe, latents, source, seed=seed))
-
-    cached = False
     with pipe.temporary_cross_frame(cross_frame):
-        generators = make_generators(1, seed=seed)
+        start, cached = None, False
         if strength is None:
-            key = dict(cache_key or {}, source_prompt=source_prompt, steps=steps, cross_frame=cross_frame,
-                       method=method, tune_steps=tune_steps, tune_lr=tune_lr if tune_steps else None, seed=seed,
-                       shape=list(latents.shape))
-            start = cache.load(key) if cache is not None else None
-            cached = start is not None
-            if start is None:
-                with _timed(timings, "invert"):
-                    start = ddim_invert(pipe, latents, source, steps, progress=progress)
-                if cache is not None:
-                    cache.save(key, start)
-            start = start.to(pipe.device, torch.float32)
-            sampler = pipe.make_scheduler("ddim")
-            timesteps = timesteps_for_strength(sampler, steps, 1.0, device=pipe.device)
-        videos = []
-        for prompt in prompts:
-            if strength is not None:  # the noise is drawn per prompt from the same seed: each edit alike
-                start, timesteps, sampler = sdedit_start(pipe, latents, strength, steps,
-                                                         generators=make_generators(1, seed=seed))
-            else:
-                sampler.set_timesteps(steps, device=pipe.device)  # a fresh run of the same sampler
-            with _timed(timings, "sample"):
-                text = pipe.encode_prompt([prompt])
-                negative = pipe.encode_prompt([negative_prompt or ""]) if guidance > 1 else None
-                edited = pipe.denoise(start, text, timesteps, guidance_scale=guidance, negative_embeddings=negative,
-                                      scheduler=sampler, generators=generators, progress=progress)
-            with _timed(timings, "decode"):
-                videos.append(pipe.decode(edited))
-    return EditResult(videos=videos, latents=latents, start=start, tune_losses=losses,
-                      reconstruction_loss=before_after, inversion_cached=cached, timings=timings)
+            key = dict(cache_key or {}, source_prompt=source_prompt, steps=settings.num_inference_steps,
+                       cross_frame=cross_frame, method=method, seed=seed, shape=list(latents.shape))
+            start, cached = _inverted(pipe, latents, source, settings.num_inference_steps, cache, key, timings,
+                                      progress)
+        videos = [_edit_one(pipe, latents, start, prompt, settings, strength=strength, seed=seed,
+                            negative_prompt=negative_prompt, timings=timings, progress=progress)
+                  for prompt in prompts]
+    return EditResult(videos=videos, latents=latents, start=start, inversion_cached=cached, timings=timings)
+
+
+def _inverted(pipe, latents, source, steps: int, cache, key: dict, timings: dict, progress: bool):
+    """(the clip's DDIM inversion, whether it came from `cache`); computed and stored when not cached."""
+    start = cache.load(key) if cache is not None else None
+    if start is not None:
+        return start.to(pipe.device, torch.float32), True
+    with _timed(timings, "invert"):
+        start = ddim_invert(pipe, latents, source, steps, progress=progress)
+    if cache is not None:
+        cache.save(key, start)
+    return start.to(pipe.device, torch.float32), False
+
+
+def _edit_one(pipe, latents, inverted, prompt: str, settings, *, strength, seed: int, negative_prompt, timings,
+              progress: bool) -> torch.Tensor:
+    """One target prompt: DDIM from the inverted noise, or SDEdit from the noised clip (the noise drawn per
+    prompt from the same seed: each edit alike). Returns pixels `(1, 3, f, h, w)`."""
+    steps = settings.num_inference_steps
+    generators = make_generators(1, seed=seed)
+    if strength is not None:
+        start, timesteps, sampler = sdedit_start(pipe, latents, strength, steps,
+                                                 generators=make_generators(1, seed=seed))
+    else:
+        sampler = pipe.make_scheduler("ddim")  # a fresh run of the sampler the inversion reverses
+        start, timesteps = inverted, timesteps_for_strength(sampler, steps, 1.0, device=pipe.device)
+    with _timed(timings, "sample"):
+        text = pipe.encode_prompt([prompt])
+        negative = pipe.encode_prompt([negative_prompt or ""]) if settings.guided else None
+        edited = pipe.denoise(start, text, timesteps, guidance_scale=settings.guidance_scale,
+                              negative_embeddings=negative, scheduler=sampler, generators=generators,
+                              progress=progress)
+    with _timed(timings, "decode"):
+        return pipe.decode(edited)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -498,38 +430,35 @@ def zero_shot_generate(pipe, prompt: str, *, motion_field: tuple[float, float] =
     Returns pixels `(1, 3, f, H, W)` in [-1, 1]. `callback(stage, latents)` sees the latents after steps 1 and 2
     ("first", "warped") and at the end ("final").
     """
-    from vidiff.pipelines.schedulers import max_inference_steps
-    from vidiff.pipelines.text_to_video import make_generators, timesteps_for_strength
-
     s = pipe.resolve_settings(num_frames=num_frames, height=height, width=width,
                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              cross_frame=cross_frame, max_steps=max_inference_steps(pipe.scheduler_config))
+                              cross_frame=cross_frame)
     dx, dy = motion_field
     generators = make_generators(1, seed=seed)
     text = pipe.encode_prompt([prompt])
-    negative = pipe.encode_prompt([negative_prompt or ""]) if s["guidance_scale"] > 1 else None
+    negative = pipe.encode_prompt([negative_prompt or ""]) if s.guided else None
     sampler = pipe.make_scheduler("ddim")
-    timesteps = timesteps_for_strength(sampler, s["num_inference_steps"], 1.0, device=pipe.device)
+    timesteps = timesteps_for_strength(sampler, s.num_inference_steps, 1.0, device=pipe.device)
     split = motion_split(timesteps, sampler.config.num_train_timesteps, motion_timestep)
 
     # 1. Frame 0 alone from T to t'.
-    first = pipe.prepare_latents(1, 1, s["height"], s["width"], generators=generators, scheduler=sampler)
-    first = pipe.denoise(first, text, timesteps[:split], guidance_scale=s["guidance_scale"],
+    first = pipe.prepare_latents(1, 1, s.height, s.width, generators=generators, scheduler=sampler)
+    first = pipe.denoise(first, text, timesteps[:split], guidance_scale=s.guidance_scale,
                          negative_embeddings=negative, scheduler=sampler, progress=progress)
     if callback is not None:
         callback("first", first)
     # 2. Motion dynamics: translate frame 0's latent by k * (dx, dy) for frame k.
     cells = pipe.vae_scale_factor
-    latents = translate_frames(first[:, :, 0], s["num_frames"], (dx / cells, dy / cells))
+    latents = translate_frames(first[:, :, 0], s.num_frames, (dx / cells, dy / cells))
     if callback is not None:
         callback("warped", latents)
     # 3. All frames from t' with cross-frame attention on frame 0 (a fresh sampler told where the run begins).
     sampler = pipe.make_scheduler("ddim")
-    remaining = timesteps_for_strength(sampler, s["num_inference_steps"], 1.0, device=pipe.device)[split:]
-    with pipe.temporary_cross_frame(s["cross_frame"]):
-        latents = pipe.denoise(latents, text, remaining, guidance_scale=s["guidance_scale"],
+    remaining = timesteps_for_strength(sampler, s.num_inference_steps, 1.0, device=pipe.device)[split:]
+    with pipe.temporary_cross_frame(s.cross_frame):
+        latents = pipe.denoise(latents, text, remaining, guidance_scale=s.guidance_scale,
                                negative_embeddings=negative, scheduler=sampler, progress=progress,
-                               window_size=s["window_size"], window_stride=s["window_stride"])
+                               window_size=s.window_size, window_stride=s.window_stride)
     if callback is not None:
         callback("final", latents)
-    return pipe.decode(latents, s["decode_chunk_size"])
+    return pipe.decode(latents, s.decode_chunk_size)

@@ -10,9 +10,13 @@ the sampler is picked at sampling time by a string, so one folder works with eve
     ddpm             the ancestral DDPM sampler (Ho et al. 2020; stochastic; wants many steps)
     unipc            UniPC multistep predictor-corrector (Zhao et al. 2023)
 
-This module imports nothing heavy at import time, so the CLI can check a name before loading torch.
+The names are vidiff.spec.SCHEDULER_NAMES (checked there, with every other setting).
 """
 from __future__ import annotations
+
+import diffusers
+
+from vidiff.spec import SCHEDULER_NAMES, check_choice
 
 # name -> (diffusers class name, extra config entries for that sampler)
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -23,14 +27,7 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "ddpm": ("DDPMScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
-DEFAULT_SCHEDULER = "ddim"
-
-
-def check_scheduler_name(name: str) -> str:
-    """Return `name` if it is a known sampler, else raise ValueError listing the names."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; use one of: {', '.join(SCHEDULERS)}")
-    return name
+assert tuple(SCHEDULERS) == SCHEDULER_NAMES, "vidiff.spec.SCHEDULER_NAMES names every sampler here"
 
 
 def make_scheduler(name: str, config: dict, *, latent: bool = True):
@@ -39,9 +36,7 @@ def make_scheduler(name: str, config: dict, *, latent: bool = True):
     `latent` tells whether the model works on latents: there the sample must not be clipped to [-1, 1]
     (a DDIM/DDPM default meant for pixel-space models), so clipping is off unless the config asks for it.
     """
-    import diffusers
-
-    class_name, extra = SCHEDULERS[check_scheduler_name(name)]
+    class_name, extra = SCHEDULERS[check_choice("scheduler", name, SCHEDULER_NAMES)]
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     config.setdefault("clip_sample", not latent)
     config.update(extra)
@@ -51,10 +46,3 @@ def make_scheduler(name: str, config: dict, *, latent: bool = True):
         # leaving noise in the clip. "linspace" (their own default) starts at T - 1 for every step count.
         config["timestep_spacing"] = "linspace"
     return getattr(diffusers, class_name).from_config(config)
-
-
-def max_inference_steps(config: dict) -> int:
-    """The most sampling steps every sampler handles on this noise schedule: training steps - steps_offset - 1
-    (998 for SD). Beyond it diffusers' samplers step past the schedule's end: 1000 DDIM steps on SD index
-    timestep 1000 (IndexError); 999 DPM-Solver++ / UniPC steps start at timestep 1000 (NaN)."""
-    return int(config.get("num_train_timesteps", 1000)) - int(config.get("steps_offset", 0) or 0) - 1

@@ -26,13 +26,19 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from diffusers import AutoencoderKL
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from vidiff.models.folder import make_info, write_pipeline_folder
+from vidiff.models.loading import load_component
+from vidiff.models.unet import VideoUNet
 from vidiff.pipelines.encoding import encode_text, encode_video
-from vidiff.spec import check_cross_frame
-from vidiff.pipelines.folder import make_info, read_info, spatial_factor, write_pipeline_folder
-from vidiff.pipelines.schedulers import check_scheduler_name, make_scheduler, max_inference_steps
+from vidiff.pipelines.schedulers import make_scheduler
+from vidiff.spec import (KIND, LONG_VIDEO_NOISE, PipelineInfo, SamplingSettings, check_choice, check_cross_frame,
+                         guidance_on, max_inference_steps, read_info, read_scheduler_config, resolve_sampling)
+from vidiff.utils import check_device, parse_dtype
 
 OUTPUT_TYPES = ("uint8", "pt", "latent")
-LONG_VIDEO_NOISE = ("independent", "freenoise")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -41,14 +47,10 @@ LONG_VIDEO_NOISE = ("independent", "freenoise")
 def temporal_windows(num_frames: int, window_size: int, stride: int) -> list[tuple[int, int]]:
     """Start/end frame pairs of overlapping windows covering `num_frames`; the last window ends at the clip end.
 
-    A clip no longer than the window is one window. Example: 40 frames, window 16, stride 8 ->
+    A clip no longer than the window is one window; 1 <= stride <= window_size (vidiff.spec.resolve_sampling
+    checks a request's pair). Example: 40 frames, window 16, stride 8 ->
     (0, 16), (8, 24), (16, 32), (24, 40).
     """
-    if window_size < 1 or stride < 1:
-        raise ValueError(f"window_size and window_stride must be >= 1, got {window_size} and {stride}")
-    if stride > window_size:
-        raise ValueError(f"window_stride ({stride}) must not exceed window_size ({window_size}): windows would "
-                         "leave frames uncovered")
     if num_frames <= window_size:
         return [(0, num_frames)]
     starts = list(range(0, num_frames - window_size + 1, stride))
@@ -137,14 +139,15 @@ class VideoPipeline:
     (text, unet, sampler, vae).
     """
 
-    def __init__(self, unet, text_encoder, tokenizer, scheduler_config: dict, vae=None, info: dict | None = None):
+    def __init__(self, unet, text_encoder, tokenizer, scheduler_config: dict, vae=None,
+                 info: PipelineInfo | None = None):
         self.unet = unet.eval()
         self.text_encoder = text_encoder.eval()
         self.tokenizer = tokenizer
         self.vae = vae.eval() if vae is not None else None
         self.scheduler_config = dict(scheduler_config)
         self.info = info if info is not None else make_info(unet, vae, text_encoder, tokenizer, scheduler_config)
-        make_scheduler(self.defaults["scheduler"], self.scheduler_config, latent=self.latent)  # fail early if bad
+        make_scheduler(self.defaults.scheduler, self.scheduler_config, latent=self.latent)  # fail early if bad
         self.timings: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------------------- files
@@ -152,25 +155,16 @@ class VideoPipeline:
     def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None) -> "VideoPipeline":
         """Load a pipeline folder. device: "cuda" | "mps" | "cpu" (default: the best available);
         dtype: "fp32" | "fp16" | "bf16" or a torch dtype (default: fp16 on CUDA, fp32 elsewhere)."""
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        from vidiff.models.loading import load_component
-        from vidiff.models.unet import VideoUNet
-        from vidiff.pipelines.folder import read_scheduler_config
-        from vidiff.utils import check_device, parse_dtype
-
         device, dtype = check_device(device), parse_dtype(dtype) if dtype is not None else None  # before loading
         directory = Path(directory)
         info = read_info(directory)
-        if info["kind"] != "text-to-video":
-            raise ValueError(f"{directory} holds a {info['kind']!r} model; VideoPipeline needs 'text-to-video'")
+        if info.kind != KIND:
+            raise ValueError(f"{directory} holds a {info.kind!r} model; VideoPipeline needs {KIND!r}")
         unet = VideoUNet.from_pretrained(directory / "unet")
         vae = None
         if (directory / "vae").is_dir():
-            from diffusers import AutoencoderKL
-
             vae = load_component(directory, "vae", AutoencoderKL)
-        elif info.get("latent", False):
+        elif info.latent:
             raise FileNotFoundError(f"{directory} is a latent model but has no vae/ folder")
         pipe = cls(unet, load_component(directory, "text_encoder", CLIPTextModel),
                    load_component(directory, "tokenizer", CLIPTokenizer),
@@ -183,8 +177,6 @@ class VideoPipeline:
                                      tokenizer=self.tokenizer, scheduler_config=self.scheduler_config, info=self.info)
 
     def to(self, device=None, dtype=None) -> "VideoPipeline":
-        from vidiff.utils import check_device, parse_dtype
-
         device = check_device(device)
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -209,8 +201,9 @@ class VideoPipeline:
         return self.unet.dtype
 
     @property
-    def defaults(self) -> dict:
-        return self.info["defaults"]
+    def defaults(self):
+        """The folder's sampling defaults (vidiff.spec.Defaults)."""
+        return self.info.defaults
 
     @property
     def latent(self) -> bool:
@@ -218,7 +211,7 @@ class VideoPipeline:
 
     @property
     def vae_scale_factor(self) -> int:
-        return int(self.info["vae_scale_factor"]) if self.latent else 1
+        return self.info.vae_scale_factor if self.latent else 1
 
     @property
     def spatial_factor(self) -> int:
@@ -227,12 +220,13 @@ class VideoPipeline:
 
     def make_scheduler(self, name: str | None = None):
         """A fresh diffusers scheduler `name` (default: the folder's) on this model's noise schedule."""
-        return make_scheduler(name or self.defaults["scheduler"], self.scheduler_config, latent=self.latent)
+        return make_scheduler(name or self.defaults.scheduler, self.scheduler_config, latent=self.latent)
 
     # ----------------------------------------------------------------------------------------------- inputs
-    def resolve_settings(self, **settings) -> dict:
-        """Fill unset (None) settings from vidiff.json's defaults and validate them all; raises ValueError."""
-        return resolve_settings(self.info, **settings)
+    def resolve_settings(self, **request) -> SamplingSettings:
+        """One request's settings: unset (None) ones from vidiff.json's defaults, every value checked once
+        (vidiff.spec.resolve_sampling, against this model's size factor and noise schedule)."""
+        return resolve_sampling(self.info, max_steps=max_inference_steps(self.scheduler_config), **request)
 
     @torch.no_grad()
     def encode_prompt(self, prompts: str | list[str], negative_prompts: str | list[str] | None = None, *,
@@ -269,7 +263,7 @@ class VideoPipeline:
             raise ValueError(f"frame height and width must be multiples of the VAE's factor {self.vae_scale_factor}, "
                              f"got {frames.shape[-2]}x{frames.shape[-1]}")
         frames = frames.to(self.device, self.vae.dtype if self.latent else torch.float32)
-        latents = encode_video(self.vae, frames, scaling_factor=float(self.info.get("scaling_factor", 1.0)),
+        latents = encode_video(self.vae, frames, scaling_factor=self.info.scaling_factor,
                                chunk_size=chunk_size)
         return latents.float()
 
@@ -286,8 +280,7 @@ class VideoPipeline:
         the draw. With a `scheduler` the noise is scaled by its initial sigma (1 for DDIM, sigma_max for Euler).
         Heights and widths are in pixels.
         """
-        if noise not in LONG_VIDEO_NOISE:
-            raise ValueError(f"unknown long_video_noise {noise!r}; use one of {', '.join(LONG_VIDEO_NOISE)}")
+        check_choice("long_video_noise", noise, LONG_VIDEO_NOISE)
         shape = (num_videos, self.unet.in_channels, num_frames, height // self.vae_scale_factor,
                  width // self.vae_scale_factor)
         if latents is None:
@@ -342,47 +335,56 @@ class VideoPipeline:
         Returns:
             For "uint8": one array for one prompt and one video, else a list of arrays (prompt-major order).
         """
+        settings = self.resolve_settings(num_frames=num_frames, height=height, width=width,
+                                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                         scheduler=scheduler, cross_frame=cross_frame, window_size=window_size,
+                                         window_stride=window_stride, eta=eta, long_video_noise=long_video_noise,
+                                         num_videos_per_prompt=num_videos_per_prompt,
+                                         decode_chunk_size=decode_chunk_size)
+        return self.sample(prompt, settings, negative_prompt=negative_prompt, generator=generator, seed=seed,
+                           condition=condition, class_labels=class_labels, latents=latents, output_type=output_type,
+                           progress=progress, callback=callback)
+
+    @torch.no_grad()
+    def sample(self, prompt: str | list[str], settings: SamplingSettings, *, negative_prompt=None, generator=None,
+               seed: int | None = None, condition: torch.Tensor | None = None, class_labels=None,
+               latents: torch.Tensor | None = None, output_type: str = "uint8", progress: bool = True,
+               callback=None):
+        """`__call__` with settings already resolved (`resolve_settings`; the CLI resolves them before loading
+        the model): text -> x_T -> denoised latents -> frames. The arguments are `__call__`'s."""
         prompts, negative_prompts = _prompt_lists(prompt, negative_prompt)
-        s = self.resolve_settings(max_steps=max_inference_steps(self.scheduler_config),
-                                  num_frames=num_frames, height=height, width=width,
-                                  num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                  scheduler=scheduler, cross_frame=cross_frame, window_size=window_size,
-                                  window_stride=window_stride, num_videos_per_prompt=num_videos_per_prompt,
-                                  decode_chunk_size=decode_chunk_size)
-        _check_options(eta=eta, long_video_noise=long_video_noise, output_type=output_type)
-        num_videos = len(prompts) * num_videos_per_prompt
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        s, num_videos = settings, len(prompts) * settings.num_videos_per_prompt
         generators = make_generators(num_videos, generator, seed)
-        f, h, w = s["num_frames"], s["height"] // self.vae_scale_factor, s["width"] // self.vae_scale_factor
+        f, h, w = s.num_frames, s.height // self.vae_scale_factor, s.width // self.vae_scale_factor
         self._check_condition(condition, (num_videos, self.unet.in_channels, f, h, w))  # before any heavy work
         self.timings = {"text": 0.0, "unet": 0.0, "sampler": 0.0, "vae": 0.0}
 
         # 1. Text conditioning, one embedding per video; the negative prompts' only when guidance is on.
         with self._timed("text"):
-            if s["guidance_scale"] > 1.0:
-                text, negative = self.encode_prompt(prompts, negative_prompts,
-                                                    num_videos_per_prompt=num_videos_per_prompt)
-            else:
-                text, negative = self.encode_prompt(prompts, num_videos_per_prompt=num_videos_per_prompt), None
+            encoded = self.encode_prompt(prompts, negative_prompts if s.guided else None,
+                                         num_videos_per_prompt=s.num_videos_per_prompt)
+            text, negative = encoded if s.guided else (encoded, None)
 
         # 2. Initial noise x_T ~ N(0, sigma_T^2 I), one generator per video.
-        sampler = self.make_scheduler(s["scheduler"])
-        timesteps = timesteps_for_strength(sampler, s["num_inference_steps"], 1.0, device=self.device)
-        latents = self.prepare_latents(num_videos, f, s["height"], s["width"], generators=generators,
-                                       scheduler=sampler, noise=long_video_noise, window_size=s["window_size"],
-                                       window_stride=s["window_stride"], latents=latents)
+        sampler = self.make_scheduler(s.scheduler)
+        timesteps = timesteps_for_strength(sampler, s.num_inference_steps, 1.0, device=self.device)
+        latents = self.prepare_latents(num_videos, f, s.height, s.width, generators=generators, scheduler=sampler,
+                                       noise=s.long_video_noise, window_size=s.window_size,
+                                       window_stride=s.window_stride, latents=latents)
 
         # 3. Reverse diffusion x_T -> x_0 with classifier-free guidance over temporal windows.
-        with self.temporary_cross_frame(s["cross_frame"]):
-            latents = self.denoise(latents, text, timesteps, guidance_scale=s["guidance_scale"],
+        with self.temporary_cross_frame(s.cross_frame):
+            latents = self.denoise(latents, text, timesteps, guidance_scale=s.guidance_scale,
                                    negative_embeddings=negative, condition=condition, class_labels=class_labels,
-                                   window_size=s["window_size"], window_stride=s["window_stride"], eta=eta,
+                                   window_size=s.window_size, window_stride=s.window_stride, eta=s.eta,
                                    scheduler=sampler, generators=generators, progress=progress, callback=callback)
         if output_type == "latent":
             return latents
 
         # 4. Decode: latents / scaling factor -> VAE decoder, a chunk of frames at a time (bounded memory).
         with self._timed("vae"):
-            video = self.decode(latents, s["decode_chunk_size"])                                # (b, 3, f, H, W)
+            video = self.decode(latents, s.decode_chunk_size)                                   # (b, 3, f, H, W)
         if output_type == "pt":
             return video
         videos = [to_uint8(v) for v in video]
@@ -414,7 +416,7 @@ class VideoPipeline:
         """
         b, _, f = latents.shape[:3]
         condition = self._check_condition(condition, tuple(latents.shape))
-        do_cfg = guidance_scale > 1.0
+        do_cfg = guidance_on(guidance_scale)
         if do_cfg and negative_embeddings is None:
             negative_embeddings = self.encode_prompt([""] * b)
         text = torch.cat([negative_embeddings, embeddings]) if do_cfg else embeddings               # (2b or b, L, D)
@@ -428,8 +430,8 @@ class VideoPipeline:
         latents = latents.to(self.device, torch.float32)
         for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
             with self._timed("unet"):
-                eps = self._windowed_noise(scheduler, latents, t, text, guidance_scale if do_cfg else None,
-                                           condition, class_labels, windows)
+                eps = self._windowed_noise(scheduler, latents, t, text, guidance_scale, condition, class_labels,
+                                           windows)
             with self._timed("sampler"):
                 latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
             if callback is not None:
@@ -456,9 +458,9 @@ class VideoPipeline:
         return eps / total_weight.view(1, 1, -1, 1, 1)
 
     def _guided_noise(self, scheduler, x, t, text, guidance_scale, condition, class_labels):
-        """U-Net prediction for latents x `(b, c, f', h, w)` at t, with classifier-free guidance when
-        `guidance_scale` is set (text then holds the negative embeddings first, one batched U-Net call)."""
-        do_cfg = guidance_scale is not None
+        """U-Net prediction for latents x `(b, c, f', h, w)` at t, with classifier-free guidance when it is on
+        (`guidance_on`: text then holds the negative embeddings first, one batched U-Net call)."""
+        do_cfg = guidance_on(guidance_scale)
         model_input = scheduler.scale_model_input(torch.cat([x] * 2) if do_cfg else x, t)
         if condition is not None:  # the condition is not scaled: it is clean data, not a noisy sample
             model_input = torch.cat([model_input, torch.cat([condition] * 2) if do_cfg else condition], dim=1)
@@ -477,7 +479,7 @@ class VideoPipeline:
         if not self.latent:
             return latents.float().clamp(-1, 1)
         b = latents.shape[0]
-        frames = rearrange(latents, "b c f h w -> (b f) c h w") / float(self.info.get("scaling_factor", 1.0))
+        frames = rearrange(latents, "b c f h w -> (b f) c h w") / self.info.scaling_factor
         frames = frames.to(self.vae.device, self.vae.dtype)
         chunk_size = chunk_size or frames.shape[0]
         decoded = [self.vae.decode(frames[i:i + chunk_size]).sample.float()
@@ -538,15 +540,6 @@ def _prompt_lists(prompt, negative_prompt) -> tuple[list[str], list[str]]:
     return prompts, negative_prompts
 
 
-def _check_options(*, eta: float, long_video_noise: str, output_type: str) -> None:
-    if not (math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic DDIM), got {eta}")
-    if long_video_noise not in LONG_VIDEO_NOISE:
-        raise ValueError(f"unknown long_video_noise {long_video_noise!r}; use one of {', '.join(LONG_VIDEO_NOISE)}")
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"unknown output_type {output_type!r}; use one of {', '.join(OUTPUT_TYPES)}")
-
-
 def _step_kwargs(scheduler, eta: float, generators) -> dict:
     """The extra arguments this sampler's `step` takes: DDIM's eta, the stochastic samplers' generators."""
     parameters = inspect.signature(scheduler.step).parameters
@@ -572,62 +565,3 @@ def timesteps_for_strength(scheduler, num_inference_steps: int, strength: float 
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return scheduler.timesteps[start:]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Settings (torch-free; the CLI checks a request against vidiff.json before loading anything)
-# ---------------------------------------------------------------------------------------------------------------
-def _check_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-
-
-def resolve_settings(info: dict, *, num_frames=None, height=None, width=None, num_inference_steps=None,
-                     guidance_scale=None, scheduler=None, cross_frame=None, window_size=None, window_stride=None,
-                     num_videos_per_prompt=1, decode_chunk_size=8, max_steps: int | None = None) -> dict:
-    """Settings for one call: None takes vidiff.json's default; every value is checked (ValueError).
-    `max_steps` (`schedulers.max_inference_steps` of the noise schedule, when known) bounds the sampling steps."""
-    for name, value in (("num_frames", num_frames), ("height", height), ("width", width),
-                        ("num_inference_steps", num_inference_steps), ("window_size", window_size),
-                        ("window_stride", window_stride), ("num_videos_per_prompt", num_videos_per_prompt),
-                        ("decode_chunk_size", decode_chunk_size)):
-        if value is not None:
-            _check_int(name, value)
-    defaults = info["defaults"]
-    s = {
-        "num_frames": num_frames if num_frames is not None else defaults["num_frames"],
-        "height": height if height is not None else defaults["height"],
-        "width": width if width is not None else defaults["width"],
-        "num_inference_steps": (num_inference_steps if num_inference_steps is not None
-                                else defaults["num_inference_steps"]),
-        "guidance_scale": guidance_scale if guidance_scale is not None else defaults["guidance_scale"],
-        "scheduler": scheduler or defaults["scheduler"],
-        "cross_frame": cross_frame or defaults.get("cross_frame", "none"),
-        "decode_chunk_size": decode_chunk_size,
-    }
-    factor = spatial_factor(info)
-    if int(s["num_frames"]) != s["num_frames"] or s["num_frames"] < 1:
-        raise ValueError(f"num_frames must be an integer >= 1, got {s['num_frames']}")
-    for key in ("height", "width"):
-        if s[key] < factor or s[key] % factor:
-            raise ValueError(f"{key} must be a positive multiple of {factor} for this model (VAE factor "
-                             f"{info['vae_scale_factor']} x U-Net factor {info['unet_spatial_factor']}), got {s[key]}")
-    if s["num_inference_steps"] < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {s['num_inference_steps']}")
-    if max_steps is not None and s["num_inference_steps"] > max_steps:
-        raise ValueError(f"num_inference_steps must be at most {max_steps} for this model's noise schedule, "
-                         f"got {s['num_inference_steps']}")
-    if not (math.isfinite(s["guidance_scale"]) and s["guidance_scale"] >= 0):
-        raise ValueError(f"guidance_scale must be a finite number >= 0, got {s['guidance_scale']}")
-    if num_videos_per_prompt < 1:
-        raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
-    if decode_chunk_size is not None and decode_chunk_size < 1:
-        raise ValueError(f"decode_chunk_size must be >= 1 or None, got {decode_chunk_size}")
-    check_scheduler_name(s["scheduler"])
-    check_cross_frame(s["cross_frame"])
-    # Long clips: windows of the trained length, overlapping by half (FreeNoise uses a quarter: smoother,
-    # twice the U-Net calls).
-    s["window_size"] = int(window_size if window_size is not None else defaults["num_frames"])
-    s["window_stride"] = int(window_stride if window_stride is not None else max(1, s["window_size"] // 2))
-    temporal_windows(s["num_frames"], s["window_size"], s["window_stride"])  # validates the pair
-    return s

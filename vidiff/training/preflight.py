@@ -59,7 +59,7 @@ def check_model_source(config: Config) -> tuple[str, dict | None]:
     """model.pretrained must be a vidiff pipeline folder (of the stage being trained), a diffusers SD pipeline
     folder, or a hub id; returns ("vidiff" | "sd" | "hub", vidiff.json or None)."""
     from vidiff.models.loading import is_hub_id
-    from vidiff.pipelines.folder import INFO_NAME, read_info
+    from vidiff.spec import INFO_NAME, read_info
 
     text = config.model.pretrained
     path = Path(text).expanduser()
@@ -86,9 +86,9 @@ def check_model_source(config: Config) -> tuple[str, dict | None]:
                       "vidiff pipeline folder (with vidiff.json)")
 
 
-def check_stage_matches(info: dict, stage: str, source) -> None:
-    """A vidiff folder trains as the stage it was made for."""
-    held = info.get("stage", "base")
+def check_stage_matches(info, stage: str, source) -> None:
+    """A vidiff folder (its vidiff.spec.PipelineInfo) trains as the stage it was made for."""
+    held = info.stage
     if held != stage:
         raise ConfigError(f"train.stage={stage!r} but {source} holds a {held!r} model; set train.stage={held!r} "
                           "or start from an SD pipeline or a matching folder")
@@ -145,7 +145,7 @@ def model_geometry(config: Config, info: dict | None) -> tuple[int, int, int] | 
     """(latent channels, VAE factor, U-Net factor) from the model's JSON files without loading it; None when
     they cannot be told (a hub id)."""
     if info is not None:
-        return int(info["in_channels"]), int(info["vae_scale_factor"]), int(info["unet_spatial_factor"])
+        return info.in_channels, info.vae_scale_factor, info.unet_spatial_factor
     path = Path(config.model.pretrained).expanduser()
     try:
         unet = json.loads((path / "unet" / "config.json").read_text())

@@ -52,8 +52,9 @@ from vidiff.training.ema import EMA
 from vidiff.training.logs import TrainLog, render_validation
 from vidiff.training.preflight import check_run, check_stage_matches
 from vidiff.training.run_folder import check_output_dir, mark_run_folder
-from vidiff.training.stages import Stage, make_stage, stage_options
+from vidiff.stages import Stage, make_stage, stage_options
 from vidiff.training.state import check_supported
+from vidiff.spec import PipelineInfo
 from vidiff.utils import write_json_atomic
 
 TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
@@ -90,16 +91,12 @@ def load_pipeline(config: Config, accelerator):
     if not is_vidiff_pipeline(source):
         inflated = Path(config.output_dir) / "inflated"
         if accelerator.is_main_process and not is_vidiff_pipeline(inflated):
-            from vidiff.pipelines.folder import inflate_pipeline
-            from vidiff.pipelines.stage_folder import inflate_stage
+            from vidiff.stages.folder import inflate_stage
 
             options = dict(cross_frame=m.cross_frame or "none", temporal_conv=m.temporal_conv,
                            temporal_attention=m.temporal_attention)
-            try:
-                if config.train.stage == "base":
-                    inflate_pipeline(m.pretrained, inflated, **options)
-                else:  # a cascade stage: zero-initialised condition channels (vidiff.pipelines.stage_folder)
-                    inflate_stage(m.pretrained, inflated, config.train.stage, **options)
+            try:  # a cascade stage gets zero-initialised condition channels (vidiff.stages.folder)
+                inflate_stage(m.pretrained, inflated, config.train.stage, **options)
             except (FileNotFoundError, ValueError) as e:
                 # The loaders speak of `vidiff inflate --base`; here the user set model.pretrained.
                 message = str(e)
@@ -349,9 +346,9 @@ def prepare_model(config: Config, accelerator, say):
     stage = make_stage(t.stage, latent_channels=unet.in_channels, prediction_type=prediction_type,
                        snr_gamma=t.snr_gamma, noise_offset=t.noise_offset, noisy_fraction=t.noisy_fraction,
                        noisy_from=t.noisy_from,
-                       **stage_options(t.stage, pipe.info.get("stage_options"), dataclasses.asdict(config.stage)))
-    if t.stage != "base":  # the exported folder records the options it was trained with
-        pipe.info["stage_options"] = {**pipe.info.get("stage_options", {}), **stage.options()}
+                       **stage_options(t.stage, pipe.info.stage_options, dataclasses.asdict(config.stage)))
+    # the exported folder records the options it was trained with
+    pipe.info = dataclasses.replace(pipe.info, stage_options={**pipe.info.stage_options, **stage.options()})
     if stage.conditioning_channels != unet.conditioning_channels:
         raise ValueError(f"stage {stage.name!r} feeds {stage.conditioning_channels} conditioning channels but the "
                          f"U-Net in {source} takes {unet.conditioning_channels}")
@@ -510,13 +507,12 @@ def validate(run: Run, name: str) -> None:
     run.accelerator.wait_for_everyone()
 
 
-def record_training_settings(info: dict, config: Config) -> None:
+def record_training_settings(info: PipelineInfo, config: Config) -> PipelineInfo:
     """vidiff.json's defaults become the clip the model was trained on (frames, size; fps when data.fps set),
     so `vidiff generate --model` without options makes what the model learned."""
     d = config.data
-    info["defaults"].update(num_frames=d.num_frames, height=d.height, width=d.width)
-    if d.fps is not None:
-        info["defaults"]["fps"] = d.fps
+    fps = {"fps": d.fps} if d.fps is not None else {}
+    return info.with_defaults(num_frames=d.num_frames, height=d.height, width=d.width, **fps)
 
 
 def export(run: Run) -> Path | None:
@@ -529,7 +525,7 @@ def export(run: Run) -> Path | None:
         named = {k: p for k, p in model.named_parameters() if k in run.trainable}
         with run.ema.swapped_in(named) if run.ema is not None else contextlib.nullcontext():
             run.pipe.unet = model
-            record_training_settings(run.pipe.info, run.config)
+            run.pipe.info = record_training_settings(run.pipe.info, run.config)
             pipeline_dir = run.output_dir / "pipeline"
             try:
                 run.pipe.save_pretrained(pipeline_dir)

@@ -1,6 +1,6 @@
 """Cascade stage folders: make an untrained interpolation / TSR / SSR stage from a Stable Diffusion pipeline.
 
-A stage folder is a vidiff pipeline folder (vidiff.folder) whose U-Net takes extra input channels, with
+A stage folder is a vidiff pipeline folder (vidiff.models.folder) whose U-Net takes extra input channels, with
 `vidiff.json` naming the stage and recording its `stage_options` (factors, noise augmentation):
 
     interpolation  conv_in + (latent channels + 1): masked video latents and the mask      (Make-A-Video)
@@ -24,37 +24,25 @@ import json
 import os
 from pathlib import Path
 
-from vidiff.spec import CASCADE_STAGES, check_cross_frame
-from vidiff.pipelines.folder import make_info, read_scheduler_config, write_pipeline_folder
+import torch
+from diffusers import AutoencoderKL
+from transformers import CLIPTextModel, CLIPTokenizer
 
-# What `vidiff inflate --stage NAME` records when no factor is given.
-DEFAULT_FACTOR = {"interpolation": 2, "tsr": 2, "ssr": 2}
+from vidiff.models.folder import inflate_pipeline, make_info, write_pipeline_folder
+from vidiff.models.loading import load_base_components, load_component, load_unet_2d
+from vidiff.models.unet import OPTIONS, VideoUNet
+from vidiff.spec import CASCADE_STAGES, check_cross_frame, read_scheduler_config
+from vidiff.stages.cascade import SSRStage, _CascadeStage
+from vidiff.stages.conditions import AUGMENTATION_SCHEDULE, MAX_NOISE_LEVEL, SAMPLING_NOISE_LEVEL
+from vidiff.stages.registry import STAGES
 
 
-def fresh_stage(stage: str, factor: int | None = None, latent_channels: int = 4):
-    """The training stage (vidiff.training.stages) a fresh stage folder describes: its options are the folder's
-    `stage_options`, its `conditioning_channels` the U-Net's extra input channels."""
-    from vidiff.training.stages import MASK_MODES, make_stage
-
+def fresh_stage(stage: str, factor: int | None = None, latent_channels: int = 4) -> _CascadeStage:
+    """The stage a fresh stage folder describes: its options are the folder's `stage_options`, its
+    `conditioning_channels` the U-Net's extra input channels."""
     if stage not in CASCADE_STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(CASCADE_STAGES)}")
-    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int)):
-        raise ValueError(f"--factor must be an integer, got {factor!r}")
-    if stage == "interpolation":
-        options = {"mask_factors": [factor] if factor else [2, 4], "mask_modes": list(MASK_MODES)}
-    else:
-        options = {"factor": factor or DEFAULT_FACTOR[stage]}
-    return make_stage(stage, latent_channels=latent_channels, **options)
-
-
-def default_stage_options(stage: str, factor: int | None = None, latent_channels: int = 4) -> dict:
-    """`stage_options` of a fresh stage (checked by building the training stage from them)."""
-    from vidiff.training.stages import SAMPLING_NOISE_LEVEL
-
-    options = fresh_stage(stage, factor, latent_channels).options()
-    if stage == "ssr":
-        options["noise_level"] = SAMPLING_NOISE_LEVEL  # sampling default of the condition's augmentation level
-    return options
+    return STAGES[stage].fresh(factor, latent_channels)
 
 
 def widen_unet(unet, conditioning_channels: int, *, stage: str):
@@ -62,8 +50,6 @@ def widen_unet(unet, conditioning_channels: int, *, stage: str):
     known only once loaded) taking `conditioning_channels` input channels through zero-initialised `conv_in`
     columns, recorded as a `stage` U-Net: the copy computes exactly what `unet` computes, whatever the condition.
     The widening is `VideoUNet.from_2d_weights`'s, the one `inflate_pipeline(conditioning_channels=)` uses."""
-    from vidiff.models.unet import OPTIONS, VideoUNet
-
     if unet.conditioning_channels:
         raise ValueError(f"widen_unet takes a U-Net without condition channels, got one with "
                          f"{unet.conditioning_channels}")
@@ -71,24 +57,6 @@ def widen_unet(unet, conditioning_channels: int, *, stage: str):
     options = {k: unet.config[k] for k in OPTIONS if k in unet.config}
     options.update(conditioning_channels=conditioning_channels, stage=stage)
     return VideoUNet.from_2d_weights(config, unet.state_dict(), source=f"the inflated {stage} U-Net", **options)
-
-
-def add_level_embedding(unet) -> None:
-    """Give a VideoUNet without one a class embedding for the SSR condition's noise level: an MLP on the
-    level's sinusoidal embedding (diffusers' `class_embed_type="timestep"`, recorded in the U-Net config so the
-    saved stage rebuilds it) whose output layer is zero, so the U-Net computes what it did before."""
-    import torch
-    from diffusers.models.embeddings import TimestepEmbedding
-
-    if unet.class_embedding is not None:
-        return
-    embedding = TimestepEmbedding(unet.time_embedding.linear_1.in_features, unet.time_embedding.linear_2.out_features,
-                                  act_fn=unet.config.get("act_fn", "silu"))
-    with torch.no_grad():  # ControlNet-style zero output layer: the level adds nothing until trained
-        embedding.linear_2.weight.zero_()
-        embedding.linear_2.bias.zero_()
-    unet.class_embedding = embedding.to(unet.device, unet.dtype)
-    unet.class_embed_type = unet.config["class_embed_type"] = "timestep"
 
 
 def is_upscaler_folder(path) -> bool:
@@ -101,12 +69,6 @@ def is_upscaler_folder(path) -> bool:
 def load_upscaler_components(folder: Path, **unet_options) -> dict:
     """The parts of an SD x4 upscaler pipeline folder, its U-Net inflated into an SSR VideoUNet that keeps the
     pretrained pixel condition (3 channels) and noise-level embedding."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    from vidiff.models.loading import load_component, load_unet_2d
-    from vidiff.models.unet import VideoUNet
-
     fix = "give a diffusers SD x4 upscaler folder (as StableDiffusionUpscalePipeline.save_pretrained writes it)"
     for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
         if not (folder / name).is_dir():
@@ -124,16 +86,27 @@ def load_upscaler_components(folder: Path, **unet_options) -> dict:
                                      conditioning_channels=3, stage="ssr", source=str(folder / "unet"), **unet_options)
     low_res = read_scheduler_config(folder / "low_res_scheduler")
     index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
-    from vidiff.training.stages import AUGMENTATION_SCHEDULE, MAX_NOISE_LEVEL, SAMPLING_NOISE_LEVEL
-
     schedule = {k: low_res.get(k, v) for k, v in AUGMENTATION_SCHEDULE.items()}
-    options = {"factor": 2 ** (len(vae.config.block_out_channels) - 1), "condition": "pixels",
-               "max_noise_level": int(index.get("max_noise_level", MAX_NOISE_LEVEL)),
-               "augmentation_schedule": schedule, "noise_level": SAMPLING_NOISE_LEVEL}
+    stage = SSRStage(latent_channels=latent_channels, factor=2 ** (len(vae.config.block_out_channels) - 1),
+                     condition="pixels", max_noise_level=int(index.get("max_noise_level", MAX_NOISE_LEVEL)),
+                     augmentation_schedule=schedule, noise_level=SAMPLING_NOISE_LEVEL)
     return {"unet": unet, "vae": vae, "text_encoder": load_component(folder, "text_encoder", CLIPTextModel, fix),
             "tokenizer": load_component(folder, "tokenizer", CLIPTokenizer, fix),
-            "scheduler_config": read_scheduler_config(folder / "scheduler"), "source": str(folder),
-            "stage_options": options}
+            "scheduler_config": read_scheduler_config(folder / "scheduler"), "source": str(folder), "stage": stage}
+
+
+def check_inflate_stage(base, stage: str, factor: int | None) -> bool:
+    """What `inflate_stage` checks before loading anything (a bad stage or factor); True for an SD x4 upscaler."""
+    if stage not in CASCADE_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(CASCADE_STAGES)}")
+    upscaler = is_upscaler_folder(base)
+    if upscaler and stage != "ssr":
+        raise ValueError(f"{base} is an SD x4 upscaler: it can only become an ssr stage (--stage ssr)")
+    if upscaler and factor not in (None, 4):
+        raise ValueError(f"{base} is an SD x4 upscaler: its factor is 4, got --factor {factor}")
+    if not upscaler:
+        fresh_stage(stage, factor)  # a bad factor fails here
+    return upscaler
 
 
 def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *, factor: int | None = None,
@@ -144,44 +117,27 @@ def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *
     """Make an untrained cascade stage folder at `out` from an SD pipeline `base` (folder, hub id, or single file
     with `config`; for `stage="ssr"` also an SD x4 upscaler folder). `factor`: interpolation: the one mask factor
     it trains on (default 2 and 4); tsr: the frame-rate factor; ssr: 2 or 4 (an x4 upscaler fixes its own).
-    The stage equals its base model until trained. Returns `out`."""
-    import torch
-
-    from vidiff.models.loading import load_base_components
-
-    if stage not in CASCADE_STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(CASCADE_STAGES)}")
-    check_cross_frame(cross_frame)
-    upscaler = is_upscaler_folder(base)
-    if upscaler and stage != "ssr":
-        raise ValueError(f"{base} is an SD x4 upscaler: it can only become an ssr stage (--stage ssr)")
-    if upscaler and factor not in (None, 4):
-        raise ValueError(f"{base} is an SD x4 upscaler: its factor is 4, got --factor {factor}")
-    if not upscaler:
-        default_stage_options(stage, factor)  # a bad factor fails here, before any loading
-    unet_options = dict(cross_frame=cross_frame, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
+    The stage equals its base model until trained; `stage="base"` is `inflate_pipeline`. Returns `out`."""
+    unet_options = dict(temporal_conv=temporal_conv, temporal_attention=temporal_attention,
                         temporal_position=temporal_position, frame_embedding=frame_embedding,
                         coordinate_embedding=coordinate_embedding)
+    if not STAGES.get(stage, _CascadeStage).takes_video:  # the base: no condition channels, no stage options
+        return inflate_pipeline(base, out, cross_frame=cross_frame, config=config, defaults=defaults, seed=seed,
+                                **unet_options)
+    check_cross_frame(cross_frame)
+    upscaler = check_inflate_stage(base, stage, factor)
     with torch.random.fork_rng(devices=[]):  # seeded: the same base always gives the same folder
         torch.manual_seed(seed)
         if upscaler:
             parts = load_upscaler_components(Path(base), **unet_options)
-            options = parts["stage_options"]
         else:
             parts = load_base_components(base, config=config, **unet_options)
-            latent_channels = parts["unet"].in_channels
-            options = default_stage_options(stage, factor, latent_channels)
-            extra = fresh_stage(stage, factor, latent_channels).conditioning_channels  # the Stage says how many
-            parts["unet"] = widen_unet(parts["unet"], extra, stage=stage)
-            if stage == "ssr":
-                add_level_embedding(parts["unet"])
+            parts["stage"] = fresh_stage(stage, factor, parts["unet"].in_channels)
+            parts["unet"] = widen_unet(parts["unet"], parts["stage"].conditioning_channels, stage=stage)
+            parts["stage"].prepare_unet(parts["unet"])
     info = make_info(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
-                     parts["scheduler_config"], stage=stage, defaults=defaults, source=parts["source"])
-    num_frames = info["defaults"]["num_frames"]
-    if stage == "tsr" and num_frames % options["factor"]:
-        # the window of a TSR stage holds whole groups of repeated frames (see vidiff.pipelines.cascade)
-        raise ValueError(f"a tsr x{options['factor']} stage needs num_frames (its window) a multiple of "
-                         f"{options['factor']}, got {num_frames}")
-    info["stage_options"] = options
+                     parts["scheduler_config"], stage=stage, defaults={"cross_frame": cross_frame, **(defaults or {})},
+                     source=parts["source"], stage_options=parts["stage"].options())
+    parts["stage"].check_window(info.defaults.num_frames)
     return write_pipeline_folder(out, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
                                  tokenizer=parts["tokenizer"], scheduler_config=parts["scheduler_config"], info=info)
