@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vidiff.training.stages import (AUGMENTATION_SCHEDULE, keyframe_mask, make_stage, masked_video_condition,
-                                    noise_augment, prefix_mask, repeat_frames, sample_frame_masks, ssr_condition,
-                                    stage_options, suffix_mask, tsr_condition)
+from vidiff.stages import make_stage, stage_options
+from vidiff.stages.conditions import (AUGMENTATION_SCHEDULE, keyframe_mask, masked_video_condition, noise_augment,
+                                      prefix_mask, repeat_frames, sample_frame_masks, ssr_condition, suffix_mask,
+                                      tsr_condition)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "train" / "tiny.yaml"
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 def assets(tmp_path_factory):
     """A tiny latent SD pipeline, a tiny pixel-space one, their inflated base folders, a shapes dataset."""
     from vidiff.data.synthetic import write_shapes_dataset
-    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.models.folder import inflate_pipeline
     from vidiff.testing import make_tiny_sd_pipeline
 
     root = tmp_path_factory.mktemp("cascade-assets")
@@ -136,7 +137,7 @@ def test_ssr_condition_and_noise_augmentation():
 def test_stage_options_and_errors():
     assert stage_options("ssr", {"factor": 4, "noise_level": 20, "condition": "latent"},
                          {"factor": None, "max_noise_level": 100, "mask_factors": None}) == \
-        {"factor": 4, "condition": "latent", "max_noise_level": 100}
+        {"factor": 4, "condition": "latent", "max_noise_level": 100, "noise_level": 20}
     with pytest.raises(ValueError, match="stage.mask_factors=\\[2\\] applies to the interpolation stage"):
         stage_options("ssr", {}, {"mask_factors": [2]})
     with pytest.raises(ValueError, match="stage.factor of an ssr stage must be one of 2, 4, got 3"):
@@ -156,15 +157,15 @@ def test_stage_options_and_errors():
 @pytest.mark.parametrize("stage", ["interpolation", "tsr", "ssr"])
 def test_fresh_stage_equals_its_base(assets, tmp_path, stage):
     from vidiff.models.unet import VideoUNet
-    from vidiff.pipelines.folder import read_info
-    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.spec import read_info
+    from vidiff.stages.folder import inflate_stage
 
     out = inflate_stage(assets["sd"], tmp_path / stage, stage)
     info = read_info(out)
-    assert info["stage"] == stage
+    assert info.stage == stage
     unet, base = VideoUNet.from_pretrained(out / "unet"), VideoUNet.from_pretrained(assets["base"] / "unet")
     assert unet.conditioning_channels == {"interpolation": 5, "tsr": 4, "ssr": 4}[stage] and unet.config["stage"] == stage
-    assert info["conditioning"]["conditioning_channels"] == unet.conditioning_channels
+    assert info.conditioning["conditioning_channels"] == unet.conditioning_channels
     g = torch.Generator().manual_seed(0)
     sample, context = torch.randn(2, 4, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
     cond = torch.randn(2, unet.conditioning_channels, 4, 8, 8, generator=g) * 3
@@ -177,17 +178,17 @@ def test_fresh_stage_equals_its_base(assets, tmp_path, stage):
     assert torch.count_nonzero(unet.conv_in.weight[:, 4:]) == 0
     if stage == "ssr":
         assert torch.count_nonzero(unet.class_embedding.linear_2.weight) == 0
-        assert info["stage_options"]["factor"] == 2 and info["stage_options"]["noise_level"] == 20
+        assert info.stage_options["factor"] == 2 and info.stage_options["noise_level"] == 20
 
 
 def test_inflate_stage_options(assets, tmp_path):
-    from vidiff.pipelines.folder import read_info
-    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.spec import read_info
+    from vidiff.stages.folder import inflate_stage
 
     out = inflate_stage(assets["pixel"], tmp_path / "interp", "interpolation", factor=4, defaults={"num_frames": 8})
     info = read_info(out)
-    assert info["stage_options"]["mask_factors"] == [4] and info["in_channels"] == 3
-    assert info["conditioning"]["conditioning_channels"] == 4 and info["latent"] is False
+    assert info.stage_options["mask_factors"] == [4] and info.in_channels == 3
+    assert info.conditioning["conditioning_channels"] == 4 and info.latent is False
     with pytest.raises(ValueError, match="a tsr x3 stage needs num_frames .* multiple of 3, got 16"):
         inflate_stage(assets["sd"], tmp_path / "tsr", "tsr", factor=3)
     with pytest.raises(ValueError, match="stage.factor of an ssr stage must be one of 2, 4, got 8"):
@@ -210,7 +211,7 @@ def test_training_a_stage(assets, tmp_path, stage, base):
     """A few steps of `vidiff train` from an SD pipeline: the stage is inflated, its condition channels train
     even with train.trainable=temporal, and the exported folder records the stage and its options."""
     from vidiff.cli import main
-    from vidiff.pipelines.folder import read_info
+    from vidiff.spec import read_info
 
     out = tmp_path / "run"
     extra = {"interpolation": ["stage.mask_factors=[2]"], "tsr": ["stage.factor=2"],
@@ -219,9 +220,9 @@ def test_training_a_stage(assets, tmp_path, stage, base):
                  f"output_dir={out}", "data.num_frames=4", "train.max_steps=3", f"train.stage={stage}", *extra])
     assert code == 0
     info = read_info(out / "pipeline")
-    assert info["stage"] == stage
+    assert info.stage == stage
     expected = {"interpolation": ("mask_factors", [2]), "tsr": ("factor", 2), "ssr": ("max_noise_level", 200)}[stage]
-    assert info["stage_options"][expected[0]] == expected[1]
+    assert info.stage_options[expected[0]] == expected[1]
     before, after = load_file(str(out / "inflated" / UNET_WEIGHTS)), load_file(str(out / "pipeline" / UNET_WEIGHTS))
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert "conv_in.weight" in changed and any(".temporal_" in k for k in changed)
@@ -304,15 +305,15 @@ def make_tiny_x4_upscaler(path: Path, sd: Path):
 
 def test_x4_upscaler_inflates_and_matches_diffusers_per_frame(assets, tmp_path):
     from vidiff.pipelines.cascade import upscale_video
-    from vidiff.pipelines.folder import read_info
-    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.spec import read_info
+    from vidiff.stages.folder import inflate_stage
     from vidiff.pipelines.text_to_video import VideoPipeline
 
     reference = make_tiny_x4_upscaler(tmp_path / "x4", assets["sd"])
     inflate_stage(tmp_path / "x4", tmp_path / "ssr4", "ssr", defaults={"num_frames": 2})
     info = read_info(tmp_path / "ssr4")
-    assert info["stage_options"]["factor"] == 4 and info["stage_options"]["condition"] == "pixels"
-    assert info["stage_options"]["max_noise_level"] == 350 and info["prediction_type"] == "v_prediction"
+    assert info.stage_options["factor"] == 4 and info.stage_options["condition"] == "pixels"
+    assert info.stage_options["max_noise_level"] == 350 and info.prediction_type == "v_prediction"
     pipe = VideoPipeline.from_pretrained(tmp_path / "ssr4", device="cpu", dtype="fp32")
     assert pipe.unet.conditioning_channels == 3 and pipe.unet.in_channels == 4
 
@@ -350,8 +351,8 @@ def cascade(assets, tmp_path_factory):
     import yaml
 
     from vidiff.data import write_video
-    from vidiff.pipelines.folder import inflate_pipeline
-    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.models.folder import inflate_pipeline
+    from vidiff.stages.folder import inflate_stage
 
     root = tmp_path_factory.mktemp("cascade")
     folder = root / "demo"
@@ -487,13 +488,13 @@ def test_generate_cascade(cascade, tmp_path, capsys):
 
 
 def test_inflate_stage_command(assets, tmp_path, capsys):
-    from vidiff.pipelines.folder import read_info
+    from vidiff.spec import read_info
 
     code, out, _ = run_cli(capsys, "inflate", "--stage", "tsr", "--factor", 4, "--base", assets["pixel"],
                            "--num-frames", 8, "--out", tmp_path / "tsr")
     assert code == 0 and "tsr stage" in out
     info = read_info(tmp_path / "tsr")
-    assert info["stage"] == "tsr" and info["stage_options"] == {"factor": 4} and info["defaults"]["num_frames"] == 8
+    assert info.stage == "tsr" and info.stage_options == {"factor": 4} and info.defaults.num_frames == 8
 
 
 @pytest.fixture(scope="module")
@@ -501,7 +502,7 @@ def bad_cascades(assets, cascade, tmp_path_factory):
     """Cascade YAMLs with one defect each, and `other-ssr`: a stage whose text encoder is not the base's."""
     import yaml
 
-    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.stages.folder import inflate_stage
     from vidiff.testing import make_tiny_sd_pipeline
 
     root = tmp_path_factory.mktemp("bad-cascades")
@@ -531,7 +532,7 @@ def bad_cascades(assets, cascade, tmp_path_factory):
 def test_cli_errors_before_any_work(assets, cascade, bad_cascades, tmp_path, capsys, monkeypatch, case):
     """Every bad input is one line on stderr and exit status 2, before any model loads or any sampling."""
     from vidiff.data import write_video
-    from vidiff.pipelines import stage_folder
+    from vidiff.stages import folder as stage_folder
     from vidiff.pipelines.text_to_video import VideoPipeline
 
     def no_loading(*args, **kwargs):
@@ -604,8 +605,8 @@ def test_pixel_space_cascade_saves_as_one_folder(assets, tmp_path):
     import vidiff
     import yaml
 
-    from vidiff.pipelines.folder import inflate_pipeline
-    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.models.folder import inflate_pipeline
+    from vidiff.stages.folder import inflate_stage
 
     small = dict(SMALL, height=8, width=8)
     inflate_pipeline(assets["pixel"], tmp_path / "base", defaults=small)
@@ -657,9 +658,10 @@ def test_pixel_space_ssr_is_conditioned_as_in_training(assets, tmp_path, monkeyp
     """A pixel-space ssr stage sees the low-res frames enlarged: exactly the condition training derives from the
     high-res clip (reduced, enlarged). Reducing the enlarged frames once more would blur it (what it did before)."""
     from vidiff.pipelines import cascade as cascade_mod
-    from vidiff.pipelines.stage_folder import inflate_stage
     from vidiff.pipelines.text_to_video import VideoPipeline
-    from vidiff.training.stages import augmentation_alphas
+    from vidiff.stages import cascade as stage_cascade
+    from vidiff.stages.conditions import augmentation_alphas
+    from vidiff.stages.folder import inflate_stage
 
     folder = inflate_stage(assets["pixel"], tmp_path / "ssr", "ssr", factor=2, defaults=SMALL)
     pipe = VideoPipeline.from_pretrained(folder)
@@ -671,7 +673,7 @@ def test_pixel_space_ssr_is_conditioned_as_in_training(assets, tmp_path, monkeyp
         seen["condition"] = condition
         raise StopIteration
 
-    monkeypatch.setattr(cascade_mod, "_sample", record)
+    monkeypatch.setattr(stage_cascade, "sample_stage", record)
     with pytest.raises(StopIteration):
         cascade_mod.upscale_video(pipe, low, "a red circle", noise_level=0, seed=0,
                                   condition_noise=torch.zeros(1, 3, 2, 16, 16))

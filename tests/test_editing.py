@@ -13,6 +13,7 @@ from vidiff.pipelines.editing import (InversionCache, ddim_invert, edit_video, f
                                       inversion_levels, translate_frames, zero_shot_generate)
 from vidiff.pipelines.text_to_video import VideoPipeline, timesteps_for_strength
 from vidiff.testing import make_tiny_video_pipeline
+from vidiff.training.tune import tune_and_edit
 
 # The shared sample clips, ../shared/data/videos beside the repository (or beside the folder of worktrees).
 REAL_VIDEOS = next((p / "shared" / "data" / "videos" for p in Path(__file__).resolve().parents[2:4]
@@ -143,8 +144,8 @@ def test_edit_with_the_source_prompt_gives_the_clip_back(models):
 def test_tuning_lowers_the_loss_and_trains_only_temporal_layers_and_queries(models):
     pipe = load(models["latent"])
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    result = edit_video(pipe, moving_clip(), ["a blue square", "a green circle"], source_prompt="a red square",
-                        method="tune", tune_steps=12, tune_lr=3e-3, num_inference_steps=2, seed=0, progress=False)
+    result = tune_and_edit(pipe, moving_clip(), ["a blue square", "a green circle"], source_prompt="a red square",
+                           tune_steps=12, tune_lr=3e-3, num_inference_steps=2, seed=0, progress=False)
     loss_before, loss_after = result.reconstruction_loss
     assert loss_after < 0.9 * loss_before, result.reconstruction_loss
     assert len(result.tune_losses) == 12 and len(result.videos) == 2

@@ -420,7 +420,7 @@ def test_edit_scores():
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_stages(tmp_path_factory):
-    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.stages.folder import inflate_stage
     from vidiff.testing import make_tiny_sd_pipeline, make_tiny_video_pipeline
 
     root = tmp_path_factory.mktemp("stages")

@@ -1,13 +1,14 @@
 """`inflate_pipeline` / `vidiff inflate`: folder layout, vidiff.json, weights carried over unchanged, errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from vidiff.cli import main
-from vidiff.pipelines.folder import read_info, spatial_factor
+from vidiff.spec import read_info
 from vidiff.testing import make_tiny_sd_pipeline, save_sd_single_file
 
 
@@ -34,11 +35,11 @@ def test_cli_inflate_writes_a_complete_folder(sd, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["scheduler", "text_encoder", "tokenizer", "unet", "vae",
                                                     "vidiff.json"]
     info = read_info(out)
-    assert info["kind"] == "text-to-video" and info["stage"] == "base" and info["latent"]
-    assert info["vae_scale_factor"] == 2 and info["unet_spatial_factor"] == 2 and spatial_factor(info) == 4
-    assert info["defaults"] == {"num_frames": 8, "fps": 12, "height": 16, "width": 16, "num_inference_steps": 25,
+    assert info.kind == "text-to-video" and info.stage == "base" and info.latent
+    assert info.vae_scale_factor == 2 and info.unet_spatial_factor == 2 and info.spatial_factor == 4
+    assert dataclasses.asdict(info.defaults) == {"num_frames": 8, "fps": 12, "height": 16, "width": 16, "num_inference_steps": 25,
                                 "guidance_scale": 7.5, "scheduler": "ddim", "cross_frame": "none"}
-    assert info["conditioning"]["max_length"] == 77 and info["conditioning"]["hidden_size"] == 32
+    assert info.conditioning["max_length"] == 77 and info.conditioning["hidden_size"] == 32
 
     # Spatial weights are the base's, unchanged; VAE and text encoder are the base's.
     unet = VideoUNet.from_pretrained(out / "unet")
@@ -101,14 +102,14 @@ def test_pixel_space_base(tmp_path, capsys):
     out = tmp_path / "pixel"
     assert run(capsys, "inflate", "--base", str(base), "--out", str(out))[0] == 0
     info = read_info(out)
-    assert not (out / "vae").exists() and not info["latent"] and info["vae_scale_factor"] == 1
-    assert info["in_channels"] == 3 and info["defaults"]["height"] == 8
+    assert not (out / "vae").exists() and not info.latent and info.vae_scale_factor == 1
+    assert info.in_channels == 3 and info.defaults.height == 8
 
 
 def test_failed_inflate_leaves_nothing(sd, tmp_path, monkeypatch):
     from transformers import CLIPTextModel
 
-    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.models.folder import inflate_pipeline
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -162,7 +163,7 @@ def test_a_missing_path_that_is_no_hub_id_is_not_downloaded(tmp_path, monkeypatc
     """Issue 9: two hub-id tests disagreed (the inflater took "my models/sd" for a hub repo and tried to download
     it); `vidiff.models.loading.is_hub_id` is the one test."""
     from vidiff.models import loading
-    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.models.folder import inflate_pipeline
 
     def no_download(repo_id):
         raise AssertionError(f"tried to download {repo_id!r}")
@@ -176,13 +177,13 @@ def test_a_missing_path_that_is_no_hub_id_is_not_downloaded(tmp_path, monkeypatc
 
 
 def test_stage_is_checked_in_vidiff_json_and_before_inflating(sd, tmp_path, monkeypatch):
-    from vidiff.models import loading
-    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.models import folder as model_folder
+    from vidiff.models.folder import inflate_pipeline
     from vidiff.testing import make_tiny_video_pipeline
 
     folder = make_tiny_video_pipeline(tmp_path / "video")
     info = json.loads((folder / "vidiff.json").read_text())
-    assert read_info(folder)["stage"] == "base"
+    assert read_info(folder).stage == "base"
     (folder / "vidiff.json").write_text(json.dumps(dict(info, stage="superres")))
     with pytest.raises(ValueError, match=r"unknown stage 'superres' in .*vidiff.json .*use one of base, "
                                          r"interpolation, tsr, ssr"):
@@ -191,7 +192,7 @@ def test_stage_is_checked_in_vidiff_json_and_before_inflating(sd, tmp_path, monk
     def no_loading(*args, **kwargs):
         raise AssertionError("loaded the base before checking the options")
 
-    monkeypatch.setattr(loading, "load_base_components", no_loading)
+    monkeypatch.setattr(model_folder, "load_base_components", no_loading)
     with pytest.raises(ValueError, match="unknown stage 'superres'"):
         inflate_pipeline(sd, tmp_path / "out", stage="superres")
     for bad in (-1, 1.5, True):
@@ -203,13 +204,13 @@ def test_inflated_stage_has_zero_initialised_condition_channels(sd, tmp_path):
     """`inflate_pipeline(stage=..., conditioning_channels=k)`: the stage is recorded, the U-Net takes k more input
     channels, and until trained it samples exactly what the base stage samples, whatever the condition."""
     from vidiff import VideoPipeline
-    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.models.folder import inflate_pipeline
 
     defaults = {"num_frames": 2, "height": 16, "width": 16}
     base = VideoPipeline.from_pretrained(inflate_pipeline(sd, tmp_path / "base", defaults=defaults), device="cpu")
     out = inflate_pipeline(sd, tmp_path / "tsr", stage="tsr", conditioning_channels=4, defaults=defaults)
     info = read_info(out)
-    assert info["stage"] == "tsr" and info["conditioning"]["conditioning_channels"] == 4
+    assert info.stage == "tsr" and info.conditioning["conditioning_channels"] == 4
     unet_config = json.loads((out / "unet" / "config.json").read_text())
     assert unet_config["stage"] == "tsr" and unet_config["conditioning_channels"] == 4
     stage = VideoPipeline.from_pretrained(out, device="cpu")
@@ -225,7 +226,7 @@ def test_stage_channels_come_from_one_path(sd):
     `VideoUNet.from_2d(conditioning_channels=k)` (what `inflate_pipeline` uses) make the same U-Net: both go
     through `VideoUNet.from_2d_weights`."""
     from vidiff import VideoUNet
-    from vidiff.pipelines.stage_folder import widen_unet
+    from vidiff.stages.folder import widen_unet
 
     torch.manual_seed(0)
     base = VideoUNet.from_2d(sd, "unet")
@@ -252,11 +253,11 @@ def test_read_info_and_stage_names_do_not_import_torch(tmp_path):
     from vidiff.testing import make_tiny_video_pipeline
 
     folder = make_tiny_video_pipeline(tmp_path / "video")
-    code = ("import sys; from vidiff.pipelines.folder import read_info; from vidiff.spec import "
-            "STAGE_NAMES; info = read_info(sys.argv[1]); assert info['stage'] in STAGE_NAMES; "
+    code = ("import sys; from vidiff.spec import read_info; from vidiff.spec import "
+            "STAGE_NAMES; info = read_info(sys.argv[1]); assert info.stage in STAGE_NAMES; "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
-    from vidiff.training import stages
+    from vidiff import spec, stages
 
-    assert stages.STAGE_NAMES == ("base", "interpolation", "tsr", "ssr") == tuple(stages.STAGES)
+    assert spec.STAGE_NAMES == ("base", "interpolation", "tsr", "ssr") == tuple(stages.STAGES)

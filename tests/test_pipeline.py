@@ -13,6 +13,7 @@ from vidiff import VideoPipeline
 from vidiff.pipelines.schedulers import SCHEDULERS, make_scheduler
 from vidiff.pipelines.text_to_video import reschedule_noise, temporal_windows, window_weights
 from vidiff.testing import make_tiny_sd_pipeline, make_tiny_video_pipeline
+from vidiff.spec import PipelineInfo, resolve_sampling
 
 PROMPT = "a red circle moving right"
 
@@ -125,8 +126,8 @@ def test_temporal_windows_cover_clip():
     assert temporal_windows(40, 16, 8) == [(0, 16), (8, 24), (16, 32), (24, 40)]
     assert temporal_windows(64, 16, 4)[-1] == (48, 64)
     assert temporal_windows(21, 8, 6) == [(0, 8), (6, 14), (12, 20), (13, 21)]
-    with pytest.raises(ValueError, match="window_stride"):
-        temporal_windows(20, 4, 5)
+    with pytest.raises(ValueError, match="window_stride"):  # a request's windows are checked with its settings
+        resolve_sampling(PipelineInfo(), num_frames=20, window_size=4, window_stride=5)
     w = window_weights(4)
     assert torch.equal(w, w.flip(0)) and w.min() > 0
 
@@ -215,12 +216,12 @@ def test_unknown_scheduler_lists_the_names(pipe):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"height": 18}, "multiple of 4"), ({"num_frames": 0}, "num_frames"), ({"num_inference_steps": 0}, "num_inference"),
-    ({"cross_frame": "all"}, "unknown cross_frame mode .all.; choose one of none, first"),
+    ({"cross_frame": "all"}, "cross_frame must be one of none, first, sparse-causal, got 'all'"),
     ({"output_type": "pil"}, "output_type"),
     # Found in QA: these failed deep inside torch / diffusers (TypeError, IndexError) or after the text encoding,
     # or were silently replaced by the defaults (window 0), or ran on (NaN guidance / eta).
     ({"height": 16.0}, "height must be an integer"), ({"num_inference_steps": 2.5}, "num_inference_steps must be"),
-    ({"num_frames": True}, "num_frames must be an integer"), ({"num_inference_steps": 999}, "at most 998"),
+    ({"num_frames": True}, "num_frames must be an integer"), ({"num_inference_steps": 999}, "between 1 and 998"),
     ({"guidance_scale": float("nan")}, "guidance_scale"), ({"eta": -1.0}, "eta"), ({"eta": float("nan")}, "eta"),
     ({"window_size": 0}, "window_size"), ({"window_stride": 0}, "window_stride"),
     ({"prompt": None}, "prompt must be a string"), ({"prompt": [PROMPT, 3]}, "prompt must be a string"),
@@ -297,7 +298,7 @@ def test_max_inference_steps_is_the_most_every_sampler_handles(pipe, name):
     """Found in QA: `--steps 1000` on SD's schedule (steps_offset 1) sampled to the end and then failed with an
     IndexError (timestep 1000), and 999 DPM-Solver++ / UniPC steps gave NaN; the bound `max_inference_steps` is
     checked up front, and must itself work for every sampler."""
-    from vidiff.pipelines.schedulers import max_inference_steps
+    from vidiff.spec import max_inference_steps
 
     limit = max_inference_steps(pipe.scheduler_config)
     assert limit == 998

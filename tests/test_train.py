@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from vidiff.config import load_config
 from vidiff.training.ema import EMA
-from vidiff.training.stages import make_stage, min_snr_weights
+from vidiff.stages import make_stage, min_snr_weights
 from vidiff.training import TrainingError
 from vidiff.training.checkpoints import list_checkpoints, save_checkpoint
 from vidiff.training.state import check_checkpoint
@@ -165,7 +165,7 @@ def test_unknown_stages():
 def test_stage_interface():
     """The base stage: no condition, no U-Net extras, and no random numbers drawn (so the noise and timesteps
     of a base run do not depend on the stage code); the channel count is the instance's."""
-    from vidiff.training.stages import STAGES, Stage
+    from vidiff.stages import STAGES, Stage
 
     assert STAGES["base"] is Stage
     stage = make_stage("base", latent_channels=3)
@@ -465,7 +465,7 @@ def test_only_the_chosen_parameters_change(assets, tmp_path, straight_run, mode)
     if mode == "temporal+attn-q":
         assert any(".attn1.to_q." in k for k in changed) and any(".attn2.to_q." in k for k in changed)
     # The exported defaults are the clip it was trained on (the source folders' are 16 or 4 frames, 16 x 16).
-    from vidiff.pipelines.folder import read_info
+    from vidiff.spec import read_info
 
     trained = (2, 24, 20) if mode == "temporal+attn-q" else (2, 16, 16)
     defaults = read_info(out / "pipeline")["defaults"]

@@ -2,7 +2,7 @@
 
 Builds the SD 1.5-shaped random pipeline of tools/bench_sampling.py (U-Net widths 64-128-128, SD's 8x VAE at
 quarter width, a 12-layer CLIP text encoder of width 256), inflates a base, an interpolation stage and an SSR
-stage from it (`vidiff.pipelines.stage_folder.inflate_stage`: untrained, so the numbers are the cost, not the
+stage from it (`vidiff.stages.folder.inflate_stage`: untrained, so the numbers are the cost, not the
 quality), and runs the cascade once with classifier-free guidance in every stage. Per stage: output size, seconds,
 share of the run (after a warm-up run), and the peak memory the stage adds to its loaded weights and input,
 measured in a fresh process per stage on the saved input (CUDA: max allocated; CPU: the resident high-water
@@ -57,7 +57,7 @@ def make_cascade(root: Path, frames: int, latent: int):
     """Base, interpolation x2 and SSR x2 folders from one SD-shaped pipeline, and their cascade YAML."""
     import yaml
 
-    from vidiff.pipelines.stage_folder import inflate_stage
+    from vidiff.stages.folder import inflate_stage
 
     base = build(root, frames, latent)
     defaults = {"num_frames": frames, "height": latent * 8, "width": latent * 8}

@@ -2,7 +2,7 @@
 
 Builds the same SD 1.5-shaped random pipeline as tools/bench_sampling.py (U-Net widths 64-128-128, VAE with SD's
 8x factor, 12-layer CLIP text encoder of width 256), reads a clip (../shared/data/videos/car-turn.mp4 when present,
-else a synthetic shapes clip), and runs one Tune-A-Video edit through `vidiff.pipelines.editing.edit_video`:
+else a synthetic shapes clip), and runs one Tune-A-Video edit through `vidiff.training.tune.tune_and_edit`:
 VAE encoding, `--tune-steps` steps of `fit` (temporal layers + attention queries), DDIM inversion and DDIM sampling
 with classifier-free guidance for each prompt, VAE decoding. Prints a markdown table of seconds and shares.
 
@@ -55,7 +55,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from vidiff.pipelines.editing import edit_video
+    from vidiff.training.tune import tune_and_edit
     from vidiff.pipelines.text_to_video import VideoPipeline
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,9 +64,9 @@ def main() -> int:
         frames, source = read_clip(args.frames, args.latent * 8)
         prompts = ["a jeep driving on a road", "a red car in the snow", "a bus", "a horse"][:args.prompts]
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = edit_video(pipe, frames, prompts, source_prompt="a car driving on a road", method="tune",
-                            tune_steps=args.tune_steps, tune_lr=3e-5, num_inference_steps=args.steps,
-                            guidance_scale=args.guidance, seed=0, progress=False)
+        result = tune_and_edit(pipe, frames, prompts, source_prompt="a car driving on a road",
+                               tune_steps=args.tune_steps, tune_lr=3e-5, num_inference_steps=args.steps,
+                               guidance_scale=args.guidance, seed=0, progress=False)
         total = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
     timings = dict(result.timings)

@@ -33,7 +33,7 @@ PROMPT = "a red circle moving right on a black background"
 
 def build(folder: Path, frames: int, latent: int) -> Path:
     """An SD 1.5-shaped pipeline at a quarter of its widths (random weights), inflated into a vidiff folder."""
-    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.models.folder import inflate_pipeline
     from vidiff.testing import make_tiny_sd_pipeline
 
     sd = make_tiny_sd_pipeline(

@@ -50,7 +50,7 @@ def sensitivity(pipe, timesteps: list[int], *, seed: int = 0, batch_size: int = 
     over every shapes caption, x_t a true clip of the caption noised to t (the pipeline's noise schedule)."""
     d = pipe.defaults
     cases = make_cases(seeds=[seed])
-    clean = torch.cat([pipe.encode_video(true_clip(c, int(d["num_frames"]), int(d["height"]))) for c in cases])
+    clean = torch.cat([pipe.encode_video(true_clip(c, d.num_frames, d.height)) for c in cases])
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(clean.shape, generator=generator).to(clean)
     alphas = pipe.make_scheduler("ddim").alphas_cumprod.to(clean)
@@ -95,8 +95,8 @@ def pure_noise_direction(pipe, *, seed: int = 0, batch_size: int = 16, timestep:
     """direction_score of the clean clips the U-Net predicts from pure noise at `timestep`, one per caption."""
     d = pipe.defaults
     cases = make_cases(seeds=[seed])
-    shape = (len(cases), pipe.unet.in_channels, int(d["num_frames"]), int(d["height"]) // pipe.vae_scale_factor,
-             int(d["width"]) // pipe.vae_scale_factor)
+    shape = (len(cases), pipe.unet.in_channels, d.num_frames, d.height // pipe.vae_scale_factor,
+             d.width // pipe.vae_scale_factor)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device)
     alpha = pipe.make_scheduler("ddim").alphas_cumprod[timestep].item()
     text = pipe.encode_prompt([c.prompt for c in cases])

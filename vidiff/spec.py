@@ -142,6 +142,16 @@ SETTINGS: dict[str, Setting] = {
     "context_frames": Setting(int, 1, MAX_FRAMES, "--context-frames"),
     "tune_steps": Setting(int, 1, 100_000, "--tune-steps"),
     "tune_learning_rate": Setting(float, 1e-12, 1.0, "--tune-lr"),
+    # reading source clips (vidiff edit, vidiff data cache): every stride-th frame, from frame `start`
+    "stride": Setting(int, 1, MAX_FRAMES, "--stride", "source frames"),
+    "start": Setting(int, 0, 10**9, "--start", "(the first source frame)"),
+    # datasets and batches (vidiff data, vidiff eval)
+    "count": Setting(int, 1, 1_000_000, "--count", "clips"),
+    "size": Setting(int, 8, MAX_SIDE, "--size", "pixels"),
+    "batch_size": Setting(int, 1, 4096, "--batch-size", "clips"),
+    "shard_size": Setting(int, 1, 1_000_000, "--shard-size", "clips"),
+    "num_workers": Setting(int, 0, 256, "--num-workers", "(0 decodes in the main process)"),
+    "limit": Setting(int, 1, 1_000_000, "--limit", "clips"),
 }
 
 
@@ -234,8 +244,8 @@ class PipelineInfo:
 
     def checked(self, where: str = INFO_NAME) -> "PipelineInfo":
         if not isinstance(self.stage, str) or self.stage not in STAGE_NAMES:
-            raise ValueError(f"unknown stage {self.stage!r} in {where}; use one of {', '.join(STAGE_NAMES)} "
-                             f"(fix it or {REMAKE})")
+            raise ValueError(f"unknown stage {self.stage!r} in {where} (fix it or {REMAKE}); use one of "
+                             f"{', '.join(STAGE_NAMES)}")
         for name in ("in_channels", "vae_scale_factor", "unet_spatial_factor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -13,7 +13,7 @@
 So a tiny pipeline's pixel size must be a multiple of 2 (VAE) x 2 (U-Net) = 4; 16 x 16 pixels = 8 x 8 latents.
 
 `make_tiny_video_pipeline(path)` builds the same and inflates it into a vidiff pipeline folder
-(`vidiff.pipelines.folder.inflate_pipeline`), ready for `VideoPipeline.from_pretrained` / `vidiff generate`.
+(`vidiff.models.folder.inflate_pipeline`), ready for `VideoPipeline.from_pretrained` / `vidiff generate`.
 """
 from __future__ import annotations
 
@@ -204,7 +204,7 @@ def make_tiny_video_pipeline(path: str | os.PathLike, seed: int = 0, *, unet_kwa
     `defaults={...}` for vidiff.json's sampling defaults, ...). Small defaults (4 frames of 16 x 16 pixels,
     4 steps) keep calls without explicit sizes fast.
     """
-    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.models.folder import inflate_pipeline
 
     path = Path(path)
     defaults = {"num_frames": 4, "height": 16, "width": 16, "num_inference_steps": 4, "fps": 8}

@@ -530,7 +530,7 @@ def load_base_components(base: str | os.PathLike, *, config: str | os.PathLike |
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from vidiff.models.unet import VideoUNet
-    from vidiff.pipelines.folder import read_scheduler_config
+    from vidiff.spec import read_scheduler_config
 
     unet = VideoUNet.from_2d(path, "unet", **unet_options)
     vae = load_component(path, "vae", AutoencoderKL, SD_FOLDER_FIX) if (path / "vae").is_dir() else None
@@ -560,7 +560,7 @@ def _load_sd_single_file(path: Path, config, **unet_options) -> dict:
     from diffusers import StableDiffusionPipeline
 
     from vidiff.models.unet import VideoUNet
-    from vidiff.pipelines.folder import read_scheduler_config
+    from vidiff.spec import read_scheduler_config
 
     unet = VideoUNet.from_2d(path, config=config / "unet", **unet_options)
     try:

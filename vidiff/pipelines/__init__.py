@@ -1,4 +1,4 @@
-"""Sampling pipelines. Imported lazily: `vidiff.pipelines.folder` and `.schedulers` stay torch-free for the CLI."""
+"""Sampling pipelines: text-to-video (`VideoPipeline`), the cascade, editing; imported lazily."""
 from __future__ import annotations
 
 from vidiff.utils import lazy_exports
@@ -6,10 +6,6 @@ from vidiff.utils import lazy_exports
 _LAZY = {
     "VideoPipeline": "vidiff.pipelines.text_to_video",
     "CascadePipeline": "vidiff.pipelines.cascade",
-    "inflate_pipeline": "vidiff.pipelines.folder",
-    "inflate_stage": "vidiff.pipelines.stage_folder",
-    "read_info": "vidiff.pipelines.folder",
-    "write_pipeline_folder": "vidiff.pipelines.folder",
     "SCHEDULERS": "vidiff.pipelines.schedulers",
     "make_scheduler": "vidiff.pipelines.schedulers",
 }

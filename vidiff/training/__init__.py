@@ -3,8 +3,8 @@
 Modules: `trainer` (the loop: `train`, and `fit` / `training_step` for callers without a config file),
 `preflight` (every check before a model is loaded), `data` (seeded sample stream, collation, batch encoding),
 `checkpoints` (save / find / load / prune) over `state` (the pickle-free training state), `run_folder` (when
-output_dir may be written), `logs` (CSV, loss plot, TensorBoard, validation clips), `stages` (what each stage
-feeds the U-Net), `ema`.
+output_dir may be written), `logs` (CSV, loss plot, TensorBoard, validation clips), `ema`, `tune` (Tune-A-Video's
+one-shot tuning). What each stage feeds the U-Net is vidiff.stages.
 
     from vidiff.config import load_config
     from vidiff.training import train
@@ -24,8 +24,7 @@ _LAZY = {
     "fit": "vidiff.training.trainer",
     "training_step": "vidiff.training.trainer",
     "TrainResult": "vidiff.training.trainer",
-    "Stage": "vidiff.training.stages",
-    "make_stage": "vidiff.training.stages",
+    "tune_and_edit": "vidiff.training.tune",
     "EMA": "vidiff.training.ema",
 }
 
