@@ -59,7 +59,7 @@ def decode_memory(folder: str, chunk: int | None, frames: int, device: str, dtyp
     from vidiff import VideoPipeline
 
     pipe = VideoPipeline.from_pretrained(folder, device=device, dtype=dtype)
-    h = pipe.defaults["height"] // pipe.vae_scale_factor
+    h = pipe.defaults.height // pipe.vae_scale_factor
     latents = torch.randn(1, 4, frames, h, h, device=pipe.device)
     if pipe.device.type == "cuda":
         pipe.decode(latents[:, :, :1], chunk)  # warm up kernels / allocator
