@@ -20,6 +20,8 @@ from typing import Any, Union
 TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+RESIZE_MODES = ("cover", "area", "crop")
+FLOOR_SCHEDULES = ("cosine_floor",)  # the vidiff schedules with a floor (train.lr_floor); the rest are diffusers'
 
 
 @dataclass
@@ -45,6 +47,7 @@ class DataConfig:
     cache: Union[str, None] = None         # folder of cached VAE latents + text embeddings (`vidiff data cache`); replaces `manifest`
     image_manifest: Union[str, None] = None  # images for joint image + video training (each image is a one-frame video)
     image_batch_size: int = 0              # images per step (per rank) in joint training; 0 = off
+    resize: str = "cover"                  # cover: the decoder resizes the shorter side, then a crop | area: frames at their stored size, averaged down by an integer factor to height x width (exact for pixel-space models) | crop: random height x width patches at the stored size
 
 
 @dataclass
@@ -55,7 +58,8 @@ class TrainConfig:
     batch_size: int = 1                    # clips per rank per micro-batch
     gradient_accumulation_steps: int = 1   # micro-batches per optimiser step
     learning_rate: float = 1e-4            # peak learning rate (AdamW)
-    lr_scheduler: str = "constant"         # any name of diffusers.optimization.get_scheduler (constant, cosine, linear, ...)
+    lr_scheduler: str = "constant"         # any name of diffusers.optimization.get_scheduler (constant, cosine, linear, ...), or cosine_floor
+    lr_floor: float = 0.0                  # cosine_floor: warm-up times a cosine from learning_rate down to this fraction of it at max_steps
     lr_warmup_steps: int = 0               # linear warm-up, in optimiser steps
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -73,6 +77,8 @@ class TrainConfig:
     image_loss_weight: float = 1.0         # weight of the image loss in joint image + video training
     ema: bool = False                      # keep an exponential moving average of the trainable weights (exported)
     ema_decay: float = 0.9999              # EMA decay (with the usual (1 + n) / (10 + n) warm-up)
+    train_text_encoder: bool = False       # train the text encoder along with the U-Net (same optimiser, EMA, checkpoints; exported)
+    export_sd: bool = False                # also write output_dir/sd: the U-Net as a diffusers SD text-to-image folder (a U-Net without temporal layers)
     seed: int = 0                          # model init, data order and noise are determined by this seed
     checkpoint_every: int = 500            # save a resumable checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 3              # keep the last K checkpoints
@@ -269,6 +275,16 @@ def validate(cfg: Config, where: str = "config") -> None:
     check(t.noise_offset >= 0, f"train.noise_offset must be >= 0, got {t.noise_offset}")
     check(0.0 <= t.noisy_fraction <= 1.0, f"train.noisy_fraction must be in [0, 1], got {t.noisy_fraction}")
     check(0.0 <= t.noisy_from < 1.0, f"train.noisy_from must be in [0, 1), got {t.noisy_from}")
+    check(0.0 <= t.lr_floor < 1.0, f"train.lr_floor must be in [0, 1) (a fraction of train.learning_rate), got {t.lr_floor}")
+    check(t.lr_floor == 0.0 or t.lr_scheduler in FLOOR_SCHEDULES,
+          f"train.lr_floor={t.lr_floor} applies to train.lr_scheduler={' | '.join(FLOOR_SCHEDULES)}, not to {t.lr_scheduler!r}")
+    check(not t.export_sd or (t.stage == "base" and not cfg.model.temporal_conv and not cfg.model.temporal_attention),
+          "train.export_sd writes a text-to-image SD folder: it needs train.stage=base, model.temporal_conv=false "
+          "and model.temporal_attention=false")
+    check(not t.train_text_encoder or not d.cache,
+          "train.train_text_encoder needs captions, not data.cache (its text embeddings are computed once, frozen)")
+    check(d.resize in RESIZE_MODES, f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {d.resize!r}")
+    check(d.resize == "cover" or not d.cache, f"data.resize={d.resize!r} reads videos; data.cache holds fixed latents")
     for name in ("num_frames", "height", "width", "stride"):
         check(getattr(d, name) >= 1, f"data.{name} must be >= 1, got {getattr(d, name)}")
     check(d.fps is None or d.fps > 0, f"data.fps must be null or > 0, got {d.fps}")
