@@ -115,11 +115,17 @@ def test_bad_overrides(override, message):
     ("model.cross_frame=sparse", "model.cross_frame must be null (keep the model's) or one of none, first"),
     ("model.attention_backend=flash", "model.attention_backend must be one of auto, sdpa, xformers, math"),
     ("train.stage=upscale", "train.stage must be one of base, interpolation, tsr, ssr"),
+    ("train.lr_floor=1.5", "train.lr_floor must be in [0, 1)"),
+    ("train.lr_floor=-0.1", "train.lr_floor must be in [0, 1)"),
+    ("train.lr_floor=0.1", "train.lr_floor=0.1 applies to train.lr_scheduler=cosine_floor, not to 'constant'"),
+    ("train.export_sd=true", "train.export_sd writes a text-to-image SD folder: it needs train.stage=base, "
+                             "model.temporal_conv=false"),
+    ("data.resize=bicubic", "data.resize must be one of cover, area, crop"),
 ])
 def test_range_checks(override, message, tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(None, REQUIRED + [override])
-    assert message in str(e.value)
+    assert message in str(e.value) and "\n" not in str(e.value)
     # From a file: the message names the file too.
     import yaml
 
@@ -156,3 +162,29 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
     assert main(["train", str(CONFIGS / "tiny.yaml")] + REQUIRED + ["--print-config"]) == 0
     assert "trainable: temporal" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.train_text_encoder=true", "data.cache=latents"], "train.train_text_encoder needs captions, not data.cache"),
+    (["data.resize=area", "data.cache=latents"], "data.resize='area' reads videos; data.cache holds fixed latents"),
+    (["train.export_sd=true", "model.temporal_conv=false", "model.temporal_attention=false", "train.stage=ssr"],
+     "train.export_sd writes a text-to-image SD folder: it needs train.stage=base"),
+])
+def test_new_training_options_combine_or_fail_in_one_line(overrides, message):
+    """train.train_text_encoder, data.resize and train.export_sd: the combinations that cannot work are one line
+    naming the keys; the ones the demo uses load."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, REQUIRED + overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    cfg = load_config(None, REQUIRED + ["train.lr_scheduler=cosine_floor", "train.lr_floor=0.1", "data.resize=crop",
+                                        "train.export_sd=true", "model.temporal_conv=false",
+                                        "model.temporal_attention=false", "train.train_text_encoder=true"])
+    assert (cfg.train.lr_floor, cfg.data.resize, cfg.train.export_sd) == (0.1, "crop", True)
+
+
+@pytest.mark.parametrize("name", ["t2i", "base", "base-finish", "interpolation", "ssr"])
+def test_demo_stage_configs_load(name):
+    """configs/demo's `vidiff train` configs are valid as they ship (tools/train_demo.py runs them)."""
+    cfg = load_config(CONFIGS.parent / "demo" / f"{name}.yaml")
+    assert cfg.train.lr_scheduler == "cosine_floor" and cfg.train.lr_floor == 0.1 and cfg.train.ema
+    assert cfg.train.export_sd == (name == "t2i") and not cfg.train.train_text_encoder

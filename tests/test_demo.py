@@ -245,72 +245,129 @@ def test_noise_shift_divides_every_signal_to_noise_ratio():
     assert shifted[-1] <= plain[-1]
 
 
-def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path):
-    """tools/train_demo.py at a tiny scale: every step writes what the next needs, the published cascade loads
-    and generates, the text model (pretrained for a few steps) trains in t2i and the base only where the config
-    says so (the stages keep t2i's), snapshots start at step 0 and go on through the base's finishing phase, the
-    ablation trains the whole recipe (both phases) at each budget from both starts (the base is its inflated
-    run of the whole recipe), a finished step is skipped on rerun and tools/eval_ablation.py scores every run."""
-    import torch
+def _tiny_demo_configs(tmp_path) -> Path:
+    """configs/demo copied with 48 clips and a few steps per stage; returns the copy's demo.yaml."""
     import yaml
+
+    configs = tmp_path / "configs"
+    shutil.copytree(ROOT / "configs" / "demo", configs)
+    cfg = yaml.safe_load((configs / "demo.yaml").read_text())
+    cfg["data"]["count"] = 48
+    cfg["text"]["pretrain_steps"] = 5
+    cfg["ablation"]["budgets"] = [0.5, 1.0]
+    (configs / "demo.yaml").write_text(yaml.safe_dump(cfg))
+    for name, steps in (("t2i", 4), ("base", 4), ("base-finish", 2), ("interpolation", 4), ("ssr", 4)):
+        stage = yaml.safe_load((configs / f"{name}.yaml").read_text())
+        stage["train"].update(max_steps=steps, batch_size=2, checkpoint_every=2, lr_warmup_steps=1, log_every=1)
+        (configs / f"{name}.yaml").write_text(yaml.safe_dump(stage))
+    return configs / "demo.yaml"
+
+
+def _last_steps(*logs: Path) -> list[str]:
+    return [log.read_text().split()[-1].split(",")[0] for log in logs]
+
+
+def test_train_demo_reproduces_a_cascade_end_to_end_and_resumes(tmp_path, capsys):
+    """tools/train_demo.py at a tiny scale: every stage is a `vidiff train` run (its run folder, checkpoints and
+    logs), each writes what the next needs, the published cascade loads and generates, the text model stays the
+    text step's everywhere, the finishing phase continues from the first phase's pipeline, the ablation trains
+    the whole recipe (both phases) at each budget from both starts (the base is its inflated run of the whole
+    recipe), a finished step is skipped on rerun, an unfinished one resumes from its checkpoint, and
+    tools/eval_ablation.py scores every run."""
+    import torch
+    from safetensors.torch import load_file
 
     from vidiff.pipelines.cascade import CascadePipeline
 
-    cfg = yaml.safe_load((ROOT / "configs" / "demo" / "demo.yaml").read_text())
-    cfg["data"]["count"] = 48
-    cfg["text"]["pretrain_steps"] = 5
-    for step in ("t2i", "base", "interpolation", "ssr"):
-        cfg[step].update(steps=4, batch_size=2, checkpoint_every=2, warmup=1)
-    cfg["base"].update(snapshot_every=2, train_text=not cfg["t2i"]["train_text"])  # both cases
-    cfg["ablation"]["budgets"] = [0.5, 1.0]
-    cfg["base"]["finish"].update(steps=2, batch_size=2, checkpoint_every=1, snapshot_every=1)
-    config = tmp_path / "demo.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    config = _tiny_demo_configs(tmp_path)
     work, out = tmp_path / "work", tmp_path / "out"
     td = _load_tool("train_demo")
     args = ["--config", str(config), "--work", str(work), "--out", str(out), "--device", "cpu"]
-    assert td.main(args + ["--steps", "text,t2i,base,ablation,interpolation,ssr,publish"]) == 0
+    assert td.main(args + ["--steps", "text,data,t2i,base,ablation,interpolation,ssr,publish"]) == 0
 
     def text_model(folder):
-        return (folder / "text_encoder" / "model.safetensors").read_bytes()
+        return load_file(str(folder / "text_encoder" / "model.safetensors"))
 
-    text, text_t2i = text_model(work / "text"), text_model(work / "t2i" / "sd")
-    assert (text_t2i != text) == cfg["t2i"]["train_text"]  # the text model trains along only where it says so
-    assert (text_model(out / "base") != text_t2i) == cfg["base"]["train_text"]
-    for stage in ("interpolation", "ssr"):  # the stages keep the text-to-image model's text encoder
-        assert text_model(out / stage) == text_t2i
-    # the finishing phase goes on from the first phase's weights, counting its snapshots on from there
-    assert sorted(p.name for p in (work / "base" / "snapshots").iterdir()) == [
-        "step-000000", "step-000002", "step-000004", "step-000005", "step-000006"]
-    assert [r.split(",")[0] for r in (work / "base" / "finish" / "train_log.csv").read_text().split()[1:]] == ["2"]
-    finish_log = (work / "base" / "finish" / "train_log.csv").read_text()
-    assert (out / "base" / "finish_train_log.csv").read_text() == finish_log  # published with the base
+    text = text_model(work / "text")
+    for folder in (work / "t2i" / "train" / "sd", out / "base", out / "interpolation", out / "ssr"):
+        assert all(torch.equal(text[k], v) for k, v in text_model(folder).items())  # frozen everywhere
+    for run in ("t2i/train", "base/train", "base/finish", "interpolation/train", "ssr/train"):
+        folder = work / run
+        assert (folder / "vidiff-run.json").is_file() and (folder / "loss.png").is_file()
+        assert (folder / "checkpoints").is_dir() and (folder / "pipeline" / "vidiff.json").is_file()
+    finish_config = json.loads((work / "base" / "finish" / "config.json").read_text())
+    assert finish_config["model"]["pretrained"] == str(work / "base" / "train" / "pipeline")
+    assert finish_config["train"]["noisy_from"] == 0.9 and finish_config["train"]["max_steps"] == 2
+    assert (out / "base" / "finish_train_log.csv").read_text() == (work / "base" / "finish" / "train_log.csv").read_text()
+    assert json.loads((out / "base" / "vidiff.json").read_text())["source"] == td.SOURCE
     # the ablation's runs: half the steps of each phase (2 + 1) from both starts, the whole recipe from scratch
-    assert sorted(p.name for p in (work / "ablation").iterdir()) == ["inflated-3", "scratch-3", "scratch-6"]
+    assert sorted(p.name for p in (work / "ablation").iterdir()) == ["inflated-3", "scratch-3", "scratch-6",
+                                                                     "scratch-start"]
     for run, steps in (("inflated-3", ["2", "1"]), ("scratch-3", ["2", "1"]), ("scratch-6", ["4", "2"])):
-        logs = [work / "ablation" / run / phase / "train_log.csv" for phase in ("train", "finish")]
-        assert [log.read_text().split()[-1].split(",")[0] for log in logs] == steps
-        assert (work / "ablation" / run / "final" / "vidiff.json").is_file()
-        assert not (work / "ablation" / run / "snapshots").exists()
+        folder = work / "ablation" / run
+        assert _last_steps(folder / "train" / "train_log.csv", folder / "finish" / "train_log.csv") == steps
+        assert (td.final_model(folder) / "vidiff.json").is_file()
     assert demo.verify_checksums(out) == []
     pipe = CascadePipeline.from_pretrained(out, device="cpu")
     clip = pipe("a red circle moving right", generator=torch.Generator().manual_seed(0), num_inference_steps=2,
                 progress=False)
     assert clip.shape == (15, 64, 64, 3) and clip.dtype == np.uint8
 
-    before = (work / "base" / "final" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    weights = work / "base" / "finish" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
+    before = weights.stat().st_mtime_ns
     assert td.main(args + ["--steps", "base"]) == 0  # done: skipped
-    assert (work / "base" / "final" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+    assert weights.stat().st_mtime_ns == before
+    shutil.rmtree(work / "ssr" / "train" / "pipeline")  # as if stopped after its last checkpoint
+    capsys.readouterr()
+    assert td.main(args + ["--steps", "ssr"]) == 0
+    assert "resumed from" in capsys.readouterr().out and (work / "ssr" / "train" / "pipeline" / "vidiff.json").is_file()
 
     ablation = _load_tool("eval_ablation")
     assert ablation.main(["--config", str(config), "--demo-work", str(work), "--out", str(tmp_path / "ablation"),
                           "--seeds", "9001", "--sample-steps", "1", "--device", "cpu"]) == 0
     results = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
     assert sorted(results["evaluations"]["inflated"]) == sorted(results["evaluations"]["scratch"]) == ["3", "6"]
-    assert results["runs"]["inflated"]["6"] == str(work / "base" / "final") and results["total_steps"] == 6
+    assert results["runs"]["inflated"]["6"] == str(work / "base" / "finish" / "pipeline") and results["total_steps"] == 6
     assert set(results["headline"]) >= {"scratch_final_all", "inflated_steps_to_scratch_final"}
     assert (tmp_path / "ablation" / "ablation.png").is_file()
 
+
+def test_demo_data_decodes_to_the_in_memory_recipes_pixels(tmp_path):
+    """The data step's FFV1 clips, read by `vidiff train`'s dataset with each stage config, are exactly the pixels
+    the in-memory recipe trained on: the 32x32 stages the 2x2 area averages (the same floats), the ssr exact
+    32x32 patches of the 64x64 frames, each caption its clip's."""
+    import torch
+    import torch.nn.functional as F
+    import yaml
+
+    from vidiff.config import load_config
+    from vidiff.training.data import make_dataset
+
+    td = _load_tool("train_demo")
+    cfg = yaml.safe_load((ROOT / "configs" / "demo" / "demo.yaml").read_text())
+    cfg["data"]["count"] = 3
+    manifest = td.write_data(cfg, tmp_path / "shapes", 0)
+    clips, texts = td.make_clips(cfg, 0)
+    full = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0        # b c f h w, in [-1, 1]
+    b, c, f, h, w = full.shape
+    # the in-memory recipe's area downsampling (train_demo's to_pixels), verbatim
+    small = F.interpolate(full.reshape(b, c * f, h, w), size=(32, 32), mode="area").reshape(b, c, f, 32, 32)
+    for name in ("t2i", "base", "interpolation", "ssr"):
+        config = load_config(ROOT / "configs" / "demo" / f"{name}.yaml", [f"data.manifest={manifest}"])
+        d = config.data
+        dataset = make_dataset(config)
+        for i in range(len(dataset)):
+            item = dataset[i]
+            assert item["prompt"] == texts[i]
+            video = item["pixel_values"]
+            assert video.shape == (3, d.num_frames, 32, 32)
+            span = (d.num_frames - 1) * d.stride + 1
+            windows = [(small if d.resize == "area" else full)[i, :, s:s + span:d.stride] for s in range(f - span + 1)]
+            if d.resize == "area":
+                assert any(torch.equal(video, window) for window in windows), name
+            else:  # crop: a 32x32 patch somewhere in a window
+                assert any(torch.equal(video, window[:, :, y:y + 32, x:x + 32])
+                           for window in windows for y in range(33) for x in range(33)), name
 
 
 def test_caption_sensitivity_measures_what_each_word_changes(tmp_path, monkeypatch):
@@ -383,18 +440,19 @@ def test_train_demo_refuses_bad_ablation_flags_in_one_line(flags, message, capsy
 def test_ablation_runs_scale_both_phases_and_reuse_the_base(tmp_path):
     """The ablation's runs: each budget scales the first phase and the finishing phase alike (rounded), names its
     folder by the steps in all, and the inflated run of the whole recipe is the base itself."""
-    import torch
     import yaml
 
+    from vidiff.config import load_config
+
     td = _load_tool("train_demo")
-    cfg = yaml.safe_load((ROOT / "configs" / "demo" / "demo.yaml").read_text())
-    ctx = td.Context(cfg, tmp_path, torch.device("cpu"), "auto", 1.0)
-    first, finish = cfg["base"]["steps"], cfg["base"]["finish"]["steps"]
-    runs = td.ablation_runs(ctx, budgets=[0.5, 1.0])
+    configs = ROOT / "configs" / "demo"
+    cfg = yaml.safe_load((configs / "demo.yaml").read_text())
+    run = td.DemoRun(cfg, configs, tmp_path, "auto", 1.0, "cpu")
+    first, finish = (load_config(configs / f"{name}.yaml").train.max_steps for name in ("base", "base-finish"))
+    runs = td.ablation_runs(run, budgets=[0.5, 1.0])
     assert [(start, budget, steps) for start, budget, steps, _ in runs] == [
         ("inflated", 0.5, round(first / 2) + round(finish / 2)), ("scratch", 0.5, round(first / 2) + round(finish / 2)),
         ("inflated", 1.0, first + finish), ("scratch", 1.0, first + finish)]
     assert runs[2][3] == tmp_path / "base" and runs[3][3] == tmp_path / "ablation" / f"scratch-{first + finish}"
-    run, fin = td.base_runs(ctx, 0.5)
-    assert (run["steps"], fin["steps"]) == (round(first / 2), round(finish / 2))
-    assert fin["learning_rate"] == cfg["base"]["finish"]["learning_rate"] and run["learning_rate"] == cfg["base"]["learning_rate"]
+    assert (run.steps("base", 0.5), run.steps("base-finish", 0.5)) == (round(first / 2), round(finish / 2))
+    assert td.DemoRun(cfg, configs, tmp_path, "auto", 0.01, "cpu").steps("base-finish") == max(1, round(finish * 0.01))

@@ -687,3 +687,95 @@ def test_full_disk_at_export_is_one_line_and_resumable(assets, tmp_path, monkeyp
     result = train(cfg, resume="auto")
     assert result.status == "finished" and result.step == 2 and (out / "pipeline" / "vidiff.json").is_file()
     assert_same(unet_weights(out / "pipeline"), checkpoint_weights(out))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the options the demo needs: LR floor, a trainable text encoder, a text-to-image model on single frames
+# ---------------------------------------------------------------------------------------------------------------
+def old_demo_lr(step: int, peak: float, warmup: int, steps: int) -> float:
+    """tools/train_demo.py's own schedule before it ran `vidiff train` (step 1-based), verbatim."""
+    lr = peak * min(1.0, step / max(1, warmup))
+    lr *= 0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1  # cosine decay to 10%
+    return lr
+
+
+@pytest.mark.parametrize("warmup, num_processes", [(0, 1), (7, 1), (7, 2)])
+def test_cosine_floor_is_the_old_demo_schedule_and_ends_at_the_floor(warmup, num_processes):
+    from vidiff.config import TrainConfig
+    from vidiff.training.trainer import make_optimizer
+
+    t = TrainConfig(learning_rate=1e-3, lr_scheduler="cosine_floor", lr_floor=0.1, lr_warmup_steps=warmup,
+                    max_steps=40)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer, schedule = make_optimizer([param], t, num_processes)
+    used = []
+    for _ in range(t.max_steps):  # the LR each optimiser step runs with; accelerate steps the schedule per process
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        for _ in range(num_processes):
+            schedule.step()
+    old = [old_demo_lr(step, 1e-3, warmup, t.max_steps) for step in range(1, t.max_steps + 1)]
+    assert used == pytest.approx(old, rel=1e-12, abs=0)
+    assert used[warmup:] == old[warmup:]  # after the warm-up: the same floats
+    assert used[-1] == pytest.approx(1e-4, rel=1e-12)  # the floor, at the last step
+
+
+def test_cosine_floor_run_logs_its_schedule(assets, tmp_path):
+    out = tmp_path / "floor"
+    train(config(out, assets["video"], assets["shapes"], "train.lr_scheduler=cosine_floor", "train.lr_floor=0.2",
+                 "train.max_steps=4", "train.lr_warmup_steps=0"))
+    lrs = [float(r["lr"]) for r in read_csv(out / "train_log.csv")]
+    # (the CSV logs the LR after the step: that of the next step; the floor is that of step 4)
+    assert lrs[:3] == sorted(lrs[:3], reverse=True) and lrs[2] == pytest.approx(1e-3 * 0.2, rel=1e-5)
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_text_encoder_trains_only_when_asked_and_resumes_exactly(assets, tmp_path, trainable):
+    start = load_file(str(assets["video"] / "text_encoder" / "model.safetensors"))
+    overrides = [f"train.train_text_encoder={str(trainable).lower()}", "train.ema=true", "train.max_steps=4",
+                 "train.checkpoint_every=2", "train.learning_rate=1e-2"]
+    straight = tmp_path / "straight"
+    train(config(straight, assets["video"], assets["shapes"], *overrides))
+    exported = load_file(str(straight / "pipeline" / "text_encoder" / "model.safetensors"))
+    changed = [k for k in start if not torch.equal(start[k], exported[k])]
+    assert bool(changed) == trainable and (not trainable or len(changed) > len(start) // 2)
+    if not trainable:
+        return
+    checkpoint = checkpoint_weights(straight)
+    assert any(k.startswith("text_encoder.") for k in checkpoint) and any(k.startswith("unet.") for k in checkpoint)
+    resumed = tmp_path / "resumed"
+    cfg = config(resumed, assets["video"], assets["shapes"], *overrides)
+    assert train(cfg, on_step=lambda step, row: step == 2).status == "interrupted"
+    assert train(cfg, resume="auto").step == 4
+    assert_same(checkpoint, checkpoint_weights(resumed))
+    assert_same(exported, load_file(str(resumed / "pipeline" / "text_encoder" / "model.safetensors")))  # EMA
+
+
+def test_single_frame_text_to_image_run_exports_an_sd_folder(assets, tmp_path):
+    """model.temporal_conv / temporal_attention off, data.num_frames=1, train.export_sd: a text-to-image U-Net
+    trained by `vidiff train`, written as a diffusers SD folder whose UNet2DConditionModel gives the trained
+    VideoUNet's output, and which `vidiff inflate` takes as a base."""
+    from diffusers import UNet2DConditionModel
+
+    from vidiff.models.unet import VideoUNet
+    from vidiff.pipelines.folder import inflate_pipeline
+
+    out = tmp_path / "t2i"
+    train(config(out, assets["sd"], assets["shapes"], "model.temporal_conv=false", "model.temporal_attention=false",
+                 "train.trainable=all", "train.export_sd=true", "data.num_frames=1", "train.ema=true",
+                 "train.max_steps=3", "data.resize=crop"))
+    image_unet = UNet2DConditionModel.from_pretrained(str(out / "sd" / "unet")).eval()
+    video_unet = VideoUNet.from_pretrained(out / "pipeline" / "unet").eval()
+    assert not any(True for _ in video_unet.temporal_parameters())
+    start = UNet2DConditionModel.from_pretrained(str(assets["sd"] / "unet"))
+    assert any(not torch.equal(a, b) for a, b in zip(image_unet.state_dict().values(), start.state_dict().values()))
+    g = torch.Generator().manual_seed(0)
+    sample, context = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 77, image_unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        expected = image_unet(sample, 10, context).sample
+        got = video_unet(sample[:, :, None], torch.tensor([10]), context)[:, :, 0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert (inflate_pipeline(out / "sd", tmp_path / "video") / "vidiff.json").is_file()
+    with pytest.raises(Exception, match="train.export_sd"):  # a video U-Net is not a text-to-image model
+        train(config(tmp_path / "bad", assets["video"], assets["shapes"], "train.export_sd=true",
+                     "model.temporal_conv=false", "model.temporal_attention=false", "train.trainable=all"))

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
-from train_demo import Context, ablation_runs  # noqa: E402
+from train_demo import DemoRun, ablation_runs, final_model  # noqa: E402
 from vidiff.eval import suite  # noqa: E402
 from vidiff.utils import atomic_path, write_json_atomic  # noqa: E402
 
@@ -96,7 +96,7 @@ def report(results: dict, total_steps: int) -> tuple[str, dict]:
 
 
 def training_log(path: Path) -> list[tuple[int, float]]:
-    """(step, loss) rows of a train_demo train_log.csv; [] when there is none."""
+    """(step, loss) rows of a `vidiff train` train_log.csv; [] when there is none."""
     if not path.is_file():
         return []
     with open(path, newline="") as file:
@@ -104,7 +104,7 @@ def training_log(path: Path) -> list[tuple[int, float]]:
 
 
 def plot(results: dict, path: Path, models: dict[str, dict[int, Path]] | None = None) -> None:
-    """Accuracy vs steps of both starts; beside it, with `models` (`{run: {steps: final folder}}`), every run's
+    """Accuracy vs steps of both starts; beside it, with `models` (`{run: {steps: run folder}}`), every run's
     training loss (both phases: the finishing one starts where the dotted line is)."""
     import matplotlib
 
@@ -123,13 +123,13 @@ def plot(results: dict, path: Path, models: dict[str, dict[int, Path]] | None = 
         ax = axes[0, 1]
         for run, style in zip(RUNS, ("-", "--")):
             for steps, folder in sorted(models[run].items()):
-                first, finish = (training_log(folder.parent / phase / "train_log.csv") for phase in ("train", "finish"))
+                first, finish = (training_log(folder / phase / "train_log.csv") for phase in ("train", "finish"))
                 end = first[-1][0] if first else 0
                 x, y = zip(*(first + [(end + step, loss) for step, loss in finish])) if first or finish else ((), ())
                 line, = ax.plot(x, y, style, lw=1, label=f"{run}, {steps} steps")
                 if first and finish:
                     ax.axvline(end, color=line.get_color(), lw=0.5, ls=":")
-        ax.set(xlabel="step", ylabel="loss (mean of 50 steps)", yscale="log", title="training loss")
+        ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
         ax.legend(fontsize=6)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -167,12 +167,12 @@ def main(argv=None) -> int:
     cfg = yaml.safe_load(Path(args.config).read_text())
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     work, out = Path(args.demo_work), Path(args.out)
-    runs = ablation_runs(Context(cfg, work, device, "auto", args.steps_scale))
+    runs = ablation_runs(DemoRun(cfg, Path(args.config).parent, work, "auto", args.steps_scale, device.type))
     total = max(steps for _, _, steps, _ in runs)
     found = {run: {} for run in RUNS}
     for start, _, steps, folder in runs:
-        if (folder / "final" / "vidiff.json").is_file():
-            found[start][steps] = folder / "final"
+        if (final_model(folder) / "vidiff.json").is_file():
+            found[start][steps] = folder
         else:
             print(f"eval_ablation: {start} run of {steps} steps not trained yet ({folder}): `python "
                   f"tools/train_demo.py --steps {'base' if folder.name == 'base' else 'ablation'}`", flush=True)
@@ -186,14 +186,15 @@ def main(argv=None) -> int:
                                               ("guidance_scale", args.guidance)) if value is not None}
     results.update(command="python tools/eval_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
                    seeds=args.seeds, device=device.type, total_steps=total, settings=settings,
-                   runs={start: {str(steps): str(folder) for steps, folder in found[start].items()} for start in RUNS})
+                   runs={start: {str(steps): str(final_model(folder)) for steps, folder in found[start].items()}
+                         for start in RUNS})
     out.mkdir(parents=True, exist_ok=True)
     for run, steps, folder in evaluation_order(found, total):
         done = results["evaluations"].setdefault(run, {})
         if str(steps) in done:
             continue
         began = time.perf_counter()
-        done[str(steps)] = evaluate_model(folder, cases, settings, device, args.batch_size)
+        done[str(steps)] = evaluate_model(final_model(folder), cases, settings, device, args.batch_size)
         print(f"{run}, {steps} steps: all attributes {100 * done[str(steps)]['all']:.1f}% "
               f"({time.perf_counter() - began:.0f} s)", flush=True)
         write_json_atomic(results_path, results)

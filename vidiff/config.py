@@ -17,9 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import yaml
+
+from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES
+from vidiff.stages import check_stage_fields, make_stage
+
 TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+RESIZE_MODES = ("cover", "area", "crop")
+FLOOR_SCHEDULES = ("cosine_floor",)  # the vidiff schedules with a floor (train.lr_floor); the rest are diffusers'
 
 
 @dataclass
@@ -45,6 +52,7 @@ class DataConfig:
     cache: Union[str, None] = None         # folder of cached VAE latents + text embeddings (`vidiff data cache`); replaces `manifest`
     image_manifest: Union[str, None] = None  # images for joint image + video training (each image is a one-frame video)
     image_batch_size: int = 0              # images per step (per rank) in joint training; 0 = off
+    resize: str = "cover"                  # cover: the decoder resizes the shorter side, then a crop | area: frames at their stored size, averaged down by an integer factor to height x width (exact for pixel-space models) | crop: random height x width patches at the stored size
 
 
 @dataclass
@@ -55,7 +63,8 @@ class TrainConfig:
     batch_size: int = 1                    # clips per rank per micro-batch
     gradient_accumulation_steps: int = 1   # micro-batches per optimiser step
     learning_rate: float = 1e-4            # peak learning rate (AdamW)
-    lr_scheduler: str = "constant"         # any name of diffusers.optimization.get_scheduler (constant, cosine, linear, ...)
+    lr_scheduler: str = "constant"         # any name of diffusers.optimization.get_scheduler (constant, cosine, linear, ...), or cosine_floor
+    lr_floor: float = 0.0                  # cosine_floor: warm-up times a cosine from learning_rate down to this fraction of it at max_steps
     lr_warmup_steps: int = 0               # linear warm-up, in optimiser steps
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -73,6 +82,8 @@ class TrainConfig:
     image_loss_weight: float = 1.0         # weight of the image loss in joint image + video training
     ema: bool = False                      # keep an exponential moving average of the trainable weights (exported)
     ema_decay: float = 0.9999              # EMA decay (with the usual (1 + n) / (10 + n) warm-up)
+    train_text_encoder: bool = False       # train the text encoder along with the U-Net (same optimiser, EMA, checkpoints; exported)
+    export_sd: bool = False                # also write output_dir/sd: the U-Net as a diffusers SD text-to-image folder (a U-Net without temporal layers)
     seed: int = 0                          # model init, data order and noise are determined by this seed
     checkpoint_every: int = 500            # save a resumable checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 3              # keep the last K checkpoints
@@ -220,7 +231,6 @@ def _fill(obj, data: dict, prefix: str, where: str) -> None:
 
 def apply_override(cfg: Config, override: str) -> None:
     """Apply one `section.key=value` override (value parsed as YAML) to `cfg` in place."""
-    import yaml
 
     where = f"override {override!r}"
     if "=" not in override:
@@ -269,6 +279,16 @@ def validate(cfg: Config, where: str = "config") -> None:
     check(t.noise_offset >= 0, f"train.noise_offset must be >= 0, got {t.noise_offset}")
     check(0.0 <= t.noisy_fraction <= 1.0, f"train.noisy_fraction must be in [0, 1], got {t.noisy_fraction}")
     check(0.0 <= t.noisy_from < 1.0, f"train.noisy_from must be in [0, 1), got {t.noisy_from}")
+    check(0.0 <= t.lr_floor < 1.0, f"train.lr_floor must be in [0, 1) (a fraction of train.learning_rate), got {t.lr_floor}")
+    check(t.lr_floor == 0.0 or t.lr_scheduler in FLOOR_SCHEDULES,
+          f"train.lr_floor={t.lr_floor} applies to train.lr_scheduler={' | '.join(FLOOR_SCHEDULES)}, not to {t.lr_scheduler!r}")
+    check(not t.export_sd or (t.stage == "base" and not cfg.model.temporal_conv and not cfg.model.temporal_attention),
+          "train.export_sd writes a text-to-image SD folder: it needs train.stage=base, model.temporal_conv=false "
+          "and model.temporal_attention=false")
+    check(not t.train_text_encoder or not d.cache,
+          "train.train_text_encoder needs captions, not data.cache (its text embeddings are computed once, frozen)")
+    check(d.resize in RESIZE_MODES, f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {d.resize!r}")
+    check(d.resize == "cover" or not d.cache, f"data.resize={d.resize!r} reads videos; data.cache holds fixed latents")
     for name in ("num_frames", "height", "width", "stride"):
         check(getattr(d, name) >= 1, f"data.{name} must be >= 1, got {getattr(d, name)}")
     check(d.fps is None or d.fps > 0, f"data.fps must be null or > 0, got {d.fps}")
@@ -288,7 +308,6 @@ def validate(cfg: Config, where: str = "config") -> None:
 def _validate_model(cfg: Config, check) -> None:
     """model.cross_frame and model.attention_backend by the names vidiff.spec defines (torch-free);
     whether the backend can run on this machine is checked by the trainer before it loads anything."""
-    from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES
 
     m = cfg.model
     check(m.cross_frame is None or m.cross_frame in CROSS_FRAME_MODES,
@@ -299,30 +318,17 @@ def _validate_model(cfg: Config, check) -> None:
 
 
 def _validate_stage(cfg: Config, check) -> None:
-    """train.stage and the stage section (vidiff.training.stages holds the stages; checked here before any
-    model is loaded)."""
-    from vidiff.spec import STAGE_NAMES
-    from vidiff.training.stages import MASK_MODES, SSR_FACTORS, STAGE_CONFIG_FIELDS
-
-    t, s = cfg.train, cfg.stage
-    check(t.stage in STAGE_NAMES, f"train.stage must be one of {', '.join(STAGE_NAMES)}, got {t.stage!r}")
-    for key in ("factor", "mask_factors", "mask_modes", "max_noise_level"):
-        value = getattr(s, key)
-        users = [name for name, fields in STAGE_CONFIG_FIELDS.items() if key in fields]
-        check(value is None or t.stage in users,
-              f"stage.{key}={value!r} applies to the {' / '.join(users)} stage, not to train.stage={t.stage!r}")
-    check(s.factor is None or s.factor >= 2, f"stage.factor must be >= 2, got {s.factor}")
-    check(s.factor is None or t.stage != "ssr" or s.factor in SSR_FACTORS,
-          f"stage.factor of an ssr stage must be one of {', '.join(map(str, SSR_FACTORS))}, got {s.factor}")
-    check(s.factor is None or t.stage != "tsr" or cfg.data.num_frames % s.factor == 0,
-          f"data.num_frames ({cfg.data.num_frames}) must be a multiple of stage.factor ({s.factor}) for a tsr stage")
-    check(s.mask_factors is None or (bool(s.mask_factors) and min(s.mask_factors) >= 2),
-          f"stage.mask_factors must be a non-empty list of factors >= 2, got {s.mask_factors}")
-    check(s.mask_modes is None or (bool(s.mask_modes) and set(s.mask_modes) <= set(MASK_MODES)),
-          f"stage.mask_modes must be a non-empty list from {', '.join(MASK_MODES)}, got {s.mask_modes}")
-    check(s.max_noise_level is None or 0 <= s.max_noise_level <= 999,
-          f"stage.max_noise_level must be in [0, 999], got {s.max_noise_level}")
-    check(t.stage == "base" or not cfg.validation.prompts,
+    """train.stage and the stage section, checked by the stage itself (vidiff.stages: the one home of each
+    stage's options) before any model is loaded."""
+    t = cfg.train
+    requested = dataclasses.asdict(cfg.stage)
+    try:
+        check_stage_fields(t.stage, requested)
+        stage = make_stage(t.stage, **{k: v for k, v in requested.items() if v is not None})
+        stage.check_clip(cfg.data.num_frames)
+    except ValueError as e:
+        check(False, str(e))
+    check(not stage.takes_video or not cfg.validation.prompts,
           f"validation.prompts renders text-to-video clips, which a {t.stage} stage cannot make alone; "
           "leave it empty for cascade stages")
 
@@ -330,7 +336,6 @@ def _validate_stage(cfg: Config, check) -> None:
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = (), *,
                 check: bool = True) -> Config:
     """Read a YAML config (or start from the defaults when `path` is None) and apply `key=value` overrides."""
-    import yaml
 
     cfg = Config()
     where = "config"

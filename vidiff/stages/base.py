@@ -55,6 +55,9 @@ class Stage:
         randomness comes from `generator`."""
         return None, {}
 
+    def check_clip(self, num_frames: int) -> None:
+        """Training clips of `num_frames` frames suit the stage (ValueError naming data.num_frames otherwise)."""
+
     def is_trainable_extra(self, name: str) -> bool:
         """U-Net parameters this stage must train whatever `train.trainable` says (a cascade stage's widened
         `conv_in`, whose zero-initialised condition channels would otherwise never learn)."""

@@ -210,10 +210,13 @@ class TSRStage(_CascadeStage):
         self.factor = int(factor)
         self.conditioning_channels = self.latent_channels
 
+    def check_clip(self, num_frames: int) -> None:
+        if num_frames % self.factor:
+            raise ValueError(f"data.num_frames ({num_frames}) must be a multiple of stage.factor ({self.factor}) "
+                             "for a tsr stage")
+
     def condition(self, latents, generator=None):
-        if latents.shape[2] % self.factor:
-            raise ValueError(f"a tsr x{self.factor} stage trains on clips whose length is a multiple of "
-                             f"{self.factor}, got {latents.shape[2]} frames; set data.num_frames accordingly")
+        self.check_clip(latents.shape[2])
         return tsr_condition(latents, self.factor), {}
 
     def options(self) -> dict:

@@ -13,9 +13,11 @@ import signal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vidiff.config import Config
+from vidiff.data import CachedLatentDataset, VideoDataset, load_manifest, probe_video
 from vidiff.pipelines.encoding import encode_text, encode_video
 
 
@@ -94,23 +96,66 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
+class ResampledClips(Dataset):
+    """Clips read at their stored size (`dataset`), brought to `height` x `width` without the decoder's resize:
+    "area" averages k x k pixel blocks (box filter: area resampling by the integer factor k, on the float
+    pixels, so nothing is rounded back to uint8); "crop" takes a random patch (torch's RNG, which SeededItems
+    seeds by stream position)."""
+
+    def __init__(self, dataset, mode: str, height: int, width: int):
+        self.dataset, self.mode, self.height, self.width = dataset, mode, height, width
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index):
+        item = dict(self.dataset[index])
+        video = item["pixel_values"]                                     # (c, f, H, W) in [-1, 1]
+        if self.mode == "area":
+            video = F.interpolate(video, size=(self.height, self.width), mode="area")
+        else:
+            top = int(torch.randint(0, video.shape[2] - self.height + 1, ()))
+            left = int(torch.randint(0, video.shape[3] - self.width + 1, ()))
+            video = video[:, :, top:top + self.height, left:left + self.width]
+        item["pixel_values"] = video.contiguous()
+        return item
+
+
+def stored_size(manifest, prompt: str | None, height: int, width: int, mode: str) -> tuple[int, int]:
+    """The frame size of the manifest's first video (data.resize area / crop read clips at it), checked
+    against the target size."""
+    entries = load_manifest(manifest, prompt=prompt, image_ok=False)
+    info = probe_video(entries[0].path)
+    h, w = info.height, info.width
+    if mode == "area" and (h % height or w % width or h // height != w // width):
+        raise ValueError(f"data.resize=area needs the stored {w}x{h} frames to be one integer multiple of "
+                         f"data.width x data.height ({width}x{height})")
+    if mode == "crop" and (h < height or w < width):
+        raise ValueError(f"data.resize=crop needs stored frames ({w}x{h}) at least data.width x data.height "
+                         f"({width}x{height})")
+    return h, w
+
+
 def make_dataset(config: Config, *, images: bool = False):
     """The training dataset for `config.data`: videos (a latent cache when `data.cache` is set), or with
     `images=True` the one-frame image dataset of joint image + video training."""
     d = config.data
-    from vidiff.data import VideoDataset
-
     if images:
         return VideoDataset(d.image_manifest, 1, d.height, d.width, train=True, flip=d.flip,
                             seed=config.train.seed + 1, image_ok=True)
     if d.cache:
-        from vidiff.data import CachedLatentDataset
-
         return CachedLatentDataset(d.cache)
+    height, width = d.height, d.width
+    if d.resize != "cover":
+        height, width = stored_size(d.manifest, d.prompt or None, d.height, d.width, d.resize)
     # Images in a video manifest would make one-frame samples that cannot share a batch with clips: they are
     # skipped (and counted) as bad samples; joint training takes them from data.image_manifest instead.
-    return VideoDataset(d.manifest, d.num_frames, d.height, d.width, stride=d.stride, fps=d.fps, train=True,
-                        flip=d.flip, seed=config.train.seed, prompt=d.prompt or None, image_ok=False)
+    dataset = VideoDataset(d.manifest, d.num_frames, height, width, stride=d.stride, fps=d.fps, train=True,
+                           flip=d.flip, seed=config.train.seed, prompt=d.prompt or None, image_ok=False)
+    return dataset if d.resize == "cover" else ResampledClips(dataset, d.resize, d.height, d.width)
 
 
 def check_cache_geometry(dataset, config: Config, latent_channels: int, vae_scale_factor: int) -> None:
@@ -141,14 +186,14 @@ def skipped_file_ids(batch: dict | None) -> set[int]:
             >> 1 for p in paths}
 
 
-@torch.no_grad()
 def encode_batch(batch: dict, vae, text_encoder, tokenizer, *, caption_dropout: float, generator, device,
-                 vae_chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+                 vae_chunk: int = 16, train_text: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch -> (latents `(b, c, f, h, w)` scaled by the VAE factor, text embeddings `(b, L, D)`).
 
     Caption dropout (the empty prompt with probability `caption_dropout`) trains the unconditional branch
     that classifier-free guidance needs; dropout comes from `generator`. Latents and embeddings come from
     `vidiff.pipelines.encoding`, as the latent cache's do (the VAE posterior mean: `encode_video` says why).
+    `train_text`: the embeddings keep their graph (train.train_text_encoder); else no gradients at all.
     """
     if "latents" in batch:  # a latent cache: both already computed
         return batch["latents"].to(device), batch["encoder_hidden_states"].to(device)
@@ -159,5 +204,8 @@ def encode_batch(batch: dict, vae, text_encoder, tokenizer, *, caption_dropout: 
     if caption_dropout > 0:
         drop = torch.rand(len(prompts), generator=generator, device=generator.device) < caption_dropout
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-    text = encode_text(text_encoder, tokenizer, prompts, device=device)
+    if train_text:  # encode_text's own tokenization, without its no_grad (torch's decorator keeps __wrapped__)
+        text = encode_text.__wrapped__(text_encoder, tokenizer, prompts, device=device)
+    else:
+        text = encode_text(text_encoder, tokenizer, prompts, device=device)
     return latents.float(), text.float()

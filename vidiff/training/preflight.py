@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidiff.config import Config, ConfigError, validate
+from vidiff.config import FLOOR_SCHEDULES, Config, ConfigError, validate
 
 # A run writes at least config.json, the CSV and a checkpoint before anything else; with less free space than this
 # the output location is as good as full.
@@ -45,7 +45,7 @@ def check_options(config: Config) -> None:
 
     from vidiff.models.attention import AttentionBackendError, check_backend
 
-    names = [s.value for s in SchedulerType]
+    names = [s.value for s in SchedulerType] + list(FLOOR_SCHEDULES)
     if config.train.lr_scheduler not in names:
         raise ConfigError(f"train.lr_scheduler={config.train.lr_scheduler!r} is not a schedule; choose one of "
                           f"{', '.join(names)}")

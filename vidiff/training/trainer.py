@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import itertools
+import json
 import math
 import signal
 import time
@@ -55,7 +57,7 @@ from vidiff.training.run_folder import check_output_dir, mark_run_folder
 from vidiff.stages import Stage, make_stage, stage_options
 from vidiff.training.state import check_supported
 from vidiff.spec import PipelineInfo
-from vidiff.utils import write_json_atomic
+from vidiff.utils import atomic_dir, write_json_atomic
 
 TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
 
@@ -157,12 +159,28 @@ def drop_unused_parameters(unet, trainable: dict, stage: Stage, text_dim: int, n
     return unused
 
 
+def cosine_floor_schedule(optimizer, *, warmup_steps: int, total_steps: int, floor: float, per_step: int = 1):
+    """LambdaLR for train.lr_scheduler=cosine_floor: the LR of optimiser step s (1-based) is learning_rate x
+    min(1, s / warmup_steps) x (cosine from 1 at s = 0 to `floor` at s = total_steps): the warm-up overlaps
+    a cosine that spans the whole run (diffusers' cosine starts after the warm-up and ends at 0). `per_step`:
+    scheduler steps per optimiser step (accelerate steps a prepared scheduler once per process)."""
+    def factor(count: int) -> float:
+        step = count // per_step + 1  # the optimiser step this LR is used for
+        warmup = min(1.0, step / max(1, warmup_steps))
+        return warmup * (0.5 * (1 + math.cos(math.pi * step / total_steps)) * (1 - floor) + floor)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def make_optimizer(params: Iterable[torch.nn.Parameter], t: TrainConfig, num_processes: int = 1):
     """AdamW and the LR schedule of `t` (train.*)."""
     from diffusers.optimization import get_scheduler
 
     optimizer = torch.optim.AdamW(list(params), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
                                   eps=t.adam_epsilon, weight_decay=t.weight_decay)
+    if t.lr_scheduler == "cosine_floor":
+        return optimizer, cosine_floor_schedule(optimizer, warmup_steps=t.lr_warmup_steps, total_steps=t.max_steps,
+                                                floor=t.lr_floor, per_step=num_processes)
     # accelerate steps a prepared scheduler once per process per optimiser step: scale its horizon to match.
     lr_scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps * num_processes,
                                  num_training_steps=t.max_steps * num_processes)
@@ -312,6 +330,10 @@ class Run:
     generator: torch.Generator = None
     batches: Iterator | None = None
     image_batches: Iterator | None = None
+    text_encoder: Any = None        # pipe.text_encoder, as prepared by accelerate when it trains
+    last_checkpoint: Path | None = None  # the last checkpoint written (or resumed from)
+    saved_step: int | None = None   # the step this run's state is saved at
+    nonfinite_in_row: int = 0       # non-finite steps in a row, up to now
 
     @property
     def output_dir(self) -> Path:
@@ -355,6 +377,9 @@ def prepare_model(config: Config, accelerator, say):
     for frozen in (pipe.vae, pipe.text_encoder):
         if frozen is not None:
             frozen.requires_grad_(False).eval().to(device)
+    if t.export_sd and any(True for _ in unet.temporal_parameters()):
+        raise ConfigError(f"train.export_sd writes a text-to-image SD folder, but the U-Net of {source} has temporal "
+                          "layers; start from an SD folder with model.temporal_conv=false, model.temporal_attention=false")
     unet.to(device).train()
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -365,23 +390,35 @@ def prepare_model(config: Config, accelerator, say):
         say(f"warning: {len(unused)} trainable parameter(s) take no part in the forward and stay frozen: "
             f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
     num_trainable = sum(p.numel() for p in trainable.values())
+    if t.train_text_encoder:  # (after the probe, which runs the U-Net alone)
+        trainable.update(text_encoder_parameters(pipe.text_encoder.train().requires_grad_(True)))
+        say(f"training the text encoder too ({sum(p.numel() for p in pipe.text_encoder.parameters()) / 1e6:.2f}M "
+            "parameters)")
     say(f"training {num_trainable / 1e6:.2f}M of {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M U-Net "
         f"parameters ({t.trainable}), stage {stage.name}, {prediction_type} objective, "
         f"{accelerator.num_processes} process(es) on {device}")
     return pipe, stage, noise_scheduler, trainable
 
 
-def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False) -> Run:
-    """Accelerator, checkpoint to resume, model, optimiser, EMA and data, all prepared and restored."""
-    from accelerate.utils import set_seed
+def text_encoder_parameters(text_encoder) -> dict[str, torch.nn.Parameter]:
+    """The text encoder's parameters as train.train_text_encoder trains them: named `text_encoder.<name>` next to
+    the U-Net's in the optimiser, the EMA and the gradient clipping."""
+    return {f"text_encoder.{name}": p for name, p in text_encoder.named_parameters()}
 
-    t, d = config.train, config.data
+
+def checkpoint_model(run: "Run") -> torch.nn.Module:
+    """What a checkpoint's model.safetensors holds: the U-Net, or with a trained text encoder both (as
+    `unet.*` and `text_encoder.*`)."""
+    if not run.config.train.train_text_encoder:
+        return run.unet
+    unet = run.accelerator.unwrap_model(run.unet)
+    return torch.nn.ModuleDict({"unet": unet, "text_encoder": run.pipe.text_encoder})
+
+
+def prepare_folder(config: Config, accelerator, resume: str | None, overwrite: bool, say):
+    """Check output_dir, find the checkpoint to resume and mark the folder as this run's; returns
+    (checkpoint or None, the counters to start from, an earlier run's checkpoints to discard)."""
     output_dir = Path(config.output_dir)
-    checked = check_run(config)  # options, model source, data, output location: before anything is loaded
-    accelerator = make_accelerator(config)
-    main = accelerator.is_main_process
-    say = log if main else _quiet
-    check_supported(accelerator)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: continue the run, or start it over")
     old_checkpoints = list_checkpoints(output_dir / "checkpoints")
@@ -398,7 +435,7 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
     # Every rank has checked the folder before the main process writes to it: else a slower rank could meet it
     # holding only the marker's temporary file (write_json_atomic), not yet a run folder, and refuse it.
     accelerator.wait_for_everyone()
-    if main:
+    if accelerator.is_main_process:
         try:
             mark_run_folder(output_dir)
             clean_stale(output_dir / "checkpoints")
@@ -406,12 +443,12 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
         except OSError as e:
             raise TrainingError(f"cannot write to output_dir {output_dir} ({e.strerror or e}); free space or "
                                 "choose another output_dir") from e
+    return checkpoint, state, old_checkpoints
 
-    set_seed(t.seed)  # the same on every rank: identical initial weights wherever they are random
-    pipe, stage, noise_scheduler, trainable = prepare_model(config, accelerator, say)
-    optimizer, lr_scheduler = make_optimizer(trainable.values(), t, accelerator.num_processes)
-    ema = EMA(trainable, t.ema_decay).to(accelerator.device) if t.ema else None
 
+def make_loaders(config: Config, checked, pipe, state: dict, accelerator):
+    """The endless video loader (not yet prepared) and, in joint training, the prepared image loader."""
+    t, d = config.train, config.data
     dataset = checked.dataset
     if d.cache:  # (checked before loading too, where the model's JSON files tell the geometry)
         check_cache_geometry(dataset, config, pipe.unet.in_channels, pipe.vae_scale_factor)
@@ -422,15 +459,39 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
         images = checked.image_dataset
         image_loader = accelerator.prepare(make_loader(images, seed=t.seed + 1, batch_size=d.image_batch_size,
                                                        start=state["image_samples_seen"], num_workers=d.num_workers))
+    return loader, image_loader
+
+
+def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False) -> Run:
+    """Accelerator, checkpoint to resume, model, optimiser, EMA and data, all prepared and restored."""
+    from accelerate.utils import set_seed
+
+    t = config.train
+    checked = check_run(config)  # options, model source, data, output location: before anything is loaded
+    accelerator = make_accelerator(config)
+    say = log if accelerator.is_main_process else _quiet
+    check_supported(accelerator)
+    checkpoint, state, old_checkpoints = prepare_folder(config, accelerator, resume, overwrite, say)
+
+    set_seed(t.seed)  # the same on every rank: identical initial weights wherever they are random
+    pipe, stage, noise_scheduler, trainable = prepare_model(config, accelerator, say)
+    optimizer, lr_scheduler = make_optimizer(trainable.values(), t, accelerator.num_processes)
+    ema = EMA(trainable, t.ema_decay).to(accelerator.device) if t.ema else None
+    loader, image_loader = make_loaders(config, checked, pipe, state, accelerator)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, loader, lr_scheduler)
+    # a text encoder that trains is DDP-wrapped too, so its gradients are averaged over ranks
+    text_encoder = accelerator.prepare(pipe.text_encoder) if t.train_text_encoder else pipe.text_encoder
+    run = Run(config=config, accelerator=accelerator, say=say, pipe=pipe, unet=unet, stage=stage,
+              noise_scheduler=noise_scheduler, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler,
+              ema=ema, loader=loader, image_loader=image_loader, dataset_size=len(checked.dataset), state=state,
+              checkpoint=checkpoint, discard=tuple(old_checkpoints) if overwrite else (),
+              generator=torch.Generator(device=accelerator.device), text_encoder=text_encoder,
+              last_checkpoint=checkpoint, saved_step=state["step"] if checkpoint is not None else None)
     if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint, model=unet, optimizer=optimizer, lr_scheduler=lr_scheduler, ema=ema)
+        load_checkpoint(accelerator, checkpoint, model=checkpoint_model(run), optimizer=optimizer,
+                        lr_scheduler=lr_scheduler, ema=ema)
         say(f"resumed from {checkpoint} at step {state['step']}")
-    return Run(config=config, accelerator=accelerator, say=say, pipe=pipe, unet=unet, stage=stage,
-               noise_scheduler=noise_scheduler, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler,
-               ema=ema, loader=loader, image_loader=image_loader, dataset_size=len(dataset), state=state,
-               checkpoint=checkpoint, discard=tuple(old_checkpoints) if overwrite else (),
-               generator=torch.Generator(device=accelerator.device))
+    return run
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -469,7 +530,7 @@ def micro_batches(run: Run, counts: dict) -> Iterator[list[dict]]:
     if run.batches is None:  # DataLoader workers start on first use
         run.batches = iter(run.loader)
         run.image_batches = iter(run.image_loader) if run.image_loader is not None else None
-    encoders = (run.pipe.vae, run.pipe.text_encoder, run.pipe.tokenizer)
+    encoders = (run.pipe.vae, run.text_encoder, run.pipe.tokenizer)
     for _ in range(t.gradient_accumulation_steps):
         wait_start = time.perf_counter()
         batch = next(run.batches)
@@ -482,7 +543,7 @@ def micro_batches(run: Run, counts: dict) -> Iterator[list[dict]]:
             if b is not None:
                 with run.accelerator.autocast():
                     latents, text = encode_batch(b, *encoders, generator=run.generator, device=run.accelerator.device,
-                                                 caption_dropout=t.caption_dropout)
+                                                 caption_dropout=t.caption_dropout, train_text=t.train_text_encoder)
                 parts.append({"latents": latents, "encoder_hidden_states": text, "weight": weight})
         if run.state["step"] in t.debug_nan_steps:
             parts[0]["weight"] = float("nan")  # test hook: a non-finite loss at this step
@@ -492,7 +553,7 @@ def micro_batches(run: Run, counts: dict) -> Iterator[list[dict]]:
 def checkpoint_now(run: Run) -> Path:
     state = {**run.state, "num_processes": run.accelerator.num_processes, "config": run.config.to_dict()}
     path = save_checkpoint(run.accelerator, run.output_dir, run.state["step"], state,
-                           run.config.train.keep_checkpoints, model=run.unet, optimizer=run.optimizer,
+                           run.config.train.keep_checkpoints, model=checkpoint_model(run), optimizer=run.optimizer,
                            lr_scheduler=run.lr_scheduler, ema=run.ema, discard=run.discard)
     run.discard = ()
     return path
@@ -511,8 +572,9 @@ def record_training_settings(info: PipelineInfo, config: Config) -> PipelineInfo
     """vidiff.json's defaults become the clip the model was trained on (frames, size; fps when data.fps set),
     so `vidiff generate --model` without options makes what the model learned."""
     d = config.data
+    size = {"height": d.height, "width": d.width} if d.resize != "crop" else {}  # (patches: the folder keeps its own)
     fps = {"fps": d.fps} if d.fps is not None else {}
-    return info.with_defaults(num_frames=d.num_frames, height=d.height, width=d.width, **fps)
+    return info.with_defaults(num_frames=d.num_frames, **size, **fps)
 
 
 def export(run: Run) -> Path | None:
@@ -523,6 +585,8 @@ def export(run: Run) -> Path | None:
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(run.unet)
         named = {k: p for k, p in model.named_parameters() if k in run.trainable}
+        if run.config.train.train_text_encoder:
+            named.update(text_encoder_parameters(run.pipe.text_encoder))
         with run.ema.swapped_in(named) if run.ema is not None else contextlib.nullcontext():
             run.pipe.unet = model
             run.pipe.info = record_training_settings(run.pipe.info, run.config)
@@ -531,6 +595,8 @@ def export(run: Run) -> Path | None:
                 run.pipe.save_pretrained(pipeline_dir)
                 if any(True for _ in model.temporal_parameters()):
                     model.save_temporal(run.output_dir / "temporal.safetensors")
+                if run.config.train.export_sd:
+                    write_sd_folder(run.pipe, run.output_dir / "sd")
             except OSError as e:
                 raise TrainingError(f"writing {pipeline_dir} failed ({e.strerror or e}); the trained weights are in "
                                     f"the last checkpoint: free space and run again with --resume auto") from e
@@ -540,6 +606,33 @@ def export(run: Run) -> Path | None:
                 f"{run.output_dir / 'temporal.safetensors'}")
     accelerator.wait_for_everyone()
     return pipeline_dir
+
+
+def write_sd_folder(pipe, out: Path) -> Path:
+    """`pipe` (a U-Net without temporal layers: a text-to-image model) as a diffusers SD pipeline folder at `out`
+    (no VAE/ for a pixel-space model): UNet2DConditionModel, CLIP text encoder and tokenizer, noise schedule,
+    model_index.json. `vidiff inflate` (and `vidiff train` with model.pretrained) inflate it into video models."""
+    from diffusers import UNet2DConditionModel
+
+    names = inspect.signature(UNet2DConditionModel.__init__).parameters
+    image_unet = UNet2DConditionModel(**{k: v for k, v in pipe.unet.config.items() if k in names})
+    image_unet.load_state_dict(pipe.unet.state_dict(), strict=True)  # VideoUNet keeps diffusers' module names
+    scheduler = dict(pipe.scheduler_config)
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+             "text_encoder": ["transformers", type(pipe.text_encoder).__name__],
+             "tokenizer": ["transformers", type(pipe.tokenizer).__name__],
+             "scheduler": ["diffusers", scheduler.get("_class_name", "DDPMScheduler")]}
+    with atomic_dir(out) as tmp:
+        image_unet.save_pretrained(str(tmp / "unet"))
+        pipe.text_encoder.save_pretrained(str(tmp / "text_encoder"))
+        pipe.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if pipe.vae is not None:
+            pipe.vae.save_pretrained(str(tmp / "vae"))
+            index["vae"] = ["diffusers", type(pipe.vae).__name__]
+        (tmp / "scheduler").mkdir()
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out
 
 
 def step_values(run: Run, out: StepOutput, counts: dict, step_time: float) -> dict:
@@ -586,70 +679,88 @@ def train(config: Config, *, resume: str | None = None, overwrite: bool = False,
         logged values (step, loss, lr, grad_norm, ...); returning True stops the run as SIGTERM does
         (checkpoint, then return "interrupted").
     """
-    t, v = config.train, config.validation
-    # --- prepare -------------------------------------------------------------------------------------------
-    run = prepare_run(config, resume, log, overwrite)
-    accelerator, state, say = run.accelerator, run.state, run.say
-    train_log = TrainLog(accelerator, config, run.output_dir, start_step=state["step"],
+    run = prepare_run(config, resume, log, overwrite)                           # prepare
+    train_log = TrainLog(run.accelerator, config, run.output_dir, start_step=run.state["step"],
                          resumed=run.checkpoint is not None)
-    status, last_checkpoint, nonfinite_in_row = "finished", run.checkpoint, 0
-    saved_step = state["step"] if run.checkpoint is not None else None  # this run's state is saved at that step
-    # --- loop ----------------------------------------------------------------------------------------------
     with stop_requests() as stop:
-        while state["step"] < t.max_steps:
-            # --- step: noise, timesteps, dropout and conditions of step n on this rank: from (seed, n, rank)
-            run.generator.manual_seed((t.seed * 1_000_003 + state["step"]) * 1_009 + accelerator.process_index)
-            counts, step_start = new_counts(), time.perf_counter()
-            out = training_step(accelerator, run.unet, run.stage, run.noise_scheduler, run.optimizer,
-                                micro_batches(run, counts), params=list(run.trainable.values()),
-                                generator=run.generator, max_grad_norm=t.max_grad_norm, lr_scheduler=run.lr_scheduler,
-                                extras=lambda: step_extras(run, counts, stop))
-            count_step(run, out, counts)
-            step = state["step"]
-            nonfinite_in_row = 0 if out.applied else nonfinite_in_row + 1
-            if not out.applied:
-                say(f"step {step}: non-finite loss ({out.loss}) or gradient norm ({out.grad_norm}); step skipped "
-                    f"({nonfinite_in_row} in a row, stop at {t.max_nonfinite})")
-            # --- log -------------------------------------------------------------------------------------------
-            values = step_values(run, out, counts, time.perf_counter() - step_start)
-            train_log.step(values, write=step % t.log_every == 0 or step == t.max_steps or not out.applied)
-            # --- save, validate, stop --------------------------------------------------------------------------
-            stop_now = out.totals[2] > 0
-            if on_step is not None and on_step(step, values):
-                stop_now, stop["signal"] = True, stop["signal"] or "on_step"
-            if nonfinite_in_row >= t.max_nonfinite:
-                last_checkpoint = checkpoint_now(run)
-                train_log.close(plot=False)
-                accelerator.end_training()
-                raise TrainingError(
-                    f"{nonfinite_in_row} non-finite losses in a row at step {step}: stopping. The weights "
-                    f"before them are saved in {last_checkpoint}. Lower train.learning_rate, set train.max_grad_norm, "
-                    "or use train.mixed_precision=bf16 instead of fp16.")
-            if t.checkpoint_every and step % t.checkpoint_every == 0 or stop_now:
-                last_checkpoint, saved_step = checkpoint_now(run), step
-            if v.prompts and v.every and step % v.every == 0:
-                validate(run, f"step-{step:08d}")
-            if stop_now:
-                status = "interrupted"
-                say(f"\n{stop['signal'] or 'stop request'}: saved {last_checkpoint} at step {step}; "
+        status = loop(run, train_log, stop, on_step)                            # loop: step, log, save
+    return finish(run, train_log, status, stop["signal"])                       # export
+
+
+def loop(run: Run, train_log: TrainLog, stop: dict, on_step) -> str:
+    """Optimiser steps until train.max_steps or a stop request; after each: log, checkpoint, validate.
+    Returns "finished" or "interrupted"."""
+    t, v = run.config.train, run.config.validation
+    while run.state["step"] < t.max_steps:
+        out, values = step_and_log(run, train_log, stop)
+        step = run.state["step"]
+        stop_now = out.totals[2] > 0
+        if on_step is not None and on_step(step, values):
+            stop_now, stop["signal"] = True, stop["signal"] or "on_step"
+        check_nonfinite(run, train_log)
+        if t.checkpoint_every and step % t.checkpoint_every == 0 or stop_now:
+            run.last_checkpoint, run.saved_step = checkpoint_now(run), step
+        if v.prompts and v.every and step % v.every == 0:
+            validate(run, f"step-{step:08d}")
+        if stop_now:
+            run.say(f"\n{stop['signal'] or 'stop request'}: saved {run.last_checkpoint} at step {step}; "
                     "continue with --resume auto")
-                break
+            return "interrupted"
+    return "finished"
+
+
+def step_and_log(run: Run, train_log: TrainLog, stop: dict) -> tuple[StepOutput, dict]:
+    """One optimiser step of the run, counted and logged; returns its output and logged values."""
+    t, accelerator, state = run.config.train, run.accelerator, run.state
+    # noise, timesteps, dropout and conditions of step n on this rank: from (seed, n, rank)
+    run.generator.manual_seed((t.seed * 1_000_003 + state["step"]) * 1_009 + accelerator.process_index)
+    counts, step_start = new_counts(), time.perf_counter()
+    out = training_step(accelerator, run.unet, run.stage, run.noise_scheduler, run.optimizer,
+                        micro_batches(run, counts), params=list(run.trainable.values()),
+                        generator=run.generator, max_grad_norm=t.max_grad_norm, lr_scheduler=run.lr_scheduler,
+                        extras=lambda: step_extras(run, counts, stop))
+    count_step(run, out, counts)
+    step = state["step"]
+    run.nonfinite_in_row = 0 if out.applied else run.nonfinite_in_row + 1
+    if not out.applied:
+        run.say(f"step {step}: non-finite loss ({out.loss}) or gradient norm ({out.grad_norm}); step skipped "
+                f"({run.nonfinite_in_row} in a row, stop at {t.max_nonfinite})")
+    values = step_values(run, out, counts, time.perf_counter() - step_start)
+    train_log.step(values, write=step % t.log_every == 0 or step == t.max_steps or not out.applied)
+    return out, values
+
+
+def check_nonfinite(run: Run, train_log: TrainLog) -> None:
+    """Stop (after saving the weights before them) when train.max_nonfinite steps in a row were non-finite."""
+    if run.nonfinite_in_row < run.config.train.max_nonfinite:
+        return
+    run.last_checkpoint = checkpoint_now(run)
+    train_log.close(plot=False)
+    run.accelerator.end_training()
+    raise TrainingError(
+        f"{run.nonfinite_in_row} non-finite losses in a row at step {run.state['step']}: stopping. The weights "
+        f"before them are saved in {run.last_checkpoint}. Lower train.learning_rate, set train.max_grad_norm, "
+        "or use train.mixed_precision=bf16 instead of fp16.")
+
+
+def finish(run: Run, train_log: TrainLog, status: str, stop_signal: str | None) -> TrainResult:
+    """Stop the data workers; when finished, save the last step's checkpoint and export the pipeline."""
+    accelerator, state = run.accelerator, run.state
     for batches in (run.batches, run.image_batches):  # stop the DataLoader workers now, not at interpreter exit
         getattr(batches, "close", lambda: None)()
-    # --- export --------------------------------------------------------------------------------------------
     check_ranks_agree(accelerator, run.trainable)
     pipeline_dir = None
     if status == "finished":
-        if saved_step != state["step"]:
-            last_checkpoint = checkpoint_now(run)
+        if run.saved_step != state["step"]:
+            run.last_checkpoint = checkpoint_now(run)
         pipeline_dir = export(run)
     train_log.close()
     accelerator.end_training()
-    return TrainResult(step=state["step"], status=status, output_dir=run.output_dir, checkpoint=last_checkpoint,
+    return TrainResult(step=state["step"], status=status, output_dir=run.output_dir, checkpoint=run.last_checkpoint,
                        pipeline=pipeline_dir, nonfinite_steps=state["nonfinite_steps"],
                        skipped_files=state["skipped_files"], skipped_encounters=state["skipped_encounters"],
                        is_main_process=accelerator.is_main_process,
-                       stop_signal=stop["signal"] if status == "interrupted" else None)
+                       stop_signal=stop_signal if status == "interrupted" else None)
 
 
 @contextlib.contextmanager
