@@ -468,8 +468,8 @@ def test_only_the_chosen_parameters_change(assets, tmp_path, straight_run, mode)
     from vidiff.spec import read_info
 
     trained = (2, 24, 20) if mode == "temporal+attn-q" else (2, 16, 16)
-    defaults = read_info(out / "pipeline")["defaults"]
-    assert (defaults["num_frames"], defaults["height"], defaults["width"]) == trained
+    defaults = read_info(out / "pipeline").defaults
+    assert (defaults.num_frames, defaults.height, defaults.width) == trained
     if mode == "temporal+attn-q":  # and `generate` without sizes makes that clip
         from vidiff.pipelines import VideoPipeline
 
@@ -607,7 +607,7 @@ def test_training_from_a_latent_cache(assets, tmp_path):
 ])
 def test_bad_options_fail_before_loading(assets, tmp_path, monkeypatch, override, message):
     """Every mistake is found before inflating (the SD folder is the model source here): nothing is written."""
-    import vidiff.pipelines.folder
+    import vidiff.training.trainer
     from vidiff.config import ConfigError
 
     if "xformers" in override and torch.cuda.is_available():
@@ -616,7 +616,7 @@ def test_bad_options_fail_before_loading(assets, tmp_path, monkeypatch, override
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the config was checked")
 
-    monkeypatch.setattr(vidiff.pipelines.folder, "inflate_pipeline", no_loading)
+    monkeypatch.setattr(vidiff.training.trainer, "inflate_stage", no_loading)
     not_sd = tmp_path / "not-sd"
     (not_sd / "unet").mkdir(parents=True)
     single_file = tmp_path / "model.safetensors"
@@ -758,7 +758,7 @@ def test_single_frame_text_to_image_run_exports_an_sd_folder(assets, tmp_path):
     from diffusers import UNet2DConditionModel
 
     from vidiff.models.unet import VideoUNet
-    from vidiff.pipelines.folder import inflate_pipeline
+    from vidiff.models.folder import inflate_pipeline
 
     out = tmp_path / "t2i"
     train(config(out, assets["sd"], assets["shapes"], "model.temporal_conv=false", "model.temporal_attention=false",

@@ -55,6 +55,10 @@ class Stage:
         randomness comes from `generator`."""
         return None, {}
 
+    def options(self) -> dict:
+        """The stage's settings as recorded in vidiff.json's `stage_options` (the base stage has none)."""
+        return {}
+
     def check_clip(self, num_frames: int) -> None:
         """Training clips of `num_frames` frames suit the stage (ValueError naming data.num_frames otherwise)."""
 

@@ -69,10 +69,6 @@ class _CascadeStage(Stage):
     def is_trainable_extra(self, name: str) -> bool:
         return name.startswith(self.trainable_extra)
 
-    def options(self) -> dict:
-        """The stage's settings as recorded in vidiff.json's `stage_options`."""
-        return {}
-
     @classmethod
     def fresh(cls, factor: int | None = None, latent_channels: int = 4) -> "_CascadeStage":
         """The stage an untrained stage folder (`vidiff inflate --stage`) describes, for `factor` (None: the

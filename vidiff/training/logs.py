@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from vidiff.config import Config
+from vidiff.data import write_contact_sheet, write_video
 from vidiff.training import TrainingError
 from vidiff.utils import atomic_path
 
@@ -63,8 +65,6 @@ class TrainLog:
     """
 
     def __init__(self, accelerator, config: Config, output_dir: Path, *, start_step: int, resumed: bool):
-        from tqdm.auto import tqdm
-
         self.accelerator, self.main = accelerator, accelerator.is_main_process
         self.csv_path, self.csv_file, self.csv_writer = Path(output_dir) / "train_log.csv", None, None
         if self.main:
@@ -139,8 +139,6 @@ def _slug(text: str, limit: int = 40) -> str:
 
 def render_validation(pipe, config: Config, out_dir: Path, device) -> list[Path]:
     """One clip per validation prompt (mp4 + contact sheet); leaves the training RNG untouched."""
-    from vidiff.data import write_contact_sheet, write_video
-
     v, d = config.validation, config.data
     written = []
     devices = [device] if torch.device(device).type == "cuda" else []

@@ -13,7 +13,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffusers.optimization import SchedulerType
+
 from vidiff.config import FLOOR_SCHEDULES, Config, ConfigError, validate
+from vidiff.models.attention import AttentionBackendError, check_backend
+from vidiff.models.loading import is_hub_id
+from vidiff.spec import INFO_NAME, read_info
+from vidiff.training.data import check_cache_geometry, make_dataset
 
 # A run writes at least config.json, the CSV and a checkpoint before anything else; with less free space than this
 # the output location is as good as full.
@@ -41,10 +47,6 @@ def check_run(config: Config) -> Preflight:
 
 def check_options(config: Config) -> None:
     """Options whose check needs a library or this machine (not possible in config.validate)."""
-    from diffusers.optimization import SchedulerType
-
-    from vidiff.models.attention import AttentionBackendError, check_backend
-
     names = [s.value for s in SchedulerType] + list(FLOOR_SCHEDULES)
     if config.train.lr_scheduler not in names:
         raise ConfigError(f"train.lr_scheduler={config.train.lr_scheduler!r} is not a schedule; choose one of "
@@ -58,9 +60,6 @@ def check_options(config: Config) -> None:
 def check_model_source(config: Config) -> tuple[str, dict | None]:
     """model.pretrained must be a vidiff pipeline folder (of the stage being trained), a diffusers SD pipeline
     folder, or a hub id; returns ("vidiff" | "sd" | "hub", vidiff.json or None)."""
-    from vidiff.models.loading import is_hub_id
-    from vidiff.spec import INFO_NAME, read_info
-
     text = config.model.pretrained
     path = Path(text).expanduser()
     key = f"model.pretrained={text!r}"
@@ -115,8 +114,6 @@ def check_output_location(output_dir: Path) -> None:
 def check_data(config: Config, info: dict | None):
     """Build the training datasets (they read the manifests and check the files exist); a latent cache must
     hold clips of the configured geometry for this model."""
-    from vidiff.training.data import check_cache_geometry, make_dataset
-
     d = config.data
     key = f"data.cache={d.cache!r}" if d.cache else f"data.manifest={d.manifest!r}"
     try:

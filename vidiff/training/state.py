@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from vidiff.utils import save_safetensors_atomic, write_json_atomic
 
@@ -150,9 +152,6 @@ def read_json(path: Path):
 
 def read_safetensors(path: Path, *, header_only: bool = False) -> dict:
     """All tensors of `path` (CPU), or with `header_only` just check that the header parses and covers the file."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     _refuse_pickle(path)
     try:
         if header_only:

@@ -44,8 +44,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
 
 from vidiff.config import Config, ConfigError, TrainConfig
+from vidiff.pipelines.text_to_video import VideoPipeline
+from vidiff.spec import PipelineInfo
+from vidiff.stages import Stage, make_stage, stage_options
+from vidiff.stages.folder import inflate_stage
 from vidiff.training import TrainingError
 from vidiff.training.checkpoints import (clean_stale, find_resume_checkpoint, list_checkpoints, load_checkpoint,
                                          read_trainer_state, save_checkpoint)
@@ -54,9 +63,7 @@ from vidiff.training.ema import EMA
 from vidiff.training.logs import TrainLog, render_validation
 from vidiff.training.preflight import check_run, check_stage_matches
 from vidiff.training.run_folder import check_output_dir, mark_run_folder
-from vidiff.stages import Stage, make_stage, stage_options
 from vidiff.training.state import check_supported
-from vidiff.spec import PipelineInfo
 from vidiff.utils import atomic_dir, write_json_atomic
 
 TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
@@ -86,15 +93,11 @@ def is_vidiff_pipeline(path) -> bool:
 def load_pipeline(config: Config, accelerator):
     """A VideoPipeline from `model.pretrained`: a vidiff folder as is, or an SD pipeline inflated once into
     output_dir/inflated (by the main process; the others wait and load the same folder)."""
-    from vidiff.pipelines import VideoPipeline
-
     m = config.model
     source = Path(m.pretrained).expanduser()
     if not is_vidiff_pipeline(source):
         inflated = Path(config.output_dir) / "inflated"
         if accelerator.is_main_process and not is_vidiff_pipeline(inflated):
-            from vidiff.stages.folder import inflate_stage
-
             options = dict(cross_frame=m.cross_frame or "none", temporal_conv=m.temporal_conv,
                            temporal_attention=m.temporal_attention)
             try:  # a cascade stage gets zero-initialised condition channels (vidiff.stages.folder)
@@ -174,8 +177,6 @@ def cosine_floor_schedule(optimizer, *, warmup_steps: int, total_steps: int, flo
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], t: TrainConfig, num_processes: int = 1):
     """AdamW and the LR schedule of `t` (train.*)."""
-    from diffusers.optimization import get_scheduler
-
     optimizer = torch.optim.AdamW(list(params), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
                                   eps=t.adam_epsilon, weight_decay=t.weight_decay)
     if t.lr_scheduler == "cosine_floor":
@@ -264,9 +265,6 @@ def fit(unet, stage: Stage, batches, *, steps: int, learning_rate: float, noise_
     generator: noise and timesteps (None: the global RNG).
     Afterwards `requires_grad` and train/eval mode are as they were.
     """
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     accelerator = accelerator or Accelerator()
@@ -341,9 +339,6 @@ class Run:
 
 
 def make_accelerator(config: Config):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import ProjectConfiguration
-
     output_dir = Path(config.output_dir)
     return Accelerator(
         gradient_accumulation_steps=config.train.gradient_accumulation_steps,
@@ -357,8 +352,6 @@ def make_accelerator(config: Config):
 
 def prepare_model(config: Config, accelerator, say):
     """The pipeline (inflated if needed), its stage and noise schedule, and the trainable parameters."""
-    from diffusers import DDPMScheduler
-
     t, device = config.train, accelerator.device
     pipe, source = load_pipeline(config, accelerator)
     unet = pipe.unet
@@ -464,8 +457,6 @@ def make_loaders(config: Config, checked, pipe, state: dict, accelerator):
 
 def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False) -> Run:
     """Accelerator, checkpoint to resume, model, optimiser, EMA and data, all prepared and restored."""
-    from accelerate.utils import set_seed
-
     t = config.train
     checked = check_run(config)  # options, model source, data, output location: before anything is loaded
     accelerator = make_accelerator(config)
@@ -612,8 +603,6 @@ def write_sd_folder(pipe, out: Path) -> Path:
     """`pipe` (a U-Net without temporal layers: a text-to-image model) as a diffusers SD pipeline folder at `out`
     (no VAE/ for a pixel-space model): UNet2DConditionModel, CLIP text encoder and tokenizer, noise schedule,
     model_index.json. `vidiff inflate` (and `vidiff train` with model.pretrained) inflate it into video models."""
-    from diffusers import UNet2DConditionModel
-
     names = inspect.signature(UNet2DConditionModel.__init__).parameters
     image_unet = UNet2DConditionModel(**{k: v for k, v in pipe.unet.config.items() if k in names})
     image_unet.load_state_dict(pipe.unet.state_dict(), strict=True)  # VideoUNet keeps diffusers' module names
