@@ -451,7 +451,7 @@ def test_edit_without_model_uses_the_demo_base(models, tmp_path, capsys, monkeyp
     monkeypatch.setattr(vidiff.demo, "model_dir", lambda stage="base": Path(models["latent"]))
     code, _, err = cli(capsys, *argv)
     assert code == 0, err
-    assert "using the built-in demo model" in err and "'camel'" in err  # a word the demo never saw
+    assert "using the built-in demo base model" in err and "'camel'" in err  # a word the demo never saw
     assert json.loads((tmp_path / "e.json").read_text())["model"] == str(Path(models["latent"]).resolve())
 
 

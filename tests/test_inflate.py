@@ -74,7 +74,7 @@ def test_single_file_checkpoint_with_local_config(sd, tmp_path, capsys, suffix):
     for sub in a:
         assert a[sub].keys() == b[sub].keys(), sub
         assert all(torch.equal(a[sub][k], b[sub][k]) for k in a[sub]), sub
-    assert read_info(tmp_path / "b")["source"] == str(checkpoint)
+    assert read_info(tmp_path / "b").source == str(checkpoint)
 
 
 def test_cli_inflate_options(sd, tmp_path, capsys):
@@ -84,12 +84,13 @@ def test_cli_inflate_options(sd, tmp_path, capsys):
                           "--coordinate-embedding")
     assert code == 0 and "temporal attention" in stdout and "temporal conv +" not in stdout
     config = json.loads((out / "unet" / "config.json").read_text())
-    assert config["cross_frame"] == "sparse-causal" and not config["temporal_conv"] and config["temporal_attention"]
+    # (the cross-frame mode is a per-call setting: vidiff.json's defaults suggest it, checked below)
+    assert not config["temporal_conv"] and config["temporal_attention"]
     assert config["temporal_position"] == "qkv" and config["frame_embedding"] is config["coordinate_embedding"] is True
     code, _, _ = run(capsys, "inflate", "--base", str(sd), "--out", str(tmp_path / "stage"), "--stage", "ssr",
                      "--temporal-position", "qkv")
     assert code == 0 and json.loads((tmp_path / "stage" / "unet" / "config.json").read_text())["temporal_position"] == "qkv"
-    assert read_info(out)["defaults"]["cross_frame"] == "sparse-causal"
+    assert read_info(out).defaults.cross_frame == "sparse-causal"
     # --overwrite replaces an existing folder; without it, an error.
     code, _, err = run(capsys, "inflate", "--base", str(sd), "--out", str(out))
     assert code == 2 and "--overwrite" in err
