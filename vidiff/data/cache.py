@@ -8,7 +8,7 @@ would (centred clip and crop, no flip), and writes safetensors shards:
                                   metadata: prompts and paths as JSON lists
     DIR/index.json                shards, counts, the settings used, and the files skipped with their reasons
 
-(k is the VAE's downsampling factor, 8 for Stable Diffusion.) Both come from `vidiff.pipelines.encoding`, the
+(k is the VAE's downsampling factor, 8 for Stable Diffusion.) Both come from `vidiff.models.encoding`, the
 functions training and sampling use, so training from the cache sees exactly the latents (the posterior mean;
 `encoding.encode_video` says why) and embeddings that training on the videos would.
 The folder is written under a temporary name and appears complete or not at all.
@@ -27,7 +27,7 @@ import torch
 
 from vidiff.data.datasets import VideoDataset
 from vidiff.data.video_io import VideoReadError
-from vidiff.pipelines.encoding import encode_text, encode_video
+from vidiff.models.encoding import encode_text, encode_video
 from vidiff.utils import (atomic_dir, check_replaceable, default_device, parse_dtype, save_safetensors_atomic,
                           write_json_atomic)
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vidiff.config import Config
-from vidiff.pipelines.encoding import encode_text, encode_video
+from vidiff.models.encoding import encode_text, encode_video
 
 
 class EndlessSampler(Sampler):
