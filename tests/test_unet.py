@@ -11,8 +11,9 @@ from einops import rearrange
 import vidiff
 from vidiff.models import attention as attention_mod
 from vidiff.models.attention import AttentionBackendError, VideoAttnProcessor
-from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES
 from vidiff.models.unet import VideoUNet, is_temporal_parameter
+from vidiff.models.weights import LoadingError
+from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES
 
 TOL = 1e-5
 
@@ -571,7 +572,7 @@ def test_frame_embedding_adds_each_frames_index_to_its_timestep_embedding(tmp_pa
     config = json.loads((tmp_path / "fe" / "config.json").read_text())
     del config["frame_embedding"]
     (tmp_path / "fe" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(vidiff.models.loading.LoadingError, match="frame_embedding.proj"):
+    with pytest.raises(LoadingError, match="frame_embedding.proj"):
         VideoUNet.from_pretrained(tmp_path / "fe")  # old config: no such layer, so its weights are unexpected
     assert VideoUNet.from_2d(sd1_folder).frame_embedding is None
     with pytest.raises(ValueError, match="frame_embedding must be true or false"):
