@@ -12,8 +12,9 @@ and interleaves the temporal layers (vidiff.models.temporal), stored beside them
 Extra input channels for cascade stages (`conditioning_channels`) widen `conv_in` with zero-initialised
 weights, so a stage starts out as its base model; the config records the `stage` and its channels.
 
-The saved config is the model's identity (architecture, stage, the cross-frame mode it was made with). Runtime
-choices (attention backend, gradient checkpointing) are never saved, so a model loads on any machine.
+The saved config is the model's identity (architecture, stage). Runtime choices (attention backend, cross-frame
+mode, gradient checkpointing) are never saved, so a model loads on any machine and samples in any mode. The files
+are read and checked by vidiff.models.weights; the methods here only call it.
 
 References: Ho et al. 2022 (Video Diffusion Models); Singer et al. 2022 (Make-A-Video); Wu et al. 2023
 (Tune-A-Video); Rombach et al. 2022 (Stable Diffusion).
@@ -36,18 +37,18 @@ from torch.utils.checkpoint import checkpoint
 import vidiff
 from vidiff.models.attention import VideoAttnProcessor, check_backend
 from vidiff.models.temporal import CoordinateEmbedding, FrameEmbedding, TemporalAttention, TemporalConv
-from vidiff.models.weights import (CONFIG_NAME, TEMPORAL_FORMAT, WEIGHTS_NAME, LoadingError, check_state_dict,
-                                   check_unet_config, holds_only_a_video_unet, is_temporal_file, load_unet_2d,
+from vidiff.models.weights import (CONFIG_NAME, TEMPORAL_FORMAT, UNET_RUNTIME_OPTIONS, WEIGHTS_NAME, LoadingError,
+                                   check_state_dict, check_unet_config, holds_only_a_video_unet, is_temporal_file, load_unet_2d,
                                    migrate_video_unet_config, read_state_dict, read_video_unet_config)
-from vidiff.spec import RUNTIME_OPTIONS, TEMPORAL_POSITIONS, check_cross_frame
+from vidiff.spec import TEMPORAL_POSITIONS, check_cross_frame
 from vidiff.utils import atomic_dir, check_replaceable, save_safetensors_atomic, write_json_atomic
 
-# What a VideoUNet adds to its 2D config, saved with it: the model's identity. `cross_frame` is the mode it was
-# made (or tuned) with, a default that `set_cross_frame` may change for a run; any machine can compute every mode.
-ARCHITECTURE_OPTIONS = ("temporal_conv", "temporal_attention", "cross_frame", "conditioning_channels", "stage",
+# What a VideoUNet adds to its 2D config, saved with it: the model's identity.
+ARCHITECTURE_OPTIONS = ("temporal_conv", "temporal_attention", "conditioning_channels", "stage",
                         "temporal_position", "frame_embedding", "coordinate_embedding")
-# Accepted by the constructor, from_2d and from_pretrained, never saved (vidiff.spec.RUNTIME_OPTIONS).
-OPTIONS = ARCHITECTURE_OPTIONS + RUNTIME_OPTIONS
+# Accepted by the constructor, from_2d and from_pretrained, never saved: the attention backend and the cross-frame
+# mode (weights.UNET_RUNTIME_OPTIONS).
+OPTIONS = ARCHITECTURE_OPTIONS + UNET_RUNTIME_OPTIONS
 
 # Set while a loader builds a model whose spatial weights come from a checkpoint: the 2D modules are then created
 # on the meta device (no random init: ~25 s for SD 1.5 on a CPU) and filled by `_load_spatial`.
@@ -102,7 +103,7 @@ class VideoUNet(nn.Module):
         unet_config: a diffusers `UNet2DConditionModel` config (SD 1.x / 2.x / x4 upscaler family).
         temporal_conv: add a temporal convolution after every resnet block.
         temporal_attention: add a temporal attention layer after every spatial transformer.
-        cross_frame: spatial self-attention mode, "none" | "first" | "sparse-causal".
+        cross_frame: spatial self-attention mode, "none" | "first" | "sparse-causal"; a runtime choice, not saved.
         conditioning_channels: extra zero-initialised input channels (cascade stages concatenate their
             condition to `sample` along channels).
         stage: the cascade stage this U-Net serves ("base", "interpolation", "tsr", "ssr", ...), recorded in
@@ -127,10 +128,11 @@ class VideoUNet(nn.Module):
                       temporal_position=temporal_position, frame_embedding=frame_embedding,
                       coordinate_embedding=coordinate_embedding)
         self.config = dict(unet_config, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
-                           cross_frame=cross_frame, conditioning_channels=conditioning_channels, stage=stage,
+                           conditioning_channels=conditioning_channels, stage=stage,
                            temporal_position=temporal_position, frame_embedding=frame_embedding,
                            coordinate_embedding=coordinate_embedding)
         self.attention_backend = attention_backend
+        self.cross_frame = cross_frame
 
         # Build diffusers' 2D U-Net once and adopt its modules under the same names.
         empty = init_empty_weights() if _SPATIAL_FROM_CHECKPOINT.get() else contextlib.nullcontext()
@@ -186,7 +188,7 @@ class VideoUNet(nn.Module):
 
     def set_cross_frame(self, mode: str) -> None:
         """Spatial self-attention: "none" (per frame), "first" (frame 0's keys/values), "sparse-causal"."""
-        self.config["cross_frame"] = check_cross_frame(mode)
+        self.cross_frame = check_cross_frame(mode)
         for attn1, _ in self._attention_modules():
             attn1.processor.cross_frame = mode
 
@@ -194,9 +196,8 @@ class VideoUNet(nn.Module):
         """"auto" (xformers on CUDA when it runs, else SDPA) | "sdpa" | "xformers" | "math". A runtime choice:
         it is not saved with the model. Raises AttentionBackendError where `name` cannot run."""
         self.attention_backend = check_backend(name)
-        cross_frame = self.config["cross_frame"]
         for attn1, attn2 in self._attention_modules():
-            attn1.set_processor(VideoAttnProcessor(name, cross_frame))
+            attn1.set_processor(VideoAttnProcessor(name, self.cross_frame))
             if attn2 is not None:
                 attn2.set_processor(VideoAttnProcessor(name))
         for module in self.modules():
@@ -332,13 +333,14 @@ class VideoUNet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, subfolder: str | None = None, **overrides) -> "VideoUNet":
-        """Load a U-Net written by `save_pretrained`. `overrides` may set `cross_frame` and the runtime option
-        `attention_backend` (default "auto"); the architecture is fixed by the saved config. A damaged folder
-        raises LoadingError, one line naming the file."""
+        """Load a U-Net written by `save_pretrained`. `overrides` may set the runtime options `cross_frame` (default
+        "none") and `attention_backend` (default "auto"); the architecture is fixed by the saved config (one saved
+        by an older version loads too: `weights.migrate_video_unet_config`). A damaged folder raises LoadingError,
+        one line naming the file."""
         directory = Path(directory) / (subfolder or "")
         config_file = directory / CONFIG_NAME
         for key in overrides:
-            if key not in ("cross_frame", *RUNTIME_OPTIONS):
+            if key not in UNET_RUNTIME_OPTIONS:
                 raise ValueError(f"from_pretrained cannot change {key!r}; it is fixed by {config_file}")
         check_options(**overrides)  # the caller's mistakes, before the file's
         config = migrate_video_unet_config(read_video_unet_config(directory), config_file, overrides)

@@ -434,6 +434,11 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 TEMPORAL_FORMAT = "temporal"  # the "vidiff" metadata entry of a save_temporal file
 
+# Per-run VideoUNet options, never written into a saved config: the attention backend (vidiff.spec.RUNTIME_OPTIONS)
+# and the cross-frame mode (a sampling setting; a pipeline folder suggests one in vidiff.json defaults.cross_frame).
+UNET_RUNTIME_OPTIONS = tuple(dict.fromkeys((*RUNTIME_OPTIONS, "cross_frame")))
+
+
 
 def read_video_unet_config(directory: str | os.PathLike) -> dict:
     """The config.json of a folder written by `VideoUNet.save_pretrained`, as saved (`migrate_video_unet_config`
@@ -451,10 +456,12 @@ def read_video_unet_config(directory: str | os.PathLike) -> dict:
 
 
 def migrate_video_unet_config(config: dict, config_file: Path, overrides: Mapping = {}) -> dict:
-    """A saved config without the runtime options older versions wrote into it, so the model loads anywhere: an
-    attention backend other than "auto" (e.g. "xformers" from a CUDA machine) is dropped with one warning, unless
-    the caller chooses one."""
+    """A saved config without the runtime options older versions wrote into it, so the model loads anywhere:
+    `cross_frame` (the mode it was made with) is dropped silently, the pipeline folder's vidiff.json
+    `defaults.cross_frame` carrying the folder's suggested mode; an attention backend other than "auto" (e.g.
+    "xformers" from a CUDA machine) is dropped with one warning, unless the caller chooses one."""
     config = dict(config)
+    config.pop("cross_frame", None)
     for key in RUNTIME_OPTIONS:
         saved = config.pop(key, "auto")
         if saved != "auto" and key not in overrides:

@@ -490,7 +490,7 @@ class VideoPipeline:
     @contextlib.contextmanager
     def temporary_cross_frame(self, mode: str):
         """Use the cross-frame attention `mode` inside the block, then restore the model's own."""
-        previous = self.unet.config.get("cross_frame", "none")
+        previous = self.unet.cross_frame
         self.unet.set_cross_frame(mode)
         try:
             yield
