@@ -325,7 +325,7 @@ def test_save_pretrained_round_trip(tmp_path, sd1_folder):
     saved = json.loads((tmp_path / "video_unet" / "config.json").read_text())
     assert (saved["stage"], saved["conditioning_channels"], saved["in_channels"]) == ("interpolation", 2, 4)
     loaded = vidiff.VideoUNet.from_pretrained(tmp_path / "video_unet", cross_frame="sparse-causal").eval()
-    assert loaded.config == video.config  # the mode is a runtime choice, given again (test_cross_frame_mode_is_not_saved)
+    assert loaded.config == video.config  # the mode is a runtime choice, given again at load
     assert (loaded.config["stage"], loaded.conditioning_channels) == ("interpolation", 2)
     x = torch.randn(1, 6, 3, 8, 8)
     with torch.no_grad():

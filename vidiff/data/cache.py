@@ -24,10 +24,15 @@ import os
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
+from safetensors import safe_open
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from vidiff.data.datasets import VideoDataset
 from vidiff.data.video_io import VideoReadError
 from vidiff.models.encoding import encode_text, encode_video
+from vidiff.models.loading import load_component
 from vidiff.utils import (atomic_dir, check_replaceable, default_device, parse_dtype, save_safetensors_atomic,
                           write_json_atomic)
 
@@ -58,10 +63,7 @@ class _Samples(torch.utils.data.Dataset):
 def _load_encoders(model_dir: Path, device, dtype):
     """The frozen VAE, text encoder and tokenizer of a pipeline folder (safe formats only; a damaged file is
     one error naming it)."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTokenizer
 
-    from vidiff.models.loading import load_component
 
     missing = [name for name in ("vae", "text_encoder", "tokenizer") if not (model_dir / name).is_dir()]
     if missing:
@@ -91,8 +93,6 @@ def build_latent_cache(model_dir: str | os.PathLike, manifest: str | os.PathLike
     dataset_options go to VideoDataset (caption_column, path_column, path_template, root, prompt, backend, ...).
     Bad files are skipped (one warning line each) and listed in index.json. Returns the index.
     """
-    from tqdm.auto import tqdm
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
@@ -203,8 +203,6 @@ class CachedLatentDataset(torch.utils.data.Dataset):
         return state
 
     def _open(self, shard: int):
-        from safetensors import safe_open
-
         if shard not in self._handles:
             path = self.cache_dir / self.shards[shard]["file"]
             handle = safe_open(str(path), framework="pt")

@@ -38,8 +38,8 @@ import vidiff
 from vidiff.models.attention import VideoAttnProcessor, check_backend
 from vidiff.models.temporal import CoordinateEmbedding, FrameEmbedding, TemporalAttention, TemporalConv
 from vidiff.models.weights import (CONFIG_NAME, TEMPORAL_FORMAT, UNET_RUNTIME_OPTIONS, WEIGHTS_NAME, LoadingError,
-                                   check_state_dict, check_unet_config, holds_only_a_video_unet, is_temporal_file, load_unet_2d,
-                                   migrate_video_unet_config, read_state_dict, read_video_unet_config)
+                                   check_state_dict, check_unet_config, holds_only_a_video_unet, is_temporal_file,
+                                   load_unet_2d, migrate_video_unet_config, read_state_dict, read_video_unet_config)
 from vidiff.spec import TEMPORAL_POSITIONS, check_cross_frame
 from vidiff.utils import atomic_dir, check_replaceable, save_safetensors_atomic, write_json_atomic
 
