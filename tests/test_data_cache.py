@@ -137,7 +137,7 @@ def test_cache_and_training_on_videos_see_the_same_latents(setup, tmp_path):
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from vidiff.pipelines.encoding import encode_text, encode_video
+    from vidiff.models.encoding import encode_text, encode_video
     from vidiff.training.data import encode_batch
 
     root, model, manifest = setup

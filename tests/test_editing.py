@@ -152,7 +152,7 @@ def test_tuning_lowers_the_loss_and_trains_only_temporal_layers_and_queries(mode
     changed = {k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all("temporal" in k or ".to_q." in k for k in changed), sorted(changed)[:5]
     assert any(".to_q." in k for k in changed) and any("temporal" in k for k in changed)
-    assert pipe.unet.config["cross_frame"] == "none"  # the model's own mode is back after the edit
+    assert pipe.unet.cross_frame == "none"  # the model's own mode is back after the edit
     assert all(v.shape == (1, 3, 4, 16, 16) for v in result.videos)
 
 

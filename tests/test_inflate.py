@@ -84,8 +84,8 @@ def test_cli_inflate_options(sd, tmp_path, capsys):
                           "--coordinate-embedding")
     assert code == 0 and "temporal attention" in stdout and "temporal conv +" not in stdout
     config = json.loads((out / "unet" / "config.json").read_text())
-    # (the cross-frame mode is a per-call setting: vidiff.json's defaults suggest it, checked below)
-    assert not config["temporal_conv"] and config["temporal_attention"]
+    # the mode is the folder's suggestion (vidiff.json defaults, checked below), not the U-Net's identity
+    assert "cross_frame" not in config and not config["temporal_conv"] and config["temporal_attention"]
     assert config["temporal_position"] == "qkv" and config["frame_embedding"] is config["coordinate_embedding"] is True
     code, _, _ = run(capsys, "inflate", "--base", str(sd), "--out", str(tmp_path / "stage"), "--stage", "ssr",
                      "--temporal-position", "qkv")

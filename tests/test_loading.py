@@ -12,7 +12,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from vidiff.models.loading import check_state_dict, is_hub_id, load_unet_2d, read_state_dict
+from vidiff.models.weights import check_state_dict, is_hub_id, load_unet_2d, read_state_dict
 from vidiff.utils import save_safetensors_atomic
 
 BASE = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, cross_attention_dim=16, sample_size=8,
@@ -304,7 +304,7 @@ def test_hub_id_downloads_only_unet_files(tmp_path, monkeypatch):
         calls.append((repo_id, allow_patterns))
         return str(tmp_path / "snapshot")
 
-    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr("vidiff.models.weights.snapshot_download", fake_snapshot_download)
     _, state_dict = load_unet_2d("someone/sd-model", subfolder="unet")
     assert_same_tensors(state_dict, model.state_dict())
     assert calls[0][0] == "someone/sd-model"
@@ -316,7 +316,7 @@ def test_hub_id_offline_gives_a_clear_error(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("We have no connection or you passed local_files_only=True")
 
-    monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
+    monkeypatch.setattr("vidiff.models.weights.snapshot_download", offline)
     with pytest.raises(FileNotFoundError, match=r"'someone/sd-model' is not a local path and could not be "
                                                 r"downloaded.*pass a local diffusers folder"):
         load_unet_2d("someone/sd-model")
@@ -375,7 +375,7 @@ def test_hub_id_falls_back_to_bin_weights(tmp_path, monkeypatch):
         calls.append(allow_patterns)
         return str(tmp_path / "snapshot")
 
-    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr("vidiff.models.weights.snapshot_download", fake_snapshot_download)
     _, state_dict = load_unet_2d("someone/old-model")
     assert_same_tensors(state_dict, model.state_dict())
     assert len(calls) == 2 and "diffusion_pytorch_model.bin" in calls[1]
@@ -436,7 +436,7 @@ def _video_unet_folder(tmp_path):
 
 
 def _assert_one_line_naming(info, path):
-    from vidiff.models.loading import LoadingError
+    from vidiff.models.weights import LoadingError
 
     assert isinstance(info.value, LoadingError), repr(info.value)
     message = str(info.value)

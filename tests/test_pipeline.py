@@ -259,7 +259,7 @@ def test_cross_frame_override_is_temporary(pipe):
     kwargs = dict(num_frames=3, num_inference_steps=1, latents=latents, output_type="latent", progress=False)
     none = pipe(PROMPT, **kwargs)
     first = pipe(PROMPT, cross_frame="first", **kwargs)
-    assert pipe.unet.config["cross_frame"] == "none"
+    assert pipe.unet.cross_frame == "none"
     torch.testing.assert_close(first[:, :, 0], none[:, :, 0], atol=1e-5, rtol=0)  # frame 0 attends to itself
     assert (first[:, :, 1:] - none[:, :, 1:]).abs().max() > 1e-4
     torch.testing.assert_close(pipe(PROMPT, **kwargs), none, atol=0, rtol=0)

@@ -7,12 +7,14 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 from einops import rearrange
+from safetensors import safe_open
 
 import vidiff
 from vidiff.models import attention as attention_mod
 from vidiff.models.attention import AttentionBackendError, VideoAttnProcessor
-from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES
 from vidiff.models.unet import VideoUNet, is_temporal_parameter
+from vidiff.models.weights import LoadingError
+from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES
 
 TOL = 1e-5
 
@@ -161,7 +163,7 @@ def test_cross_frame_keeps_frame0_and_changes_others(sd1_folder, mode):
         crossed = video(x, t, context)
     assert (crossed[:, :, 0] - per_frame[:, :, 0]).abs().max() <= TOL
     assert (crossed[:, :, 1:] - per_frame[:, :, 1:]).abs().max() > 1e-3
-    assert VideoUNet.from_2d(sd1_folder, cross_frame=mode).config["cross_frame"] == mode
+    assert VideoUNet.from_2d(sd1_folder, cross_frame=mode).cross_frame == mode
 
 
 def test_bad_options_are_clear_errors(sd1_folder):
@@ -322,8 +324,8 @@ def test_save_pretrained_round_trip(tmp_path, sd1_folder):
         "config.json", "diffusion_pytorch_model.safetensors"]
     saved = json.loads((tmp_path / "video_unet" / "config.json").read_text())
     assert (saved["stage"], saved["conditioning_channels"], saved["in_channels"]) == ("interpolation", 2, 4)
-    loaded = vidiff.VideoUNet.from_pretrained(tmp_path / "video_unet").eval()
-    assert loaded.config == video.config
+    loaded = vidiff.VideoUNet.from_pretrained(tmp_path / "video_unet", cross_frame="sparse-causal").eval()
+    assert loaded.config == video.config  # the mode is a runtime choice, given again at load
     assert (loaded.config["stage"], loaded.conditioning_channels) == ("interpolation", 2)
     x = torch.randn(1, 6, 3, 8, 8)
     with torch.no_grad():
@@ -413,15 +415,44 @@ def test_backend_forced_at_save_is_not_saved_and_loads_on_cpu(tmp_path, sd1_fold
         video.set_attention_backend("xformers")
         video.save_pretrained(tmp_path / "trained")
     saved = json.loads((tmp_path / "trained" / "config.json").read_text())
-    assert "attention_backend" not in saved and saved["cross_frame"] == "first"
+    assert "attention_backend" not in saved and "cross_frame" not in saved
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clean load: nothing to warn about
-        loaded = VideoUNet.from_pretrained(tmp_path / "trained").eval()
-    assert loaded.attention_backend == "auto" and loaded.config["cross_frame"] == "first"
+        loaded = VideoUNet.from_pretrained(tmp_path / "trained", cross_frame="first").eval()
+    assert loaded.attention_backend == "auto" and loaded.cross_frame == "first"
     video.set_attention_backend("sdpa")
     x = torch.randn(1, 4, 3, 8, 8)
     with torch.no_grad():
         assert (loaded(x, 7, torch.ones(1, 5, 16)) - video(x, 7, torch.ones(1, 5, 16))).abs().max() <= TOL
+
+
+def test_cross_frame_mode_is_not_saved(tmp_path, sd1_folder):
+    """Issue 18: the cross-frame mode is a per-call setting (the pipeline folder suggests one in vidiff.json), so
+    a U-Net saved in one mode reloads in the default mode, and its config and temporal file do not record it."""
+    video = VideoUNet.from_2d(sd1_folder)
+    video.set_cross_frame("first")
+    video.save_pretrained(tmp_path / "saved")
+    video.save_temporal(tmp_path / "temporal.safetensors")
+    assert "cross_frame" not in json.loads((tmp_path / "saved" / "config.json").read_text())
+    with safe_open(str(tmp_path / "temporal.safetensors"), framework="pt") as handle:
+        assert "cross_frame" not in json.loads(handle.metadata()["config"])
+    assert VideoUNet.from_pretrained(tmp_path / "saved").cross_frame == "none"
+    assert video.cross_frame == "first" and "cross_frame" not in video.config
+
+
+def test_old_config_with_a_cross_frame_mode_loads(tmp_path, sd1_folder):
+    """U-Nets saved before issue 18 record the mode they were made with: it is dropped, without a warning, and
+    the caller's mode (default "none") is used; saving again writes a config without it."""
+    VideoUNet.from_2d(sd1_folder).save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "cross_frame": "sparse-causal"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert VideoUNet.from_pretrained(tmp_path / "old").cross_frame == "none"
+        loaded = VideoUNet.from_pretrained(tmp_path / "old", cross_frame="first")
+    assert loaded.cross_frame == "first"
+    loaded.save_pretrained(tmp_path / "old")  # an earlier VideoUNet folder: replaced
+    assert "cross_frame" not in json.loads(config_file.read_text())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine where xformers cannot run")
@@ -571,7 +602,7 @@ def test_frame_embedding_adds_each_frames_index_to_its_timestep_embedding(tmp_pa
     config = json.loads((tmp_path / "fe" / "config.json").read_text())
     del config["frame_embedding"]
     (tmp_path / "fe" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(vidiff.models.loading.LoadingError, match="frame_embedding.proj"):
+    with pytest.raises(LoadingError, match="frame_embedding.proj"):
         VideoUNet.from_pretrained(tmp_path / "fe")  # old config: no such layer, so its weights are unexpected
     assert VideoUNet.from_2d(sd1_folder).frame_embedding is None
     with pytest.raises(ValueError, match="frame_embedding must be true or false"):

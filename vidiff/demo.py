@@ -80,8 +80,6 @@ def model_dir(stage: str = "base") -> Path:
 
 def input_size() -> tuple[int, int]:
     """(height, width) of the demo base's clips: what the demo interpolation and ssr stages were trained on."""
-    import json
-
     defaults = json.loads((model_dir("base") / "vidiff.json").read_text())["defaults"]
     return int(defaults["height"]), int(defaults["width"])
 

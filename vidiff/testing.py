@@ -23,6 +23,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import diffusers
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from vidiff.models.folder import inflate_pipeline
+from vidiff.utils import atomic_path, save_safetensors_atomic
+
 # Every tiny model's settings in one place, so tests can build matching references.
 TINY_UNET = dict(
     block_out_channels=(16, 32),
@@ -120,8 +128,6 @@ def write_tiny_clip_vocab(folder: str | os.PathLike) -> int:
 
 def make_tiny_tokenizer(folder: str | os.PathLike):
     """A `CLIPTokenizer` over the tiny vocabulary, saved to `folder` (as `save_pretrained` writes it)."""
-    from transformers import CLIPTokenizer
-
     folder = Path(folder)
     with tempfile.TemporaryDirectory() as tmp:
         write_tiny_clip_vocab(tmp)
@@ -144,10 +150,6 @@ def make_tiny_sd_pipeline(path: str | os.PathLike, seed: int = 0, *, unet_kwargs
     model (U-Net on 3-channel pixels in [-1, 1], no `vae/`): not a valid StableDiffusionPipeline, but the layout
     `vidiff inflate` accepts for pixel-space bases. Deterministic for a given seed.
     """
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     path = Path(path)
     if path.exists() and any(path.iterdir()):
         if not (path / "model_index.json").is_file():  # never delete a folder this function did not write
@@ -204,8 +206,6 @@ def make_tiny_video_pipeline(path: str | os.PathLike, seed: int = 0, *, unet_kwa
     `defaults={...}` for vidiff.json's sampling defaults, ...). Small defaults (4 frames of 16 x 16 pixels,
     4 steps) keep calls without explicit sizes fast.
     """
-    from vidiff.models.folder import inflate_pipeline
-
     path = Path(path)
     defaults = {"num_frames": 4, "height": 16, "width": 16, "num_inference_steps": 4, "fps": 8}
     defaults.update(inflate_options.pop("defaults", None) or {})
@@ -216,8 +216,6 @@ def make_tiny_video_pipeline(path: str | os.PathLike, seed: int = 0, *, unet_kwa
 
 
 def _diffusers_version() -> str:
-    import diffusers
-
     return diffusers.__version__
 
 
@@ -281,11 +279,7 @@ def save_sd_single_file(sd_folder: str | os.PathLike, path: str | os.PathLike) -
     """Write a diffusers SD 1.x pipeline folder's U-Net, VAE and text encoder as one LDM-layout checkpoint
     (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`), as the original
     Stable Diffusion releases ship them. .safetensors, or a weights-only .ckpt (`{"state_dict": ...}`)."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
 
-    from vidiff.utils import atomic_path, save_safetensors_atomic
 
     sd_folder, path = Path(sd_folder), Path(path)
     unet = UNet2DConditionModel.from_pretrained(str(sd_folder / "unet"))

@@ -1,5 +1,8 @@
 """Small shared helpers: atomic file writes, seeding, device/dtype parsing.
 
+Torch-free at import (the CLI imports this module for `vidiff --help`): the few helpers that need torch or
+safetensors import it when called.
+
 Every file that matters (checkpoints, exported models, outputs) is written to a temporary name beside its
 target and renamed into place, so a crash or a full disk never leaves a half-written file behind.
 """
@@ -112,7 +115,7 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
 
 
 def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # here: the CLI imports utils for `--help`, which must not load torch
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
@@ -125,7 +128,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 
 def parse_dtype(name: str):
     """'fp32' | 'fp16' | 'bf16' (or torch spellings) -> torch.dtype."""
-    import torch
+    import torch  # here, like every torch import in this module: the CLI imports utils for `--help`
 
     table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
              "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -137,7 +140,7 @@ def parse_dtype(name: str):
 
 
 def default_device() -> str:
-    import torch
+    import torch  # (torch-free at import: see parse_dtype)
 
     if torch.cuda.is_available():
         return "cuda"
@@ -150,7 +153,7 @@ def check_device(device=None):
     """`device` ("cpu", "cuda", "cuda:N", "mps", a torch.device, or None for the best available) as a
     torch.device, after checking this machine has it: a ValueError naming the device and the fix, instead of
     torch's AssertionError ("Torch not compiled with CUDA enabled") after a model has been loaded."""
-    import torch
+    import torch  # (torch-free at import: see parse_dtype)
 
     if device is None:
         return torch.device(default_device())

@@ -8,7 +8,7 @@ would (centred clip and crop, no flip), and writes safetensors shards:
                                   metadata: prompts and paths as JSON lists
     DIR/index.json                shards, counts, the settings used, and the files skipped with their reasons
 
-(k is the VAE's downsampling factor, 8 for Stable Diffusion.) Both come from `vidiff.pipelines.encoding`, the
+(k is the VAE's downsampling factor, 8 for Stable Diffusion.) Both come from `vidiff.models.encoding`, the
 functions training and sampling use, so training from the cache sees exactly the latents (the posterior mean;
 `encoding.encode_video` says why) and embeddings that training on the videos would.
 The folder is written under a temporary name and appears complete or not at all.
@@ -24,10 +24,15 @@ import os
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
+from safetensors import safe_open
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from vidiff.data.datasets import VideoDataset
 from vidiff.data.video_io import VideoReadError
-from vidiff.pipelines.encoding import encode_text, encode_video
+from vidiff.models.encoding import encode_text, encode_video
+from vidiff.models.loading import load_component
 from vidiff.utils import (atomic_dir, check_replaceable, default_device, parse_dtype, save_safetensors_atomic,
                           write_json_atomic)
 
@@ -58,10 +63,7 @@ class _Samples(torch.utils.data.Dataset):
 def _load_encoders(model_dir: Path, device, dtype):
     """The frozen VAE, text encoder and tokenizer of a pipeline folder (safe formats only; a damaged file is
     one error naming it)."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTokenizer
 
-    from vidiff.models.loading import load_component
 
     missing = [name for name in ("vae", "text_encoder", "tokenizer") if not (model_dir / name).is_dir()]
     if missing:
@@ -91,17 +93,8 @@ def build_latent_cache(model_dir: str | os.PathLike, manifest: str | os.PathLike
     dataset_options go to VideoDataset (caption_column, path_column, path_template, root, prompt, backend, ...).
     Bad files are skipped (one warning line each) and listed in index.json. Returns the index.
     """
-    from tqdm.auto import tqdm
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"pipeline folder {model_dir} does not exist")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0 (0 decodes in the main process), got {num_workers}")
-    # The cache replaces out_dir when done: only an earlier cache or an empty folder may be replaced.
-    check_replaceable(out_dir, _is_cache, f"a latent cache (no {INDEX_FILE})", "choose a new --out")
+    _check_request(model_dir, out_dir, batch_size=batch_size, shard_size=shard_size, num_workers=num_workers)
     device = device or default_device()
     torch_dtype = parse_dtype(dtype)
     dataset = VideoDataset(manifest, num_frames=num_frames, height=height, width=width, stride=stride, fps=fps,
@@ -113,64 +106,103 @@ def build_latent_cache(model_dir: str | os.PathLike, manifest: str | os.PathLike
                          f"would not decode back to {height}x{width}), got {height}x{width}")
     loader = torch.utils.data.DataLoader(_Samples(dataset), batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=list)
-    shards, skipped = [], {}
-    buffer = {"latents": [], "encoder_hidden_states": [], "prompts": [], "paths": []}
+    skipped: dict[str, str] = {}
     with atomic_dir(out_dir) as tmp:
-
-        def flush():
-            if not buffer["paths"]:
-                return
-            name = f"shard-{len(shards):05d}.safetensors"
-            tensors = {key: torch.cat(buffer[key]) for key in ("latents", "encoder_hidden_states")}
-            metadata = {"prompts": json.dumps(buffer["prompts"]), "paths": json.dumps(buffer["paths"])}
-            save_safetensors_atomic(tensors, tmp / name, metadata=metadata)
-            shards.append({"file": name, "count": len(buffer["paths"])})
-            for values in buffer.values():
-                values.clear()
-
-        bar = tqdm(total=len(dataset), desc="cache", unit="clip", disable=not progress)
-        for batch in loader:
-            good = []
-            for sample in batch:
-                if sample.get("bad"):
-                    skipped[sample["path"]] = sample["reason"]
-                    logger.warning(f"skipping bad sample {sample['path']}: {sample['reason']}")
-                else:
-                    good.append(sample)
-            bar.update(len(batch))
-            if not good:
-                continue
-            shapes = {tuple(s["pixel_values"].shape) for s in good}
-            for group_shape in sorted(shapes):  # images (f=1) and videos are encoded in separate groups
-                group = [s for s in good if tuple(s["pixel_values"].shape) == group_shape]
-                pixels = torch.stack([s["pixel_values"] for s in group]).to(device, torch_dtype)
-                prompts = [s["prompt"] for s in group]
-                latents = encode_video(vae, pixels, scaling_factor=vae.config.scaling_factor).cpu()
-                embeddings = encode_text(text_encoder, tokenizer, prompts).cpu()
-                if buffer["latents"] and buffer["latents"][0].shape[1:] != latents.shape[1:]:
-                    flush()  # a shard holds one latent shape
-                for i, sample in enumerate(group):
-                    buffer["latents"].append(latents[i:i + 1])
-                    buffer["encoder_hidden_states"].append(embeddings[i:i + 1])
-                    buffer["prompts"].append(sample["prompt"])
-                    buffer["paths"].append(sample["path"])
-                    if len(buffer["paths"]) >= shard_size:
-                        flush()
-        flush()
-        bar.close()
-        count = sum(shard["count"] for shard in shards)
-        if count == 0:
+        shards = _ShardWriter(tmp, shard_size)
+        with tqdm(total=len(dataset), desc="cache", unit="clip", disable=not progress) as bar:
+            for batch in loader:
+                good = _without_bad(batch, skipped)
+                bar.update(len(batch))
+                for latents, embeddings, group in _encode_groups(good, vae, text_encoder, tokenizer, device,
+                                                                 torch_dtype):
+                    shards.add(latents, embeddings, group)
+        shards.flush()
+        if shards.count == 0:
             first = next(iter(skipped.items()))
             raise ValueError(f"no readable samples in {manifest}: all {len(dataset)} were skipped "
                              f"(e.g. {first[0]}: {first[1]})")
         index = {
-            "format": CACHE_FORMAT, "model": str(model_dir), "manifest": str(manifest), "num_samples": count,
-            "num_skipped": len(skipped), "skipped": skipped, "shards": shards, "num_frames": num_frames,
+            "format": CACHE_FORMAT, "model": str(model_dir), "manifest": str(manifest), "num_samples": shards.count,
+            "num_skipped": len(skipped), "skipped": skipped, "shards": shards.shards, "num_frames": num_frames,
             "height": height, "width": width, "stride": stride, "fps": fps, "dtype": dtype,
             "scaling_factor": float(vae.config.scaling_factor),
         }
         write_json_atomic(tmp / INDEX_FILE, index)
     return index
+
+
+def _check_request(model_dir: Path, out_dir: Path, *, batch_size: int, shard_size: int, num_workers: int) -> None:
+    """The arguments of build_latent_cache, checked before any model loads."""
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"pipeline folder {model_dir} does not exist")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0 (0 decodes in the main process), got {num_workers}")
+    # The cache replaces out_dir when done: only an earlier cache or an empty folder may be replaced.
+    check_replaceable(out_dir, _is_cache, f"a latent cache (no {INDEX_FILE})", "choose a new --out")
+
+
+def _without_bad(batch: list[dict], skipped: dict[str, str]) -> list[dict]:
+    """The readable samples of a batch; each bad one is logged once and recorded in `skipped` (path -> reason)."""
+    good = []
+    for sample in batch:
+        if sample.get("bad"):
+            skipped[sample["path"]] = sample["reason"]
+            logger.warning(f"skipping bad sample {sample['path']}: {sample['reason']}")
+        else:
+            good.append(sample)
+    return good
+
+
+def _encode_groups(samples: list[dict], vae, text_encoder, tokenizer, device, dtype):
+    """Yield `(latents (n, c, f, h/k, w/k), embeddings (n, L, D), samples)` on the CPU, one group per pixel shape:
+    images (f = 1) and videos are encoded separately."""
+    for shape in sorted({tuple(s["pixel_values"].shape) for s in samples}):
+        group = [s for s in samples if tuple(s["pixel_values"].shape) == shape]
+        pixels = torch.stack([s["pixel_values"] for s in group]).to(device, dtype)
+        latents = encode_video(vae, pixels, scaling_factor=vae.config.scaling_factor).cpu()
+        embeddings = encode_text(text_encoder, tokenizer, [s["prompt"] for s in group]).cpu()
+        yield latents, embeddings, group
+
+
+class _ShardWriter:
+    """Collects encoded samples into safetensors shards of at most `shard_size` samples and one latent shape each
+    (latents, encoder_hidden_states; prompts and paths as JSON metadata), written into `folder`."""
+
+    def __init__(self, folder: Path, shard_size: int):
+        self.folder, self.shard_size = folder, shard_size
+        self.shards: list[dict] = []   # {"file", "count"} of each written shard, for index.json
+        self._buffer: dict[str, list] = {"latents": [], "encoder_hidden_states": [], "prompts": [], "paths": []}
+
+    @property
+    def count(self) -> int:
+        return sum(shard["count"] for shard in self.shards)
+
+    def add(self, latents: torch.Tensor, embeddings: torch.Tensor, samples: list[dict]) -> None:
+        buffer = self._buffer
+        if buffer["latents"] and buffer["latents"][0].shape[1:] != latents.shape[1:]:
+            self.flush()  # a shard holds one latent shape
+        for i, sample in enumerate(samples):
+            buffer["latents"].append(latents[i:i + 1])
+            buffer["encoder_hidden_states"].append(embeddings[i:i + 1])
+            buffer["prompts"].append(sample["prompt"])
+            buffer["paths"].append(sample["path"])
+            if len(buffer["paths"]) >= self.shard_size:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write what is collected as the next shard (nothing when empty)."""
+        buffer = self._buffer
+        if not buffer["paths"]:
+            return
+        name = f"shard-{len(self.shards):05d}.safetensors"
+        tensors = {key: torch.cat(buffer[key]) for key in ("latents", "encoder_hidden_states")}
+        metadata = {"prompts": json.dumps(buffer["prompts"]), "paths": json.dumps(buffer["paths"])}
+        save_safetensors_atomic(tensors, self.folder / name, metadata=metadata)
+        self.shards.append({"file": name, "count": len(buffer["paths"])})
+        for values in buffer.values():
+            values.clear()
 
 
 class CachedLatentDataset(torch.utils.data.Dataset):
@@ -203,8 +235,6 @@ class CachedLatentDataset(torch.utils.data.Dataset):
         return state
 
     def _open(self, shard: int):
-        from safetensors import safe_open
-
         if shard not in self._handles:
             path = self.cache_dir / self.shards[shard]["file"]
             handle = safe_open(str(path), framework="pt")

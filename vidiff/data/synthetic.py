@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from vidiff.data.video_io import write_video
 from vidiff.utils import atomic_dir, check_replaceable
 
 # Saturated, well separated colours, so evaluation can tell them apart by nearest colour.
@@ -127,9 +129,7 @@ def write_shapes_dataset(out_dir: str | os.PathLike, count: int, num_frames: int
 
     An existing `out_dir` is replaced only if it is empty or a previous shapes dataset (has a manifest.csv).
     """
-    from tqdm.auto import tqdm
 
-    from vidiff.data.video_io import write_video
 
     out_dir = Path(out_dir)
     if count < 1:

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
+from PIL import Image, ImageDraw
 
 from vidiff.utils import atomic_dir, atomic_path
 
@@ -128,7 +130,7 @@ def clip_indices(num_source_frames: int, num_frames: int | None = None, stride: 
 # Readers
 # ---------------------------------------------------------------------------------------------------------------
 def _have_decord() -> bool:
-    try:
+    try:  # decord is optional (the `decord` extra; no wheels beyond x86-64 Linux): PyAV reads when it is missing
         import decord  # noqa: F401
     except Exception:
         return False
@@ -164,8 +166,6 @@ def _resize_shape(height: int, width: int, size) -> tuple[int, int] | None:
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Header information (no decoding; counts packets only when the container has no frame count)."""
-    import av
-
     path = Path(path)
     _check_file(path)
     try:
@@ -214,8 +214,6 @@ def _display_rotation(path: Path) -> int:
 def _first_frame_rotation(path: str, inode: int, mtime_ns: int, size: int) -> int:
     """(Inode, time and size key the cache: a replaced or rewritten file is read again.) A file that does not decode says 0
     here and fails where its frames are read, with the reader's reason."""
-    import av
-
     try:
         with av.open(path) as container:
             for frame in container.decode(video=0):
@@ -239,8 +237,6 @@ def _has_variable_rate(stream, num_frames: int) -> bool:
 
 def _read_pyav(path: Path, indices: np.ndarray, shape: tuple[int, int] | None, num_source: int) -> np.ndarray:
     """Decode from the keyframe before the first wanted frame, counting frames from there."""
-    import av
-
     wanted = {int(i) for i in indices}
     first, last = int(indices.min()), int(indices.max())
     got: dict[int, np.ndarray] = {}
@@ -303,7 +299,7 @@ def _assemble(path, indices, got, last_decoded, num_source) -> np.ndarray:
 
 
 def _read_decord(path: Path, indices: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
-    import decord
+    import decord  # optional: called only when _have_decord()
 
     # decord's FFmpeg prints several raw lines to stderr for each damaged file (at its default ERROR level); the
     # failure is reported as one VideoReadError line (or PyAV reads the file instead), so keep FFmpeg quiet.
@@ -329,8 +325,6 @@ class _DecordSizeBug(Exception):
 
 def read_image(path: str | os.PathLike, size=None) -> np.ndarray:
     """An image as a one-frame video, uint8 (1, h, w, 3)."""
-    from PIL import Image
-
     path = Path(path)
     _check_file(path)
     try:
@@ -467,8 +461,6 @@ X264_THREADS = 1
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps, crf: int = 18) -> None:
-    import av
-
     # yuv420p needs even sizes: pad by repeating the last row / column (nothing is cropped away).
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
@@ -494,9 +486,6 @@ def _write_gif(path: Path, frames: np.ndarray, fps) -> None:
     the nearest that fits (8 fps -> 12 or 13 cs per frame); capped at 50 fps, as browsers play shorter delays
     slowly.
     """
-    import av
-    from PIL import Image
-
     rate = min(video_rate(fps), Fraction(50))
     with av.open(str(path), "w", format="gif") as container:
         stream = container.add_stream("gif", rate=rate)
@@ -522,8 +511,6 @@ def make_contact_sheet(frames, cols: int | None = None, pad: int = 2, label: boo
     cols defaults to ceil(sqrt(f)). Size: W = cols * w + (cols + 1) * pad,
     H = rows * (h + label_height) + (rows + 1) * pad (label_height is 0 when label=False).
     """
-    from PIL import Image, ImageDraw
-
     frames = _as_frames(frames)
     f, h, w, _ = frames.shape
     cols = cols or int(math.ceil(math.sqrt(f)))
@@ -549,8 +536,6 @@ def make_contact_sheet(frames, cols: int | None = None, pad: int = 2, label: boo
 def write_contact_sheet(path: str | os.PathLike, frames, cols: int | None = None, pad: int = 2,
                         label: bool = True) -> Path:
     """Write `make_contact_sheet(frames, ...)` as a PNG, atomically. Returns the path."""
-    from PIL import Image
-
     path = Path(path)
     sheet = make_contact_sheet(frames, cols=cols, pad=pad, label=label)
     with atomic_path(path) as tmp:
@@ -585,8 +570,6 @@ def check_write_target(path: str | os.PathLike, format: str | None = None) -> st
 
 
 def _write_png_folder(path: Path, frames: np.ndarray) -> None:
-    from PIL import Image
-
     with atomic_dir(path) as tmp:
         digits = max(5, len(str(len(frames) - 1)))
         for i, frame in enumerate(frames):

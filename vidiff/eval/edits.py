@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from vidiff.data.synthetic import COLORS, SHAPES, caption
 from vidiff.eval.shapes import score_edit
@@ -40,8 +41,6 @@ def edit_target(case: EvalCase, attribute: str) -> tuple[str, str]:
 def run_edits(fn, cases: list[EvalCase], *, attribute: str = "color", num_frames: int, size: int,
               progress: bool = True) -> list[dict]:
     """Edit every case's true clip with `fn` and score it; one record per clip."""
-    from tqdm.auto import tqdm
-
     records = []
     for case in tqdm(cases, desc=f"edit {attribute}", unit="clip", disable=not progress):
         source = true_clip(case, num_frames, size)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from vidiff.data.synthetic import make_clip
 from vidiff.eval import video
@@ -44,8 +45,6 @@ def run_stage(stage: str, fn, cases: list[EvalCase], *, num_frames: int, size: i
               num_known: int | None = None, progress: bool = True) -> list[dict]:
     """Score `fn` on every case: one record per clip with the prompt, seed and the scores of `video.compare`.
     `num_frames` and `size` are those of the stage's output (the true clip)."""
-    from tqdm.auto import tqdm
-
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
     if stage == "extend" and not (num_known and 1 <= num_known < num_frames):

@@ -16,6 +16,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES, caption
 from vidiff.eval.shapes import parse_caption, score_clip
@@ -66,9 +69,6 @@ def make_cases(seeds=EVAL_SEEDS, prompts: list[str] | None = None, limit: int | 
 def generate(pipe, cases: list[EvalCase], *, batch_size: int = 16, progress: bool = True, **call_kwargs) -> list:
     """Sample one clip per case with `pipe(prompts, generator=[...], **call_kwargs)` (a VideoPipeline or a
     CascadePipeline), in batches; returns uint8 (f, h, w, 3) arrays in case order."""
-    import torch
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     clips = []
@@ -129,8 +129,6 @@ def markdown_table(summary: dict) -> str:
 def contact_sheet(clips: list, records: list[dict], max_frames: int = 8, scale: int = 2) -> np.ndarray:
     """One row per clip (up to `max_frames` frames, evenly spaced, enlarged `scale` times), each under a strip
     naming the prompt and what was wrong: uint8 (H, W, 3)."""
-    from PIL import Image, ImageDraw
-
     if not clips:
         raise ValueError("no clips for the contact sheet")
     strip, pad = 12, 2

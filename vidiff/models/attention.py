@@ -52,7 +52,7 @@ def _sdpa_attention(q, k, v, upcast: bool = False):
 
 
 def _xformers_attention(q, k, v, upcast: bool = False):
-    import xformers.ops as xops
+    import xformers.ops as xops  # optional (the `xformers` extra): this backend is chosen only where it runs
 
     # xformers wants (batch, tokens, heads, head_dim)
     q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
@@ -71,7 +71,7 @@ def _xformers_probe() -> str | None:
     if not torch.cuda.is_available():
         return "it needs a CUDA device"
     try:
-        import xformers.ops as xops
+        import xformers.ops as xops  # optional: a missing or broken install is a reason, not a crash
 
         q = torch.zeros(1, 4, 1, 8, device="cuda", dtype=torch.float16)
         xops.memory_efficient_attention(q, q, q)

@@ -12,8 +12,9 @@ and interleaves the temporal layers (vidiff.models.temporal), stored beside them
 Extra input channels for cascade stages (`conditioning_channels`) widen `conv_in` with zero-initialised
 weights, so a stage starts out as its base model; the config records the `stage` and its channels.
 
-The saved config is the model's identity (architecture, stage, the cross-frame mode it was made with). Runtime
-choices (attention backend, gradient checkpointing) are never saved, so a model loads on any machine.
+The saved config is the model's identity (architecture, stage). Runtime choices (attention backend, cross-frame
+mode, gradient checkpointing) are never saved, so a model loads on any machine and samples in any mode. The files
+are read and checked by vidiff.models.weights; the methods here only call it.
 
 References: Ho et al. 2022 (Video Diffusion Models); Singer et al. 2022 (Make-A-Video); Wu et al. 2023
 (Tune-A-Video); Rombach et al. 2022 (Stable Diffusion).
@@ -24,39 +25,30 @@ import contextlib
 import contextvars
 import json
 import re
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from accelerate import init_empty_weights
+from diffusers import UNet2DConditionModel
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+import vidiff
 from vidiff.models.attention import VideoAttnProcessor, check_backend
-from vidiff.spec import RUNTIME_OPTIONS, TEMPORAL_POSITIONS, check_cross_frame
 from vidiff.models.temporal import CoordinateEmbedding, FrameEmbedding, TemporalAttention, TemporalConv
+from vidiff.models.weights import (CONFIG_NAME, TEMPORAL_FORMAT, UNET_RUNTIME_OPTIONS, WEIGHTS_NAME, LoadingError,
+                                   check_state_dict, check_unet_config, holds_only_a_video_unet, is_temporal_file,
+                                   load_unet_2d, migrate_video_unet_config, read_state_dict, read_video_unet_config)
+from vidiff.spec import TEMPORAL_POSITIONS, check_cross_frame
 from vidiff.utils import atomic_dir, check_replaceable, save_safetensors_atomic, write_json_atomic
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-TEMPORAL_FORMAT = "temporal"  # the "vidiff" metadata entry of a save_temporal file
-
-# The SD 1.x / 2.x / x4-upscaler family: what the assembly below knows how to walk.
-DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
-UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D")
-MID_BLOCKS = ("UNetMidBlock2DCrossAttn", None)
-# config keys that must keep diffusers' defaults (features outside the SD family)
-UNSUPPORTED = {
-    "encoder_hid_dim_type": None, "time_embedding_type": "positional",
-    "time_cond_proj_dim": None, "attention_type": "default", "dual_cross_attention": False,
-    "class_embeddings_concat": False, "time_embedding_act_fn": None, "num_attention_heads": None,
-}
-# What a VideoUNet adds to its 2D config, saved with it: the model's identity. `cross_frame` is the mode it was
-# made (or tuned) with, a default that `set_cross_frame` may change for a run; any machine can compute every mode.
-ARCHITECTURE_OPTIONS = ("temporal_conv", "temporal_attention", "cross_frame", "conditioning_channels", "stage",
+# What a VideoUNet adds to its 2D config, saved with it: the model's identity.
+ARCHITECTURE_OPTIONS = ("temporal_conv", "temporal_attention", "conditioning_channels", "stage",
                         "temporal_position", "frame_embedding", "coordinate_embedding")
-# Accepted by the constructor, from_2d and from_pretrained, never saved (vidiff.spec.RUNTIME_OPTIONS).
-OPTIONS = ARCHITECTURE_OPTIONS + RUNTIME_OPTIONS
+# Accepted by the constructor, from_2d and from_pretrained, never saved: the attention backend and the cross-frame
+# mode (weights.UNET_RUNTIME_OPTIONS).
+OPTIONS = ARCHITECTURE_OPTIONS + UNET_RUNTIME_OPTIONS
 
 # Set while a loader builds a model whose spatial weights come from a checkpoint: the 2D modules are then created
 # on the meta device (no random init: ~25 s for SD 1.5 on a CPU) and filled by `_load_spatial`.
@@ -104,78 +96,6 @@ def check_options(**options) -> None:
             raise ValueError(f"{key} must be true or false, got {options[key]!r}")
 
 
-def check_unet_config(config: dict) -> dict:
-    """Validate a diffusers UNet2DConditionModel config for inflation; returns a clean copy."""
-    config = {k: v for k, v in config.items() if not k.startswith("_")}
-    for key in ("down_block_types", "up_block_types"):
-        allowed = DOWN_BLOCKS if key.startswith("down") else UP_BLOCKS
-        for block in config.get(key, ()):
-            if block not in allowed:
-                raise ValueError(f"VideoUNet supports {key} from {allowed}, got {block!r}")
-    if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") not in MID_BLOCKS:
-        raise ValueError(f"VideoUNet supports mid_block_type from {MID_BLOCKS}, got {config['mid_block_type']!r}")
-    for key, default in UNSUPPORTED.items():
-        if config.get(key, default) != default:
-            raise ValueError(f"VideoUNet does not support {key}={config[key]!r} (SD 1.x/2.x configs only)")
-    if config.get("class_embed_type") not in (None, "timestep"):
-        raise ValueError(f"VideoUNet supports class_embed_type None or 'timestep', got {config['class_embed_type']!r}")
-    if config.get("addition_embed_type") not in (None, "text"):
-        raise ValueError("VideoUNet supports addition_embed_type None or 'text' (Imagen's pooled text embedding "
-                         f"added to the timestep embedding), got {config['addition_embed_type']!r}")
-    return config
-
-
-def read_video_unet_config(directory: Path) -> dict:
-    """The config.json of a folder written by `VideoUNet.save_pretrained`: FileNotFoundError if there is none,
-    LoadingError (one line naming the file) if it is damaged or belongs to another kind of model."""
-    from vidiff.models.loading import LoadingError, read_json
-
-    config_file = Path(directory) / CONFIG_NAME
-    if not config_file.is_file():
-        raise FileNotFoundError(f"no VideoUNet at {directory}: {CONFIG_NAME} is missing "
-                                "(use VideoUNet.from_2d for a Stable Diffusion U-Net)")
-    config = read_json(config_file, "a VideoUNet config")
-    if config.get("_class_name") != "VideoUNet":
-        raise LoadingError(f"{config_file} is not a VideoUNet config (found {config.get('_class_name')!r}); "
-                           "use VideoUNet.from_2d to inflate a 2D U-Net")
-    return config
-
-
-def is_video_unet_folder(path) -> bool:
-    """True for a folder `VideoUNet.save_pretrained` wrote (its config.json names the class): the only kind of
-    non-empty folder `save_pretrained` replaces (vidiff.utils.check_replaceable)."""
-    try:
-        return read_video_unet_config(Path(path)) is not None
-    except (OSError, ValueError):
-        return False
-
-
-def _holds_only_a_video_unet(path: Path) -> bool:
-    """A folder save_pretrained may replace: a VideoUNet's, with no file of the user's beside it."""
-    return is_video_unet_folder(path) and {p.name for p in path.iterdir()} <= {CONFIG_NAME, WEIGHTS_NAME}
-
-
-def is_temporal_file(path) -> bool:
-    """True for a file `VideoUNet.save_temporal` wrote: safetensors whose metadata marks vidiff temporal layers."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("vidiff") == TEMPORAL_FORMAT
-    except Exception:  # not safetensors at all (SafetensorError, OSError, ...): not ours
-        return False
-
-
-def _drop_saved_runtime_options(config: dict, config_file: Path, overrides: dict) -> None:
-    """Models saved before runtime options left the config may carry one (e.g. attention_backend "xformers" from
-    a CUDA machine): drop it, with one warning when it asked for more than "auto", so the model loads anywhere."""
-    for key in RUNTIME_OPTIONS:
-        saved = config.pop(key, "auto")
-        if saved != "auto" and key not in overrides:
-            warnings.warn(f"{config_file} records {key}={saved!r} from the machine that saved it; runtime options "
-                          f"are not part of a saved model, so 'auto' is used (pass {key}= to choose)", stacklevel=3)
-
-
 class VideoUNet(nn.Module):
     """Pseudo-3D U-Net on `(b, c, f, h, w)` built from a Stable Diffusion U-Net config.
 
@@ -183,7 +103,7 @@ class VideoUNet(nn.Module):
         unet_config: a diffusers `UNet2DConditionModel` config (SD 1.x / 2.x / x4 upscaler family).
         temporal_conv: add a temporal convolution after every resnet block.
         temporal_attention: add a temporal attention layer after every spatial transformer.
-        cross_frame: spatial self-attention mode, "none" | "first" | "sparse-causal".
+        cross_frame: spatial self-attention mode, "none" | "first" | "sparse-causal"; a runtime choice, not saved.
         conditioning_channels: extra zero-initialised input channels (cascade stages concatenate their
             condition to `sample` along channels).
         stage: the cascade stage this U-Net serves ("base", "interpolation", "tsr", "ssr", ...), recorded in
@@ -202,22 +122,19 @@ class VideoUNet(nn.Module):
                  temporal_position: str = "qk", frame_embedding: bool = False, coordinate_embedding: bool = False,
                  attention_backend: str = "auto"):
         super().__init__()
-        from diffusers import UNet2DConditionModel
-
         unet_config = check_unet_config(unet_config)
         check_options(temporal_conv=temporal_conv, temporal_attention=temporal_attention, cross_frame=cross_frame,
                       conditioning_channels=conditioning_channels, stage=stage, attention_backend=attention_backend,
                       temporal_position=temporal_position, frame_embedding=frame_embedding,
                       coordinate_embedding=coordinate_embedding)
         self.config = dict(unet_config, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
-                           cross_frame=cross_frame, conditioning_channels=conditioning_channels, stage=stage,
+                           conditioning_channels=conditioning_channels, stage=stage,
                            temporal_position=temporal_position, frame_embedding=frame_embedding,
                            coordinate_embedding=coordinate_embedding)
         self.attention_backend = attention_backend
+        self.cross_frame = cross_frame
 
         # Build diffusers' 2D U-Net once and adopt its modules under the same names.
-        from accelerate import init_empty_weights
-
         empty = init_empty_weights() if _SPATIAL_FROM_CHECKPOINT.get() else contextlib.nullcontext()
         with empty:
             base = UNet2DConditionModel(**dict(unet_config, in_channels=unet_config.get("in_channels", 4)
@@ -271,7 +188,7 @@ class VideoUNet(nn.Module):
 
     def set_cross_frame(self, mode: str) -> None:
         """Spatial self-attention: "none" (per frame), "first" (frame 0's keys/values), "sparse-causal"."""
-        self.config["cross_frame"] = check_cross_frame(mode)
+        self.cross_frame = check_cross_frame(mode)
         for attn1, _ in self._attention_modules():
             attn1.processor.cross_frame = mode
 
@@ -279,9 +196,8 @@ class VideoUNet(nn.Module):
         """"auto" (xformers on CUDA when it runs, else SDPA) | "sdpa" | "xformers" | "math". A runtime choice:
         it is not saved with the model. Raises AttentionBackendError where `name` cannot run."""
         self.attention_backend = check_backend(name)
-        cross_frame = self.config["cross_frame"]
         for attn1, attn2 in self._attention_modules():
-            attn1.set_processor(VideoAttnProcessor(name, cross_frame))
+            attn1.set_processor(VideoAttnProcessor(name, self.cross_frame))
             if attn2 is not None:
                 attn2.set_processor(VideoAttnProcessor(name))
         for module in self.modules():
@@ -407,9 +323,7 @@ class VideoUNet(nn.Module):
     def save_pretrained(self, directory) -> None:
         """`config.json` + `diffusion_pytorch_model.safetensors`, written atomically as one folder. An existing
         `directory` is replaced only if it is an earlier VideoUNet folder or empty (FileExistsError otherwise)."""
-        import vidiff
-
-        check_replaceable(directory, _holds_only_a_video_unet, "a VideoUNet folder holding only what "
+        check_replaceable(directory, holds_only_a_video_unet, "a VideoUNet folder holding only what "
                           f"save_pretrained writes ({CONFIG_NAME}, {WEIGHTS_NAME})",
                           "choose a new or empty folder (save_pretrained replaces the whole folder)")
         with atomic_dir(directory) as tmp:
@@ -419,20 +333,18 @@ class VideoUNet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, subfolder: str | None = None, **overrides) -> "VideoUNet":
-        """Load a U-Net written by `save_pretrained`. `overrides` may set `cross_frame` and the runtime option
-        `attention_backend` (default "auto"); the architecture is fixed by the saved config. A damaged folder
-        raises LoadingError, one line naming the file."""
-        from vidiff.models.loading import LoadingError, check_state_dict, read_state_dict
-
+        """Load a U-Net written by `save_pretrained`. `overrides` may set the runtime options `cross_frame` (default
+        "none") and `attention_backend` (default "auto"); the architecture is fixed by the saved config (one saved
+        by an older version loads too: `weights.migrate_video_unet_config`). A damaged folder raises LoadingError,
+        one line naming the file."""
         directory = Path(directory) / (subfolder or "")
         config_file = directory / CONFIG_NAME
         for key in overrides:
-            if key not in ("cross_frame", *RUNTIME_OPTIONS):
+            if key not in UNET_RUNTIME_OPTIONS:
                 raise ValueError(f"from_pretrained cannot change {key!r}; it is fixed by {config_file}")
         check_options(**overrides)  # the caller's mistakes, before the file's
-        config = read_video_unet_config(directory)
+        config = migrate_video_unet_config(read_video_unet_config(directory), config_file, overrides)
         options = {k: config.pop(k) for k in ARCHITECTURE_OPTIONS if k in config}
-        _drop_saved_runtime_options(config, config_file, overrides)
         try:
             with _spatial_from_checkpoint():
                 model = cls(config, **options, **overrides)
@@ -453,8 +365,6 @@ class VideoUNet(nn.Module):
         Spatial weights load by their diffusers names; temporal layers and conditioning channels keep their
         identity / zero initialisation, so the result equals the 2D model on every frame.
         """
-        from vidiff.models.loading import load_unet_2d
-
         check_options(**options)  # before the weights are read (or downloaded)
         unet_config, state_dict = load_unet_2d(path_or_id, subfolder, config=config)
         return cls.from_2d_weights(unet_config, state_dict, source=str(path_or_id), **options)
@@ -469,8 +379,6 @@ class VideoUNet(nn.Module):
         starts as its base) or already has k more (an image model that takes the condition itself, e.g. the SD
         x4 upscaler's 3 low-resolution pixel channels: kept as trained).
         """
-        from vidiff.models.loading import check_state_dict
-
         check_options(**options)
         with _spatial_from_checkpoint():
             model = cls(unet_config, **options)
@@ -511,8 +419,7 @@ class VideoUNet(nn.Module):
         save_safetensors_atomic(tensors, path, metadata=metadata)
 
     def load_temporal(self, path) -> None:
-        from vidiff.models.loading import check_state_dict, read_state_dict
-
+        """Load a `save_temporal` file into this model's temporal layers (keys and shapes checked)."""
         tensors = read_state_dict(path)
         expected = {k: v.shape for k, v in self.state_dict().items() if is_temporal_parameter(k)}
         check_state_dict(expected, tensors, source=str(path))

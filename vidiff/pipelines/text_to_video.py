@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from vidiff.models.encoding import encode_text, encode_video
 from vidiff.models.folder import make_info, write_pipeline_folder
 from vidiff.models.loading import load_component
 from vidiff.models.unet import VideoUNet
-from vidiff.pipelines.encoding import encode_text, encode_video
 from vidiff.pipelines.schedulers import make_scheduler
 from vidiff.spec import (KIND, LONG_VIDEO_NOISE, PipelineInfo, SamplingSettings, check_choice, check_cross_frame,
                          guidance_on, max_inference_steps, read_info, read_scheduler_config, resolve_sampling)
@@ -490,7 +490,7 @@ class VideoPipeline:
     @contextlib.contextmanager
     def temporary_cross_frame(self, mode: str):
         """Use the cross-frame attention `mode` inside the block, then restore the model's own."""
-        previous = self.unet.config.get("cross_frame", "none")
+        previous = self.unet.cross_frame
         self.unet.set_cross_frame(mode)
         try:
             yield

@@ -54,7 +54,7 @@ def widen_unet(unet, conditioning_channels: int, *, stage: str):
         raise ValueError(f"widen_unet takes a U-Net without condition channels, got one with "
                          f"{unet.conditioning_channels}")
     config = {k: v for k, v in unet.config.items() if k not in OPTIONS}
-    options = {k: unet.config[k] for k in OPTIONS if k in unet.config}
+    options = {k: unet.config[k] for k in OPTIONS if k in unet.config} | {"cross_frame": unet.cross_frame}
     options.update(conditioning_channels=conditioning_channels, stage=stage)
     return VideoUNet.from_2d_weights(config, unet.state_dict(), source=f"the inflated {stage} U-Net", **options)
 

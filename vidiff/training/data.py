@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vidiff.config import Config
 from vidiff.data import CachedLatentDataset, VideoDataset, load_manifest, probe_video
-from vidiff.pipelines.encoding import encode_text, encode_video
+from vidiff.models.encoding import encode_text, encode_video
 
 
 class EndlessSampler(Sampler):
@@ -192,7 +192,7 @@ def encode_batch(batch: dict, vae, text_encoder, tokenizer, *, caption_dropout: 
 
     Caption dropout (the empty prompt with probability `caption_dropout`) trains the unconditional branch
     that classifier-free guidance needs; dropout comes from `generator`. Latents and embeddings come from
-    `vidiff.pipelines.encoding`, as the latent cache's do (the VAE posterior mean: `encode_video` says why).
+    `vidiff.models.encoding`, as the latent cache's do (the VAE posterior mean: `encode_video` says why).
     `train_text`: the embeddings keep their graph (train.train_text_encoder); else no gradients at all.
     """
     if "latents" in batch:  # a latent cache: both already computed
