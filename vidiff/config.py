@@ -282,9 +282,6 @@ def validate(cfg: Config, where: str = "config") -> None:
     check(0.0 <= t.lr_floor < 1.0, f"train.lr_floor must be in [0, 1) (a fraction of train.learning_rate), got {t.lr_floor}")
     check(t.lr_floor == 0.0 or t.lr_scheduler in FLOOR_SCHEDULES,
           f"train.lr_floor={t.lr_floor} applies to train.lr_scheduler={' | '.join(FLOOR_SCHEDULES)}, not to {t.lr_scheduler!r}")
-    check(not t.export_sd or (t.stage == "base" and not cfg.model.temporal_conv and not cfg.model.temporal_attention),
-          "train.export_sd writes a text-to-image SD folder: it needs train.stage=base, model.temporal_conv=false "
-          "and model.temporal_attention=false")
     check(not t.train_text_encoder or not d.cache,
           "train.train_text_encoder needs captions, not data.cache (its text embeddings are computed once, frozen)")
     check(d.resize in RESIZE_MODES, f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {d.resize!r}")
@@ -328,6 +325,10 @@ def _validate_stage(cfg: Config, check) -> None:
         stage.check_clip(cfg.data.num_frames)
     except ValueError as e:
         check(False, str(e))
+    check(not t.export_sd or (not stage.takes_video and not cfg.model.temporal_conv
+                              and not cfg.model.temporal_attention),
+          "train.export_sd writes a text-to-image SD folder: it needs train.stage=base, model.temporal_conv=false "
+          "and model.temporal_attention=false")
     check(not stage.takes_video or not cfg.validation.prompts,
           f"validation.prompts renders text-to-video clips, which a {t.stage} stage cannot make alone; "
           "leave it empty for cascade stages")

@@ -61,7 +61,7 @@ SCHEDULER_NAMES: tuple[str, ...] = ("ddim", "dpm-solver++", "euler", "euler-ance
 LONG_VIDEO_NOISE: tuple[str, ...] = ("independent", "freenoise")
 
 # VideoUNet options that belong to one run on one machine, never written into a saved model's config.
-RUNTIME_OPTIONS: tuple[str, ...] = ("attention_backend",)
+RUNTIME_OPTIONS: tuple[str, ...] = ("attention_backend", "cross_frame")
 
 
 class SettingError(ValueError):

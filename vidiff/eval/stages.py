@@ -41,26 +41,37 @@ def _check_output(stage: str, out, expected: tuple) -> np.ndarray:
     return out
 
 
+def _interpolation(fn, true, case, *, factor, num_known):
+    return fn(true[::factor], case), lambda out: video.score_interpolation(true, out, factor)
+
+
+def _ssr(fn, true, case, *, factor, num_known):
+    return fn(video.downsample(true, factor), case), lambda out: video.score_ssr(true, out, factor)
+
+
+def _extend(fn, true, case, *, factor, num_known):
+    return fn(true[:num_known], case, len(true)), lambda out: video.score_extension(true, out, num_known)
+
+
+# what each evaluation gives the stage (from the true clip) and how its output is scored
+EVALUATIONS = {"interpolation": _interpolation, "ssr": _ssr, "extend": _extend}
+assert tuple(EVALUATIONS) == STAGES
+
+
 def run_stage(stage: str, fn, cases: list[EvalCase], *, num_frames: int, size: int, factor: int = 2,
               num_known: int | None = None, progress: bool = True) -> list[dict]:
     """Score `fn` on every case: one record per clip with the prompt, seed and the scores of `video.compare`.
-    `num_frames` and `size` are those of the stage's output (the true clip)."""
-    if stage not in STAGES:
+    `num_frames` and `size` are those of the stage's output (the true clip); `num_known` the frames an extension
+    is given (1 <= num_known < num_frames)."""
+    if stage not in EVALUATIONS:
         raise ValueError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
-    if stage == "extend" and not (num_known and 1 <= num_known < num_frames):
+    if EVALUATIONS[stage] is _extend and not (num_known and 1 <= num_known < num_frames):
         raise ValueError(f"extend needs 1 <= num_known < num_frames ({num_frames}), got {num_known}")
     records = []
     for case in tqdm(cases, desc=stage, unit="clip", disable=not progress):
         true = true_clip(case, num_frames, size)
-        if stage == "interpolation":
-            out = _check_output(stage, fn(true[::factor], case), true.shape)
-            scores = video.score_interpolation(true, out, factor)
-        elif stage == "ssr":
-            out = _check_output(stage, fn(video.downsample(true, factor), case), true.shape)
-            scores = video.score_ssr(true, out, factor)
-        else:
-            out = _check_output(stage, fn(true[:num_known], case, num_frames), true.shape)
-            scores = video.score_extension(true, out, num_known)
+        out, score = EVALUATIONS[stage](fn, true, case, factor=factor, num_known=num_known)
+        scores = score(_check_output(stage, out, true.shape))
         records.append({"prompt": case.prompt, "seed": case.seed, **scores})
     return records
 

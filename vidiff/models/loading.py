@@ -21,7 +21,6 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from vidiff.models.unet import VideoUNet
 from vidiff.models.weights import LoadingError, WEIGHT_SUFFIXES, is_hub_id, one_line, unpickler_reason
 # re-exported until pipelines/stage_folder.py imports it from vidiff.models.weights, its home
-from vidiff.models.weights import load_unet_2d  # noqa: F401
 from vidiff.spec import read_scheduler_config
 
 # ----------------------------------------------------------------------------------------------------------------

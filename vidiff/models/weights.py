@@ -436,7 +436,7 @@ TEMPORAL_FORMAT = "temporal"  # the "vidiff" metadata entry of a save_temporal f
 
 # Per-run VideoUNet options, never written into a saved config: the attention backend (vidiff.spec.RUNTIME_OPTIONS)
 # and the cross-frame mode (a sampling setting; a pipeline folder suggests one in vidiff.json defaults.cross_frame).
-UNET_RUNTIME_OPTIONS = tuple(dict.fromkeys((*RUNTIME_OPTIONS, "cross_frame")))
+UNET_RUNTIME_OPTIONS = RUNTIME_OPTIONS
 
 
 

@@ -160,7 +160,8 @@ class VideoPipeline:
         info = read_info(directory)
         if info.kind != KIND:
             raise ValueError(f"{directory} holds a {info.kind!r} model; VideoPipeline needs {KIND!r}")
-        unet = VideoUNet.from_pretrained(directory / "unet")
+        # the U-Net starts in the folder's suggested cross-frame mode; a call's `cross_frame` overrides it
+        unet = VideoUNet.from_pretrained(directory / "unet", cross_frame=info.defaults.cross_frame)
         vae = None
         if (directory / "vae").is_dir():
             vae = load_component(directory, "vae", AutoencoderKL)

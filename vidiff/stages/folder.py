@@ -29,8 +29,9 @@ from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from vidiff.models.folder import inflate_pipeline, make_info, write_pipeline_folder
-from vidiff.models.loading import load_base_components, load_component, load_unet_2d
+from vidiff.models.loading import load_base_components, load_component
 from vidiff.models.unet import OPTIONS, VideoUNet
+from vidiff.models.weights import load_unet_2d
 from vidiff.spec import CASCADE_STAGES, check_cross_frame, read_scheduler_config
 from vidiff.stages.cascade import SSRStage, _CascadeStage
 from vidiff.stages.conditions import AUGMENTATION_SCHEDULE, MAX_NOISE_LEVEL, SAMPLING_NOISE_LEVEL

@@ -111,8 +111,7 @@ def load_pipeline(config: Config, accelerator):
         accelerator.wait_for_everyone()
         source = inflated
     pipe = VideoPipeline.from_pretrained(source, device="cpu", dtype="fp32")  # fp32 master weights
-    if m.cross_frame is not None:
-        pipe.unet.set_cross_frame(m.cross_frame)
+    pipe.unet.set_cross_frame(m.cross_frame or pipe.defaults.cross_frame)  # null: the folder's suggestion
     pipe.unet.set_attention_backend(m.attention_backend)
     return pipe, source
 
