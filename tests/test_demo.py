@@ -107,7 +107,7 @@ def test_demo_base_makes_a_clip_of_its_size():
     from vidiff.pipelines.text_to_video import VideoPipeline
 
     pipe = VideoPipeline.from_pretrained(demo.model_dir("base"), device="cpu")
-    assert pipe.latent is False and pipe.defaults["num_frames"] == 8 and pipe.defaults["height"] == 32
+    assert pipe.latent is False and pipe.defaults.num_frames == 8 and pipe.defaults.height == 32
     video = pipe("a red circle moving right", num_inference_steps=2, seed=0, progress=False)
     assert video.dtype == np.uint8 and video.shape == (8, 32, 32, 3)
     assert video.std() > 0  # an image, not a constant
