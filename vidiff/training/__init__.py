@@ -1,4 +1,4 @@
-"""Training: one accelerate loop for every stage (`train`), the stages' inputs and objective, EMA.
+"""Training: one accelerate loop for every stage (`train`), `fit` for one-off tuning, Tune-A-Video, EMA.
 
 Modules: `trainer` (the loop: `train`, and `fit` / `training_step` for callers without a config file),
 `preflight` (every check before a model is loaded), `data` (seeded sample stream, collation, batch encoding),
