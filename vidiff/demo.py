@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES
+from vidiff.spec import read_info
 from vidiff.utils import write_json_atomic
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
@@ -80,8 +81,8 @@ def model_dir(stage: str = "base") -> Path:
 
 def input_size() -> tuple[int, int]:
     """(height, width) of the demo base's clips: what the demo interpolation and ssr stages were trained on."""
-    defaults = json.loads((model_dir("base") / "vidiff.json").read_text())["defaults"]
-    return int(defaults["height"]), int(defaults["width"])
+    defaults = read_info(model_dir("base")).defaults
+    return defaults.height, defaults.width
 
 
 def available_stages() -> list[str]:

@@ -299,14 +299,14 @@ def read_info(path: str | os.PathLike) -> PipelineInfo:
     return info
 
 
-def read_json(file: str | os.PathLike, fix: str):
-    """The JSON content of `file`; a one-line ValueError naming the file, the problem and `fix` otherwise (the
-    one JSON reader with a readable error)."""
+def read_json(file: str | os.PathLike, fix: str, error: type[Exception] = ValueError):
+    """The JSON content of `file`; otherwise `error` (a one-line message naming the file, the problem and `fix`):
+    the one JSON reader with a readable error (vidiff.models.weights raises its LoadingError through it)."""
     try:
         return json.loads(Path(file).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file} is not a readable JSON file ({type(e).__name__}: {' '.join(str(e).split())[:200]}"
-                         f"); {fix}") from None
+        raise error(f"{file} is not a readable JSON file ({type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                    f"); {fix}") from None
 
 
 def read_scheduler_config(folder: str | os.PathLike) -> dict:

@@ -6,7 +6,6 @@ which imports no vidiff model; this module sits above vidiff.models.unet.
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import socket
@@ -19,9 +18,9 @@ from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from vidiff.models.unet import VideoUNet
-from vidiff.models.weights import LoadingError, WEIGHT_SUFFIXES, is_hub_id, one_line, unpickler_reason
+from vidiff.models.weights import WEIGHT_SUFFIXES, LoadingError, is_hub_id, one_line, unpickler_reason
 # re-exported until pipelines/stage_folder.py imports it from vidiff.models.weights, its home
-from vidiff.spec import read_scheduler_config
+from vidiff.spec import read_json, read_scheduler_config
 
 # ----------------------------------------------------------------------------------------------------------------
 # Stable Diffusion base pipelines: the components `vidiff inflate` reads, and one safe loader for a diffusers /
@@ -41,11 +40,7 @@ def _check_component_files(folder: Path, fix: str) -> None:
     """Every JSON file of a component parses and every safetensors file is whole (header and size; the tensors
     are not read), so a damaged file is named here instead of deep inside transformers / diffusers."""
     for path in sorted(folder.glob("*.json")):
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise LoadingError(f"{path} is not a readable JSON file ({one_line(error)}): the folder is damaged; "
-                               f"{fix}") from None
+        read_json(path, f"the folder is damaged; {fix}", LoadingError)
     for path in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(str(path), framework="pt"):

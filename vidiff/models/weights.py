@@ -19,7 +19,6 @@ converted with diffusers' own `convert_ldm_unet_checkpoint`.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import pickle
 import re
@@ -34,6 +33,7 @@ from huggingface_hub import snapshot_download
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from vidiff import spec
 from vidiff.spec import RUNTIME_OPTIONS
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -61,11 +61,7 @@ def one_line(error: BaseException, limit: int = 200) -> str:
 def read_json(path: str | os.PathLike, what: str) -> dict:
     """A JSON object from `path`; LoadingError naming the file when it is unreadable, not JSON, or not an object."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LoadingError(f"{path} is not a readable JSON file ({one_line(error)}); it should be {what}: "
-                           "the file is damaged, restore or re-create it") from None
+    data = spec.read_json(path, f"it should be {what}: the file is damaged, restore or re-create it", LoadingError)
     if not isinstance(data, dict):
         raise LoadingError(f"{path} holds a JSON {type(data).__name__}, not an object; it should be {what}")
     return data

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import os
 import time
 import warnings
@@ -34,7 +33,7 @@ from vidiff.models.folder import make_info, write_pipeline_folder
 from vidiff.models.loading import load_component
 from vidiff.models.unet import VideoUNet
 from vidiff.pipelines.schedulers import make_scheduler
-from vidiff.spec import (KIND, LONG_VIDEO_NOISE, PipelineInfo, SamplingSettings, check_choice, check_cross_frame,
+from vidiff.spec import (KIND, LONG_VIDEO_NOISE, PipelineInfo, SamplingSettings, check_choice,
                          guidance_on, max_inference_steps, read_info, read_scheduler_config, resolve_sampling)
 from vidiff.utils import check_device, parse_dtype
 
