@@ -45,7 +45,7 @@ def test_abbreviated_flags_are_errors(argv, capsys):
 def test_every_parser_refuses_abbreviations():
     import argparse
 
-    parsers, seen = [build_parser()], 0
+    parsers, seen = [build_parser(name) for name in SUBCOMMANDS], 0
     while parsers:
         parser = parsers.pop()
         seen += 1
@@ -53,7 +53,7 @@ def test_every_parser_refuses_abbreviations():
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 parsers += list(action.choices.values())
-    assert seen >= len(SUBCOMMANDS) + 3  # the top parser, each subcommand, data's shapes and cache
+    assert seen >= 2 * len(SUBCOMMANDS) + 2  # the top parser and each subcommand, data's shapes and cache
 
 
 def test_version(capsys):
@@ -68,9 +68,19 @@ def test_version(capsys):
 
 
 def test_help_imports_no_torch():
-    code = "import sys, vidiff.cli as c; c.build_parser(); print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))"
+    """The subcommand modules import torch at the top; `vidiff --help` lists them without importing any."""
+    code = ("import sys, vidiff.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules), "
+            "sorted(m for m in sys.modules if m.startswith('vidiff.cli.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == "[] ['vidiff.cli.common']"
+
+
+def test_only_the_chosen_subcommand_is_imported():
+    code = ("import sys, vidiff.cli as c; c.build_parser('upscale'); "
+            "print(sorted(m for m in sys.modules if m.startswith('vidiff.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'vidiff.cli.upscale'" in out and "'vidiff.cli.generate'" not in out and "'vidiff.cli.eval'" not in out
 
 
 def test_python_dash_m_vidiff():
@@ -105,14 +115,14 @@ def read_only_dir(tmp_path):
 def test_read_only_output_location_fails_before_any_work(command, read_only_dir, tmp_path, capsys, monkeypatch):
     """Found in QA (issue 8): a read-only (or full) output location ended in an OSError traceback after all the
     sampling / inflating / encoding. Now one line before anything is loaded."""
+    from vidiff.cli import inflate
     from vidiff.data import synthetic
-    from vidiff.pipelines import folder
     from vidiff.testing import make_tiny_video_pipeline
     from vidiff.pipelines.text_to_video import VideoPipeline
 
     model = make_tiny_video_pipeline(tmp_path / "model", seed=0)
     capsys.readouterr()
-    for module, name in ((VideoPipeline, "from_pretrained"), (folder, "inflate_pipeline"),
+    for module, name in ((VideoPipeline, "from_pretrained"), (inflate, "inflate_stage"),
                          (synthetic, "make_clip")):
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("work started before the check"))
     argv = [a.format(model=model, ro=read_only_dir) for a in command]
@@ -186,13 +196,13 @@ def test_attention_backend_errors_are_one_line(tmp_path, capsys, monkeypatch):
         raise AttentionBackendError("attention backend 'xformers' cannot run on (2, 16, 1, 8) torch.float32 inputs "
                                     "(NotImplementedError: no kernel); use attention_backend='sdpa'")
 
-    monkeypatch.setattr(VideoPipeline, "__call__", refuse)
+    monkeypatch.setattr(VideoPipeline, "sample", refuse)
     argv = ["generate", "--model", str(model), "--prompt", "x", "--quiet", "--out", str(tmp_path / "c.mp4")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("vidiff generate: error: attention backend 'xformers' cannot run")
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c.mp4").exists()
-    monkeypatch.setattr(VideoPipeline, "__call__", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    monkeypatch.setattr(VideoPipeline, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         main(argv)
 

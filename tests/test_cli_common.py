@@ -1,5 +1,5 @@
 """The checks every `vidiff` subcommand shares (vidiff.cli.common): input video, output next to an input,
-flag names in settings errors, the seed."""
+settings errors in flag names, the seed."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from vidiff.cli.common import (SETTING_FLAGS, CLIError, check_video_output, in_flag_names, probe_video_arg,
+from vidiff.cli.common import (CLIError, check_flag, check_video_output, flag_error, probe_video_arg,
                                seed_or_random)
+from vidiff.spec import check_setting
 
 
 def test_probe_video_arg(tmp_path):
@@ -45,15 +46,28 @@ def test_check_video_output(tmp_path):
         check_video_output(out, video, 2, contact_sheet=True, overwrite=False)
 
 
-def test_in_flag_names_and_seed():
-    message = "num_inference_steps must be at most 10, got 20; guidance_scale must be >= 0"
-    assert in_flag_names(message, ("num_inference_steps", "guidance_scale")) == \
-        "--steps must be at most 10, got 20; --guidance must be >= 0"
-    assert in_flag_names(message, ("num_inference_steps",), "stage 1 ") == \
-        "stage 1 steps must be at most 10, got 20; guidance_scale must be >= 0"
-    assert in_flag_names(message, ()) == message
-    assert set(SETTING_FLAGS.values()) >= {"--steps", "--guidance", "--num-frames", "--scheduler"}
+def test_flag_names_and_seed():
+    """A SettingError from vidiff.spec reads as the CLI flag (SETTINGS' table), other errors as they are."""
+    from vidiff.spec import SettingError, check_choice
+
+    with pytest.raises(SettingError) as info:
+        check_setting("num_inference_steps", 20, high=10)
+    assert str(flag_error(info.value)) == "--steps must be between 1 and 10, got 20"
+    assert str(flag_error(info.value, "stage 1 ")) == "stage 1 steps must be between 1 and 10, got 20"
+    with pytest.raises(SettingError) as info:
+        check_choice("stage.factor of an ssr stage", 3, (2, 4))
+    assert str(flag_error(info.value)) == "stage.factor of an ssr stage must be one of 2, 4, got 3"
+    assert str(flag_error(ValueError("the input is 18x18 pixels"))) == "the input is 18x18 pixels"
+    with pytest.raises(CLIError, match="^--guidance must be between 0 and 100 \\(1 = off\\), got -1$"):
+        check_flag("guidance_scale", -1.0)
+    with pytest.raises(CLIError, match="^--frames must be between 1 and 4096, got 0$"):
+        check_flag("num_frames", 0, flag="--frames")
+    assert check_flag("fps", None) is None and check_flag("fps", 8.0) == 8.0
     assert seed_or_random(7) == 7 and seed_or_random(0) == 0
+    with pytest.raises(CLIError, match="^--seed must be between 0 and"):
+        seed_or_random(-1)
+    with pytest.raises(CLIError, match="^--seed must be between 0 and 9.22337e\\+18, got 9.22337e\\+18$"):
+        seed_or_random(2**63 - 1, count=2)  # video 1 would use seed + 1
     seeds = {seed_or_random(None) for _ in range(8)}
     assert len(seeds) > 1 and all(0 <= s < 2**31 for s in seeds)
 

@@ -114,14 +114,14 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "height": (["--height", 18], "--height must be a positive multiple of 4"),
         "width": (["--width", 2], "--width must be a positive multiple of 4"),
         "frames": (["--num-frames", 0], "--num-frames must be between 1 and 4096, got 0"),
-        "steps": (["--steps", 0], "--steps must be between 1 and 1000, got 0"),
-        "scheduler": (["--scheduler", "heun"], "unknown --scheduler 'heun'; use one of: ddim, dpm-solver++"),
+        "steps": (["--steps", 0], "--steps must be between 1 and 998, got 0"),
+        "scheduler": (["--scheduler", "heun"], "--scheduler must be one of ddim, dpm-solver++, euler, euler-ancestral, ddpm, unipc, got 'heun'"),
         "no-prompt": (["--prompt", None], "no prompt"),
         "prompts-file": (["--prompts-file", tmp_path / "nope.txt"], "--prompts-file"),
         "out-suffix": (["--out", tmp_path / "clip.avi"], "cannot tell the video format"),
         "num-videos": (["--num-videos", 0], "--num-videos must be between 1 and 10000, got 0"),
         "fps": (["--fps", 0], "--fps must be between 0.1 and 1000 frames per second, got 0"),
-        "window": (["--num-frames", 9, "--window-size", 4, "--window-stride", 6], "must not exceed --window-size"),
+        "window": (["--num-frames", 9, "--window-size", 4, "--window-stride", 6], "--window-stride (6) must not exceed window_size (4)"),
         "device": (["--device", "tpu"], "unknown --device"),
         "device-index": (["--device", "cuda:x"], "unknown --device 'cuda:x'"),  # torch's RuntimeError on a GPU
         # Found in QA: these passed the checks and failed (or silently misbehaved) after sampling.
@@ -137,7 +137,7 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "frames-dir-clash": (["--frames-dir", "", "--out", tmp_path / "keep.mp4"], "a folder holding other files"),
         "prompts-file-folder": (["--prompts-file", tmp_path / "keep"], "is a folder, not a text file"),
         # 1000 DDIM steps on SD's schedule (steps_offset 1) index timestep 1000: an IndexError after sampling.
-        "steps-over-schedule": (["--steps", 1000], "--steps must be at most 998 for this model's noise schedule"),
+        "steps-over-schedule": (["--steps", 1000], "--steps must be between 1 and 998, got 1000"),
         "truncated-scheduler": (["--model", tmp_path / "damaged"], "unreadable scheduler/scheduler_config.json"),
         "prompts-file-binary": (["--prompts-file", tmp_path / "binary.txt"], "binary.txt' is not UTF-8 text"),
         # `vidiff inflate --fps nan` used to write NaN into vidiff.json; generate then failed after sampling.

@@ -1,8 +1,9 @@
 """The `vidiff` command line: one module per subcommand, each with `add_parser(subparsers)` and `run(args) -> int`.
 
-A subcommand is registered by one line in `SUBCOMMANDS`. Heavy imports (torch, diffusers) happen inside the
-`run` functions, so `vidiff --help` is instant. Bad input exits 2 with a one-line `vidiff <cmd>: error: ...`
-(set VIDIFF_DEBUG=1 for the traceback).
+A subcommand is one line of `SUBCOMMANDS` (its name and its line in `vidiff --help`). The subcommand modules
+import torch at the top, so the top-level parser lists them from that table and only the chosen one is imported:
+`vidiff --help` stays instant. Bad input exits 2 with a one-line `vidiff <cmd>: error: ...` (set VIDIFF_DEBUG=1
+for the traceback).
 """
 from __future__ import annotations
 
@@ -10,23 +11,25 @@ import argparse
 import importlib
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-from vidiff.cli.common import CLIError, restored_library_bars
+import vidiff
+from vidiff.cli.common import CLIError, quiet_weight_bars, restored_library_bars
 
 __all__ = ["CLIError", "SUBCOMMANDS", "build_parser", "main"]
 
-# vidiff.cli.<name> for each subcommand, in the order `vidiff --help` lists them.
-SUBCOMMANDS = [
-    "inflate",
-    "generate",
-    "train",
-    "data",
-    "eval",
-    "interpolate",
-    "extend",
-    "upscale",
-    "edit",
-]
+# vidiff.cli.<name> -> its line in `vidiff --help`, in the order the help lists them.
+SUBCOMMANDS = {
+    "inflate": "turn a Stable Diffusion checkpoint into a vidiff video pipeline folder",
+    "generate": "generate video clips from text prompts",
+    "train": "fine-tune a video model (also under `accelerate launch -m vidiff train`)",
+    "data": "datasets: synthetic shapes, latent caches",
+    "eval": "measure generation quality on the synthetic shapes prompts",
+    "interpolate": "raise a clip's frame rate with an interpolation or TSR stage",
+    "extend": "add frames after a clip with an interpolation stage",
+    "upscale": "raise a clip's resolution with a spatial super-resolution (SSR) stage",
+    "edit": "edit a video to new text prompts (Tune-A-Video / Text2Video-Zero)",
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,42 +41,37 @@ class Parser(argparse.ArgumentParser):
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("vidiff")
     except PackageNotFoundError:  # a source checkout on PYTHONPATH
-        import vidiff
-
         return vidiff.__version__
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="vidiff",
-        description="vidiff: video diffusion from Stable Diffusion.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; `command`'s own flags are added (its module imported) when it is named, the
+    other subcommands are listed by name and help only."""
+    parser = Parser(prog="vidiff", description="vidiff: video diffusion from Stable Diffusion.",
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"vidiff {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
-        module = importlib.import_module(f"vidiff.cli.{name}")
-        module.add_parser(sub).set_defaults(_run=module.run)
+    for name, help_text in SUBCOMMANDS.items():
+        if name == command:
+            # imported only when chosen: the subcommand modules load torch, which `vidiff --help` does not need
+            module = importlib.import_module(f"vidiff.cli.{name}")
+            module.add_parser(sub, help_text).set_defaults(_run=module.run)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
-def _quiet_weight_bars() -> None:
-    """transformers draws a progress bar for every weight file it loads or writes, even a tiny one; the commands
-    show their own progress. Hub download bars stay (they are hf_hub's, switched separately)."""
-    try:
-        from transformers.utils import logging as transformers_logging
-    except ImportError:
-        return
-    transformers_logging._tqdm_active = False
+def _command(argv: list[str]) -> str | None:
+    """The subcommand `argv` names: its first word (the top-level parser takes only --help and --version)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command(argv))
     # Known flags anywhere; what is left is KEY=VALUE overrides for a command that takes them (`vidiff train CONFIG
     # --resume auto train.max_steps=6`: argparse alone stops collecting positionals at the first flag).
     args, extras = parser.parse_known_args(argv)
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extras  # command-line order: later overrides win
     with restored_library_bars():
         if (args.command, getattr(args, "data_command", None)) != ("data", "shapes"):
-            _quiet_weight_bars()
+            quiet_weight_bars()
         return _run(args)
 
 
@@ -119,4 +117,3 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print(f"vidiff {args.command}: interrupted", file=sys.stderr)
         return 130
-

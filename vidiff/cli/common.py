@@ -1,40 +1,29 @@
 """Helpers shared by the `vidiff` subcommands: the one-line user error, the checks every command makes before
-any heavy work (numbers in range, a usable device, a writable output location), and where clips are written.
+any heavy work (a setting in range, a usable device, a writable output location), and where clips are written.
 
 One video goes to `--out` as given (`clip.mp4`); several go to numbered names beside it (`clip-000.mp4`,
 `clip-001.mp4`, ... in prompt-major order). Each main output gets a sidecar `clip.json` (or `clip-000.json`) and,
 on request, extra formats with the same stem: `clip.gif`, `clip.png` (contact sheet), `clip_frames/` (PNGs).
 An existing file among them is replaced only with `--overwrite`. A clip's files are written under temporary names
 first and published together under a lock on the clip's name, so two runs writing the same `--out` at once leave
-one run's files, never a mix. Torch-free: the CLI checks names before it loads a model.
+one run's files, never a mix. Torch-free (`vidiff --help` imports this module).
 """
 from __future__ import annotations
 
 import contextlib
-import math
+import importlib
 import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
+from vidiff.data.video_io import VideoReadError, check_write_target, probe_video, video_format, write_video
+from vidiff.spec import MAX_SEED, SettingError, check_setting
+from vidiff.utils import check_device as check_torch_device
 from vidiff.utils import write_json_atomic
-
-# Sane bounds shared by the subcommands' numeric flags (checked before any work, so a typo such as
-# `--height 65536` or `--fps 1e308` is one line, not an out-of-memory or an OverflowError after sampling).
-MAX_FRAMES = 4096  # frames in one clip
-MAX_SIDE = 4096  # pixels, height or width (beyond any SD-family model's training size and x264's level limits)
-MIN_FPS, MAX_FPS = 0.1, 1000.0  # frames per second a clip is written at (mp4 stores rates as fractions of 1001)
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed; video i uses seed + i
-
-
-# resolve_settings' argument names in its messages -> the flags users type (each command passes the names it has)
-SETTING_FLAGS = {"num_inference_steps": "--steps", "num_frames": "--num-frames", "guidance_scale": "--guidance",
-                 "window_stride": "--window-stride", "window_size": "--window-size",
-                 "decode_chunk_size": "--decode-chunk-size", "height": "--height", "width": "--width",
-                 "scheduler": "--scheduler"}
-
 
 LIBRARY_LOGGING = ("transformers.utils.logging", "diffusers.utils.logging")
 
@@ -43,10 +32,18 @@ def quiet_loading(quiet: bool = True) -> None:
     """--quiet: switch off the progress bars transformers and diffusers draw while loading weights (`main`
     switches them back on when the command ends)."""
     if quiet:
-        import importlib
-
-        for name in LIBRARY_LOGGING:
+        for name in LIBRARY_LOGGING:  # by name: imported here, when a command asks (each takes a second)
             importlib.import_module(name).disable_progress_bar()
+
+
+def quiet_weight_bars() -> None:
+    """transformers draws a progress bar for every weight file it loads or writes, even a tiny one; the commands
+    show their own progress. Hub download bars stay (they are hf_hub's, switched separately)."""
+    try:  # imported when a command runs, not for `vidiff --help` (transformers takes a second to import)
+        transformers_logging = importlib.import_module("transformers.utils.logging")
+    except ImportError:
+        return
+    transformers_logging._tqdm_active = False
 
 
 @contextlib.contextmanager
@@ -54,8 +51,6 @@ def restored_library_bars():
     """Put transformers' and diffusers' progress-bar switches back as they were when the command ends, so a
     command run in-process (tests, notebooks) leaves no global state behind. A library first imported during the
     command goes back to its default (bars on)."""
-    import sys
-
     def state(name):
         module = sys.modules.get(name)
         return None if module is None else (module.is_progress_bar_enabled(), getattr(module, "_tqdm_active", None))
@@ -78,24 +73,36 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def in_flag_names(message: str, names, prefix: str = "--") -> str:
-    """`message` with each of `names` (python argument names, SETTING_FLAGS keys) spelled as its flag; `prefix`
-    replaces the flag's "--" (e.g. "stage 1 " for a cascade stage's setting)."""
-    for name in names:
-        message = message.replace(name, prefix + SETTING_FLAGS[name][2:])
-    return message
+def flag_error(error: ValueError, prefix: str = "--") -> CLIError:
+    """A Python-API error as the command line says it: a SettingError names the flag (vidiff.spec.SETTINGS'
+    `flag`; `prefix` replaces its "--", e.g. "stage 1 " for a cascade stage's setting), other errors read as
+    they are (so does a SettingError named by a phrase, such as "stage.factor of an ssr stage")."""
+    if isinstance(error, SettingError) and error.name.isidentifier():
+        return CLIError(error.for_flags(prefix))
+    return CLIError(str(error))
 
 
-def seed_or_random(seed: int | None) -> int:
-    """`--seed`, or a fresh random one when it is unset (the sidecar records it, so the run can be repeated)."""
-    return seed if seed is not None else secrets.randbelow(2**31)
+def check_flag(name: str, value, flag: str | None = None, **limits):
+    """`value` of the setting `name` checked by `vidiff.spec.check_setting` (the one range check; `limits`:
+    low / high), its message naming the flag (`flag` where this command spells it differently from
+    SETTINGS); returns the value."""
+    try:
+        return check_setting(name, value, **limits)
+    except SettingError as e:
+        raise CLIError(f"{flag} {e.problem}" if flag else e.for_flags()) from None
+
+
+def seed_or_random(seed: int | None, count: int = 1) -> int:
+    """`--seed` (checked: video i of `count` uses seed + i), or a fresh random one when it is unset (the sidecar
+    records it, so the run can be repeated)."""
+    if seed is None:
+        return secrets.randbelow(2**31)
+    return check_flag("seed", seed, high=MAX_SEED - (count - 1))
 
 
 def probe_video_arg(path: str | os.PathLike, flag: str = "--video"):
     """The header of the input video `flag` names (frame count, fps, size; no decoding), or a CLIError when it
     is missing, a folder, or not a readable video."""
-    from vidiff.data.video_io import VideoReadError, probe_video
-
     if not Path(path).is_file():
         what = "is a folder, not a video file" if Path(path).is_dir() else "does not exist"
         raise CLIError(f"{flag} {str(path)!r} {what}")
@@ -105,23 +112,13 @@ def probe_video_arg(path: str | os.PathLike, flag: str = "--video"):
         raise CLIError(f"{flag} {str(path)!r} is not readable ({e.reason}); give a video file PyAV can open") from None
 
 
-def check_number(flag: str, value, low, high, what: str = "") -> None:
-    """`value` of `flag` (None = unset) lies in [low, high] and is finite; CLIError naming both bounds otherwise."""
-    if value is None:
-        return
-    if not (math.isfinite(value) and low <= value <= high):
-        raise CLIError(f"{flag} must be between {low:g} and {high:g}{' ' + what if what else ''}, got {value:g}")
-
-
 def check_device(device: str | None) -> str | None:
     """`--device` (None = the best available) checked by `vidiff.utils.check_device` (the one device check),
     its message naming the flag; CLIError otherwise."""
     if device is None:
         return None
-    from vidiff.utils import check_device as check
-
     try:
-        check(device)
+        check_torch_device(device)
     except ValueError as e:
         raise CLIError(re.sub(r"\bdevice\b", "--device", str(e), count=1)) from None
     return device
@@ -153,8 +150,6 @@ def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = Fal
     video suffix; nothing that would replace a folder, or a folder of other files; no file where a parent folder
     should be; no existing output unless `overwrite`; a writable location), so a bad name fails before the model
     loads. Returns `out`."""
-    from vidiff.data.video_io import check_write_target, video_format
-
     if str(out) in ("", "."):
         raise ValueError(f"--out {str(out)!r} is empty; give a file name such as clip.mp4")
     out = Path(out)
@@ -215,8 +210,6 @@ def write_outputs(path: Path, frames, fps: float, sidecar: dict, *, gif: bool = 
     lock on the clip's name: another run publishing the same names waits, so the mp4, the extras and the JSON
     always come from one run. Without `overwrite`, a file that appeared meanwhile is not replaced (CLIError).
     """
-    from vidiff.data.video_io import write_video
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -235,8 +228,6 @@ def write_outputs(path: Path, frames, fps: float, sidecar: dict, *, gif: bool = 
 
 def _publish(staged: list[tuple[Path, Path]], overwrite: bool) -> None:
     """Move each staged file (or frames folder) onto its target; called under the clip's lock."""
-    from vidiff.data.video_io import check_write_target
-
     existing = [target for _, target in staged if target.exists()]
     if existing and not overwrite:
         raise CLIError(f"--out: {existing[0]} appeared while this run was sampling (another run?) and is not "
@@ -261,7 +252,7 @@ def name_lock(path: Path):
     current one, so two holders never overlap. Without fcntl (Windows) this is no lock.
     """
     try:
-        import fcntl
+        import fcntl  # POSIX only: imported here so that Windows, without it, runs unlocked
     except ImportError:
         yield
         return
@@ -288,8 +279,6 @@ def name_lock(path: Path):
 
 def _targets(path: Path, gif: bool, frames_dir: bool, contact_sheet: bool) -> list[tuple[Path, str]]:
     """(path, format) of the main output and the requested extras."""
-    from vidiff.data.video_io import video_format
-
     main_kind = video_format(path)
     targets = [(path, main_kind)]
     if gif and main_kind != "gif":

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from vidiff.cli.common import (MAX_FPS, MAX_FRAMES, MAX_SEED, MAX_SIDE, MIN_FPS, CLIError, check_device,
-                               check_number, check_writable)
-from vidiff.utils import DTYPES
-
-MAX_CLIPS = 1_000_000  # clips in one shapes dataset or cache shard
+from vidiff.cli.common import CLIError, check_device, check_flag, check_writable
+from vidiff.cli.options import add_device_options
+from vidiff.data.cache import build_latent_cache
+from vidiff.data.synthetic import write_shapes_dataset
 
 
 class _DataHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -22,8 +21,8 @@ class _DataHelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def add_parser(sub):
-    p = sub.add_parser("data", help="datasets: synthetic shapes, latent caches",
+def add_parser(sub, help_text: str):
+    p = sub.add_parser("data", help=help_text,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
                               "  vidiff data shapes --out data/shapes --count 1000\n"
@@ -69,8 +68,7 @@ def add_parser(sub):
     cache.add_argument("--root", default=None,
                        help="folder that relative manifest paths start from (default: the manifest's folder)")
     cache.add_argument("--prompt", default=None, help="prompt for a single-video manifest")
-    cache.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
-    cache.add_argument("--dtype", default="fp32", choices=DTYPES, help="encoder precision")
+    add_device_options(cache, dtype_default="fp32", dtype_help="encoder precision")
     return p
 
 
@@ -83,17 +81,15 @@ def run(args) -> int:
 
 
 def run_shapes(args) -> int:
-    check_number("--count", args.count, 1, MAX_CLIPS)
-    check_number("--frames", args.frames, 1, MAX_FRAMES)
-    check_number("--size", args.size, 8, MAX_SIDE, "pixels")
-    check_number("--seed", args.seed, 0, MAX_SEED)
-    check_number("--fps", args.fps, MIN_FPS, MAX_FPS, "frames per second")
+    check_flag("count", args.count)
+    check_flag("num_frames", args.frames, flag="--frames")
+    check_flag("size", args.size)
+    check_flag("seed", args.seed)
+    check_flag("fps", args.fps)
     if args.size % 2:  # H.264 in yuv420p stores even sizes only: the mp4 would be padded to size + 1
         raise CLIError(f"--size must be even (H.264 mp4 frames have even sizes), got {args.size}; "
                        f"use {args.size - 1} or {args.size + 1}")
     check_writable(args.out)
-    from vidiff.data.synthetic import write_shapes_dataset
-
     manifest = write_shapes_dataset(args.out, args.count, num_frames=args.frames, size=args.size,
                                     seed=args.seed, fps=args.fps, progress=True)
     print(f"wrote {args.count} clip{'s' if args.count > 1 else ''} ({args.frames} "
@@ -102,20 +98,10 @@ def run_shapes(args) -> int:
 
 
 def run_cache(args) -> int:
-    check_number("--num-frames", args.num_frames, 1, MAX_FRAMES)
-    check_number("--height", args.height, 1, MAX_SIDE, "pixels")
-    check_number("--width", args.width, 1, MAX_SIDE, "pixels")
-    check_number("--stride", args.stride, 1, MAX_FRAMES, "source frames")
-    check_number("--fps", args.fps, MIN_FPS, MAX_FPS, "frames per second")
-    check_number("--batch-size", args.batch_size, 1, 4096, "clips")
-    check_number("--shard-size", args.shard_size, 1, MAX_CLIPS, "clips")
-    if args.num_workers < 0:
-        raise CLIError(f"--num-workers must be >= 0 (0 decodes in the main process), got {args.num_workers}")
-    check_number("--num-workers", args.num_workers, 0, 256)
+    for name in ("num_frames", "height", "width", "stride", "fps", "batch_size", "shard_size", "num_workers"):
+        check_flag(name, getattr(args, name))
     check_device(args.device)
     check_writable(args.out)
-    from vidiff.data.cache import build_latent_cache
-
     index = build_latent_cache(
         args.model, args.manifest, args.out, num_frames=args.num_frames, height=args.height, width=args.width,
         stride=args.stride, fps=args.fps, batch_size=args.batch_size, shard_size=args.shard_size,

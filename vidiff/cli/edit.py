@@ -2,38 +2,46 @@
 from __future__ import annotations
 
 import argparse
-import math
+import time
 from pathlib import Path
 
-from vidiff.cli.common import (CLIError, check_device, check_video_output, in_flag_names, probe_video_arg,
-                               quiet_loading, seed_or_random, write_outputs)
-from vidiff.spec import CROSS_FRAME_MODES
-from vidiff.utils import DTYPES
+import numpy as np
 
-# the settings edit takes (their flags: vidiff.cli.common.SETTING_FLAGS)
-SETTING_NAMES = ("num_inference_steps", "guidance_scale", "num_frames", "height", "width")
+import vidiff
+from vidiff.cli.common import (CLIError, check_device, check_flag, check_video_output, numbered_paths,
+                               probe_video_arg, quiet_loading, seed_or_random, write_outputs)
+from vidiff.cli.options import (add_device_options, add_output_options, add_sampler_options, add_seed_option,
+                                add_size_options, group)
+from vidiff.cli.resolve import Model, resolve_model
+from vidiff.data.datasets import cover_size
+from vidiff.data.video_io import VideoReadError, clip_indices, read_video
+from vidiff.pipelines import editing
+from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
+from vidiff.spec import CROSS_FRAME_MODES, INFO_NAME
+from vidiff.training import tune
+from vidiff.utils import check_replaceable
+
+EPILOG = """examples:
+  vidiff edit --model models/sd15-video --video car-turn.mp4 --source-prompt "a car driving on a road" \\
+      --prompt "a jeep driving on a road, snow" --method tune --tune-steps 300 --out jeep.mp4
+  vidiff edit --model M --video swan.mp4 --prompt "a black swan" --prompt "a duck" --side-by-side --out swan.mp4
+  vidiff edit --model M --video in.mp4 --prompt "a cat" --strength 0.6 --seed 3 --out cat.mp4
+  vidiff edit --tuned tuned/car --video car-turn.mp4 --prompt "a red car" --out red.mp4
+
+several --prompt give out-000.mp4, out-001.mp4, ... (in prompt order), sharing one tuning and one inversion;
+--cache-inversion keeps the inverted latents as out.inversion.safetensors (+ .json key) and reuses them
+when the same clip, model and settings come back."""
 
 
-def add_parser(sub):
+def add_parser(sub, help_text: str):
     p = sub.add_parser(
-        "edit", help="edit a video to new text prompts (Tune-A-Video / Text2Video-Zero)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "edit", help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Edit a video clip to one or more text prompts, keeping its layout and motion. The clip is "
                     "resized and centre-cropped to the model's size, DDIM-inverted with the source prompt (or "
                     "noised SDEdit-style with --strength), and sampled again with each target prompt. --method "
                     "tune first tunes the model on the clip (Tune-A-Video); zero-shot needs no training "
                     "(Text2Video-Zero's cross-frame attention). The output keeps the clip's fps; each gets a "
-                    "JSON sidecar with every setting.",
-        epilog="examples:\n"
-               "  vidiff edit --model models/sd15-video --video car-turn.mp4 --source-prompt \"a car driving on a "
-               "road\" \\\n      --prompt \"a jeep driving on a road, snow\" --method tune --tune-steps 300 --out jeep.mp4\n"
-               "  vidiff edit --model M --video swan.mp4 --prompt \"a black swan\" --prompt \"a duck\" "
-               "--side-by-side --out swan.mp4\n"
-               "  vidiff edit --model M --video in.mp4 --prompt \"a cat\" --strength 0.6 --seed 3 --out cat.mp4\n"
-               "  vidiff edit --tuned tuned/car --video car-turn.mp4 --prompt \"a red car\" --out red.mp4\n"
-               "\nseveral --prompt give out-000.mp4, out-001.mp4, ... (in prompt order), sharing one tuning and one "
-               "inversion;\n--cache-inversion keeps the inverted latents as out.inversion.safetensors (+ .json key) "
-               "and reuses them\nwhen the same clip, model and settings come back.")
+                    "JSON sidecar with every setting.")
     p.add_argument("--model", metavar="DIR", default=None,
                    help="vidiff pipeline folder (default: the built-in demo model, when installed)")
     p.add_argument("--tuned", metavar="DIR", default=None,
@@ -43,7 +51,23 @@ def add_parser(sub):
     p.add_argument("--source-prompt", default="", metavar="TEXT",
                    help="what the input shows; inversion and tuning condition on it (default: the empty prompt)")
     p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default: none)")
-    p.add_argument("--method", choices=("zero-shot", "tune"), default=None,
+    _add_edit_options(p)
+    add_size_options(p, frames_help="frames taken from the clip (default: the model's)")
+    add_sampler_options(p, scheduler=False, steps_help="DDIM steps for inversion and sampling (default: the model's)",
+                        guidance_help="classifier-free guidance while sampling (default: the model's)")
+    add_seed_option(p, "seed for tuning and SDEdit noise (default: random, recorded)")
+    _add_clip_options(group(p, "input clip"))
+    add_device_options(p, dtype_help="default: fp32 for --method tune (AdamW on fp16 weights loses the updates), "
+                                     "else fp16 on CUDA")
+    add_output_options(p, out_help="output clip, e.g. edited.mp4", extras=("contact-sheet",),
+                       quiet_help="no progress bars")
+    group(p, "output").add_argument("--side-by-side", action="store_true",
+                                    help="write the input and the edit next to each other")
+    return p
+
+
+def _add_edit_options(p) -> None:
+    p.add_argument("--method", choices=editing.EDIT_METHODS, default=None,
                    help="zero-shot (no training) or tune (Tune-A-Video) (default: zero-shot; tune with --tuned)")
     p.add_argument("--cross-frame", choices=[m for m in CROSS_FRAME_MODES if m != "none"], default=None,
                    help="attention across frames while inverting and sampling (default: first for zero-shot, "
@@ -55,50 +79,56 @@ def add_parser(sub):
     p.add_argument("--save-tuned", metavar="DIR", default=None, help="keep the tuned model as a pipeline folder")
     p.add_argument("--cache-inversion", action="store_true",
                    help="keep / reuse the inverted latents beside --out (out.inversion.safetensors)")
-    p.add_argument("--num-frames", type=int, default=None, help="frames taken from the clip (default: the model's)")
-    p.add_argument("--stride", type=int, default=None, help="take every S-th source frame (default: 1)")
-    p.add_argument("--fps", type=float, default=None, help="sample the clip at this rate instead of --stride")
-    p.add_argument("--start", type=int, default=0, help="first source frame (default: %(default)s)")
-    p.add_argument("--height", type=int, default=None, help="pixels, multiple of the model's factor (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="pixels, multiple of the model's factor (default: the model's)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps for inversion and sampling (default: the model's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance while sampling (default: the model's)")
-    p.add_argument("--seed", type=int, default=None, help="seed for tuning and SDEdit noise (default: random, recorded)")
-    p.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: best available)")
-    p.add_argument("--dtype", default=None, choices=DTYPES,
-                   help="default: fp32 for --method tune (AdamW on fp16 weights loses the updates), else fp16 on CUDA")
-    p.add_argument("--out", required=True, metavar="PATH", help="output clip, e.g. edited.mp4")
-    p.add_argument("--side-by-side", action="store_true", help="write the input and the edit next to each other")
-    p.add_argument("--contact-sheet", action="store_true", help="also write a .png contact sheet of the frames")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (and their sidecars)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
 
 
-def _model_dir(args) -> str:
+def _add_clip_options(options) -> None:
+    options.add_argument("--stride", type=int, default=None, help="take every S-th source frame (default: 1)")
+    options.add_argument("--fps", type=float, default=None, help="sample the clip at this rate instead of --stride")
+    options.add_argument("--start", type=int, default=0, help="first source frame (default: %(default)s)")
+
+
+def run(args) -> int:
+    # Every check before the model loads: a typo costs no time.
+    prompts = list(args.prompt or [])
+    if not prompts or not all(p.strip() for p in prompts):
+        raise CLIError("no prompt: pass --prompt \"what the video should show\" (repeat for several)")
+    method = _method(args)
+    _check_options(args, method)
     if args.tuned is not None:
         if args.model is not None:
             raise CLIError("give --model or --tuned, not both (--tuned DIR is a model folder tuned on the clip)")
-        return args.tuned
-    if args.model is not None:
-        return args.model
-    try:
-        from vidiff.demo import available_stages, model_dir
-    except ImportError:
-        available_stages = None
-    if available_stages is None or "base" not in available_stages():
-        raise CLIError("no --model given and the built-in demo model is not installed: pass --model DIR (make one "
-                       "with `vidiff inflate --base SD_PIPELINE --out DIR`)")
-    import sys
+        args.model = args.tuned
+    model = resolve_model(args, "edit", prompts=prompts + [args.source_prompt], num_frames=args.num_frames,
+                          height=args.height, width=args.width, num_inference_steps=args.steps,
+                          guidance_scale=args.guidance)
+    source, indices = _check_video(args, model.settings.num_frames)
+    paths = _check_outputs(args, len(prompts))
+    cache = None
+    if args.cache_inversion:
+        cache = editing.InversionCache.beside(paths[0] if len(paths) == 1 else Path(args.out))
+        try:
+            cache.check_writable()
+        except ValueError as e:
+            raise CLIError(f"--cache-inversion: {e}") from None
+    cross_frame = editing.check_edit_options(method, args.cross_frame)
+    device = check_device(args.device)
+    dtype = args.dtype or ("fp32" if _tunes(args, method) else None)
+    seed = seed_or_random(args.seed)
 
-    from vidiff.demo import unknown_words_message
-
-    # The demo base (shapes: colours, circle / square / triangle), not its cascade: editing needs one base model.
-    print(f"using the built-in demo model {model_dir('base')} (pass --model DIR for another)", file=sys.stderr)
-    message = unknown_words_message(list(args.prompt) + ([args.source_prompt] if args.source_prompt else []))
-    if message:
-        print(f"warning: {message}", file=sys.stderr)
-    return str(model_dir("base"))
+    frames = _read_clip(args, source, indices, model.settings.height, model.settings.width)
+    quiet_loading(args.quiet)
+    pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=dtype)
+    start = time.perf_counter()
+    result, key = _edit(args, pipe, model, method, frames, prompts, cross_frame, cache, seed)
+    record = _record(args, model, method, cross_frame, seed, source, indices, cache, result, pipe)
+    record["total_seconds"] = round(time.perf_counter() - start, 3)
+    _write(args, paths, prompts, frames, result, record)
+    if args.save_tuned is not None:
+        saved = editing.save_tuned(pipe, args.save_tuned, {
+            "video": str(Path(args.video).resolve()), "clip": key["clip"], "source_prompt": args.source_prompt,
+            "tune_steps": args.tune_steps, "tune_lr": args.tune_lr, "seed": seed})
+        print(f"wrote {saved} (the model tuned on {args.video}; reuse it with --tuned {saved})")
+    return 0
 
 
 def _method(args) -> str:
@@ -109,33 +139,30 @@ def _method(args) -> str:
     return args.method or "zero-shot"
 
 
-def _check_numbers(args, method: str) -> None:
-    if args.strength is not None and not (math.isfinite(args.strength) and 0 <= args.strength <= 1):
-        raise CLIError(f"--strength must be in [0, 1] (0 = the input unchanged, 1 = plain generation), "
-                       f"got {args.strength}")
-    if method == "tune" and args.tuned is None:
-        if args.tune_steps < 1:
-            raise CLIError(f"--tune-steps must be >= 1, got {args.tune_steps}")
-        if not (math.isfinite(args.tune_lr) and args.tune_lr > 0):
-            raise CLIError(f"--tune-lr must be a finite number > 0, got {args.tune_lr}")
-    if args.save_tuned is not None and (method != "tune" or args.tuned is not None):
+def _tunes(args, method: str) -> bool:
+    """This run tunes the model on the clip (--method tune without an already --tuned model)."""
+    return method == "tune" and args.tuned is None
+
+
+def _check_options(args, method: str) -> None:
+    """The flags' ranges (vidiff.spec's, as the Python API checks them) and their combinations."""
+    check_flag("strength", args.strength)
+    if _tunes(args, method):
+        check_flag("tune_steps", args.tune_steps)
+        check_flag("tune_learning_rate", args.tune_lr)
+    if args.save_tuned is not None and not _tunes(args, method):
         raise CLIError("--save-tuned keeps a model tuned here: it needs --method tune (and no --tuned)")
     if args.cache_inversion and args.strength is not None:
         raise CLIError("--cache-inversion caches the DDIM inversion, which --strength (SDEdit) skips; drop one")
     if args.stride is not None and args.fps is not None:
         raise CLIError(f"give --stride or --fps, not both (got --stride {args.stride} --fps {args.fps})")
-    if args.stride is not None and args.stride < 1:
-        raise CLIError(f"--stride must be >= 1, got {args.stride}")
-    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
-        raise CLIError(f"--fps must be a finite number > 0, got {args.fps}")
-    if args.start < 0:
-        raise CLIError(f"--start must be >= 0, got {args.start}")
+    check_flag("stride", args.stride)
+    check_flag("fps", args.fps)
+    check_flag("start", args.start)
 
 
 def _check_video(args, num_frames: int):
     """Probe --video and check the clip fits in it (header only: no decoding, no model)."""
-    from vidiff.data.video_io import clip_indices
-
     source = probe_video_arg(args.video)
     if args.fps is not None and not source.fps:
         raise CLIError(f"--video {args.video!r} has no frame rate in its header, so --fps cannot apply; use --stride")
@@ -146,135 +173,73 @@ def _check_video(args, num_frames: int):
     return source, indices
 
 
-def _settings(args, info: dict, model: str) -> dict:
-    from vidiff.pipelines.folder import read_scheduler_config
-    from vidiff.pipelines.schedulers import max_inference_steps
-    from vidiff.pipelines.text_to_video import resolve_settings
-
-    try:
-        schedule = read_scheduler_config(Path(model) / "scheduler")
-        return resolve_settings(info, max_steps=max_inference_steps(schedule), num_frames=args.num_frames,
-                                height=args.height, width=args.width, num_inference_steps=args.steps,
-                                guidance_scale=args.guidance)
-    except (ValueError, FileNotFoundError) as e:
-        raise CLIError(in_flag_names(str(e), SETTING_NAMES)) from None
-
-
-def output_paths(out: Path, count: int) -> list[Path]:
-    """`out` for one prompt; out-000.mp4, out-001.mp4, ... (prompt order) for several."""
-    from vidiff.cli.common import numbered_paths
-
-    return numbered_paths(out, count)
-
-
 def _check_outputs(args, count: int) -> list[Path]:
-    # the clips, their sidecars and contact sheets: existing ones only with --overwrite
+    """The clips, their sidecars and contact sheets (existing ones only with --overwrite), and --save-tuned."""
     out = check_video_output(args.out, args.video, count, contact_sheet=args.contact_sheet, overwrite=args.overwrite)
-    paths = output_paths(out, count)
     if args.save_tuned is not None:
-        from vidiff.pipelines.folder import INFO_NAME
-        from vidiff.utils import check_replaceable
-
         try:
             check_replaceable(Path(args.save_tuned), lambda p: (p / INFO_NAME).is_file(),
                               f"a vidiff pipeline folder (no {INFO_NAME})", "choose a new --save-tuned folder")
         except (ValueError, FileExistsError) as e:
             raise CLIError(f"--save-tuned: {e}") from None
-    return paths
-
-
-def run(args) -> int:
-    from vidiff.pipelines.folder import read_info
-
-    # Every check before the model loads: a typo costs no time.
-    prompts = list(args.prompt or [])
-    if not prompts or not all(p.strip() for p in prompts):
-        raise CLIError("no prompt: pass --prompt \"what the video should show\" (repeat for several)")
-    method = _method(args)
-    _check_numbers(args, method)
-    model = _model_dir(args)
-    info = read_info(model)
-    if info.get("stage", "base") != "base":
-        raise CLIError(f"--model {model!r} is a {info['stage']} stage; editing needs a text-to-video base model")
-    settings = _settings(args, info, model)
-    source, indices = _check_video(args, settings["num_frames"])
-    paths = _check_outputs(args, len(prompts))
-    cache = None
-    if args.cache_inversion:
-        from vidiff.pipelines.editing import InversionCache
-
-        cache = InversionCache.beside(paths[0] if len(paths) == 1 else Path(args.out))
-        try:
-            cache.check_writable()
-        except ValueError as e:
-            raise CLIError(f"--cache-inversion: {e}") from None
-    device = check_device(args.device)
-    dtype = args.dtype or ("fp32" if method == "tune" and args.tuned is None else None)
-    seed = seed_or_random(args.seed)
-    return _edit(args, model, method, prompts, settings, source, indices, paths, cache, device, dtype, seed)
+    return numbered_paths(out, count)
 
 
 def _read_clip(args, source, indices, height: int, width: int):
-    from vidiff.data.datasets import cover_size
-    from vidiff.data.video_io import VideoReadError, read_video
-    from vidiff.pipelines.editing import fit_frames
-
     try:
         clip = read_video(args.video, indices=indices, size=cover_size(source.height, source.width, height, width))
     except VideoReadError as e:
         raise CLIError(f"--video {args.video!r}: {e.reason}") from None
-    return fit_frames(clip.frames, height, width)
+    return editing.fit_frames(clip.frames, height, width)
 
 
-def _edit(args, model, method, prompts, settings, source, indices, paths, cache, device, dtype, seed) -> int:
-    import time
+def _edit(args, pipe, model: Model, method: str, frames, prompts, cross_frame: str, cache, seed: int):
+    """The edit (Tune-A-Video tuning first with --method tune) and its inversion cache key."""
+    key = {"clip": editing.clip_hash(frames), "model": editing.model_fingerprint(model.path),
+           "dtype": str(pipe.dtype), "device": pipe.device.type}
+    options = dict(source_prompt=args.source_prompt, cross_frame=cross_frame,
+                   num_inference_steps=model.settings.num_inference_steps,
+                   guidance_scale=model.settings.guidance_scale, negative_prompt=args.negative, seed=seed,
+                   strength=args.strength, cache=cache, cache_key=key, progress=not args.quiet)
+    if _tunes(args, method):
+        result = tune.tune_and_edit(pipe, frames, prompts, tune_steps=args.tune_steps, tune_lr=args.tune_lr,
+                                    **options)
+    else:
+        result = editing.edit_video(pipe, frames, prompts, method=method, **options)
+    return result, key
 
-    import numpy as np
 
-    import vidiff
-    from vidiff.pipelines.editing import check_edit_options, clip_hash, edit_video, model_fingerprint, save_tuned
-    from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
+def _record(args, model: Model, method, cross_frame, seed, source, indices, cache, result, pipe) -> dict:
+    """What every output's sidecar records (its prompt is added per output)."""
+    tune_steps = args.tune_steps if _tunes(args, method) else 0
+    s = model.settings
+    return {"command": "edit", "input": str(Path(args.video).resolve()), "model": str(Path(model.path).resolve()),
+            "method": method, "source_prompt": args.source_prompt, "negative_prompt": args.negative,
+            "cross_frame": cross_frame, "strength": args.strength, "seed": seed,
+            "num_inference_steps": s.num_inference_steps, "guidance_scale": s.guidance_scale, "scheduler": "ddim",
+            "tune_steps": tune_steps, "tune_lr": args.tune_lr if tune_steps else None,
+            "tuned_model": str(Path(args.tuned).resolve()) if args.tuned else None,
+            "reconstruction_loss": result.reconstruction_loss,
+            "input_frames": [int(i) for i in indices], "input_fps": source.fps, "start": args.start,
+            "stride": args.stride, "fps": _output_fps(args, source), "num_frames": len(indices),
+            "height": s.height, "width": s.width,
+            "inversion": None if args.strength is not None else ("cached" if result.inversion_cached else "computed"),
+            "inversion_cache": str(cache.path) if cache is not None else None,
+            "side_by_side": args.side_by_side, "device": str(pipe.device),
+            "dtype": str(pipe.dtype).replace("torch.", ""), "vidiff_version": vidiff.__version__,
+            "seconds": {k: round(v, 3) for k, v in result.timings.items()}}
 
-    cross_frame = check_edit_options(method, args.cross_frame)
-    height, width = settings["height"], settings["width"]
-    frames = _read_clip(args, source, indices, height, width)
-    quiet_loading(args.quiet)
-    pipe = VideoPipeline.from_pretrained(model, device=device, dtype=dtype)
-    start = time.perf_counter()
-    tune_steps = args.tune_steps if method == "tune" and args.tuned is None else 0
-    key = {"clip": clip_hash(frames), "model": model_fingerprint(model), "dtype": str(pipe.dtype),
-           "device": pipe.device.type}
-    result = edit_video(pipe, frames, prompts, source_prompt=args.source_prompt, method=method,
-                        cross_frame=cross_frame, num_inference_steps=settings["num_inference_steps"],
-                        guidance_scale=settings["guidance_scale"], negative_prompt=args.negative, seed=seed,
-                        strength=args.strength, tune_steps=tune_steps, tune_lr=args.tune_lr, cache=cache,
-                        cache_key=key, progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    fps = args.fps if args.fps is not None else (source.fps / (args.stride or 1))
-    record = {"command": "edit", "input": str(Path(args.video).resolve()), "model": str(Path(model).resolve()),
-              "method": method, "source_prompt": args.source_prompt, "negative_prompt": args.negative,
-              "cross_frame": cross_frame, "strength": args.strength, "seed": seed,
-              "num_inference_steps": settings["num_inference_steps"], "guidance_scale": settings["guidance_scale"],
-              "scheduler": "ddim", "tune_steps": tune_steps, "tune_lr": args.tune_lr if tune_steps else None,
-              "tuned_model": str(Path(args.tuned).resolve()) if args.tuned else None,
-              "reconstruction_loss": result.reconstruction_loss,
-              "input_frames": [int(i) for i in indices], "input_fps": source.fps, "start": args.start,
-              "stride": args.stride, "fps": fps, "num_frames": len(indices), "height": height, "width": width,
-              "inversion": None if args.strength is not None else ("cached" if result.inversion_cached else "computed"),
-              "inversion_cache": str(cache.path) if cache is not None else None,
-              "side_by_side": args.side_by_side, "device": str(pipe.device),
-              "dtype": str(pipe.dtype).replace("torch.", ""), "vidiff_version": vidiff.__version__,
-              "seconds": {k: round(v, 3) for k, v in result.timings.items()}, "total_seconds": round(seconds, 3)}
+
+def _output_fps(args, source) -> float:
+    """The edit keeps the clip's time: its fps, or the rate it was sampled at (--fps, or fps / --stride)."""
+    return args.fps if args.fps is not None else source.fps / (args.stride or 1)
+
+
+def _write(args, paths, prompts, frames, result, record: dict) -> None:
     for path, prompt, video in zip(paths, prompts, result.videos):
         edited = to_uint8(video[0])
         out_frames = np.concatenate([frames, edited], axis=2) if args.side_by_side else edited
-        written = write_outputs(path, out_frames, fps, dict(record, prompt=prompt), contact_sheet=args.contact_sheet,
-                                overwrite=args.overwrite)
+        written = write_outputs(path, out_frames, record["fps"], dict(record, prompt=prompt),
+                                contact_sheet=args.contact_sheet, overwrite=args.overwrite)
         print(f"wrote {', '.join(str(p) for p in written)} ({len(out_frames)} frames, {out_frames.shape[2]}x"
-              f"{out_frames.shape[1]}, {fps:g} fps, {method}, seed {seed}, {prompt!r})")
-    if args.save_tuned is not None:
-        saved = save_tuned(pipe, args.save_tuned, {"video": str(Path(args.video).resolve()), "clip": key["clip"],
-                                                   "source_prompt": args.source_prompt, "tune_steps": tune_steps,
-                                                   "tune_lr": args.tune_lr, "seed": seed})
-        print(f"wrote {saved} (the model tuned on {args.video}; reuse it with --tuned {saved})")
-    return 0
+              f"{out_frames.shape[1]}, {record['fps']:g} fps, {record['method']}, seed {record['seed']}, {prompt!r})")

@@ -3,9 +3,21 @@ cascade stages against the drawn truth)."""
 from __future__ import annotations
 
 import argparse
+import shlex
+import time
+from pathlib import Path
 
-from vidiff.cli.common import CLIError, in_flag_names, quiet_loading
-from vidiff.utils import DTYPES
+from PIL import Image
+
+import vidiff
+from vidiff.cli.common import CLIError, check_device, check_flag, flag_error, quiet_loading
+from vidiff.cli.options import add_device_options, add_output_options, add_sampler_options, add_size_options
+from vidiff.cli.resolve import Model, demo_model, resolve_model, resolve_settings
+from vidiff.eval import edits, stages, suite
+from vidiff.pipelines import cascade, editing
+from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
+from vidiff.training import tune
+from vidiff.utils import atomic_path, write_json_atomic
 
 SHAPES_EPILOG = """examples:
   vidiff eval shapes --out results.json --contact-sheet sheet.png      (the built-in demo model)
@@ -28,13 +40,27 @@ get in a cascade (every k-th frame / the clip at 1/k size / the first frames) an
 PSNR and SSIM next to the baseline: linear blending / bicubic upsampling / holding the last frame."""
 
 
-def add_parser(sub):
-    p = sub.add_parser("eval", help="measure generation quality on the synthetic shapes prompts",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
+EDIT_EPILOG = """examples:
+  vidiff eval edit --out edit.json                               (the built-in demo base, zero-shot)
+  vidiff eval edit --model runs/base/pipeline --attribute shape --method tune --tune-steps 50 --limit 12
+
+Each held-out case's true clip (vidiff.data.synthetic) is edited to the next colour in red, green, blue, yellow
+order (or the next shape), with its caption as the source prompt and the changed caption as the target."""
+
+
+def add_parser(sub, help_text: str):
+    p = sub.add_parser("eval", help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Generate clips for a fixed prompt x seed set and measure them from their pixels.",
                        epilog="examples:\n  vidiff eval shapes --model DIR --out results.json\n"
                               "  vidiff eval stage --model STAGE_DIR --out stage.json")
     eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND")
+    _add_shapes_parser(eval_sub)
+    _add_stage_parser(eval_sub)
+    _add_edit_parser(eval_sub)
+    return p
+
+
+def _add_shapes_parser(eval_sub) -> None:
     shapes = eval_sub.add_parser(
         "shapes", help="prompt following (colour, shape, motion) and temporal consistency of a model or cascade",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -47,24 +73,23 @@ def add_parser(sub):
                              "default: the built-in demo model)")
     source.add_argument("--cascade", metavar="YAML", help="cascade YAML (or a folder holding cascade.yaml)")
     _add_case_arguments(shapes)
-    shapes.add_argument("--num-frames", type=int, default=None, help="base frames per clip (default: the model's)")
-    shapes.add_argument("--height", type=int, default=None, help="base pixels (default: the model's)")
-    shapes.add_argument("--width", type=int, default=None, help="base pixels (default: the model's)")
-    shapes.add_argument("--steps", type=int, default=None, help="base sampling steps (default: the model's)")
-    shapes.add_argument("--guidance", type=float, default=None, help="base guidance scale (default: the model's)")
-    shapes.add_argument("--scheduler", default=None, help="sampler name (default: the model's; not with --cascade)")
+    add_size_options(shapes, frames_help="base frames per clip (default: the model's)")
+    add_sampler_options(shapes, steps_help="base sampling steps (default: the model's)",
+                        guidance_help="base guidance scale (default: the model's)")
     shapes.add_argument("--batch-size", type=int, default=16, help="clips sampled together (default: %(default)s)")
     shapes.add_argument("--contact-sheet", default=None, metavar="PNG",
                         help="write a PNG with a row of frames per clip, labelled with what was measured wrong")
     _add_run_arguments(shapes)
 
+
+def _add_stage_parser(eval_sub) -> None:
     stage = eval_sub.add_parser(
         "stage", help="a cascade stage (interpolation, ssr, extension) against the true synthetic clips",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Score a cascade stage with PSNR / SSIM against the drawn truth, next to its simple baseline.",
         epilog=STAGE_EPILOG)
     stage.add_argument("--model", metavar="DIR", required=True, help="stage pipeline folder")
-    stage.add_argument("--stage", choices=("interpolation", "ssr", "extend"), default=None,
+    stage.add_argument("--stage", choices=tuple(STAGE_PLANS), default=None,
                        help="what to score (default: the model's kind; `extend` needs an interpolation model "
                             "trained with future-prediction masks)")
     _add_case_arguments(stage)
@@ -74,10 +99,11 @@ def add_parser(sub):
     stage.add_argument("--num-known", type=int, default=None,
                        help="extend: frames given to the stage (default: half the window)")
     stage.add_argument("--noise-level", type=int, default=None, help="ssr: condition noise level (default: the stage's)")
-    stage.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    stage.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    add_sampler_options(stage, scheduler=False)
     _add_run_arguments(stage)
 
+
+def _add_edit_parser(eval_sub) -> None:
     edit = eval_sub.add_parser(
         "edit", help="video editing: colour (or shape) changed to the target with the motion kept",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -86,9 +112,9 @@ def add_parser(sub):
         epilog=EDIT_EPILOG)
     edit.add_argument("--model", metavar="DIR", default=None,
                       help="text-to-video pipeline folder (default: the built-in demo base)")
-    edit.add_argument("--attribute", choices=("color", "shape"), default="color", help="what the edits change "
-                      "(default: %(default)s)")
-    edit.add_argument("--method", choices=("zero-shot", "tune"), default="zero-shot",
+    edit.add_argument("--attribute", choices=edits.EDIT_ATTRIBUTES, default="color",
+                      help="what the edits change (default: %(default)s)")
+    edit.add_argument("--method", choices=editing.EDIT_METHODS, default="zero-shot",
                       help="zero-shot (cross-frame attention) or tune (Tune-A-Video, per clip) (default: %(default)s)")
     edit.add_argument("--strength", type=float, default=None,
                       help="SDEdit strength in [0, 1] instead of DDIM inversion (default: inversion)")
@@ -99,18 +125,9 @@ def add_parser(sub):
     edit.add_argument("--tune-steps", type=int, default=100, help="tune: steps per clip (default: %(default)s)")
     edit.add_argument("--tune-lr", type=float, default=3e-5, help="tune: learning rate (default: %(default)s)")
     _add_case_arguments(edit)
-    edit.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
-    edit.add_argument("--guidance", type=float, default=None, help="guidance while sampling (default: the model's)")
+    add_sampler_options(edit, scheduler=False, steps_help="DDIM steps (default: the model's)",
+                        guidance_help="guidance while sampling (default: the model's)")
     _add_run_arguments(edit)
-    return p
-
-
-EDIT_EPILOG = """examples:
-  vidiff eval edit --out edit.json                               (the built-in demo base, zero-shot)
-  vidiff eval edit --model runs/base/pipeline --attribute shape --method tune --tune-steps 50 --limit 12
-
-Each held-out case's true clip (vidiff.data.synthetic) is edited to the next colour in red, green, blue, yellow
-order (or the next shape), with its caption as the source prompt and the changed caption as the target."""
 
 
 def _add_case_arguments(p) -> None:
@@ -121,11 +138,9 @@ def _add_case_arguments(p) -> None:
 
 
 def _add_run_arguments(p) -> None:
-    p.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: best available)")
-    p.add_argument("--dtype", default=None, choices=DTYPES, help="default: fp16 on CUDA, else fp32")
-    p.add_argument("--out", default=None, metavar="JSON", help="write the results here (e.g. results.json)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_options(p)
+    add_output_options(p, out_help="write the results here (e.g. results.json)", required=False, metavar="JSON",
+                       overwrite_help="replace existing output files")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -133,8 +148,6 @@ def _add_run_arguments(p) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def _check_file_target(path: str | None, flag: str, suffix: str, overwrite: bool):
     """A results file: the right suffix, not a folder, not an existing file unless --overwrite."""
-    from pathlib import Path
-
     if path is None:
         return None
     target = Path(path)
@@ -154,8 +167,6 @@ def _check_file_target(path: str | None, flag: str, suffix: str, overwrite: bool
 
 def _cases(args):
     """The (prompt, seed) cases from --seeds / --prompts / --limit."""
-    from vidiff.eval import suite
-
     if args.seeds is None:
         seeds = list(suite.EVAL_SEEDS)
     else:
@@ -165,41 +176,12 @@ def _cases(args):
             raise CLIError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 9001,9002") from None
         if not seeds or len(set(seeds)) != len(seeds):
             raise CLIError(f"--seeds {args.seeds!r} must list at least one seed, each once")
-    if args.limit is not None and args.limit < 1:
-        raise CLIError(f"--limit must be >= 1, got {args.limit}")
+    check_flag("limit", args.limit)
     return seeds, suite.make_cases(seeds, prompts=args.prompts, limit=args.limit)  # ValueError names a caption
-
-
-def _check_device(device: str | None) -> None:
-    from vidiff.utils import check_device
-
-    if device is not None:
-        try:
-            check_device(device)
-        except ValueError as e:
-            raise CLIError(f"--device: {e}") from None
-
-
-def _resolve(info: dict, model, **requested) -> dict:
-    """Sampling settings checked against a model's vidiff.json, errors naming the flags."""
-    from pathlib import Path
-
-    from vidiff.pipelines.folder import read_scheduler_config
-    from vidiff.pipelines.schedulers import max_inference_steps
-    from vidiff.pipelines.text_to_video import resolve_settings
-
-    schedule = read_scheduler_config(Path(model) / "scheduler")
-    try:
-        return resolve_settings(info, max_steps=max_inference_steps(schedule), **requested)
-    except ValueError as e:
-        raise CLIError(in_flag_names(str(e), ("num_inference_steps", "num_frames", "guidance_scale", "height",
-                                               "width", "scheduler"))) from None
 
 
 def _command(args, seeds: list[int], flags: tuple[str, ...]) -> str:
     """The command line that reproduces this evaluation (output flags left out)."""
-    import shlex
-
     parts = ["vidiff", "eval", args.eval_command]
     for flag in ("--cascade", "--model", "--stage"):
         value = getattr(args, flag[2:], None)
@@ -216,93 +198,66 @@ def _command(args, seeds: list[int], flags: tuple[str, ...]) -> str:
 
 
 def _write_results(out, results: dict) -> None:
-    from vidiff.utils import write_json_atomic
-
     if out is not None:
         write_json_atomic(out, results)
 
 
 def run(args) -> int:
-    if args.eval_command == "shapes":
-        return run_shapes(args)
-    if args.eval_command == "stage":
-        return run_stage(args)
-    if args.eval_command == "edit":
-        return run_edit(args)
-    raise CLIError("choose what to evaluate: `vidiff eval shapes`, `vidiff eval stage --model DIR` or "
-                   "`vidiff eval edit` (see vidiff eval --help)")
+    commands = {"shapes": run_shapes, "stage": run_stage, "edit": run_edit}
+    if args.eval_command not in commands:
+        raise CLIError("choose what to evaluate: `vidiff eval shapes`, `vidiff eval stage --model DIR` or "
+                       "`vidiff eval edit` (see vidiff eval --help)")
+    return commands[args.eval_command](args)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # vidiff eval shapes
 # ---------------------------------------------------------------------------------------------------------------
+SAMPLING = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "scheduler")
+
+
 def _shapes_settings(args) -> tuple[dict, dict]:
     """(sampling settings to pass, settings to record) for --model or --cascade."""
-    from vidiff.pipelines.folder import read_info
-
-    if args.cascade is not None:
-        from vidiff.pipelines.cascade import read_cascade
-
-        if args.scheduler is not None:
-            raise CLIError("--scheduler does not apply to --cascade (each stage uses its YAML's sampler)")
-        specs = read_cascade(args.cascade)
-        base = specs[0]
-        s = _resolve(base.info, base.model, num_frames=args.num_frames, height=args.height, width=args.width,
-                     num_inference_steps=args.steps if args.steps is not None else base.steps,
-                     guidance_scale=args.guidance if args.guidance is not None else base.guidance)
-        call = {k: s[k] for k in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale")}
-        return call, dict(call, stages=[str(spec.model) for spec in specs])
-    info = read_info(args.model)
-    if info["kind"] != "text-to-video" or info.get("stage", "base") != "base":
-        raise CLIError(f"--model {args.model} is not a text-to-video base model; `eval shapes` samples from text "
-                       "(score a cascade stage with `vidiff eval stage`)")
-    s = _resolve(info, args.model, num_frames=args.num_frames, height=args.height, width=args.width,
-                 num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler)
-    call = {k: s[k] for k in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "scheduler")}
-    return call, dict(call)
+    request = dict(num_frames=args.num_frames, height=args.height, width=args.width,
+                   num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler)
+    if args.cascade is None:
+        s = resolve_model(args, "eval shapes", **request).settings.as_dict()
+        call = {k: s[k] for k in SAMPLING}
+        return call, dict(call)
+    if args.scheduler is not None:
+        raise CLIError("--scheduler does not apply to --cascade (each stage uses its YAML's sampler)")
+    specs = cascade.read_cascade(args.cascade)
+    base = specs[0]
+    request.update(scheduler=base.scheduler, num_inference_steps=args.steps if args.steps is not None else base.steps,
+                   guidance_scale=args.guidance if args.guidance is not None else base.guidance)
+    s = resolve_settings(base.model, base.info, **request).as_dict()
+    call = {k: s[k] for k in SAMPLING[:-1]}  # the cascade samples its base with the YAML's sampler
+    return call, dict(call, stages=[str(spec.model) for spec in specs])
 
 
 def _shapes_source(args) -> None:
     """No --model / --cascade: the built-in demo model (its cascade when shipped); a cascade folder given as
     --model is a cascade (as in `vidiff generate`)."""
-    from pathlib import Path
-
     if args.model is None and args.cascade is None:
-        from vidiff import demo
-
-        args.model = str(demo.default_model())  # FileNotFoundError (one line) when the install has none
-    if args.model is not None and Path(args.model).is_dir():
-        from vidiff.pipelines.cascade import is_cascade
-
-        if is_cascade(args.model):
-            args.cascade, args.model = args.model, None
+        args.model = demo_model(None)
+    if args.model is not None and Path(args.model).is_dir() and cascade.is_cascade(args.model):
+        args.cascade, args.model = args.model, None
 
 
 def run_shapes(args) -> int:
-    import time
-    from pathlib import Path
-
-    import vidiff
-    from vidiff.eval import suite
-
     _shapes_source(args)
     seeds, cases = _cases(args)
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_flag("batch_size", args.batch_size)
     out = _check_file_target(args.out, "--out", ".json", args.overwrite)
     sheet_path = _check_file_target(args.contact_sheet, "--contact-sheet", ".png", args.overwrite)
-    _check_device(args.device)
+    device = check_device(args.device)
     call, recorded = _shapes_settings(args)
     quiet_loading(args.quiet)
     if args.cascade is not None:
-        from vidiff.pipelines.cascade import CascadePipeline
-
-        pipe = CascadePipeline.from_pretrained(args.cascade, device=args.device, dtype=args.dtype)
+        pipe = cascade.CascadePipeline.from_pretrained(args.cascade, device=device, dtype=args.dtype)
         device = pipe.base.device
     else:
-        from vidiff.pipelines.text_to_video import VideoPipeline
-
-        pipe = VideoPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        pipe = VideoPipeline.from_pretrained(args.model, device=device, dtype=args.dtype)
         device = pipe.device
     start = time.perf_counter()
     clips = suite.generate(pipe, cases, batch_size=args.batch_size, progress=not args.quiet, **call)
@@ -316,10 +271,6 @@ def run_shapes(args) -> int:
                          "clip_size": list(clips[0].shape[:3]), "device": str(device), "seconds": round(seconds, 2),
                          "summary": summary, "clips": records})
     if sheet_path is not None:
-        from PIL import Image
-
-        from vidiff.utils import atomic_path
-
         with atomic_path(sheet_path) as tmp:
             Image.fromarray(suite.contact_sheet(clips, records)).save(tmp, format="PNG")
     written = [str(p) for p in (out, sheet_path) if p is not None]
@@ -332,81 +283,91 @@ def run_shapes(args) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # vidiff eval stage
 # ---------------------------------------------------------------------------------------------------------------
-def _stage_plan(args, info: dict) -> dict:
-    """What to score and at which sizes, from the model's vidiff.json and the flags (torch-free checks)."""
-    from vidiff.pipelines import cascade
+def _plan_interpolation(args, model: Model, plan: dict, where: str) -> None:
+    """Keyframes every k-th frame of the true clip; the stage must make (n - 1) k + 1 frames from n of them."""
+    k = plan["factor"] = model.stage.check_factor(args.factor, where)
+    frames = plan["num_frames"]
+    if frames < k + 1 or (frames - 1) % k:
+        raise CLIError(f"--num-frames {frames}: x{k} interpolation makes (n - 1) x {k} + 1 frames from n "
+                       f"keyframes; use e.g. {2 * k + 1}")
+    keyframes = (frames - 1) // k + 1
+    made = model.stage.output_size(model.info, (keyframes, plan["size"], plan["size"]), k, where)[0]
+    if made != frames:
+        raise CLIError(f"{where} is a {model.info.stage!r} model: it makes {made} frames from {keyframes}, not "
+                       f"(n - 1) x {k} + 1 = {frames}; `eval stage --stage interpolation` scores an interpolation "
+                       "stage")
 
-    kind = cascade.stage_name(info)
-    stage = args.stage or {"interpolation": "interpolation", "ssr": "ssr"}.get(kind)
-    if stage is None or (stage in ("interpolation", "extend") and kind != "interpolation") \
-            or (stage == "ssr" and kind != "ssr"):
-        raise CLIError(f"--model {args.model} is a {kind!r} model; `eval stage` scores interpolation / extend "
-                       "(an interpolation stage) and ssr (an ssr stage)")
-    d = info["defaults"]
-    frames = args.num_frames if args.num_frames is not None else int(d["num_frames"])
-    plan = {"stage": stage, "num_frames": frames, "size": int(d["height"]), "factor": 2, "num_known": None}
-    if int(d["height"]) != int(d["width"]):
-        raise CLIError(f"--model {args.model} makes {d['width']}x{d['height']} clips; the shapes clips are square")
+
+def _plan_ssr(args, model: Model, plan: dict, where: str) -> None:
+    """The true clip at 1 / k size; the stage must make the full size."""
+    k = plan["factor"] = model.stage.check_factor(None, where)
+    plan["noise_level"] = model.stage.check_noise_level(args.noise_level, where)
+    model.stage.output_size(model.info, (plan["num_frames"], plan["size"] // k, plan["size"] // k), k, where)
+
+
+def _plan_extend(args, model: Model, plan: dict, where: str) -> None:
+    """The first frames of the true clip; the stage must extend them to the whole clip."""
+    frames = plan["num_frames"]
+    known = args.num_known if args.num_known is not None else max(1, frames // 2)
+    if not 1 <= known < frames:
+        raise CLIError(f"--num-known must be in [1, {frames - 1}] for {frames}-frame clips, got {known}")
+    plan["num_known"] = known
+    model.stage.check_extension(model.info, known, frames - known, None)
+
+
+# what `eval stage` scores -> (the `vidiff` command that runs such a stage, its plan)
+STAGE_PLANS = {"interpolation": ("interpolate", _plan_interpolation), "ssr": ("upscale", _plan_ssr),
+               "extend": ("interpolate", _plan_extend)}
+# what is scored without --stage: by the `vidiff` command that runs the model's stage
+DEFAULT_SCORE = {"interpolate": "interpolation", "upscale": "ssr"}
+
+
+def _stage_plan(args, model: Model) -> dict:
+    """What to score and at which sizes, from the model's vidiff.json and the flags (torch-free checks, each by
+    the model's stage)."""
+    scored = args.stage or DEFAULT_SCORE.get(model.stage.command)
+    if scored is None or STAGE_PLANS[scored][0] != model.stage.command:
+        raise CLIError(f"--model {args.model} is a {model.info.stage!r} model; `eval stage` scores interpolation / "
+                       "extend (an interpolation stage) and ssr (an ssr stage)")
+    d = model.info.defaults
+    if d.height != d.width:
+        raise CLIError(f"--model {args.model} makes {d.width}x{d.height} clips; the shapes clips are square")
+    frames = args.num_frames if args.num_frames is not None else d.num_frames
+    plan = {"stage": scored, "num_frames": frames, "size": d.height, "factor": 2, "num_known": None}
     try:
-        if stage == "interpolation":
-            plan["factor"] = cascade.check_factor(info, args.factor, f"--model {args.model}")
-            if frames < plan["factor"] + 1 or (frames - 1) % plan["factor"]:
-                raise CLIError(f"--num-frames {frames}: x{plan['factor']} interpolation makes (n - 1) x "
-                               f"{plan['factor']} + 1 frames from n keyframes; use e.g. {2 * plan['factor'] + 1}")
-        elif stage == "ssr":
-            plan["factor"] = cascade.check_factor(info, None, f"--model {args.model}")
-            plan["noise_level"] = cascade.check_noise_level(info, args.noise_level, f"--model {args.model}")
-            cascade.stage_output_size(info, (frames, plan["size"] // plan["factor"], plan["size"] // plan["factor"]),
-                                      where=f"--model {args.model}")
-        else:
-            known = args.num_known if args.num_known is not None else max(1, frames // 2)
-            if not 1 <= known < frames:
-                raise CLIError(f"--num-known must be in [1, {frames - 1}] for {frames}-frame clips, got {known}")
-            plan["num_known"] = known
-            cascade.check_extension(info, known, frames - known, None)
+        STAGE_PLANS[scored][1](args, model, plan, f"--model {args.model}")
     except ValueError as e:
-        raise CLIError(str(e)) from None
+        raise flag_error(e) from None
     return plan
 
 
 def _stage_function(pipe, plan: dict, settings: dict):
     """fn(input uint8 clip, case[, num_frames]) -> uint8 clip, seeded per case (vidiff.eval.stages' contract)."""
-    from vidiff.eval.suite import clip_seed
-    from vidiff.pipelines import cascade
-    from vidiff.pipelines.text_to_video import to_uint8
-
     def seed(case):
-        return clip_seed(case.seed, case.index)
+        return suite.clip_seed(case.seed, case.index)
 
-    if plan["stage"] == "interpolation":
-        return lambda known, case: to_uint8(cascade.interpolate_video(
-            pipe, known, case.prompt, factor=plan["factor"], seed=seed(case), **settings)[0])
-    if plan["stage"] == "ssr":
-        return lambda low, case: to_uint8(cascade.upscale_video(
-            pipe, low, case.prompt, noise_level=plan["noise_level"], seed=seed(case), **settings)[0])
-    return lambda known, case, frames: to_uint8(cascade.extend_video(
-        pipe, known, case.prompt, num_frames=frames - len(known), seed=seed(case), **settings)[0])
+    functions = {
+        "interpolation": lambda known, case: to_uint8(cascade.interpolate_video(
+            pipe, known, case.prompt, factor=plan["factor"], seed=seed(case), **settings)[0]),
+        "ssr": lambda low, case: to_uint8(cascade.upscale_video(
+            pipe, low, case.prompt, noise_level=plan["noise_level"], seed=seed(case), **settings)[0]),
+        "extend": lambda known, case, frames: to_uint8(cascade.extend_video(
+            pipe, known, case.prompt, num_frames=frames - len(known), seed=seed(case), **settings)[0]),
+    }
+    return functions[plan["stage"]]
 
 
 def run_stage(args) -> int:
-    import time
-    from pathlib import Path
-
-    import vidiff
-    from vidiff.eval import stages
-    from vidiff.pipelines.folder import read_info
-
     seeds, cases = _cases(args)
     out = _check_file_target(args.out, "--out", ".json", args.overwrite)
-    _check_device(args.device)
-    info = read_info(args.model)
-    plan = _stage_plan(args, info)
-    s = _resolve(info, args.model, num_inference_steps=args.steps, guidance_scale=args.guidance)
-    settings = {"steps": s["num_inference_steps"], "guidance": s["guidance_scale"], "progress": False}
+    device = check_device(args.device)
+    model = resolve_model(args, "eval stage", runs=("interpolate", "upscale"), num_inference_steps=args.steps,
+                          guidance_scale=args.guidance)
+    plan = _stage_plan(args, model)
+    settings = {"steps": model.settings.num_inference_steps, "guidance": model.settings.guidance_scale,
+                "progress": False}
     quiet_loading(args.quiet)
-    from vidiff.pipelines.text_to_video import VideoPipeline
-
-    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    pipe = VideoPipeline.from_pretrained(args.model, device=device, dtype=args.dtype)
     start = time.perf_counter()
     records = stages.run_stage(plan["stage"], _stage_function(pipe, plan, settings), cases,
                                num_frames=plan["num_frames"], size=plan["size"], factor=plan["factor"],
@@ -429,82 +390,56 @@ def run_stage(args) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # vidiff eval edit
 # ---------------------------------------------------------------------------------------------------------------
-def _edit_model(args) -> str:
-    if args.model is not None:
-        return args.model
-    from vidiff import demo
-
-    if "base" not in demo.available_stages():
-        raise CLIError("no --model given and the built-in demo model is not installed: pass --model DIR")
-    return str(demo.model_dir("base"))
-
-
-def _editor(args, model: str, settings: dict):
-    """fn(source, case, target_prompt) -> edited uint8 clip with `vidiff edit`'s `edit_video`, seeded per case.
+def _editor(args, model: Model, device):
+    """fn(source, case, target_prompt) -> edited uint8 clip with `vidiff edit`'s code, seeded per case.
     Tune-A-Video changes the model: it is reloaded for every clip, so each edit starts from the same weights."""
-    from vidiff.eval.suite import clip_seed
-    from vidiff.pipelines.editing import edit_video
-    from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
-
-    shared = VideoPipeline.from_pretrained(model, device=args.device, dtype=args.dtype)
+    shared = VideoPipeline.from_pretrained(model.path, device=device, dtype=args.dtype)
+    tunes = args.method == "tune"
 
     def edit(source, case, prompt):
-        pipe = shared if args.method != "tune" else VideoPipeline.from_pretrained(model, device=args.device,
-                                                                                   dtype=args.dtype)
-        result = edit_video(pipe, source, [prompt], source_prompt=case.prompt, method=args.method,
-                            num_inference_steps=settings["num_inference_steps"],
-                            guidance_scale=settings["guidance_scale"], seed=clip_seed(case.seed, case.index),
-                            negative_prompt=case.prompt if args.negative == "source" else None,
-                            strength=args.strength, tune_steps=args.tune_steps if args.method == "tune" else 0,
-                            tune_lr=args.tune_lr, progress=False)
+        pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=args.dtype) if tunes else shared
+        options = dict(source_prompt=case.prompt, num_inference_steps=model.settings.num_inference_steps,
+                       guidance_scale=model.settings.guidance_scale, seed=suite.clip_seed(case.seed, case.index),
+                       negative_prompt=case.prompt if args.negative == "source" else None,
+                       strength=args.strength, progress=False)
+        if tunes:
+            result = tune.tune_and_edit(pipe, source, [prompt], tune_steps=args.tune_steps, tune_lr=args.tune_lr,
+                                        **options)
+        else:
+            result = editing.edit_video(pipe, source, [prompt], method=args.method, **options)
         return to_uint8(result.videos[0][0])
 
     return edit, shared
 
 
 def run_edit(args) -> int:
-    import math
-    import time
-    from pathlib import Path
-
-    import vidiff
-    from vidiff.eval import edits
-    from vidiff.pipelines.folder import read_info
-
     seeds, cases = _cases(args)
     out = _check_file_target(args.out, "--out", ".json", args.overwrite)
-    _check_device(args.device)
-    if args.strength is not None and not (math.isfinite(args.strength) and 0 <= args.strength <= 1):
-        raise CLIError(f"--strength must be in [0, 1] (0 = the input unchanged, 1 = plain generation), "
-                       f"got {args.strength}")
-    if args.method == "tune" and (args.tune_steps < 1 or not (math.isfinite(args.tune_lr) and args.tune_lr > 0)):
-        raise CLIError(f"--method tune needs --tune-steps >= 1 and --tune-lr > 0, got {args.tune_steps} and "
-                       f"{args.tune_lr}")
-    model = _edit_model(args)
-    info = read_info(model)
-    if info["kind"] != "text-to-video" or info.get("stage", "base") != "base":
-        raise CLIError(f"--model {model} is not a text-to-video base model; editing needs one")
-    settings = _resolve(info, model, num_inference_steps=args.steps, guidance_scale=args.guidance)
-    d = info["defaults"]
-    if int(d["height"]) != int(d["width"]):
-        raise CLIError(f"--model {model} makes {d['width']}x{d['height']} clips; the shapes clips are square")
+    device = check_device(args.device)
+    check_flag("strength", args.strength)
+    if args.method == "tune":
+        check_flag("tune_steps", args.tune_steps)
+        check_flag("tune_learning_rate", args.tune_lr)
+    model = resolve_model(args, "eval edit", num_inference_steps=args.steps, guidance_scale=args.guidance)
+    args.model = model.path
+    d = model.info.defaults
+    if d.height != d.width:
+        raise CLIError(f"--model {model.path} makes {d.width}x{d.height} clips; the shapes clips are square")
     quiet_loading(args.quiet)
-    fn, pipe = _editor(args, model, settings)
+    fn, pipe = _editor(args, model, device)
     start = time.perf_counter()
-    records = edits.run_edits(fn, cases, attribute=args.attribute, num_frames=int(d["num_frames"]),
-                              size=int(d["height"]), progress=not args.quiet)
+    records = edits.run_edits(fn, cases, attribute=args.attribute, num_frames=d.num_frames, size=d.height,
+                              progress=not args.quiet)
     seconds = time.perf_counter() - start
     summary = edits.summarize(records)
     print(edits.markdown_table(args.attribute, summary))
     flags = ("--attribute", "--method", "--strength", "--negative", "--tune-steps", "--tune-lr", "--steps",
              "--guidance")
-    args.model = model
-    _write_results(out, {"command": _command(args, seeds, flags), "model": str(Path(model).resolve()),
-                         "seeds": seeds, "vidiff_version": vidiff.__version__,
-                         "settings": {"steps": settings["num_inference_steps"],
-                                      "guidance": settings["guidance_scale"], "method": args.method,
-                                      "strength": args.strength, "negative": args.negative,
-                                      "attribute": args.attribute},
+    settings = {"steps": model.settings.num_inference_steps, "guidance": model.settings.guidance_scale,
+                "method": args.method, "strength": args.strength, "negative": args.negative,
+                "attribute": args.attribute}
+    _write_results(out, {"command": _command(args, seeds, flags), "model": str(Path(model.path).resolve()),
+                         "seeds": seeds, "vidiff_version": vidiff.__version__, "settings": settings,
                          "device": str(pipe.device), "seconds": round(seconds, 2), "summary": summary,
                          "clips": records})
     print(f"edited {len(records)} clips in {seconds:.1f} s: {args.attribute} changed with the motion kept in "

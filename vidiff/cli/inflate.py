@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from vidiff.cli.common import MAX_FPS, MAX_FRAMES, MIN_FPS, CLIError, check_number, check_writable
-from vidiff.spec import CROSS_FRAME_MODES, STAGE_NAMES, TEMPORAL_POSITIONS
+from vidiff.cli.common import CLIError, check_flag, check_writable, flag_error
+from vidiff.spec import CROSS_FRAME_MODES, STAGE_NAMES, TEMPORAL_POSITIONS, read_info
+from vidiff.stages import STAGES
+from vidiff.stages.folder import check_inflate_stage, fresh_stage, inflate_stage, is_upscaler_folder
 
 
-def add_parser(sub):
+def add_parser(sub, help_text: str):
     p = sub.add_parser(
-        "inflate", help="turn a Stable Diffusion checkpoint into a vidiff video pipeline folder",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "inflate", help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Inflate a Stable Diffusion pipeline into a video pipeline folder: the U-Net gains temporal "
                     "convolutions and attention that start as the identity (so the folder samples each frame as "
                     "the image model does until trained); VAE, text encoder, tokenizer and noise schedule are kept.",
@@ -55,11 +57,34 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     out = Path(args.out)
-    check_number("--num-frames", args.num_frames, 1, MAX_FRAMES)
-    check_number("--fps", args.fps, MIN_FPS, MAX_FPS, "frames per second")
+    check_flag("num_frames", args.num_frames)
+    check_flag("fps", args.fps)
+    _check_out(args, out)
+    stage = STAGES[args.stage]
+    try:
+        _check_stage(args, stage)
+    except ValueError as e:
+        raise flag_error(e) from None
+    fps = int(args.fps) if float(args.fps).is_integer() else args.fps
+    inflate_stage(args.base, out, args.stage, factor=args.factor, cross_frame=args.cross_frame,
+                  temporal_conv=not args.no_temporal_conv, temporal_attention=not args.no_temporal_attention,
+                  temporal_position=args.temporal_position, frame_embedding=args.frame_embedding,
+                  coordinate_embedding=args.coordinate_embedding, config=args.config,
+                  defaults={"num_frames": args.num_frames, "fps": fps})
+    info = read_info(out)
+    d = info.defaults
+    layers = [name for name, on in (("temporal conv", not args.no_temporal_conv),
+                                    ("temporal attention", not args.no_temporal_attention)) if on]
+    kind = f"{info.stage} stage {info.stage_options}, " if stage.takes_video else ""
+    print(f"wrote {out}/ (vidiff.json, unet/, {'vae/, ' if info.latent else ''}text_encoder/, tokenizer/, "
+          f"scheduler/): {kind}{' + '.join(layers) or 'no temporal layers'}, cross-frame {args.cross_frame}, "
+          f"defaults {d.num_frames} frames {d.height}x{d.width} @ {d.fps} fps")
+    return 0
+
+
+def _check_out(args, out: Path) -> None:
+    """--out: new, or an earlier pipeline folder with --overwrite; never --base itself; writable."""
     if out.exists() and not args.overwrite:
         raise CLIError(f"--out {str(out)!r} already exists; pass --overwrite to replace it or choose another folder")
     if Path(args.base).exists() and out.resolve() == Path(args.base).resolve():
@@ -73,39 +98,15 @@ def run(args) -> int:
     if blocking is not None and not blocking.is_dir():
         raise CLIError(f"--out {str(out)!r}: {str(blocking)!r} is a file, not a folder; choose another --out")
     check_writable(out)
-    from vidiff.pipelines.folder import inflate_pipeline
-    from vidiff.pipelines.stage_folder import default_stage_options, inflate_stage, is_upscaler_folder
-
-    if args.stage == "base" and args.factor is not None:
-        raise CLIError("--factor applies to a cascade stage (--stage interpolation | tsr | ssr)")
-    upscaler = is_upscaler_folder(args.base)
-    if upscaler and args.stage != "ssr":
-        raise CLIError(f"--base {args.base} is an SD x4 upscaler: it can only become an ssr stage (--stage ssr)")
-    if args.stage != "base" and not upscaler:
-        default_stage_options(args.stage, args.factor)  # a bad --factor fails here, before loading
-    if args.stage == "tsr" and args.num_frames % (args.factor or 2):
-        raise CLIError(f"--num-frames {args.num_frames} must be a multiple of the tsr factor {args.factor or 2} "
-                       "(the stage's window holds whole groups of repeated frames)")
-    fps = int(args.fps) if float(args.fps).is_integer() else args.fps
-    options = dict(cross_frame=args.cross_frame, temporal_conv=not args.no_temporal_conv,
-                   temporal_attention=not args.no_temporal_attention, temporal_position=args.temporal_position,
-                   frame_embedding=args.frame_embedding,
-                   coordinate_embedding=args.coordinate_embedding, config=args.config,
-                   defaults={"num_frames": args.num_frames, "fps": fps})
-    if args.stage == "base":
-        inflate_pipeline(args.base, out, **options)
-    else:
-        inflate_stage(args.base, out, args.stage, factor=args.factor, **options)
-    from vidiff.pipelines.folder import read_info
-
-    info = read_info(out)
-    d = info["defaults"]
-    layers = [name for name, on in (("temporal conv", not args.no_temporal_conv),
-                                    ("temporal attention", not args.no_temporal_attention)) if on]
-    stage = "" if args.stage == "base" else f"{args.stage} stage {info.get('stage_options')}, "
-    print(f"wrote {out}/ (vidiff.json, unet/, {'vae/, ' if info['latent'] else ''}text_encoder/, tokenizer/, "
-          f"scheduler/): {stage}{' + '.join(layers) or 'no temporal layers'}, cross-frame {args.cross_frame}, "
-          f"defaults {d['num_frames']} frames {d['height']}x{d['width']} @ {d['fps']} fps")
-    return 0
 
 
+def _check_stage(args, stage) -> None:
+    """What the stage asked for takes, before anything loads: its factor, its base, its window (num_frames)."""
+    if not stage.takes_video:
+        if args.factor is not None:
+            raise CLIError("--factor applies to a cascade stage (--stage interpolation | tsr | ssr)")
+        if is_upscaler_folder(args.base):
+            raise CLIError(f"--base {args.base} is an SD x4 upscaler: it can only become an ssr stage (--stage ssr)")
+        return
+    if not check_inflate_stage(args.base, args.stage, args.factor):  # True: an SD x4 upscaler (its own window)
+        fresh_stage(args.stage, args.factor).check_window(args.num_frames)

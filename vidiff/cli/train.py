@@ -5,12 +5,16 @@ import argparse
 import os
 import sys
 
+import yaml
+
 from vidiff.cli.common import CLIError
+from vidiff.config import load_config
+from vidiff.training.trainer import TrainingError, train
 
 
-def add_parser(sub):
+def add_parser(sub, help_text: str):
     p = sub.add_parser(
-        "train", help="fine-tune a video model (also under `accelerate launch -m vidiff train`)",
+        "train", help=help_text,
         description="Train a vidiff video U-Net from a YAML config (see configs/train/). Checkpoints, logs, "
                     "validation clips and the final pipeline folder go to output_dir.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -35,23 +39,16 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from vidiff.config import load_config
-
     for item in args.overrides:
         if "=" not in item:
             raise CLIError(f"override {item!r} is not KEY=VALUE (e.g. train.max_steps=100)")
     config = load_config(args.config, args.overrides)
     if args.print_config:
-        import yaml
-
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     if args.resume not in (None, "auto") and not os.path.isdir(args.resume):
         raise CLIError(f"--resume {args.resume}: no such checkpoint folder; use --resume auto or a folder under "
                        f"{config.output_dir}/checkpoints")
-
-    from vidiff.training.trainer import TrainingError, train
-
     try:
         result = train(config, resume=args.resume, overwrite=args.overwrite)
     except TrainingError as e:

@@ -1,0 +1,70 @@
+"""The option groups several `vidiff` subcommands share, each flag defined once: sampling (sizes, steps, guidance,
+sampler, seed), the device, and the outputs. A subcommand adds the groups it takes and then its own flags.
+
+Unset sampling flags (None) take the model's defaults from its vidiff.json; every value is range-checked once,
+by vidiff.spec (`resolve_sampling` / `check_setting`), not by argparse.
+"""
+from __future__ import annotations
+
+import argparse
+
+from vidiff.spec import SCHEDULER_NAMES
+from vidiff.utils import DTYPES
+
+
+def add_size_options(p, frames_help: str = "frames per clip (default: the model's)") -> None:
+    """--num-frames, --height, --width."""
+    options = group(p, "sampling")
+    options.add_argument("--num-frames", type=int, default=None, help=frames_help)
+    options.add_argument("--height", type=int, default=None,
+                       help="pixels, a multiple of the model's factor (default: the model's)")
+    options.add_argument("--width", type=int, default=None,
+                       help="pixels, a multiple of the model's factor (default: the model's)")
+
+
+def add_sampler_options(p, *, scheduler: bool = True, steps_help: str = "sampling steps (default: the model's)",
+                        guidance_help: str = "classifier-free guidance scale, 1 = off (default: the model's)") -> None:
+    """--steps, --guidance and (with `scheduler`) --scheduler."""
+    options = group(p, "sampling")
+    options.add_argument("--steps", type=int, default=None, help=steps_help)
+    options.add_argument("--guidance", type=float, default=None, help=guidance_help)
+    if scheduler:
+        options.add_argument("--scheduler", default=None, metavar="NAME",
+                           help=f"{' | '.join(SCHEDULER_NAMES)} (default: the model's)")
+
+
+def add_seed_option(p, help_text: str = "random seed (default: random, recorded in the sidecar)") -> None:
+    group(p, "sampling").add_argument("--seed", type=int, default=None, help=help_text)
+
+
+def add_device_options(p, *, dtype_default: str | None = None,
+                       dtype_help: str = "default: fp16 on CUDA, else fp32") -> None:
+    """--device, --dtype."""
+    options = group(p, "device")
+    options.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: the best available)")
+    options.add_argument("--dtype", default=dtype_default, choices=DTYPES, help=dtype_help)
+
+
+def add_output_options(p, *, out_help: str = "output clip, e.g. clip.mp4 (.mp4, .gif, .png sheet, or a folder)",
+                       required: bool = True, metavar: str = "PATH", extras: tuple[str, ...] = (),
+                       overwrite_help: str = "replace existing outputs of the same names (and their sidecars)",
+                       quiet_help: str = "no progress bar") -> None:
+    """--out, --overwrite, --quiet and the clip `extras` asked for: "gif", "frames-dir", "contact-sheet"."""
+    options = group(p, "output")
+    options.add_argument("--out", required=required, default=None, metavar=metavar, help=out_help)
+    options.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    extra_help = {"gif": "also write a .gif beside each clip",
+                  "frames-dir": "also write a folder of PNG frames (<stem>_frames/)",
+                  "contact-sheet": "also write a .png contact sheet of the frames"}
+    for name in extras:
+        options.add_argument(f"--{name}", action="store_true", help=extra_help[name])
+    options.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
+def group(p: argparse.ArgumentParser, title: str):
+    """The parser's argument group `title` (sampling, device, output), made on first use, so a subcommand adds
+    its own flags to a shared group and each group shows once in --help."""
+    for existing in p._action_groups:
+        if existing.title == title:
+            return existing
+    return p.add_argument_group(title)
