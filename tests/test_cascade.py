@@ -93,7 +93,7 @@ def test_tsr_condition_repeats_the_low_frame_rate_video():
     stage = make_stage("tsr", latent_channels=4, factor=3)
     assert stage.conditioning_channels == 4
     assert torch.equal(stage.condition(latents)[0], cond)
-    with pytest.raises(ValueError, match="multiple of 3, got 4 frames"):
+    with pytest.raises(ValueError, match="data.num_frames \\(4\\) must be a multiple of stage.factor \\(3\\)"):
         stage.condition(latents[:, :, :4])
 
 
@@ -400,7 +400,7 @@ def test_tsr_and_extension(cascade):
     pipe = load(cascade["folder"] / "interpolation")
     longer = extend_video(pipe, video, "", num_frames=5, seed=0, guidance=1.0, progress=False)
     assert longer.shape == (1, 3, 8, 16, 16) and torch.equal(longer[:, :, :3], video)
-    with pytest.raises(ValueError, match="context frames must be in \\[1, 3\\]"):
+    with pytest.raises(ValueError, match="context_frames must be in \\[1, 3\\]"):
         extend_video(pipe, video, "", num_frames=2, context_frames=4)
 
 
@@ -567,17 +567,17 @@ def test_cli_errors_before_any_work(assets, cascade, bad_cascades, tmp_path, cap
         "interp-same": (interp[:-1] + [video, "--overwrite"], "--out must differ from --video"),
         "interp-cascade-model": (interp[:2] + [f] + interp[3:], "is a whole cascade; give the folder of its"),
         "extend-frames": (extend[:-1] + [0], "the number of new frames must be an integer >= 1, got 0"),
-        "extend-context": (extend + ["--context-frames", 4], "context frames must be in \\[1, 3\\]"),
+        "extend-context": (extend + ["--context-frames", 4], "--context-frames must be in \\[1, 3\\]"),
         "extend-tsr": (extend[:2] + [f / "tsr"] + extend[3:], "extension needs an interpolation stage .*; this is a 'tsr' model"),
-        "upscale-level": (upscale + ["--noise-level", 400], "noise level must be an integer in \\[0, 350\\]"),
-        "upscale-negative-level": (upscale + ["--noise-level", -1], "noise level must be an integer in"),
+        "upscale-level": (upscale + ["--noise-level", 400], "--noise-level must be an integer in \\[0, 350\\]"),
+        "upscale-negative-level": (upscale + ["--noise-level", -1], "--noise-level must be an integer in"),
         "upscale-interp-model": (upscale[:2] + [f / "interpolation"] + upscale[3:], "`vidiff upscale` needs a 'ssr' stage \\(use `vidiff interpolate`\\)"),
         "upscale-size": (upscale[:4] + [tiny] + upscale[5:], "the x2 output is 18x18 pixels, but .* multiples of 4"),
         "gen-missing": (gen + [bad_cascades / "missing.yaml"], "stage 1: model .*nope' does not exist"),
         "gen-not-base": (gen + [bad_cascades / "not-base.yaml"], "the first stage must be a text-to-video base"),
         "gen-unknown-key": (gen + [bad_cascades / "unknown-key.yaml"], "unknown key\\(s\\) stepz"),
         "gen-factor": (gen + [bad_cascades / "factor.yaml"], "factor 4 is not supported by .* trained for x2"),
-        "gen-level": (gen + [bad_cascades / "level.yaml"], "noise level must be an integer in \\[0, 350\\]"),
+        "gen-level": (gen + [bad_cascades / "level.yaml"], "noise_level must be an integer in \\[0, 350\\] for .*level.yaml stage"),
         "gen-level-on-tsr": (gen + [bad_cascades / "level-on-tsr.yaml"], "noise_level does not apply to .*tsr, a 'tsr' model"),
         "gen-both": (gen + [f, "--model", f], "give --model or --cascade, not both"),
         "gen-keep": (gen[:-1] + ["--model", f / "base", "--keep-intermediate"], "--keep-intermediate applies to a"),

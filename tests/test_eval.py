@@ -343,7 +343,7 @@ def test_eval_shapes_scores_what_the_pipeline_draws(tiny_model, tmp_path, capsys
 @pytest.mark.parametrize("argv, message", [
     (["--seeds", "1,x"], "--seeds '1,x' must be comma-separated integers"),
     (["--prompts", "a purple circle moving left"], "is not a shapes caption"),
-    (["--limit", "0"], "--limit must be between 1 and 1e+06 clips, got 0"),
+    (["--limit", "0"], "--limit must be between 1 and 1000000 clips, got 0"),
     (["--batch-size", "0"], "--batch-size must be between 1 and 4096 clips, got 0"),
     (["--out", "results.txt"], "--out 'results.txt' must end in .json"),
     (["--contact-sheet", "s.jpg"], "--contact-sheet 's.jpg' must end in .png"),
@@ -500,7 +500,7 @@ def test_eval_stage_feeds_each_stage_what_the_cascade_would(tiny_stages, tmp_pat
     ("interpolation", ["--num-frames", "6"], "--num-frames 6: x2 interpolation"),
     ("interpolation", ["--factor", "3"], "factor 3 is not supported"),
     ("interpolation", ["--stage", "extend", "--num-known", "5"], "--num-known must be in [1, 4]"),
-    ("ssr", ["--noise-level", "999"], "noise level must be an integer in [0, 350]"),
+    ("ssr", ["--noise-level", "999"], "--noise-level must be an integer in [0, 350]"),
     ("ssr", ["--steps", "0"], "--steps must be between 1 and"),
 ])
 def test_eval_stage_errors_before_any_work(tiny_stages, capsys, monkeypatch, model, argv, message):

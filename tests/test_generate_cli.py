@@ -121,7 +121,7 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "out-suffix": (["--out", tmp_path / "clip.avi"], "cannot tell the video format"),
         "num-videos": (["--num-videos", 0], "--num-videos must be between 1 and 10000, got 0"),
         "fps": (["--fps", 0], "--fps must be between 0.1 and 1000 frames per second, got 0"),
-        "window": (["--num-frames", 9, "--window-size", 4, "--window-stride", 6], "--window-stride (6) must not exceed window_size (4)"),
+        "window": (["--num-frames", 9, "--window-size", 4, "--window-stride", 6], "--window-stride must not exceed the window size (4), got 6"),
         "device": (["--device", "tpu"], "unknown --device"),
         "device-index": (["--device", "cuda:x"], "unknown --device 'cuda:x'"),  # torch's RuntimeError on a GPU
         # Found in QA: these passed the checks and failed (or silently misbehaved) after sampling.

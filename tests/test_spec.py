@@ -57,7 +57,8 @@ def test_resolve_sampling_fills_defaults_and_checks_the_model():
     assert not resolve_sampling(info(), guidance_scale=1.0).guided and not guidance_on(0.5)
     for request, match in (({"height": 30}, "height must be a positive multiple of 4"),
                            ({"num_inference_steps": 999}, "num_inference_steps must be between 1 and 998"),
-                           ({"window_size": 4, "window_stride": 6}, "window_stride \\(6\\) must not exceed"),
+                           ({"window_size": 4, "window_stride": 6},
+                            "window_stride must not exceed the window size \\(4\\), got 6"),
                            ({"scheduler": "heun"}, "scheduler must be one of ddim, dpm-solver\\+\\+"),
                            ({"cross_frame": "all"}, "cross_frame must be one of none, first, sparse-causal"),
                            ({"long_video_noise": "fresh"}, "long_video_noise must be one of independent"),
@@ -128,7 +129,7 @@ def test_stage_for_reads_the_folder_description():
     ssr = stage_for(info(stage="ssr", stage_options={"factor": 2, "max_noise_level": 100, "noise_level": 0}))
     assert isinstance(ssr, SSRStage) and ssr.output_size(info(), (8, 16, 16)) == (8, 32, 32)
     assert ssr.sidecar(None, None) == {"factor": 2, "noise_level": 0}
-    with pytest.raises(ValueError, match="noise level must be an integer in \\[0, 100\\]"):
+    with pytest.raises(ValueError, match="noise_level must be an integer in \\[0, 100\\]"):
         ssr.check_noise_level(101, "this model")
     with pytest.raises(ValueError, match="stage_options in vidiff.json are not usable"):
         stage_for(info(stage="tsr", stage_options={"factor": 1}))

@@ -171,7 +171,8 @@ def check_setting(name: str, value, low=None, high=None):
         raise SettingError(name, f"must be a number, got {value!r}")
     if not (math.isfinite(value) and low <= value <= high):
         note = f" {spec.note}" if spec.note else ""
-        raise SettingError(name, f"must be between {low:g} and {high:g}{note}, got {value:g}")
+        show = (lambda x: str(int(x))) if spec.kind is int else (lambda x: f"{x:g}")  # (:g writes 1e+06)
+        raise SettingError(name, f"must be between {show(low)} and {show(high)}{note}, got {show(value)}")
     return value
 
 
@@ -394,6 +395,6 @@ def resolve_sampling(info: PipelineInfo, *, max_steps: int | None = None, num_fr
     size = check_setting("window_size", take(window_size, d.num_frames))
     stride = check_setting("window_stride", take(window_stride, max(1, size // 2)))
     if stride > size:
-        raise SettingError("window_stride", f"({stride}) must not exceed window_size ({size}): windows would leave "
-                                            "frames uncovered")
+        raise SettingError("window_stride", f"must not exceed the window size ({size}), got {stride}: windows would "
+                                            "leave frames uncovered")
     return SamplingSettings(window_size=size, window_stride=stride, **s)

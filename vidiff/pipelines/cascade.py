@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from vidiff.pipelines.text_to_video import VideoPipeline, as_video, make_generators, to_uint8
-from vidiff.spec import SCHEDULER_NAMES, PipelineInfo, check_choice, check_setting, read_info
+from vidiff.spec import SCHEDULER_NAMES, PipelineInfo, SettingError, check_choice, check_setting, read_info
 from vidiff.stages import Stage, stage_for
 from vidiff.utils import atomic_dir, check_replaceable
 
@@ -107,7 +107,10 @@ def read_cascade(path) -> list[StageSpec]:
         if not spec.stage.takes_video:
             raise ValueError(f"{file}: stage {i} ({spec.model}) is a base model; later stages must be "
                              "interpolation, tsr or ssr stages")
-        spec.stage.sidecar(spec.factor, spec.noise_level, where)  # the factor and noise level fit the stage
+        try:  # the factor and noise level fit the stage (named by the file, not as flags)
+            spec.stage.sidecar(spec.factor, spec.noise_level, where)
+        except SettingError as e:
+            raise ValueError(str(e)) from None
     return specs
 
 

@@ -33,8 +33,9 @@ from vidiff.models.folder import make_info, write_pipeline_folder
 from vidiff.models.loading import load_component
 from vidiff.models.unet import VideoUNet
 from vidiff.pipelines.schedulers import make_scheduler
-from vidiff.spec import (KIND, LONG_VIDEO_NOISE, PipelineInfo, SamplingSettings, check_choice,
-                         guidance_on, max_inference_steps, read_info, read_scheduler_config, resolve_sampling)
+from vidiff.spec import (KIND, LONG_VIDEO_NOISE, MAX_SEED, PipelineInfo, SamplingSettings, check_choice,
+                         check_setting, guidance_on, max_inference_steps, read_info, read_scheduler_config,
+                         resolve_sampling)
 from vidiff.utils import check_device, parse_dtype
 
 OUTPUT_TYPES = ("uint8", "pt", "latent")
@@ -98,6 +99,7 @@ def make_generators(num_videos: int, generator=None, seed: int | None = None) ->
             return [generator]
         seeds = torch.randint(0, 2**62, (num_videos,), generator=generator).tolist()
     elif seed is not None:
+        check_setting("seed", seed, high=MAX_SEED - (num_videos - 1))  # video i uses seed + i
         seeds = [int(seed) + i for i in range(num_videos)]
     else:
         seeds = torch.randint(0, 2**62, (num_videos,)).tolist()
@@ -131,11 +133,12 @@ class VideoPipeline:
     """Text-to-video sampling with a VideoUNet (public: `vidiff.VideoPipeline`).
 
     Build with `VideoPipeline.from_pretrained(dir)` on a folder written by `vidiff inflate` / `vidiff train`,
-    then call with a prompt. `__call__` is the composition of public steps that the cascade stages and editing
-    call on their own: `encode_prompt` -> `prepare_latents` -> `denoise` (from any timestep:
-    `timesteps_for_strength`) -> `decode`, with `encode_video` the inverse of `decode`. The sampler is chosen per call by name (`scheduler=`), built from the folder's noise
-    schedule (`pipe.make_scheduler(name)`). `pipe.timings` holds the seconds spent per part in the last call
-    (text, unet, sampler, vae).
+    then call with a prompt. `__call__` checks the request once (`resolve_settings` -> SamplingSettings) and runs
+    `sample`, the composition of public steps that the cascade stages and editing call on their own:
+    `encode_prompt` -> `prepare_latents` -> `denoise` (from any timestep: `timesteps_for_strength`) -> `decode`,
+    with `encode_video` the inverse of `decode`. The sampler is chosen per call by name (`scheduler=`), built
+    from the folder's noise schedule (`pipe.make_scheduler(name)`). `pipe.timings` holds the seconds spent per
+    part in the last call (text, unet, sampler, vae).
     """
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler_config: dict, vae=None,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vidiff.spec import SettingError
+
 class Stage:
     """The base (text-to-video) stage; cascade stages subclass it and override `condition` and the sampling side."""
 
@@ -82,7 +84,7 @@ class Stage:
         if factor is None:
             return supported[0]
         if isinstance(factor, bool) or not isinstance(factor, int) or factor not in supported:
-            raise ValueError(f"factor {factor!r} is not supported by {where} (a {self.name} stage trained for "
+            raise SettingError("factor", f"{factor!r} is not supported by {where} (a {self.name} stage trained for "
                              f"x{', x'.join(map(str, supported))}); use one of those")
         return factor
 

@@ -1,9 +1,9 @@
 """The cascade stages, each in one place: what it feeds the U-Net in training, which options it takes, what a
 folder of it accepts, and how it runs on a video when sampling.
 
-    interpolation  + masked video latents + mask; keyframes -> (n - 1) k + 1 frames; extends clips   (Make-A-Video, MCVD)
-    tsr            + the low-fps video repeated along time; n -> n k frames                       (Imagen Video TSR)
-    ssr            + the low-res video upsampled, noise-augmented; h x w -> kh x kw              (Imagen / SD x4 upscaler)
+    interpolation  + masked video latents + mask; keyframes -> (n - 1) k + 1 frames; extends   (Make-A-Video, MCVD)
+    tsr            + the low-fps video repeated along time; n -> n k frames                  (Imagen Video TSR)
+    ssr            + the low-res video upsampled, noise-augmented; h x w -> kh x kw         (Imagen, SD x4 upscaler)
 
 Sampling reuses the functions training uses (vidiff.stages.conditions) and the pipeline's shared loop: a stage
 gets the pipeline (`encode_video`, `decode`, `__call__` with `condition=`), the video as a tensor and one
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from diffusers.models.embeddings import TimestepEmbedding
 
-from vidiff.spec import check_choice
+from vidiff.spec import SettingError, check_choice
 from vidiff.stages.base import Stage
 from vidiff.stages.conditions import (AUGMENTATION_SCHEDULE, MASK_MODES, MAX_NOISE_LEVEL, SAMPLING_NOISE_LEVEL,
                                       SSR_CONDITIONS, SSR_FACTORS, augmentation_alphas, keyframe_mask,
@@ -165,7 +165,7 @@ class InterpolationStage(_CascadeStage):
             raise ValueError(f"this stage's window is {window} frame(s); extension needs at least 2")
         context = context_frames if context_frames is not None else min(frames, max(1, window // 2))
         if not 1 <= context <= min(frames, window - 1):
-            raise ValueError(f"context frames must be in [1, {min(frames, window - 1)}] (the input has {frames} "
+            raise SettingError("context_frames", f"must be in [1, {min(frames, window - 1)}] (the input has {frames} "
                              f"frames, the stage's window {window}), got {context}")
         return context
 
@@ -302,8 +302,8 @@ class SSRStage(_CascadeStage):
         """The condition's augmentation level: `noise_level` (None: the stage's default), within training's."""
         level = self.noise_level if noise_level is None else noise_level
         if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= self.max_noise_level:
-            raise ValueError(f"noise level must be an integer in [0, {self.max_noise_level}] for {where} (the levels "
-                             f"it was trained on), got {level!r}")
+            raise SettingError("noise_level", f"must be an integer in [0, {self.max_noise_level}] for {where} (the "
+                                              f"levels it was trained on), got {level!r}")
         return level
 
     def sidecar(self, factor=None, noise_level=None, where: str = "") -> dict:
