@@ -87,13 +87,21 @@ class _CascadeStage(Stage):
         return {"factor": self.check_factor(factor, where)}
 
 
-class InterpolationStage(_CascadeStage):
+class _TemporalStage(_CascadeStage):
+    """A stage that raises the frame rate by its factor (what `vidiff interpolate` runs)."""
+
+    command = "interpolate"
+
+    def frame_rate_factor(self, factor=None) -> int:
+        return self.check_factor(factor, "this stage")
+
+
+class InterpolationStage(_TemporalStage):
     """Make-A-Video masked frame interpolation (Singer et al. 2022) with MCVD masking (Voleti et al. 2022):
     input = noisy latents + masked video latents + mask; the same model interpolates and extends clips."""
 
     name = "interpolation"
     config_fields = ("mask_factors", "mask_modes")
-    command = "interpolate"
 
     def __init__(self, *, mask_factors=(2, 4), mask_modes=MASK_MODES, **base):
         super().__init__(**base)
@@ -125,9 +133,6 @@ class InterpolationStage(_CascadeStage):
     # -------------------------------------------------------------------------------- sampling
     def factors(self) -> list[int]:
         return list(self.mask_factors)
-
-    def frame_rate_factor(self, factor=None) -> int:
-        return self.check_factor(factor, "this stage")
 
     def output_size(self, info, size, factor=None, where="the stage"):
         frames, height, width = size
@@ -191,13 +196,12 @@ class InterpolationStage(_CascadeStage):
         return torch.cat([video.to(out.device, out.dtype), out], dim=2)
 
 
-class TSRStage(_CascadeStage):
+class TSRStage(_TemporalStage):
     """Imagen Video temporal super-resolution (Ho et al. 2022): input = noisy latents + the low-frame-rate video
     (every `factor`-th frame) repeated along time."""
 
     name = "tsr"
     config_fields = ("factor",)
-    command = "interpolate"
 
     def __init__(self, *, factor: int = 2, **base):
         super().__init__(**base)
@@ -227,9 +231,6 @@ class TSRStage(_CascadeStage):
     # -------------------------------------------------------------------------------- sampling
     def factors(self) -> list[int]:
         return [self.factor]
-
-    def frame_rate_factor(self, factor=None) -> int:
-        return self.check_factor(factor, "this stage")
 
     def output_size(self, info, size, factor=None, where="the stage"):
         frames, height, width = size
