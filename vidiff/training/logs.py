@@ -98,7 +98,7 @@ class TrainLog:
 
 
 def plot_loss_curve(csv_path: Path, png_path: Path) -> None:
-    import matplotlib
+    import matplotlib  # here: the Agg backend must be chosen before pyplot loads, and only the main process plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
