@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/vidiff generate --prompt "a red circle moving right" --seed 0 --gif --contact-sheet --quiet --overwrite --out $(DEMO_OUT)/clip.mp4
 	@echo "demo: clip $(DEMO_OUT)/clip.mp4, GIF $(DEMO_OUT)/clip.gif, contact sheet $(DEMO_OUT)/clip.png"
 
-# The README's Quality section: every `vidiff eval` measurement of the shipped demo models on the held-out
+# docs/quality.md's held-out figures: every `vidiff eval` measurement of the shipped demo models on the held-out
 # seeds (9001, 9002; the cascade on 9001), JSON + markdown tables into $(QUALITY). ~15 minutes on 2 CPU cores.
 QUALITY     ?= docs/quality
 EVAL        := $(VENV)/bin/vidiff eval

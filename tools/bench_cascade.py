@@ -11,7 +11,8 @@ mark, VmHWM reset through /proc/self/clear_refs), so no earlier stage's allocati
     python tools/bench_cascade.py --threads 1          # 4 frames of 8 x 8 latents (64 px) -> 7 frames, 128 px
     python tools/bench_cascade.py --frames 8 --latent 32 --steps 25 --device cuda --dtype fp16
 
-Prints a markdown table (the README's Performance section keeps a copy).
+Prints a markdown table (docs/quality.md's Performance section keeps a copy with the set-up and notes; the README
+shows the latest table).
 """
 from __future__ import annotations
 

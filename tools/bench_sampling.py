@@ -13,7 +13,8 @@ encoder of width 256 vs 768), inflates it, and samples one clip with classifier-
     python tools/bench_sampling.py --frames 16 --steps 10
     python tools/bench_sampling.py --device cuda --dtype fp16
 
-Prints markdown tables (the README's Performance section keeps a copy).
+Prints markdown tables (docs/quality.md's Performance section keeps a copy with the set-up and notes; the README
+shows the latest table).
 """
 from __future__ import annotations
 
