@@ -420,16 +420,28 @@ def step_publish(run: DemoRun, out: Path, command: str) -> None:
     for name in ("train_log.csv", "loss.png"):  # the text-to-image step the base was inflated from
         (out / "t2i").mkdir(parents=True, exist_ok=True)
         shutil.copy2(run.work / "t2i" / "train" / name, out / "t2i" / name)
-    (out / "COMMANDS.md").write_text(
-        "# How these demo models were made\n\n"
-        f"    {command}\n\nConfiguration: configs/demo/ (demo.yaml and each stage's `vidiff train` config; seed "
-        f"{run.cfg['seed']}, steps x {run.steps_scale}), device: {run.device}. Each stage folder holds its "
-        "train_log.csv and loss.png (the base also finish_train_log.csv and finish_loss.png, of its finishing "
-        "phase); t2i/ holds those of the text-to-image model the base was inflated from.\n")
+    write_commands(out / "COMMANDS.md", command, run)
     demo.write_cascade(out)
     demo.write_checksums(out)
     total = sum(p.stat().st_size for p in demo.weight_files(out))
     print(f"publish: {', '.join(published)} -> {out} ({total / 1e6:.1f} MB of weights)", flush=True)
+
+
+def write_commands(path: Path, command: str, run: DemoRun) -> None:
+    """COMMANDS.md: how these models were made, above the record of every earlier publication (kept, its
+    headings one level down), so the run history survives a republish."""
+    earlier = path.read_text() if path.is_file() else ""
+    earlier = "\n".join(("#" + line if line.startswith("#") else line) for line in earlier.splitlines()).strip()
+    text = ("# How these demo models were made\n\n"
+            f"    {command}\n\nConfiguration: configs/demo/ (demo.yaml and each stage's `vidiff train` config; seed "
+            f"{run.cfg['seed']}, steps x {run.steps_scale}), device: {run.device}. Each stage folder holds its "
+            "train_log.csv and loss.png (the base also finish_train_log.csv and finish_loss.png, of its finishing "
+            "phase); t2i/ holds those of the text-to-image model the base was inflated from.\n")
+    if earlier:
+        text += "\n# Earlier publications (newest first)\n\n" + earlier.replace(
+            "## How these demo models were made", "## Before this one", 1) + "\n"
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
 
 
 GALLERY_PROMPTS = ("a red circle moving right", "a green square moving up", "a blue triangle moving left",
