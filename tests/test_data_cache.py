@@ -106,7 +106,7 @@ def test_cli_cache(setup, tmp_path, capsys):
     # --out folder of other files was replaced (deleted).
     assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out", str(out),
                  "--num-workers", "-1"]) == 2
-    assert "--num-workers must be >= 0" in capsys.readouterr().err
+    assert "--num-workers must be between 0 and 256" in capsys.readouterr().err
     assert main(["data", "cache", "--model", str(model), "--manifest", str(manifest), "--out",
                  str(tmp_path / "odd"), "--num-frames", "2", "--height", "9", "--width", "8", "--device", "cpu"]) == 2
     assert "multiples of the VAE's factor 2" in capsys.readouterr().err and not (tmp_path / "odd").exists()
