@@ -679,3 +679,20 @@ def test_pixel_space_ssr_is_conditioned_as_in_training(assets, tmp_path, monkeyp
                                   condition_noise=torch.zeros(1, 3, 2, 16, 16))
     expected = augmentation_alphas()[0].sqrt() * ssr_condition(high, 2)
     torch.testing.assert_close(seen["condition"], expected, atol=1e-6, rtol=0)
+
+
+def test_stage_runs_refuse_unknown_settings(assets, tmp_path, monkeypatch):
+    """A misspelt setting (diffusers' `num_inference_steps` for `steps`) is refused before sampling, not dropped."""
+    from vidiff.pipelines import cascade as cascade_mod
+    from vidiff.pipelines.text_to_video import VideoPipeline
+    from vidiff.stages import cascade as stage_cascade
+    from vidiff.stages.folder import inflate_stage
+
+    folder = inflate_stage(assets["pixel"], tmp_path / "ssr", "ssr", factor=2, defaults=SMALL)
+    pipe = VideoPipeline.from_pretrained(folder)
+    monkeypatch.setattr(stage_cascade, "sample_stage", lambda *a, **k: pytest.fail("sampled"))
+    low = torch.zeros(1, 3, 2, 8, 8)
+    with pytest.raises(TypeError, match="unknown stage setting.*num_inference_steps.*takes steps"):
+        cascade_mod.upscale_video(pipe, low, "a red circle", num_inference_steps=40)
+    with pytest.raises(TypeError, match="unknown stage setting.*guidance_scale"):
+        cascade_mod.extend_video(pipe, low, "a red circle", num_frames=2, guidance_scale=2.0)

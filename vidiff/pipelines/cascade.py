@@ -39,6 +39,7 @@ import yaml
 from vidiff.pipelines.text_to_video import VideoPipeline, as_video, make_generators, to_uint8
 from vidiff.spec import SCHEDULER_NAMES, PipelineInfo, SettingError, check_choice, check_setting, read_info
 from vidiff.stages import Stage, stage_for
+from vidiff.stages.cascade import check_stage_settings
 from vidiff.utils import atomic_dir, check_replaceable
 
 CASCADE_FILE = "cascade.yaml"
@@ -180,6 +181,7 @@ def run_stage(pipe, video, prompt, *, factor: int | None = None, noise_level: in
     ssr the resolution (the condition noise-augmented to `noise_level`; `latents` / `condition_noise` replace
     its random draws). `settings`: steps, guidance, scheduler, negative_prompt, progress.
     Returns `(b, 3, frames, h', w')` in [-1, 1]."""
+    check_stage_settings(settings)
     video = as_video(video, pipe.device)
     draws = {"latents": latents, "condition_noise": condition_noise} if latents is not None or \
         condition_noise is not None else {}
@@ -210,6 +212,7 @@ def extend_video(pipe, video, prompt, *, num_frames: int, context_frames: int | 
     masks: chunk by chunk, the last `context_frames` frames (default: half the stage's window) are the known
     past and the rest of the window is generated. The input frames come out exactly as given.
     Returns `(b, 3, n + num_frames, h, w)` in [-1, 1]."""
+    check_stage_settings(settings)
     video = as_video(video, pipe.device)
     b = video.shape[0]
     return stage_for(pipe.info).extend(pipe, video, _prompts(prompt, b), num_frames=num_frames,

@@ -48,6 +48,17 @@ def add_level_embedding(unet) -> None:
     unet.class_embed_type = unet.config["class_embed_type"] = "timestep"
 
 
+# what a stage run's `settings` may hold (pipelines.cascade.run_stage / extend_video refuse anything else)
+STAGE_SETTINGS = ("steps", "guidance", "scheduler", "negative_prompt", "progress")
+
+
+def check_stage_settings(settings: dict) -> None:
+    """Refuse a setting a stage run would not use (a misspelt `num_inference_steps=` must not be dropped)."""
+    unknown = sorted(set(settings) - set(STAGE_SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown stage setting(s) {', '.join(unknown)}; a stage run takes {', '.join(STAGE_SETTINGS)}")
+
+
 def sample_stage(pipe, prompts, condition, size, settings: dict, generators, **extra) -> torch.Tensor:
     """The stage's U-Net sampled through the pipeline's shared loop: final latents `(b, c, f, h, w)`.
     `settings`: steps, guidance, scheduler, negative_prompt, progress (unset: the folder's defaults)."""
