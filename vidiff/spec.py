@@ -152,6 +152,8 @@ SETTINGS: dict[str, Setting] = {
     "shard_size": Setting(int, 1, 1_000_000, "--shard-size", "clips"),
     "num_workers": Setting(int, 0, 256, "--num-workers", "(0 decodes in the main process)"),
     "limit": Setting(int, 1, 1_000_000, "--limit", "clips"),
+    # vidiff extend: frames added after the clip (how large the result may be is `check_request_size`'s)
+    "new_frames": Setting(int, 1, 1_000_000, "--frames", "new frames"),
 }
 
 
@@ -174,6 +176,74 @@ def check_setting(name: str, value, low=None, high=None):
         show = (lambda x: str(int(x))) if spec.kind is int else (lambda x: f"{x:g}")  # (:g writes 1e+06)
         raise SettingError(name, f"must be between {show(low)} and {show(high)}{note}, got {show(value)}")
     return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# How large one request may be
+# ---------------------------------------------------------------------------------------------------------------
+# Past these a request runs for hours or dies late (a MemoryError once the models have loaded and sampled), so it
+# is refused before anything loads unless it is asked for: `--allow-large` on every command that makes clips,
+# `allow_large=True` in Python. No flag lifts a side beyond MAX_SIDE, or clips that would not fit in this
+# machine's memory at all.
+MAX_FRAME_PIXELS = 1024 * 1024  # height x width of one frame: SD-family models train at 512-1024 px, and
+                                # attention's work grows with the square of a frame's pixels
+MAX_CLIP_FRAMES = MAX_FRAMES    # frames of a clip read or made (a 10-minute clip is 18,000: hours of sampling)
+MAX_REQUEST_BYTES = 8 * 2**30   # the clips a request holds in memory at once
+BYTES_PER_PIXEL = 16            # a clip in memory: float32 RGB (12 bytes a pixel) + its uint8 frames (3) + latents
+
+
+class RequestTooLarge(ValueError):
+    """A request beyond the size limits (`check_request_size`): `str(e)` names the clip, the limit and the Python
+    fix (`allow_large=True`), `for_flags()` the same with the CLI's (`--allow-large`) where a flag lifts it."""
+
+    def __init__(self, message: str, liftable: bool = True):
+        self.message, self.liftable = message, liftable
+        super().__init__(f"{message}; pass allow_large=True to run it anyway" if liftable else message)
+
+    def for_flags(self) -> str:
+        return f"{self.message}; pass --allow-large to run it anyway" if self.liftable else self.message
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_request_size(clips, allow_large: bool = False) -> int:
+    """Refuse, before anything loads, a request whose clips are too large. `clips`: `(what, frames, height, width)`
+    or `(what, frames, height, width, copies)` for every clip the request reads or makes and holds at once (the
+    input, each stage's output, `copies` videos of a batch). A side beyond MAX_SIDE or more bytes than this
+    machine's memory is always refused; more than MAX_CLIP_FRAMES frames, MAX_FRAME_PIXELS pixels a frame or
+    MAX_REQUEST_BYTES in all unless `allow_large`. Returns the bytes estimated; RequestTooLarge otherwise."""
+    total, parts = 0, []
+    for what, frames, height, width, *copies in clips:
+        count = copies[0] if copies else 1
+        if max(height, width) > MAX_SIDE:
+            raise RequestTooLarge(f"{what}: {width}x{height} pixels, beyond the {MAX_SIDE}-pixel limit of a side "
+                                  "(the video encoders' and any SD-family model's range); make it smaller (its height "
+                                  "and width, or a stage's factor)", liftable=False)
+        if not allow_large and height * width > MAX_FRAME_PIXELS:
+            raise RequestTooLarge(f"{what}: {frames} frames of {width}x{height} pixels, over the limit of "
+                                  f"{MAX_FRAME_PIXELS:,} pixels a frame (1024x1024: attention's work grows with "
+                                  f"the square of it)")
+        if not allow_large and frames > MAX_CLIP_FRAMES:
+            raise RequestTooLarge(f"{what}: {frames:,} frames, over the limit of {MAX_CLIP_FRAMES:,} frames a "
+                                  "clip (the whole clip is sampled and held in memory)")
+        total += frames * height * width * BYTES_PER_PIXEL * count
+        parts.append(f"{what}: " + f"{count} x " * (count > 1) + f"{frames} frames of {width}x{height}")
+    gib = total / 2**30
+    memory = physical_memory()
+    if memory is not None and total > memory:
+        raise RequestTooLarge(f"this request would hold about {gib:,.1f} GiB of video ({', '.join(parts)}), more "
+                              f"than this machine's {memory / 2**30:.1f} GiB of memory; make fewer or smaller clips",
+                              liftable=False)
+    if not allow_large and total > MAX_REQUEST_BYTES:
+        raise RequestTooLarge(f"this request would hold about {gib:,.1f} GiB of video at once ({', '.join(parts)}), "
+                              f"over the {MAX_REQUEST_BYTES / 2**30:g} GiB limit")
+    return total
 
 
 # ---------------------------------------------------------------------------------------------------------------

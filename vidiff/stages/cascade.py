@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from diffusers.models.embeddings import TimestepEmbedding
 
-from vidiff.spec import SettingError, check_choice
+from vidiff.spec import SettingError, check_choice, check_setting
 from vidiff.stages.base import Stage
 from vidiff.stages.conditions import (AUGMENTATION_SCHEDULE, MASK_MODES, MAX_NOISE_LEVEL, SAMPLING_NOISE_LEVEL,
                                       SSR_CONDITIONS, SSR_FACTORS, augmentation_alphas, keyframe_mask,
@@ -163,8 +163,7 @@ class InterpolationStage(_TemporalStage):
         if "future" not in self.mask_modes:
             raise ValueError(f"extension needs an interpolation stage trained with future-prediction masks "
                              f"(stage.mask_modes with 'future'); this one has mask_modes {self.mask_modes}")
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-            raise ValueError(f"the number of new frames must be an integer >= 1, got {num_frames!r}")
+        check_setting("new_frames", num_frames)
         window = self.window(info)
         if window < 2:
             raise ValueError(f"this stage's window is {window} frame(s); extension needs at least 2")

@@ -1,0 +1,155 @@
+"""Hostile and careless input (issue 24): requests too large to finish, files others cannot read, forged scheduler
+configs and inversion caches, and every error one line that names the right thing, before any model loads."""
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vidiff import spec
+from vidiff.cli import main
+from vidiff.pipelines import editing
+from vidiff.pipelines.text_to_video import VideoPipeline
+from vidiff.spec import RequestTooLarge, check_request_size, read_scheduler_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "train" / "tiny.yaml"
+SMALL = {"num_frames": 4, "height": 16, "width": 16, "num_inference_steps": 2, "fps": 8}
+NO_SPACE = "Error while serializing: I/O error: No space left on device (os error 28)"  # safetensors' own words
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny SD folder; a base, interpolation (x2) and ssr (x2) stage of it with 4-frame 16 px defaults, as a
+    cascade folder; a 5-frame 16 px clip."""
+    from vidiff.data.video_io import write_video
+    from vidiff.models.folder import inflate_pipeline
+    from vidiff.stages.folder import inflate_stage
+    from vidiff.testing import make_tiny_sd_pipeline
+
+    root = tmp_path_factory.mktemp("hostile")
+    sd = make_tiny_sd_pipeline(root / "sd")
+    cascade = root / "cascade"
+    inflate_pipeline(sd, cascade / "base", defaults=SMALL)
+    inflate_stage(sd, cascade / "interpolation", "interpolation", factor=2, defaults=SMALL)
+    inflate_stage(sd, cascade / "ssr", "ssr", factor=2, defaults=SMALL)
+    (cascade / "cascade.yaml").write_text(yaml.safe_dump({"stages": [
+        {"model": "base"}, {"model": "interpolation", "factor": 2}, {"model": "ssr"}]}))
+    clip = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    return {"root": root, "sd": sd, "base": cascade / "base", "interpolation": cascade / "interpolation",
+            "ssr": cascade / "ssr", "cascade": cascade, "video": write_video(root / "clip.mp4", clip, fps=8)}
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail when a model loads or a video is decoded: every refusal here comes first."""
+    from vidiff.cli import stage_io
+    from vidiff.stages import folder as stage_folder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded (or a video decoded) before the refusal")
+
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", classmethod(refuse))
+    monkeypatch.setattr(stage_folder, "load_base_components", refuse)
+    monkeypatch.setattr(stage_io, "read_video", refuse)
+
+
+def one_line(capsys, argv, code=2) -> str:
+    """`vidiff ARGV`'s stderr, checked to be one line without a traceback and the exit status `code`."""
+    status = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == code and len(err) == 1 and "Traceback" not in err[0], (status, err)
+    return err[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Unbounded work: refused from the request (and the input's header) before anything loads or decodes
+# ---------------------------------------------------------------------------------------------------------------
+def test_the_size_check_counts_frames_pixels_and_memory(monkeypatch):
+    monkeypatch.setattr(spec, "physical_memory", lambda: 64 * 2**30)
+    assert check_request_size([("a", 16, 512, 512), ("b", 31, 512, 512, 2)]) == (16 + 62) * 512 * 512 * 16
+    cases = [([("the clip", 4, 2048, 2048)], "the clip: 4 frames of 2048x2048 pixels, over the limit of 1,048,576"),
+             ([("the clip", 18_000, 16, 16)], "the clip: 18,000 frames, over the limit of 4,096 frames a clip"),
+             ([("the clips", 4096, 512, 512, 2)], "about 32.0 GiB of video at once (the clips: 2 x 4096 frames of "
+                                                  "512x512), over the 8 GiB limit")]
+    for clips, message in cases:
+        with pytest.raises(RequestTooLarge, match="pass allow_large=True") as info:
+            check_request_size(clips)
+        assert message in str(info.value) and info.value.for_flags().endswith("pass --allow-large to run it anyway")
+        check_request_size(clips, allow_large=True)
+    # what no flag lifts: a side beyond MAX_SIDE, more than this machine's memory
+    for clips, message in [([("ssr", 4, 8192, 8192)], "8192x8192 pixels, beyond the 4096-pixel limit of a side"),
+                           ([("x", 4096, 1024, 1024, 2)], "more than this machine's 64.0 GiB of memory")]:
+        with pytest.raises(RequestTooLarge, match=message) as info:
+            check_request_size(clips, allow_large=True)
+        assert "allow" not in str(info.value)
+
+
+def test_huge_inputs_are_refused_from_the_header(tiny, tmp_path, capsys, no_loading):
+    """Found in QA (issue 24): a 2048 px input to a tiny stage and a 10-minute (18,000-frame) clip to interpolate
+    or upscale were decoded whole and sampled for minutes. Now one line, from the header, before decoding."""
+    from vidiff.data.video_io import write_video
+
+    big = write_video(tmp_path / "big.mp4", np.zeros((2, 2048, 2048, 3), np.uint8), fps=8)
+    long = write_video(tmp_path / "long.mp4", np.zeros((18_000, 16, 16, 3), np.uint8), fps=30)
+    out = tmp_path / "out.mp4"
+    line = one_line(capsys, ["interpolate", "--model", tiny["interpolation"], "--video", big, "--out", out])
+    assert "--video: 2 frames of 2048x2048 pixels, over the limit of 1,048,576 pixels a frame" in line
+    assert line.endswith("pass --allow-large to run it anyway")
+    for command, model in (("interpolate", "interpolation"), ("upscale", "ssr")):
+        line = one_line(capsys, [command, "--model", tiny[model], "--video", long, "--out", out])
+        assert "--video: 18,000 frames, over the limit of 4,096 frames a clip" in line and "--allow-large" in line
+    # --allow-large lifts the limit: the command goes on to decode the clip (refused here by `no_loading`)
+    with pytest.raises(AssertionError, match="before the refusal"):
+        main([str(a) for a in ["upscale", "--model", tiny["ssr"], "--video", long, "--out", out, "--allow-large"]])
+    assert not out.exists()
+
+
+def test_huge_extensions_and_cascades_are_refused_before_loading(tiny, tmp_path, capsys, no_loading, monkeypatch):
+    """`extend --frames 100000000`, `generate --cascade --num-frames 4096` (8,191 frames after interpolation) and a
+    4096x4096 cascade (SSR to 8192: a MemoryError after 70 s) ran on or died late."""
+    monkeypatch.setattr(spec, "physical_memory", lambda: 64 * 2**30)
+    out = tmp_path / "out.mp4"
+    extend = ["extend", "--model", tiny["interpolation"], "--video", tiny["video"], "--out", out, "--frames"]
+    assert "--frames must be between 1 and 1000000 new frames, got 100000000" in one_line(capsys, extend + [10**8])
+    assert "the extended clip: 100,005 frames, over the limit of 4,096" in one_line(capsys, extend + [10**5])
+    cascade = ["generate", "--cascade", tiny["cascade"] / "cascade.yaml", "--prompt", "x", "--out", out]
+    line = one_line(capsys, cascade + ["--num-frames", 4096])
+    assert "the output of stage 1 (interpolation): 8,191 frames, over the limit of 4,096" in line
+    line = one_line(capsys, cascade + ["--height", 4096, "--width", 4096])
+    assert "stage 0 (base): 4 frames of 4096x4096 pixels" in line and "--allow-large" in line
+    line = one_line(capsys, cascade + ["--height", 4096, "--width", 4096, "--allow-large"])
+    assert "stage 2 (ssr): 8192x8192 pixels, beyond the 4096-pixel limit of a side" in line
+    line = one_line(capsys, ["generate", "--model", tiny["base"], "--prompt", "x", "--out", out, "--num-frames", 4096,
+                             "--height", 512, "--width", 512, "--num-videos", 2])
+    assert "about 32.0 GiB of video at once (the clips: 2 x 4096 frames of 512x512), over the 8 GiB limit" in line
+    line = one_line(capsys, ["edit", "--model", tiny["base"], "--prompt", "x", "--video", tiny["video"], "--out", out,
+                             "--num-frames", 2, "--height", 2048, "--width", 2048])
+    assert "the clip: 2 frames of 2048x2048 pixels, over the limit" in line
+    assert not out.exists()
+
+
+def test_the_python_api_refuses_before_sampling(tiny, monkeypatch):
+    from vidiff.pipelines.cascade import CascadePipeline, extend_video, run_stage
+
+    pipe = VideoPipeline.from_pretrained(tiny["interpolation"], device="cpu")
+    monkeypatch.setattr(VideoPipeline, "__call__", lambda *a, **k: pytest.fail("sampling started"))
+    long = np.zeros((5000, 16, 16, 3), np.uint8)
+    with pytest.raises(RequestTooLarge, match="the input: 5,000 frames.*pass allow_large=True"):
+        run_stage(pipe, long, "x")
+    with pytest.raises(RequestTooLarge, match="the extended clip: 10,005 frames"):
+        extend_video(pipe, long[:5], "x", num_frames=10_000)
+    cascade = CascadePipeline.from_pretrained(tiny["cascade"], device="cpu")
+    with pytest.raises(RequestTooLarge, match="stage 1 \\(interpolation\\): 8,191 frames"):
+        cascade("x", num_frames=4096)
