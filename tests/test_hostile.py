@@ -153,3 +153,75 @@ def test_the_python_api_refuses_before_sampling(tiny, monkeypatch):
     cascade = CascadePipeline.from_pretrained(tiny["cascade"], device="cpu")
     with pytest.raises(RequestTooLarge, match="stage 1 \\(interpolation\\): 8,191 frames"):
         cascade("x", num_frames=4096)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files written unreadable to others
+# ---------------------------------------------------------------------------------------------------------------
+def test_written_model_files_follow_the_umask(tiny, tmp_path):
+    """Found in QA (issue 24): inflated weights were 0600 under umask 022 (transformers' and diffusers'
+    save_pretrained write through private temporary files)."""
+    from vidiff.models.folder import inflate_pipeline
+
+    old = os.umask(0o022)
+    try:
+        out = inflate_pipeline(tiny["sd"], tmp_path / "video")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    assert modes["text_encoder/model.safetensors"] == 0o644 and modes["vae/diffusion_pytorch_model.safetensors"] \
+        == 0o644
+    assert {mode for name, mode in modes.items() if (out / name).is_file()} == {0o644}
+    assert {mode for name, mode in modes.items() if (out / name).is_dir()} == {0o755}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tracebacks left, and messages that blame the wrong thing
+# ---------------------------------------------------------------------------------------------------------------
+def full_disk(monkeypatch):
+    """safetensors' writes fail as on a full disk (a SafetensorError, not an OSError)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def no_space(*args, **kwargs):
+        raise SafetensorError(NO_SPACE)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_space)
+
+
+def test_a_full_disk_while_inflating_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    full_disk(monkeypatch)
+    out = tmp_path / "video"
+    line = one_line(capsys, ["inflate", "--base", tiny["sd"], "--out", out], code=1)
+    assert line.startswith(f"vidiff inflate: error: {out}/") and "No space left on device" in line
+    assert list(tmp_path.iterdir()) == []  # no half-written folder, no temporary one
+
+
+def test_a_full_disk_while_saving_a_tuned_model_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    full_disk(monkeypatch)
+    saved = tmp_path / "tuned"
+    line = one_line(capsys, ["edit", "--model", tiny["base"], "--video", tiny["video"], "--prompt", "a cat",
+                             "--num-frames", 4, "--steps", 2, "--method", "tune", "--tune-steps", 1, "--quiet",
+                             "--save-tuned", saved, "--out", tmp_path / "e.mp4"], code=1)
+    assert line.startswith(f"vidiff edit: error: {saved}/") and "No space left on device" in line
+    assert not saved.exists()
+
+
+def test_a_temporary_name_never_reaches_the_message(tmp_path, monkeypatch):
+    """The atomic writers name the user's path when the temporary file cannot be made or written."""
+    from vidiff.utils import atomic_dir, atomic_path
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".r.abc123.json.tmp.json"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr("tempfile.mkstemp", denied)
+        with pytest.raises(PermissionError) as info:
+            with atomic_path(tmp_path / "r.json"):
+                pass
+    assert info.value.filename == str(tmp_path / "r.json")
+    with pytest.raises(OSError) as info:
+        with atomic_dir(tmp_path / "model") as tmp:
+            raise OSError(28, "No space left on device", str(tmp / "unet" / "config.json"))
+    assert info.value.filename == str(tmp_path / "model" / "unet" / "config.json")
+    assert list(tmp_path.iterdir()) == []
