@@ -176,6 +176,43 @@ def test_written_model_files_follow_the_umask(tiny, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Scheduler configs are data, checked like every other file
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key, value, message", [
+    ("beta_schedule", "!!python/object/apply:os.system ['echo hi']", "beta_schedule must be one of \"linear\""),
+    ("num_train_timesteps", 1e12, "num_train_timesteps must be an integer in [1, 100000], got 1000000000000.0"),
+    ("num_train_timesteps", 0, "num_train_timesteps must be an integer in [1, 100000], got 0"),
+    ("num_train_timesteps", -1, "num_train_timesteps must be an integer in [1, 100000], got -1"),
+    ("beta_start", float("nan"), "beta_start must be a number in (0, 1], got NaN"),
+    ("beta_end", "0.012", "beta_end must be a number"),
+    ("steps_offset", 999, "steps_offset must be at most num_train_timesteps - 2 (998)"),
+    ("trained_betas", [0.1, float("inf")], "trained_betas must be null or a list of betas in (0, 1)"),
+    ("clip_sample", "no", "clip_sample must be true or false"),
+    ("some_option", {"deep": [1, float("inf")]}, "some_option must be plain JSON"),
+])
+def test_scheduler_configs_are_checked(tiny, tmp_path, key, value, message):
+    """Found in QA (issue 24): a `!!python/object` string ended in a diffusers traceback, 1e12 training steps
+    allocated 4 TB, a NaN beta sampled blank clips silently, 0 training steps blamed --steps."""
+    folder = tmp_path / "scheduler"
+    shutil.copytree(tiny["base"] / "scheduler", folder)
+    config = json.loads((folder / "scheduler_config.json").read_text())
+    (folder / "scheduler_config.json").write_text(json.dumps(dict(config, **{key: value})))
+    with pytest.raises(ValueError) as info:
+        read_scheduler_config(folder)
+    assert message in str(info.value) and str(folder / "scheduler_config.json") in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_damaged_schedule_is_named_not_the_steps(tiny, tmp_path, capsys, no_loading):
+    model = tmp_path / "model"
+    shutil.copytree(tiny["base"], model)
+    file = model / "scheduler" / "scheduler_config.json"
+    file.write_text(json.dumps(dict(json.loads(file.read_text()), num_train_timesteps=0)))
+    line = one_line(capsys, ["generate", "--model", model, "--prompt", "x", "--out", tmp_path / "o.mp4"])
+    assert f"{file}: num_train_timesteps must be an integer in [1, 100000], got 0" in line and "--steps" not in line
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Tracebacks left, and messages that blame the wrong thing
 # ---------------------------------------------------------------------------------------------------------------
 def full_disk(monkeypatch):

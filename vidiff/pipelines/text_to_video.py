@@ -34,8 +34,8 @@ from vidiff.models.loading import load_component
 from vidiff.models.unet import VideoUNet
 from vidiff.pipelines.schedulers import make_scheduler
 from vidiff.spec import (KIND, LONG_VIDEO_NOISE, MAX_SEED, PipelineInfo, SamplingSettings, check_choice,
-                         check_setting, guidance_on, max_inference_steps, read_info, read_scheduler_config,
-                         resolve_sampling)
+                         check_scheduler_config, check_setting, guidance_on, max_inference_steps, read_info,
+                         read_scheduler_config, resolve_sampling)
 from vidiff.utils import check_device, parse_dtype
 
 OUTPUT_TYPES = ("uint8", "pt", "latent")
@@ -147,7 +147,7 @@ class VideoPipeline:
         self.text_encoder = text_encoder.eval()
         self.tokenizer = tokenizer
         self.vae = vae.eval() if vae is not None else None
-        self.scheduler_config = dict(scheduler_config)
+        self.scheduler_config = dict(check_scheduler_config(scheduler_config, "scheduler_config"))
         self.info = info if info is not None else make_info(unet, vae, text_encoder, tokenizer, scheduler_config)
         make_scheduler(self.defaults.scheduler, self.scheduler_config, latent=self.latent)  # fail early if bad
         self.timings: dict[str, float] = {}
