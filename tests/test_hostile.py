@@ -213,6 +213,44 @@ def test_a_damaged_schedule_is_named_not_the_steps(tiny, tmp_path, capsys, no_lo
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Forged inversion caches
+# ---------------------------------------------------------------------------------------------------------------
+def test_a_forged_inversion_cache_is_recomputed_with_one_warning(tiny, tmp_path, monkeypatch):
+    """Found in QA (issue 24): NaN latents under an intact key gave a blank clip, latents of another shape 2 frames
+    of 6x6 instead of 4 of 16x16, both silently. Cached tensors are checked (shape, dtype, finite)."""
+    from safetensors.torch import load_file
+
+    from vidiff.utils import save_safetensors_atomic
+
+    pipe = VideoPipeline.from_pretrained(tiny["base"], device="cpu")
+    frames = np.random.default_rng(1).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    cache = editing.InversionCache.beside(tmp_path / "edit.mp4")
+    calls = []
+    real = editing.ddim_invert
+    monkeypatch.setattr(editing, "ddim_invert", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def edit():
+        return editing.edit_video(pipe, frames, ["a cat"], num_inference_steps=2, cache=cache,
+                                  cache_key={"clip": "c"}, progress=False)
+
+    edit()
+    assert len(calls) == 1 and edit().inversion_cached and len(calls) == 1  # an intact cache is reused
+    latents = load_file(str(cache.path))["latents"]
+    metadata = {"key": json.dumps(json.loads(cache.key_path.read_text()), sort_keys=True)}
+    for forged, problem in ((torch.full_like(latents, float("nan")), "holds NaN or infinite latents"),
+                            (latents[:, :, :2, :3, :3].contiguous(), "holds float32 latents of shape [1, 4, 2, 3, 3], "
+                                                                     "but its key says float32 of shape [1, 4, 4, 8, 8]"),
+                            (latents.double(), "holds float64 latents of shape")):
+        save_safetensors_atomic({"latents": forged}, cache.path, metadata=metadata)  # the key left intact
+        with pytest.warns(UserWarning, match=re.escape(problem)) as caught:
+            result = edit()
+        assert len([w for w in caught if "inversion cache" in str(w.message)]) == 1
+        assert not result.inversion_cached and result.videos[0].shape == (1, 3, 4, 16, 16)
+        assert bool(torch.isfinite(result.videos[0]).all())
+    assert len(calls) == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Tracebacks left, and messages that blame the wrong thing
 # ---------------------------------------------------------------------------------------------------------------
 def full_disk(monkeypatch):
