@@ -282,6 +282,42 @@ def test_a_full_disk_while_saving_a_tuned_model_is_one_line(tiny, tmp_path, caps
     assert not saved.exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["edit", "--fps", "1e308"], "--fps must be between 0.1 and 1000 frames per second, got 1e+308"),
+    (["edit", "--fps", "1e-300"], "--fps must be between 0.1 and 1000 frames per second, got 1e-300"),
+    (["edit", "--seed", "-1"], "--seed must be between 0 and 9223372036854775807, got -1"),
+    (["edit", "--seed", str(2**70)], f"--seed must be between 0 and 9223372036854775807, got {2**70}"),
+    (["interpolate", "--seed", str(2**70)], f"--seed must be between 0 and 9223372036854775807, got {2**70}"),
+    (["eval", "shapes", "--seeds", f"1,{2**70}"], f"--seeds must be between 0 and 9223372036854775807, got {2**70}"),
+    (["eval", "shapes", "--seeds", "-5"], "--seeds must be between 0 and 9223372036854775807, got -5"),
+    (["inflate", "--stage", "tsr", "--factor", "0"], "--factor must be between 2 and 64, got 0"),
+    (["inflate", "--stage", "interpolation", "--factor", "0"], "--factor must be between 2 and 64, got 0"),
+    (["inflate", "--stage", "ssr", "--factor", "0"], "--factor must be between 2 and 64, got 0"),
+])
+def test_bad_numbers_are_one_line_before_loading(tiny, tmp_path, capsys, no_loading, argv, message):
+    """Found in QA (issue 24): `inflate --factor 0` and `eval shapes --seeds 2**70` were accepted; seeds are
+    0..2**63-1 everywhere (one SETTINGS row), fps one range."""
+    out = tmp_path / "o.mp4"
+    rest = {"edit": ["--model", tiny["base"], "--video", tiny["video"], "--prompt", "x", "--out", out],
+            "interpolate": ["--model", tiny["interpolation"], "--video", tiny["video"], "--out", out],
+            "eval": ["--model", tiny["base"], "--limit", "1"],
+            "inflate": ["--base", tiny["sd"], "--out", tmp_path / "stage"]}[argv[0]]
+    assert one_line(capsys, argv + rest).endswith(message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_into_a_read_only_folder_names_the_users_path(tiny, tmp_path, capsys, no_loading):
+    """Found in QA (issue 24): `eval --out` into a read-only folder named the temporary file and exited 1 after
+    the evaluation; now one line naming --out, exit 2, before anything loads."""
+    if os.geteuid() == 0:  # (root writes through chmod: /sys is read-only to everyone)
+        folder = Path("/sys")
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir(mode=0o555)
+    line = one_line(capsys, ["eval", "shapes", "--model", tiny["base"], "--seeds", "1", "--out", folder / "r.json"])
+    assert f"--out {folder / 'r.json'}: cannot write in {folder}" in line and ".tmp" not in line
+
+
 def test_a_temporary_name_never_reaches_the_message(tmp_path, monkeypatch):
     """The atomic writers name the user's path when the temporary file cannot be made or written."""
     from vidiff.utils import atomic_dir, atomic_path
@@ -300,3 +336,13 @@ def test_a_temporary_name_never_reaches_the_message(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device", str(tmp / "unet" / "config.json"))
     assert info.value.filename == str(tmp_path / "model" / "unet" / "config.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pickled_vidiff_json_is_named(tiny, tmp_path, capsys, no_loading):
+    import pickle
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny["base"], model)
+    (model / "vidiff.json").write_bytes(pickle.dumps({"stage": "base"}))
+    line = one_line(capsys, ["generate", "--model", model, "--prompt", "x", "--out", tmp_path / "o.mp4"])
+    assert f"{model / 'vidiff.json'} is not a readable JSON file" in line

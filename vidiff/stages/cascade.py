@@ -73,9 +73,8 @@ class _CascadeStage(Stage):
     def fresh(cls, factor: int | None = None, latent_channels: int = 4) -> "_CascadeStage":
         """The stage an untrained stage folder (`vidiff inflate --stage`) describes, for `factor` (None: the
         stage's default)."""
-        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int)):
-            raise ValueError(f"--factor must be an integer, got {factor!r}")
-        return cls(latent_channels=latent_channels, factor=factor or 2)
+        check_setting("factor", factor)  # (0 is no factor: it must not read as "unset")
+        return cls(latent_channels=latent_channels, factor=2 if factor is None else factor)
 
     def check_window(self, num_frames: int) -> None:
         """The sampling window (a folder's num_frames) suits the stage."""
@@ -117,9 +116,8 @@ class InterpolationStage(_TemporalStage):
 
     @classmethod
     def fresh(cls, factor=None, latent_channels=4):
-        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int)):
-            raise ValueError(f"--factor must be an integer, got {factor!r}")
-        return cls(latent_channels=latent_channels, mask_factors=[factor] if factor else [2, 4],
+        check_setting("factor", factor)
+        return cls(latent_channels=latent_channels, mask_factors=[2, 4] if factor is None else [factor],
                    mask_modes=list(MASK_MODES))
 
     def condition(self, latents, generator=None):
