@@ -346,3 +346,65 @@ def test_a_pickled_vidiff_json_is_named(tiny, tmp_path, capsys, no_loading):
     (model / "vidiff.json").write_bytes(pickle.dumps({"stage": "base"}))
     line = one_line(capsys, ["generate", "--model", model, "--prompt", "x", "--out", tmp_path / "o.mp4"])
     assert f"{model / 'vidiff.json'} is not a readable JSON file" in line
+
+
+def test_a_train_config_yaml_error_is_one_line(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("output_dir: run\nmodel:\n  pretrained: [sd\ndata: {\n")
+    line = one_line(capsys, ["train", config])
+    assert line.endswith(f"{config} is not valid YAML: expected ',' or ']', but got ':' at line 4, column 5")
+
+
+def pickled_vae_sd(tiny, folder: Path) -> Path:
+    """The tiny SD with its VAE weights replaced by a pickle (only a .bin, no safetensors)."""
+    import pickle
+
+    shutil.copytree(tiny["sd"], folder)
+    (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    (folder / "vae" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"a": 1}))
+    return folder
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_refused_training_run_writes_nothing(tiny, tmp_path, capfd, existing):
+    """Found in QA (issue 24): `train` refusing a pickle in vae/ left run/config.json and run/vidiff-run.json, and
+    diffusers printed "Defaulting to unsafe serialization" (false: the load was weights-only) before the error."""
+    from vidiff.data.synthetic import write_shapes_dataset
+
+    sd = pickled_vae_sd(tiny, tmp_path / "sd")
+    manifest = write_shapes_dataset(tmp_path / "shapes", 2, num_frames=4, size=16)
+    run = tmp_path / "run"
+    if existing:
+        run.mkdir()
+    code = main(["train", str(TINY), f"model.pretrained={sd}", f"data.manifest={manifest}", f"output_dir={run}"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "could not be read as plain tensors" in err[0], err
+    assert (list(run.iterdir()) == []) if existing else not run.exists()
+
+
+def test_library_notes_are_silenced_around_loads_only(tiny, capfd, caplog):
+    """diffusers' "modules in AutoencoderKL that should be kept in float32: []" on a bf16 load; the loggers'
+    levels are restored afterwards (no global state left for other code)."""
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    before = [logger.level for logger in loggers]
+    with caplog.at_level(logging.INFO):
+        VideoPipeline.from_pretrained(tiny["base"], device="cpu", dtype="bf16")
+    assert "float32" not in capfd.readouterr().err and not [r for r in caplog.records if "float32" in r.message]
+    assert [logger.level for logger in loggers] == before
+    logging.getLogger("diffusers.models.modeling_utils").warning("a note after the load")
+    assert [r.message for r in caplog.records] == ["a note after the load"]
+
+
+def test_a_refused_single_file_is_one_line(tiny, tmp_path):
+    """transformers' "requires torchvision" notes (as diffusers' single-file loader imports) and torch's "Detected
+    pickle protocol 4" came before the one correct line. A fresh process: transformers says its notes once."""
+    import pickle
+
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(pickle.dumps({"state_dict": object}))
+    done = subprocess.run([sys.executable, "-m", "vidiff", "inflate", "--base", str(checkpoint), "--config",
+                           str(tiny["sd"]), "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and "model.ckpt" in err[0], err
+    assert math.isfinite(len(err))

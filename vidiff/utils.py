@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -145,6 +147,42 @@ def check_replaceable(path: str | os.PathLike, is_own, what: str, fix: str = "ch
     kind = "a folder" if path.is_dir() else "a file"
     raise FileExistsError(f"{path} exists and is {kind} that is not {what}; vidiff replaces only what it wrote "
                           f"(or an empty folder): {fix}")
+
+
+# What the libraries print while vidiff loads, converts or moves a model, said better (or wrongly) by vidiff itself:
+# diffusers' "Defaulting to unsafe serialization" (the load was weights-only, and refused), its "modules in
+# AutoencoderKL that should be kept in float32: []" on every `.to(dtype)`, transformers' "requires torchvision"
+# notes when the single-file loader imports its image processors, torch's "Detected pickle protocol 4" from the
+# weights-only unpickler. Their errors still raise, and the CLI prints those as one line.
+LIBRARY_LOGGERS = ("diffusers", "transformers")
+LIBRARY_WARNINGS = (r"Detected pickle protocol",)
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence diffusers' and transformers' loggers and torch's unpickler notes inside the block, then put them
+    back as they were (scoped: a caller's own logging setup and other code's warnings are left alone)."""
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            for message in LIBRARY_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def yaml_error_line(error: Exception) -> str:
+    """A PyYAML error as one line: the problem and where ("expected ',' or ']', but got ':' at line 4, column 5"),
+    without the quoted source lines and carets PyYAML's own message spreads over four."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
 
 
 def lazy_exports(module_name: str, table: dict[str, str]):

@@ -40,7 +40,7 @@ from vidiff.pipelines.text_to_video import VideoPipeline, as_video, make_generat
 from vidiff.spec import (SCHEDULER_NAMES, PipelineInfo, SettingError, check_choice, check_request_size,
                          check_setting, read_info)
 from vidiff.stages import Stage, stage_for
-from vidiff.utils import atomic_dir, check_replaceable
+from vidiff.utils import atomic_dir, check_replaceable, yaml_error_line
 
 CASCADE_FILE = "cascade.yaml"
 STAGE_KEYS = ("model", "steps", "guidance", "scheduler", "noise_level", "factor")
@@ -94,7 +94,7 @@ def read_cascade(path) -> list[StageSpec]:
     try:
         data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as e:
-        raise ValueError(f"{file} is not valid YAML: {' '.join(str(e).split())}") from None
+        raise ValueError(f"{file} is not valid YAML: {yaml_error_line(e)}") from None
     if not isinstance(data, dict) or set(data) != {"stages"} or not isinstance(data["stages"], list) \
             or len(data["stages"]) < 1:
         raise ValueError(f"{file} must hold one key, `stages:`, a list of stages (the base model first), each "

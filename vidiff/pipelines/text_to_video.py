@@ -36,7 +36,7 @@ from vidiff.pipelines.schedulers import make_scheduler
 from vidiff.spec import (KIND, LONG_VIDEO_NOISE, MAX_SEED, PipelineInfo, SamplingSettings, check_choice,
                          check_scheduler_config, check_setting, guidance_on, max_inference_steps, read_info,
                          read_scheduler_config, resolve_sampling)
-from vidiff.utils import check_device, parse_dtype
+from vidiff.utils import check_device, parse_dtype, quiet_libraries
 
 OUTPUT_TYPES = ("uint8", "pt", "latent")
 
@@ -191,7 +191,8 @@ class VideoPipeline:
                 continue
             module.to(device)
             if next(module.parameters()).dtype != dtype:  # (diffusers warns on any .to(dtype=...), even a no-op)
-                module.to(dtype=dtype)
+                with quiet_libraries():  # ("modules in AutoencoderKL that should be kept in float32: []")
+                    module.to(dtype=dtype)
         return self
 
     # ----------------------------------------------------------------------------------------------- properties
