@@ -566,7 +566,7 @@ def test_cli_errors_before_any_work(assets, cascade, bad_cascades, tmp_path, cap
         "interp-no-video": (interp[:4] + [tmp_path / "nope.mp4"] + interp[5:], "--video .*nope.mp4' does not exist"),
         "interp-same": (interp[:-1] + [video, "--overwrite"], "--out must differ from --video"),
         "interp-cascade-model": (interp[:2] + [f] + interp[3:], "is a whole cascade; give the folder of its"),
-        "extend-frames": (extend[:-1] + [0], "the number of new frames must be an integer >= 1, got 0"),
+        "extend-frames": (extend[:-1] + [0], "--frames must be between 1 and 1000000 new frames, got 0"),
         "extend-context": (extend + ["--context-frames", 4], "--context-frames must be in \\[1, 3\\]"),
         "extend-tsr": (extend[:2] + [f / "tsr"] + extend[3:], "extension needs an interpolation stage .*; this is a 'tsr' model"),
         "upscale-level": (upscale + ["--noise-level", 400], "--noise-level must be an integer in \\[0, 350\\]"),

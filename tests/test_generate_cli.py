@@ -138,7 +138,7 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "prompts-file-folder": (["--prompts-file", tmp_path / "keep"], "is a folder, not a text file"),
         # 1000 DDIM steps on SD's schedule (steps_offset 1) index timestep 1000: an IndexError after sampling.
         "steps-over-schedule": (["--steps", 1000], "--steps must be between 1 and 998, got 1000"),
-        "truncated-scheduler": (["--model", tmp_path / "damaged"], "unreadable scheduler/scheduler_config.json"),
+        "truncated-scheduler": (["--model", tmp_path / "damaged"], "scheduler_config.json is not a readable JSON file"),
         "prompts-file-binary": (["--prompts-file", tmp_path / "binary.txt"], "binary.txt' is not UTF-8 text"),
         # `vidiff inflate --fps nan` used to write NaN into vidiff.json; generate then failed after sampling.
         "nan-default": (["--model", tmp_path / "damaged"], "defaults.fps must be a finite"),

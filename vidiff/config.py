@@ -21,6 +21,7 @@ import yaml
 
 from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES
 from vidiff.stages import check_stage_fields, make_stage
+from vidiff.utils import yaml_error_line
 
 TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -346,9 +347,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist; see configs/train/ for examples")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} is not a UTF-8 text file ({e.reason} at byte {e.start}); give a YAML "
+                              "config (see configs/train/)") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+            raise ConfigError(f"{path} is not valid YAML: {yaml_error_line(e)}") from None
         _fill(cfg, data, "", where)
     for override in overrides:
         apply_override(cfg, override)

@@ -152,6 +152,8 @@ SETTINGS: dict[str, Setting] = {
     "shard_size": Setting(int, 1, 1_000_000, "--shard-size", "clips"),
     "num_workers": Setting(int, 0, 256, "--num-workers", "(0 decodes in the main process)"),
     "limit": Setting(int, 1, 1_000_000, "--limit", "clips"),
+    # vidiff extend: frames added after the clip (how large the result may be is `check_request_size`'s)
+    "new_frames": Setting(int, 1, 1_000_000, "--frames", "new frames"),
 }
 
 
@@ -174,6 +176,74 @@ def check_setting(name: str, value, low=None, high=None):
         show = (lambda x: str(int(x))) if spec.kind is int else (lambda x: f"{x:g}")  # (:g writes 1e+06)
         raise SettingError(name, f"must be between {show(low)} and {show(high)}{note}, got {show(value)}")
     return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# How large one request may be
+# ---------------------------------------------------------------------------------------------------------------
+# Past these a request runs for hours or dies late (a MemoryError once the models have loaded and sampled), so it
+# is refused before anything loads unless it is asked for: `--allow-large` on every command that makes clips,
+# `allow_large=True` in Python. No flag lifts a side beyond MAX_SIDE, or clips that would not fit in this
+# machine's memory at all.
+MAX_FRAME_PIXELS = 1024 * 1024  # height x width of one frame: SD-family models train at 512-1024 px, and
+                                # attention's work grows with the square of a frame's pixels
+MAX_CLIP_FRAMES = MAX_FRAMES    # frames of a clip read or made (a 10-minute clip is 18,000: hours of sampling)
+MAX_REQUEST_BYTES = 8 * 2**30   # the clips a request holds in memory at once
+BYTES_PER_PIXEL = 16            # a clip in memory: float32 RGB (12 bytes a pixel) + its uint8 frames (3) + latents
+
+
+class RequestTooLarge(ValueError):
+    """A request beyond the size limits (`check_request_size`): `str(e)` names the clip, the limit and the Python
+    fix (`allow_large=True`), `for_flags()` the same with the CLI's (`--allow-large`) where a flag lifts it."""
+
+    def __init__(self, message: str, liftable: bool = True):
+        self.message, self.liftable = message, liftable
+        super().__init__(f"{message}; pass allow_large=True to run it anyway" if liftable else message)
+
+    def for_flags(self) -> str:
+        return f"{self.message}; pass --allow-large to run it anyway" if self.liftable else self.message
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_request_size(clips, allow_large: bool = False) -> int:
+    """Refuse, before anything loads, a request whose clips are too large. `clips`: `(what, frames, height, width)`
+    or `(what, frames, height, width, copies)` for every clip the request reads or makes and holds at once (the
+    input, each stage's output, `copies` videos of a batch). A side beyond MAX_SIDE or more bytes than this
+    machine's memory is always refused; more than MAX_CLIP_FRAMES frames, MAX_FRAME_PIXELS pixels a frame or
+    MAX_REQUEST_BYTES in all unless `allow_large`. Returns the bytes estimated; RequestTooLarge otherwise."""
+    total, parts = 0, []
+    for what, frames, height, width, *copies in clips:
+        count = copies[0] if copies else 1
+        if max(height, width) > MAX_SIDE:
+            raise RequestTooLarge(f"{what}: {width}x{height} pixels, beyond the {MAX_SIDE}-pixel limit of a side "
+                                  "(the video encoders' and any SD-family model's range); make it smaller (its height "
+                                  "and width, or a stage's factor)", liftable=False)
+        if not allow_large and height * width > MAX_FRAME_PIXELS:
+            raise RequestTooLarge(f"{what}: {frames} frames of {width}x{height} pixels, over the limit of "
+                                  f"{MAX_FRAME_PIXELS:,} pixels a frame (1024x1024: attention's work grows with "
+                                  f"the square of it)")
+        if not allow_large and frames > MAX_CLIP_FRAMES:
+            raise RequestTooLarge(f"{what}: {frames:,} frames, over the limit of {MAX_CLIP_FRAMES:,} frames a "
+                                  "clip (the whole clip is sampled and held in memory)")
+        total += frames * height * width * BYTES_PER_PIXEL * count
+        parts.append(f"{what}: " + f"{count} x " * (count > 1) + f"{frames} frames of {width}x{height}")
+    gib = total / 2**30
+    memory = physical_memory()
+    if memory is not None and total > memory:
+        raise RequestTooLarge(f"this request would hold about {gib:,.1f} GiB of video ({', '.join(parts)}), more "
+                              f"than this machine's {memory / 2**30:.1f} GiB of memory; make fewer or smaller clips",
+                              liftable=False)
+    if not allow_large and total > MAX_REQUEST_BYTES:
+        raise RequestTooLarge(f"this request would hold about {gib:,.1f} GiB of video at once ({', '.join(parts)}), "
+                              f"over the {MAX_REQUEST_BYTES / 2**30:g} GiB limit")
+    return total
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -310,16 +380,99 @@ def read_json(file: str | os.PathLike, fix: str, error: type[Exception] = ValueE
                     f"); {fix}") from None
 
 
+# The noise schedule's keys vidiff and diffusers' samplers act on, with what each may hold. The file is data like
+# any other: a string that is no known name, a NaN beta or 10^12 training steps (a 4 TB alphas table) must be an
+# error naming the file here, not a traceback inside diffusers or a silently blank clip.
+MAX_TRAIN_TIMESTEPS = 100_000   # SD trains on 1000; diffusers allocates tables of this length
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")   # what every sampler of SCHEDULER_NAMES takes
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+_SCHEDULE_NUMBERS = {  # key -> (kind, low, high, open at low: low < value)
+    "num_train_timesteps": (int, 1, MAX_TRAIN_TIMESTEPS, False),
+    "steps_offset": (int, 0, MAX_TRAIN_TIMESTEPS, False),
+    "beta_start": (float, 0.0, 1.0, True),
+    "beta_end": (float, 0.0, 1.0, True),
+    "clip_sample_range": (float, 0.0, 1e6, True),
+    "sample_max_value": (float, 0.0, 1e6, True),
+    "dynamic_thresholding_ratio": (float, 0.0, 1.0, True),
+}
+_SCHEDULE_NAMES = {"beta_schedule": BETA_SCHEDULES, "prediction_type": PREDICTION_TYPES,
+                   "timestep_spacing": TIMESTEP_SPACINGS, "variance_type": (*VARIANCE_TYPES, None),
+                   # the other samplers' own names (a folder may keep a DPM-Solver or Euler config)
+                   "algorithm_type": ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"),
+                   "solver_type": ("midpoint", "heun", "bh1", "bh2"), "interpolation_type": ("linear", "log_linear"),
+                   "timestep_type": ("discrete", "continuous"), "final_sigmas_type": ("zero", "sigma_min")}
+_SCHEDULE_FLAGS = ("clip_sample", "set_alpha_to_one", "thresholding", "rescale_betas_zero_snr", "skip_prk_steps",
+                   "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "lower_order_final",
+                   "euler_at_final", "predict_x0")
+
+
 def read_scheduler_config(folder: str | os.PathLike) -> dict:
-    """The noise schedule of a pipeline: the diffusers scheduler config `folder/scheduler_config.json`."""
+    """The noise schedule of a pipeline: the diffusers scheduler config `folder/scheduler_config.json`, checked
+    (`check_scheduler_config`); FileNotFoundError / ValueError naming the file, the key and the fix."""
     file = Path(folder) / "scheduler_config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{folder} has no scheduler_config.json")
     config = read_json(file, "the folder is damaged: re-create it")
+    return check_scheduler_config(config, str(file))
+
+
+def check_scheduler_config(config, where: str = "scheduler_config.json") -> dict:
+    """`config` if it is a noise schedule every sampler can build: the known keys with their types, ranges and
+    names (finite numbers; `trained_betas` null or one beta in (0, 1) per training step; steps_offset below the
+    training steps), any other value plain JSON without NaN or infinity. ValueError naming `where` and the key."""
+    fix = "fix the value, or re-create the folder"
     if not isinstance(config, dict):
-        raise ValueError(f"{file} holds a JSON {type(config).__name__}, not a scheduler config object; the folder "
-                         "is damaged: re-create it")
+        raise ValueError(f"{where} holds a JSON {type(config).__name__}, not a scheduler config object; {fix}")
+    for key, value in config.items():
+        problem = _schedule_value_problem(key, value)
+        if problem:
+            raise ValueError(f"{where}: {key} {problem}, got {json.dumps(value)[:80]}; {fix}")
+    steps = config.get("num_train_timesteps", 1000)
+    if int(config.get("steps_offset") or 0) >= steps - 1:
+        raise ValueError(f"{where}: steps_offset must be at most num_train_timesteps - 2 ({steps - 2}) to leave a "
+                         f"step to sample, got {config['steps_offset']}; {fix}")
+    betas = config.get("trained_betas")
+    if betas is not None and len(betas) != steps:
+        raise ValueError(f"{where}: trained_betas holds {len(betas)} betas for {steps} training steps; {fix}")
     return config
+
+
+def _schedule_value_problem(key: str, value) -> str | None:
+    """What is wrong with one value of a scheduler config ("must be ..."), or None."""
+    if key in _SCHEDULE_NUMBERS:
+        kind, low, high, open_low = _SCHEDULE_NUMBERS[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            kind is float or isinstance(value, int))
+        if not (number and math.isfinite(value) and (low < value if open_low else low <= value) and value <= high):
+            what = "an integer" if kind is int else "a number"
+            return f"must be {what} in {'(' if open_low else '['}{low:g}, {high:g}]"
+    elif key in _SCHEDULE_NAMES:
+        if not (isinstance(value, str) or value is None) or value not in _SCHEDULE_NAMES[key]:
+            return f"must be one of {', '.join(json.dumps(name) for name in _SCHEDULE_NAMES[key])}"
+    elif key in _SCHEDULE_FLAGS:
+        if not isinstance(value, bool):
+            return "must be true or false"
+    elif key == "trained_betas":
+        if value is not None and not (isinstance(value, list) and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in value)):
+            return "must be null or a list of betas in (0, 1)"
+    elif not _plain_json(value):
+        return "must be plain JSON (finite numbers, strings, true / false, null, lists, objects)"
+    return None
+
+
+def _plain_json(value, depth: int = 0) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (str, int, bool)) or value is None:
+        return True
+    if isinstance(value, list) and depth < 8:
+        return all(_plain_json(v, depth + 1) for v in value)
+    if isinstance(value, dict) and depth < 8:
+        return all(isinstance(k, str) and _plain_json(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def max_inference_steps(config: dict) -> int:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +32,45 @@ def _publish(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def _publish_tree(root: Path) -> None:
+    """Every folder and file under `root` (itself included) with the umask's permissions, as `cp` or any editor
+    would leave them: the libraries writing into a temporary folder (transformers' and diffusers'
+    `save_pretrained`) go through private temporary files too, which left weights 0600 under umask 022. Files
+    keep their execute bits (none in a model folder) and links are left alone."""
+    mask = _umask()
+    for folder, dirs, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            file = Path(folder, name)
+            if not file.is_symlink():
+                executable = file.stat().st_mode & 0o111
+                os.chmod(file, (0o777 if executable else 0o666) & ~mask)
+
+
+def _as_os_error(error: BaseException, tmp: Path, path: Path) -> BaseException:
+    """A failed write (into `tmp`, published as `path`) as the OSError it is, naming the user's path rather than
+    the temporary one: an OSError on a file under `tmp` names the same file under `path`, and safetensors'
+    `SafetensorError: ... No space left on device (os error 28)` (a full disk, no file named) becomes that
+    OSError on `path`. Anything else is returned as it is."""
+    if isinstance(error, OSError) and error.filename is not None:
+        try:
+            inside = Path(os.fsdecode(error.filename)).relative_to(tmp)
+        except ValueError:
+            return error
+        return type(error)(error.errno, error.strerror, str(path / inside if inside.parts else path))
+    code = re.search(r"os error (\d+)", str(error))
+    if type(error).__name__ == "SafetensorError" and code:
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path))
+    return error
+
+
+def _reraise(error: BaseException, tmp: Path, path: Path):
+    translated = _as_os_error(error, tmp, path)
+    if translated is error:
+        raise error
+    raise translated from error
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside `path`; on success rename it onto `path`, on failure delete it.
@@ -37,19 +79,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp{path.suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp{path.suffix}",
+                                   dir=path.parent)
+    except OSError as e:  # (it names the temporary file)
+        raise type(e)(e.errno, e.strerror, str(path)) from e
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
-        _publish(tmp, tmp.is_dir())
+        if tmp.is_dir():  # (a writer may replace the file by a folder, e.g. PNG frames)
+            _publish_tree(tmp)
+        else:
+            _publish(tmp, directory=False)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
-        raise
+        _reraise(e, tmp, path)
 
 
 @contextlib.contextmanager
@@ -58,15 +107,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     only after the new one is complete), on failure it is deleted and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:  # (it names the temporary folder)
+        raise type(e)(e.errno, e.strerror, str(path)) from e
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _reraise(e, tmp, path)
     old = None
     try:
-        _publish(tmp, directory=True)
+        _publish_tree(tmp)
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
@@ -95,6 +147,42 @@ def check_replaceable(path: str | os.PathLike, is_own, what: str, fix: str = "ch
     kind = "a folder" if path.is_dir() else "a file"
     raise FileExistsError(f"{path} exists and is {kind} that is not {what}; vidiff replaces only what it wrote "
                           f"(or an empty folder): {fix}")
+
+
+# What the libraries print while vidiff loads, converts or moves a model, said better (or wrongly) by vidiff itself:
+# diffusers' "Defaulting to unsafe serialization" (the load was weights-only, and refused), its "modules in
+# AutoencoderKL that should be kept in float32: []" on every `.to(dtype)`, transformers' "requires torchvision"
+# notes when the single-file loader imports its image processors, torch's "Detected pickle protocol 4" from the
+# weights-only unpickler. Their errors still raise, and the CLI prints those as one line.
+LIBRARY_LOGGERS = ("diffusers", "transformers")
+LIBRARY_WARNINGS = (r"Detected pickle protocol",)
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence diffusers' and transformers' loggers and torch's unpickler notes inside the block, then put them
+    back as they were (scoped: a caller's own logging setup and other code's warnings are left alone)."""
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            for message in LIBRARY_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def yaml_error_line(error: Exception) -> str:
+    """A PyYAML error as one line: the problem and where ("expected ',' or ']', but got ':' at line 4, column 5"),
+    without the quoted source lines and carets PyYAML's own message spreads over four."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
 
 
 def lazy_exports(module_name: str, table: dict[str, str]):

@@ -13,7 +13,7 @@ from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_
                                seed_or_random, write_outputs)
 from vidiff.cli.resolve import resolve_settings
 from vidiff.pipelines.cascade import CascadePipeline, is_cascade, plan_cascade, read_cascade
-from vidiff.spec import SamplingSettings
+from vidiff.spec import RequestTooLarge, SamplingSettings
 
 # generate's flags that a cascade does not take (each stage samples with its own windows and its YAML's sampler)
 NOT_FOR_CASCADES = (("--cross-frame", "cross_frame", None), ("--window-size", "window_size", None),
@@ -62,8 +62,10 @@ def generate_cascade(args, prompts: list[str]) -> int:
     specs = read_cascade(source)
     settings = cascade_settings(args, specs)
     base = settings[0]
-    try:
-        sizes = plan_cascade(specs, base.num_frames, base.height, base.width)
+    try:  # every stage's output fits the next stage, and all of them the size limits
+        sizes = plan_cascade(specs, base.num_frames, base.height, base.width, allow_large=args.allow_large)
+    except RequestTooLarge as e:
+        raise CLIError(e.for_flags()) from None
     except ValueError as e:
         raise CLIError(f"{e} (sizes from --num-frames / --height / --width or the base's defaults)") from None
     count = len(prompts) * args.num_videos
@@ -98,7 +100,7 @@ def write_clip(args, pipe, path: Path, prompt: str, seed: int, source, stages: l
     video, outputs = pipe(prompt, num_frames=base["frames"], height=base["height"], width=base["width"],
                           num_inference_steps=base["steps"], guidance_scale=base["guidance"],
                           negative_prompt=args.negative, seed=seed, return_intermediate=True,
-                          progress=not args.quiet)
+                          progress=not args.quiet, allow_large=args.allow_large)
     stages = [dict(stage, seconds=round(seconds, 3)) for stage, seconds in zip(stages, pipe.timings.values())]
     sidecar = {"prompt": prompt, "negative_prompt": args.negative, "seed": seed,
                "cascade": str(Path(source).resolve()), "num_frames": final["frames"], "height": final["height"],

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from vidiff.data.video_io import VideoReadError, check_write_target, probe_video, video_format, write_video
-from vidiff.spec import MAX_SEED, SettingError, check_setting
+from vidiff.spec import MAX_SEED, RequestTooLarge, SettingError, check_request_size, check_setting
 from vidiff.utils import check_device as check_torch_device
 from vidiff.utils import write_json_atomic
 
@@ -79,7 +79,18 @@ def flag_error(error: ValueError, prefix: str = "--") -> CLIError:
     they are (so does a SettingError named by a phrase, such as "stage.factor of an ssr stage")."""
     if isinstance(error, SettingError) and error.name.isidentifier():
         return CLIError(error.for_flags(prefix))
+    if isinstance(error, RequestTooLarge):
+        return CLIError(error.for_flags())
     return CLIError(str(error))
+
+
+def check_size(clips, allow_large: bool) -> None:
+    """`vidiff.spec.check_request_size` (the one size check: frames, pixels a frame, memory) on the clips a
+    command reads and makes, before anything loads; the message names --allow-large where it lifts the limit."""
+    try:
+        check_request_size(clips, allow_large)
+    except RequestTooLarge as e:
+        raise CLIError(e.for_flags()) from None
 
 
 def check_flag(name: str, value, flag: str | None = None, **limits):

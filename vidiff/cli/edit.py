@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 import vidiff
-from vidiff.cli.common import (CLIError, check_device, check_flag, check_video_output, numbered_paths,
+from vidiff.cli.common import (CLIError, check_device, check_flag, check_size, check_video_output, numbered_paths,
                                probe_video_arg, quiet_loading, seed_or_random, write_outputs)
-from vidiff.cli.options import (add_device_options, add_output_options, add_sampler_options, add_seed_option,
-                                add_size_options, group)
+from vidiff.cli.options import (add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
+                                add_seed_option, add_size_options, group)
 from vidiff.cli.resolve import Model, resolve_model
 from vidiff.data.datasets import cover_size
 from vidiff.data.video_io import VideoReadError, clip_indices, read_video
@@ -56,6 +56,7 @@ def add_parser(sub, help_text: str):
     add_sampler_options(p, scheduler=False, steps_help="DDIM steps for inversion and sampling (default: the model's)",
                         guidance_help="classifier-free guidance while sampling (default: the model's)")
     add_seed_option(p, "seed for tuning and SDEdit noise (default: random, recorded)")
+    add_allow_large_option(p)
     _add_clip_options(group(p, "input clip"))
     add_device_options(p, dtype_help="default: fp32 for --method tune (AdamW on fp16 weights loses the updates), "
                                      "else fp16 on CUDA")
@@ -102,6 +103,9 @@ def run(args) -> int:
                           height=args.height, width=args.width, num_inference_steps=args.steps,
                           guidance_scale=args.guidance)
     source, indices = _check_video(args, model.settings.num_frames)
+    s = model.settings  # the clip, fitted to the model's size, and one edit of it per prompt, held together
+    check_size([("the clip", len(indices), s.height, s.width), ("the edits", len(indices), s.height,
+                s.width * (2 if args.side_by_side else 1), len(prompts))], args.allow_large)
     paths = _check_outputs(args, len(prompts))
     cache = None
     if args.cache_inversion:

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 import vidiff
-from vidiff.cli.common import CLIError, check_device, check_flag, flag_error, quiet_loading
+from vidiff.cli.common import CLIError, check_device, check_flag, check_writable, flag_error, quiet_loading
 from vidiff.cli.options import add_device_options, add_output_options, add_sampler_options, add_size_options
 from vidiff.cli.resolve import Model, demo_model, resolve_model, resolve_settings
 from vidiff.eval import edits, stages, suite
@@ -162,6 +162,7 @@ def _check_file_target(path: str | None, flag: str, suffix: str, overwrite: bool
         parent = parent.parent
     if not parent.is_dir():
         raise CLIError(f"{flag} {path!r}: {parent} is a file, not a folder")
+    check_writable(target, flag)  # a read-only or full folder: one line now, not after the evaluation
     return target
 
 
@@ -176,6 +177,8 @@ def _cases(args):
             raise CLIError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 9001,9002") from None
         if not seeds or len(set(seeds)) != len(seeds):
             raise CLIError(f"--seeds {args.seeds!r} must list at least one seed, each once")
+        for seed in seeds:  # the one seed range (vidiff.spec.SETTINGS), as every other command's --seed
+            check_flag("seed", seed, flag="--seeds")
     check_flag("limit", args.limit)
     return seeds, suite.make_cases(seeds, prompts=args.prompts, limit=args.limit)  # ValueError names a caption
 

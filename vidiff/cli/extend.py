@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from vidiff.cli import stage_io
-from vidiff.cli.common import CLIError, flag_error
+from vidiff.cli.common import CLIError, check_size, flag_error
 from vidiff.pipelines import cascade
 from vidiff.stages.cascade import check_pixels
 
@@ -36,10 +36,13 @@ def run(args) -> int:
         check_pixels(model.info, source.height, source.width, f"--model {model.path}")
     except ValueError as e:
         raise CLIError(f"--video {args.video}: {e}") from None
+    check_size([("--video", source.num_frames, source.height, source.width),
+                ("the extended clip", source.num_frames + args.frames, source.height, source.width)], args.allow_large)
 
     def sample(pipe, frames, settings: dict, seed: int):
         video = cascade.extend_video(pipe, frames, args.prompt, num_frames=args.frames, context_frames=context,
-                                     seed=seed, negative_prompt=args.negative, progress=not args.quiet, **settings)
+                                     seed=seed, negative_prompt=args.negative, progress=not args.quiet,
+                                     allow_large=args.allow_large, **settings)
         fields = {"command": "extend", "stage": model.info.stage, "new_frames": args.frames,
                   "context_frames": context, "input_fps": source.fps}
         return video, source.fps, fields, f"{len(frames)} frames + {args.frames}"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import vidiff
 from vidiff.cli import cascade
-from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, numbered_paths, quiet_loading,
-                               seed_or_random, write_outputs)
-from vidiff.cli.options import (add_device_options, add_output_options, add_sampler_options, add_seed_option,
-                                add_size_options, group)
+from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, check_size, numbered_paths,
+                               quiet_loading, seed_or_random, write_outputs)
+from vidiff.cli.options import (add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
+                                add_seed_option, add_size_options, group)
 from vidiff.cli.resolve import Model, demo_model, resolve_model
 from vidiff.pipelines.editing import parse_motion_field, zero_shot_generate
 from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
@@ -53,6 +53,7 @@ def add_parser(sub, help_text: str):
     add_sampler_options(p)
     add_seed_option(p, "random seed; video i uses seed + i (default: random, recorded)")
     _add_generate_options(group(p, "sampling"))
+    add_allow_large_option(p)
     add_device_options(p)
     add_output_options(p, extras=("gif", "frames-dir", "contact-sheet"),
                        overwrite_help="replace existing outputs of the same names (clip, sidecar, .gif, .png, _frames/)")
@@ -92,6 +93,8 @@ def run(args) -> int:
         return cascade.generate_cascade(args, prompts)
     model = resolve_model(args, "generate", **sampling_request(args))
     count = check_clip_count(len(prompts), args.num_videos)
+    s = model.settings
+    check_size([("the clips", s.num_frames, s.height, s.width, count)], args.allow_large)  # (sampled together)
     fps = check_flag("fps", args.fps) if args.fps is not None else model.info.defaults.fps
     seed = seed_or_random(args.seed, count)
     out = check_output_path(args.out, count, gif=args.gif, frames_dir=args.frames_dir,

@@ -37,6 +37,15 @@ def add_seed_option(p, help_text: str = "random seed (default: random, recorded 
     group(p, "sampling").add_argument("--seed", type=int, default=None, help=help_text)
 
 
+def add_allow_large_option(p) -> None:
+    """--allow-large: lift the size limits (vidiff.spec.check_request_size) for one run."""
+    group(p, "sampling").add_argument(
+        "--allow-large", action="store_true",
+        help="run requests beyond the size limits (over 4096 frames a clip, 1024x1024 pixels a frame or 8 GiB of "
+             "video in memory), which otherwise are refused before anything loads; never beyond 4096 pixels a "
+             "side or this machine's memory")
+
+
 def add_device_options(p, *, dtype_default: str | None = None,
                        dtype_help: str = "default: fp16 on CUDA, else fp32") -> None:
     """--device, --dtype."""

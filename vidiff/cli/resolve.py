@@ -93,11 +93,10 @@ def read_model(path, command: str, runs=None) -> tuple[PipelineInfo, Stage]:
 def resolve_settings(path, info: PipelineInfo, prefix: str = "--", **request) -> SamplingSettings:
     """`resolve_sampling` on the folder `path` (its noise schedule bounds the steps), the message naming the
     flag (`prefix` replaces its "--", e.g. "stage 1 " for a cascade stage)."""
-    try:
+    try:  # (the message names the file, the key and the fix)
         schedule = read_scheduler_config(Path(path) / "scheduler")
-    except (FileNotFoundError, ValueError) as e:  # (json.JSONDecodeError is a ValueError)
-        raise CLIError(f"{path}: unreadable scheduler/scheduler_config.json ({e}); re-create the folder with "
-                       "`vidiff inflate`") from None
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
     try:
         return resolve_sampling(info, max_steps=max_inference_steps(schedule), **request)
     except SettingError as e:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import vidiff
 from vidiff import demo
-from vidiff.cli.common import (CLIError, check_device, check_video_output, flag_error, probe_video_arg,
+from vidiff.cli.common import (CLIError, check_device, check_size, check_video_output, flag_error, probe_video_arg,
                                quiet_loading, seed_or_random, write_outputs)
-from vidiff.cli.options import add_device_options, add_output_options, add_sampler_options, add_seed_option
+from vidiff.cli.options import (add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
+                                add_seed_option)
 from vidiff.cli.resolve import Model, resolve_model
 from vidiff.data.video_io import read_video
 from vidiff.pipelines import cascade
@@ -32,6 +33,7 @@ def add_stage_options(p, example_model: str = "runs/interpolation/pipeline") -> 
     add_sampler_options(p, guidance_help="classifier-free guidance, 1 = off (default: the model's with --prompt, "
                                          "else 1)")
     add_seed_option(p)
+    add_allow_large_option(p)
     add_device_options(p)
     add_output_options(p, overwrite_help="replace --out (and its sidecar) if it exists")
 
@@ -77,15 +79,18 @@ def run_on_video(args, command: str, demo_stage: str) -> int:
     except ValueError as e:
         raise flag_error(e) from None
     try:
-        model.stage.output_size(model.info, (source.num_frames, source.height, source.width), fields["factor"],
-                                where)
+        output = model.stage.output_size(model.info, (source.num_frames, source.height, source.width),
+                                         fields["factor"], where)
     except ValueError as e:
         raise CLIError(f"--video {args.video}: {flag_error(e)}") from None
+    # from the header: an 18,000-frame or 2048 px input is refused before a frame is decoded
+    check_size([("--video", source.num_frames, source.height, source.width), ("the output", *output)],
+               args.allow_large)
     fps = source.fps * model.stage.frame_rate_factor(fields["factor"])
 
     def sample(pipe, frames, settings: dict, seed: int):
         video = cascade.run_stage(pipe, frames, args.prompt, seed=seed, negative_prompt=args.negative,
-                                  progress=not args.quiet, **fields, **settings)
+                                  progress=not args.quiet, allow_large=args.allow_large, **fields, **settings)
         record = {"command": command, "stage": model.info.stage, **fields, "input_fps": source.fps,
                   "input_height": source.height, "input_width": source.width}
         return video, fps, record, f"{len(frames)} frames {source.width}x{source.height} x{fields['factor']} " \

@@ -21,6 +21,7 @@ from vidiff.models.unet import VideoUNet
 from vidiff.models.weights import WEIGHT_SUFFIXES, LoadingError, is_hub_id, one_line, unpickler_reason
 # re-exported until pipelines/stage_folder.py imports it from vidiff.models.weights, its home
 from vidiff.spec import read_json, read_scheduler_config
+from vidiff.utils import quiet_libraries
 
 # ----------------------------------------------------------------------------------------------------------------
 # Stable Diffusion base pipelines: the components `vidiff inflate` reads, and one safe loader for a diffusers /
@@ -84,9 +85,12 @@ def load_component(directory: str | os.PathLike, name: str, cls, fix: str = "re-
                                 f"pipeline folder is damaged: {fix}")
     _check_component_files(folder, fix)
     weights = _component_weights(folder)
-    options = {"use_safetensors": True} if weights and weights[0].suffix == ".safetensors" else {}
+    # Safetensors when there are any, else straight to the .bin (the libraries' torch.load is weights-only):
+    # left to guess, diffusers logs a failed safetensors fetch and "Defaulting to unsafe serialization" first.
+    options = {"use_safetensors": weights[0].suffix == ".safetensors"} if weights else {}
     try:
-        return cls.from_pretrained(str(folder), **options)
+        with quiet_libraries():
+            return cls.from_pretrained(str(folder), **options)
     except Exception as error:  # the libraries raise OSError, ValueError, SafetensorError, ... with long messages
         raise _component_error(folder, weights, error, fix) from error
 
@@ -172,13 +176,15 @@ def _load_sd_single_file(path: Path, config, **unet_options) -> dict:
         raise FileNotFoundError(f"--config {str(config)!r} is not a folder; give a diffusers SD pipeline folder "
                                 "with unet/, vae/, text_encoder/, tokenizer/, scheduler/ configs")
     _check_sd_folder(config)
-    # here, not at the top: diffusers' pipelines package costs seconds and only single files need it
-    from diffusers import StableDiffusionPipeline
+    with quiet_libraries():  # (transformers' "requires torchvision" notes as the pipelines package imports)
+        # here, not at the top: diffusers' pipelines package costs seconds and only single files need it
+        from diffusers import StableDiffusionPipeline
 
     unet = VideoUNet.from_2d(path, config=config / "unet", **unet_options)
     try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
-                                                        safety_checker=None, requires_safety_checker=False)
+        with quiet_libraries():
+            pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
+                                                            safety_checker=None, requires_safety_checker=False)
     except Exception as e:
         raise ValueError(f"could not read the VAE / text encoder of {path.name} with diffusers' single-file "
                          f"loader and the configs in {config} ({type(e).__name__}: "

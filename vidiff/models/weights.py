@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 
 from vidiff import spec
 from vidiff.spec import RUNTIME_OPTIONS
+from vidiff.utils import quiet_libraries
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
@@ -81,7 +82,8 @@ def unpickler_reason(error: Exception) -> str:
 
 def _read_pickle(path: Path) -> dict:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with quiet_libraries():  # (torch's "Detected pickle protocol 4" before its own refusal)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error):  # not a refused object: the bytes are no pickle torch can read
             raise LoadingError(f"{path} is not a PyTorch checkpoint (it could not be unpickled: "

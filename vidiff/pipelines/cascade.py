@@ -37,10 +37,11 @@ import torch
 import yaml
 
 from vidiff.pipelines.text_to_video import VideoPipeline, as_video, make_generators, to_uint8
-from vidiff.spec import SCHEDULER_NAMES, PipelineInfo, SettingError, check_choice, check_setting, read_info
+from vidiff.spec import (SCHEDULER_NAMES, PipelineInfo, SettingError, check_choice, check_request_size,
+                         check_setting, read_info)
 from vidiff.stages import Stage, stage_for
 from vidiff.stages.cascade import check_stage_settings
-from vidiff.utils import atomic_dir, check_replaceable
+from vidiff.utils import atomic_dir, check_replaceable, yaml_error_line
 
 CASCADE_FILE = "cascade.yaml"
 STAGE_KEYS = ("model", "steps", "guidance", "scheduler", "noise_level", "factor")
@@ -94,7 +95,7 @@ def read_cascade(path) -> list[StageSpec]:
     try:
         data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as e:
-        raise ValueError(f"{file} is not valid YAML: {' '.join(str(e).split())}") from None
+        raise ValueError(f"{file} is not valid YAML: {yaml_error_line(e)}") from None
     if not isinstance(data, dict) or set(data) != {"stages"} or not isinstance(data["stages"], list) \
             or len(data["stages"]) < 1:
         raise ValueError(f"{file} must hold one key, `stages:`, a list of stages (the base model first), each "
@@ -154,17 +155,33 @@ def _resolve_model(file: Path, text: str, where: str) -> Path:
                             "fix the path")
 
 
-def plan_cascade(specs: list[StageSpec], num_frames: int, height: int, width: int) -> list[tuple[int, int, int]]:
-    """(frames, height, width) after the base and after each stage; ValueError when a stage does not fit."""
+def plan_cascade(specs: list[StageSpec], num_frames: int, height: int, width: int, *, allow_large: bool = False,
+                 videos: int = 1) -> list[tuple[int, int, int]]:
+    """(frames, height, width) after the base and after each stage; ValueError when a stage does not fit, and
+    RequestTooLarge (`check_request_size`) when the clips of `videos` videos, every stage's output held at once,
+    would be too large."""
     sizes = [(num_frames, height, width)]
     for i, spec in enumerate(specs[1:], 1):
         sizes.append(spec.stage.output_size(spec.info, sizes[-1], spec.factor, spec.where(i)))
+    check_request_size([(f"the output of stage {i} ({spec.name})", *size, videos)
+                        for i, (spec, size) in enumerate(zip(specs, sizes))], allow_large)
     return sizes
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Running one stage on a video (the Python API: video as a tensor or uint8 frames, one prompt or one per video)
 # ---------------------------------------------------------------------------------------------------------------
+def _video_shape(video) -> tuple[int, int, int, int, int]:
+    """`(b, 3, n, h, w)` of a video given as a tensor `(b, 3, n, h, w)` or uint8 frames `(n, h, w, 3)`, before
+    `as_video` converts it (the size is checked first)."""
+    shape = tuple(video.shape)
+    if len(shape) == 4 and str(video.dtype).endswith("uint8"):  # (numpy's or torch's)
+        return (1, 3, *shape[:3])
+    if len(shape) != 5:
+        as_video(video)  # its ValueError says which shapes a video may have
+    return shape
+
+
 def _prompts(prompt, count: int) -> list[str]:
     prompts = [prompt] * count if isinstance(prompt, str) else list(prompt)
     if len(prompts) != count or not all(isinstance(p, str) for p in prompts):
@@ -175,13 +192,17 @@ def _prompts(prompt, count: int) -> list[str]:
 @torch.no_grad()
 def run_stage(pipe, video, prompt, *, factor: int | None = None, noise_level: int | None = None, generator=None,
               seed: int | None = None, latents: torch.Tensor | None = None,
-              condition_noise: torch.Tensor | None = None, **settings) -> torch.Tensor:
+              condition_noise: torch.Tensor | None = None, allow_large: bool = False, **settings) -> torch.Tensor:
     """Any cascade stage on `video` (`(b, 3, n, h, w)` in [-1, 1], or uint8 `(n, h, w, 3)`): interpolation
     ((n - 1) k + 1 frames, the keyframes copied exactly) and tsr (n k frames) raise the frame rate by `factor`,
     ssr the resolution (the condition noise-augmented to `noise_level`; `latents` / `condition_noise` replace
-    its random draws). `settings`: steps, guidance, scheduler, negative_prompt, progress.
+    its random draws). `settings`: steps, guidance, scheduler, negative_prompt, progress. An output beyond the
+    size limits is refused before sampling (RequestTooLarge) unless `allow_large`.
     Returns `(b, 3, frames, h', w')` in [-1, 1]."""
     check_stage_settings(settings)
+    b, _, n, h, w = _video_shape(video)
+    output = stage_for(pipe.info).output_size(pipe.info, (n, h, w), factor, "this model")
+    check_request_size([("the input", n, h, w, b), ("the output", *output, b)], allow_large)
     video = as_video(video, pipe.device)
     draws = {"latents": latents, "condition_noise": condition_noise} if latents is not None or \
         condition_noise is not None else {}
@@ -207,12 +228,16 @@ def upscale_video(pipe, video, prompt, *, noise_level: int | None = None, **kwar
 
 @torch.no_grad()
 def extend_video(pipe, video, prompt, *, num_frames: int, context_frames: int | None = None, generator=None,
-                 seed: int | None = None, **settings) -> torch.Tensor:
+                 seed: int | None = None, allow_large: bool = False, **settings) -> torch.Tensor:
     """Extend `video` by `num_frames` new frames with an interpolation stage trained with future-prediction
     masks: chunk by chunk, the last `context_frames` frames (default: half the stage's window) are the known
-    past and the rest of the window is generated. The input frames come out exactly as given.
+    past and the rest of the window is generated. The input frames come out exactly as given. A result beyond
+    the size limits is refused before sampling (RequestTooLarge) unless `allow_large`.
     Returns `(b, 3, n + num_frames, h, w)` in [-1, 1]."""
     check_stage_settings(settings)
+    b, _, n, h, w = _video_shape(video)
+    check_setting("new_frames", num_frames)
+    check_request_size([("the input", n, h, w, b), ("the extended clip", n + num_frames, h, w, b)], allow_large)
     video = as_video(video, pipe.device)
     b = video.shape[0]
     return stage_for(pipe.info).extend(pipe, video, _prompts(prompt, b), num_frames=num_frames,
@@ -251,10 +276,13 @@ class CascadePipeline:
         """Output fps / base fps: the product of the temporal stages' factors."""
         return math.prod(s.stage.frame_rate_factor(s.factor) for s in self.specs[1:])
 
-    def plan(self, num_frames: int | None = None, height: int | None = None, width: int | None = None):
-        """(frames, height, width) after the base and each stage; ValueError when a stage does not fit."""
+    def plan(self, num_frames: int | None = None, height: int | None = None, width: int | None = None, *,
+             allow_large: bool = False, videos: int = 1):
+        """(frames, height, width) after the base and each stage; ValueError when a stage does not fit or the
+        clips would be too large (`plan_cascade`)."""
         d = self.base.defaults
-        return plan_cascade(self.specs, num_frames or d.num_frames, height or d.height, width or d.width)
+        return plan_cascade(self.specs, num_frames or d.num_frames, height or d.height, width or d.width,
+                            allow_large=allow_large, videos=videos)
 
     def save_pretrained(self, directory) -> Path:
         """One folder holding every stage (`00-base/`, `01-interpolation/`, ...) and `cascade.yaml`."""
@@ -276,14 +304,16 @@ class CascadePipeline:
     def __call__(self, prompt: str | list[str], num_frames: int | None = None, height: int | None = None,
                  width: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, negative_prompt=None, generator=None, seed: int | None = None,
-                 output_type: str = "uint8", return_intermediate: bool = False, progress: bool = True):
+                 output_type: str = "uint8", return_intermediate: bool = False, progress: bool = True,
+                 allow_large: bool = False):
         """Generate with the base, then run every stage. Returns like VideoPipeline (uint8 `(f, h, w, 3)` for one
         video, else a list; "pt": `(b, 3, f, h, w)` in [-1, 1]); with `return_intermediate`, the pair
-        `(final, [output of each stage])`. Sizes are checked against every stage before sampling starts."""
+        `(final, [output of each stage])`. Sizes are checked against every stage, and against the size limits
+        (`allow_large` lifts them, `check_request_size`), before sampling starts."""
         if output_type not in ("uint8", "pt"):
             raise ValueError(f"unknown output_type {output_type!r}; use uint8 or pt")
-        sizes = self.plan(num_frames, height, width)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        sizes = self.plan(num_frames, height, width, allow_large=allow_large, videos=len(prompts))
         base = self.specs[0]
         self.timings = {}
         start = time.perf_counter()
@@ -301,7 +331,7 @@ class CascadePipeline:
             video = run_stage(pipe, video, prompts, factor=spec.factor, noise_level=spec.noise_level,
                               generator=make_generators(len(prompts), generator, seed), steps=spec.steps,
                               guidance=spec.guidance, scheduler=spec.scheduler, negative_prompt=negative_prompt,
-                              progress=progress)
+                              progress=progress, allow_large=True)  # (the whole plan was checked above)
             self.timings[f"{i} {spec.name}"] = time.perf_counter() - start
             outputs.append(video)
         if output_type == "pt":

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -244,7 +245,8 @@ class InversionCache:
         return data if isinstance(data, dict) and data.get("format") == INVERSION_FORMAT else None
 
     def load(self, key: dict) -> torch.Tensor | None:
-        """The cached latents for `key`, or None (no file, another key, an unreadable file)."""
+        """The cached latents for `key`, or None (no file, another key; a damaged file or latents that are not
+        what the key says, float32 of its `shape` and finite, are recomputed with a warning, never used)."""
         wanted = dict(key, format=INVERSION_FORMAT)
         if self._stored_key() != wanted or not self.path.is_file():
             return None
@@ -253,10 +255,21 @@ class InversionCache:
                 if json.loads((handle.metadata() or {}).get("key", "null")) != wanted:
                     return None
                 latents = handle.get_tensor("latents")
-        except Exception:  # a damaged cache is recomputed, never trusted
-            return None
+        except Exception as e:  # a damaged cache is recomputed, never trusted
+            return self._refuse(f"is unreadable ({type(e).__name__})")
+        shape = list(key.get("shape") or latents.shape)
+        if list(latents.shape) != shape or latents.dtype != torch.float32:
+            return self._refuse(f"holds {str(latents.dtype).replace('torch.', '')} latents of shape "
+                                f"{list(latents.shape)}, but its key says float32 of shape {shape}")
+        if not bool(torch.isfinite(latents).all()):
+            return self._refuse("holds NaN or infinite latents")
         self.loads += 1
         return latents
+
+    def _refuse(self, problem: str) -> None:
+        warnings.warn(f"the inversion cache {self.path} {problem}; inverting the clip again (it will be "
+                      "replaced)", stacklevel=3)
+        return None
 
     def save(self, key: dict, latents: torch.Tensor) -> None:
         wanted = dict(key, format=INVERSION_FORMAT)

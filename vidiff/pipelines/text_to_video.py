@@ -34,9 +34,9 @@ from vidiff.models.loading import load_component
 from vidiff.models.unet import VideoUNet
 from vidiff.pipelines.schedulers import make_scheduler
 from vidiff.spec import (KIND, LONG_VIDEO_NOISE, MAX_SEED, PipelineInfo, SamplingSettings, check_choice,
-                         check_setting, guidance_on, max_inference_steps, read_info, read_scheduler_config,
-                         resolve_sampling)
-from vidiff.utils import check_device, parse_dtype
+                         check_scheduler_config, check_setting, guidance_on, max_inference_steps, read_info,
+                         read_scheduler_config, resolve_sampling)
+from vidiff.utils import check_device, parse_dtype, quiet_libraries
 
 OUTPUT_TYPES = ("uint8", "pt", "latent")
 
@@ -147,7 +147,7 @@ class VideoPipeline:
         self.text_encoder = text_encoder.eval()
         self.tokenizer = tokenizer
         self.vae = vae.eval() if vae is not None else None
-        self.scheduler_config = dict(scheduler_config)
+        self.scheduler_config = dict(check_scheduler_config(scheduler_config, "scheduler_config"))
         self.info = info if info is not None else make_info(unet, vae, text_encoder, tokenizer, scheduler_config)
         make_scheduler(self.defaults.scheduler, self.scheduler_config, latent=self.latent)  # fail early if bad
         self.timings: dict[str, float] = {}
@@ -191,7 +191,8 @@ class VideoPipeline:
                 continue
             module.to(device)
             if next(module.parameters()).dtype != dtype:  # (diffusers warns on any .to(dtype=...), even a no-op)
-                module.to(dtype=dtype)
+                with quiet_libraries():  # ("modules in AutoencoderKL that should be kept in float32: []")
+                    module.to(dtype=dtype)
         return self
 
     # ----------------------------------------------------------------------------------------------- properties

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from diffusers.models.embeddings import TimestepEmbedding
 
-from vidiff.spec import SettingError, check_choice
+from vidiff.spec import SettingError, check_choice, check_setting
 from vidiff.stages.base import Stage
 from vidiff.stages.conditions import (AUGMENTATION_SCHEDULE, MASK_MODES, MAX_NOISE_LEVEL, SAMPLING_NOISE_LEVEL,
                                       SSR_CONDITIONS, SSR_FACTORS, augmentation_alphas, keyframe_mask,
@@ -84,9 +84,8 @@ class _CascadeStage(Stage):
     def fresh(cls, factor: int | None = None, latent_channels: int = 4) -> "_CascadeStage":
         """The stage an untrained stage folder (`vidiff inflate --stage`) describes, for `factor` (None: the
         stage's default)."""
-        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int)):
-            raise ValueError(f"--factor must be an integer, got {factor!r}")
-        return cls(latent_channels=latent_channels, factor=factor or 2)
+        check_setting("factor", factor)  # (0 is no factor: it must not read as "unset")
+        return cls(latent_channels=latent_channels, factor=2 if factor is None else factor)
 
     def check_window(self, num_frames: int) -> None:
         """The sampling window (a folder's num_frames) suits the stage."""
@@ -128,9 +127,8 @@ class InterpolationStage(_TemporalStage):
 
     @classmethod
     def fresh(cls, factor=None, latent_channels=4):
-        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int)):
-            raise ValueError(f"--factor must be an integer, got {factor!r}")
-        return cls(latent_channels=latent_channels, mask_factors=[factor] if factor else [2, 4],
+        check_setting("factor", factor)
+        return cls(latent_channels=latent_channels, mask_factors=[2, 4] if factor is None else [factor],
                    mask_modes=list(MASK_MODES))
 
     def condition(self, latents, generator=None):
@@ -174,8 +172,7 @@ class InterpolationStage(_TemporalStage):
         if "future" not in self.mask_modes:
             raise ValueError(f"extension needs an interpolation stage trained with future-prediction masks "
                              f"(stage.mask_modes with 'future'); this one has mask_modes {self.mask_modes}")
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-            raise ValueError(f"the number of new frames must be an integer >= 1, got {num_frames!r}")
+        check_setting("new_frames", num_frames)
         window = self.window(info)
         if window < 2:
             raise ValueError(f"this stage's window is {window} frame(s); extension needs at least 2")

@@ -37,6 +37,7 @@ import inspect
 import itertools
 import json
 import math
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ from vidiff.training.data import check_cache_geometry, encode_batch, make_loader
 from vidiff.training.ema import EMA
 from vidiff.training.logs import TrainLog, render_validation
 from vidiff.training.preflight import check_run, check_stage_matches
-from vidiff.training.run_folder import check_output_dir, mark_run_folder
+from vidiff.training.run_folder import check_output_dir, is_run_folder, mark_run_folder
 from vidiff.training.state import check_supported
 from vidiff.utils import atomic_dir, write_json_atomic
 
@@ -438,6 +439,24 @@ def prepare_folder(config: Config, accelerator, resume: str | None, overwrite: b
     return checkpoint, state, old_checkpoints
 
 
+@contextlib.contextmanager
+def unclaimed_on_failure(output_dir: Path, fresh: bool, keep_folder: bool):
+    """A run refused while its model loads (a pickle in vae/, a mismatched stage, ...) leaves nothing behind:
+    what it wrote into an output folder it created or found empty (its marker, config.json, an inflated/ folder)
+    is removed again, and the folder too unless it was there before. A folder that held anything before the run
+    is left as it is."""
+    try:
+        yield
+    except BaseException:
+        if fresh and is_run_folder(output_dir):
+            for entry in list(output_dir.iterdir()) if keep_folder else [output_dir]:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise
+
+
 def make_loaders(config: Config, checked, pipe, state: dict, accelerator):
     """The endless video loader (not yet prepared) and, in joint training, the prepared image loader."""
     t, d = config.train, config.data
@@ -461,10 +480,14 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
     accelerator = make_accelerator(config)
     say = log if accelerator.is_main_process else _quiet
     check_supported(accelerator)
+    output_dir = Path(config.output_dir)
+    existed = output_dir.exists()
+    fresh = not existed or (output_dir.is_dir() and not any(output_dir.iterdir()))
     checkpoint, state, old_checkpoints = prepare_folder(config, accelerator, resume, overwrite, say)
 
     set_seed(t.seed)  # the same on every rank: identical initial weights wherever they are random
-    pipe, stage, noise_scheduler, trainable = prepare_model(config, accelerator, say)
+    with unclaimed_on_failure(output_dir, fresh and accelerator.is_main_process, keep_folder=existed):
+        pipe, stage, noise_scheduler, trainable = prepare_model(config, accelerator, say)
     optimizer, lr_scheduler = make_optimizer(trainable.values(), t, accelerator.num_processes)
     ema = EMA(trainable, t.ema_decay).to(accelerator.device) if t.ema else None
     loader, image_loader = make_loaders(config, checked, pipe, state, accelerator)
