@@ -696,3 +696,16 @@ def test_stage_runs_refuse_unknown_settings(assets, tmp_path, monkeypatch):
         cascade_mod.upscale_video(pipe, low, "a red circle", num_inference_steps=40)
     with pytest.raises(TypeError, match="unknown stage setting.*guidance_scale"):
         cascade_mod.extend_video(pipe, low, "a red circle", num_frames=2, guidance_scale=2.0)
+
+
+@pytest.mark.parametrize("stage, window, frames_in, frames_out", [("interpolation", 9, 2, 3), ("tsr", 10, 1, 2)])
+def test_clips_shorter_than_half_the_window_run(assets, tmp_path, stage, window, frames_in, frames_out):
+    """A stage trained on 9-frame windows takes a 2-keyframe clip (3 frames out): the window stride is capped
+    at the clip's own window, not the trained one (it failed with `window_stride (4) must not exceed ... (3)`)."""
+    from vidiff.pipelines.cascade import interpolate_video
+    from vidiff.stages.folder import inflate_stage
+
+    folder = inflate_stage(assets["pixel"], tmp_path / stage, stage, factor=2, defaults={**SMALL, "num_frames": window})
+    video = torch.rand(1, 3, frames_in, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    out = interpolate_video(load(folder), video, "", factor=2, seed=0, guidance=1.0, progress=False)
+    assert out.shape == (1, 3, frames_out, 16, 16)

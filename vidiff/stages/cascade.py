@@ -160,9 +160,9 @@ class InterpolationStage(_TemporalStage):
         placed = known.new_zeros(b, known.shape[1], frames, *known.shape[3:])
         placed[:, :, ::k] = known
         condition = masked_video_condition(placed, keyframe_mask(frames, k)[None].expand(b, frames))
-        window = self.window(pipe.info)
+        window = min(self.window(pipe.info), frames)  # a clip shorter than the trained window is one window
         latents = sample_stage(pipe, prompts, condition, (frames, h, w), settings, generators,
-                               window_size=min(window, frames), window_stride=min(max(1, window // 2), window))
+                               window_size=window, window_stride=max(1, window // 2))
         latents[:, :, ::k] = known  # the keyframes are given, not generated
         out = pipe.decode(latents)
         out[:, :, ::k] = video.to(out.device, out.dtype)  # exactly the input frames, not their VAE round trip
@@ -252,10 +252,10 @@ class TSRStage(_TemporalStage):
         k = self.check_factor(factor, "this model")
         frames = n * k
         condition = repeat_frames(pipe.encode_video(video), k)
-        window = self.window(pipe.info)
-        stride = k * max(1, window // (2 * k))
+        window = min(self.window(pipe.info), frames)  # a clip shorter than the trained window is one window
+        stride = min(k * max(1, window // (2 * k)), window)
         latents = sample_stage(pipe, prompts, condition, (frames, h, w), settings, generators,
-                               window_size=min(window, frames), window_stride=min(stride, window))
+                               window_size=window, window_stride=stride)
         return pipe.decode(latents)
 
 
