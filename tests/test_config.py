@@ -188,3 +188,36 @@ def test_demo_stage_configs_load(name):
     cfg = load_config(CONFIGS.parent / "demo" / f"{name}.yaml")
     assert cfg.train.lr_scheduler == "cosine_floor" and cfg.train.lr_floor == 0.1 and cfg.train.ema
     assert cfg.train.export_sd == (name == "t2i") and not cfg.train.train_text_encoder
+
+
+def test_print_config_needs_no_data(capsys):
+    """`--print-config` shows a config whose data is not set yet; a run of it is refused in one line."""
+    assert main(["train", str(CONFIGS / "tiny.yaml"), "model.pretrained=sd", "--print-config"]) == 0
+    assert "manifest: ''" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="data.manifest is empty"):
+        load_config(CONFIGS / "tiny.yaml", ["model.pretrained=sd"])
+
+
+def test_validation_clips_sample_with_the_models_defaults(tmp_path, monkeypatch):
+    """Unset validation.steps / guidance_scale reach the pipeline as None (its vidiff.json defaults fill them:
+    the demo base samples at guidance 1.5, where a fixed 7.5 gave noise); set ones are passed through."""
+    import torch
+
+    from vidiff.training import logs
+
+    seen = []
+
+    def pipe(prompt, **kwargs):
+        seen.append(kwargs)
+        return torch.zeros(1, 3, 2, 8, 8)
+
+    pipe.unet = torch.nn.Linear(1, 1)
+    monkeypatch.setattr(logs, "write_video", lambda *a, **k: None)
+    monkeypatch.setattr(logs, "write_contact_sheet", lambda *a, **k: None)
+    cfg = load_config(None, REQUIRED + ["validation.prompts=[a red circle]"])
+    logs.render_validation(pipe, cfg, tmp_path, "cpu")
+    assert seen[-1]["num_inference_steps"] is None and seen[-1]["guidance_scale"] is None
+    cfg = load_config(CONFIGS / "tiny.yaml", REQUIRED + ["validation.prompts=[a red circle]", "validation.steps=3",
+                                                         "validation.guidance_scale=2.0"])
+    logs.render_validation(pipe, cfg, tmp_path, "cpu")
+    assert seen[-1]["num_inference_steps"] == 3 and seen[-1]["guidance_scale"] == 2.0

@@ -110,8 +110,8 @@ class ValidationConfig:
     num_frames: Union[int, None] = None    # default: data.num_frames
     height: Union[int, None] = None        # default: data.height
     width: Union[int, None] = None         # default: data.width
-    steps: int = 25                        # sampling steps
-    guidance_scale: float = 7.5
+    steps: Union[int, None] = None         # sampling steps (default: the model's, vidiff.json)
+    guidance_scale: Union[float, None] = None  # default: the model's (vidiff.json; SD folders: 7.5)
     seed: int = 0
     fps: int = 8
 
@@ -256,8 +256,9 @@ def apply_override(cfg: Config, override: str) -> None:
     _fill(cfg, data, "", where)
 
 
-def validate(cfg: Config, where: str = "config") -> None:
-    """Cross-field and range checks, after YAML and overrides are applied."""
+def validate(cfg: Config, where: str = "config", *, need_data: bool = True) -> None:
+    """Cross-field and range checks, after YAML and overrides are applied (`need_data=False`: a config that
+    names no data yet passes, for printing it)."""
     t, d = cfg.train, cfg.data
 
     def check(ok: bool, msg: str):
@@ -294,13 +295,16 @@ def validate(cfg: Config, where: str = "config") -> None:
     check(d.image_batch_size >= 0, f"data.image_batch_size must be >= 0, got {d.image_batch_size}")
     check(d.image_batch_size == 0 or bool(d.image_manifest),
           "data.image_batch_size > 0 needs data.image_manifest (a folder or manifest of images)")
-    check(bool(d.manifest) or bool(d.cache), "data.manifest is empty: set it to a video folder, manifest file or video")
+    check(not need_data or bool(d.manifest) or bool(d.cache), "data.manifest is empty: set it to a video folder, manifest file or video")
     check(bool(cfg.model.pretrained), "model.pretrained is empty: set it to an SD pipeline folder or a vidiff pipeline folder")
     check(bool(cfg.output_dir), "output_dir is empty")
     _validate_model(cfg, check)
     _validate_stage(cfg, check)
     check(cfg.validation.every >= 0, f"validation.every must be >= 0, got {cfg.validation.every}")
-    check(cfg.validation.steps >= 1, f"validation.steps must be >= 1, got {cfg.validation.steps}")
+    check(cfg.validation.steps is None or cfg.validation.steps >= 1,
+          f"validation.steps must be null (the model's) or >= 1, got {cfg.validation.steps}")
+    check(cfg.validation.guidance_scale is None or cfg.validation.guidance_scale >= 0,
+          f"validation.guidance_scale must be null (the model's) or >= 0, got {cfg.validation.guidance_scale}")
 
 
 def _validate_model(cfg: Config, check) -> None:
@@ -336,8 +340,9 @@ def _validate_stage(cfg: Config, check) -> None:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = (), *,
-                check: bool = True) -> Config:
-    """Read a YAML config (or start from the defaults when `path` is None) and apply `key=value` overrides."""
+                check: bool = True, need_data: bool = True) -> Config:
+    """Read a YAML config (or start from the defaults when `path` is None) and apply `key=value` overrides,
+    then `validate` it (`check`; `need_data=False` accepts an empty data.manifest)."""
 
     cfg = Config()
     where = "config"
@@ -357,7 +362,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     for override in overrides:
         apply_override(cfg, override)
     if check:
-        validate(cfg, where if not overrides else f"{where} with overrides")
+        validate(cfg, where if not overrides else f"{where} with overrides", need_data=need_data)
     return cfg
 
 

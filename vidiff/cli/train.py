@@ -42,7 +42,7 @@ def run(args) -> int:
     for item in args.overrides:
         if "=" not in item:
             raise CLIError(f"override {item!r} is not KEY=VALUE (e.g. train.max_steps=100)")
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, need_data=not args.print_config)  # printing needs no data
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
