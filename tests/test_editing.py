@@ -459,3 +459,38 @@ def test_edit_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["edit", "--help"])
     assert "vidiff edit --model" in capsys.readouterr().out
+
+
+def test_edit_defaults_come_from_the_model(models, tmp_path, capsys, monkeypatch):
+    """vidiff.json's edit_strength / edit_guidance (the measured best for a model, e.g. the demo base's SDEdit
+    0.95 / 1.5) are what `vidiff edit` uses when the flags are unset; flags and --inversion override them."""
+    import shutil
+
+    from vidiff.cli import edit as edit_cli
+    from vidiff.spec import INFO_NAME
+
+    model = tmp_path / "model"
+    shutil.copytree(models["latent"], model)
+    info = json.loads((model / INFO_NAME).read_text())
+    info["defaults"].update(edit_strength=0.8, edit_guidance=2.5)
+    (model / INFO_NAME).write_text(json.dumps(info))
+    seen = []
+
+    def record(pipe, frames, prompts, **options):
+        seen.append(options)
+        raise StopIteration
+
+    monkeypatch.setattr(edit_cli.editing, "edit_video", record)
+    video = write_clip(tmp_path / "in.mp4", num_frames=4)
+    base = ["edit", "--model", model, "--video", video, "--prompt", "a blue circle", "--num-frames", 2, "--steps", 2,
+            "--quiet"]
+    for n, extra in enumerate([[], ["--strength", "0.5", "--guidance", "1.0"], ["--inversion"]]):
+        with pytest.raises(StopIteration):
+            main([str(a) for a in base + ["--out", tmp_path / f"out{n}.mp4"] + extra])
+    assert [(o["strength"], o["guidance_scale"]) for o in seen] == [(0.8, 2.5), (0.5, 1.0), (None, 2.5)]
+    code, _, err = cli(capsys, *base, "--inversion", "--strength", "0.5", "--out", tmp_path / "x.mp4")
+    assert code == 2 and "--inversion and --strength" in err
+    info["defaults"]["edit_strength"] = 1.5
+    (model / INFO_NAME).write_text(json.dumps(info))
+    code, _, err = cli(capsys, *base, "--out", tmp_path / "y.mp4")
+    assert code == 2 and "edit_strength must be in [0, 1]" in err

@@ -266,6 +266,8 @@ class Defaults:
     guidance_scale: float = 7.5         # classifier-free guidance weight (1 = off)
     scheduler: str = "ddim"             # sampler name (SCHEDULER_NAMES)
     cross_frame: str = "none"           # suggested cross-frame mode (a Tune-A-Video tuned folder: sparse-causal)
+    edit_strength: float | None = None  # `vidiff edit`: SDEdit strength (None: DDIM inversion)
+    edit_guidance: float | None = None  # `vidiff edit`: guidance (None: guidance_scale)
 
 
 @dataclass(frozen=True)
@@ -326,22 +328,28 @@ class PipelineInfo:
         if self.defaults.scheduler not in SCHEDULER_NAMES or self.defaults.cross_frame not in CROSS_FRAME_MODES:
             raise ValueError(f"{where}: defaults name an unknown scheduler {self.defaults.scheduler!r} or "
                              f"cross-frame mode {self.defaults.cross_frame!r}; fix the value or {REMAKE}")
+        d = self.defaults
+        if not ((d.edit_strength is None or 0 <= d.edit_strength <= 1) and (d.edit_guidance is None or d.edit_guidance >= 0)):
+            raise ValueError(f"{where}: defaults.edit_strength must be in [0, 1] and edit_guidance >= 0 (or null), "
+                             f"got {d.edit_strength!r} / {d.edit_guidance!r}; fix the value or {REMAKE}")
         return self
 
 
 _DEFAULT_TYPES = {"num_frames": int, "height": int, "width": int, "num_inference_steps": int, "fps": (int, float),
-                  "guidance_scale": (int, float), "scheduler": str, "cross_frame": str}
+                  "guidance_scale": (int, float), "scheduler": str, "cross_frame": str,
+                  "edit_strength": (int, float), "edit_guidance": (int, float)}
+_OPTIONAL_DEFAULTS = ("cross_frame", "edit_strength", "edit_guidance")
 
 
 def _read_defaults(data, where: str) -> Defaults:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: defaults must be an object, got {data!r}; {REMAKE}")
-    missing = [key for key in _DEFAULT_TYPES if key not in data and key != "cross_frame"]
+    missing = [key for key in _DEFAULT_TYPES if key not in data and key not in _OPTIONAL_DEFAULTS]
     if missing:
         raise ValueError(f"{where}: defaults lack {', '.join(missing)}; add them or {REMAKE}")
     for key, value in data.items():
         kind = _DEFAULT_TYPES.get(key)
-        if kind is None:
+        if kind is None or (value is None and key in _OPTIONAL_DEFAULTS):
             continue
         if not isinstance(value, kind) or isinstance(value, bool) or (
                 isinstance(value, float) and not math.isfinite(value)):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,10 @@ def _add_edit_options(p) -> None:
                    help="attention across frames while inverting and sampling (default: first for zero-shot, "
                         "sparse-causal for tune)")
     p.add_argument("--strength", type=float, default=None,
-                   help="SDEdit instead of inversion: noise the clip this far up the schedule, 0..1 (default: invert)")
+                   help="SDEdit instead of inversion: noise the clip this far up the schedule, 0..1 (default: the "
+                        "model's edit_strength, else invert)")
+    p.add_argument("--inversion", action="store_true",
+                   help="DDIM inversion even where the model's defaults suggest an SDEdit strength")
     p.add_argument("--tune-steps", type=int, default=300, help="tuning steps for --method tune (default: %(default)s)")
     p.add_argument("--tune-lr", type=float, default=3e-5, help="tuning learning rate (default: %(default)s)")
     p.add_argument("--save-tuned", metavar="DIR", default=None, help="keep the tuned model as a pipeline folder")
@@ -102,6 +106,7 @@ def run(args) -> int:
     model = resolve_model(args, "edit", prompts=prompts + [args.source_prompt], num_frames=args.num_frames,
                           height=args.height, width=args.width, num_inference_steps=args.steps,
                           guidance_scale=args.guidance)
+    model = _with_edit_defaults(args, model, method)
     source, indices = _check_video(args, model.settings.num_frames)
     s = model.settings  # the clip, fitted to the model's size, and one edit of it per prompt, held together
     check_size([("the clip", len(indices), s.height, s.width), ("the edits", len(indices), s.height,
@@ -143,6 +148,18 @@ def _method(args) -> str:
     return args.method or "zero-shot"
 
 
+def _with_edit_defaults(args, model: Model, method: str) -> Model:
+    """The folder's zero-shot edit defaults (vidiff.json `edit_strength` / `edit_guidance`, the measured best
+    for that model) where the flags leave them unset; --inversion (or --cache-inversion) and Tune-A-Video keep
+    DDIM inversion."""
+    d = model.info.defaults
+    if method == "zero-shot" and args.strength is None and not (args.inversion or args.cache_inversion):
+        args.strength = d.edit_strength
+    if args.guidance is None and d.edit_guidance is not None:
+        model = replace(model, settings=replace(model.settings, guidance_scale=d.edit_guidance))
+    return model
+
+
 def _tunes(args, method: str) -> bool:
     """This run tunes the model on the clip (--method tune without an already --tuned model)."""
     return method == "tune" and args.tuned is None
@@ -156,6 +173,8 @@ def _check_options(args, method: str) -> None:
         check_flag("tune_learning_rate", args.tune_lr)
     if args.save_tuned is not None and not _tunes(args, method):
         raise CLIError("--save-tuned keeps a model tuned here: it needs --method tune (and no --tuned)")
+    if args.inversion and args.strength is not None:
+        raise CLIError("--inversion and --strength pick two ways of starting the edit; drop one")
     if args.cache_inversion and args.strength is not None:
         raise CLIError("--cache-inversion caches the DDIM inversion, which --strength (SDEdit) skips; drop one")
     if args.stride is not None and args.fps is not None:
