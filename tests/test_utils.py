@@ -83,3 +83,9 @@ def test_atomic_dir_replacing_a_file_leaves_no_leftover(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "a").write_text("1")
     assert os.listdir(tmp_path) == ["out"] and (target / "a").read_text() == "1"
+
+
+def test_plural_counts_read_right():
+    from vidiff.utils import plural
+
+    assert [plural(n, "frame") for n in (0, 1, 2)] == ["0 frames", "1 frame", "2 frames"]

@@ -262,3 +262,8 @@ def check_device(device=None):
     elif resolved.type != "cpu":
         raise ValueError(f"unsupported device {str(device)!r}; use cuda, cuda:N, mps or cpu")
     return resolved
+
+
+def plural(n: int, noun: str) -> str:
+    """"1 frame", "3 frames": a number with its noun in the right number."""
+    return f"{n} {noun}{'s' * (n != 1)}"

@@ -20,7 +20,7 @@ from vidiff.pipelines import editing
 from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
 from vidiff.spec import CROSS_FRAME_MODES, INFO_NAME
 from vidiff.training import tune
-from vidiff.utils import check_replaceable
+from vidiff.utils import check_replaceable, plural
 
 EPILOG = """examples:
   vidiff edit --model models/sd15-video --video car-turn.mp4 --source-prompt "a car driving on a road" \\
@@ -264,5 +264,5 @@ def _write(args, paths, prompts, frames, result, record: dict) -> None:
         out_frames = np.concatenate([frames, edited], axis=2) if args.side_by_side else edited
         written = write_outputs(path, out_frames, record["fps"], dict(record, prompt=prompt),
                                 contact_sheet=args.contact_sheet, overwrite=args.overwrite)
-        print(f"wrote {', '.join(str(p) for p in written)} ({len(out_frames)} frames, {out_frames.shape[2]}x"
+        print(f"wrote {', '.join(str(p) for p in written)} ({plural(len(out_frames), 'frame')}, {out_frames.shape[2]}x"
               f"{out_frames.shape[1]}, {record['fps']:g} fps, {record['method']}, seed {record['seed']}, {prompt!r})")

@@ -7,6 +7,7 @@ from vidiff.cli import stage_io
 from vidiff.cli.common import CLIError, check_size, flag_error
 from vidiff.pipelines import cascade
 from vidiff.stages.cascade import check_pixels
+from vidiff.utils import plural
 
 
 def add_parser(sub, help_text: str):
@@ -45,6 +46,6 @@ def run(args) -> int:
                                      allow_large=args.allow_large, **settings)
         fields = {"command": "extend", "stage": model.info.stage, "new_frames": args.frames,
                   "context_frames": context, "input_fps": source.fps}
-        return video, source.fps, fields, f"{len(frames)} frames + {args.frames}"
+        return video, source.fps, fields, f"{plural(len(frames), 'frame')} + {args.frames}"
 
     return stage_io.sample_and_write(args, model, sample)

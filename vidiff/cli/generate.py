@@ -15,6 +15,7 @@ from vidiff.cli.resolve import Model, demo_model, resolve_model
 from vidiff.pipelines.editing import parse_motion_field, zero_shot_generate
 from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
 from vidiff.spec import CROSS_FRAME_MODES, LONG_VIDEO_NOISE, SETTINGS
+from vidiff.utils import plural
 
 EPILOG = """examples:
   vidiff generate --prompt "a red circle moving right" --out clip.mp4   (no --model: the built-in demo)
@@ -119,7 +120,7 @@ def run(args) -> int:
             sidecar.update(zero_shot=True, motion_field=list(motion_field), scheduler="ddim")
         written = write_outputs(path, frames, fps, sidecar, gif=args.gif, frames_dir=args.frames_dir,
                                 contact_sheet=args.contact_sheet, overwrite=args.overwrite)
-        print(f"wrote {', '.join(str(p) for p in written)} ({len(frames)} frame{'s' * (len(frames) != 1)}, "
+        print(f"wrote {', '.join(str(p) for p in written)} ({plural(len(frames), 'frame')}, "
               f"{frames.shape[2]}x{frames.shape[1]}, {fps:g} fps, seed {seed + index}, {prompt!r})")
     return 0
 

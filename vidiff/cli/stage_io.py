@@ -21,6 +21,7 @@ from vidiff.cli.resolve import Model, resolve_model
 from vidiff.data.video_io import read_video
 from vidiff.pipelines import cascade
 from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
+from vidiff.utils import plural
 
 
 def add_stage_options(p, example_model: str = "runs/interpolation/pipeline") -> None:
@@ -93,7 +94,7 @@ def run_on_video(args, command: str, demo_stage: str) -> int:
                                   progress=not args.quiet, allow_large=args.allow_large, **fields, **settings)
         record = {"command": command, "stage": model.info.stage, **fields, "input_fps": source.fps,
                   "input_height": source.height, "input_width": source.width}
-        return video, fps, record, f"{len(frames)} frames {source.width}x{source.height} x{fields['factor']} " \
+        return video, fps, record, f"{plural(len(frames), 'frame')} {source.width}x{source.height} x{fields['factor']} " \
                                    f"({model.info.stage})"
 
     return sample_and_write(args, model, sample)
@@ -128,5 +129,5 @@ def write_result(args, pipe, out: Path, video, fps: float, sidecar: dict, summar
               "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
               "vidiff_version": vidiff.__version__}
     written = write_outputs(out, frames, fps, record, overwrite=args.overwrite)
-    print(f"wrote {', '.join(str(p) for p in written)}: {summary} -> {frames.shape[0]} frames "
+    print(f"wrote {', '.join(str(p) for p in written)}: {summary} -> {plural(frames.shape[0], 'frame')} "
           f"{frames.shape[2]}x{frames.shape[1]} @ {fps:g} fps (seed {sidecar['seed']})")
