@@ -38,7 +38,8 @@ def test_cli_inflate_writes_a_complete_folder(sd, tmp_path, capsys):
     assert info.kind == "text-to-video" and info.stage == "base" and info.latent
     assert info.vae_scale_factor == 2 and info.unet_spatial_factor == 2 and info.spatial_factor == 4
     assert dataclasses.asdict(info.defaults) == {"num_frames": 8, "fps": 12, "height": 16, "width": 16, "num_inference_steps": 25,
-                                "guidance_scale": 7.5, "scheduler": "ddim", "cross_frame": "none"}
+                                "guidance_scale": 7.5, "scheduler": "ddim", "cross_frame": "none", "edit_strength": None,
+                                "edit_guidance": None}
     assert info.conditioning["max_length"] == 77 and info.conditioning["hidden_size"] == 32
 
     # Spatial weights are the base's, unchanged; VAE and text encoder are the base's.
