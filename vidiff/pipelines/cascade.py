@@ -150,8 +150,8 @@ def _resolve_model(file: Path, text: str, where: str) -> Path:
     for candidate in candidates:
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"{where}: model {text!r} does not exist (looked in "
-                            f"{' and '.join(str(c.parent) for c in candidates)}); train or inflate it first, or "
+    raise FileNotFoundError(f"{where}: model {text!r} does not exist (looked for "
+                            f"{' and '.join(str(c) for c in candidates)}); train or inflate it first, or "
                             "fix the path")
 
 
