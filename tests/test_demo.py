@@ -180,16 +180,36 @@ def test_stage_commands_default_to_the_demo_stage(command, stage, tmp_path, caps
 
 
 @pytest.mark.parametrize("command", ["interpolate", "extend", "upscale"])
+def test_demo_stages_take_what_generate_writes(command, tmp_path, capsys):
+    """Issue 24: the demo cascade's own output (64x64) goes into every demo stage, at its size, with one warning
+    line saying the stage was trained on 32x32 shapes clips (the error told users to make one with generate)."""
+    import numpy as np
+
+    from vidiff.cli import main
+    from vidiff.data.video_io import read_video, write_video
+
+    write_video(tmp_path / "clip.mp4", np.full((2, 64, 64, 3), 128, np.uint8), fps=8)
+    argv = [command, "--video", str(tmp_path / "clip.mp4"), "--steps", "2", "--seed", "0", "--quiet",
+            "--out", str(tmp_path / "out.mp4")] + (["--frames", "1"] if command == "extend" else [])
+    assert main(argv) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[1].startswith("warning: --video") and "is 64x64" in err[1]
+    assert "trained on shapes clips of 32x32" in err[1]
+    size = {"interpolate": (3, 64, 64), "extend": (3, 64, 64), "upscale": (2, 128, 128)}[command]
+    assert read_video(tmp_path / "out.mp4").frames.shape[:3] == size
+
+
+@pytest.mark.parametrize("command", ["interpolate", "extend", "upscale"])
 def test_demo_stages_refuse_a_clip_of_another_size_before_loading(command, tmp_path, capsys, monkeypatch):
-    """The demo stages know 32x32 clips; a 64x48 video is one line before any model loads (a 512 px one ran for
-    many minutes)."""
+    """The demo stages take clips up to the demo's largest (64x64); a 128x96 video is one line before any model
+    loads (a 512 px one ran for many minutes)."""
     import numpy as np
 
     from vidiff.cli import main
     from vidiff.data.video_io import write_video
     from vidiff.pipelines import text_to_video
 
-    write_video(tmp_path / "big.mp4", np.zeros((4, 48, 64, 3), np.uint8), fps=8)
+    write_video(tmp_path / "big.mp4", np.zeros((4, 96, 128, 3), np.uint8), fps=8)
     monkeypatch.setattr(text_to_video.VideoPipeline, "from_pretrained",
                         classmethod(lambda *a, **k: pytest.fail("model loaded")))
     argv = [command, "--video", str(tmp_path / "big.mp4"), "--out", str(tmp_path / "out.mp4")]
@@ -197,7 +217,8 @@ def test_demo_stages_refuse_a_clip_of_another_size_before_loading(command, tmp_p
         argv += ["--frames", "4"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "is 64x48; the built-in demo stages take the demo model's 32x32 clips" in err[-1]
+    assert len(err) == 2 and "is 128x96; the built-in demo stages take clips up to the demo's 64x64" in err[-1]
+    assert "vidiff generate" not in err[-1]  # (the fix is a resize, not a loop back to generate)
     assert not (tmp_path / "out.mp4").exists()
 
 

@@ -85,6 +85,13 @@ def input_size() -> tuple[int, int]:
     return defaults.height, defaults.width
 
 
+def largest_clip() -> tuple[int, int]:
+    """(height, width) of the largest clips the demo makes (the cascade's output, the ssr stage's size): the
+    largest input the demo stages take (a 512 px clip would run for many minutes on what they never saw)."""
+    sizes = [(d.height, d.width) for d in (read_info(model_dir(s)).defaults for s in available_stages())]
+    return max(sizes, key=lambda size: size[0] * size[1])
+
+
 def available_stages() -> list[str]:
     """The demo stages shipped with this install (each a complete pipeline folder), in cascade order."""
     return [s for s in STAGES if (DEMO_DIR / s / "vidiff.json").is_file()]

@@ -8,6 +8,7 @@ setting, the input and the seed, so a run can be repeated.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -46,21 +47,31 @@ def resolve_stage(args, command: str, demo_stage: str, runs: str) -> tuple[Model
     model = resolve_model(args, command, demo_stage=demo_stage, runs=runs, prompts=[args.prompt],
                           num_inference_steps=args.steps, guidance_scale=guidance, scheduler=args.scheduler)
     args.model = model.path
-    return model, probe_input(args, model.demo)
+    return model, probe_input(args, model)
 
 
-def probe_input(args, demo_model: bool):
-    """Frame count, fps and size of `--video` from its header (no decoding). The built-in demo stages were
-    trained on the demo base's small clips: a larger input would run for minutes on what they never saw."""
+def probe_input(args, model: Model):
+    """Frame count, fps and size of `--video` from its header (no decoding).
+
+    A stage runs at the input's own size when its U-Net takes it (multiples of its factor; the stage checks),
+    so `vidiff generate`'s clips of any size go in as they are; an input of another size than the stage was
+    trained on gets one warning line. The built-in demo stages refuse inputs larger than the demo's largest
+    clip (its cascade's output): a 512 px one would run for many minutes on what they never saw."""
     path = args.video
     video = probe_video_arg(path)
     if not (math.isfinite(video.fps) and video.fps > 0):
         raise CLIError(f"--video {path!r} has no frame rate in its header; re-encode it (e.g. ffmpeg -r 8)")
-    if demo_model and (video.height, video.width) != demo.input_size():
-        height, width = demo.input_size()
-        raise CLIError(f"--video {path!r} is {video.width}x{video.height}; the built-in demo stages take the demo "
-                       f"model's {width}x{height} clips (make one with `vidiff generate`), or pass --model DIR "
-                       "for a stage trained at your size")
+    size, trained = (video.height, video.width), model.stage.input_size(model.info)
+    if model.demo and size[0] * size[1] > math.prod(demo.largest_clip()):
+        height, width = demo.largest_clip()
+        raise CLIError(f"--video {path!r} is {video.width}x{video.height}; the built-in demo stages take clips up "
+                       f"to the demo's {width}x{height} (resize it, e.g. ffmpeg -i IN -vf scale={width}:{height} "
+                       "OUT.mp4), or pass --model DIR for a stage trained at your size")
+    if trained is not None and size != trained:
+        what = "the built-in demo stage was trained on shapes clips of" if model.demo else \
+            f"--model {model.path} was trained on inputs of"
+        print(f"warning: --video {path} is {video.width}x{video.height}; {what} {trained[1]}x{trained[0]}: it runs "
+              "at the input's size, slower and perhaps worse than on what it learned", file=sys.stderr)
     return video
 
 

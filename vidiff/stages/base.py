@@ -115,6 +115,11 @@ class Stage:
         raise ValueError(f"extension needs an interpolation stage trained with future-prediction masks "
                          f"(stage.mask_modes with 'future'); this is a {self.name!r} model")
 
+    def input_size(self, info) -> tuple[int, int] | None:
+        """(height, width) of the inputs a folder of this stage was made for (None: the base takes no video).
+        Sampling runs at any size the U-Net takes; another size is outside what the stage learned."""
+        return None
+
     def window(self, info) -> int:
         """The stage's sampling window: the clip length it was trained on."""
         return int(info.defaults.num_frames)

@@ -96,6 +96,9 @@ class _CascadeStage(Stage):
     def sidecar(self, factor=None, noise_level=None, where: str = "") -> dict:
         return {"factor": self.check_factor(factor, where)}
 
+    def input_size(self, info) -> tuple[int, int]:
+        return info.defaults.height, info.defaults.width  # (the clip it was trained on, as training exports it)
+
 
 class _TemporalStage(_CascadeStage):
     """A stage that raises the frame rate by its factor (what `vidiff interpolate` runs)."""
@@ -317,6 +320,9 @@ class SSRStage(_CascadeStage):
 
     def sidecar(self, factor=None, noise_level=None, where: str = "") -> dict:
         return {"factor": self.check_factor(factor, where), "noise_level": self.check_noise_level(noise_level, where)}
+
+    def input_size(self, info) -> tuple[int, int]:
+        return info.defaults.height // self.factor, info.defaults.width // self.factor  # (its defaults: the output)
 
     def output_size(self, info, size, factor=None, where="the stage"):
         frames, height, width = size
