@@ -470,6 +470,34 @@ def test_stage_commands(cascade, tmp_path, capsys):
     assert code == 0 and json.loads((tmp_path / "up.json").read_text())["noise_level"] == 20
 
 
+def test_outputs_lines_and_bars_of_the_commands(cascade, tmp_path, capsys, monkeypatch):
+    """Issue 24: stdout and stderr in one log: each `wrote` line starts a line of its own (no bar glued before
+    it), the cascade's bars are named per stage; the stage commands write --gif / --contact-sheet too, and a
+    one-frame count reads "1 frame"."""
+    import io
+    import re
+    import sys
+
+    from vidiff.cli import main
+    from vidiff.data import probe_video, write_video
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", log)
+    monkeypatch.setattr(sys, "stderr", log)
+    assert main(["generate", "--model", str(cascade["folder"]), "--prompt", "a red circle", "--num-frames", "2",
+                 "--seed", "0", "--out", str(tmp_path / "c.mp4")]) == 0
+    text = log.getvalue()
+    assert "base (1/3)" in text and "interpolation (2/3)" in text and "ssr (3/3)" in text
+    assert text.count("wrote ") == 1 and re.search(r"[^\n]wrote ", text) is None
+    write_video(tmp_path / "one.mp4", np.zeros((1, 16, 16, 3), np.uint8), fps=8)
+    assert main(["extend", "--model", str(cascade["folder"] / "interpolation"), "--video", str(tmp_path / "one.mp4"),
+                 "--frames", "1", "--seed", "0", "--gif", "--contact-sheet", "--out", str(tmp_path / "e.mp4")]) == 0
+    line = log.getvalue().splitlines()[-1]
+    assert line.startswith("wrote ") and ": 1 frame + 1 -> 2 frames 16x16" in line
+    assert probe_video(tmp_path / "e.gif").num_frames == 2 and (tmp_path / "e.png").is_file()
+    assert json.loads((tmp_path / "e.json").read_text())["files"] == ["e.mp4", "e.gif", "e.png"]
+
+
 def test_generate_cascade(cascade, tmp_path, capsys):
     code, out, err = run_cli(capsys, "generate", "--model", cascade["folder"], "--prompt", "a red circle",
                              "--num-frames", 3, "--seed", 5, "--keep-intermediate", "--quiet", "--out", tmp_path / "c")

@@ -9,7 +9,7 @@ import vidiff
 from vidiff.cli import cascade
 from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, check_size, numbered_paths,
                                quiet_loading, seed_or_random, write_outputs)
-from vidiff.cli.options import (add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
+from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
                                 add_seed_option, add_size_options, group)
 from vidiff.cli.resolve import Model, demo_model, resolve_model
 from vidiff.pipelines.editing import parse_motion_field, zero_shot_generate
@@ -56,7 +56,7 @@ def add_parser(sub, help_text: str):
     _add_generate_options(group(p, "sampling"))
     add_allow_large_option(p)
     add_device_options(p)
-    add_output_options(p, extras=("gif", "frames-dir", "contact-sheet"),
+    add_output_options(p, extras=CLIP_EXTRAS,
                        overwrite_help="replace existing outputs of the same names (clip, sidecar, .gif, .png, _frames/)")
     p.add_argument("--zero-shot", action="store_true",
                    help="training-free video from an image model (Text2Video-Zero): motion in the latents + "

@@ -8,6 +8,7 @@ from vidiff.cli.common import CLIError, check_flag, check_writable, flag_error
 from vidiff.spec import CROSS_FRAME_MODES, STAGE_NAMES, TEMPORAL_POSITIONS, read_info
 from vidiff.stages import STAGES
 from vidiff.stages.folder import check_inflate_stage, fresh_stage, inflate_stage, is_upscaler_folder
+from vidiff.utils import plural
 
 
 def add_parser(sub, help_text: str):
@@ -79,7 +80,7 @@ def run(args) -> int:
     kind = f"{info.stage} stage {info.stage_options}, " if stage.takes_video else ""
     print(f"wrote {out}/ (vidiff.json, unet/, {'vae/, ' if info.latent else ''}text_encoder/, tokenizer/, "
           f"scheduler/): {kind}{' + '.join(layers) or 'no temporal layers'}, cross-frame {args.cross_frame}, "
-          f"defaults {d.num_frames} frames {d.height}x{d.width} @ {d.fps} fps")
+          f"defaults {plural(d.num_frames, 'frame')} {d.height}x{d.width} @ {d.fps} fps")
     return 0
 
 

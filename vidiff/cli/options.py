@@ -54,6 +54,10 @@ def add_device_options(p, *, dtype_default: str | None = None,
     options.add_argument("--dtype", default=dtype_default, choices=DTYPES, help=dtype_help)
 
 
+# The extra formats every command that writes a clip offers (generate, interpolate, extend, upscale)
+CLIP_EXTRAS = ("gif", "frames-dir", "contact-sheet")
+
+
 def add_output_options(p, *, out_help: str = "output clip, e.g. clip.mp4 (.mp4, .gif, .png sheet, or a folder)",
                        required: bool = True, metavar: str = "PATH", extras: tuple[str, ...] = (),
                        overwrite_help: str = "replace existing outputs of the same names (and their sidecars)",

@@ -16,7 +16,7 @@ import vidiff
 from vidiff import demo
 from vidiff.cli.common import (CLIError, check_device, check_size, check_video_output, flag_error, probe_video_arg,
                                quiet_loading, seed_or_random, write_outputs)
-from vidiff.cli.options import (add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
+from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
                                 add_seed_option)
 from vidiff.cli.resolve import Model, resolve_model
 from vidiff.data.video_io import read_video
@@ -37,7 +37,7 @@ def add_stage_options(p, example_model: str = "runs/interpolation/pipeline") -> 
     add_seed_option(p)
     add_allow_large_option(p)
     add_device_options(p)
-    add_output_options(p, overwrite_help="replace --out (and its sidecar) if it exists")
+    add_output_options(p, extras=CLIP_EXTRAS, overwrite_help="replace --out (its sidecar and extras) if it exists")
 
 
 def resolve_stage(args, command: str, demo_stage: str, runs: str) -> tuple[Model, object]:
@@ -102,11 +102,12 @@ def run_on_video(args, command: str, demo_stage: str) -> int:
 
     def sample(pipe, frames, settings: dict, seed: int):
         video = cascade.run_stage(pipe, frames, args.prompt, seed=seed, negative_prompt=args.negative,
-                                  progress=not args.quiet, allow_large=args.allow_large, **fields, **settings)
+                                  progress=False if args.quiet else model.info.stage, allow_large=args.allow_large, **fields, **settings)
         record = {"command": command, "stage": model.info.stage, **fields, "input_fps": source.fps,
                   "input_height": source.height, "input_width": source.width}
-        return video, fps, record, f"{plural(len(frames), 'frame')} {source.width}x{source.height} x{fields['factor']} " \
-                                   f"({model.info.stage})"
+        summary = (f"{plural(len(frames), 'frame')} {source.width}x{source.height} x{fields['factor']} "
+                   f"({model.info.stage})")
+        return video, fps, record, summary
 
     return sample_and_write(args, model, sample)
 
@@ -116,7 +117,7 @@ def sample_and_write(args, model: Model, sample) -> int:
     and the input loaded, `sample(pipe, frames, settings, seed) -> (video, fps, sidecar fields, summary)`
     timed, the clip and its sidecar written."""
     settings = stage_settings(model)
-    out = check_video_output(args.out, args.video, overwrite=args.overwrite)
+    out = check_video_output(args.out, args.video, overwrite=args.overwrite, **extras(args))
     seed = seed_or_random(args.seed)
     device = check_device(args.device)
 
@@ -131,6 +132,11 @@ def sample_and_write(args, model: Model, sample) -> int:
     return 0
 
 
+def extras(args) -> dict:
+    """The extra formats asked for (--gif, --frames-dir, --contact-sheet) as `write_outputs` arguments."""
+    return {"gif": args.gif, "frames_dir": args.frames_dir, "contact_sheet": args.contact_sheet}
+
+
 def write_result(args, pipe, out: Path, video, fps: float, sidecar: dict, summary: str) -> None:
     """Write the clip (`video` `(1, 3, f, h, w)` in [-1, 1]) and its sidecar; print one line."""
     frames = to_uint8(video[0])
@@ -139,6 +145,6 @@ def write_result(args, pipe, out: Path, video, fps: float, sidecar: dict, summar
               "num_frames": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2]),
               "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
               "vidiff_version": vidiff.__version__}
-    written = write_outputs(out, frames, fps, record, overwrite=args.overwrite)
+    written = write_outputs(out, frames, fps, record, overwrite=args.overwrite, **extras(args))
     print(f"wrote {', '.join(str(p) for p in written)}: {summary} -> {plural(frames.shape[0], 'frame')} "
           f"{frames.shape[2]}x{frames.shape[1]} @ {fps:g} fps (seed {sidecar['seed']})")

@@ -300,6 +300,10 @@ class CascadePipeline:
             (tmp / CASCADE_FILE).write_text(yaml.safe_dump({"stages": entries}, sort_keys=False))
         return directory
 
+    def _bar(self, index: int) -> str:
+        """The progress bar's name for stage `index`: `base (1/3)`, `interpolation (2/3)`, ..."""
+        return f"{self.specs[index].name} ({index + 1}/{len(self.specs)})"
+
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_frames: int | None = None, height: int | None = None,
                  width: int | None = None, num_inference_steps: int | None = None,
@@ -322,7 +326,7 @@ class CascadePipeline:
                           guidance_scale=guidance_scale if guidance_scale is not None else base.guidance,
                           scheduler=base.scheduler, negative_prompt=negative_prompt,
                           generator=make_generators(len(prompts), generator, seed), output_type="pt",
-                          progress=progress)
+                          progress=self._bar(0) if progress else False)
         self.timings[f"0 {base.name}"] = time.perf_counter() - start
         outputs = [video]
         for i, (spec, pipe) in enumerate(zip(self.specs[1:], self.pipelines[1:]), 1):
@@ -331,7 +335,7 @@ class CascadePipeline:
             video = run_stage(pipe, video, prompts, factor=spec.factor, noise_level=spec.noise_level,
                               generator=make_generators(len(prompts), generator, seed), steps=spec.steps,
                               guidance=spec.guidance, scheduler=spec.scheduler, negative_prompt=negative_prompt,
-                              progress=progress, allow_large=True)  # (the whole plan was checked above)
+                              progress=self._bar(i) if progress else False, allow_large=True)  # (the whole plan was checked above)
             self.timings[f"{i} {spec.name}"] = time.perf_counter() - start
             outputs.append(video)
         if output_type == "pt":

@@ -156,7 +156,7 @@ def ddim_invert(pipe, latents: torch.Tensor, embeddings: torch.Tensor, num_infer
     x = latents.to(pipe.device, torch.float32)
     text = embeddings.to(pipe.device, pipe.dtype)
     for t, alpha_from, alpha_to in tqdm(inversion_levels(sampler, num_inference_steps), desc="inverting",
-                                        disable=not progress, leave=False):
+                                        disable=not progress):
         timestep = torch.tensor(t, device=pipe.device)
         output = pipe.unet(x.to(pipe.dtype), timestep, text).float()
         # The eps is estimated at the level we start from but the model is told t (the level we go to): the

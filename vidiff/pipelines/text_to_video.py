@@ -311,7 +311,7 @@ class VideoPipeline:
                  cross_frame: str | None = None, window_size: int | None = None, window_stride: int | None = None,
                  long_video_noise: str = "independent", decode_chunk_size: int | None = 8,
                  condition: torch.Tensor | None = None, class_labels=None, latents: torch.Tensor | None = None,
-                 output_type: str = "uint8", progress: bool = True, callback=None):
+                 output_type: str = "uint8", progress: bool | str = True, callback=None):
         """Generate videos from text.
 
         Args:
@@ -334,7 +334,8 @@ class VideoPipeline:
             latents: starting noise `(b, c, f, h, w)` instead of drawing it (scaled by the sampler's initial sigma).
             output_type: "uint8" (numpy `(f, h, w, 3)` per video), "pt" (one tensor `(b, 3, f, h, w)` in [-1, 1])
                 or "latent" (the final latents `(b, c, f, h, w)`).
-            progress: show a tqdm bar over steps. callback: called as `callback(step, timestep, latents)`.
+            progress: show a tqdm bar over steps (a string: the bar's name, "sampling" otherwise).
+                callback: called as `callback(step, timestep, latents)`.
 
         Returns:
             For "uint8": one array for one prompt and one video, else a list of arrays (prompt-major order).
@@ -352,7 +353,7 @@ class VideoPipeline:
     @torch.no_grad()
     def sample(self, prompt: str | list[str], settings: SamplingSettings, *, negative_prompt=None, generator=None,
                seed: int | None = None, condition: torch.Tensor | None = None, class_labels=None,
-               latents: torch.Tensor | None = None, output_type: str = "uint8", progress: bool = True,
+               latents: torch.Tensor | None = None, output_type: str = "uint8", progress: bool | str = True,
                callback=None):
         """`__call__` with settings already resolved (`resolve_settings`; the CLI resolves them before loading
         the model): text -> x_T -> denoised latents -> frames. The arguments are `__call__`'s."""
@@ -399,7 +400,7 @@ class VideoPipeline:
                 negative_embeddings: torch.Tensor | None = None, condition: torch.Tensor | None = None,
                 class_labels=None, window_size: int | None = None, window_stride: int | None = None,
                 eta: float = 0.0, scheduler, generators: list[torch.Generator] | None = None,
-                progress: bool = True, callback=None) -> torch.Tensor:
+                progress: bool | str = True, callback=None) -> torch.Tensor:
         """Reverse diffusion from x_t at `timesteps[0]` down to x_0: latents `(b, c, f, h, w)` -> float32 latents.
 
         `scheduler` is a sampler from `make_scheduler` on which `set_timesteps` was called; `timesteps` are its
@@ -432,7 +433,10 @@ class VideoPipeline:
         windows = temporal_windows(f, window_size, window_stride or max(1, window_size // 2))
         step_kwargs = _step_kwargs(scheduler, eta, generators)
         latents = latents.to(self.device, torch.float32)
-        for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
+        # the bar ends its line when done, so what is printed next (a log, or stdout and stderr in one file)
+        # starts a line of its own; a string `progress` names the bar (a cascade's stage)
+        bar = tqdm(timesteps, desc=progress if isinstance(progress, str) else "sampling", disable=not progress)
+        for i, t in enumerate(bar):
             with self._timed("unet"):
                 eps = self._windowed_noise(scheduler, latents, t, text, guidance_scale, condition, class_labels,
                                            windows)

@@ -679,8 +679,13 @@ def count_step(run: Run, out: StepOutput, counts: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------------------------
+def print_line(message: str) -> None:
+    """One line on stdout, above the training bar when one is drawn (tqdm.write), never glued to it."""
+    tqdm.write(message)
+
+
 def train(config: Config, *, resume: str | None = None, overwrite: bool = False, on_step=None,
-          log=print) -> TrainResult:
+          log=print_line) -> TrainResult:
     """Train `config.train.stage` on `config.data`; see the module docstring for what lands in output_dir.
 
     resume: None (start at step 0), "auto" (the latest checkpoint in output_dir, if any) or a checkpoint folder.
@@ -714,7 +719,7 @@ def loop(run: Run, train_log: TrainLog, stop: dict, on_step) -> str:
         if v.prompts and v.every and step % v.every == 0:
             validate(run, f"step-{step:08d}")
         if stop_now:
-            run.say(f"\n{stop['signal'] or 'stop request'}: saved {run.last_checkpoint} at step {step}; "
+            run.say(f"{stop['signal'] or 'stop request'}: saved {run.last_checkpoint} at step {step}; "
                     "continue with --resume auto")
             return "interrupted"
     return "finished"
