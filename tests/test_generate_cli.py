@@ -235,6 +235,22 @@ def test_generate_replaces_outputs_only_with_overwrite(model, tmp_path, capsys):
     assert (tmp_path / "holiday.mp4").read_bytes() != before["holiday.mp4"]
 
 
+def test_a_png_after_an_mp4_of_the_same_name_says_the_sidecar_is_shared(model, tmp_path, capsys):
+    """Issue 24: clip.png after clip.mp4 would replace clip.mp4's sidecar (clip.json): refused, naming clip.mp4,
+    and with --overwrite a warning says clip.mp4 is left without one."""
+    common = ["generate", "--model", model, "--prompt", "x", "--steps", 1, "--num-frames", 2, "--quiet", "--seed", 1]
+    assert run(capsys, *common, "--out", tmp_path / "clip.mp4")[0] == 0
+    code, _, err = run(capsys, *common, "--out", tmp_path / "clip.png")
+    assert code == 2 and f"its sidecar {tmp_path / 'clip.json'} is the sidecar of {tmp_path / 'clip.mp4'}" in err
+    assert "clip-png.png" in err and not (tmp_path / "clip.png").exists()
+    code, _, err = run(capsys, *common, "--out", tmp_path / "clip.png", "--overwrite")
+    assert code == 0 and err.count("\n") == 1
+    assert err.startswith(f"warning: --out {tmp_path / 'clip.png'} replaces {tmp_path / 'clip.json'}, the sidecar "
+                          f"of {tmp_path / 'clip.mp4'}")
+    assert json.loads((tmp_path / "clip.json").read_text())["files"] == ["clip.png"]
+    assert run(capsys, *common, "--out", tmp_path / "clip.png", "--overwrite")[2] == ""  # (its own sidecar: quiet)
+
+
 def test_generate_write_error_is_one_line_and_leaves_nothing(model, tmp_path, capsys, monkeypatch):
     """A disk that fills up while the clip is written: one line naming the file, no partial outputs."""
     import errno

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import re
 import secrets
@@ -179,6 +180,7 @@ def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = Fal
         sidecar = _sidecar_path(path)
         if sidecar.is_dir():
             raise ValueError(f"--out: the sidecar {sidecar} would replace a folder; choose another --out")
+        _check_sidecar_owner(path, sidecar, output_paths(path, gif, frames_dir, contact_sheet), overwrite)
         existing += [p for p in output_paths(path, gif, frames_dir, contact_sheet) if p.exists()]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more of this run's outputs)" if len(existing) > 1 else ""
@@ -186,6 +188,27 @@ def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = Fal
                        "another --out")
     check_writable(out)
     return out
+
+
+def _check_sidecar_owner(path: Path, sidecar: Path, ours: list[Path], overwrite: bool) -> None:
+    """A sidecar is shared by every output of one stem (`clip.mp4` and `clip.png` both write `clip.json`): when
+    the existing one belongs to another clip still on disk, refuse (without `overwrite`) or warn that that clip
+    loses its sidecar, naming it, rather than replacing its record silently."""
+    try:
+        files = json.loads(sidecar.read_text(encoding="utf-8")).get("files") or []
+    except (OSError, ValueError, AttributeError):  # no sidecar, or not one of ours
+        return
+    names = {p.name for p in ours}
+    others = [sidecar.with_name(f) for f in files if isinstance(f, str) and f not in names
+              and sidecar.with_name(f).exists()]
+    if not others:
+        return
+    if not overwrite:
+        other_name = path.with_name(f"{path.stem}-{path.suffix[1:] or 'frames'}{path.suffix}")
+        raise CLIError(f"--out {path}: its sidecar {sidecar} is the sidecar of {others[0]} (an output of the same "
+                       f"name); choose another --out name (e.g. {other_name}), or pass --overwrite to replace that "
+                       "record")
+    print(f"warning: --out {path} replaces {sidecar}, the sidecar of {others[0]}, which keeps none", file=sys.stderr)
 
 
 def check_video_output(out: str | os.PathLike, video: str | os.PathLike, count: int = 1, **extras) -> Path:
