@@ -39,6 +39,7 @@ def run(args) -> int:
         raise CLIError(f"--video {args.video}: {e}") from None
     check_size([("--video", source.num_frames, source.height, source.width),
                 ("the extended clip", source.num_frames + args.frames, source.height, source.width)], args.allow_large)
+    stage_io.warn_untrained_size(args, model, source)
 
     def sample(pipe, frames, settings: dict, seed: int):
         video = cascade.extend_video(pipe, frames, args.prompt, num_frames=args.frames, context_frames=context,

@@ -61,18 +61,22 @@ def probe_input(args, model: Model):
     video = probe_video_arg(path)
     if not (math.isfinite(video.fps) and video.fps > 0):
         raise CLIError(f"--video {path!r} has no frame rate in its header; re-encode it (e.g. ffmpeg -r 8)")
-    size, trained = (video.height, video.width), model.stage.input_size(model.info)
-    if model.demo and size[0] * size[1] > math.prod(demo.largest_clip()):
+    if model.demo and video.height * video.width > math.prod(demo.largest_clip()):
         height, width = demo.largest_clip()
         raise CLIError(f"--video {path!r} is {video.width}x{video.height}; the built-in demo stages take clips up "
                        f"to the demo's {width}x{height} (resize it, e.g. ffmpeg -i IN -vf scale={width}:{height} "
                        "OUT.mp4), or pass --model DIR for a stage trained at your size")
+    return video
+
+
+def warn_untrained_size(args, model: Model, video) -> None:
+    """One warning line when --video (checked to fit the model) is not the size the stage was trained on."""
+    size, trained = (video.height, video.width), model.stage.input_size(model.info)
     if trained is not None and size != trained:
         what = "the built-in demo stage was trained on shapes clips of" if model.demo else \
             f"--model {model.path} was trained on inputs of"
-        print(f"warning: --video {path} is {video.width}x{video.height}; {what} {trained[1]}x{trained[0]}: it runs "
-              "at the input's size, slower and perhaps worse than on what it learned", file=sys.stderr)
-    return video
+        print(f"warning: --video {args.video} is {video.width}x{video.height}; {what} {trained[1]}x{trained[0]}: it "
+              "runs at the input's size, slower and perhaps worse than on what it learned", file=sys.stderr)
 
 
 def stage_settings(model: Model) -> dict:
@@ -98,6 +102,7 @@ def run_on_video(args, command: str, demo_stage: str) -> int:
     # from the header: an 18,000-frame or 2048 px input is refused before a frame is decoded
     check_size([("--video", source.num_frames, source.height, source.width), ("the output", *output)],
                args.allow_large)
+    warn_untrained_size(args, model, source)
     fps = source.fps * model.stage.frame_rate_factor(fields["factor"])
 
     def sample(pipe, frames, settings: dict, seed: int):
