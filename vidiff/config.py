@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import yaml
 
-from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES
+from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES, TEMPORAL_LAYOUTS
 from vidiff.stages import check_stage_fields, make_stage
 from vidiff.utils import yaml_error_line
 
@@ -34,8 +34,10 @@ FLOOR_SCHEDULES = ("cosine_floor",)  # the vidiff schedules with a floor (train.
 class ModelConfig:
     pretrained: str = ""                   # diffusers SD pipeline folder / hub id to inflate, or a vidiff pipeline folder (has vidiff.json) to continue
     cross_frame: Union[str, None] = None   # spatial self-attention across frames: none | first | sparse-causal; null keeps the model's ("none" when inflating)
-    temporal_conv: bool = True             # add temporal convolutions when inflating
-    temporal_attention: bool = True        # add temporal attention layers when inflating
+    temporal_layout: str = "vidiff"        # when inflating: vidiff (temporal conv + attention) | animatediff (motion modules)
+    temporal_conv: Union[bool, None] = None      # add temporal convolutions when inflating (null: yes in the vidiff layout)
+    temporal_attention: Union[bool, None] = None  # add temporal attention layers when inflating (null: yes in the vidiff layout)
+    motion_module: Union[str, None] = None  # when inflating: AnimateDiff motion modules to start from (MotionAdapter folder / hub id / mm_*.ckpt); implies the animatediff layout
     attention_backend: str = "auto"        # auto | sdpa | xformers | math
 
 
@@ -315,6 +317,12 @@ def _validate_model(cfg: Config, check) -> None:
     check(m.cross_frame is None or m.cross_frame in CROSS_FRAME_MODES,
           f"model.cross_frame must be null (keep the model's) or one of {', '.join(CROSS_FRAME_MODES)}, "
           f"got {m.cross_frame!r}")
+    check(m.temporal_layout in TEMPORAL_LAYOUTS,
+          f"model.temporal_layout must be one of {', '.join(TEMPORAL_LAYOUTS)}, got {m.temporal_layout!r}")
+    animatediff = m.temporal_layout == "animatediff" or m.motion_module is not None
+    check(not animatediff or not (m.temporal_conv or m.temporal_attention),
+          "AnimateDiff's layout (model.temporal_layout=animatediff or a model.motion_module) has motion modules in "
+          "place of temporal conv and attention: leave model.temporal_conv and model.temporal_attention null")
     check(m.attention_backend in ATTENTION_BACKENDS,
           f"model.attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {m.attention_backend!r}")
 
@@ -330,8 +338,8 @@ def _validate_stage(cfg: Config, check) -> None:
         stage.check_clip(cfg.data.num_frames)
     except ValueError as e:
         check(False, str(e))
-    check(not t.export_sd or (not stage.takes_video and not cfg.model.temporal_conv
-                              and not cfg.model.temporal_attention),
+    check(not t.export_sd or (not stage.takes_video and cfg.model.temporal_layout == "vidiff"
+                              and cfg.model.temporal_conv is False and cfg.model.temporal_attention is False),
           "train.export_sd writes a text-to-image SD folder: it needs train.stage=base, model.temporal_conv=false "
           "and model.temporal_attention=false")
     check(not stage.takes_video or not cfg.validation.prompts,

@@ -48,6 +48,11 @@ ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
 # features also learn which frame they are, which lets a model place content by time, e.g. a direction of travel).
 TEMPORAL_POSITIONS: tuple[str, ...] = ("qk", "qkv")
 
+# How a VideoUNet's temporal layers are laid out: "vidiff" (a temporal conv after every resnet, a temporal attention
+# after every spatial transformer) or "animatediff" (AnimateDiff's motion modules after every resnet / attention
+# pair, the format of diffusers' MotionAdapter; vidiff.models.motion).
+TEMPORAL_LAYOUTS: tuple[str, ...] = ("vidiff", "animatediff")
+
 # What a U-Net's extra input channels hold ("base" has none); each stage's home is vidiff.stages.
 CASCADE_STAGES: tuple[str, ...] = ("interpolation", "tsr", "ssr")
 STAGE_NAMES: tuple[str, ...] = ("base", *CASCADE_STAGES)
@@ -281,6 +286,7 @@ class PipelineInfo:
     scaling_factor: float = 0.18215     # the VAE latents' scale (SD 1.x)
     unet_spatial_factor: int = 8        # the U-Net's total downsampling
     prediction_type: str = "epsilon"    # epsilon | v_prediction (the noise schedule's)
+    max_window: int | None = None       # most frames one U-Net call takes (AnimateDiff motion modules' table); None: any
     defaults: Defaults = field(default_factory=Defaults)
     stage_options: dict = field(default_factory=dict)   # the stage's own options (vidiff.stages checks them)
     conditioning: dict = field(default_factory=dict)    # text encoder class, max length, widths
@@ -319,8 +325,10 @@ class PipelineInfo:
         if not isinstance(self.stage, str) or self.stage not in STAGE_NAMES:
             raise ValueError(f"unknown stage {self.stage!r} in {where} (fix it or {REMAKE}); use one of "
                              f"{', '.join(STAGE_NAMES)}")
-        for name in ("in_channels", "vae_scale_factor", "unet_spatial_factor"):
+        for name in ("in_channels", "vae_scale_factor", "unet_spatial_factor", "max_window"):
             value = getattr(self, name)
+            if name == "max_window" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{where}: {name} must be an integer >= 1, got {value!r}; {REMAKE}")
         if not isinstance(self.stage_options, dict) or not isinstance(self.conditioning, dict):
@@ -553,7 +561,10 @@ def resolve_sampling(info: PipelineInfo, *, max_steps: int | None = None, num_fr
                                     f"got {s[key]}")
     # Long clips: windows of the trained length, overlapping by half (FreeNoise uses a quarter: smoother,
     # twice the U-Net calls).
-    size = check_setting("window_size", take(window_size, d.num_frames))
+    size = check_setting("window_size", take(window_size, min(d.num_frames, info.max_window or d.num_frames)))
+    if info.max_window is not None and size > info.max_window:
+        raise SettingError("window_size", f"must be at most {info.max_window} for this model (its motion modules' "
+                                          f"frame positions), got {size}: longer clips are sampled in windows")
     stride = check_setting("window_stride", take(window_stride, max(1, size // 2)))
     if stride > size:
         raise SettingError("window_stride", f"must not exceed the window size ({size}), got {stride}: windows would "

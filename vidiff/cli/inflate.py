@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from vidiff.cli.common import CLIError, check_flag, check_writable, flag_error
-from vidiff.spec import CROSS_FRAME_MODES, STAGE_NAMES, TEMPORAL_POSITIONS, read_info
+from vidiff.spec import CROSS_FRAME_MODES, STAGE_NAMES, TEMPORAL_LAYOUTS, TEMPORAL_POSITIONS, read_info
 from vidiff.stages import STAGES
 from vidiff.stages.folder import check_inflate_stage, fresh_stage, inflate_stage, is_upscaler_folder
 from vidiff.utils import plural
@@ -23,6 +23,8 @@ def add_parser(sub, help_text: str):
                "  vidiff inflate --base v1-5-pruned.safetensors --config ./sd15-configs --out models/sd15-video\n"
                "  vidiff inflate --stage interpolation --base ./stable-diffusion-v1-5 --out models/interp --factor 4\n"
                "  vidiff inflate --stage ssr --base ./stable-diffusion-x4-upscaler --out models/x4-video\n"
+               "  vidiff inflate --base ./stable-diffusion-v1-5 --motion-module mm_sd_v15_v2.ckpt --out models/animatediff\n"
+               "  vidiff inflate --base ./stable-diffusion-v1-5 --motion-module guoyww/animatediff-motion-adapter-v1-5-3 --out models/ad3\n"
                "\nthen: vidiff generate --model models/sd15-video --prompt \"a cat running\" --out clip.mp4\n"
                "a cascade stage (--stage) starts as its base model (zero-initialised condition channels); train it\n"
                "with `vidiff train configs/train/STAGE.yaml model.pretrained=DIR`.")
@@ -33,6 +35,13 @@ def add_parser(sub, help_text: str):
                    help="for a single-file --base: a local diffusers SD pipeline folder with its configs")
     p.add_argument("--cross-frame", choices=CROSS_FRAME_MODES, default="none",
                    help="spatial self-attention across frames (default: %(default)s)")
+    p.add_argument("--temporal-layout", choices=TEMPORAL_LAYOUTS, default=None,
+                   help="vidiff: a temporal conv after every resnet + a temporal attention after every transformer; "
+                        "animatediff: AnimateDiff's motion modules (untrained, identity-initialised, unless "
+                        "--motion-module gives trained ones) (default: vidiff, or animatediff with --motion-module)")
+    p.add_argument("--motion-module", metavar="MM", default=None,
+                   help="trained AnimateDiff motion modules: a diffusers MotionAdapter folder or hub id, or an "
+                        "original mm_sd_v15*.ckpt / .safetensors (v1, v2, v3); implies --temporal-layout animatediff")
     p.add_argument("--no-temporal-conv", action="store_true", help="do not add temporal convolutions")
     p.add_argument("--no-temporal-attention", action="store_true", help="do not add temporal attention layers")
     p.add_argument("--temporal-position", choices=TEMPORAL_POSITIONS, default="qk",
@@ -67,21 +76,46 @@ def run(args) -> int:
         _check_stage(args, stage)
     except ValueError as e:
         raise flag_error(e) from None
+    layout = _check_layout(args)
     fps = int(args.fps) if float(args.fps).is_integer() else args.fps
     inflate_stage(args.base, out, args.stage, factor=args.factor, cross_frame=args.cross_frame,
-                  temporal_conv=not args.no_temporal_conv, temporal_attention=not args.no_temporal_attention,
+                  temporal_layout=layout, motion_module=args.motion_module,
+                  temporal_conv=False if args.no_temporal_conv else None,
+                  temporal_attention=False if args.no_temporal_attention else None,
                   temporal_position=args.temporal_position, frame_embedding=args.frame_embedding,
                   coordinate_embedding=args.coordinate_embedding, config=args.config,
                   defaults={"num_frames": args.num_frames, "fps": fps})
     info = read_info(out)
     d = info.defaults
-    layers = [name for name, on in (("temporal conv", not args.no_temporal_conv),
-                                    ("temporal attention", not args.no_temporal_attention)) if on]
+    if layout == "animatediff":
+        layers = [f"motion modules ({'from ' + args.motion_module if args.motion_module else 'untrained'})"]
+    else:
+        layers = [name for name, on in (("temporal conv", not args.no_temporal_conv),
+                                        ("temporal attention", not args.no_temporal_attention)) if on]
     kind = f"{info.stage} stage {info.stage_options}, " if stage.takes_video else ""
     print(f"wrote {out}/ (vidiff.json, unet/, {'vae/, ' if info.latent else ''}text_encoder/, tokenizer/, "
           f"scheduler/): {kind}{' + '.join(layers) or 'no temporal layers'}, cross-frame {args.cross_frame}, "
           f"defaults {plural(d.num_frames, 'frame')} {d.height}x{d.width} @ {d.fps} fps")
     return 0
+
+
+def _check_layout(args) -> str:
+    """The temporal layout asked for, its flags consistent, before anything loads."""
+    layout = args.temporal_layout or ("animatediff" if args.motion_module else "vidiff")
+    if args.motion_module and layout != "animatediff":
+        raise CLIError("--motion-module loads AnimateDiff motion modules: it needs --temporal-layout animatediff "
+                       "(or leave --temporal-layout out)")
+    if layout == "animatediff":
+        clashing = [flag for flag, on in (("--no-temporal-conv", args.no_temporal_conv),
+                                          ("--no-temporal-attention", args.no_temporal_attention),
+                                          ("--temporal-position", args.temporal_position != "qk")) if on]
+        if clashing:
+            raise CLIError(f"{', '.join(clashing)} apply to vidiff's temporal layout; the animatediff layout has "
+                           "motion modules instead: leave them out")
+    if args.motion_module and not Path(args.motion_module).exists() and "/" not in args.motion_module:
+        raise CLIError(f"--motion-module {args.motion_module!r} does not exist: give a MotionAdapter folder, a hub "
+                       "id (owner/name) or an mm_*.ckpt / .safetensors file")
+    return layout
 
 
 def _check_out(args, out: Path) -> None:

@@ -53,6 +53,7 @@ def make_info(unet, vae, text_encoder, tokenizer, scheduler_config: dict, *, sta
         scaling_factor=float(vae.config.scaling_factor) if vae is not None else 1.0,
         unet_spatial_factor=int(unet.spatial_factor),
         prediction_type=scheduler_config.get("prediction_type", "epsilon"),
+        max_window=unet.motion.max_seq_length if unet.motion is not None else None,
         defaults=Defaults(**settings),
         stage_options=dict(stage_options or {}),
         conditioning={"type": "text", "text_encoder": type(text_encoder).__name__,
@@ -84,19 +85,20 @@ def write_pipeline_folder(path: str | os.PathLike, *, unet, text_encoder, tokeni
 
 
 def inflate_pipeline(base: str | os.PathLike, out: str | os.PathLike, *, cross_frame: str = "none",
-                     temporal_conv: bool = True, temporal_attention: bool = True, stage: str = "base",
-                     conditioning_channels: int = 0, temporal_position: str = "qk", frame_embedding: bool = False,
-                     coordinate_embedding: bool = False, config: str | os.PathLike | None = None,
-                     defaults: dict | None = None, seed: int = 0) -> Path:
+                     stage: str = "base", conditioning_channels: int = 0, config: str | os.PathLike | None = None,
+                     motion_module: str | os.PathLike | None = None, defaults: dict | None = None, seed: int = 0,
+                     **unet_options) -> Path:
     """Inflate an SD pipeline (folder, hub id or single file + `config`) into a vidiff pipeline folder at `out`.
 
     The U-Net gains temporal layers that start as the identity, so the result samples each frame as the
     image model would until it is trained. VAE, text encoder, tokenizer and noise schedule are kept as they are.
     `stage` (vidiff.spec.STAGE_NAMES) is recorded in vidiff.json and the U-Net config; `conditioning_channels`
     extra input channels are created zero-initialised, so the stage starts out as its base (cascade stages with
-    their options: vidiff.stages.folder.inflate_stage). `temporal_position` (vidiff.spec.TEMPORAL_POSITIONS) is
-    where temporal attention adds its frame position encoding; `frame_embedding` adds each frame's index to its
-    timestep embedding, `coordinate_embedding` each pixel's position to its features. `cross_frame` is the
+    their options: vidiff.stages.folder.inflate_stage). `unet_options` are VideoUNet's architecture options:
+    `temporal_layout` ("vidiff" or "animatediff"), `temporal_conv` / `temporal_attention`, `temporal_position`
+    (where temporal attention adds its frame position encoding), `frame_embedding`, `coordinate_embedding`,
+    `motion` (motion-module settings). `motion_module` loads trained AnimateDiff motion modules (a diffusers
+    MotionAdapter folder or hub id, or an original mm_*.ckpt / .safetensors) in AnimateDiff's layout. `cross_frame` is the
     sampling default recorded in vidiff.json (the U-Net does not keep it). `defaults` override vidiff.json's
     sampling defaults (`num_frames`, `height`, `fps`, ...). `seed` fixes the random parts of the temporal layers'
     initialisation, so the same base always gives the same folder. Returns `out`.
@@ -108,11 +110,8 @@ def inflate_pipeline(base: str | os.PathLike, out: str | os.PathLike, *, cross_f
         raise ValueError(f"conditioning_channels must be an integer >= 0, got {conditioning_channels!r}")
     with torch.random.fork_rng(devices=[]):  # seed the inflation without touching the caller's random state
         torch.manual_seed(seed)
-        parts = load_base_components(base, config=config, temporal_conv=temporal_conv,
-                                     temporal_attention=temporal_attention, stage=stage,
-                                     conditioning_channels=conditioning_channels,
-                                     temporal_position=temporal_position, frame_embedding=frame_embedding,
-                                     coordinate_embedding=coordinate_embedding)
+        parts = load_base_components(base, config=config, motion_module=motion_module, stage=stage,
+                                     conditioning_channels=conditioning_channels, **unet_options)
     info = make_info(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
                      parts["scheduler_config"], stage=stage, defaults={"cross_frame": cross_frame, **(defaults or {})},
                      source=parts["source"])

@@ -17,6 +17,7 @@ from huggingface_hub import constants, list_repo_files, snapshot_download
 from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from vidiff.models.motion import read_motion_module
 from vidiff.models.unet import VideoUNet
 from vidiff.models.weights import WEIGHT_SUFFIXES, LoadingError, is_hub_id, one_line, unpickler_reason
 # re-exported until pipelines/stage_folder.py imports it from vidiff.models.weights, its home
@@ -133,14 +134,27 @@ def _check_sd_folder(folder: Path) -> None:
 
 
 def load_base_components(base: str | os.PathLike, *, config: str | os.PathLike | None = None,
-                         **unet_options) -> dict:
+                         motion_module: str | os.PathLike | None = None, **unet_options) -> dict:
     """Load an SD base for inflation: `{unet (inflated VideoUNet), vae or None, text_encoder, tokenizer,
-    scheduler_config, source}`; `unet_options` go to `VideoUNet.from_2d`.
+    scheduler_config, source}`; `unet_options` go to `VideoUNet.from_2d`. `motion_module` (a diffusers
+    MotionAdapter folder or hub id, or an original AnimateDiff file: vidiff.models.motion) gives the U-Net
+    AnimateDiff's layout with those trained modules; it is read (and refused, if it must be) before the base.
 
     base: a diffusers SD pipeline folder, a hub id (when online), or a single-file LDM checkpoint
     (.safetensors / .ckpt) with `config` a local diffusers SD pipeline folder holding the component configs
     (the weights there are not used). A folder without `vae/` is a pixel-space model.
     """
+    motion = None
+    if motion_module is not None:
+        settings, motion = read_motion_module(motion_module)
+        unet_options.update(temporal_layout="animatediff", motion=settings.to_config())
+    parts = _load_base(base, config, **unet_options)
+    if motion is not None:
+        parts["unet"].load_motion_module(motion)
+    return parts
+
+
+def _load_base(base: str | os.PathLike, config, **unet_options) -> dict:
     text = os.fspath(base)
     path = Path(base).expanduser()
     if path.is_file() or path.suffix in WEIGHT_SUFFIXES:

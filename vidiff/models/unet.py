@@ -36,16 +36,18 @@ from torch.utils.checkpoint import checkpoint
 
 import vidiff
 from vidiff.models.attention import VideoAttnProcessor, check_backend
+from vidiff.models.motion import MotionSettings, build_motion_adapter, read_motion_module
 from vidiff.models.temporal import CoordinateEmbedding, FrameEmbedding, TemporalAttention, TemporalConv
 from vidiff.models.weights import (CONFIG_NAME, TEMPORAL_FORMAT, UNET_RUNTIME_OPTIONS, WEIGHTS_NAME, LoadingError,
                                    check_state_dict, check_unet_config, holds_only_a_video_unet, is_temporal_file,
                                    load_unet_2d, migrate_video_unet_config, read_state_dict, read_video_unet_config)
-from vidiff.spec import TEMPORAL_POSITIONS, check_cross_frame
+from vidiff.spec import TEMPORAL_LAYOUTS, TEMPORAL_POSITIONS, check_cross_frame
 from vidiff.utils import atomic_dir, check_replaceable, save_safetensors_atomic, write_json_atomic
 
 # What a VideoUNet adds to its 2D config, saved with it: the model's identity.
-ARCHITECTURE_OPTIONS = ("temporal_conv", "temporal_attention", "conditioning_channels", "stage",
-                        "temporal_position", "frame_embedding", "coordinate_embedding")
+ARCHITECTURE_OPTIONS = ("temporal_layout", "temporal_conv", "temporal_attention", "motion",
+                        "conditioning_channels", "stage", "temporal_position", "frame_embedding",
+                        "coordinate_embedding")
 # Accepted by the constructor, from_2d and from_pretrained, never saved: the attention backend and the cross-frame
 # mode (weights.UNET_RUNTIME_OPTIONS).
 OPTIONS = ARCHITECTURE_OPTIONS + UNET_RUNTIME_OPTIONS
@@ -68,7 +70,7 @@ def is_temporal_parameter(name: str) -> bool:
     """True for the parameters (and state-dict keys) of the temporal layers the inflation adds, e.g.
     `down_blocks.0.temporal_convs.1.weight`: the one test behind `temporal_parameters`, `freeze_spatial`,
     `save_temporal` and the trainer's `trainable` modes."""
-    return (".temporal_convs." in name or ".temporal_attentions." in name
+    return (".temporal_convs." in name or ".temporal_attentions." in name or ".motion_modules." in name
             or name.startswith(("frame_embedding.", "coordinate_embedding.")))
 
 
@@ -88,11 +90,21 @@ def check_options(**options) -> None:
     stage = options.get("stage", "base")
     if not isinstance(stage, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", stage):
         raise ValueError(f"stage must be a lower-case stage name such as 'base' or 'ssr', got {stage!r}")
+    layout = options.get("temporal_layout", "vidiff")
+    if layout not in TEMPORAL_LAYOUTS:
+        raise ValueError(f"temporal_layout must be one of {', '.join(TEMPORAL_LAYOUTS)}, got {layout!r}")
+    if layout == "animatediff" and (options.get("temporal_conv") or options.get("temporal_attention")):
+        raise ValueError("temporal_layout 'animatediff' has motion modules in place of temporal_conv and "
+                         "temporal_attention: leave those unset (or false)")
+    if options.get("motion") is not None:
+        if layout != "animatediff":
+            raise ValueError("motion (motion-module settings) needs temporal_layout='animatediff'")
+        MotionSettings.from_config(options["motion"])
     if options.get("temporal_position", "qk") not in TEMPORAL_POSITIONS:
         raise ValueError(f"temporal_position must be one of {', '.join(TEMPORAL_POSITIONS)}, got "
                          f"{options['temporal_position']!r}")
     for key in ("temporal_conv", "temporal_attention", "frame_embedding", "coordinate_embedding"):
-        if not isinstance(options.get(key, True), bool):
+        if options.get(key) is not None and not isinstance(options[key], bool):
             raise ValueError(f"{key} must be true or false, got {options[key]!r}")
 
 
@@ -101,8 +113,12 @@ class VideoUNet(nn.Module):
 
     Args:
         unet_config: a diffusers `UNet2DConditionModel` config (SD 1.x / 2.x / x4 upscaler family).
-        temporal_conv: add a temporal convolution after every resnet block.
-        temporal_attention: add a temporal attention layer after every spatial transformer.
+        temporal_layout: "vidiff" (temporal conv + temporal attention, below) or "animatediff" (AnimateDiff motion
+            modules after every resnet / attention pair: vidiff.models.motion).
+        temporal_conv: add a temporal convolution after every resnet block (layout "vidiff"; default on).
+        temporal_attention: add a temporal attention layer after every spatial transformer (layout "vidiff";
+            default on).
+        motion: layout "animatediff": the motion modules' `MotionSettings` as a dict (default AnimateDiff v2's).
         cross_frame: spatial self-attention mode, "none" | "first" | "sparse-causal"; a runtime choice, not saved.
         conditioning_channels: extra zero-initialised input channels (cascade stages concatenate their
             condition to `sample` along channels).
@@ -117,20 +133,29 @@ class VideoUNet(nn.Module):
         attention_backend: "auto" | "sdpa" | "xformers" | "math"; a runtime choice, not saved with the model.
     """
 
-    def __init__(self, unet_config: dict, *, temporal_conv: bool = True, temporal_attention: bool = True,
+    def __init__(self, unet_config: dict, *, temporal_layout: str = "vidiff", temporal_conv: bool | None = None,
+                 temporal_attention: bool | None = None, motion: dict | None = None,
                  cross_frame: str = "none", conditioning_channels: int = 0, stage: str = "base",
                  temporal_position: str = "qk", frame_embedding: bool = False, coordinate_embedding: bool = False,
                  attention_backend: str = "auto"):
         super().__init__()
         unet_config = check_unet_config(unet_config)
-        check_options(temporal_conv=temporal_conv, temporal_attention=temporal_attention, cross_frame=cross_frame,
+        check_options(temporal_layout=temporal_layout, temporal_conv=temporal_conv,
+                      temporal_attention=temporal_attention, motion=motion, cross_frame=cross_frame,
                       conditioning_channels=conditioning_channels, stage=stage, attention_backend=attention_backend,
                       temporal_position=temporal_position, frame_embedding=frame_embedding,
                       coordinate_embedding=coordinate_embedding)
-        self.config = dict(unet_config, temporal_conv=temporal_conv, temporal_attention=temporal_attention,
+        own_layout = temporal_layout == "vidiff"
+        temporal_conv = own_layout if temporal_conv is None else temporal_conv
+        temporal_attention = own_layout if temporal_attention is None else temporal_attention
+        motion = None if own_layout else MotionSettings.from_config(motion)
+        self.config = dict(unet_config, temporal_layout=temporal_layout, temporal_conv=temporal_conv,
+                           temporal_attention=temporal_attention,
+                           motion=motion.to_config() if motion else None,
                            conditioning_channels=conditioning_channels, stage=stage,
                            temporal_position=temporal_position, frame_embedding=frame_embedding,
                            coordinate_embedding=coordinate_embedding)
+        self.motion = motion
         self.attention_backend = attention_backend
         self.cross_frame = cross_frame
 
@@ -162,6 +187,8 @@ class VideoUNet(nn.Module):
                     TemporalAttention(a.config.in_channels, a.transformer_blocks[0].attn1.heads, attention_backend,
                                       temporal_position)
                     for a in block.attentions)
+        if motion is not None:  # real weights (zero output projections) even when the rest comes from a file
+            self._adopt_motion_modules(build_motion_adapter(unet_config, motion))
         self.frame_embedding = FrameEmbedding(base.time_embedding.linear_2.out_features) if frame_embedding else None
         self.coordinate_embedding = CoordinateEmbedding(self.conv_in.out_channels) if coordinate_embedding else None
         self.gradient_checkpointing = False
@@ -180,11 +207,26 @@ class VideoUNet(nn.Module):
     def device(self) -> torch.device:
         return self.conv_in.weight.device
 
+    def _adopt_motion_modules(self, adapter) -> None:
+        """Take a diffusers MotionAdapter's modules into the blocks, under the adapter's own names."""
+        for block, modules in zip(self.down_blocks, adapter.down_blocks):
+            block.motion_modules = modules.motion_modules
+        if adapter.mid_block is not None:
+            self.mid_block.motion_modules = adapter.mid_block.motion_modules
+        for block, modules in zip(self.up_blocks, adapter.up_blocks):
+            block.motion_modules = modules.motion_modules
+
     def _attention_modules(self):
         for block in self.blocks():
             for transformer in getattr(block, "attentions", []):
                 for tb in transformer.transformer_blocks:
                     yield tb.attn1, tb.attn2
+
+    def _motion_attention_modules(self):
+        for block in self.blocks():
+            for module in getattr(block, "motion_modules", []):
+                for tb in module.transformer_blocks:
+                    yield from (tb.attn1, tb.attn2)
 
     def set_cross_frame(self, mode: str) -> None:
         """Spatial self-attention: "none" (per frame), "first" (frame 0's keys/values), "sparse-causal"."""
@@ -200,6 +242,8 @@ class VideoUNet(nn.Module):
             attn1.set_processor(VideoAttnProcessor(name, self.cross_frame))
             if attn2 is not None:
                 attn2.set_processor(VideoAttnProcessor(name))
+        for attn in self._motion_attention_modules():  # frame-wise self-attention: never cross-frame
+            attn.set_processor(VideoAttnProcessor(name))
         for module in self.modules():
             if isinstance(module, TemporalAttention):
                 module.backend = name
@@ -242,6 +286,12 @@ class VideoUNet(nn.Module):
             return x
         return self._run(fn, x, context)
 
+    def _motion(self, block, j, x, num_frames):
+        """AnimateDiff layout: the motion module after the j-th resnet / attention pair (x as it is otherwise)."""
+        if not hasattr(block, "motion_modules"):
+            return x
+        return self._run(lambda x: block.motion_modules[j](x, num_frames=num_frames), x)
+
     def _embed(self, timestep, class_labels, encoder_hidden_states, batch: int, dtype):
         """Timestep (+ class, + pooled text) embedding per video, as diffusers computes it, `(b, d)`."""
         t = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], device=self.device)
@@ -272,6 +322,9 @@ class VideoUNet(nn.Module):
                              f"+ {self.conditioning_channels} conditioning channels")
         if encoder_hidden_states.shape[0] != b:
             raise ValueError(f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, sample has {b}")
+        if self.motion is not None and f > self.motion.max_seq_length:
+            raise ValueError(f"this U-Net's motion modules take at most {self.motion.max_seq_length} frames (their "
+                             f"position table's length), got {f}; sample longer clips in temporal windows")
         # 2D blocks run on every frame: fold frames into the batch; the embeddings repeat per frame.
         emb = self._embed(timestep, class_labels, encoder_hidden_states, b, sample.dtype).repeat_interleave(f, dim=0)  # (b f) d
         if self.frame_embedding is not None:
@@ -292,6 +345,7 @@ class VideoUNet(nn.Module):
                 x = self._resnet(block, j, x, emb, f)
                 if hasattr(block, "attentions"):
                     x = self._transformer(block, j, x, context, f)
+                x = self._motion(block, j, x, f)
                 skips.append(x)
             if block.downsamplers is not None:
                 x = block.downsamplers[0](x)
@@ -301,6 +355,7 @@ class VideoUNet(nn.Module):
             x = self._resnet(self.mid_block, 0, x, emb, f)
             for j in range(len(self.mid_block.attentions)):
                 x = self._transformer(self.mid_block, j, x, context, f)
+                x = self._motion(self.mid_block, j, x, f)
                 x = self._resnet(self.mid_block, j + 1, x, emb, f)
 
         for i, block in enumerate(self.up_blocks):
@@ -309,6 +364,7 @@ class VideoUNet(nn.Module):
                 x = self._resnet(block, j, x, emb, f)
                 if hasattr(block, "attentions"):
                     x = self._transformer(block, j, x, context, f)
+                x = self._motion(block, j, x, f)
             if block.upsamplers is not None:
                 if odd_size:  # sizes that are not multiples of the U-Net factor upsample to the skip's size
                     upsample_size = skips[-1].shape[2:]
@@ -423,4 +479,36 @@ class VideoUNet(nn.Module):
         tensors = read_state_dict(path)
         expected = {k: v.shape for k, v in self.state_dict().items() if is_temporal_parameter(k)}
         check_state_dict(expected, tensors, source=str(path))
+        self.load_state_dict(tensors, strict=False)
+
+    # ----------------------------------------------------------------------------------------------- motion modules
+    def motion_module_state_dict(self) -> dict[str, torch.Tensor]:
+        """The motion modules' weights in diffusers MotionAdapter keys (`down_blocks.0.motion_modules.0...`)."""
+        if self.motion is None:
+            raise ValueError("this VideoUNet has vidiff's temporal layout, not AnimateDiff motion modules; inflate "
+                             "with temporal_layout='animatediff' (vidiff inflate --temporal-layout animatediff)")
+        return {k: v for k, v in self.state_dict().items() if ".motion_modules." in k}
+
+    def motion_adapter_config(self) -> dict:
+        """The diffusers MotionAdapter config of this U-Net's motion modules."""
+        if self.motion is None:
+            self.motion_module_state_dict()  # the one error
+        return self.motion.adapter_config(self.config)
+
+    def load_motion_module(self, source) -> None:
+        """Load AnimateDiff motion modules: a diffusers MotionAdapter folder or hub id, an original AnimateDiff file
+        (mm_sd_v15*.ckpt / .safetensors: v1, v2, v3), or a state dict in MotionAdapter keys. Their shape must be
+        this U-Net's (`VideoUNet.from_2d(..., temporal_layout="animatediff", motion=settings)` builds one to fit);
+        LoadingError otherwise."""
+        if isinstance(source, dict):
+            settings, tensors, where = None, source, "the motion-module state dict"
+        else:
+            (settings, tensors), where = read_motion_module(source), str(source)
+        if self.motion is None or (settings is not None and settings != self.motion):
+            raise LoadingError(f"the motion modules in {where} ({settings}) do not fit this U-Net "
+                               f"({self.motion or 'vidiff temporal layout'}); build it with "
+                               "vidiff.models.folder.inflate_pipeline(..., motion_module=SOURCE)")
+        expected = {k: v.shape for k, v in self.state_dict().items() if ".motion_modules." in k}
+        # the sinusoidal tables are recomputed, not learnt: files converted by diffusers leave them out
+        check_state_dict(expected, tensors, allow_missing=lambda key: key.endswith("pos_embed.pe"), source=where)
         self.load_state_dict(tensors, strict=False)

@@ -111,28 +111,27 @@ def check_inflate_stage(base, stage: str, factor: int | None) -> bool:
 
 
 def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *, factor: int | None = None,
-                  cross_frame: str = "none", temporal_conv: bool = True, temporal_attention: bool = True,
-                  temporal_position: str = "qk", frame_embedding: bool = False,
-                  coordinate_embedding: bool = False, config: str | os.PathLike | None = None,
-                  defaults: dict | None = None, seed: int = 0) -> Path:
+                  cross_frame: str = "none", config: str | os.PathLike | None = None,
+                  motion_module: str | os.PathLike | None = None, defaults: dict | None = None, seed: int = 0,
+                  **unet_options) -> Path:
     """Make an untrained cascade stage folder at `out` from an SD pipeline `base` (folder, hub id, or single file
     with `config`; for `stage="ssr"` also an SD x4 upscaler folder). `factor`: interpolation: the one mask factor
     it trains on (default 2 and 4); tsr: the frame-rate factor; ssr: 2 or 4 (an x4 upscaler fixes its own).
-    The stage equals its base model until trained; `stage="base"` is `inflate_pipeline`. Returns `out`."""
-    unet_options = dict(temporal_conv=temporal_conv, temporal_attention=temporal_attention,
-                        temporal_position=temporal_position, frame_embedding=frame_embedding,
-                        coordinate_embedding=coordinate_embedding)
+    `unet_options` and `motion_module` as for `inflate_pipeline`. The stage equals its base model until trained;
+    `stage="base"` is `inflate_pipeline`. Returns `out`."""
     if not STAGES.get(stage, _CascadeStage).takes_video:  # the base: no condition channels, no stage options
         return inflate_pipeline(base, out, cross_frame=cross_frame, config=config, defaults=defaults, seed=seed,
-                                **unet_options)
+                                motion_module=motion_module, **unet_options)
     check_cross_frame(cross_frame)
     upscaler = check_inflate_stage(base, stage, factor)
     with torch.random.fork_rng(devices=[]):  # seeded: the same base always gives the same folder
         torch.manual_seed(seed)
         if upscaler:
+            if motion_module is not None:
+                raise ValueError("motion modules (--motion-module) go on an SD base, not an SD x4 upscaler")
             parts = load_upscaler_components(Path(base), **unet_options)
         else:
-            parts = load_base_components(base, config=config, **unet_options)
+            parts = load_base_components(base, config=config, motion_module=motion_module, **unet_options)
             parts["stage"] = fresh_stage(stage, factor, parts["unet"].in_channels)
             parts["unet"] = widen_unet(parts["unet"], parts["stage"].conditioning_channels, stage=stage)
             parts["stage"].prepare_unet(parts["unet"])

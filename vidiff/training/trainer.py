@@ -96,11 +96,15 @@ def load_pipeline(config: Config, accelerator):
     output_dir/inflated (by the main process; the others wait and load the same folder)."""
     m = config.model
     source = Path(m.pretrained).expanduser()
+    if is_vidiff_pipeline(source) and m.motion_module is not None:
+        raise ConfigError(f"model.motion_module applies when inflating a Stable Diffusion model, but "
+                          f"model.pretrained={m.pretrained} is a vidiff pipeline folder already; leave it null")
     if not is_vidiff_pipeline(source):
         inflated = Path(config.output_dir) / "inflated"
         if accelerator.is_main_process and not is_vidiff_pipeline(inflated):
-            options = dict(cross_frame=m.cross_frame or "none", temporal_conv=m.temporal_conv,
-                           temporal_attention=m.temporal_attention)
+            options = dict(cross_frame=m.cross_frame or "none", temporal_layout=m.temporal_layout,
+                           temporal_conv=m.temporal_conv, temporal_attention=m.temporal_attention,
+                           motion_module=m.motion_module)
             try:  # a cascade stage gets zero-initialised condition channels (vidiff.stages.folder)
                 inflate_stage(m.pretrained, inflated, config.train.stage, **options)
             except (FileNotFoundError, ValueError) as e:
