@@ -168,3 +168,107 @@ def test_inflate_flags_that_clash_are_refused(sd, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "error:" in err
         assert not (tmp_path / "x").exists()
+
+
+def test_train_a_loaded_motion_module_resume_and_export_to_diffusers(sd, tmp_path):
+    """AnimateDiff's recipe through `vidiff train`: an SD base + a MotionAdapter, motion modules trained alone;
+    the run resumes exactly; `vidiff export` writes a MotionAdapter that diffusers' UNetMotionModel runs to the
+    same output as the trained vidiff U-Net, and an original-key file that loads back equal."""
+    from safetensors.torch import load_file
+
+    from vidiff.config import load_config
+    from vidiff.data.synthetic import write_shapes_dataset
+    from vidiff.training.checkpoints import list_checkpoints
+    from vidiff.training.trainer import train
+
+    settings, adapter = tiny_adapter("v3", seed=4)
+    adapter.save_pretrained(str(tmp_path / "adapter"))
+    write_shapes_dataset(tmp_path / "shapes", 3, num_frames=4, size=16, seed=0)
+    overrides = [f"model.pretrained={sd}", f"model.motion_module={tmp_path / 'adapter'}",
+                 f"data.manifest={tmp_path / 'shapes'}", "train.max_steps=4", "train.checkpoint_every=2",
+                 "train.trainable=temporal", "data.num_frames=4"]
+    tiny = "configs/train/tiny.yaml"
+    train(load_config(tiny, [*overrides, f"output_dir={tmp_path / 'a'}"]))
+    cfg = load_config(tiny, [*overrides, f"output_dir={tmp_path / 'b'}"])
+    assert train(cfg, on_step=lambda step, row: step == 2).status == "interrupted"
+    assert train(cfg, resume="auto").step == 4
+    weights = [load_file(str(list_checkpoints(tmp_path / run / "checkpoints")[-1] / "model.safetensors"))
+               for run in ("a", "b")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    trained = VideoUNet.from_pretrained(tmp_path / "a" / "pipeline" / "unet").eval()
+    start = adapter.state_dict()
+    moved = [k for k, v in trained.motion_module_state_dict().items() if not torch.equal(v, start[k])]
+    assert len(moved) > len(start) // 2
+    base = UNet2DConditionModel.from_pretrained(str(sd), subfolder="unet").eval()
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in base.state_dict().items())  # spatial frozen
+
+    out = tmp_path / "exported"
+    assert main(["export", "--model", str(tmp_path / "a" / "pipeline"), "--format", "diffusers-motion-adapter",
+                 "--out", str(out)]) == 0
+    reference = UNetMotionModel.from_unet2d(base, MotionAdapter.from_pretrained(str(out))).eval()
+    x, t, context = inputs()
+    with torch.no_grad():
+        expected = reference(x, t, context.repeat_interleave(4, 0)).sample
+        torch.testing.assert_close(trained(x, t, context), expected, atol=1e-4, rtol=0)
+    original = tmp_path / "mm_trained.safetensors"
+    assert main(["export", "--model", str(tmp_path / "a" / "pipeline"), "--format", "animatediff",
+                 "--out", str(original)]) == 0
+    read_settings, tensors = read_motion_module(original)
+    assert read_settings == settings  # the head count rides in the metadata
+    assert all(torch.equal(tensors[k], v) for k, v in trained.motion_module_state_dict().items())
+    assert main(["export", "--model", str(tmp_path / "a" / "pipeline"), "--format", "animatediff",
+                 "--out", str(original)]) == 2  # exists: --overwrite needed
+    assert main(["export", "--model", str(tmp_path / "a" / "pipeline"), "--format", "animatediff",
+                 "--out", str(original), "--overwrite"]) == 0
+
+
+def test_export_refuses_what_does_not_fit(sd, tmp_path, capsys):
+    from vidiff.testing import make_tiny_video_pipeline
+    video = make_tiny_video_pipeline(tmp_path / "video")
+    capsys.readouterr()
+    for args in (["--format", "animatediff", "--out", str(tmp_path / "mm.safetensors")],   # vidiff layout
+                 ["--format", "animatediff", "--out", str(tmp_path / "mm.ckpt")],          # not .safetensors
+                 ["--format", "diffusers-motion-adapter", "--out", str(video)]):            # exists
+        assert main(["export", "--model", str(video), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "error:" in err
+    assert not (tmp_path / "mm.safetensors").exists()
+    assert main(["export", "--model", str(video), "--format", "temporal", "--out", str(tmp_path / "t.safetensors")]) == 0
+    fresh = VideoUNet.from_pretrained(video / "unet")
+    fresh.load_temporal(tmp_path / "t.safetensors")  # keys and shapes checked
+
+
+def test_spatial_from_equals_a_fresh_inflation_of_the_new_base(tmp_path, capsys):
+    """`generate --spatial-from`: a trained motion module under a personalised SD (here another random SD of the
+    same architecture, as a single-file LDM checkpoint) equals inflating the new base with the same modules."""
+    from vidiff.testing import save_sd_single_file
+
+    settings, adapter = tiny_adapter("v2", seed=6)
+    adapter.save_pretrained(str(tmp_path / "adapter"))
+    import shutil
+    old, new = make_tiny_sd_pipeline(tmp_path / "old", seed=0), make_tiny_sd_pipeline(tmp_path / "new", seed=1)
+    for part in ("vae", "text_encoder"):  # a fine-tune of the U-Net alone (--spatial-from swaps only its weights)
+        shutil.rmtree(new / part)
+        shutil.copytree(old / part, new / part)
+    single = save_sd_single_file(new, tmp_path / "dreambooth.safetensors")
+    for base, out in ((old, "video"), (new, "expected")):
+        assert main(["inflate", "--base", str(base), "--motion-module", str(tmp_path / "adapter"),
+                     "--out", str(tmp_path / out), "--num-frames", "2"]) == 0
+    swapped = VideoUNet.from_pretrained(tmp_path / "video" / "unet")
+    swapped.load_spatial_from(single)
+    expected = VideoUNet.from_pretrained(tmp_path / "expected" / "unet")
+    assert all(torch.equal(v, swapped.state_dict()[k]) for k, v in expected.state_dict().items())
+    args = ["generate", "--prompt", PROMPT, "--num-frames", "2", "--height", "16", "--width", "16", "--steps", "2",
+            "--seed", "3", "--quiet"]
+    assert main([*args, "--model", str(tmp_path / "video"), "--spatial-from", str(single),
+                 "--out", str(tmp_path / "a.mp4")]) == 0
+    assert main([*args, "--model", str(tmp_path / "expected"), "--out", str(tmp_path / "b.mp4")]) == 0
+    from vidiff.data.video_io import read_video
+    assert (read_video(tmp_path / "a.mp4").frames == read_video(tmp_path / "b.mp4").frames).all()
+    assert json.loads((tmp_path / "a.json").read_text())["spatial_from"] == str(single)
+    capsys.readouterr()
+    assert main([*args, "--model", str(tmp_path / "video"), "--spatial-from", str(tmp_path / "nope.safetensors"),
+                 "--out", str(tmp_path / "c.mp4")]) == 2
+    assert "--spatial-from" in capsys.readouterr().err and not (tmp_path / "c.mp4").exists()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -570,3 +571,25 @@ def resolve_sampling(info: PipelineInfo, *, max_steps: int | None = None, num_fr
         raise SettingError("window_stride", f"must not exceed the window size ({size}), got {stride}: windows would "
                                             "leave frames uncovered")
     return SamplingSettings(window_size=size, window_stride=stride, **s)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hub ids
+# ---------------------------------------------------------------------------------------------------------------
+# A Hugging Face Hub repo id: "owner/name", each part of letters, digits, "-", "_", "." (not at either end, no
+# "--" or ".."), at most 96 characters (the hub's own rules, huggingface_hub.utils.validate_repo_id).
+_HUB_PART = r"(?!.*(--|\.\.))[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?"
+# Names that end like a file are paths the user mistyped, not repos (a repo's name never needs such an ending).
+_FILE_ENDINGS = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".json", ".yaml", ".yml", ".txt", ".csv", ".jsonl",
+                 ".mp4", ".gif")
+
+
+def is_hub_id(text: str | os.PathLike) -> bool:
+    """True when `text` has the form of a Hugging Face Hub repo id, `owner/name` (e.g.
+    `stable-diffusion-v1-5/stable-diffusion-v1-5`). The one test every loader uses to tell an id from a path:
+    callers look for a local path first and treat a missing path that is no hub id as a typo (no download)."""
+    if not isinstance(text, str):
+        return False  # a Path object is always meant as a path
+    parts = text.split("/")
+    return (len(parts) == 2 and len(text) <= 96 and not text.lower().endswith(_FILE_ENDINGS)
+            and all(re.fullmatch(_HUB_PART, part, flags=re.ASCII) for part in parts))

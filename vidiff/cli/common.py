@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from vidiff.data.video_io import VideoReadError, check_write_target, probe_video, video_format, write_video
-from vidiff.spec import MAX_SEED, RequestTooLarge, SettingError, check_request_size, check_setting
+from vidiff.spec import MAX_SEED, RequestTooLarge, SettingError, check_request_size, check_setting, is_hub_id
 from vidiff.utils import check_device as check_torch_device
 from vidiff.utils import write_json_atomic
 
@@ -122,6 +122,13 @@ def probe_video_arg(path: str | os.PathLike, flag: str = "--video"):
         return probe_video(path)
     except VideoReadError as e:
         raise CLIError(f"{flag} {str(path)!r} is not readable ({e.reason}); give a video file PyAV can open") from None
+
+
+def check_source(source: str | None, flag: str) -> None:
+    """A model or weights argument (`flag`) that must be a local path or a hub id (owner/name): CLIError for a
+    path that does not exist, before anything loads. None passes."""
+    if source is not None and not Path(source).expanduser().exists() and not is_hub_id(source):
+        raise CLIError(f"{flag} {source!r} does not exist; give a local folder or file, or a hub id (owner/name)")
 
 
 def check_device(device: str | None) -> str | None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import vidiff
 from vidiff.cli import cascade
-from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, check_size, numbered_paths,
-                               quiet_loading, seed_or_random, write_outputs)
+from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, check_size, check_source,
+                               numbered_paths, quiet_loading, seed_or_random, write_outputs)
 from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
                                 add_seed_option, add_size_options, group)
 from vidiff.cli.resolve import Model, demo_model, resolve_model
@@ -58,6 +58,10 @@ def add_parser(sub, help_text: str):
     add_device_options(p)
     add_output_options(p, extras=CLIP_EXTRAS,
                        overwrite_help="replace existing outputs of the same names (clip, sidecar, .gif, .png, _frames/)")
+    p.add_argument("--spatial-from", metavar="SD", default=None,
+                   help="swap in the spatial (image) weights of another SD U-Net of the same architecture, keeping "
+                        "the model's temporal layers / motion modules: a DreamBooth or community fine-tune (SD "
+                        "folder, hub id, or single-file .safetensors / .ckpt)")
     p.add_argument("--zero-shot", action="store_true",
                    help="training-free video from an image model (Text2Video-Zero): motion in the latents + "
                         "cross-frame attention on frame 0; what to use before any video training")
@@ -89,10 +93,12 @@ def run(args) -> int:
     if args.model is None and args.cascade is None:  # the built-in demo, so a fresh install makes a clip at once
         args.model = demo_model("base" if args.zero_shot else None, prompts)  # zero-shot: the demo's base alone
     if cascade.is_cascade_request(args):
-        if args.zero_shot:
-            raise CLIError("--zero-shot samples one text-to-video model; it does not apply to a cascade")
+        if args.zero_shot or args.spatial_from:
+            flag = "--zero-shot" if args.zero_shot else "--spatial-from"
+            raise CLIError(f"{flag} applies to one text-to-video model, not to a cascade: pass --model BASE")
         return cascade.generate_cascade(args, prompts)
     model = resolve_model(args, "generate", **sampling_request(args))
+    check_source(args.spatial_from, "--spatial-from")
     count = check_clip_count(len(prompts), args.num_videos)
     s = model.settings
     check_size([("the clips", s.num_frames, s.height, s.width, count)], args.allow_large)  # (sampled together)
@@ -104,6 +110,8 @@ def run(args) -> int:
 
     quiet_loading(args.quiet)
     pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=args.dtype)
+    if args.spatial_from:
+        pipe.unet.load_spatial_from(args.spatial_from)
     start = time.perf_counter()
     if args.zero_shot:
         videos = _zero_shot(pipe, prompts, args, model, seed, motion_field)
@@ -168,7 +176,8 @@ def _sidecar(args, model: Model, pipe, *, prompt: str, seed: int, fps: float, se
     """What the clip's JSON records: enough to make it again (`--seed` with the same settings and model)."""
     settings = {k: v for k, v in model.settings.as_dict().items() if k != "num_videos_per_prompt"}
     return {"prompt": prompt, "negative_prompt": args.negative, "seed": seed, "model": str(Path(model.path).resolve()),
-            **settings, "fps": fps, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
+            **settings, **({"spatial_from": str(args.spatial_from)} if args.spatial_from else {}),
+            "fps": fps, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
             "vidiff_version": vidiff.__version__, "seconds": round(seconds, 3)}
 
 

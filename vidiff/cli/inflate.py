@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vidiff.cli.common import CLIError, check_flag, check_writable, flag_error
+from vidiff.cli.common import CLIError, check_flag, check_source, check_writable, flag_error
 from vidiff.spec import CROSS_FRAME_MODES, STAGE_NAMES, TEMPORAL_LAYOUTS, TEMPORAL_POSITIONS, read_info
 from vidiff.stages import STAGES
 from vidiff.stages.folder import check_inflate_stage, fresh_stage, inflate_stage, is_upscaler_folder
@@ -112,9 +112,7 @@ def _check_layout(args) -> str:
         if clashing:
             raise CLIError(f"{', '.join(clashing)} apply to vidiff's temporal layout; the animatediff layout has "
                            "motion modules instead: leave them out")
-    if args.motion_module and not Path(args.motion_module).exists() and "/" not in args.motion_module:
-        raise CLIError(f"--motion-module {args.motion_module!r} does not exist: give a MotionAdapter folder, a hub "
-                       "id (owner/name) or an mm_*.ckpt / .safetensors file")
+    check_source(args.motion_module, "--motion-module")
     return layout
 
 

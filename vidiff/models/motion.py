@@ -12,6 +12,7 @@ so a diffusers `MotionAdapter` state dict loads as it is and `UNetMotionModel` i
     files         `read_motion_module`: a diffusers MotionAdapter folder (or hub id), or an original AnimateDiff
                   single file (`mm_sd_v15*.ckpt` / `.safetensors`, v1 / v2 / v3 and AnimateLCM), returned as
                   settings + a state dict in diffusers keys; `to_original_keys` writes the other way
+    writing       `save_motion_adapter` (a MotionAdapter folder, by diffusers), `save_original_motion_module`
 
 Only safe formats are read (vidiff.models.weights.read_state_dict: safetensors, or weights-only torch.load).
 
@@ -20,6 +21,7 @@ single-file key renames (`convert_animatediff_checkpoint_to_diffusers`).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -30,9 +32,10 @@ import torch
 from diffusers import MotionAdapter
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from huggingface_hub import snapshot_download
+from safetensors import safe_open
 
-from vidiff.models.weights import LoadingError, _names, is_hub_id, read_json, read_state_dict
-from vidiff.utils import quiet_libraries
+from vidiff.models.weights import LoadingError, _names, check_state_dict, is_hub_id, read_json, read_state_dict
+from vidiff.utils import atomic_dir, check_replaceable, quiet_libraries, save_safetensors_atomic
 
 ADAPTER_CONFIG = "config.json"
 ADAPTER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -222,4 +225,68 @@ def read_motion_module(path_or_id: str | os.PathLike) -> tuple[MotionSettings, d
         state_dict = dict(original)
     if any(key.startswith("conv_in.") for key in state_dict):
         raise LoadingError(f"{path} has an input convolution (a SparseCtrl / PIA model, not a motion module)")
-    return settings_from_state_dict(state_dict, str(path)), state_dict
+    recorded = _recorded_settings(path)  # a file vidiff exported knows its head count
+    settings = settings_from_state_dict(state_dict, str(path),
+                                        num_attention_heads=recorded.num_attention_heads if recorded else 8)
+    return settings, state_dict
+
+
+def _recorded_settings(path: Path) -> MotionSettings | None:
+    if not is_exported_motion_file(path):
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        text = (handle.metadata() or {}).get("motion", "{}")
+    try:
+        return MotionSettings.from_config(json.loads(text))
+    except (ValueError, TypeError) as error:
+        raise LoadingError(f"{path}: its motion settings metadata is damaged ({error}); export it again") from None
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+EXPORT_TAG = "animatediff-motion-module"  # the "vidiff" metadata entry of an original-layout file written here
+
+
+def is_motion_adapter_folder(path) -> bool:
+    """A folder `save_motion_adapter` may replace: a MotionAdapter's config and weights, nothing else."""
+    path = Path(path)
+    try:
+        return (_adapter_folder(path) is not None
+                and {p.name for p in path.iterdir()} <= {ADAPTER_CONFIG, *ADAPTER_WEIGHTS})
+    except (OSError, ValueError):
+        return False
+
+
+def is_exported_motion_file(path) -> bool:
+    """A file `save_original_motion_module` wrote (its safetensors metadata says so)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("vidiff") == EXPORT_TAG
+    except Exception:  # not safetensors at all: not ours
+        return False
+
+
+def save_motion_adapter(adapter_config: Mapping, state_dict: Mapping[str, torch.Tensor], folder) -> Path:
+    """A diffusers MotionAdapter folder (config.json + diffusion_pytorch_model.safetensors), written atomically by
+    diffusers' own `save_pretrained`, so `MotionAdapter.from_pretrained` and AnimateDiffPipeline load it as their
+    own. The state dict's keys and shapes are checked against the config first."""
+    folder = Path(folder)
+    check_replaceable(folder, is_motion_adapter_folder, "a diffusers MotionAdapter folder",
+                      "choose a new folder for --out")
+    with quiet_libraries():
+        adapter = MotionAdapter(**adapter_config)
+    check_state_dict(adapter, state_dict, source="the motion modules")
+    adapter.load_state_dict(dict(state_dict))
+    with atomic_dir(folder) as tmp:
+        adapter.save_pretrained(str(tmp), safe_serialization=True)
+    return folder
+
+
+def save_original_motion_module(state_dict: Mapping[str, torch.Tensor], path, settings: MotionSettings) -> Path:
+    """One .safetensors in the original AnimateDiff key layout (`to_original_keys`), which the AnimateDiff
+    repository and ComfyUI's AnimateDiff nodes read; the settings ride along in the metadata."""
+    path = Path(path)
+    if path.exists() and not is_exported_motion_file(path):
+        raise FileExistsError(f"{path} exists and is not a motion-module file vidiff wrote; choose a new --out")
+    save_safetensors_atomic(to_original_keys(state_dict), path,
+                            metadata={"vidiff": EXPORT_TAG, "motion": json.dumps(settings.to_config())})
+    return path

@@ -459,6 +459,23 @@ class VideoUNet(nn.Module):
         if still_empty:  # check_state_dict allows only temporal keys to be missing, so this is a bug
             raise RuntimeError(f"weights left unset after loading: {still_empty[:5]}")
 
+    def load_spatial_from(self, path_or_id, subfolder: str | None = None) -> None:
+        """Replace the spatial (2D) weights with another Stable Diffusion U-Net's of the same architecture (a
+        DreamBooth / community fine-tune of the base: a diffusers folder, hub id, or single-file checkpoint, read
+        with this U-Net's own config), keeping the temporal layers: AnimateDiff's "personalised T2I + motion
+        module". A stage keeps its condition's conv_in columns. LoadingError (one line) when it does not fit."""
+        own_config = {k: v for k, v in self.config.items() if k not in OPTIONS}
+        own_config["in_channels"] = self.in_channels
+        source = str(path_or_id)
+        _, state_dict = load_unet_2d(path_or_id, subfolder, config=own_config)
+        spatial = {k: v for k, v in self.state_dict().items() if not is_temporal_parameter(k)}
+        weight = state_dict.get("conv_in.weight")
+        if self.conditioning_channels and weight is not None and weight.shape[1] == self.in_channels:
+            state_dict = dict(state_dict, **{"conv_in.weight": torch.cat(
+                [weight, spatial["conv_in.weight"][:, self.in_channels:]], dim=1)})
+        check_state_dict({k: v.shape for k, v in spatial.items()}, state_dict, source=source)
+        self.load_state_dict({k: v.to(spatial[k].dtype) for k, v in state_dict.items()}, strict=False)
+
     def save_temporal(self, path) -> None:
         """The temporal layers alone, one safetensors file (a shareable motion module). An existing file at
         `path` is replaced only if it is an earlier one (its metadata says so); FileExistsError otherwise."""

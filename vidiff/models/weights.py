@@ -34,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from vidiff import spec
-from vidiff.spec import RUNTIME_OPTIONS
+from vidiff.spec import RUNTIME_OPTIONS, is_hub_id
 from vidiff.utils import quiet_libraries
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -313,24 +313,6 @@ def _weights_in(folder: Path) -> Path:
     raise FileNotFoundError(f"{folder} has no U-Net weights (looked for {', '.join(DIFFUSERS_WEIGHT_NAMES)}; "
                             f"found {', '.join(found) or 'nothing'}); variant files such as *.fp16.safetensors "
                             "are not picked automatically: rename one to diffusion_pytorch_model.safetensors")
-
-
-# A Hugging Face Hub repo id: "owner/name", each part of letters, digits, "-", "_", "." (not at either end, no
-# "--" or ".."), at most 96 characters (the hub's own rules, huggingface_hub.utils.validate_repo_id).
-_HUB_PART = r"(?!.*(--|\.\.))[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?"
-# Names that end like a file are paths the user mistyped, not repos (a repo's name never needs such an ending).
-_FILE_ENDINGS = WEIGHT_SUFFIXES + (".json", ".yaml", ".yml", ".txt", ".csv", ".jsonl", ".mp4", ".gif")
-
-
-def is_hub_id(text: str | os.PathLike) -> bool:
-    """True when `text` has the form of a Hugging Face Hub repo id, `owner/name` (e.g.
-    `stable-diffusion-v1-5/stable-diffusion-v1-5`). The one test every loader uses to tell an id from a path:
-    callers look for a local path first and treat a missing path that is no hub id as a typo (no download)."""
-    if not isinstance(text, str):
-        return False  # a Path object is always meant as a path
-    parts = text.split("/")
-    return (len(parts) == 2 and len(text) <= 96 and not text.lower().endswith(_FILE_ENDINGS)
-            and all(re.fullmatch(_HUB_PART, part, flags=re.ASCII) for part in parts))
 
 
 def _hub_patterns(subfolder: str | None, formats: tuple[str, ...]) -> list[str]:
