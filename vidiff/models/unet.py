@@ -179,16 +179,7 @@ class VideoUNet(nn.Module):
             with torch.no_grad():  # the condition enters through zero weights: the stage starts as its base
                 self.conv_in.weight[:, self.in_channels:].zero_()
 
-        for block in self.blocks():
-            if temporal_conv:
-                block.temporal_convs = nn.ModuleList(TemporalConv(r.out_channels) for r in block.resnets)
-            if temporal_attention and hasattr(block, "attentions"):
-                block.temporal_attentions = nn.ModuleList(
-                    TemporalAttention(a.config.in_channels, a.transformer_blocks[0].attn1.heads, attention_backend,
-                                      temporal_position)
-                    for a in block.attentions)
-        if motion is not None:  # real weights (zero output projections) even when the rest comes from a file
-            self._adopt_motion_modules(build_motion_adapter(unet_config, motion))
+        self._add_temporal_layers(unet_config, temporal_conv, temporal_attention, temporal_position, motion)
         self.frame_embedding = FrameEmbedding(base.time_embedding.linear_2.out_features) if frame_embedding else None
         self.coordinate_embedding = CoordinateEmbedding(self.conv_in.out_channels) if coordinate_embedding else None
         self.gradient_checkpointing = False
@@ -206,6 +197,20 @@ class VideoUNet(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.conv_in.weight.device
+
+    def _add_temporal_layers(self, unet_config, temporal_conv, temporal_attention, temporal_position, motion):
+        """vidiff's layout (a temporal conv per resnet, a temporal attention per transformer) or AnimateDiff's
+        motion modules; all start as the identity."""
+        for block in self.blocks():
+            if temporal_conv:
+                block.temporal_convs = nn.ModuleList(TemporalConv(r.out_channels) for r in block.resnets)
+            if temporal_attention and hasattr(block, "attentions"):
+                block.temporal_attentions = nn.ModuleList(
+                    TemporalAttention(a.config.in_channels, a.transformer_blocks[0].attn1.heads, "auto",
+                                      temporal_position)
+                    for a in block.attentions)
+        if motion is not None:  # real weights (zero output projections) even when the rest comes from a file
+            self._adopt_motion_modules(build_motion_adapter(unet_config, motion))
 
     def _adopt_motion_modules(self, adapter) -> None:
         """Take a diffusers MotionAdapter's modules into the blocks, under the adapter's own names."""
@@ -311,12 +316,10 @@ class VideoUNet(nn.Module):
             emb = emb + self.add_embedding(encoder_hidden_states).to(dtype)
         return emb
 
-    def forward(self, sample, timestep, encoder_hidden_states, class_labels=None):
-        """sample `(b, c, f, h, w)`, timestep scalar or `(b,)`, encoder_hidden_states `(b, L, D)` (one per
-        video) -> noise / v prediction `(b, out_channels, f, h, w)`."""
+    def _check_inputs(self, sample, encoder_hidden_states) -> None:
         if sample.ndim != 5:
             raise ValueError(f"VideoUNet expects sample of shape (b, c, f, h, w), got {tuple(sample.shape)}")
-        b, c, f, h, w = sample.shape
+        b, c, f = sample.shape[:3]
         if c != self.in_channels + self.conditioning_channels:
             raise ValueError(f"sample has {c} channels; this U-Net takes {self.in_channels} latent channels "
                              f"+ {self.conditioning_channels} conditioning channels")
@@ -325,6 +328,12 @@ class VideoUNet(nn.Module):
         if self.motion is not None and f > self.motion.max_seq_length:
             raise ValueError(f"this U-Net's motion modules take at most {self.motion.max_seq_length} frames (their "
                              f"position table's length), got {f}; sample longer clips in temporal windows")
+
+    def forward(self, sample, timestep, encoder_hidden_states, class_labels=None):
+        """sample `(b, c, f, h, w)`, timestep scalar or `(b,)`, encoder_hidden_states `(b, L, D)` (one per
+        video) -> noise / v prediction `(b, out_channels, f, h, w)`."""
+        self._check_inputs(sample, encoder_hidden_states)
+        b, c, f, h, w = sample.shape
         # 2D blocks run on every frame: fold frames into the batch; the embeddings repeat per frame.
         emb = self._embed(timestep, class_labels, encoder_hidden_states, b, sample.dtype).repeat_interleave(f, dim=0)  # (b f) d
         if self.frame_embedding is not None:
