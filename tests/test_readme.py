@@ -50,6 +50,7 @@ USER_FILES = {
     "stabilityai/": "a Stable Diffusion hub id (download)",
     "models/sd15-video": "made by `vidiff inflate` from a Stable Diffusion hub download",
     "runs/ft": "made by fine-tuning the Stable Diffusion video model",
+    "runs/animatediff": "made by training motion modules on a user's clips",
     "models/ad": "made by `vidiff inflate` from a Stable Diffusion and a motion-adapter hub download",
     "clips/": "a user's folder of videos",
     "webvid.csv": "a user's dataset manifest",
