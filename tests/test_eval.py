@@ -253,6 +253,60 @@ def test_cases_cover_everything_with_held_out_seeds():
     assert len(seeds) == len(cases)
 
 
+def test_limit_takes_a_balanced_subset():
+    """Issue 24: --limit N spreads the N clips over colours, shapes and motions (every count within one of the
+    others), the same clips every time, not the first N prompts (colour-major: all red); kept in the usual order."""
+    import collections
+
+    from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES
+
+    assert sorted(suite.balanced_order()) == sorted(suite.all_prompts())
+    for limit in (3, 4, 7, 12, 25, 48):
+        cases = suite.make_cases(seeds=[1], limit=limit)
+        assert len(cases) == limit and cases == suite.make_cases(seeds=[1], limit=limit)
+        for attribute, values in (("color", COLORS), ("shape", SHAPES), ("motion", MOTIONS)):
+            counts = collections.Counter(getattr(c, attribute) for c in cases)
+            low = 0 if len(counts) < len(values) else min(counts.values())
+            assert len(counts) == min(limit, len(values)) and max(counts.values()) - low <= 1, (limit, attribute)
+        assert [c.index for c in cases] == sorted(c.index for c in cases)
+    assert {c.color for c in suite.make_cases(seeds=[1], limit=4)} == set(COLORS)
+    # over two seeds: the first seed's balanced prompts, then the second's
+    two = suite.make_cases(seeds=[1, 2], limit=50)
+    assert [c.seed for c in two].count(2) == 2 and len({c.prompt for c in two if c.seed == 1}) == 48
+    # --prompts with --limit: a balanced pick among the given captions
+    given = ["a red circle moving left", "a red square moving left", "a green circle moving up"]
+    assert [c.prompt for c in suite.make_cases(seeds=[1], prompts=given, limit=2)] == [given[0], given[2]]
+
+
+def test_eval_prints_its_bar_once(tiny_model, tmp_path, monkeypatch):
+    """Issue 24: stdout and stderr in one log: the eval bar's final state appears once (tqdm's close redraws it
+    after the last update), on a line of its own, and no sampling bar runs inside it."""
+    import io
+    import sys
+    import time
+
+    from vidiff.cli import main
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    class Slow:
+        device = "cpu"
+
+        def __call__(self, prompts, generator, num_frames, height, progress, **kwargs):
+            assert progress is False
+            time.sleep(0.15)  # past tqdm's refresh interval, so the last update draws the bar
+            return [make_clip(*shapes.parse_caption(p), num_frames, height, seed=0) for p in prompts]
+
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: Slow()))
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", log)
+    monkeypatch.setattr(sys, "stderr", log)
+    assert main(["eval", "shapes", "--model", str(tiny_model), "--limit", "2", "--batch-size", "1", "--seeds", "1",
+                 "--num-frames", "8", "--height", "32", "--width", "32"]) == 0
+    text = log.getvalue()
+    assert text.count("2/2") == 1 and "sampling" not in text, text
+    assert "evaluated 2 clips (2 prompts, 1 seed)" in text and "\nevaluated 2 clips" in text.replace("\r", "")
+
+
 def test_summary_from_true_clips():
     """The suite's scoring and summary on perfect clips (the drawn truth) and on deliberately wrong ones."""
     cases = suite.make_cases(seeds=[0])
@@ -302,7 +356,7 @@ def test_eval_shapes_end_to_end(tiny_model, tmp_path, capsys):
     assert "| clips | colour | shape | motion | all attributes |" in printed and "evaluated 3 clips" in printed
     results = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert results["summary"]["num_clips"] == 3 and len(results["clips"]) == 3
-    assert [c["prompt"] for c in results["clips"]] == suite.all_prompts()[:3]
+    assert [c["prompt"] for c in results["clips"]] == [c.prompt for c in suite.make_cases([5, 6], limit=3)]
     assert results["settings"]["num_frames"] == 4 and results["settings"]["num_inference_steps"] == 2
     assert results["command"].startswith("vidiff eval shapes --model ") and "--limit 3" in results["command"]
     assert Image.open(sheet).size[0] >= 4 * 16 * 2
@@ -620,7 +674,7 @@ def test_eval_edit_end_to_end(tiny_model, tmp_path, capsys):
     assert code == 0, err
     results = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert results["summary"]["num_clips"] == 2 and results["settings"]["method"] == "zero-shot"
-    assert [c["edit_prompt"] for c in results["clips"]] == ["a green circle moving left", "a green circle moving right"]
+    assert [c["edit_prompt"] for c in results["clips"]] == ["a green circle moving left", "a blue square moving right"]
     assert "edited 2 clips" in printed
 
 

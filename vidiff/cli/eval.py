@@ -17,7 +17,7 @@ from vidiff.eval import edits, stages, suite
 from vidiff.pipelines import cascade, editing
 from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
 from vidiff.training import tune
-from vidiff.utils import atomic_path, write_json_atomic
+from vidiff.utils import atomic_path, plural, write_json_atomic
 
 SHAPES_EPILOG = """examples:
   vidiff eval shapes --out results.json --contact-sheet sheet.png      (the built-in demo model)
@@ -134,7 +134,9 @@ def _add_case_arguments(p) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated evaluation seeds (default: the held-out 9001,9002)")
     p.add_argument("--prompts", action="append", default=None, metavar="TEXT",
                    help="evaluate only this shapes caption (repeatable; default: all 48)")
-    p.add_argument("--limit", type=int, default=None, help="keep only the first N clips (quick checks)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate only N clips (quick checks): a balanced subset, each colour, shape and motion "
+                        "asked for about equally often (the same N clips every run)")
 
 
 def _add_run_arguments(p) -> None:
@@ -277,7 +279,8 @@ def run_shapes(args) -> int:
         with atomic_path(sheet_path) as tmp:
             Image.fromarray(suite.contact_sheet(clips, records)).save(tmp, format="PNG")
     written = [str(p) for p in (out, sheet_path) if p is not None]
-    print(f"evaluated {len(records)} clips ({len({c.prompt for c in cases})} prompts, {len({c.seed for c in cases})} seeds) "
+    print(f"evaluated {len(records)} clips ({plural(len({c.prompt for c in cases}), 'prompt')}, "
+          f"{plural(len({c.seed for c in cases}), 'seed')}) "
           f"in {seconds:.1f} s: all attributes right {100 * summary['accuracy']['all']:.1f}%"
           + (f"; wrote {', '.join(written)}" if written else ""))
     return 0

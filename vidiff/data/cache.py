@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 from safetensors import safe_open
-from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from vidiff.data.datasets import VideoDataset
 from vidiff.data.video_io import VideoReadError
 from vidiff.models.encoding import encode_text, encode_video
 from vidiff.models.loading import load_component
+from vidiff.progress import ProgressBar
 from vidiff.utils import (atomic_dir, check_replaceable, default_device, parse_dtype, save_safetensors_atomic,
                           write_json_atomic)
 
@@ -109,7 +109,7 @@ def build_latent_cache(model_dir: str | os.PathLike, manifest: str | os.PathLike
     skipped: dict[str, str] = {}
     with atomic_dir(out_dir) as tmp:
         shards = _ShardWriter(tmp, shard_size)
-        with tqdm(total=len(dataset), desc="cache", unit="clip", disable=not progress) as bar:
+        with ProgressBar(total=len(dataset), desc="cache", unit="clip", disable=not progress) as bar:
             for batch in loader:
                 good = _without_bad(batch, skipped)
                 bar.update(len(batch))

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from vidiff.data.video_io import write_video
+from vidiff.progress import ProgressBar
 from vidiff.utils import atomic_dir, check_replaceable
 
 # Saturated, well separated colours, so evaluation can tell them apart by nearest colour.
@@ -138,7 +138,8 @@ def write_shapes_dataset(out_dir: str | os.PathLike, count: int, num_frames: int
     specs = sample_specs(count, seed)
     rows = []
     with atomic_dir(out_dir) as tmp:
-        for i, (color, shape, motion) in enumerate(tqdm(specs, desc="shapes", unit="clip", disable=not progress)):
+        bar = ProgressBar(specs, desc="shapes", unit="clip", disable=not progress)
+        for i, (color, shape, motion) in enumerate(bar):
             name = f"{i:05d}"
             text = caption(color, shape, motion)
             clip_seed = int(np.random.default_rng([seed, i]).integers(2**31))

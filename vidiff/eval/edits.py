@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from vidiff.data.synthetic import COLORS, SHAPES, caption
 from vidiff.eval.shapes import score_edit
 from vidiff.eval.stages import true_clip
 from vidiff.eval.suite import EvalCase
+from vidiff.progress import ProgressBar
 
 EDIT_ATTRIBUTES = ("color", "shape")
 RATES = ("target", "kept", "motion_kept", "success")
@@ -42,7 +42,7 @@ def run_edits(fn, cases: list[EvalCase], *, attribute: str = "color", num_frames
               progress: bool = True) -> list[dict]:
     """Edit every case's true clip with `fn` and score it; one record per clip."""
     records = []
-    for case in tqdm(cases, desc=f"edit {attribute}", unit="clip", disable=not progress):
+    for case in ProgressBar(cases, desc=f"edit {attribute}", unit="clip", disable=not progress):
         source = true_clip(case, num_frames, size)
         target, prompt = edit_target(case, attribute)
         edited = np.asarray(fn(source, case, prompt))

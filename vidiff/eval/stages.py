@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from vidiff.data.synthetic import make_clip
 from vidiff.eval import video
 from vidiff.eval.suite import EvalCase, clip_seed
+from vidiff.progress import ProgressBar
 
 STAGES = ("interpolation", "ssr", "extend")
 SCORES = ("psnr", "baseline_psnr", "psnr_gain", "ssim", "baseline_ssim")
@@ -68,7 +68,7 @@ def run_stage(stage: str, fn, cases: list[EvalCase], *, num_frames: int, size: i
     if EVALUATIONS[stage] is _extend and not (num_known and 1 <= num_known < num_frames):
         raise ValueError(f"extend needs 1 <= num_known < num_frames ({num_frames}), got {num_known}")
     records = []
-    for case in tqdm(cases, desc=stage, unit="clip", disable=not progress):
+    for case in ProgressBar(cases, desc=stage, unit="clip", disable=not progress):
         true = true_clip(case, num_frames, size)
         out, score = EVALUATIONS[stage](fn, true, case, factor=factor, num_known=num_known)
         scores = score(_check_output(stage, out, true.shape))

@@ -8,9 +8,14 @@ sampling setting or a threshold (the demo training, its previews) may use them, 
 samples that played no part in choosing the model. Clip (prompt i, seed s) draws its noise from a CPU
 `torch.Generator` seeded with `clip_seed(s, i)`, i being the prompt's index in the full 48-prompt list, so a
 clip does not depend on the batch size or on `--limit`.
+
+Quick checks (`limit`) take a balanced subset, not the first prompts (which, colour-major, would all be red):
+`balanced_order` lists the 48 prompts so that every prefix asks each colour, shape and motion equally often
+(to within one), and pairs of attributes nearly so.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 from dataclasses import dataclass
@@ -18,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES, caption
 from vidiff.eval.shapes import parse_caption, score_clip
+from vidiff.progress import ProgressBar
 
 EVAL_SEEDS: tuple[int, ...] = (9001, 9002)
 ATTRIBUTES = ("color", "shape", "motion", "all", "consistent")
@@ -42,14 +47,45 @@ def all_prompts() -> list[str]:
     return [caption(c, s, m) for c, s, m in itertools.product(COLORS, SHAPES, MOTIONS)]
 
 
+def balanced_order() -> list[str]:
+    """The 48 captions in an order whose every prefix is balanced: prompt i has colour i mod 4, shape i mod 3
+    and motion (i - i // 4) mod 4 (all 48 combinations once: i mod 12 fixes colour and shape, and i // 12 then
+    shifts the motion). Any 12 consecutive prompts hold every colour-shape pair; colour and motion, and shape and
+    motion, meet at most twice in the first 12."""
+    colors, shapes, motions = list(COLORS), list(SHAPES), list(MOTIONS)
+    return [caption(colors[i % 4], shapes[i % 3], motions[(i - i // 4) % 4]) for i in range(48)]
+
+
 def clip_seed(seed: int, index: int) -> int:
     """The generator seed of prompt `index` under evaluation seed `seed` (independent streams per clip)."""
     return int(np.random.default_rng([seed, index]).integers(2**31))
 
 
+def _balanced(cases: list[EvalCase]) -> list[EvalCase]:
+    """`cases` reordered greedily so that every prefix asks each colour, shape and motion about equally often:
+    next comes the case whose attributes were asked least so far (the largest count, then their sum), ties going
+    to the earlier prompt of `balanced_order`. On all 48 prompts this is `balanced_order` itself."""
+    rank = {prompt: i for i, prompt in enumerate(balanced_order())}
+    asked = collections.Counter()
+
+    def cost(case: EvalCase):
+        counts = [asked[key] for key in (("color", case.color), ("shape", case.shape), ("motion", case.motion))]
+        return max(counts), sum(counts), rank[case.prompt]
+
+    left, order = list(cases), []
+    while left:
+        best = min(left, key=cost)
+        left.remove(best)
+        order.append(best)
+        asked.update([("color", best.color), ("shape", best.shape), ("motion", best.motion)])
+    return order
+
+
 def make_cases(seeds=EVAL_SEEDS, prompts: list[str] | None = None, limit: int | None = None) -> list[EvalCase]:
-    """The (prompt, seed) cases, seed-major; `prompts` (captions of the shapes world) replaces the full set,
-    `limit` keeps the first N cases (quick checks; a full evaluation has at least 48)."""
+    """The (prompt, seed) cases, seed-major; `prompts` (captions of the shapes world) replaces the full set.
+    `limit` keeps N cases (quick checks; a full evaluation has at least 48): the first N of the seed-major cases
+    balanced per seed (`_balanced`), so every colour, shape and motion is asked for about equally often; they are
+    returned in the usual order (seeds, then prompts as listed)."""
     seeds = list(seeds)
     if not seeds:
         raise ValueError("give at least one evaluation seed")
@@ -63,7 +99,10 @@ def make_cases(seeds=EVAL_SEEDS, prompts: list[str] | None = None, limit: int | 
             color, shape, motion = parse_caption(prompt)
             index = full.index(caption(color, shape, motion))
             cases.append(EvalCase(caption(color, shape, motion), color, shape, motion, int(seed), index))
-    return cases[:limit] if limit is not None else cases
+    if limit is None or limit >= len(cases):
+        return cases
+    picked = [c for seed in seeds for c in _balanced([c for c in cases if c.seed == seed])][:limit]
+    return sorted(picked, key=cases.index)
 
 
 def generate(pipe, cases: list[EvalCase], *, batch_size: int = 16, progress: bool = True, **call_kwargs) -> list:
@@ -72,7 +111,7 @@ def generate(pipe, cases: list[EvalCase], *, batch_size: int = 16, progress: boo
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     clips = []
-    with tqdm(total=len(cases), desc="eval", unit="clip", disable=not progress) as bar:
+    with ProgressBar(total=len(cases), desc="eval", unit="clip", disable=not progress) as bar:
         for start in range(0, len(cases), batch_size):
             batch = cases[start:start + batch_size]
             generators = [torch.Generator("cpu").manual_seed(clip_seed(c.seed, c.index)) for c in batch]

@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from safetensors import safe_open
-from tqdm.auto import tqdm
 
 from vidiff.data.datasets import cover_size, crop_offsets
 from vidiff.pipelines.text_to_video import make_generators, timesteps_for_strength
+from vidiff.progress import ProgressBar
 from vidiff.spec import check_choice, check_cross_frame, check_setting
 from vidiff.utils import save_safetensors_atomic, write_json_atomic
 
@@ -155,7 +155,7 @@ def ddim_invert(pipe, latents: torch.Tensor, embeddings: torch.Tensor, num_infer
     prediction_type = sampler.config.prediction_type
     x = latents.to(pipe.device, torch.float32)
     text = embeddings.to(pipe.device, pipe.dtype)
-    for t, alpha_from, alpha_to in tqdm(inversion_levels(sampler, num_inference_steps), desc="inverting",
+    for t, alpha_from, alpha_to in ProgressBar(inversion_levels(sampler, num_inference_steps), desc="inverting",
                                         disable=not progress):
         timestep = torch.tensor(t, device=pipe.device)
         output = pipe.unet(x.to(pipe.dtype), timestep, text).float()

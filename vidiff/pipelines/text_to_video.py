@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from einops import rearrange
-from tqdm.auto import tqdm
 
 from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -33,6 +32,7 @@ from vidiff.models.folder import make_info, write_pipeline_folder
 from vidiff.models.loading import load_component
 from vidiff.models.unet import VideoUNet
 from vidiff.pipelines.schedulers import make_scheduler
+from vidiff.progress import ProgressBar
 from vidiff.spec import (KIND, LONG_VIDEO_NOISE, MAX_SEED, PipelineInfo, SamplingSettings, check_choice,
                          check_scheduler_config, check_setting, guidance_on, max_inference_steps, read_info,
                          read_scheduler_config, resolve_sampling)
@@ -435,7 +435,7 @@ class VideoPipeline:
         latents = latents.to(self.device, torch.float32)
         # the bar ends its line when done, so what is printed next (a log, or stdout and stderr in one file)
         # starts a line of its own; a string `progress` names the bar (a cascade's stage)
-        bar = tqdm(timesteps, desc=progress if isinstance(progress, str) else "sampling", disable=not progress)
+        bar = ProgressBar(timesteps, desc=progress if isinstance(progress, str) else "sampling", disable=not progress)
         for i, t in enumerate(bar):
             with self._timed("unet"):
                 eps = self._windowed_noise(scheduler, latents, t, text, guidance_scale, condition, class_labels,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from vidiff.config import Config
 from vidiff.data import write_contact_sheet, write_video
+from vidiff.progress import ProgressBar
 from vidiff.training import TrainingError
 from vidiff.utils import atomic_path
 
@@ -70,8 +70,8 @@ class TrainLog:
         if self.main:
             accelerator.init_trackers("tensorboard", config=flat_config(config))
             self.csv_file, self.csv_writer = open_csv(self.csv_path, start_step if resumed else 0)
-        self.progress = tqdm(total=config.train.max_steps, initial=start_step, disable=not self.main, desc="train",
-                             dynamic_ncols=True)
+        self.progress = ProgressBar(total=config.train.max_steps, initial=start_step, disable=not self.main,
+                                    desc="train", dynamic_ncols=True)
 
     def step(self, values: dict, *, write: bool) -> None:
         self.progress.update(1)

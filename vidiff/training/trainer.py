@@ -49,10 +49,10 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
-from tqdm.auto import tqdm
 
 from vidiff.config import Config, ConfigError, TrainConfig
 from vidiff.pipelines.text_to_video import VideoPipeline
+from vidiff.progress import ProgressBar
 from vidiff.spec import PipelineInfo
 from vidiff.stages import Stage, make_stage, stage_options
 from vidiff.stages.folder import inflate_stage
@@ -291,7 +291,7 @@ def fit(unet, stage: Stage, batches, *, steps: int, learning_rate: float, noise_
     losses = []
     try:
         with torch.enable_grad():  # (callers often sample, and so call this, under torch.no_grad)
-            for _ in tqdm(range(steps), desc="tune", disable=not progress, dynamic_ncols=True):
+            for _ in ProgressBar(range(steps), desc="tune", disable=not progress, dynamic_ncols=True):
                 out = training_step(accelerator, model, stage, noise_scheduler, optimizer, micro_batches(),
                                     params=params, generator=generator, max_grad_norm=defaults.max_grad_norm)
                 losses.append(out.loss)
@@ -685,7 +685,7 @@ def count_step(run: Run, out: StepOutput, counts: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def print_line(message: str) -> None:
     """One line on stdout, above the training bar when one is drawn (tqdm.write), never glued to it."""
-    tqdm.write(message)
+    ProgressBar.write(message)
 
 
 def train(config: Config, *, resume: str | None = None, overwrite: bool = False, on_step=None,
