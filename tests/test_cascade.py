@@ -758,3 +758,31 @@ def test_clips_shorter_than_half_the_window_run(assets, tmp_path, stage, window,
     video = torch.rand(1, 3, frames_in, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
     out = interpolate_video(load(folder), video, "", factor=2, seed=0, guidance=1.0, progress=False)
     assert out.shape == (1, 3, frames_out, 16, 16)
+
+
+def test_a_cascade_height_that_breaks_a_stage_rule_names_the_stage_and_the_heights_that_work(capsys, monkeypatch):
+    """Issue 24: `generate --height 30` on the built-in demo cascade: one line, before any model loads, saying
+    --height is the base's (the cascade doubles it), that the base needs multiples of 4, and the nearest heights
+    that work with what they make; a later stage's rule (here an SSR needing multiples of 16 of its output) is
+    blamed on that stage."""
+    import dataclasses
+
+    from vidiff.pipelines import cascade as cascade_module
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded a model"))
+    code, _, err = run_cli(capsys, "generate", "--prompt", "a red circle moving left", "--height", 30, "--out",
+                           "never.mp4")
+    assert code == 2 and err.count("error:") == 1 and err.endswith("\n"), err
+    err = err.splitlines()[-1]  # (after the "using the built-in demo model" note)
+    assert "--height 30 sets the base's height (the cascade makes 2x that: 30 -> 60)" in err
+    assert "the base (" in err and "needs a multiple of 4" in err
+    assert "nearest that work: --height 28 (output 56) or 32 (output 64)" in err
+    specs = cascade_module.read_cascade(REPO / "configs" / "cascade" / "demo.yaml")
+    ssr = specs[2]
+    specs[2] = dataclasses.replace(ssr, info=dataclasses.replace(ssr.info, unet_spatial_factor=16))
+    cascade_module.check_cascade_side(specs, 8, "--width", 32)  # fits: 32 -> 64
+    with pytest.raises(ValueError, match=r"--width 36 sets the base's width .*, but stage 2 \(ssr, .*\) needs the "
+                                         r"sizes it takes and makes to be multiples of 16 .*--width 32 \(output 64\) "
+                                         r"or 40 \(output 80\)"):
+        cascade_module.check_cascade_side(specs, 8, "--width", 36)

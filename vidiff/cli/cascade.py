@@ -12,7 +12,7 @@ import vidiff
 from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, numbered_paths,
                                seed_or_random, write_outputs)
 from vidiff.cli.resolve import resolve_settings
-from vidiff.pipelines.cascade import CascadePipeline, is_cascade, plan_cascade, read_cascade
+from vidiff.pipelines.cascade import CascadePipeline, check_cascade_side, is_cascade, plan_cascade, read_cascade
 from vidiff.spec import RequestTooLarge, SamplingSettings
 
 # generate's flags that a cascade does not take (each stage samples with its own windows and its YAML's sampler)
@@ -35,10 +35,23 @@ def intermediate_path(path: Path, index: int, stage: str) -> Path:
     return path.with_name(f"{path.stem}_{index}-{stage}{path.suffix}")
 
 
+def check_base_sides(specs, height: int | None, width: int | None) -> None:
+    """--height / --width are the base's: one that breaks a stage's size rule (the base's multiples, or a later
+    stage's once SSR scales it) is one line naming that stage and the nearest sizes that work."""
+    for flag, side in (("--height", height), ("--width", width)):
+        if side is not None:
+            check_flag(flag[2:], side)
+            try:  # (the size rules do not depend on the frame count: probed with the base's own)
+                check_cascade_side(specs, specs[0].info.defaults.num_frames, flag, side)
+            except ValueError as e:
+                raise CLIError(str(e)) from None
+
+
 def cascade_settings(args, specs) -> list[SamplingSettings]:
     """Every stage's settings resolved against its folder: the command line's (sizes, steps, guidance, videos per
     prompt) for the base, each stage's YAML entry for the others."""
     base = specs[0]
+    check_base_sides(specs, args.height, args.width)
     settings = [resolve_settings(base.model, base.info, num_frames=args.num_frames, height=args.height,
                                  width=args.width, num_inference_steps=args.steps if args.steps is not None
                                  else base.steps, guidance_scale=args.guidance if args.guidance is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 import vidiff
+from vidiff.cli.cascade import check_base_sides
 from vidiff.cli.common import CLIError, check_device, check_flag, check_writable, flag_error, quiet_loading
 from vidiff.cli.options import add_device_options, add_output_options, add_sampler_options, add_size_options
 from vidiff.cli.resolve import Model, demo_model, resolve_model, resolve_settings
@@ -233,6 +234,7 @@ def _shapes_settings(args) -> tuple[dict, dict]:
         raise CLIError("--scheduler does not apply to --cascade (each stage uses its YAML's sampler)")
     specs = cascade.read_cascade(args.cascade)
     base = specs[0]
+    check_base_sides(specs, args.height, args.width)  # as `generate --cascade`: a broken rule names its stage
     request.update(scheduler=base.scheduler, num_inference_steps=args.steps if args.steps is not None else base.steps,
                    guidance_scale=args.guidance if args.guidance is not None else base.guidance)
     s = resolve_settings(base.model, base.info, **request).as_dict()

@@ -168,6 +168,40 @@ def plan_cascade(specs: list[StageSpec], num_frames: int, height: int, width: in
     return sizes
 
 
+def _side_through(specs: list[StageSpec], num_frames: int, side: int) -> tuple[list[int], str | None]:
+    """(the side after the base and each stage, None) when a base side of `side` pixels fits every stage; else
+    ([], which stage's size rule refuses it). Heights and widths obey the same rules, so a square probes both."""
+    base = specs[0].info
+    if side < base.spatial_factor or side % base.spatial_factor:
+        return [], (f"the base ({specs[0].model.resolve()}) needs a multiple of {base.spatial_factor} (VAE factor "
+                    f"{base.vae_scale_factor} x U-Net factor {base.unet_spatial_factor})")
+    sizes = [(num_frames, side, side)]
+    for i, spec in enumerate(specs[1:], 1):
+        try:
+            sizes.append(spec.stage.output_size(spec.info, sizes[-1], spec.factor, spec.where(i)))
+        except ValueError:
+            return [], (f"stage {i} ({spec.name}, {spec.model.resolve()}) needs the sizes it takes and makes to be "
+                        f"multiples of {spec.info.spatial_factor} (its VAE factor x U-Net factor)")
+    return [size[1] for size in sizes], None
+
+
+def check_cascade_side(specs: list[StageSpec], num_frames: int, name: str, side: int) -> None:
+    """A ValueError when the base's `name` ("height" / "width") of `side` pixels breaks a stage's size rule,
+    naming that stage, how the cascade scales the side, and the nearest sides that work (torch-free)."""
+    rule = _side_through(specs, num_frames, side)[1]
+    if rule is None:
+        return
+    near = []  # the nearest working side below and above (one search over a period of the stages' rules)
+    for candidates in (range(side - 1, 0, -1), range(side + 1, side + 1 + 64 * specs[0].info.spatial_factor)):
+        found = next((c for c in candidates if _side_through(specs, num_frames, c)[1] is None), None)
+        near += [found] if found is not None else []
+    scale = _side_through(specs, num_frames, near[0])[0][-1] // near[0] if near else 1
+    made = f" (the cascade makes {scale}x that: {side} -> {side * scale})" if scale != 1 else ""
+    options = " or ".join(f"{c} (output {c * scale})" if scale != 1 else str(c) for c in near)
+    raise ValueError(f"{name} {side} sets the base's {name.lstrip('-')}{made}, but {rule}; nearest that work: "
+                     f"{name} {options or '(none near it)'}")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Running one stage on a video (the Python API: video as a tensor or uint8 frames, one prompt or one per video)
 # ---------------------------------------------------------------------------------------------------------------
