@@ -326,3 +326,35 @@ def test_name_lock_holds_off_a_publisher(tmp_path):
     writer.join(30)
     assert out.is_file() and json.loads((tmp_path / "clip.json").read_text())["run"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.json", "clip.mp4"]
+
+
+def test_out_names_clips_by_prompt_and_seed(model, tmp_path, capsys, monkeypatch):
+    """Issue 24: {prompt} / {seed} in --out: one file per clip named by its prompt's slug (and seed); prompts
+    sharing a slug are numbered, never written over each other; an existing name is refused before sampling;
+    an unknown field is one line."""
+    from vidiff.cli.common import clip_paths, prompt_slug
+
+    assert prompt_slug("  A Red Circle, moving LEFT! ") == "a-red-circle-moving-left"
+    assert prompt_slug("Café / ../../etc/passwd") == "cafe-etcpasswd" and prompt_slug("日本") == "prompt"
+    long = prompt_slug(" ".join(["word"] * 40))
+    assert len(long) <= 60 and long.endswith("word")
+    assert clip_paths("c.mp4", ["a", "b"], 1, 0) == [Path("c-000.mp4"), Path("c-001.mp4")]  # no field: as before
+    common = ["generate", "--model", model, "--steps", 2, "--num-frames", 2, "--quiet", "--seed", 7]
+    out = tmp_path / "clips" / "{prompt}-{seed}.png"
+    code, stdout, err = run(capsys, *common, "--prompt", "Red circle!", "--prompt", "blue square", "--out", out)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == [
+        "blue-square-8.json", "blue-square-8.png", "red-circle-7.json", "red-circle-7.png"]
+    assert json.loads((tmp_path / "clips" / "blue-square-8.json").read_text())["prompt"] == "blue square"
+    # two prompts with one slug, and two videos of one prompt, without {seed}: numbered, four files
+    code, _, err = run(capsys, *common, "--prompt", "a cat", "--prompt", "A CAT", "--out", tmp_path / "{prompt}.png")
+    assert code == 0 and {json.loads((tmp_path / f"a-cat-00{i}.json").read_text())["prompt"] for i in (0, 1)} == {
+        "a cat", "A CAT"}
+    # the same run again: the existing names are refused before any model loads
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model"))
+    code, _, err = run(capsys, *common, "--prompt", "Red circle!", "--prompt", "blue square", "--out", out)
+    assert code == 2 and "red-circle-7.png already exists" in err and "--overwrite" in err and err.count("\n") == 1
+    code, _, err = run(capsys, *common, "--prompt", "x", "--out", tmp_path / "{name}.mp4")
+    assert code == 2 and "unknown field {name}; --out takes {prompt} and {seed}" in err and err.count("\n") == 1

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import vidiff
-from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, numbered_paths,
-                               seed_or_random, write_outputs)
+from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, clip_paths, seed_or_random,
+                               write_outputs)
 from vidiff.cli.resolve import resolve_settings
 from vidiff.pipelines.cascade import CascadePipeline, check_cascade_side, is_cascade, plan_cascade, read_cascade
 from vidiff.spec import RequestTooLarge, SamplingSettings
@@ -82,9 +82,10 @@ def generate_cascade(args, prompts: list[str]) -> int:
     except ValueError as e:
         raise CLIError(f"{e} (sizes from --num-frames / --height / --width or the base's defaults)") from None
     count = len(prompts) * args.num_videos
-    out = check_output_path(args.out, count, gif=args.gif, frames_dir=args.frames_dir, contact_sheet=args.contact_sheet,
-                            overwrite=args.overwrite)
-    paths = numbered_paths(out, count)
+    seed = seed_or_random(args.seed, count)
+    paths = clip_paths(args.out, prompts, args.num_videos, seed)
+    check_output_path(args.out, count, gif=args.gif, frames_dir=args.frames_dir, contact_sheet=args.contact_sheet,
+                      overwrite=args.overwrite, paths=paths)
     if args.keep_intermediate:
         for path in paths:
             for i, spec in enumerate(specs[:-1]):
@@ -96,7 +97,6 @@ def generate_cascade(args, prompts: list[str]) -> int:
                "guidance": s.guidance_scale, "scheduler": s.scheduler, "frames": f, "height": h, "width": w,
                "fps": rate, **spec.stage.sidecar(spec.factor, spec.noise_level, spec.where(i))}
               for i, (spec, s, (f, h, w), rate) in enumerate(zip(specs, settings, sizes, rates))]
-    seed = seed_or_random(args.seed, count)
     device = check_device(args.device)
 
     pipe = CascadePipeline.from_pretrained(source, device=device, dtype=args.dtype)

@@ -2,7 +2,8 @@
 any heavy work (a setting in range, a usable device, a writable output location), and where clips are written.
 
 One video goes to `--out` as given (`clip.mp4`); several go to numbered names beside it (`clip-000.mp4`,
-`clip-001.mp4`, ... in prompt-major order). Each main output gets a sidecar `clip.json` (or `clip-000.json`) and,
+`clip-001.mp4`, ... in prompt-major order); `generate --out "clips/{prompt}-{seed}.mp4"` names each clip by its
+prompt (a filesystem-safe slug) and seed instead (`clip_paths`). Each main output gets a sidecar `clip.json` (or `clip-000.json`) and,
 on request, extra formats with the same stem: `clip.gif`, `clip.png` (contact sheet), `clip_frames/` (PNGs).
 An existing file among them is replaced only with `--overwrite`. A clip's files are written under temporary names
 first and published together under a lock on the clip's name, so two runs writing the same `--out` at once leave
@@ -16,9 +17,11 @@ import json
 import os
 import re
 import secrets
+import string
 import shutil
 import sys
 import tempfile
+import unicodedata
 from pathlib import Path
 
 from vidiff.data.video_io import VideoReadError, check_write_target, probe_video, video_format, write_video
@@ -164,11 +167,11 @@ def check_writable(target: str | os.PathLike, flag: str = "--out") -> Path:
 
 
 def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = False, frames_dir: bool = False,
-                      contact_sheet: bool = False, overwrite: bool = False) -> Path:
-    """Validate `--out` and every file `write_outputs` will write for `count` videos with these extras (a known
-    video suffix; nothing that would replace a folder, or a folder of other files; no file where a parent folder
-    should be; no existing output unless `overwrite`; a writable location), so a bad name fails before the model
-    loads. Returns `out`."""
+                      contact_sheet: bool = False, overwrite: bool = False, paths: list[Path] | None = None) -> Path:
+    """Validate `--out` and every file `write_outputs` will write for `count` videos (at `paths`, default
+    `numbered_paths(out, count)`) with these extras (a known video suffix; nothing that would replace a folder,
+    or a folder of other files; no file where a parent folder should be; no existing output unless `overwrite`;
+    a writable location), so a bad name fails before the model loads. Returns `out`."""
     if str(out) in ("", "."):
         raise ValueError(f"--out {str(out)!r} is empty; give a file name such as clip.mp4")
     out = Path(out)
@@ -178,7 +181,9 @@ def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = Fal
     if out.suffix.lower() == ".json":
         raise ValueError(f"--out {str(out)!r}: .json is the sidecar's suffix; give a video name such as clip.mp4")
     existing = []
-    for path in numbered_paths(out, count):
+    for path in numbered_paths(out, count) if paths is None else paths:
+        if video_format(path) != kind:  # (a {prompt} pattern in the suffix)
+            raise ValueError(f"--out {str(out)!r} makes {path}, not a {kind} name; keep {{prompt}} out of the suffix")
         for target, target_kind in _targets(path, gif, frames_dir, contact_sheet):
             try:
                 check_write_target(target, target_kind)
@@ -241,6 +246,49 @@ def numbered_paths(out: str | os.PathLike, count: int) -> list[Path]:
         return [out]
     digits = max(3, len(str(count - 1)))
     return [out.with_name(f"{out.stem}-{i:0{digits}d}{out.suffix}") for i in range(count)]
+
+
+SLUG_LENGTH = 60  # characters of a prompt in a file name: enough to tell prompts apart, short of any OS's limit
+NAME_FIELDS = ("prompt", "seed")
+
+
+def prompt_slug(prompt: str) -> str:
+    """A prompt as a file name part: ASCII (accents dropped), lower case, spaces to '-', anything but letters,
+    digits, '-' and '_' left out, at most SLUG_LENGTH characters (cut at a word); "prompt" when nothing is left."""
+    text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode().lower()
+    slug = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9_-]", "", re.sub(r"\s+", "-", text.strip()))).strip("-_")
+    if len(slug) > SLUG_LENGTH:
+        cut = slug[:SLUG_LENGTH + 1]
+        slug = (cut.rsplit("-", 1)[0] if "-" in cut[SLUG_LENGTH // 2:] else cut[:SLUG_LENGTH]).strip("-_")
+    return slug or "prompt"
+
+
+def name_fields(out: str | os.PathLike) -> set[str]:
+    """The {fields} in `--out`; CLIError for an unknown or malformed one (literal braces are written {{ }})."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(str(out)) if name is not None}
+    except ValueError as e:
+        raise CLIError(f"--out {str(out)!r}: {e}; write a literal brace as {{{{ or }}}}") from None
+    unknown = sorted(fields - set(NAME_FIELDS))
+    if unknown:
+        raise CLIError(f"--out {str(out)!r}: unknown field {{{unknown[0]}}}; --out takes {{prompt}} and {{seed}}")
+    return fields
+
+
+def clip_paths(out: str | os.PathLike, prompts: list[str], num_videos: int, seed: int) -> list[Path]:
+    """Where `generate` writes its prompts x `num_videos` clips (prompt-major; video i has seed + i): `--out`
+    numbered (`numbered_paths`), or, when it holds {prompt} / {seed}, that pattern filled in per clip ({prompt}:
+    `prompt_slug`). Clips whose filled names agree (one prompt's several videos without {seed}, or two prompts
+    with one slug) are numbered -000, -001, ... in their order, so none replaces another."""
+    prompts = [p for p in prompts for _ in range(num_videos)]
+    if not name_fields(out):
+        return numbered_paths(out, len(prompts))
+    names = [str(out).format(prompt=prompt_slug(p), seed=seed + i) for i, p in enumerate(prompts)]
+    shared = {name: numbered_paths(name, names.count(name)) for name in set(names)}
+    paths = [shared[name].pop(0) for name in names]
+    if len(set(paths)) < len(paths):  # a numbered name that another clip's filled name already is
+        raise CLIError(f"--out {str(out)!r} gives two clips the same name; add {{seed}} to it")
+    return paths
 
 
 def write_outputs(path: Path, frames, fps: float, sidecar: dict, *, gif: bool = False, frames_dir: bool = False,

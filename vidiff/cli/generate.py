@@ -8,7 +8,7 @@ from pathlib import Path
 import vidiff
 from vidiff.cli import cascade
 from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, check_size, check_source,
-                               numbered_paths, quiet_loading, seed_or_random, write_outputs)
+                               clip_paths, quiet_loading, seed_or_random, write_outputs)
 from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
                                 add_seed_option, add_size_options, group)
 from vidiff.cli.resolve import Model, demo_model, resolve_model
@@ -22,6 +22,7 @@ EPILOG = """examples:
   vidiff generate --model models/sd15-video --prompt "a red fox running in snow" --out fox.mp4
   vidiff generate --model M --prompt "waves" --num-frames 64 --steps 25 --seed 7 --gif --out waves.mp4
   vidiff generate --model M --prompts-file prompts.txt --num-videos 2 --out clips/clip.mp4
+  vidiff generate --prompt "a red circle moving left" --prompt "a blue square moving up" --out "clips/{prompt}.mp4"
   vidiff generate --cascade configs/cascade/demo.yaml --prompt "a red circle" --keep-intermediate --out c.mp4
   vidiff generate --model M --zero-shot --motion-field 8,0 --prompt "a horse galloping" --out horse.mp4
 
@@ -30,6 +31,8 @@ training: frame 0's latent is moved by the motion field (pixels per frame) and e
 
 several videos (prompts x --num-videos) are written as clip-000.mp4, clip-001.mp4, ...;
 video i uses seed + i, so `--seed S+i --num-videos 1` remakes it alone.
+--out "clips/{prompt}.mp4" names each clip by its prompt (lower case, '-' for spaces, other characters
+dropped, at most 60), "{prompt}-{seed}.mp4" by prompt and seed; clips that would share a name get -000, -001.
 --out's suffix picks the format: .mp4, .gif, .png (contact sheet), none (folder of PNG frames)."""
 
 
@@ -57,6 +60,8 @@ def add_parser(sub, help_text: str):
     add_allow_large_option(p)
     add_device_options(p)
     add_output_options(p, extras=CLIP_EXTRAS,
+                       out_help="output clip, e.g. clip.mp4 (.mp4, .gif, .png sheet, or a folder); {prompt} and "
+                                "{seed} in it name each clip by its prompt and seed, e.g. \"clips/{prompt}.mp4\"",
                        overwrite_help="replace existing outputs of the same names (clip, sidecar, .gif, .png, _frames/)")
     p.add_argument("--spatial-from", metavar="SD", default=None,
                    help="swap in the spatial (image) weights of another SD U-Net of the same architecture, keeping "
@@ -104,8 +109,9 @@ def run(args) -> int:
     check_size([("the clips", s.num_frames, s.height, s.width, count)], args.allow_large)  # (sampled together)
     fps = check_flag("fps", args.fps) if args.fps is not None else model.info.defaults.fps
     seed = seed_or_random(args.seed, count)
-    out = check_output_path(args.out, count, gif=args.gif, frames_dir=args.frames_dir,
-                            contact_sheet=args.contact_sheet, overwrite=args.overwrite)
+    paths = clip_paths(args.out, prompts, args.num_videos, seed)
+    check_output_path(args.out, count, gif=args.gif, frames_dir=args.frames_dir, contact_sheet=args.contact_sheet,
+                      overwrite=args.overwrite, paths=paths)
     device = check_device(args.device)
 
     quiet_loading(args.quiet)
@@ -119,7 +125,6 @@ def run(args) -> int:
         videos = pipe.sample(prompts, model.settings, negative_prompt=args.negative, seed=seed,
                              progress=not args.quiet)
     seconds = time.perf_counter() - start
-    paths = numbered_paths(out, count)
     videos = [videos] if count == 1 else videos
     for index, (path, frames) in enumerate(zip(paths, videos)):
         prompt = prompts[index // args.num_videos]
