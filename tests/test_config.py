@@ -121,6 +121,7 @@ def test_bad_overrides(override, message):
     ("train.export_sd=true", "train.export_sd writes a text-to-image SD folder: it needs train.stage=base, "
                              "model.temporal_conv=false"),
     ("data.resize=bicubic", "data.resize must be one of cover, area, crop"),
+    ("train.export_defaults=trained", "train.export_defaults must be one of data, pretrained"),
 ])
 def test_range_checks(override, message, tmp_path):
     with pytest.raises(ConfigError) as e:

@@ -443,7 +443,7 @@ def test_only_the_chosen_parameters_change(assets, tmp_path, straight_run, mode)
         before = unet_weights(out / "inflated")
     else:
         out = tmp_path / "run"
-        extra = ["train.max_steps=2", f"train.trainable={mode}"]
+        extra = ["train.max_steps=2", f"train.trainable={mode}", "train.export_defaults=data"]
         if mode == "temporal+attn-q":  # also at a size other than the source folder's default (16 x 16)
             extra += ["data.height=24", "data.width=20"]
         if mode == "all":  # also joint image + video batches (one-frame images in their own batch)
@@ -464,12 +464,18 @@ def test_only_the_chosen_parameters_change(assets, tmp_path, straight_run, mode)
     assert len(changed) >= 0.9 * len(wanted), sorted(wanted - changed)[:5]
     if mode == "temporal+attn-q":
         assert any(".attn1.to_q." in k for k in changed) and any(".attn2.to_q." in k for k in changed)
-    # The exported defaults are the clip it was trained on (the source folders' are 16 or 4 frames, 16 x 16).
+    # vidiff.json records the clip it was trained on; with train.export_defaults=data its defaults are that
+    # clip (the source folders' are 16 or 4 frames, 16 x 16); tiny.yaml's own `pretrained` keeps the source's.
     from vidiff.spec import read_info
 
     trained = (2, 24, 20) if mode == "temporal+attn-q" else (2, 16, 16)
-    defaults = read_info(out / "pipeline").defaults
-    assert (defaults.num_frames, defaults.height, defaults.width) == trained
+    info = read_info(out / "pipeline")
+    defaults, source = info.defaults, read_info(out / "inflated" if mode == "temporal" else assets["video"]).defaults
+    assert info.extra["trained_on"] == dict(zip(("num_frames", "height", "width"), trained))
+    if mode == "temporal":  # (straight_run: configs/train/tiny.yaml as it stands)
+        assert (defaults.num_frames, defaults.height, defaults.width) == (source.num_frames, 16, 16) != trained
+    else:
+        assert (defaults.num_frames, defaults.height, defaults.width) == trained
     if mode == "temporal+attn-q":  # and `generate` without sizes makes that clip
         from vidiff.pipelines import VideoPipeline
 
@@ -779,3 +785,18 @@ def test_single_frame_text_to_image_run_exports_an_sd_folder(assets, tmp_path):
     with pytest.raises(Exception, match="train.export_sd"):  # a video U-Net is not a text-to-image model
         train(config(tmp_path / "bad", assets["video"], assets["shapes"], "train.export_sd=true",
                      "model.temporal_conv=false", "model.temporal_attention=false", "train.trainable=all"))
+
+
+def test_tiny_config_exports_defaults_to_generate_at(assets, tmp_path):
+    """Issue 24: the README's smoke run (configs/train/tiny.yaml from the built-in demo base) used to export
+    2 frames of 16x16 as the folder's defaults, so `generate --model runs/tiny/pipeline` made a useless clip. The
+    export keeps the demo base's sampling defaults and records the training clip beside them."""
+    from vidiff.demo import DEMO_DIR
+    from vidiff.spec import read_info
+
+    base = DEMO_DIR / "base"
+    out = tmp_path / "tiny"
+    train(config(out, base, assets["shapes"], "train.max_steps=1", "train.checkpoint_every=0"))
+    info, source = read_info(out / "pipeline"), read_info(base)
+    assert info.defaults == source.defaults and (source.defaults.num_frames, source.defaults.height) == (8, 32)
+    assert info.extra["trained_on"] == {"num_frames": 2, "height": 16, "width": 16}

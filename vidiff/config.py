@@ -27,6 +27,7 @@ TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 RESIZE_MODES = ("cover", "area", "crop")
+EXPORT_DEFAULTS = ("data", "pretrained")  # train.export_defaults: whose sampling defaults vidiff.json gets
 FLOOR_SCHEDULES = ("cosine_floor",)  # the vidiff schedules with a floor (train.lr_floor); the rest are diffusers'
 
 
@@ -86,6 +87,7 @@ class TrainConfig:
     ema: bool = False                      # keep an exponential moving average of the trainable weights (exported)
     ema_decay: float = 0.9999              # EMA decay (with the usual (1 + n) / (10 + n) warm-up)
     train_text_encoder: bool = False       # train the text encoder along with the U-Net (same optimiser, EMA, checkpoints; exported)
+    export_defaults: str = "data"          # the exported vidiff.json's sampling defaults: data (the training clip: data.num_frames, height, width, fps) | pretrained (model.pretrained's own: for smoke runs on clips too small to generate at)
     export_sd: bool = False                # also write output_dir/sd: the U-Net as a diffusers SD text-to-image folder (a U-Net without temporal layers)
     seed: int = 0                          # model init, data order and noise are determined by this seed
     checkpoint_every: int = 500            # save a resumable checkpoint every N steps (0 = only at the end)
@@ -288,6 +290,8 @@ def validate(cfg: Config, where: str = "config", *, need_data: bool = True) -> N
           f"train.lr_floor={t.lr_floor} applies to train.lr_scheduler={' | '.join(FLOOR_SCHEDULES)}, not to {t.lr_scheduler!r}")
     check(not t.train_text_encoder or not d.cache,
           "train.train_text_encoder needs captions, not data.cache (its text embeddings are computed once, frozen)")
+    check(t.export_defaults in EXPORT_DEFAULTS,
+          f"train.export_defaults must be one of {', '.join(EXPORT_DEFAULTS)}, got {t.export_defaults!r}")
     check(d.resize in RESIZE_MODES, f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {d.resize!r}")
     check(d.resize == "cover" or not d.cache, f"data.resize={d.resize!r} reads videos; data.cache holds fixed latents")
     for name in ("num_frames", "height", "width", "stride"):

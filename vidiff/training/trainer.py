@@ -586,9 +586,15 @@ def validate(run: Run, name: str) -> None:
 
 
 def record_training_settings(info: PipelineInfo, config: Config) -> PipelineInfo:
-    """vidiff.json's defaults become the clip the model was trained on (frames, size; fps when data.fps set),
-    so `vidiff generate --model` without options makes what the model learned."""
+    """vidiff.json records the clip the model was trained on (`trained_on`: frames, height, width), and its
+    sampling defaults become that clip (fps too when data.fps is set), so `vidiff generate --model` without
+    options makes what the model learned; with train.export_defaults=pretrained they stay model.pretrained's (a
+    smoke run's 2-frame 16x16 clip, configs/train/tiny.yaml, is no size to generate at)."""
     d = config.data
+    info = dataclasses.replace(info, extra={**info.extra, "trained_on": {"num_frames": d.num_frames,
+                                                                         "height": d.height, "width": d.width}})
+    if config.train.export_defaults == "pretrained":
+        return info
     size = {"height": d.height, "width": d.width} if d.resize != "crop" else {}  # (patches: the folder keeps its own)
     fps = {"fps": d.fps} if d.fps is not None else {}
     return info.with_defaults(num_frames=d.num_frames, **size, **fps)
