@@ -144,7 +144,23 @@ def test_input_errors():
     with pytest.raises(ValueError, match="frames, height, width, 3"):
         shapes.measure_clip(np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="not a shapes caption"):
-        shapes.parse_caption("a purple circle moving left")
+        shapes.parse_caption("a pink circle moving left")
+
+
+def test_extra_colours_join_the_palette_only_when_asked():
+    """A purple clip (a colour no demo model knows, `vidiff data shapes --colors purple`) is judged purple when a
+    prompt asks for purple, and as the nearest of the four demo colours otherwise (old figures unchanged)."""
+    from vidiff.data.synthetic import make_clip
+    from vidiff.eval.suite import make_cases
+
+    clip = make_clip("purple", "circle", "moving left", num_frames=6, size=32, seed=1)
+    assert shapes.measure_clip(clip).color in ("red", "green", "blue", "yellow")
+    assert shapes.score_clip(clip, "purple", "circle", "moving left",
+                             palette=shapes.palette_for(["purple"]))["correct"]["all"]
+    assert shapes.parse_caption("a purple circle moving left") == ("purple", "circle", "moving left")
+    cases = make_cases(seeds=[9001], prompts=["a purple circle moving left", "a red circle moving left"])
+    old = make_cases(seeds=[9001], prompts=["a red circle moving left"])
+    assert cases[1].index == old[0].index and cases[0].index >= 48  # the old prompts keep their clip seeds
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -396,7 +412,7 @@ def test_eval_shapes_scores_what_the_pipeline_draws(tiny_model, tmp_path, capsys
 
 @pytest.mark.parametrize("argv, message", [
     (["--seeds", "1,x"], "--seeds '1,x' must be comma-separated integers"),
-    (["--prompts", "a purple circle moving left"], "is not a shapes caption"),
+    (["--prompts", "a pink circle moving left"], "is not a shapes caption"),
     (["--limit", "0"], "--limit must be between 1 and 1000000 clips, got 0"),
     (["--batch-size", "0"], "--batch-size must be between 1 and 4096 clips, got 0"),
     (["--out", "results.txt"], "--out 'results.txt' must end in .json"),

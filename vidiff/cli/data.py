@@ -6,7 +6,7 @@ import argparse
 from vidiff.cli.common import CLIError, check_device, check_flag, check_writable
 from vidiff.cli.options import add_device_options
 from vidiff.data.cache import build_latent_cache
-from vidiff.data.synthetic import write_shapes_dataset
+from vidiff.data.synthetic import ALL_COLORS, COLORS, write_shapes_dataset
 
 
 class _DataHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -42,6 +42,9 @@ def add_parser(sub, help_text: str):
     shapes.add_argument("--size", type=int, default=64, help="frame width and height in pixels")
     shapes.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
     shapes.add_argument("--fps", type=float, default=8.0, help="frame rate stored in the mp4 files")
+    shapes.add_argument("--colors", default=None, metavar="C,C",
+                        help=f"colours to draw, comma-separated, from {', '.join(ALL_COLORS)} (default: "
+                             f"{','.join(COLORS)}; the others are words no demo model knows, to teach a fine-tune)")
     cache = data_sub.add_parser(
         "cache", help="encode VAE latents and text embeddings of a manifest into safetensors shards",
         description="Encode every readable clip of a manifest with a pipeline's VAE and text encoder into "
@@ -89,9 +92,15 @@ def run_shapes(args) -> int:
     if args.size % 2:  # H.264 in yuv420p stores even sizes only: the mp4 would be padded to size + 1
         raise CLIError(f"--size must be even (H.264 mp4 frames have even sizes), got {args.size}; "
                        f"use {args.size - 1} or {args.size + 1}")
+    colors = None
+    if args.colors is not None:
+        colors = [c.strip() for c in args.colors.split(",") if c.strip()]
+        unknown = [c for c in colors if c not in ALL_COLORS]
+        if unknown or not colors:
+            raise CLIError(f"--colors {args.colors!r}: choose comma-separated colours from {', '.join(ALL_COLORS)}")
     check_writable(args.out)
     manifest = write_shapes_dataset(args.out, args.count, num_frames=args.frames, size=args.size,
-                                    seed=args.seed, fps=args.fps, progress=True)
+                                    seed=args.seed, fps=args.fps, progress=True, colors=colors)
     print(f"wrote {args.count} clip{'s' if args.count > 1 else ''} ({args.frames} "
           f"frame{'s' if args.frames > 1 else ''}, {args.size}x{args.size}) and {manifest}")
     return 0

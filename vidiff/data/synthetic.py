@@ -25,6 +25,13 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "blue": (40, 80, 230),
     "yellow": (240, 220, 40),
 }
+# Colours no demo model was trained on (`vidiff data shapes --colors purple`): new words to teach a fine-tune.
+# The evaluation judges with the four above plus any of these its prompts name (vidiff.eval.shapes.palette_for).
+EXTRA_COLORS: dict[str, tuple[int, int, int]] = {
+    "purple": (150, 50, 200),
+    "orange": (245, 130, 20),
+}
+ALL_COLORS: dict[str, tuple[int, int, int]] = {**COLORS, **EXTRA_COLORS}
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 # Direction of travel in image coordinates (x to the right, y down), per frame.
 MOTIONS: dict[str, tuple[int, int]] = {
@@ -43,8 +50,8 @@ def caption(color: str, shape: str, motion: str) -> str:
 
 
 def _check(color: str, shape: str, motion: str) -> None:
-    if color not in COLORS:
-        raise ValueError(f"unknown color {color!r}; use one of {', '.join(COLORS)}")
+    if color not in ALL_COLORS:
+        raise ValueError(f"unknown color {color!r}; use one of {', '.join(ALL_COLORS)}")
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; use one of {', '.join(SHAPES)}")
     if motion not in MOTIONS:
@@ -89,7 +96,7 @@ def make_clip(color: str, shape: str, motion: str, num_frames: int = 16, size: i
         along = along[::-1]
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     background = np.asarray(BACKGROUND, np.float64)
-    paint = np.asarray(COLORS[color], np.float64)
+    paint = np.asarray(ALL_COLORS[color], np.float64)
     frames = np.empty((num_frames, size, size, 3), np.uint8)
     for i in range(num_frames):
         cx, cy = (along[i], across) if dx else (across, along[i])
@@ -98,10 +105,15 @@ def make_clip(color: str, shape: str, motion: str, num_frames: int = 16, size: i
     return frames
 
 
-def sample_specs(count: int, seed: int = 0) -> list[tuple[str, str, str]]:
-    """`count` (color, shape, motion) triples: every block of 48 holds each combination once, in a seeded order,
-    so small datasets stay balanced."""
-    combos = list(itertools.product(COLORS, SHAPES, MOTIONS))
+def sample_specs(count: int, seed: int = 0, colors=None) -> list[tuple[str, str, str]]:
+    """`count` (color, shape, motion) triples: every block of 48 (12 per colour) holds each combination once, in a
+    seeded order, so small datasets stay balanced. `colors` (default the four of COLORS) may name ALL_COLORS."""
+    colors = list(COLORS) if colors is None else list(colors)
+    for color in colors:
+        _check(color, SHAPES[0], next(iter(MOTIONS)))
+    if not colors:
+        raise ValueError("colors must name at least one colour")
+    combos = list(itertools.product(colors, SHAPES, MOTIONS))
     rng = np.random.default_rng(seed)
     specs: list[tuple[str, str, str]] = []
     while len(specs) < count:
@@ -123,19 +135,18 @@ def _is_shapes_dataset(folder: Path) -> bool:
 
 
 def write_shapes_dataset(out_dir: str | os.PathLike, count: int, num_frames: int = 16, size: int = 64,
-                         seed: int = 0, fps: float = 8.0, progress: bool = False) -> Path:
+                         seed: int = 0, fps: float = 8.0, progress: bool = False, colors=None) -> Path:
     """Write `count` clips as 00000.mp4 + 00000.txt (caption) pairs and `manifest.csv` (path, caption, color,
     shape, motion), all at once (the folder appears complete or not at all). Returns the manifest's path.
+    `colors` picks the colours (default COLORS; EXTRA_COLORS too, e.g. ["purple"] for a new word).
 
     An existing `out_dir` is replaced only if it is empty or a previous shapes dataset (has a manifest.csv).
     """
-
-
     out_dir = Path(out_dir)
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     check_replaceable(out_dir, _is_shapes_dataset, "a shapes dataset", "pick a new --out")
-    specs = sample_specs(count, seed)
+    specs = sample_specs(count, seed, colors)
     rows = []
     with atomic_dir(out_dir) as tmp:
         bar = ProgressBar(specs, desc="shapes", unit="clip", disable=not progress)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES
+from vidiff.data.synthetic import ALL_COLORS, COLORS, MOTIONS, SHAPES
 
 # Shape decision thresholds on (fill, skew); see the module docstring for the clean values. Circle / square are
 # split half-way between their fills (pi/4, 1). The upward triangle is told by its skew (exactly -0.566; circle and
@@ -132,10 +132,17 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
     return np.any([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
 
 
-def nearest_color(rgb) -> str:
-    """The name in `synthetic.COLORS` nearest to an RGB triple (Euclidean distance)."""
+def palette_for(colors=()) -> dict[str, tuple[int, int, int]]:
+    """The colours a judge tells apart: `synthetic.COLORS`, plus any of `synthetic.EXTRA_COLORS` in `colors` (the
+    colours an evaluation's prompts name), so a judge of old words is not changed by colours no prompt asks for."""
+    return {**COLORS, **{name: ALL_COLORS[name] for name in colors if name in ALL_COLORS}}
+
+
+def nearest_color(rgb, palette=None) -> str:
+    """The name in `palette` (default `synthetic.COLORS`) nearest to an RGB triple (Euclidean distance)."""
+    palette = COLORS if palette is None else palette
     rgb = np.asarray(rgb, np.float64)
-    return min(COLORS, key=lambda name: float(np.sum((np.asarray(COLORS[name], np.float64) - rgb) ** 2)))
+    return min(palette, key=lambda name: float(np.sum((np.asarray(palette[name], np.float64) - rgb) ** 2)))
 
 
 def classify_shape(fill: float, skew: float) -> str:
@@ -230,8 +237,10 @@ def trajectory(frames, min_contrast: float = MIN_CONTRAST) -> np.ndarray:
     return out
 
 
-def measure_clip(frames, min_contrast: float = MIN_CONTRAST, min_travel: float = MIN_TRAVEL) -> ClipMeasure:
-    """Colour, shape, motion and temporal consistency of a clip `uint8 (f, h, w, 3)`."""
+def measure_clip(frames, min_contrast: float = MIN_CONTRAST, min_travel: float = MIN_TRAVEL,
+                 palette=None) -> ClipMeasure:
+    """Colour (nearest in `palette`, default `synthetic.COLORS`), shape, motion and temporal consistency of a clip
+    `uint8 (f, h, w, 3)`."""
     clip = _as_clip(frames)
     num_frames, height, width, _ = clip.shape
     found = [(i, s) for i, s in enumerate(analyze_frame(frame, min_contrast) for frame in clip) if s is not None]
@@ -251,7 +260,7 @@ def measure_clip(frames, min_contrast: float = MIN_CONTRAST, min_travel: float =
     single = sum(s.num_blobs == 1 for s in shapes) / num_frames
     consistent = (len(found) == num_frames and area_cv <= MAX_AREA_CV and color_spread <= MAX_COLOR_SPREAD
                   and single >= MIN_SINGLE)
-    return ClipMeasure(color=nearest_color(paint), shape=classify_shape(fill, skew), motion=motion,
+    return ClipMeasure(color=nearest_color(paint, palette), shape=classify_shape(fill, skew), motion=motion,
                        num_frames=num_frames, frames_with_shape=len(found), paint=[float(v) for v in paint],
                        fill=fill, skew=skew, displacement=displacement, area_cv=area_cv,
                        color_spread=color_spread, single_fraction=single, consistent=bool(consistent))
@@ -303,10 +312,10 @@ def parse_caption(text: str) -> tuple[str, str, str]:
     words = text.strip().split()
     if len(words) == 5 and words[0] == "a":
         color, shape, motion = words[1], words[2], " ".join(words[3:])
-        if color in COLORS and shape in SHAPES and motion in MOTIONS:
+        if color in ALL_COLORS and shape in SHAPES and motion in MOTIONS:
             return color, shape, motion
     raise ValueError(f"{text!r} is not a shapes caption; write 'a <color> <shape> <motion>' with color in "
-                     f"{'/'.join(COLORS)}, shape in {'/'.join(SHAPES)}, motion in {'/'.join(MOTIONS)}")
+                     f"{'/'.join(ALL_COLORS)}, shape in {'/'.join(SHAPES)}, motion in {'/'.join(MOTIONS)}")
 
 
 MIN_TRAJECTORY_CORRELATION = 0.9  # an edit keeps the motion when the edited path follows the source's this closely

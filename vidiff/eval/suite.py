@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES, caption
-from vidiff.eval.shapes import parse_caption, score_clip
+from vidiff.data.synthetic import ALL_COLORS, COLORS, MOTIONS, SHAPES, caption
+from vidiff.eval.shapes import palette_for, parse_caption, score_clip
 from vidiff.progress import ProgressBar
 
 EVAL_SEEDS: tuple[int, ...] = (9001, 9002)
@@ -70,7 +70,7 @@ def _balanced(cases: list[EvalCase]) -> list[EvalCase]:
 
     def cost(case: EvalCase):
         counts = [asked[key] for key in (("color", case.color), ("shape", case.shape), ("motion", case.motion))]
-        return max(counts), sum(counts), rank[case.prompt]
+        return max(counts), sum(counts), rank.get(case.prompt, len(rank) + case.index)
 
     left, order = list(cases), []
     while left:
@@ -93,11 +93,13 @@ def make_cases(seeds=EVAL_SEEDS, prompts: list[str] | None = None, limit: int | 
         raise ValueError(f"limit must be >= 1, got {limit}")
     full = all_prompts()
     chosen = full if prompts is None else list(prompts)
+    # clip seeds by position in the captions of every colour (the four demo colours first: their seeds as ever)
+    every = [caption(c, s, m) for c, s, m in itertools.product(ALL_COLORS, SHAPES, MOTIONS)]
     cases = []
     for seed in seeds:
         for prompt in chosen:
             color, shape, motion = parse_caption(prompt)
-            index = full.index(caption(color, shape, motion))
+            index = every.index(caption(color, shape, motion))
             cases.append(EvalCase(caption(color, shape, motion), color, shape, motion, int(seed), index))
     if limit is None or limit >= len(cases):
         return cases
@@ -125,7 +127,8 @@ def score(cases: list[EvalCase], clips: list) -> list[dict]:
     """One record per clip: the case, what was measured and which attributes are right."""
     if len(cases) != len(clips):
         raise ValueError(f"got {len(clips)} clips for {len(cases)} cases")
-    return [dict(prompt=c.prompt, seed=c.seed, **score_clip(clip, c.color, c.shape, c.motion))
+    palette = palette_for({c.color for c in cases})  # a new colour in the prompts joins the judge's palette
+    return [dict(prompt=c.prompt, seed=c.seed, **score_clip(clip, c.color, c.shape, c.motion, palette=palette))
             for c, clip in zip(cases, clips)]
 
 
