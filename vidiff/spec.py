@@ -48,6 +48,8 @@ ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers", "math")
 # features also learn which frame they are, which lets a model place content by time, e.g. a direction of travel).
 TEMPORAL_POSITIONS: tuple[str, ...] = ("qk", "qkv")
 
+# Where a LoRA adapter goes (vidiff.adapters.lora): the spatial attention, the temporal layers, or both.
+LORA_TARGETS = ("spatial", "temporal", "both")
 # What a U-Net's extra input channels hold ("base" has none); each stage's home is vidiff.stages.
 CASCADE_STAGES: tuple[str, ...] = ("interpolation", "tsr", "ssr")
 STAGE_NAMES: tuple[str, ...] = ("base", *CASCADE_STAGES)

@@ -41,10 +41,11 @@ from safetensors import safe_open
 
 from vidiff.adapters.formats import FORMATS, LoraWeights, lora_metadata, lora_tensors, parse_lora
 from vidiff.models.unet import is_temporal_parameter
-from vidiff.models.weights import LoadingError, read_state_dict
+from vidiff.models.weights import read_state_dict
+from vidiff.spec import LORA_TARGETS
 from vidiff.utils import save_safetensors_atomic
 
-TARGETS = ("spatial", "temporal", "both")
+TARGETS = LORA_TARGETS
 LORA_NAME = "lora.safetensors"  # a pipeline folder's adapter: unet/lora.safetensors beside the base weights
 SPATIAL = re.compile(r"(?:.+\.)?attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.(?:to_q|to_k|to_v|to_out\.0)")
 TEMPORAL = re.compile(r".+\.(?:temporal_attentions\.\d+\.(?:to_q|to_k|to_v|to_out)"
@@ -278,6 +279,26 @@ def without_lora(unet):
             setattr(parent, child, layer)
 
 
+@contextlib.contextmanager
+def merged(unet):
+    """The U-Net as plain modules holding the merged weights (base + the active adapters at their scales), for a
+    while (writing a motion module or an SD folder of a LoRA run); the base weights are restored exactly after."""
+    backups = []
+    with torch.no_grad():
+        for layer in lora_layers(unet).values():
+            weight = layer.get_base_layer().weight
+            backups.append((weight, weight.detach().clone()))
+            for name in (n for n in layer.active_adapters if n in layer.lora_A):
+                weight += layer.get_delta_weight(name).to(weight.dtype)
+    try:
+        with without_lora(unet):
+            yield unet
+    finally:
+        with torch.no_grad():
+            for weight, saved in backups:
+                weight.copy_(saved)
+
+
 @torch.no_grad()
 def fuse_lora(unet) -> None:
     """Merge the active adapters (at their scales) into the base weights and remove every LoRA layer (peft's
@@ -391,6 +412,33 @@ def read_lora_metadata(path) -> dict:
     return values
 
 
-def settings_record(settings: LoraSettings) -> dict:
-    """LoraSettings as JSON-ready values (vidiff.json, file metadata)."""
-    return asdict(settings)
+def folder_record(unet) -> dict:
+    """What a pipeline folder's vidiff.json records of its adapter (`lora`): the file, its settings, its scale."""
+    name = _one_adapter(unet, None)
+    return {"file": f"unet/{LORA_NAME}", **asdict(adapter_settings(unet, name)), "scale": lora_scales(unet)[name]}
+
+
+class UNetWithAdapter:
+    """What a pipeline folder of a LoRA U-Net holds in unet/: the base weights unfused (`VideoUNet.save_pretrained`,
+    so the folder is an ordinary one) and the adapter beside them (`lora.safetensors`, diffusers keys)."""
+
+    def __init__(self, unet):
+        names = adapter_names(unet)
+        if len(names) != 1:
+            raise ValueError(f"a pipeline folder keeps one LoRA adapter; this U-Net has {len(names)} "
+                             f"({', '.join(names)}): fuse them first (vidiff.adapters.fuse_lora)")
+        self.unet = unet
+
+    def save_pretrained(self, directory) -> None:
+        with without_lora(self.unet):
+            self.unet.save_pretrained(directory)
+        save_lora(self.unet, Path(directory) / LORA_NAME)
+
+
+def load_folder_lora(unet, unet_folder, record: dict | None) -> str | None:
+    """Apply a pipeline folder's adapter (unet/lora.safetensors) at its recorded scale; None when it has none."""
+    path = Path(unet_folder) / LORA_NAME
+    if not path.is_file():
+        return None
+    scale = (record or {}).get("scale", 1.0)
+    return load_lora(unet, path, scale=scale if isinstance(scale, (int, float)) else 1.0, adapter_name="default")
