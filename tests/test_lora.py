@@ -408,3 +408,60 @@ def test_lora_training_counts(train_assets):
         counts[targets] = sum(p.numel() for p in trainable.values())
     assert counts["both"] == counts["spatial"] + counts["temporal"]
     print("trainable LoRA parameters at rank 8:", counts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vidiff generate --lora
+# ---------------------------------------------------------------------------------------------------------------
+def generate(capsys, model, out, *extra):
+    from vidiff.cli import main
+
+    code = main([str(a) for a in ("generate", "--model", model, "--prompt", "a red circle", "--num-frames", 2,
+                                  "--height", 16, "--width", 16, "--steps", 2, "--seed", 1, "--quiet", "--out", out,
+                                  *extra)])
+    _, err = capsys.readouterr()
+    return code, err
+
+
+def frames_of(folder):
+    import numpy as np
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+
+
+def test_generate_with_lora(train_assets, tmp_path, capsys):
+    model = train_assets["video"]
+    unet = VideoUNet.from_pretrained(model / "unet")
+    add_lora(unet, LoraSettings(rank=4, targets="spatial"))
+    randomise(unet, seed=7)
+    lora = save_lora(unet, tmp_path / "style.safetensors", format="comfyui")
+
+    assert generate(capsys, model, tmp_path / "plain")[0] == 0
+    assert generate(capsys, model, tmp_path / "off", "--lora", f"{lora}:0")[0] == 0
+    code, err = generate(capsys, model, tmp_path / "on", "--lora", lora)
+    assert code == 0 and "LoRA: style x1" in err
+    assert generate(capsys, model, tmp_path / "fused", "--lora", f"{lora}:1.0", "--fuse")[0] == 0
+    plain, off, on, fused = (frames_of(tmp_path / n) for n in ("plain", "off", "on", "fused"))
+    assert (plain == off).all() and not (plain == on).all()
+    assert abs(on.astype(int) - fused.astype(int)).max() <= 1  # (rounding of the merged weights)
+    sidecar = __import__("json").loads((tmp_path / "on.json").read_text())
+    assert sidecar["loras"] == [{"file": str(lora.resolve()), "scale": 1.0}] and sidecar["fused"] is False
+
+
+def test_generate_lora_errors_are_one_line(train_assets, tmp_path, capsys):
+    model = train_assets["video"]
+    bad_keys = tmp_path / "other.safetensors"
+    save_file({"lora_unet_single_blocks_0_linear1.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_single_blocks_0_linear1.lora_up.weight": torch.zeros(8, 4)}, str(bad_keys))
+    file = tmp_path / "f.safetensors"
+    file.write_bytes(bad_keys.read_bytes())
+    for flags, message in ((["--lora", tmp_path / "missing.safetensors"], "missing.safetensors does not exist"),
+                           (["--lora", f"{file}:abc"], "scale 'abc' is not a number"),
+                           (["--lora", f"{file}:11"], "--lora must be between -10 and 10"),
+                           (["--lora", bad_keys], "2 of 2 keys fit no layer of this U-Net"),
+                           (["--fuse"], "--fuse merges LoRA adapters")):
+        code, err = generate(capsys, model, tmp_path / "x.mp4", *flags)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (flags, err)
+        assert not (tmp_path / "x.mp4").exists()

@@ -135,6 +135,7 @@ SETTINGS: dict[str, Setting] = {
     "decode_chunk_size": Setting(int, 1, MAX_FRAMES, "--decode-chunk-size"),
     "num_videos_per_prompt": Setting(int, 1, 10_000, "--num-videos"),
     "seed": Setting(int, 0, MAX_SEED, "--seed"),
+    "lora_scale": Setting(float, -10, 10, "--lora", "(the scale in FILE:SCALE; 0 = off, 1 = as trained)"),
     # mp4 stores rates as fractions of 1001
     "fps": Setting(float, 0.1, 1000, "--fps", "frames per second"),
     # SDEdit / editing: the share of the schedule the input is noised through (1 = start from pure noise)
