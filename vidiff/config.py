@@ -19,11 +19,11 @@ from typing import Any, Union
 
 import yaml
 
-from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES, TEMPORAL_LAYOUTS
+from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES, LORA_TARGETS, TEMPORAL_LAYOUTS
 from vidiff.stages import check_stage_fields, make_stage
 from vidiff.utils import yaml_error_line
 
-TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
+TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all", "lora")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 RESIZE_MODES = ("cover", "area", "crop")
@@ -60,9 +60,23 @@ class DataConfig:
 
 
 @dataclass
+class LoraTrainConfig:
+    """train.trainable=lora: a peft LoRA adapter (vidiff.adapters) is the only thing trained (with what the stage
+    must train); the exported pipeline keeps the base weights and the adapter beside them (unet/lora.safetensors).
+    targets defaults to "temporal": LoRA fine-tuning of a video model is mostly about motion (AnimateDiff's motion
+    LoRAs), and the spatial layers are the image model users keep loading their SD LoRAs into; "both" adapts the
+    look as well. (On a freshly inflated model the temporal layers start as the identity with zero output
+    projections: train those fully first, train.trainable=temporal, then LoRA on the result.)"""
+    rank: int = 8                          # r, the inner dimension of the update B A
+    alpha: Union[float, None] = None       # the update is scaled by alpha / rank; null = rank (scale 1)
+    dropout: float = 0.0                   # dropout on the adapter's input
+    targets: str = "temporal"              # spatial (attention projections of the spatial transformers) | temporal (temporal attention / motion modules) | both
+
+
+@dataclass
 class TrainConfig:
     stage: str = "base"                    # what the U-Net is trained for: base | interpolation | tsr | ssr (options in the stage section)
-    trainable: str = "temporal"            # temporal | temporal+attn-q (Tune-A-Video) | all
+    trainable: str = "temporal"            # temporal | temporal+attn-q (Tune-A-Video) | all | lora (a peft adapter, train.lora)
     max_steps: int = 1000                  # optimiser steps
     batch_size: int = 1                    # clips per rank per micro-batch
     gradient_accumulation_steps: int = 1   # micro-batches per optimiser step
@@ -95,6 +109,7 @@ class TrainConfig:
     log_every: int = 1                     # CSV / TensorBoard row every N steps
     max_nonfinite: int = 5                 # stop after this many non-finite losses in a row
     debug_nan_steps: list[int] = field(default_factory=list)  # test hook: make the loss NaN at these steps
+    lora: LoraTrainConfig = field(default_factory=LoraTrainConfig)  # the adapter of train.trainable=lora
 
 
 @dataclass
@@ -305,6 +320,7 @@ def validate(cfg: Config, where: str = "config", *, need_data: bool = True) -> N
     check(bool(cfg.model.pretrained), "model.pretrained is empty: set it to an SD pipeline folder or a vidiff pipeline folder")
     check(bool(cfg.output_dir), "output_dir is empty")
     _validate_model(cfg, check)
+    _validate_lora(cfg, check)
     _validate_stage(cfg, check)
     check(cfg.validation.every >= 0, f"validation.every must be >= 0, got {cfg.validation.every}")
     check(cfg.validation.steps is None or cfg.validation.steps >= 1,
@@ -329,6 +345,16 @@ def _validate_model(cfg: Config, check) -> None:
           "place of temporal conv and attention: leave model.temporal_conv and model.temporal_attention null")
     check(m.attention_backend in ATTENTION_BACKENDS,
           f"model.attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {m.attention_backend!r}")
+
+
+def _validate_lora(cfg: Config, check) -> None:
+    """The train.lora section (types are checked when it is read; here the ranges and names)."""
+    lora = cfg.train.lora
+    check(lora.rank >= 1, f"train.lora.rank must be >= 1, got {lora.rank}")
+    check(lora.alpha is None or lora.alpha > 0, f"train.lora.alpha must be null (= rank) or > 0, got {lora.alpha}")
+    check(0.0 <= lora.dropout < 1.0, f"train.lora.dropout must be in [0, 1), got {lora.dropout}")
+    check(lora.targets in LORA_TARGETS,
+          f"train.lora.targets must be one of {', '.join(LORA_TARGETS)}, got {lora.targets!r}")
 
 
 def _validate_stage(cfg: Config, check) -> None:

@@ -54,6 +54,8 @@ TEMPORAL_POSITIONS: tuple[str, ...] = ("qk", "qkv")
 # pair, the format of diffusers' MotionAdapter; vidiff.models.motion).
 TEMPORAL_LAYOUTS: tuple[str, ...] = ("vidiff", "animatediff")
 
+# Where a LoRA adapter goes (vidiff.adapters.lora): the spatial attention, the temporal layers, or both.
+LORA_TARGETS = ("spatial", "temporal", "both")
 # What a U-Net's extra input channels hold ("base" has none); each stage's home is vidiff.stages.
 CASCADE_STAGES: tuple[str, ...] = ("interpolation", "tsr", "ssr")
 STAGE_NAMES: tuple[str, ...] = ("base", *CASCADE_STAGES)
@@ -139,6 +141,7 @@ SETTINGS: dict[str, Setting] = {
     "decode_chunk_size": Setting(int, 1, MAX_FRAMES, "--decode-chunk-size"),
     "num_videos_per_prompt": Setting(int, 1, 10_000, "--num-videos"),
     "seed": Setting(int, 0, MAX_SEED, "--seed"),
+    "lora_scale": Setting(float, -10, 10, "--lora", "(the scale in FILE:SCALE; 0 = off, 1 = as trained)"),
     # mp4 stores rates as fractions of 1001
     "fps": Setting(float, 0.1, 1000, "--fps", "frames per second"),
     # SDEdit / editing: the share of the schedule the input is noised through (1 = start from pure noise)

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import vidiff
+from vidiff.adapters.export import module_skeleton
+from vidiff.adapters.lora import LORA_NAME, fuse_lora, has_lora, load_lora, lora_scales, read_lora
 from vidiff.cli import cascade
 from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, check_size, check_source,
                                clip_paths, quiet_loading, seed_or_random, write_outputs)
@@ -14,7 +18,8 @@ from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_device_
 from vidiff.cli.resolve import Model, demo_model, resolve_model
 from vidiff.pipelines.editing import parse_motion_field, zero_shot_generate
 from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
-from vidiff.spec import CROSS_FRAME_MODES, LONG_VIDEO_NOISE, SETTINGS
+from vidiff.models.weights import WEIGHT_SUFFIXES
+from vidiff.spec import CROSS_FRAME_MODES, LONG_VIDEO_NOISE, SETTINGS, SettingError, check_setting
 from vidiff.utils import plural
 
 EPILOG = """examples:
@@ -25,6 +30,11 @@ EPILOG = """examples:
   vidiff generate --prompt "a red circle moving left" --prompt "a blue square moving up" --out "clips/{prompt}.mp4"
   vidiff generate --cascade configs/cascade/demo.yaml --prompt "a red circle" --keep-intermediate --out c.mp4
   vidiff generate --model M --zero-shot --motion-field 8,0 --prompt "a horse galloping" --out horse.mp4
+  vidiff generate --model M --lora style.safetensors:0.8 --lora motion.safetensors --prompt "a cat" --out cat.mp4
+
+--lora FILE[:SCALE] applies a LoRA (diffusers / peft, kohya / ComfyUI / A1111 or AnimateDiff motion-LoRA keys;
+text-encoder parts are skipped) at SCALE (default 1); repeat it to mix several. --fuse merges them into the
+weights before sampling (faster steps; the same clip up to rounding).
 
 --zero-shot (Text2Video-Zero) makes coherent clips from a freshly inflated image model, before any video
 training: frame 0's latent is moved by the motion field (pixels per frame) and every frame attends to frame 0.
@@ -89,6 +99,10 @@ def _add_generate_options(options) -> None:
                               "(default: %(default)s)")
     options.add_argument("--decode-chunk-size", type=int, default=8,
                          help="frames per VAE decode call (default: %(default)s)")
+    options.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
+                         help="apply a LoRA file at SCALE (default 1; repeat for several, their effects add up)")
+    options.add_argument("--fuse", action="store_true",
+                         help="merge the LoRA adapters (--lora, and the model's own) into the weights before sampling")
 
 
 def run(args) -> int:
@@ -97,13 +111,16 @@ def run(args) -> int:
     motion_field = _zero_shot_options(args)
     if args.model is None and args.cascade is None:  # the built-in demo, so a fresh install makes a clip at once
         args.model = demo_model("base" if args.zero_shot else None, prompts)  # zero-shot: the demo's base alone
+    loras = parse_lora_flags(args.lora or [])
     if cascade.is_cascade_request(args):
-        if args.zero_shot or args.spatial_from:
-            flag = "--zero-shot" if args.zero_shot else "--spatial-from"
-            raise CLIError(f"{flag} applies to one text-to-video model, not to a cascade: pass --model BASE")
+        for flag, value in (("--zero-shot", args.zero_shot), ("--spatial-from", args.spatial_from),
+                            ("--lora", loras), ("--fuse", args.fuse)):
+            if value:
+                raise CLIError(f"{flag} applies to one text-to-video model, not to a cascade: pass --model BASE")
         return cascade.generate_cascade(args, prompts)
     model = resolve_model(args, "generate", **sampling_request(args))
     check_source(args.spatial_from, "--spatial-from")
+    check_loras(model.path, loras, args.fuse)
     count = check_clip_count(len(prompts), args.num_videos)
     s = model.settings
     check_size([("the clips", s.num_frames, s.height, s.width, count)], args.allow_large)  # (sampled together)
@@ -116,8 +133,9 @@ def run(args) -> int:
 
     quiet_loading(args.quiet)
     pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=args.dtype)
-    if args.spatial_from:
+    if args.spatial_from:  # a personalised SD's weights first: LoRAs apply on top, as in SD tooling
         pipe.unet.load_spatial_from(args.spatial_from)
+    apply_loras(pipe, loras, args.fuse)
     start = time.perf_counter()
     if args.zero_shot:
         videos = _zero_shot(pipe, prompts, args, model, seed, motion_field)
@@ -129,6 +147,9 @@ def run(args) -> int:
     for index, (path, frames) in enumerate(zip(paths, videos)):
         prompt = prompts[index // args.num_videos]
         sidecar = _sidecar(args, model, pipe, prompt=prompt, seed=seed + index, fps=fps, seconds=seconds / count)
+        if loras:
+            sidecar.update(loras=[{"file": str(path.resolve()), "scale": scale} for path, scale in loras],
+                           fused=args.fuse)
         if args.zero_shot:
             sidecar.update(zero_shot=True, motion_field=list(motion_field), scheduler="ddim")
         written = write_outputs(path, frames, fps, sidecar, gif=args.gif, frames_dir=args.frames_dir,
@@ -146,6 +167,53 @@ def sampling_request(args) -> dict:
                 window_size=args.window_size, window_stride=args.window_stride, eta=args.eta,
                 long_video_noise=args.long_video_noise, decode_chunk_size=args.decode_chunk_size,
                 num_videos_per_prompt=args.num_videos)
+
+
+def parse_lora_flags(values: list[str]) -> list[tuple[Path, float]]:
+    """--lora FILE[:SCALE] values as (file, scale), checked: the file exists and is a weight file, the scale is a
+    number in its SETTINGS range. A colon followed by a path (C:\\..., dir:name/x) stays part of the file name."""
+    loras = []
+    for value in values:
+        path, sep, scale = value.rpartition(":")
+        if not sep or "/" in scale or "\\" in scale or not path:
+            path, scale = value, "1"
+        try:
+            number = check_setting("lora_scale", float(scale))
+        except ValueError as e:
+            reason = e.for_flags() if isinstance(e, SettingError) else f"scale {scale!r} is not a number"
+            raise CLIError(f"--lora {value}: {reason} (write FILE or FILE:SCALE, e.g. style.safetensors:0.8)") from None
+        file = Path(path).expanduser()
+        if not file.is_file():
+            what = "is a folder, not a LoRA file" if file.is_dir() else "does not exist"
+            raise CLIError(f"--lora {value}: {file} {what}")
+        if not file.name.lower().endswith(WEIGHT_SUFFIXES):
+            raise CLIError(f"--lora {value}: {file} is not a weight file ({', '.join(WEIGHT_SUFFIXES)})")
+        loras.append((file, number))
+    return loras
+
+
+def check_loras(model_path, loras: list[tuple[Path, float]], fuse: bool) -> None:
+    """Every --lora file fits the model's U-Net (keys checked against its layers, built from its config alone,
+    before the model loads); --fuse needs something to merge."""
+    if fuse and not loras and not (Path(model_path) / "unet" / LORA_NAME).is_file():
+        raise CLIError("--fuse merges LoRA adapters into the weights, and there are none: add --lora FILE")
+    if loras:
+        modules = module_skeleton(model_path)
+        with warnings.catch_warnings():  # (skipped text-encoder keys: said once, when the adapter loads)
+            warnings.simplefilter("ignore")
+            for path, _ in loras:
+                read_lora(path, modules)
+
+
+def apply_loras(pipe, loras: list[tuple[Path, float]], fuse: bool) -> None:
+    """Load each --lora adapter at its scale beside the model's own; with --fuse merge them all."""
+    for path, scale in loras:
+        load_lora(pipe.unet, path, scale=scale)
+    if loras:
+        print(f"LoRA: {', '.join(f'{name} x{scale:g}' for name, scale in lora_scales(pipe.unet).items())}"
+              f"{' (fused)' if fuse else ''}", file=sys.stderr)
+    if fuse and has_lora(pipe.unet):
+        fuse_lora(pipe.unet)
 
 
 def check_clip_count(num_prompts: int, num_videos: int) -> int:

@@ -141,11 +141,13 @@ class TemporalAttention(nn.Module):
         # projections. "qk": to queries and keys only, q = W_q (h + pos) = W_q h + W_q pos, so one fused matmul
         # serves q, k and v and pos is projected once (per frame, not per token).
         pos = frame_position_encoding(num_frames, h.shape[-1], device=h.device, dtype=h.dtype)
-        weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
-        if self.position == "qkv":
-            q, k, v = F.linear(h + pos, weight).chunk(3, dim=-1)
-        else:
-            q, k, v = F.linear(h, weight).chunk(3, dim=-1)
+        x_in = h + pos if self.position == "qkv" else h
+        if all(type(m) is nn.Linear for m in (self.to_q, self.to_k, self.to_v)):
+            weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
+            q, k, v = F.linear(x_in, weight).chunk(3, dim=-1)
+        else:  # wrapped projections (a LoRA adapter, vidiff.adapters) compute their own output
+            q, k, v = self.to_q(x_in), self.to_k(x_in), self.to_v(x_in)
+        if self.position == "qk":
             q, k = q + self.to_q(pos), k + self.to_k(pos)
         q, k, v = (rearrange(t, "n f (heads d) -> n heads f d", heads=self.num_heads) for t in (q, k, v))
         out = attention(q, k, v, self.backend)

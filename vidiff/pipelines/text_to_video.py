@@ -14,6 +14,7 @@ Song et al. 2021 (DDIM).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 import time
@@ -27,6 +28,7 @@ from einops import rearrange
 from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from vidiff.adapters.lora import UNetWithAdapter, folder_record, has_lora, load_folder_lora
 from vidiff.models.encoding import encode_text, encode_video
 from vidiff.models.folder import make_info, write_pipeline_folder
 from vidiff.models.loading import load_component
@@ -164,6 +166,7 @@ class VideoPipeline:
             raise ValueError(f"{directory} holds a {info.kind!r} model; VideoPipeline needs {KIND!r}")
         # the U-Net starts in the folder's suggested cross-frame mode; a call's `cross_frame` overrides it
         unet = VideoUNet.from_pretrained(directory / "unet", cross_frame=info.defaults.cross_frame)
+        load_folder_lora(unet, directory / "unet", info.extra.get("lora"))  # a LoRA run's adapter, at its scale
         vae = None
         if (directory / "vae").is_dir():
             vae = load_component(directory, "vae", AutoencoderKL)
@@ -175,9 +178,14 @@ class VideoPipeline:
         return pipe.to(device, dtype)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write this pipeline as a pipeline folder (atomically)."""
-        return write_pipeline_folder(directory, unet=self.unet, vae=self.vae, text_encoder=self.text_encoder,
-                                     tokenizer=self.tokenizer, scheduler_config=self.scheduler_config, info=self.info)
+        """Write this pipeline as a pipeline folder (atomically). A U-Net with a LoRA adapter is written as its
+        base weights plus unet/lora.safetensors, recorded in vidiff.json (`lora`), and loads back with it."""
+        unet, info = self.unet, self.info
+        if has_lora(unet):
+            unet = UNetWithAdapter(self.unet)
+            info = dataclasses.replace(info, extra={**info.extra, "lora": folder_record(self.unet)})
+        return write_pipeline_folder(directory, unet=unet, vae=self.vae, text_encoder=self.text_encoder,
+                                     tokenizer=self.tokenizer, scheduler_config=self.scheduler_config, info=info)
 
     def to(self, device=None, dtype=None) -> "VideoPipeline":
         device = check_device(device)

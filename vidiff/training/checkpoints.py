@@ -12,6 +12,7 @@ checkpoint is unpickled.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 LEFTOVER_RE = re.compile(r"^\.checkpoint-\d+\.(tmp|trash)$")   # a save or a removal that was killed
 STATE_FILE = "trainer_state.json"
 # Config keys a run cannot change on resume: the optimiser and EMA state would not fit the new run.
-FIXED_ON_RESUME = (("train", "stage"), ("train", "trainable"), ("train", "ema"))
+FIXED_ON_RESUME = (("train", "stage"), ("train", "trainable"), ("train", "ema"), ("train", "lora"))
 
 
 def list_checkpoints(root) -> list[Path]:
@@ -79,11 +80,14 @@ def find_resume_checkpoint(output_dir, resume: str | None, say=print) -> Path | 
 
 def read_trainer_state(checkpoint: Path, config: Config) -> dict:
     """The counters saved with `checkpoint` (step, samples seen, ...), after checking that `config` may
-    continue it (same stage, trainable set and EMA switch)."""
+    continue it (same stage, trainable set, EMA switch and, for LoRA runs, adapter settings)."""
     state = read_json(checkpoint / STATE_FILE)
     saved = state.pop("config", {})
     for section, key in FIXED_ON_RESUME:
+        if key == "lora" and config.train.trainable != "lora":
+            continue  # (the adapter's settings matter to LoRA runs only)
         before, now = saved.get(section, {}).get(key), getattr(getattr(config, section), key)
+        now = dataclasses.asdict(now) if dataclasses.is_dataclass(now) else now
         if before is not None and before != now:
             raise ValueError(f"{section}.{key}={now!r} but {checkpoint} was trained with {before!r}: the optimiser "
                              f"and EMA state cannot carry over; set {section}.{key}={before!r} to resume, or use "

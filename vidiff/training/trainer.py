@@ -50,7 +50,8 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
-from vidiff.config import Config, ConfigError, TrainConfig
+from vidiff.adapters.lora import LoraSettings, adapter_parameters, add_lora, fuse_lora, has_lora, merged
+from vidiff.config import TRAINABLE_MODES, Config, ConfigError, TrainConfig
 from vidiff.pipelines.text_to_video import VideoPipeline
 from vidiff.progress import ProgressBar
 from vidiff.spec import PipelineInfo
@@ -66,8 +67,6 @@ from vidiff.training.preflight import check_run, check_stage_matches
 from vidiff.training.run_folder import check_output_dir, is_run_folder, mark_run_folder
 from vidiff.training.state import check_supported
 from vidiff.utils import atomic_dir, write_json_atomic
-
-TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all")
 
 
 @dataclass
@@ -116,22 +115,33 @@ def load_pipeline(config: Config, accelerator):
         accelerator.wait_for_everyone()
         source = inflated
     pipe = VideoPipeline.from_pretrained(source, device="cpu", dtype="fp32")  # fp32 master weights
+    if has_lora(pipe.unet):  # a LoRA run's folder: training continues from its effective weights
+        fuse_lora(pipe.unet)
     pipe.unet.set_cross_frame(m.cross_frame or pipe.defaults.cross_frame)  # null: the folder's suggestion
     pipe.unet.set_attention_backend(m.attention_backend)
     return pipe, source
 
 
-def select_trainable(unet, mode: str, stage: Stage) -> dict[str, torch.nn.Parameter]:
+def select_trainable(unet, mode: str, stage: Stage, lora: LoraSettings | None = None
+                     ) -> dict[str, torch.nn.Parameter]:
     """Set requires_grad by `mode` (train.trainable) and return the trainable parameters by name.
 
     temporal         the temporal conv / attention layers (AnimateDiff-style motion module)
     temporal+attn-q  + the spatial attention query projections `attn1.to_q`, `attn2.to_q` (Tune-A-Video)
     all              every U-Net weight
+    lora             a peft LoRA adapter's lora_A / lora_B only, injected here with `lora` (train.lora) unless
+                     the U-Net has one already (a resumed run rebuilds it the same way)
     plus whatever the stage must train (`stage.is_trainable_extra`, e.g. a widened conv_in).
     """
     if mode not in TRAINABLE_MODES:
         raise ValueError(f"unknown train.trainable {mode!r}; choose {', '.join(TRAINABLE_MODES)}")
-    if mode == "all":
+    if mode == "lora":
+        if not has_lora(unet):
+            add_lora(unet, lora or LoraSettings())
+        unet.requires_grad_(False)
+        for p in adapter_parameters(unet).values():
+            p.requires_grad_(True)
+    elif mode == "all":
         unet.requires_grad_(True)
     else:
         unet.freeze_spatial()  # the temporal layers by the U-Net's own definition
@@ -298,7 +308,7 @@ def fit(unet, stage: Stage, batches, *, steps: int, learning_rate: float, noise_
     finally:
         unet.train(was_training)
         for name, p in unet.named_parameters():
-            p.requires_grad_(requires_grad[name])
+            p.requires_grad_(requires_grad.get(name, p.requires_grad))  # (an adapter fit injected keeps its own)
     return losses
 
 
@@ -380,7 +390,7 @@ def prepare_model(config: Config, accelerator, say):
     unet.to(device).train()
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    trainable = select_trainable(unet, t.trainable, stage)
+    trainable = select_trainable(unet, t.trainable, stage, lora=LoraSettings(**dataclasses.asdict(t.lora)))
     text_dim = pipe.text_encoder.config.hidden_size
     unused = drop_unused_parameters(unet, trainable, stage, text_dim, config.data.num_frames, device)
     if unused:
@@ -403,9 +413,32 @@ def text_encoder_parameters(text_encoder) -> dict[str, torch.nn.Parameter]:
     return {f"text_encoder.{name}": p for name, p in text_encoder.named_parameters()}
 
 
+class TrainableWeights(torch.nn.Module):
+    """The trainable tensors alone as a checkpoint's model (a LoRA run: the adapter, and what the stage trains;
+    the frozen base weights are the model folder's, so resuming restores exactly the same model)."""
+
+    def __init__(self, trainable: dict[str, torch.nn.Parameter]):
+        super().__init__()
+        self.__dict__["trainable"] = trainable  # (not registered: the parameters belong to the U-Net)
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.trainable.items()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        missing, unexpected = set(self.trainable) - set(state_dict), set(state_dict) - set(self.trainable)
+        if missing or unexpected:
+            raise RuntimeError(f"{len(missing)} trainable tensors missing (e.g. {sorted(missing)[:2]}), "
+                               f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:2]})")
+        for name, p in self.trainable.items():
+            p.copy_(state_dict[name])
+
+
 def checkpoint_model(run: "Run") -> torch.nn.Module:
     """What a checkpoint's model.safetensors holds: the U-Net, or with a trained text encoder both (as
-    `unet.*` and `text_encoder.*`)."""
+    `unet.*` and `text_encoder.*`); a LoRA run, its trainable tensors only."""
+    if run.config.train.trainable == "lora":
+        return TrainableWeights(run.trainable)
     if not run.config.train.train_text_encoder:
         return run.unet
     unet = run.accelerator.unwrap_model(run.unet)
@@ -615,11 +648,12 @@ def export(run: Run) -> Path | None:
             run.pipe.info = record_training_settings(run.pipe.info, run.config)
             pipeline_dir = run.output_dir / "pipeline"
             try:
-                run.pipe.save_pretrained(pipeline_dir)
-                if any(True for _ in model.temporal_parameters()):
-                    model.save_temporal(run.output_dir / "temporal.safetensors")
-                if run.config.train.export_sd:
-                    write_sd_folder(run.pipe, run.output_dir / "sd")
+                run.pipe.save_pretrained(pipeline_dir)  # (a LoRA run: base weights + unet/lora.safetensors)
+                with merged(model):  # the motion module and the SD folder hold a LoRA run's merged weights
+                    if any(True for _ in model.temporal_parameters()):
+                        model.save_temporal(run.output_dir / "temporal.safetensors")
+                    if run.config.train.export_sd:
+                        write_sd_folder(run.pipe, run.output_dir / "sd")
             except OSError as e:
                 raise TrainingError(f"writing {pipeline_dir} failed ({e.strerror or e}); the trained weights are in "
                                     f"the last checkpoint: free space and run again with --resume auto") from e
