@@ -6,6 +6,7 @@ import pytest
 from vidiff.cli import main
 from vidiff.config import Config, ConfigError, apply_override, config_from_dict, load_config
 
+REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 REQUIRED = ["model.pretrained=sd", "data.manifest=clips"]
 
@@ -145,11 +146,20 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(write(tmp_path, "train: {max_steps: [1,"))
 
 
-@pytest.mark.parametrize("name", ["finetune", "tune-a-video", "full", "tiny"])
+@pytest.mark.parametrize("name", ["finetune", "tune-a-video", "full", "tiny", "demo-finetune"])
 def test_shipped_configs_load(name):
-    cfg = load_config(CONFIGS / f"{name}.yaml", REQUIRED if name == "tiny" else [])
-    expected = {"finetune": "temporal", "tune-a-video": "temporal+attn-q", "full": "all", "tiny": "temporal"}
+    overrides = {"tiny": REQUIRED, "demo-finetune": ["data.manifest=clips"]}.get(name, [])
+    cfg = load_config(CONFIGS / f"{name}.yaml", overrides)
+    expected = {"finetune": "temporal", "tune-a-video": "temporal+attn-q", "full": "all", "tiny": "temporal",
+                "demo-finetune": "temporal"}
     assert cfg.train.trainable == expected[name]
+    if name == "demo-finetune":  # (issue 24) the built-in demo base, at its own clip: runs on a fresh clone
+        from vidiff.demo import model_dir
+        from vidiff.spec import read_info
+
+        d = read_info(REPO / cfg.model.pretrained).defaults
+        assert (REPO / cfg.model.pretrained).resolve() == model_dir("base").resolve()
+        assert (cfg.data.num_frames, cfg.data.height, cfg.data.width) == (d.num_frames, d.height, d.width)
     # The stored dict form (checkpoints keep it) rebuilds the same config.
     assert config_from_dict(cfg.to_dict()) == cfg
 

@@ -62,7 +62,7 @@ USER_FILES = {
     ".safetensors": "a user's checkpoint file",
     ".ckpt": "a user's checkpoint file",
 }
-MIN_RUN = 12  # vidiff commands + python blocks that must run without the slow mark (14 today)
+MIN_RUN = 12  # vidiff commands + python blocks that must run without the slow mark (16 today)
 
 
 # ------------------------------------------------------------------------------------------------ extraction
