@@ -123,8 +123,8 @@ def test_temporal_targets_cover_animatediff_motion_modules():
 
     names = target_modules(Motion(), "temporal")
     prefix = "down_blocks.0.motion_modules.0."
-    assert set(names) == {prefix + n for n in (
-        "proj_in", "proj_out", *(f"transformer_blocks.0.{a}.{p}" for a in ("attn1", "attn2")
+    assert set(names) == {prefix + n for n in (  # not proj_in / proj_out: diffusers calls them with input=
+        *(f"transformer_blocks.0.{a}.{p}" for a in ("attn1", "attn2")
                                  for p in ("to_q", "to_k", "to_v", "to_out.0")),
         "transformer_blocks.0.ff.net.0.proj", "transformer_blocks.0.ff.net.2")}
     with pytest.raises(ValueError, match="select no layer"):

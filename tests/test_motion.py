@@ -272,3 +272,43 @@ def test_spatial_from_equals_a_fresh_inflation_of_the_new_base(tmp_path, capsys)
     assert main([*args, "--model", str(tmp_path / "video"), "--spatial-from", str(tmp_path / "nope.safetensors"),
                  "--out", str(tmp_path / "c.mp4")]) == 2
     assert "--spatial-from" in capsys.readouterr().err and not (tmp_path / "c.mp4").exists()
+
+
+def test_motion_lora_on_real_motion_modules_loads_into_diffusers(unet2d, tmp_path):
+    """A motion LoRA (temporal targets) on the AnimateDiff layout: saved in diffusers keys it loads into diffusers'
+    UNetMotionModel (peft) with exactly its keys and the same output; `vidiff export --format lora-comfyui` and
+    back loads equal."""
+    from vidiff.adapters import LoraSettings, add_lora, adapter_parameters, load_lora, save_lora
+
+    settings, adapter = tiny_adapter("v2", seed=7)
+    ours = video_unet(unet2d, settings, adapter)
+    names = add_lora(ours, LoraSettings(rank=2, alpha=2, targets="temporal"))
+    assert names and all(".motion_modules." in n for n in names)
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for p in adapter_parameters(ours).values():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    path = tmp_path / "motion_lora.safetensors"
+    save_lora(ours, path, format="diffusers")
+    reference = UNetMotionModel.from_unet2d(unet2d, adapter).eval()
+    before = None
+    x, t, context = inputs()
+    with torch.no_grad():
+        before = reference(x, t, context.repeat_interleave(4, 0)).sample
+    from safetensors.torch import load_file
+    tensors = load_file(str(path))
+    reference.load_lora_adapter({k.removeprefix("unet."): v for k, v in tensors.items()}, prefix=None,
+                                adapter_name="motion")
+    with torch.no_grad():
+        expected = reference(x, t, context.repeat_interleave(4, 0)).sample
+        got = ours(x, t, context)
+    assert (expected - before).abs().max() > 1e-3  # the LoRA does something
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+    comfy = tmp_path / "motion_lora_comfy.safetensors"
+    assert main(["export", "--model", str(path), "--format", "lora-comfyui", "--out", str(comfy)]) == 0
+    assert all(k.startswith("lora_unet_") for k in load_file(str(comfy)))
+    again = video_unet(unet2d, settings, adapter)
+    load_lora(again, comfy)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t, context), got, atol=1e-5, rtol=0)

@@ -48,9 +48,11 @@ from vidiff.utils import save_safetensors_atomic
 TARGETS = LORA_TARGETS
 LORA_NAME = "lora.safetensors"  # a pipeline folder's adapter: unet/lora.safetensors beside the base weights
 SPATIAL = re.compile(r"(?:.+\.)?attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.(?:to_q|to_k|to_v|to_out\.0)")
+# (not a motion module's proj_in / proj_out: diffusers calls them as `proj_in(input=x)`, which peft's wrapped layer
+# does not take; AnimateDiff's motion LoRAs adapt the attention projections)
 TEMPORAL = re.compile(r".+\.(?:temporal_attentions\.\d+\.(?:to_q|to_k|to_v|to_out)"
-                      r"|motion_modules\.\d+\.(?:proj_in|proj_out|transformer_blocks\.\d+\.(?:"
-                      r"attn[12]\.(?:to_q|to_k|to_v|to_out\.0)|ff\.net\.\d+(?:\.proj)?)))")
+                      r"|motion_modules\.\d+\.transformer_blocks\.\d+\.(?:"
+                      r"attn[12]\.(?:to_q|to_k|to_v|to_out\.0)|ff\.net\.\d+(?:\.proj)?))")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ FORMATS = {
     "animatediff": ("file", "one .safetensors in the original AnimateDiff keys (the AnimateDiff repository, "
                             "ComfyUI's AnimateDiff nodes)"),
     "temporal": ("file", "vidiff's own temporal-layers file (VideoUNet.load_temporal), for either layout"),
+    "lora-diffusers": ("file", "a LoRA in diffusers / peft keys (pipe.load_lora_weights, vidiff generate --lora)"),
+    "lora-comfyui": ("file", "a LoRA in kohya / ComfyUI / A1111 keys (lora_unet_..., ComfyUI's LoRA loader)"),
 }
 
 
@@ -26,9 +28,12 @@ def add_parser(sub, help_text: str):
                "  vidiff export --model runs/ad/pipeline --format diffusers-motion-adapter --out my-motion-adapter\n"
                "  vidiff export --model runs/ad/pipeline --format animatediff --out mm_mine.safetensors\n"
                "  vidiff export --model runs/ft/pipeline --format temporal --out temporal.safetensors\n"
+               "  vidiff export --model runs/lora/pipeline --format lora-comfyui --out style_comfy.safetensors\n"
+               "  vidiff export --model style.safetensors --format lora-diffusers --out style_diffusers.safetensors\n"
                "\nthen, in diffusers: AnimateDiffPipeline.from_pretrained(SD, motion_adapter="
                "MotionAdapter.from_pretrained(\"my-motion-adapter\"))")
-    p.add_argument("--model", required=True, metavar="DIR", help="a vidiff pipeline folder (or its unet/ folder)")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="a vidiff pipeline folder (or its unet/ folder); for the LoRA formats also a LoRA file")
     p.add_argument("--format", required=True, choices=FORMATS, help="what to write (see above)")
     p.add_argument("--out", required=True, metavar="PATH", help="the folder or .safetensors file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export of the same format at --out")
@@ -47,6 +52,8 @@ def run(args) -> int:
     if kind == "file" and out.is_dir():
         raise CLIError(f"--out {args.out} is a folder; --format {args.format} writes a .safetensors file")
     check_writable(out)
+    if args.format.startswith("lora-"):
+        return _export_lora(args, out)
     unet_folder = _unet_folder(Path(args.model))
     # after the checks: torch and diffusers take seconds to import
     from vidiff.models import motion
@@ -81,3 +88,14 @@ def _unet_folder(model: Path) -> Path:
     raise CLIError(f"--model {model}: no vidiff U-Net there (no unet/config.json nor config.json); give a "
                    "pipeline folder `vidiff inflate` or `vidiff train` wrote")
 
+
+def _export_lora(args, out: Path) -> int:
+    """A trained pipeline's adapter (unet/lora.safetensors) or a LoRA file, in another key format."""
+    if not Path(args.model).exists():
+        raise CLIError(f"--model {args.model} does not exist: give a pipeline trained with train.trainable=lora "
+                       "or a LoRA .safetensors file")
+    from vidiff.adapters.export import export_lora  # after the checks: torch and peft take seconds to import
+
+    written = export_lora(args.model, out, args.format.removeprefix("lora-"))
+    print(f"wrote {written} ({args.format})")
+    return 0
