@@ -596,3 +596,67 @@ def is_hub_id(text: str | os.PathLike) -> bool:
     parts = text.split("/")
     return (len(parts) == 2 and len(text) <= 96 and not text.lower().endswith(_FILE_ENDINGS)
             and all(re.fullmatch(_HUB_PART, part, flags=re.ASCII) for part in parts))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt travel: prompts at keyframes
+# ---------------------------------------------------------------------------------------------------------------
+_KEYFRAME = re.compile(r"\s*(\d+)\s*:\s*(.*)", re.S)
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    """Prompts at keyframes (AnimateDiff's "prompt travel"): frame k takes the text embedding of the keyframes
+    around it, interpolated linearly (frames before the first keyframe take the first prompt, after the last the
+    last). Two adjacent keyframes (7: red, 8: blue) make a sharp change."""
+
+    keyframes: tuple[tuple[int, str], ...]   # (frame, prompt), frames increasing
+
+    def __post_init__(self):
+        frames = [frame for frame, _ in self.keyframes]
+        if not frames:
+            raise ValueError("a prompt schedule needs at least one keyframe")
+        if frames != sorted(set(frames)) or frames[0] < 0:
+            raise ValueError(f"prompt keyframes must be distinct frames >= 0, got {frames}")
+        if any(not text.strip() for _, text in self.keyframes):
+            raise ValueError("every prompt keyframe needs a prompt after 'N:'")
+
+    @property
+    def prompts(self) -> list[str]:
+        return [text for _, text in self.keyframes]
+
+    def check_frames(self, num_frames: int) -> None:
+        last = self.keyframes[-1][0]
+        if last >= num_frames:
+            raise SettingError("num_frames", f"must exceed the last prompt keyframe ({last}), got {num_frames}")
+
+    def __str__(self) -> str:
+        return "; ".join(f"{frame}: {text}" for frame, text in self.keyframes)
+
+
+def is_keyframe_prompt(text: str) -> bool:
+    """'8: a blue circle' (a prompt at a frame), not 'a blue circle'."""
+    return isinstance(text, str) and _KEYFRAME.fullmatch(text) is not None
+
+
+def parse_prompt_schedule(items) -> PromptSchedule:
+    """A PromptSchedule from 'N: prompt' strings (in any order) or a {frame: prompt} mapping (a YAML / JSON
+    schedule's content); ValueError naming the bad entry."""
+    if isinstance(items, dict):
+        pairs = []
+        for frame, text in items.items():
+            if not (isinstance(frame, int) or (isinstance(frame, str) and frame.strip().isdigit())) \
+                    or isinstance(frame, bool) or not isinstance(text, str):
+                raise ValueError(f"a prompt schedule maps frame numbers to prompts, got {frame!r}: {text!r}")
+            pairs.append((int(frame), text.strip()))
+    else:
+        pairs = []
+        for item in items:
+            match = _KEYFRAME.fullmatch(item) if isinstance(item, str) else None
+            if match is None:
+                raise ValueError(f"prompt keyframe {item!r} is not 'FRAME: prompt' (e.g. '8: a blue circle')")
+            pairs.append((int(match.group(1)), match.group(2).strip()))
+    frames = [frame for frame, _ in pairs]
+    if len(set(frames)) != len(frames):
+        raise ValueError(f"prompt keyframes name a frame twice: {sorted(frames)}")
+    return PromptSchedule(tuple(sorted(pairs)))

@@ -19,7 +19,8 @@ from vidiff.cli.resolve import Model, demo_model, resolve_model
 from vidiff.pipelines.editing import parse_motion_field, zero_shot_generate
 from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
 from vidiff.models.weights import WEIGHT_SUFFIXES
-from vidiff.spec import CROSS_FRAME_MODES, LONG_VIDEO_NOISE, SETTINGS, SettingError, check_setting
+from vidiff.spec import (CROSS_FRAME_MODES, LONG_VIDEO_NOISE, SETTINGS, PromptSchedule, SettingError, check_setting,
+                         is_keyframe_prompt, parse_prompt_schedule)
 from vidiff.utils import plural
 
 EPILOG = """examples:
@@ -107,20 +108,22 @@ def _add_generate_options(options) -> None:
 
 def run(args) -> int:
     # Everything is checked before the model loads: a typo costs no time.
-    prompts = read_prompts(args)
+    prompts, travel = read_prompts(args)  # travel: the prompts at keyframes ("0: ...", "8: ..."), or None
     motion_field = _zero_shot_options(args)
     if args.model is None and args.cascade is None:  # the built-in demo, so a fresh install makes a clip at once
-        args.model = demo_model("base" if args.zero_shot else None, prompts)  # zero-shot: the demo's base alone
+        # zero-shot and prompt travel: the demo's base alone
+        args.model = demo_model("base" if args.zero_shot or travel else None, travel.prompts if travel else prompts)
     loras = parse_lora_flags(args.lora or [])
     if cascade.is_cascade_request(args):
         for flag, value in (("--zero-shot", args.zero_shot), ("--spatial-from", args.spatial_from),
-                            ("--lora", loras), ("--fuse", args.fuse)):
+                            ("--lora", loras), ("--fuse", args.fuse), ("prompt travel ('N: prompt')", travel)):
             if value:
                 raise CLIError(f"{flag} applies to one text-to-video model, not to a cascade: pass --model BASE")
         return cascade.generate_cascade(args, prompts)
     model = resolve_model(args, "generate", **sampling_request(args))
     check_source(args.spatial_from, "--spatial-from")
     check_loras(model.path, loras, args.fuse)
+    _check_travel(travel, model.settings.num_frames, args.zero_shot)
     count = check_clip_count(len(prompts), args.num_videos)
     s = model.settings
     check_size([("the clips", s.num_frames, s.height, s.width, count)], args.allow_large)  # (sampled together)
@@ -140,16 +143,14 @@ def run(args) -> int:
     if args.zero_shot:
         videos = _zero_shot(pipe, prompts, args, model, seed, motion_field)
     else:
-        videos = pipe.sample(prompts, model.settings, negative_prompt=args.negative, seed=seed,
-                             progress=not args.quiet)
+        videos = pipe.sample([travel] if travel else prompts, model.settings, negative_prompt=args.negative,
+                             seed=seed, progress=not args.quiet)
     seconds = time.perf_counter() - start
     videos = [videos] if count == 1 else videos
     for index, (path, frames) in enumerate(zip(paths, videos)):
         prompt = prompts[index // args.num_videos]
-        sidecar = _sidecar(args, model, pipe, prompt=prompt, seed=seed + index, fps=fps, seconds=seconds / count)
-        if loras:
-            sidecar.update(loras=[{"file": str(path.resolve()), "scale": scale} for path, scale in loras],
-                           fused=args.fuse)
+        sidecar = _sidecar(args, model, pipe, prompt=prompt, seed=seed + index, fps=fps, seconds=seconds / count,
+                           loras=loras, travel=travel)
         if args.zero_shot:
             sidecar.update(zero_shot=True, motion_field=list(motion_field), scheduler="ddim")
         written = write_outputs(path, frames, fps, sidecar, gif=args.gif, frames_dir=args.frames_dir,
@@ -226,8 +227,36 @@ def check_clip_count(num_prompts: int, num_videos: int) -> int:
     return num_prompts * num_videos
 
 
-def read_prompts(args) -> list[str]:
-    """--prompt (repeated) then --prompts-file's lines (blank lines and # comments skipped); CLIError if none."""
+def read_prompts(args) -> tuple[list[str], PromptSchedule | None]:
+    """--prompt (repeated) then --prompts-file's lines (blank lines and # comments skipped); CLIError if none.
+    Prompts that all start with a frame number ("0: a red circle", "8: a blue circle") are one clip's prompt
+    travel: (its one name, the PromptSchedule); otherwise (the prompts, None)."""
+    prompts = _prompt_texts(args)
+    keyed = [is_keyframe_prompt(p) for p in prompts]
+    if not any(keyed):
+        return prompts, None
+    if not all(keyed):
+        raise CLIError("prompt travel: every --prompt needs a frame ('0: a red circle', '8: a blue circle'), or "
+                       "none does (several prompts: one clip each)")
+    try:
+        travel = parse_prompt_schedule(prompts)
+    except ValueError as e:
+        raise CLIError(f"prompt travel: {e}") from None
+    return [str(travel)], travel
+
+
+def _check_travel(travel: PromptSchedule | None, num_frames: int, zero_shot: bool) -> None:
+    if travel is None:
+        return
+    if zero_shot:
+        raise CLIError("prompt travel ('N: prompt') does not apply to --zero-shot; give one prompt")
+    try:
+        travel.check_frames(num_frames)
+    except SettingError as e:
+        raise CLIError(f"{e.for_flags()}: the clip must reach every prompt keyframe") from None
+
+
+def _prompt_texts(args) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompts_file:
         file = Path(args.prompts_file)
@@ -245,10 +274,16 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-def _sidecar(args, model: Model, pipe, *, prompt: str, seed: int, fps: float, seconds: float) -> dict:
+def _sidecar(args, model: Model, pipe, *, prompt: str, seed: int, fps: float, seconds: float, loras=(),
+             travel: PromptSchedule | None = None) -> dict:
     """What the clip's JSON records: enough to make it again (`--seed` with the same settings and model)."""
     settings = {k: v for k, v in model.settings.as_dict().items() if k != "num_videos_per_prompt"}
-    return {"prompt": prompt, "negative_prompt": args.negative, "seed": seed, "model": str(Path(model.path).resolve()),
+    extra = {}
+    if loras:
+        extra.update(loras=[{"file": str(path.resolve()), "scale": scale} for path, scale in loras], fused=args.fuse)
+    if travel is not None:
+        extra.update(prompt_schedule={str(frame): text for frame, text in travel.keyframes})
+    return {**extra, "prompt": prompt, "negative_prompt": args.negative, "seed": seed, "model": str(Path(model.path).resolve()),
             **settings, **({"spatial_from": str(args.spatial_from)} if args.spatial_from else {}),
             "fps": fps, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
             "vidiff_version": vidiff.__version__, "seconds": round(seconds, 3)}

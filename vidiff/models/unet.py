@@ -325,20 +325,26 @@ class VideoUNet(nn.Module):
                              f"+ {self.conditioning_channels} conditioning channels")
         if encoder_hidden_states.shape[0] != b:
             raise ValueError(f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, sample has {b}")
+        if encoder_hidden_states.ndim == 4 and (encoder_hidden_states.shape[1] != f or self.add_embedding is not None):
+            raise ValueError(f"per-frame encoder_hidden_states (b, f, L, D) must have f={f} frames (got "
+                             f"{encoder_hidden_states.shape[1]}) and a U-Net without a pooled-text embedding")
         if self.motion is not None and f > self.motion.max_seq_length:
             raise ValueError(f"this U-Net's motion modules take at most {self.motion.max_seq_length} frames (their "
                              f"position table's length), got {f}; sample longer clips in temporal windows")
 
     def forward(self, sample, timestep, encoder_hidden_states, class_labels=None):
         """sample `(b, c, f, h, w)`, timestep scalar or `(b,)`, encoder_hidden_states `(b, L, D)` (one per
-        video) -> noise / v prediction `(b, out_channels, f, h, w)`."""
+        video) or `(b, f, L, D)` (one per frame: prompt travel) -> noise / v prediction `(b, out_channels, f, h, w)`."""
         self._check_inputs(sample, encoder_hidden_states)
         b, c, f, h, w = sample.shape
         # 2D blocks run on every frame: fold frames into the batch; the embeddings repeat per frame.
         emb = self._embed(timestep, class_labels, encoder_hidden_states, b, sample.dtype).repeat_interleave(f, dim=0)  # (b f) d
         if self.frame_embedding is not None:
             emb = emb + self.frame_embedding(f, emb.dtype).repeat(b, 1)
-        context = encoder_hidden_states.repeat_interleave(f, dim=0)                            # (b f) L D
+        if encoder_hidden_states.ndim == 4:  # one text per frame (prompt travel): (b, f, L, D)
+            context = rearrange(encoder_hidden_states, "b f l d -> (b f) l d")
+        else:
+            context = encoder_hidden_states.repeat_interleave(f, dim=0)                        # (b f) L D
         x = rearrange(sample, "b c f h w -> (b f) c h w")
         if self.center_input_sample:
             x = 2 * x - 1.0

@@ -35,7 +35,7 @@ from vidiff.models.loading import load_component
 from vidiff.models.unet import VideoUNet
 from vidiff.pipelines.schedulers import make_scheduler
 from vidiff.progress import ProgressBar
-from vidiff.spec import (KIND, LONG_VIDEO_NOISE, MAX_SEED, PipelineInfo, SamplingSettings, check_choice,
+from vidiff.spec import (KIND, LONG_VIDEO_NOISE, MAX_SEED, PipelineInfo, PromptSchedule, SamplingSettings, check_choice,
                          check_scheduler_config, check_setting, guidance_on, max_inference_steps, read_info,
                          read_scheduler_config, resolve_sampling)
 from vidiff.utils import check_device, parse_dtype, quiet_libraries
@@ -263,6 +263,28 @@ class VideoPipeline:
         return encode(prompts), encode(negative_prompts)
 
     @torch.no_grad()
+    def encode_prompts(self, prompts: list, negative_prompts: list[str] | None, num_frames: int, *,
+                       num_videos_per_prompt: int = 1):
+        """(embeddings, negative embeddings or None) of a request: `(n, L, D)` for plain prompts, or `(n, f, L, D)`
+        (one per frame) when any prompt is a PromptSchedule (prompt travel: `schedule_embeddings`)."""
+        if not any(isinstance(p, PromptSchedule) for p in prompts):
+            encoded = self.encode_prompt(prompts, negative_prompts, num_videos_per_prompt=num_videos_per_prompt)
+            return encoded if negative_prompts is not None else (encoded, None)
+        per_video = []
+        for prompt in prompts:
+            if isinstance(prompt, PromptSchedule):
+                prompt.check_frames(num_frames)
+                keys = self.encode_prompt(prompt.prompts)
+                per_video.append(schedule_embeddings(keys, [k for k, _ in prompt.keyframes], num_frames))
+            else:
+                per_video.append(self.encode_prompt([prompt]).expand(num_frames, -1, -1))
+        text = torch.stack(per_video).repeat_interleave(num_videos_per_prompt, dim=0)          # (n, f, L, D)
+        negative = None
+        if negative_prompts is not None:
+            negative = self.encode_prompt(negative_prompts, num_videos_per_prompt=num_videos_per_prompt)
+        return text, negative
+
+    @torch.no_grad()
     def encode_video(self, frames, chunk_size: int | None = 8) -> torch.Tensor:
         """Frames -> scaled VAE latents `(b, c, f, h / k, w / k)`, float32 on the pipeline's device (the pixels
         themselves for pixel-space models); the inverse of `decode`.
@@ -375,9 +397,8 @@ class VideoPipeline:
 
         # 1. Text conditioning, one embedding per video; the negative prompts' only when guidance is on.
         with self._timed("text"):
-            encoded = self.encode_prompt(prompts, negative_prompts if s.guided else None,
-                                         num_videos_per_prompt=s.num_videos_per_prompt)
-            text, negative = encoded if s.guided else (encoded, None)
+            text, negative = self.encode_prompts(prompts, negative_prompts if s.guided else None, f,
+                                                 num_videos_per_prompt=s.num_videos_per_prompt)
 
         # 2. Initial noise x_T ~ N(0, sigma_T^2 I), one generator per video.
         sampler = self.make_scheduler(s.scheduler)
@@ -420,8 +441,8 @@ class VideoPipeline:
             eps of a long clip = tent-weighted mean of its windows' eps, frame by frame (Gen-L-Video, FreeNoise)
             x_{t-1} = scheduler.step(eps, t, x_t)    DDIM (Song et al. 2021), DPM-Solver++, ... from diffusers
 
-        embeddings / negative_embeddings: `(b, L, D)` (negative default: the empty prompt's, the unconditional
-        embedding SD was trained with). condition: `(b, conditioning_channels, f, h, w)`, concatenated along
+        embeddings / negative_embeddings: `(b, L, D)`, or `(b, f, L, D)` one per frame (prompt travel; negative
+        default: the empty prompt's, the unconditional embedding SD was trained with). condition: `(b, conditioning_channels, f, h, w)`, concatenated along
         channels at every step and windowed with the latents. class_labels: one per video or one for all,
         passed to the U-Net (an SSR stage's noise level). window_size / window_stride: temporal windows (default:
         the whole clip; stride half the window). eta: DDIM's noise; generators: one per video, for stochastic
@@ -432,7 +453,9 @@ class VideoPipeline:
         do_cfg = guidance_on(guidance_scale)
         if do_cfg and negative_embeddings is None:
             negative_embeddings = self.encode_prompt([""] * b)
-        text = torch.cat([negative_embeddings, embeddings]) if do_cfg else embeddings               # (2b or b, L, D)
+        if do_cfg and embeddings.ndim == 4 and negative_embeddings.ndim == 3:  # prompt travel: one per frame
+            negative_embeddings = negative_embeddings[:, None].expand(-1, f, -1, -1)
+        text = torch.cat([negative_embeddings, embeddings]) if do_cfg else embeddings   # (2b or b, [f,] L, D)
         text = text.to(self.device, self.dtype)
         if class_labels is not None:
             class_labels = torch.as_tensor(class_labels, device=self.device).reshape(-1).expand(b)
@@ -459,7 +482,8 @@ class VideoPipeline:
         frame with tent weights (`window_weights`); a clip within one window is predicted whole."""
         def predict(begin, end):
             cond = condition[:, :, begin:end] if condition is not None else None
-            return self._guided_noise(scheduler, latents[:, :, begin:end], t, text, guidance_scale, cond,
+            words = text[:, begin:end] if text.ndim == 4 else text  # prompt travel: the window's frames
+            return self._guided_noise(scheduler, latents[:, :, begin:end], t, words, guidance_scale, cond,
                                       class_labels)
 
         if len(windows) == 1:
@@ -541,11 +565,13 @@ class VideoPipeline:
         return time.perf_counter()
 
 
-def _prompt_lists(prompt, negative_prompt) -> tuple[list[str], list[str]]:
-    """(prompts, one negative prompt per prompt) from `__call__`'s arguments; raises ValueError."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+def _prompt_lists(prompt, negative_prompt) -> tuple[list, list[str]]:
+    """(prompts, one negative prompt per prompt) from `__call__`'s arguments; raises ValueError. A prompt is a
+    string or a PromptSchedule (prompt travel)."""
+    single = isinstance(prompt, (str, PromptSchedule))
+    prompts = [prompt] if single else list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if not prompts or not all(isinstance(p, (str, PromptSchedule)) for p in prompts):
+        raise ValueError(f"prompt must be a string, a PromptSchedule or a non-empty list of them, got {prompt!r}")
     if negative_prompt is None:
         return prompts, [""] * len(prompts)
     if isinstance(negative_prompt, str):
@@ -554,6 +580,20 @@ def _prompt_lists(prompt, negative_prompt) -> tuple[list[str], list[str]]:
     if len(negative_prompts) != len(prompts):
         raise ValueError(f"got {len(negative_prompts)} negative prompts for {len(prompts)} prompts")
     return prompts, negative_prompts
+
+
+def schedule_embeddings(keyframe_embeddings: torch.Tensor, frames, num_frames: int) -> torch.Tensor:
+    """Prompt travel: text embeddings `(k, L, D)` at keyframe `frames` -> one per frame `(num_frames, L, D)`,
+    linear between neighbouring keyframes (AnimateDiff's prompt travel), held before the first and after the last."""
+    frames = torch.as_tensor(list(frames), dtype=torch.float64)
+    t = torch.arange(num_frames, dtype=torch.float64)
+    upper = torch.searchsorted(frames, t, right=True).clamp(1, len(frames) - 1)      # the keyframe after t
+    lower = upper - 1
+    if len(frames) == 1:
+        return keyframe_embeddings[:1].expand(num_frames, -1, -1).clone()
+    span = frames[upper] - frames[lower]
+    weight = ((t - frames[lower]) / span).clamp(0, 1).to(keyframe_embeddings.dtype)[:, None, None]
+    return torch.lerp(keyframe_embeddings[lower], keyframe_embeddings[upper], weight)
 
 
 def _step_kwargs(scheduler, eta: float, generators) -> dict:
