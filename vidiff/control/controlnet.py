@@ -191,6 +191,7 @@ class VideoControlNet(nn.Module):
         `down_block_additional_residuals` (a tuple of `(b f) c h w`) and `mid_block_additional_residual`,
         multiplied by `scale` (diffusers' `conditioning_scale`)."""
         b, _, f, h, w = sample.shape
+        self.set_cross_frame(self.cross_frame)  # another VideoControlNet on the same ControlNet may have set it
         k = self.spatial_factor
         if tuple(images.shape) != (b, 3, f, h * k, w * k):
             raise ValueError(f"control images must have shape {(b, 3, f, h * k, w * k)} (b, 3, f, H, W) for "
