@@ -212,3 +212,89 @@ def test_control_images_resize_and_raw():
     assert set(edges.unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(ValueError, match="control"):
         control_images(frames, "depth", 16, 16)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+@pytest.fixture(scope="module")
+def control_clip(tmp_path_factory):
+    from vidiff.data.video_io import write_video
+
+    frames = np.zeros((4, 20, 20, 3), np.uint8)
+    for i in range(4):
+        frames[i, 4:14, 2 + 2 * i:12 + 2 * i] = 255  # a square moving right
+    return write_video(tmp_path_factory.mktemp("clip") / "control.mp4", frames, fps=8)
+
+
+def run_cli(capsys, *argv):
+    from vidiff.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("kind", ["canny", "raw"])
+def test_cli_generates_with_a_controlnet(folders, control_clip, tmp_path, capsys, kind):
+    from vidiff.data import read_video
+
+    out = tmp_path / "clip.mp4"
+    code, stdout, err = run_cli(capsys, "generate", "--model", folders[1], "--controlnet", folders[2],
+                                "--control-video", control_clip, "--control", kind, "--control-scale", 0.5,
+                                "--prompt", PROMPT, "--num-frames", 3, "--steps", 2, "--seed", 1, "--quiet",
+                                "--out", out)
+    assert code == 0, err
+    assert read_video(out).frames.shape == (3, 16, 16, 3)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["control"] == kind and sidecar["control_scale"] == 0.5
+    assert sidecar["controlnet"] == str(folders[2].resolve()) and sidecar["control_video"].endswith("control.mp4")
+
+
+CLI_ERRORS = {
+    "no-controlnet": (["--control-video", "{clip}", "--control", "canny"], "--control-video applies to a ControlNet"),
+    "scale-alone": (["--control-scale", "0.5"], "--control-scale applies to a ControlNet: add --controlnet"),
+    "no-video": (["--controlnet", "{cn}", "--control", "canny"], "--controlnet needs --control-video"),
+    "no-kind": (["--controlnet", "{cn}", "--control-video", "{clip}"], "--controlnet needs --control canny | raw"),
+    "bad-kind": (["--controlnet", "{cn}", "--control-video", "{clip}", "--control", "depth"],
+                 "--control must be one of canny, raw, got 'depth'"),
+    "scale": (["--controlnet", "{cn}", "--control-video", "{clip}", "--control", "raw", "--control-scale", "-1"],
+              "--control-scale must be between 0 and 10"),
+    "missing-cn": (["--controlnet", "{tmp}/nope", "--control-video", "{clip}", "--control", "raw"],
+                   "--controlnet '{tmp}/nope' does not exist"),
+    "not-a-cn": (["--controlnet", "{sd}/unet", "--control-video", "{clip}", "--control", "raw"],
+                 "not a ControlNetModel"),
+    "misfit": (["--controlnet", "{tmp}/wide", "--control-video", "{clip}", "--control", "raw"],
+               "its cross_attention_dim is 64, the U-Net's 32"),
+    "single-no-config": (["--controlnet", "{tmp}/cn.safetensors", "--control-video", "{clip}", "--control", "raw"],
+                         "without a config"),
+    "missing-video": (["--controlnet", "{cn}", "--control-video", "{tmp}/none.mp4", "--control", "raw"],
+                      "--control-video '{tmp}/none.mp4' does not exist"),
+    "unreadable-video": (["--controlnet", "{cn}", "--control-video", "{tmp}/bad.mp4", "--control", "raw"],
+                         "is not readable"),
+    "short-video": (["--controlnet", "{cn}", "--control-video", "{clip}", "--control", "raw", "--num-frames", "6"],
+                    "has 4 frames, fewer than the 6 of the clip"),
+    "zero-shot": (["--controlnet", "{cn}", "--control-video", "{clip}", "--control", "raw", "--zero-shot"],
+                  "--controlnet does not combine with --zero-shot"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_ERRORS))
+def test_cli_bad_control_input_is_one_line_before_loading(folders, control_clip, tmp_path, capsys, monkeypatch,
+                                                          case):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", no_loading)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all")
+    (tmp_path / "cn.safetensors").write_bytes(b"")
+    wide = json.loads((folders[2] / "config.json").read_text())
+    (tmp_path / "wide").mkdir()
+    (tmp_path / "wide" / "config.json").write_text(json.dumps({**wide, "cross_attention_dim": 64}))
+    names = {"clip": control_clip, "cn": folders[2], "sd": folders[0], "tmp": tmp_path}
+    extra, match = CLI_ERRORS[case]
+    extra, match = [e.format(**names) for e in extra], match.format(**names)
+    code, _, err = run_cli(capsys, "generate", "--model", folders[1], "--prompt", PROMPT, "--steps", 1,
+                           "--out", tmp_path / "clip.mp4", *extra)
+    assert code == 2, err
+    assert match in err and err.startswith("vidiff generate: error:"), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "clip.mp4").exists() and not (tmp_path / "clip.json").exists()
