@@ -298,3 +298,40 @@ def test_cli_bad_control_input_is_one_line_before_loading(folders, control_clip,
     assert match in err and err.startswith("vidiff generate: error:"), err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "clip.mp4").exists() and not (tmp_path / "clip.json").exists()
+
+
+def _to_original_layout(controlnet: ControlNetModel) -> dict:
+    """A diffusers ControlNet's weights in the original ControlNet release's single-file keys (`control_model.*`:
+    the SD U-Net encoder's LDM names, `zero_convs.i.0`, `middle_block_out.0`, `input_hint_block.n`)."""
+    from vidiff.testing import _unet_key_to_ldm
+
+    per_block, out = controlnet.config.layers_per_block + 1, {}
+    for key, value in controlnet.state_dict().items():
+        *path, leaf = key.split(".")
+        if path[0] == "controlnet_down_blocks":
+            new = f"zero_convs.{path[1]}.0.{leaf}"
+        elif path[0] == "controlnet_mid_block":
+            new = f"middle_block_out.0.{leaf}"
+        elif path[0] == "controlnet_cond_embedding":  # conv, SiLU, conv, SiLU, ... in one nn.Sequential
+            index = {"conv_in": 0, "conv_out": 14}[path[1]] if path[1] != "blocks" else 2 * (int(path[2]) + 1)
+            new = f"input_hint_block.{index}.{leaf}"
+        else:
+            new = _unet_key_to_ldm(key, per_block)
+        out["control_model." + new] = value.contiguous()
+    return out
+
+
+def test_original_single_file_loads_with_a_config_folder(folders, tmp_path):
+    """An SD 1.5-style single-file ControlNet (original keys, the SD control encoder of 8 layers) read with a local
+    diffusers config folder equals the model it was written from."""
+    from safetensors.torch import save_file
+
+    unet2d = UNet2DConditionModel.from_pretrained(str(folders[0] / "unet"))
+    torch.manual_seed(4)
+    reference = ControlNetModel.from_unet(unet2d)  # conditioning_embedding_out_channels (16, 32, 96, 256), SD's
+    reference.save_pretrained(str(tmp_path / "config"))
+    save_file(_to_original_layout(reference), str(tmp_path / "control_sd15_tiny.safetensors"))
+    loaded = read_controlnet(tmp_path / "control_sd15_tiny.safetensors", config=tmp_path / "config")
+    expected = reference.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
