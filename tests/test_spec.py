@@ -175,14 +175,19 @@ def test_pipelines_and_training_do_not_import_each_other_both_ways():
     pipelines_to_training = [p for p, t in modules.items() if p.startswith("vidiff/pipelines/")
                              and any(m.startswith("vidiff.training") for m in _imports(t))]
     assert not pipelines_to_training, pipelines_to_training
-    bottom = [p for p, t in modules.items() if p.split("/")[1] in ("models", "data", "stages", "adapters", "spec.py",
-                                                                   "utils.py")
+    bottom = [p for p, t in modules.items() if p.split("/")[1] in ("models", "data", "stages", "adapters", "control",
+                                                                   "spec.py", "utils.py")
               and any(m.startswith(("vidiff.pipelines", "vidiff.training", "vidiff.cli")) for m in _imports(t))]
     assert not bottom, bottom
     # adapters sit beside stages: models, spec and utils below them, nothing beside or above
     sideways = [p for p, t in modules.items() if p.startswith("vidiff/adapters/")
                 and any(m.startswith(("vidiff.stages", "vidiff.data", "vidiff.eval", "vidiff.config")) for m in _imports(t))]
     assert not sideways, sideways
+    # control sits beside stages and adapters: models, data, spec and utils below it
+    control = [p for p, t in modules.items() if p.startswith("vidiff/control/")
+               and any(m.startswith(("vidiff.stages", "vidiff.adapters", "vidiff.eval", "vidiff.config"))
+                       for m in _imports(t))]
+    assert not control, control
 
 
 def test_no_import_cycle_between_vidiff_modules():

@@ -56,6 +56,9 @@ TEMPORAL_LAYOUTS: tuple[str, ...] = ("vidiff", "animatediff")
 
 # Where a LoRA adapter goes (vidiff.adapters.lora): the spatial attention, the temporal layers, or both.
 LORA_TARGETS = ("spatial", "temporal", "both")
+# How a ControlNet's control images are made from a control video (vidiff.control.extractors): Canny edges, or the
+# frames as given (a depth map, pose or edge video the user made).
+CONTROL_EXTRACTORS: tuple[str, ...] = ("canny", "raw")
 # What a U-Net's extra input channels hold ("base" has none); each stage's home is vidiff.stages.
 CASCADE_STAGES: tuple[str, ...] = ("interpolation", "tsr", "ssr")
 STAGE_NAMES: tuple[str, ...] = ("base", *CASCADE_STAGES)
@@ -142,6 +145,8 @@ SETTINGS: dict[str, Setting] = {
     "num_videos_per_prompt": Setting(int, 1, 10_000, "--num-videos"),
     "seed": Setting(int, 0, MAX_SEED, "--seed"),
     "lora_scale": Setting(float, -10, 10, "--lora", "(the scale in FILE:SCALE; 0 = off, 1 = as trained)"),
+    # diffusers' controlnet_conditioning_scale: the ControlNet's residuals are multiplied by it
+    "control_scale": Setting(float, 0, 10, "--control-scale", "(0 = off, 1 = as trained)"),
     # mp4 stores rates as fractions of 1001
     "fps": Setting(float, 0.1, 1000, "--fps", "frames per second"),
     # SDEdit / editing: the share of the schedule the input is noised through (1 = start from pure noise)

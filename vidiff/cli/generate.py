@@ -11,6 +11,8 @@ import vidiff
 from vidiff.adapters.export import module_skeleton
 from vidiff.adapters.lora import LORA_NAME, fuse_lora, has_lora, load_lora, lora_scales, read_lora
 from vidiff.cli import cascade
+from vidiff.cli.controlnet import EXAMPLES as CONTROL_EXAMPLES, HELP as CONTROL_HELP
+from vidiff.cli.controlnet import add_control_options, load_control, read_control_request
 from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, check_size, check_source,
                                clip_paths, quiet_loading, seed_or_random, write_outputs)
 from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
@@ -32,10 +34,13 @@ EPILOG = """examples:
   vidiff generate --cascade configs/cascade/demo.yaml --prompt "a red circle" --keep-intermediate --out c.mp4
   vidiff generate --model M --zero-shot --motion-field 8,0 --prompt "a horse galloping" --out horse.mp4
   vidiff generate --model M --lora style.safetensors:0.8 --lora motion.safetensors --prompt "a cat" --out cat.mp4
+""" + CONTROL_EXAMPLES + """
 
 --lora FILE[:SCALE] applies a LoRA (diffusers / peft, kohya / ComfyUI / A1111 or AnimateDiff motion-LoRA keys;
 text-encoder parts are skipped) at SCALE (default 1); repeat it to mix several. --fuse merges them into the
 weights before sampling (faster steps; the same clip up to rounding).
+
+""" + CONTROL_HELP + """
 
 --zero-shot (Text2Video-Zero) makes coherent clips from a freshly inflated image model, before any video
 training: frame 0's latent is moved by the motion field (pixels per frame) and every frame attends to frame 0.
@@ -68,6 +73,7 @@ def add_parser(sub, help_text: str):
     add_sampler_options(p)
     add_seed_option(p, "random seed; video i uses seed + i (default: random, recorded)")
     _add_generate_options(group(p, "sampling"))
+    add_control_options(p)
     add_allow_large_option(p)
     add_device_options(p)
     add_output_options(p, extras=CLIP_EXTRAS,
@@ -116,7 +122,8 @@ def run(args) -> int:
     loras = parse_lora_flags(args.lora or [])
     if cascade.is_cascade_request(args):
         for flag, value in (("--zero-shot", args.zero_shot), ("--spatial-from", args.spatial_from),
-                            ("--lora", loras), ("--fuse", args.fuse), ("prompt travel ('N: prompt')", travel)):
+                            ("--lora", loras), ("--fuse", args.fuse), ("--controlnet", args.controlnet),
+                            ("prompt travel ('N: prompt')", travel)):
             if value:
                 raise CLIError(f"{flag} applies to one text-to-video model, not to a cascade: pass --model BASE")
         return cascade.generate_cascade(args, prompts)
@@ -124,6 +131,7 @@ def run(args) -> int:
     check_source(args.spatial_from, "--spatial-from")
     check_loras(model.path, loras, args.fuse)
     _check_travel(travel, model.settings.num_frames, args.zero_shot)
+    control = read_control_request(args, model)
     count = check_clip_count(len(prompts), args.num_videos)
     s = model.settings
     check_size([("the clips", s.num_frames, s.height, s.width, count)], args.allow_large)  # (sampled together)
@@ -139,18 +147,21 @@ def run(args) -> int:
     if args.spatial_from:  # a personalised SD's weights first: LoRAs apply on top, as in SD tooling
         pipe.unet.load_spatial_from(args.spatial_from)
     apply_loras(pipe, loras, args.fuse)
+    control_model = load_control(control, pipe, model.settings.cross_frame)
     start = time.perf_counter()
     if args.zero_shot:
         videos = _zero_shot(pipe, prompts, args, model, seed, motion_field)
     else:
         videos = pipe.sample([travel] if travel else prompts, model.settings, negative_prompt=args.negative,
-                             seed=seed, progress=not args.quiet)
+                             seed=seed, progress=not args.quiet, control=control_model)
     seconds = time.perf_counter() - start
     videos = [videos] if count == 1 else videos
     for index, (path, frames) in enumerate(zip(paths, videos)):
         prompt = prompts[index // args.num_videos]
         sidecar = _sidecar(args, model, pipe, prompt=prompt, seed=seed + index, fps=fps, seconds=seconds / count,
                            loras=loras, travel=travel)
+        if control is not None:
+            sidecar.update(control.sidecar())
         if args.zero_shot:
             sidecar.update(zero_shot=True, motion_field=list(motion_field), scheduler="ddim")
         written = write_outputs(path, frames, fps, sidecar, gif=args.gif, frames_dir=args.frames_dir,

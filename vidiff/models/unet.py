@@ -74,6 +74,21 @@ def is_temporal_parameter(name: str) -> bool:
             or name.startswith(("frame_embedding.", "coordinate_embedding.")))
 
 
+def _add_residuals(features: list, residuals, num_frames: int, name: str = "down_block_additional_residuals") -> list:
+    """`features[i] + residuals[i]` on `(b f) c h w`; a residual may also be `(b, c, f, h, w)` (folded here)."""
+    if len(residuals) != len(features):
+        raise ValueError(f"{name}: got {len(residuals)} tensors for this U-Net's {len(features)} skip connections")
+    out = []
+    for feature, residual in zip(features, residuals):
+        if residual.ndim == 5:
+            residual = rearrange(residual, "b c f h w -> (b f) c h w")
+        if residual.shape != feature.shape:
+            raise ValueError(f"{name}: a tensor of shape {tuple(residual.shape)} for features of shape "
+                             f"{tuple(feature.shape)} ((b f) c h w, {num_frames} frames)")
+        out.append(feature + residual)
+    return out
+
+
 def check_options(**options) -> None:
     """Validate VideoUNet options (any subset of OPTIONS) before anything is loaded: ValueError naming the option,
     AttentionBackendError for a backend this machine cannot run."""
@@ -332,9 +347,15 @@ class VideoUNet(nn.Module):
             raise ValueError(f"this U-Net's motion modules take at most {self.motion.max_seq_length} frames (their "
                              f"position table's length), got {f}; sample longer clips in temporal windows")
 
-    def forward(self, sample, timestep, encoder_hidden_states, class_labels=None):
+    def forward(self, sample, timestep, encoder_hidden_states, class_labels=None,
+                down_block_additional_residuals=None, mid_block_additional_residual=None):
         """sample `(b, c, f, h, w)`, timestep scalar or `(b,)`, encoder_hidden_states `(b, L, D)` (one per
-        video) or `(b, f, L, D)` (one per frame: prompt travel) -> noise / v prediction `(b, out_channels, f, h, w)`."""
+        video) or `(b, f, L, D)` (one per frame: prompt travel) -> noise / v prediction `(b, out_channels, f, h, w)`.
+
+        `down_block_additional_residuals` (one per skip connection) and `mid_block_additional_residual`, as
+        `(b f) c h w` or `(b, c, f, h, w)` tensors, are a ControlNet's outputs (vidiff.control): added to the
+        skips after the down blocks and to the mid block's output, where diffusers' UNet2DConditionModel adds them.
+        """
         self._check_inputs(sample, encoder_hidden_states)
         b, c, f, h, w = sample.shape
         # 2D blocks run on every frame: fold frames into the batch; the embeddings repeat per frame.
@@ -348,12 +369,26 @@ class VideoUNet(nn.Module):
         x = rearrange(sample, "b c f h w -> (b f) c h w")
         if self.center_input_sample:
             x = 2 * x - 1.0
-        upsample_size = None
-        odd_size = h % self.spatial_factor or w % self.spatial_factor
 
         x = self.conv_in(x)
         if self.coordinate_embedding is not None:
             x = x + self.coordinate_embedding(h, w).to(x.dtype)
+        x, skips = self._down(x, emb, context, f)
+        if down_block_additional_residuals is not None:
+            skips = _add_residuals(skips, down_block_additional_residuals, f)
+        if self.mid_block is not None:
+            x = self._mid(x, emb, context, f)
+        if mid_block_additional_residual is not None:
+            x = _add_residuals([x], [mid_block_additional_residual], f, "mid_block_additional_residual")[0]
+        x = self._up(x, skips, emb, context, f, odd_size=h % self.spatial_factor or w % self.spatial_factor)
+
+        if self.conv_norm_out is not None:
+            x = self.conv_act(self.conv_norm_out(x))
+        x = self.conv_out(x)
+        return rearrange(x, "(b f) c h w -> b c f h w", f=f)
+
+    def _down(self, x, emb, context, f):
+        """The down blocks on `(b f) c h w`: the features and every skip connection (conv_in's output first)."""
         skips = [x]
         for block in self.down_blocks:
             for j in range(len(block.resnets)):
@@ -365,15 +400,20 @@ class VideoUNet(nn.Module):
             if block.downsamplers is not None:
                 x = block.downsamplers[0](x)
                 skips.append(x)
+        return x, skips
 
-        if self.mid_block is not None:
-            x = self._resnet(self.mid_block, 0, x, emb, f)
-            for j in range(len(self.mid_block.attentions)):
-                x = self._transformer(self.mid_block, j, x, context, f)
-                x = self._motion(self.mid_block, j, x, f)
-                x = self._resnet(self.mid_block, j + 1, x, emb, f)
+    def _mid(self, x, emb, context, f):
+        x = self._resnet(self.mid_block, 0, x, emb, f)
+        for j in range(len(self.mid_block.attentions)):
+            x = self._transformer(self.mid_block, j, x, context, f)
+            x = self._motion(self.mid_block, j, x, f)
+            x = self._resnet(self.mid_block, j + 1, x, emb, f)
+        return x
 
-        for i, block in enumerate(self.up_blocks):
+    def _up(self, x, skips, emb, context, f, odd_size):
+        """The up blocks, each resnet taking the last skip; `skips` is used up."""
+        upsample_size = None
+        for block in self.up_blocks:
             for j in range(len(block.resnets)):
                 x = torch.cat([x, skips.pop()], dim=1)
                 x = self._resnet(block, j, x, emb, f)
@@ -384,11 +424,7 @@ class VideoUNet(nn.Module):
                 if odd_size:  # sizes that are not multiples of the U-Net factor upsample to the skip's size
                     upsample_size = skips[-1].shape[2:]
                 x = block.upsamplers[0](x, upsample_size)
-
-        if self.conv_norm_out is not None:
-            x = self.conv_act(self.conv_norm_out(x))
-        x = self.conv_out(x)
-        return rearrange(x, "(b f) c h w -> b c f h w", f=f)
+        return x
 
     # ----------------------------------------------------------------------------------------------- files
     def save_pretrained(self, directory) -> None:

@@ -341,7 +341,7 @@ class VideoPipeline:
                  cross_frame: str | None = None, window_size: int | None = None, window_stride: int | None = None,
                  long_video_noise: str = "independent", decode_chunk_size: int | None = 8,
                  condition: torch.Tensor | None = None, class_labels=None, latents: torch.Tensor | None = None,
-                 output_type: str = "uint8", progress: bool | str = True, callback=None):
+                 output_type: str = "uint8", progress: bool | str = True, callback=None, control=None):
         """Generate videos from text.
 
         Args:
@@ -366,6 +366,8 @@ class VideoPipeline:
                 or "latent" (the final latents `(b, c, f, h, w)`).
             progress: show a tqdm bar over steps (a string: the bar's name, "sampling" otherwise).
                 callback: called as `callback(step, timestep, latents)`.
+            control: a `vidiff.control.Control`: a ControlNet run per frame beside the U-Net, its control images
+                `(1 or b, 3, f, height, width)` in [0, 1] and scale (`vidiff.control.control_images` makes them).
 
         Returns:
             For "uint8": one array for one prompt and one video, else a list of arrays (prompt-major order).
@@ -378,21 +380,23 @@ class VideoPipeline:
                                          decode_chunk_size=decode_chunk_size)
         return self.sample(prompt, settings, negative_prompt=negative_prompt, generator=generator, seed=seed,
                            condition=condition, class_labels=class_labels, latents=latents, output_type=output_type,
-                           progress=progress, callback=callback)
+                           progress=progress, callback=callback, control=control)
 
     @torch.no_grad()
     def sample(self, prompt: str | list[str], settings: SamplingSettings, *, negative_prompt=None, generator=None,
                seed: int | None = None, condition: torch.Tensor | None = None, class_labels=None,
                latents: torch.Tensor | None = None, output_type: str = "uint8", progress: bool | str = True,
-               callback=None):
+               callback=None, control=None):
         """`__call__` with settings already resolved (`resolve_settings`; the CLI resolves them before loading
-        the model): text -> x_T -> denoised latents -> frames. The arguments are `__call__`'s."""
+        the model): text -> x_T -> denoised latents -> frames. The arguments are `__call__`'s; `control` a
+        `vidiff.control.Control` (a ControlNet and its images `(1 or b, 3, f, H, W)`), steering every U-Net call."""
         prompts, negative_prompts = _prompt_lists(prompt, negative_prompt)
         check_choice("output_type", output_type, OUTPUT_TYPES)
         s, num_videos = settings, len(prompts) * settings.num_videos_per_prompt
         generators = make_generators(num_videos, generator, seed)
         f, h, w = s.num_frames, s.height // self.vae_scale_factor, s.width // self.vae_scale_factor
         self._check_condition(condition, (num_videos, self.unet.in_channels, f, h, w))  # before any heavy work
+        control = control.fitted(num_videos, f, s.height, s.width) if control is not None else None
         self.timings = {"text": 0.0, "unet": 0.0, "sampler": 0.0, "vae": 0.0}
 
         # 1. Text conditioning, one embedding per video; the negative prompts' only when guidance is on.
@@ -412,7 +416,8 @@ class VideoPipeline:
             latents = self.denoise(latents, text, timesteps, guidance_scale=s.guidance_scale,
                                    negative_embeddings=negative, condition=condition, class_labels=class_labels,
                                    window_size=s.window_size, window_stride=s.window_stride, eta=s.eta,
-                                   scheduler=sampler, generators=generators, progress=progress, callback=callback)
+                                   scheduler=sampler, generators=generators, progress=progress, callback=callback,
+                                   control=control)
         if output_type == "latent":
             return latents
 
@@ -429,7 +434,7 @@ class VideoPipeline:
                 negative_embeddings: torch.Tensor | None = None, condition: torch.Tensor | None = None,
                 class_labels=None, window_size: int | None = None, window_stride: int | None = None,
                 eta: float = 0.0, scheduler, generators: list[torch.Generator] | None = None,
-                progress: bool | str = True, callback=None) -> torch.Tensor:
+                progress: bool | str = True, callback=None, control=None) -> torch.Tensor:
         """Reverse diffusion from x_t at `timesteps[0]` down to x_0: latents `(b, c, f, h, w)` -> float32 latents.
 
         `scheduler` is a sampler from `make_scheduler` on which `set_timesteps` was called; `timesteps` are its
@@ -447,6 +452,8 @@ class VideoPipeline:
         passed to the U-Net (an SSR stage's noise level). window_size / window_stride: temporal windows (default:
         the whole clip; stride half the window). eta: DDIM's noise; generators: one per video, for stochastic
         samplers. The latents stay fp32 between steps (the sampler's arithmetic); the U-Net runs in its dtype.
+        control: a `vidiff.control.Control` fitted to the clip (`Control.fitted`): its ControlNet runs on every
+        U-Net input (both guidance halves, each window with its frames' control images) and adds its residuals.
         """
         b, _, f = latents.shape[:3]
         condition = self._check_condition(condition, tuple(latents.shape))
@@ -470,21 +477,23 @@ class VideoPipeline:
         for i, t in enumerate(bar):
             with self._timed("unet"):
                 eps = self._windowed_noise(scheduler, latents, t, text, guidance_scale, condition, class_labels,
-                                           windows)
+                                           windows, control)
             with self._timed("sampler"):
                 latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
             if callback is not None:
                 callback(i, t, latents)
         return latents
 
-    def _windowed_noise(self, scheduler, latents, t, text, guidance_scale, condition, class_labels, windows):
+    def _windowed_noise(self, scheduler, latents, t, text, guidance_scale, condition, class_labels, windows,
+                        control=None):
         """The guided noise prediction for the whole clip at step t: one per window, overlaps averaged frame by
         frame with tent weights (`window_weights`); a clip within one window is predicted whole."""
         def predict(begin, end):
             cond = condition[:, :, begin:end] if condition is not None else None
             words = text[:, begin:end] if text.ndim == 4 else text  # prompt travel: the window's frames
+            window_control = control.frames(begin, end) if control is not None else None
             return self._guided_noise(scheduler, latents[:, :, begin:end], t, words, guidance_scale, cond,
-                                      class_labels)
+                                      class_labels, window_control)
 
         if len(windows) == 1:
             return predict(*windows[0])
@@ -497,14 +506,17 @@ class VideoPipeline:
             total_weight[begin:end] += weights
         return eps / total_weight.view(1, 1, -1, 1, 1)
 
-    def _guided_noise(self, scheduler, x, t, text, guidance_scale, condition, class_labels):
+    def _guided_noise(self, scheduler, x, t, text, guidance_scale, condition, class_labels, control=None):
         """U-Net prediction for latents x `(b, c, f', h, w)` at t, with classifier-free guidance when it is on
-        (`guidance_on`: text then holds the negative embeddings first, one batched U-Net call)."""
+        (`guidance_on`: text then holds the negative embeddings first, one batched U-Net call). A ControlNet
+        sees the same batched input as the U-Net (diffusers' StableDiffusionControlNetPipeline without guess
+        mode: both halves), before the condition channels are appended."""
         do_cfg = guidance_on(guidance_scale)
-        model_input = scheduler.scale_model_input(torch.cat([x] * 2) if do_cfg else x, t)
+        model_input = control_input = scheduler.scale_model_input(torch.cat([x] * 2) if do_cfg else x, t)
         if condition is not None:  # the condition is not scaled: it is clean data, not a noisy sample
             model_input = torch.cat([model_input, torch.cat([condition] * 2) if do_cfg else condition], dim=1)
-        out = self.unet(model_input.to(self.dtype), t, text, class_labels=class_labels).float()
+        residuals = control.residuals(control_input.to(self.dtype), t, text) if control is not None else {}
+        out = self.unet(model_input.to(self.dtype), t, text, class_labels=class_labels, **residuals).float()
         if not do_cfg:
             return out
         out_uncond, out_text = out.chunk(2)
