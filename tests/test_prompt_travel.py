@@ -83,3 +83,21 @@ def test_generate_cli_prompt_travel(folder, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert match in err and err.count("\n") == 0
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_per_frame_text_equals_each_frame_alone_with_pooled_text(tmp_path):
+    """(b, f, L, D) text on a U-Net with Imagen's pooled-text embedding (addition_embed_type "text", as the demo
+    base): each frame equals the clip sampled with that frame's text for all frames (identity temporal layers)."""
+    from vidiff.models.unet import VideoUNet
+    from vidiff.testing import TINY_UNET
+
+    torch.manual_seed(0)
+    unet = VideoUNet(dict(TINY_UNET, addition_embed_type="text", encoder_hid_dim=32,
+                          addition_embed_type_num_heads=4)).eval()
+    g = torch.Generator().manual_seed(1)
+    x, texts = torch.randn(1, 4, 3, 8, 8, generator=g), torch.randn(1, 3, 5, 32, generator=g)
+    with torch.no_grad():
+        got = unet(x, 10, texts)
+        for frame in range(3):
+            alone = unet(x, 10, texts[:, frame])
+            torch.testing.assert_close(got[:, :, frame], alone[:, :, frame], atol=1e-5, rtol=0)

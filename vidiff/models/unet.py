@@ -327,9 +327,21 @@ class VideoUNet(nn.Module):
             if self.class_embed_type == "timestep":
                 class_labels = self.time_proj(class_labels).to(dtype)
             emb = emb + self.class_embedding(class_labels).to(dtype)
-        if self.add_embedding is not None:
+        if self.add_embedding is not None and encoder_hidden_states is not None:
             emb = emb + self.add_embedding(encoder_hidden_states).to(dtype)
         return emb
+
+    def _conditioning(self, timestep, class_labels, text, b: int, f: int, dtype):
+        """The timestep embedding `((b f), d)` and the text `((b f), L, D)` of every frame: one text per video
+        `(b, L, D)` repeated, or one per frame `(b, f, L, D)` (prompt travel, each frame's pooled text too)."""
+        per_frame = text.ndim == 4
+        context = rearrange(text, "b f l d -> (b f) l d") if per_frame else text.repeat_interleave(f, dim=0)
+        emb = self._embed(timestep, class_labels, None if per_frame else text, b, dtype).repeat_interleave(f, dim=0)
+        if per_frame and self.add_embedding is not None:
+            emb = emb + self.add_embedding(context).to(dtype)
+        if self.frame_embedding is not None:
+            emb = emb + self.frame_embedding(f, emb.dtype).repeat(b, 1)
+        return emb, context
 
     def _check_inputs(self, sample, encoder_hidden_states) -> None:
         if sample.ndim != 5:
@@ -340,9 +352,9 @@ class VideoUNet(nn.Module):
                              f"+ {self.conditioning_channels} conditioning channels")
         if encoder_hidden_states.shape[0] != b:
             raise ValueError(f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, sample has {b}")
-        if encoder_hidden_states.ndim == 4 and (encoder_hidden_states.shape[1] != f or self.add_embedding is not None):
-            raise ValueError(f"per-frame encoder_hidden_states (b, f, L, D) must have f={f} frames (got "
-                             f"{encoder_hidden_states.shape[1]}) and a U-Net without a pooled-text embedding")
+        if encoder_hidden_states.ndim == 4 and encoder_hidden_states.shape[1] != f:
+            raise ValueError(f"per-frame encoder_hidden_states (b, f, L, D) must have f={f} frames, got "
+                             f"{encoder_hidden_states.shape[1]}")
         if self.motion is not None and f > self.motion.max_seq_length:
             raise ValueError(f"this U-Net's motion modules take at most {self.motion.max_seq_length} frames (their "
                              f"position table's length), got {f}; sample longer clips in temporal windows")
@@ -359,13 +371,7 @@ class VideoUNet(nn.Module):
         self._check_inputs(sample, encoder_hidden_states)
         b, c, f, h, w = sample.shape
         # 2D blocks run on every frame: fold frames into the batch; the embeddings repeat per frame.
-        emb = self._embed(timestep, class_labels, encoder_hidden_states, b, sample.dtype).repeat_interleave(f, dim=0)  # (b f) d
-        if self.frame_embedding is not None:
-            emb = emb + self.frame_embedding(f, emb.dtype).repeat(b, 1)
-        if encoder_hidden_states.ndim == 4:  # one text per frame (prompt travel): (b, f, L, D)
-            context = rearrange(encoder_hidden_states, "b f l d -> (b f) l d")
-        else:
-            context = encoder_hidden_states.repeat_interleave(f, dim=0)                        # (b f) L D
+        emb, context = self._conditioning(timestep, class_labels, encoder_hidden_states, b, f, sample.dtype)
         x = rearrange(sample, "b c f h w -> (b f) c h w")
         if self.center_input_sample:
             x = 2 * x - 1.0
