@@ -1,0 +1,106 @@
+"""`vidiff data shard` and training from tar shards (data.shards) and in buckets (data.buckets), on tiny clips."""
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidiff.cli import main
+from vidiff.data import VideoDataset
+from vidiff.data.shards import ShardDataset, parse_size, resolve_shards, write_shards
+from vidiff.data.synthetic import write_shapes_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """6 clips of 6 frames at 20 px, one of them broken (an empty file with a caption)."""
+    root = tmp_path_factory.mktemp("shards")
+    manifest = write_shapes_dataset(root / "shapes", 6, num_frames=6, size=20, seed=0)
+    rows = manifest.read_text().splitlines()
+    (root / "shapes" / "broken.mp4").write_bytes(b"")
+    manifest.write_text("\n".join(rows[:3] + ["broken.mp4,a broken clip,red,circle,left"] + rows[3:]) + "\n")
+    return root, manifest
+
+
+def test_parse_size():
+    assert parse_size("1GB") == 10 ** 9 and parse_size("64MiB") == 64 * 2 ** 20 and parse_size("4096") == 4096
+    with pytest.raises(ValueError, match="positive size"):
+        parse_size("lots")
+
+
+def test_shard_writes_tars_and_index_and_skips_bad_files(shapes, capsys):
+    root, manifest = shapes
+    out = root / "out"
+    assert main(["data", "shard", "--manifest", str(manifest), "--out", str(out), "--shard-size", "10KB"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("wrote 6 clips in ") and "1 bad files skipped, e.g. " in summary and "broken.mp4" in summary
+    index = json.loads((out / "index.json").read_text())
+    assert index["num_samples"] == 6 and index["num_skipped"] == 1 and index["manifest"] == str(manifest.absolute())
+    assert len(index["shards"]) > 1 and sum(s["num_samples"] for s in index["shards"]) == 6
+    assert sorted(p.name for p in out.iterdir()) == sorted([s["name"] for s in index["shards"]] + ["index.json"])
+    # Each sample: the mp4's bytes, unchanged, and its .json.
+    first = index["shards"][0]["samples"][0]
+    with tarfile.open(out / index["shards"][0]["name"]) as tar:
+        names = tar.getnames()
+        meta = json.loads(tar.extractfile(first["key"] + ".json").read())
+        video = tar.extractfile(first["video"]).read()
+    assert names[:2] == [first["key"] + ".json", first["key"] + ".mp4"]
+    assert video == Path(meta["source"]).read_bytes()
+    assert (meta["height"], meta["width"], meta["num_frames"]) == (20, 20, 6) == (first["height"], first["width"],
+                                                                                  first["num_frames"])
+
+
+def test_shard_resumes_after_the_last_complete_shard(shapes, monkeypatch):
+    root, manifest = shapes
+    straight = root / "straight"
+    write_shards(manifest, straight, shard_size=10_000, progress=False)
+    # Interrupted: index.json never written, the last shard lost, a temporary file left behind.
+    out = root / "resumed"
+    write_shards(manifest, out, shard_size=10_000, progress=False)
+    index = json.loads((out / "index.json").read_text())
+    (out / "index.json").unlink()
+    (out / index["shards"][-1]["name"]).unlink()
+    (out / ".shard-000009.tar.tmp.tar").write_bytes(b"partial")
+    written = []
+    import vidiff.data.shards as shards
+    real = shards._write_shard
+    monkeypatch.setattr(shards, "_write_shard", lambda path, *a: written.append(path.name) or real(path, *a))
+    resumed, _ = write_shards(manifest, out, shard_size=10_000, progress=False)
+    assert written == [index["shards"][-1]["name"]]  # only the missing shard was written again
+    assert resumed.to_dict() == json.loads((straight / "index.json").read_text())
+    for s in index["shards"]:
+        assert (out / s["name"]).read_bytes() == (straight / s["name"]).read_bytes()
+    assert not list(out.glob(".*"))
+    # Another manifest into the same folder is refused.
+    other = write_shapes_dataset(root / "other", 2, num_frames=6, size=20, seed=1)
+    with pytest.raises(ValueError, match="holds shards of"):
+        write_shards(other, out, progress=False)
+
+
+def test_shard_dataset_gives_the_clips_the_files_give(shapes):
+    root, manifest = shapes
+    out = root / "same"
+    write_shards(manifest, out, shard_size=10_000, progress=False)
+    options = dict(num_frames=4, height=16, width=16, stride=1, train=True, flip=True, seed=3)
+    files = VideoDataset(manifest, image_ok=False, **options)
+    files.entries = [e for e in files.entries if "broken" not in e.path]
+    tars = ShardDataset(out, **options)
+    pattern = ShardDataset(f"{out}/shard-{{000000..{len(tars.shard_paths) - 1:06d}}}.tar", **options)
+    assert len(tars) == len(pattern) == 6
+    for i in range(6):
+        a, b, c = files[i], tars[i], pattern[i]
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["pixel_values"], c["pixel_values"])
+        assert a["prompt"] == b["prompt"] == c["prompt"] and b["path"].endswith(".mp4")
+    # Without index.json a pattern is scanned once: the same samples.
+    (root / "noindex").mkdir()
+    for p in tars.shard_paths:
+        (root / "noindex" / Path(p).name).write_bytes(Path(p).read_bytes())
+    scanned = ShardDataset(f"{root}/noindex/shard-{{000000..{len(tars.shard_paths) - 1:06d}}}.tar",
+                           **options)
+    assert torch.equal(scanned[2]["pixel_values"], tars[2]["pixel_values"]) and scanned.clip_sizes() == tars.clip_sizes()
+    with pytest.raises(ValueError, match="URLs"):
+        resolve_shards("https://example.com/shard-{000000..000009}.tar")
