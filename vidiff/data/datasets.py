@@ -258,6 +258,12 @@ class VideoDataset(torch.utils.data.Dataset):
         (vidiff.data.shards overrides it to hand out a tar member)."""
         return contextlib.nullcontext(Path(self.entries[file_index].path))
 
+    def clip_size(self, file_index: int) -> tuple[int, int, int, float]:
+        """Entry `file_index` as stored: (num_frames, height, width, fps) from its header; VideoReadError if bad."""
+        with self.local_file(file_index) as path:
+            info = probe_video(path)
+        return info.num_frames, info.height, info.width, info.fps
+
     def load(self, index: int) -> dict:
         """Sample `index` with no bad-file handling: raises VideoReadError for a bad file."""
         entry = self.entries[index % len(self.entries)]

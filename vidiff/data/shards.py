@@ -315,19 +315,19 @@ def resolve_shards(spec: str | os.PathLike) -> tuple[list[Path], ShardIndex]:
 
 class ShardDataset(VideoDataset):
     """VideoDataset (same clip sampling, transforms and bad-sample handling) over the samples of tar shards,
-    indexed (shard, member) in index order. A member is read by its byte offset into a temporary file that the
-    decoders open, and deleted after. `clip_sizes()` gives each clip's stored (num_frames, height, width, fps)
-    from the index, for bucketing without opening a tar."""
+    indexed (shard, member) in index order; an entry's path is `<shard>#<member>`. A member is read by its byte
+    offset into a temporary file that the decoders open, deleted after. `clip_size` comes from the index (or
+    the sample's .json), so bucketing opens no tar."""
 
     def __init__(self, spec: str | os.PathLike, num_frames: int = 16, height: int = 256, width: int = 256, **options):
         paths, index = resolve_shards(spec)
         self.shard_paths = [str(p) for p in paths]
-        self.locations, entries, self.samples = [], [], []
+        self.samples: dict[str, tuple[int, ShardSample]] = {}  # entry path -> (shard number, sample)
+        entries = []
         for number, (path, shard) in enumerate(zip(paths, index.shards)):
             for sample in shard.samples:
-                self.locations.append((number, sample.offset, sample.size))
                 entries.append(Entry(f"{path}#{sample.video}", sample.caption))
-                self.samples.append(sample)
+                self.samples[entries[-1].path] = (number, sample)
         if not entries:
             raise ValueError(f"the shards of {spec} hold no clips")
         self._fds: dict[int, int] = {}
@@ -345,19 +345,23 @@ class ShardDataset(VideoDataset):
         return self._fds[shard]
 
     def read_member(self, file_index: int) -> bytes:
-        shard, offset, size = self.locations[file_index]
-        data = os.pread(self._fd(shard), size, offset)
-        if len(data) != size:
-            raise VideoReadError(self.entries[file_index].path, f"truncated shard: {len(data)} of {size} bytes")
+        path = self.entries[file_index].path
+        shard, sample = self.samples[path]
+        data = os.pread(self._fd(shard), sample.size, sample.offset)
+        if len(data) != sample.size:
+            raise VideoReadError(path, f"truncated shard: {len(data)} of {sample.size} bytes")
         return data
 
     @contextlib.contextmanager
     def local_file(self, file_index: int):
-        suffix = Path(self.samples[file_index].video).suffix
+        suffix = Path(self.samples[self.entries[file_index].path][1].video).suffix
         with tempfile.NamedTemporaryFile(prefix="vidiff-shard-", suffix=suffix) as f:
             f.write(self.read_member(file_index))
             f.flush()
             yield Path(f.name)
 
-    def clip_sizes(self) -> list[tuple[int, int, int, float] | None]:
-        return [(s.num_frames, s.height, s.width, s.fps or 0.0) if s.height else None for s in self.samples]
+    def clip_size(self, file_index: int) -> tuple[int, int, int, float]:
+        sample = self.samples[self.entries[file_index].path][1]
+        if sample.height and sample.width and sample.num_frames:
+            return sample.num_frames, sample.height, sample.width, sample.fps or 0.0
+        return super().clip_size(file_index)  # shards of another writer: probe the member
