@@ -56,6 +56,8 @@ class DataConfig:
     cache: Union[str, None] = None         # folder of cached VAE latents + text embeddings (`vidiff data cache`); replaces `manifest`
     image_manifest: Union[str, None] = None  # images for joint image + video training (each image is a one-frame video)
     image_batch_size: int = 0              # images per step (per rank) in joint training; 0 = off
+    shards: Union[str, None] = None        # webdataset tar shards (`vidiff data shard`): a folder with index.json, or a brace pattern /data/shard-{000000..000099}.tar; replaces `manifest`
+    buckets: Union[list[list[int]], None] = None  # [[frames, height, width], ...]: each clip trains at the bucket nearest its aspect ratio that fits in it (no upscaling; clips smaller than every bucket are skipped), each batch one bucket; replaces num_frames / height / width
     resize: str = "cover"                  # cover: the decoder resizes the shorter side, then a crop | area: frames at their stored size, averaged down by an integer factor to height x width (exact for pixel-space models) | crop: random height x width patches at the stored size
 
 
@@ -316,7 +318,7 @@ def validate(cfg: Config, where: str = "config", *, need_data: bool = True) -> N
     check(d.image_batch_size >= 0, f"data.image_batch_size must be >= 0, got {d.image_batch_size}")
     check(d.image_batch_size == 0 or bool(d.image_manifest),
           "data.image_batch_size > 0 needs data.image_manifest (a folder or manifest of images)")
-    check(not need_data or bool(d.manifest) or bool(d.cache), "data.manifest is empty: set it to a video folder, manifest file or video")
+    _validate_data(cfg, check, need_data)
     check(bool(cfg.model.pretrained), "model.pretrained is empty: set it to an SD pipeline folder or a vidiff pipeline folder")
     check(bool(cfg.output_dir), "output_dir is empty")
     _validate_model(cfg, check)
@@ -327,6 +329,23 @@ def validate(cfg: Config, where: str = "config", *, need_data: bool = True) -> N
           f"validation.steps must be null (the model's) or >= 1, got {cfg.validation.steps}")
     check(cfg.validation.guidance_scale is None or cfg.validation.guidance_scale >= 0,
           f"validation.guidance_scale must be null (the model's) or >= 0, got {cfg.validation.guidance_scale}")
+
+
+def _validate_data(cfg: Config, check, need_data: bool) -> None:
+    """Where the clips come from (data.cache or data.shards replace data.manifest) and data.buckets."""
+    d = cfg.data
+    check(not need_data or bool(d.manifest or d.cache or d.shards),
+          "data.manifest is empty: set it to a video folder, manifest file or video (or data.shards / data.cache)")
+    check(not (d.cache and d.shards), "data.cache and data.shards are both set: give one source of clips")
+    if d.buckets is None:
+        return
+    check(bool(d.buckets), "data.buckets is empty: give [[frames, height, width], ...] or null")
+    for i, bucket in enumerate(d.buckets):
+        check(len(bucket) == 3 and min(bucket) >= 1,
+              f"data.buckets[{i}] must be [frames, height, width], each >= 1, got {bucket}")
+    check(not d.cache, "data.buckets sizes clips as they are read; data.cache holds latents of one fixed size")
+    check(d.resize == "cover", f"data.buckets resizes each clip to its bucket (cover); data.resize={d.resize!r} "
+                               f"is not supported with it")
 
 
 def _validate_model(cfg: Config, check) -> None:
@@ -365,7 +384,8 @@ def _validate_stage(cfg: Config, check) -> None:
     try:
         check_stage_fields(t.stage, requested)
         stage = make_stage(t.stage, **{k: v for k, v in requested.items() if v is not None})
-        stage.check_clip(cfg.data.num_frames)
+        for frames in {cfg.data.num_frames, *(b[0] for b in cfg.data.buckets or [] if b)}:
+            stage.check_clip(frames)
     except ValueError as e:
         check(False, str(e))
     check(not t.export_sd or (not stage.takes_video and cfg.model.temporal_layout == "vidiff"

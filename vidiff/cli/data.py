@@ -1,4 +1,5 @@
-"""`vidiff data`: write the synthetic shapes dataset, or cache VAE latents and text embeddings of a manifest."""
+"""`vidiff data`: write the synthetic shapes dataset, cache VAE latents and text embeddings of a manifest, or write
+a manifest as webdataset tar shards."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ import argparse
 from vidiff.cli.common import CLIError, check_device, check_flag, check_writable
 from vidiff.cli.options import add_device_options
 from vidiff.data.cache import build_latent_cache
+from vidiff.data.shards import parse_size, write_shards
 from vidiff.data.synthetic import ALL_COLORS, COLORS, write_shapes_dataset
 
 
@@ -27,7 +29,8 @@ def add_parser(sub, help_text: str):
                        epilog="examples:\n"
                               "  vidiff data shapes --out data/shapes --count 1000\n"
                               "  vidiff data cache --model runs/base/pipeline --manifest data/shapes/manifest.csv "
-                              "--out data/shapes-cache")
+                              "--out data/shapes-cache\n"
+                              "  vidiff data shard --manifest data/shapes/manifest.csv --out data/shapes-shards")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     shapes = data_sub.add_parser(
         "shapes", help="write a synthetic dataset of coloured shapes moving (mp4 + txt pairs and manifest.csv)",
@@ -72,7 +75,35 @@ def add_parser(sub, help_text: str):
                        help="folder that relative manifest paths start from (default: the manifest's folder)")
     cache.add_argument("--prompt", default=None, help="prompt for a single-video manifest")
     add_device_options(cache, dtype_default="fp32", dtype_help="encoder precision")
+    add_shard_parser(data_sub)
     return p
+
+
+def add_shard_parser(data_sub) -> None:
+    shard = data_sub.add_parser(
+        "shard", help="write a manifest's videos as webdataset tar shards plus index.json (data.shards)",
+        description="Write every readable video of a manifest into webdataset tar shards shard-000000.tar, ... "
+                    "of about --shard-size each (a sample: the video's bytes under its extension and a .json with "
+                    "caption, source path and stored size) and index.json (shards, clips per shard and their "
+                    "sizes, total, the manifest). Train on them with data.shards=OUT.\n\n"
+                    "Resumable: each shard is written under a temporary name and renamed when complete, index.json "
+                    "last; after an interruption run the same command again and it continues after the last "
+                    "complete shard (--overwrite starts over). Files the training dataset could not read are "
+                    "skipped and counted.",
+        formatter_class=_DataHelpFormatter,
+        epilog="example: vidiff data shard --manifest data/webvid/results.csv --path-template "
+               "'{page_dir}/{videoid}.mp4' --caption-column name --out data/webvid-shards --shard-size 1GB")
+    shard.add_argument("--manifest", required=True, help="folder of videos + .txt captions, .csv / .jsonl, or a video")
+    shard.add_argument("--out", required=True, help="output shard folder (created; continued if interrupted)")
+    shard.add_argument("--shard-size", default="1GB", help="bytes per shard, e.g. 1GB, 500MB, 64MiB")
+    shard.add_argument("--overwrite", action="store_true", help="replace the shards of an earlier run in --out")
+    shard.add_argument("--caption-column", default="caption", help="caption column of a .csv / .jsonl manifest")
+    shard.add_argument("--path-column", default="path", help="path column of a .csv / .jsonl manifest")
+    shard.add_argument("--path-template", default=None,
+                       help="path from columns, e.g. '{page_dir}/{videoid}.mp4' (WebVid)")
+    shard.add_argument("--root", default=None,
+                       help="folder that relative manifest paths start from (default: the manifest's folder)")
+    shard.add_argument("--prompt", default=None, help="prompt for a single-video manifest")
 
 
 def run(args) -> int:
@@ -80,7 +111,10 @@ def run(args) -> int:
         return run_shapes(args)
     if args.data_command == "cache":
         return run_cache(args)
-    raise CLIError("give a data command: `vidiff data shapes ...` or `vidiff data cache ...` (see --help)")
+    if args.data_command == "shard":
+        return run_shard(args)
+    raise CLIError("give a data command: `vidiff data shapes ...`, `vidiff data cache ...` or `vidiff data shard "
+                   "...` (see --help)")
 
 
 def run_shapes(args) -> int:
@@ -119,4 +153,19 @@ def run_cache(args) -> int:
         prompt=args.prompt, root=args.root)
     print(f"cached {index['num_samples']} clips in {len(index['shards'])} shard(s) under {args.out} "
           f"({index['num_skipped']} bad files skipped)")
+    return 0
+
+
+def run_shard(args) -> int:
+    try:
+        shard_size = parse_size(args.shard_size)
+    except ValueError as e:
+        raise CLIError(f"--shard-size: {e}") from None
+    check_writable(args.out)
+    index, bad = write_shards(args.manifest, args.out, shard_size=shard_size, overwrite=args.overwrite,
+                              caption_column=args.caption_column, path_column=args.path_column,
+                              path_template=args.path_template, root=args.root, prompt=args.prompt)
+    example = f", e.g. {bad[0]}" if bad else ""
+    print(f"wrote {index.num_samples} clips in {len(index.shards)} shard(s) and {args.out}/index.json "
+          f"({index.num_skipped} bad files skipped{example})")
     return 0

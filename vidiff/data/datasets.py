@@ -17,6 +17,7 @@ Randomness (clip start, crop, flip, replacement of bad files) comes from a gener
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -187,7 +188,7 @@ class VideoDataset(torch.utils.data.Dataset):
                  caption_column: str = "caption", path_column: str = "path", path_template: str | None = None,
                  image_ok: bool = True, seed: int = 0, image_as_video: bool = False, prompt: str | None = None,
                  root: str | os.PathLike | None = None, backend: str = "auto", repeat: int = 1,
-                 check_files: bool = True):
+                 check_files: bool = True, entries: list[Entry] | None = None):
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         if height < 1 or width < 1:
@@ -207,10 +208,12 @@ class VideoDataset(torch.utils.data.Dataset):
         self.image_ok, self.image_as_video = image_ok, image_as_video
         self.seed, self.backend, self.repeat = seed, backend, repeat
         self.epoch = 0
-        self.entries = load_manifest(manifest, path_column=path_column, caption_column=caption_column,
-                                     path_template=path_template, root=root, prompt=prompt, image_ok=image_ok)
+        # `entries` given: a dataset whose files are not plain paths (vidiff.data.shards); `manifest` names it
+        self.entries = entries if entries is not None else load_manifest(
+            manifest, path_column=path_column, caption_column=caption_column, path_template=path_template,
+            root=root, prompt=prompt, image_ok=image_ok)
         self.bad_files: dict[str, str] = {}  # path -> reason, in this process
-        if check_files:
+        if check_files and entries is None:
             usable = [e for e in self.entries if os.path.isfile(e.path) and os.path.getsize(e.path) > 0]
             if not usable:
                 raise ValueError(f"none of the {len(self.entries)} files in manifest {manifest} exists or is "
@@ -250,13 +253,24 @@ class VideoDataset(torch.utils.data.Dataset):
         size = cover_size(info.height, info.width, self.height, self.width)
         return read_frames(path, info, indices=indices, size=size, backend=self.backend).frames
 
+    def local_file(self, file_index: int):
+        """A context manager giving entry `file_index` as a file the decoders can open: here its own path
+        (vidiff.data.shards overrides it to hand out a tar member)."""
+        return contextlib.nullcontext(Path(self.entries[file_index].path))
+
+    def clip_size(self, file_index: int) -> tuple[int, int, int, float]:
+        """Entry `file_index` as stored: (num_frames, height, width, fps) from its header; VideoReadError if bad."""
+        with self.local_file(file_index) as path:
+            info = probe_video(path)
+        return info.num_frames, info.height, info.width, info.fps
+
     def load(self, index: int) -> dict:
         """Sample `index` with no bad-file handling: raises VideoReadError for a bad file."""
         entry = self.entries[index % len(self.entries)]
-        path = Path(entry.path)
         rng = self._rng(index) if self.train else None
-        is_image = path.suffix.lower() in IMAGE_SUFFIXES
-        frames = self._load_image(path, rng) if is_image else self._load_video(path, rng)
+        with self.local_file(index % len(self.entries)) as path:
+            is_image = path.suffix.lower() in IMAGE_SUFFIXES
+            frames = self._load_image(path, rng) if is_image else self._load_video(path, rng)
         top, left = crop_offsets(frames.shape[1], frames.shape[2], self.height, self.width, rng)
         frames = frames[:, top:top + self.height, left:left + self.width]
         if self.flip and rng is not None and rng.random() < 0.5:

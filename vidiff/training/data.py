@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vidiff.config import Config
-from vidiff.data import CachedLatentDataset, VideoDataset, load_manifest, probe_video
+from vidiff.data import CachedLatentDataset, VideoDataset
+from vidiff.data.buckets import BucketedClips
+from vidiff.data.shards import ShardDataset
 from vidiff.models.encoding import encode_text, encode_video
 
 
@@ -45,6 +47,42 @@ class EndlessSampler(Sampler):
             epoch, offset = epoch + 1, 0
 
     def __len__(self) -> int:  # endless; a large finite number keeps DataLoader / accelerate arithmetic working
+        return 2 ** 40
+
+
+class BucketBatchSampler(Sampler):
+    """Yields batches `[(index, position), ...]` of `batch_size` clips of one bucket, forever. Epoch e: each
+    bucket's clips in a permutation seeded by (seed, e), cut into whole batches (the remainder waits for the
+    next epoch's draw), and all buckets' batches in one seeded random order. Starting at global sample `start`
+    (a multiple of batch_size: whole batches) continues the same stream, as EndlessSampler does; under accelerate
+    each rank takes every num_processes-th batch, so each drawn clip is trained once across the job."""
+
+    def __init__(self, bucket_sizes: list[int], batch_size: int, seed: int, start: int = 0):
+        if all(n < batch_size for n in bucket_sizes):
+            raise ValueError(f"no bucket holds train.batch_size={batch_size} clips (buckets hold {bucket_sizes}); "
+                             f"use a smaller batch or fewer buckets")
+        self.bucket_sizes, self.batch_size, self.seed, self.start = bucket_sizes, batch_size, seed, start
+        self.batches_per_epoch = sum(n // batch_size for n in bucket_sizes)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        batches, offset = [], 0
+        for n in self.bucket_sizes:
+            order = (torch.randperm(n, generator=g) + offset).tolist()
+            batches += [order[k:k + self.batch_size] for k in range(0, n - self.batch_size + 1, self.batch_size)]
+            offset += n
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+    def __iter__(self):
+        epoch, skip = divmod(self.start // self.batch_size, self.batches_per_epoch)
+        position = self.start - self.start % self.batch_size
+        while True:
+            for batch in self.epoch_batches(epoch)[skip:]:
+                yield [(index, position + j) for j, index in enumerate(batch)]
+                position += len(batch)
+            epoch, skip = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless (see EndlessSampler)
         return 2 ** 40
 
 
@@ -124,12 +162,10 @@ class ResampledClips(Dataset):
         return item
 
 
-def stored_size(manifest, prompt: str | None, height: int, width: int, mode: str) -> tuple[int, int]:
-    """The frame size of the manifest's first video (data.resize area / crop read clips at it), checked
+def stored_size(dataset: VideoDataset, height: int, width: int, mode: str) -> tuple[int, int]:
+    """The frame size of the dataset's first video (data.resize area / crop read clips at it), checked
     against the target size."""
-    entries = load_manifest(manifest, prompt=prompt, image_ok=False)
-    info = probe_video(entries[0].path)
-    h, w = info.height, info.width
+    _, h, w, _ = dataset.clip_size(0)
     if mode == "area" and (h % height or w % width or h // height != w // width):
         raise ValueError(f"data.resize=area needs the stored {w}x{h} frames to be one integer multiple of "
                          f"data.width x data.height ({width}x{height})")
@@ -148,14 +184,20 @@ def make_dataset(config: Config, *, images: bool = False):
                             seed=config.train.seed + 1, image_ok=True)
     if d.cache:
         return CachedLatentDataset(d.cache)
-    height, width = d.height, d.width
-    if d.resize != "cover":
-        height, width = stored_size(d.manifest, d.prompt or None, d.height, d.width, d.resize)
-    # Images in a video manifest would make one-frame samples that cannot share a batch with clips: they are
-    # skipped (and counted) as bad samples; joint training takes them from data.image_manifest instead.
-    dataset = VideoDataset(d.manifest, d.num_frames, height, width, stride=d.stride, fps=d.fps, train=True,
-                           flip=d.flip, seed=config.train.seed, prompt=d.prompt or None, image_ok=False)
-    return dataset if d.resize == "cover" else ResampledClips(dataset, d.resize, d.height, d.width)
+    options = dict(stride=d.stride, fps=d.fps, train=True, flip=d.flip, seed=config.train.seed)
+    if d.shards:
+        dataset = ShardDataset(d.shards, d.num_frames, d.height, d.width, **options)
+    else:
+        # Images in a video manifest would make one-frame samples that cannot share a batch with clips: they are
+        # skipped (and counted) as bad samples; joint training takes them from data.image_manifest instead.
+        dataset = VideoDataset(d.manifest, d.num_frames, d.height, d.width, prompt=d.prompt or None,
+                               image_ok=False, **options)
+    if d.buckets:
+        return BucketedClips(dataset, d.buckets)
+    if d.resize == "cover":
+        return dataset
+    dataset.height, dataset.width = stored_size(dataset, d.height, d.width, d.resize)  # read, then resampled
+    return ResampledClips(dataset, d.resize, d.height, d.width)
 
 
 def check_cache_geometry(dataset, config: Config, latent_channels: int, vae_scale_factor: int) -> None:
@@ -170,10 +212,15 @@ def check_cache_geometry(dataset, config: Config, latent_channels: int, vae_scal
 
 def make_loader(dataset, *, seed: int, batch_size: int, start: int, num_workers: int,
                 pin_memory: bool = False) -> DataLoader:
-    """An endless DataLoader over `dataset` from global sample `start` (see EndlessSampler, SeededItems)."""
+    """An endless DataLoader over `dataset` from global sample `start` (see EndlessSampler, SeededItems;
+    BucketBatchSampler for a dataset in buckets)."""
+    options = dict(collate_fn=collate, pin_memory=pin_memory, num_workers=num_workers,
+                   worker_init_fn=_ignore_stop_signals)
+    if isinstance(dataset, BucketedClips):
+        return DataLoader(SeededItems(dataset, seed), batch_sampler=BucketBatchSampler(
+            dataset.bucket_sizes, batch_size, seed, start=start), **options)
     return DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=EndlessSampler(len(dataset), seed,
-                      start=start), collate_fn=collate, drop_last=True, pin_memory=pin_memory,
-                      num_workers=num_workers, worker_init_fn=_ignore_stop_signals)
+                      start=start), drop_last=True, **options)
 
 
 def skipped_file_ids(batch: dict | None) -> set[int]:

@@ -115,7 +115,8 @@ def check_data(config: Config, info: dict | None):
     """Build the training datasets (they read the manifests and check the files exist); a latent cache must
     hold clips of the configured geometry for this model."""
     d = config.data
-    key = f"data.cache={d.cache!r}" if d.cache else f"data.manifest={d.manifest!r}"
+    key = (f"data.cache={d.cache!r}" if d.cache else f"data.shards={d.shards!r}" if d.shards
+           else f"data.manifest={d.manifest!r}")
     try:
         dataset = make_dataset(config)
     except (OSError, ValueError) as e:
@@ -129,6 +130,10 @@ def check_data(config: Config, info: dict | None):
             if getattr(d, name) % factor:
                 raise ConfigError(f"data.{name}={getattr(d, name)} must be a multiple of {factor} for this model "
                                   f"(VAE factor x U-Net factor)")
+        for i, (_, height, width) in enumerate(d.buckets or []):
+            if height % factor or width % factor:
+                raise ConfigError(f"data.buckets[{i}] is {width}x{height}: height and width must be multiples of "
+                                  f"{factor} for this model (VAE factor x U-Net factor)")
     image_dataset = None
     if d.image_batch_size:
         try:
