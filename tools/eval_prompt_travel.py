@@ -44,12 +44,16 @@ def main() -> None:
     p.add_argument("--seeds", default="9001,9002", help="comma-separated seeds (default: the held-out %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--batch", type=int, default=8, help="clips per sampling call (default: %(default)s)")
+    p.add_argument("--baseline", action="store_true",
+                   help="no change of colour (the same prompt at every keyframe): what the clip length alone gives")
     args = p.parse_args()
     torch.set_num_threads(1)
     model = args.model or str(demo.model_dir("base"))
     pipe = VideoPipeline.from_pretrained(model, device="cpu")
     cases = [(seed, before, after, shape, motion) for seed in (int(s) for s in args.seeds.split(","))
              for (before, after), shape, motion in itertools.product(PAIRS, SHAPES, MOTIONS)]
+    if args.baseline:
+        cases = [(seed, before, before, shape, motion) for seed, before, _, shape, motion in cases]
     results = []
     for start in range(0, len(cases), args.batch):
         batch = cases[start:start + args.batch]
@@ -62,7 +66,7 @@ def main() -> None:
         results += [judge(c, b, a, s, m, args.switch) for c, (_, b, a, s, m) in zip(clips, batch)]
         print(f"{len(results)}/{len(cases)} clips", flush=True)
     n = len(results)
-    print(f"\nprompt travel on {model}: {n} clips of {args.frames} frames, colour switched at frame {args.switch}, "
+    print(f"\n{'baseline (no colour change)' if args.baseline else 'prompt travel'} on {model}: {n} clips of {args.frames} frames, colour switched at frame {args.switch}, "
           f"seeds {args.seeds}, {args.steps or pipe.defaults.num_inference_steps} steps\n")
     print("| colour before | colour after | shape (both halves) | motion (whole clip) | all |")
     print("|---:|---:|---:|---:|---:|")
