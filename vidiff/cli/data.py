@@ -67,16 +67,21 @@ def add_parser(sub, help_text: str):
     cache.add_argument("--batch-size", type=int, default=4, help="clips encoded together")
     cache.add_argument("--shard-size", type=int, default=256, help="clips per safetensors shard")
     cache.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding videos")
-    cache.add_argument("--caption-column", default="caption", help="caption column of a .csv / .jsonl manifest")
-    cache.add_argument("--path-column", default="path", help="path column of a .csv / .jsonl manifest")
-    cache.add_argument("--path-template", default=None,
-                       help="path from columns, e.g. '{page_dir}/{videoid}.mp4' (WebVid)")
-    cache.add_argument("--root", default=None,
-                       help="folder that relative manifest paths start from (default: the manifest's folder)")
-    cache.add_argument("--prompt", default=None, help="prompt for a single-video manifest")
+    add_manifest_options(cache)
     add_device_options(cache, dtype_default="fp32", dtype_help="encoder precision")
     add_shard_parser(data_sub)
     return p
+
+
+def add_manifest_options(parser) -> None:
+    """How a .csv / .jsonl manifest names its clips (cache and shard read manifests as training does)."""
+    parser.add_argument("--caption-column", default="caption", help="caption column of a .csv / .jsonl manifest")
+    parser.add_argument("--path-column", default="path", help="path column of a .csv / .jsonl manifest")
+    parser.add_argument("--path-template", default=None,
+                        help="path from columns, e.g. '{page_dir}/{videoid}.mp4' (WebVid)")
+    parser.add_argument("--root", default=None,
+                        help="folder that relative manifest paths start from (default: the manifest's folder)")
+    parser.add_argument("--prompt", default=None, help="prompt for a single-video manifest")
 
 
 def add_shard_parser(data_sub) -> None:
@@ -97,13 +102,7 @@ def add_shard_parser(data_sub) -> None:
     shard.add_argument("--out", required=True, help="output shard folder (created; continued if interrupted)")
     shard.add_argument("--shard-size", default="1GB", help="bytes per shard, e.g. 1GB, 500MB, 64MiB")
     shard.add_argument("--overwrite", action="store_true", help="replace the shards of an earlier run in --out")
-    shard.add_argument("--caption-column", default="caption", help="caption column of a .csv / .jsonl manifest")
-    shard.add_argument("--path-column", default="path", help="path column of a .csv / .jsonl manifest")
-    shard.add_argument("--path-template", default=None,
-                       help="path from columns, e.g. '{page_dir}/{videoid}.mp4' (WebVid)")
-    shard.add_argument("--root", default=None,
-                       help="folder that relative manifest paths start from (default: the manifest's folder)")
-    shard.add_argument("--prompt", default=None, help="prompt for a single-video manifest")
+    add_manifest_options(shard)
 
 
 def run(args) -> int:
