@@ -66,8 +66,9 @@ def main() -> None:
         results += [judge(c, b, a, s, m, args.switch) for c, (_, b, a, s, m) in zip(clips, batch)]
         print(f"{len(results)}/{len(cases)} clips", flush=True)
     n = len(results)
-    print(f"\n{'baseline (no colour change)' if args.baseline else 'prompt travel'} on {model}: {n} clips of {args.frames} frames, colour switched at frame {args.switch}, "
-          f"seeds {args.seeds}, {args.steps or pipe.defaults.num_inference_steps} steps\n")
+    what = "baseline (no colour change)" if args.baseline else f"prompt travel (colour switched at {args.switch})"
+    print(f"\n{what} on {model}: {n} clips of {args.frames} frames, seeds {args.seeds}, "
+          f"{args.steps or pipe.defaults.num_inference_steps} steps\n")
     print("| colour before | colour after | shape (both halves) | motion (whole clip) | all |")
     print("|---:|---:|---:|---:|---:|")
     share = {k: sum(r[k] for r in results) / n for k in results[0]}

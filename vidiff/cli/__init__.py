@@ -29,7 +29,7 @@ SUBCOMMANDS = {
     "extend": "add frames after a clip with an interpolation stage",
     "upscale": "raise a clip's resolution with a spatial super-resolution (SSR) stage",
     "edit": "edit a video to new text prompts (Tune-A-Video / Text2Video-Zero)",
-    "export": "write a model's temporal weights for other tools (diffusers MotionAdapter, AnimateDiff)",
+    "export": "write temporal weights or LoRAs for other tools (diffusers, AnimateDiff, ComfyUI)",
 }
 
 

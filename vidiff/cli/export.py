@@ -1,4 +1,4 @@
-"""`vidiff export`: a trained model's temporal weights in the formats other tools read."""
+"""`vidiff export`: a trained model's temporal weights or LoRA adapter in the formats other tools read."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,8 @@ from vidiff.cli.common import CLIError, check_writable
 
 # format -> (what --out is, what it is for)
 FORMATS = {
-    "diffusers-motion-adapter": ("folder", "a diffusers MotionAdapter (AnimateDiffPipeline, MotionAdapter.from_pretrained)"),
+    "diffusers-motion-adapter": ("folder", "a diffusers MotionAdapter (AnimateDiffPipeline, "
+                                           "MotionAdapter.from_pretrained)"),
     "animatediff": ("file", "one .safetensors in the original AnimateDiff keys (the AnimateDiff repository, "
                             "ComfyUI's AnimateDiff nodes)"),
     "temporal": ("file", "vidiff's own temporal-layers file (VideoUNet.load_temporal), for either layout"),
@@ -20,7 +21,7 @@ FORMATS = {
 def add_parser(sub, help_text: str):
     p = sub.add_parser(
         "export", help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Write a vidiff model's temporal weights for other tools. Formats:\n"
+        description="Write a vidiff model's temporal weights or LoRA adapter for other tools. Formats:\n"
                     + "\n".join(f"  {name:25s} {what}: {use}" for name, (what, use) in FORMATS.items())
                     + "\nThe two AnimateDiff formats need a model in AnimateDiff's layout (`vidiff inflate "
                       "--motion-module` or `--temporal-layout animatediff`, then trained).",
