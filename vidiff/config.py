@@ -93,6 +93,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0             # gradient clipping; 0 = off (the norm is still logged)
     mixed_precision: str = "no"            # no | fp16 | bf16 (autocast; trainable weights stay fp32)
     gradient_checkpointing: bool = False   # recompute activations in backward: less memory, ~30% slower
+    compile: bool = False                  # torch.compile the U-Net (inductor, vidiff.models.compile): the first step compiles (minutes on a CPU), later ones run faster; checkpoints and exports are unchanged
     prediction_type: Union[str, None] = None  # epsilon | v_prediction; null = the scheduler config's
     snr_gamma: Union[float, None] = None   # min-SNR-gamma loss weighting (Hang et al. 2023); 5.0 is the usual value
     noise_offset: float = 0.0              # offset noise: per-video, per-channel constant added to the noise (0.05-0.1)

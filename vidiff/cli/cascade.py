@@ -11,6 +11,7 @@ from pathlib import Path
 import vidiff
 from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, clip_paths, seed_or_random,
                                write_outputs)
+from vidiff.cli.options import check_compile_flag
 from vidiff.cli.resolve import resolve_settings
 from vidiff.pipelines.cascade import CascadePipeline, check_cascade_side, is_cascade, plan_cascade, read_cascade
 from vidiff.spec import RequestTooLarge, SamplingSettings
@@ -98,8 +99,11 @@ def generate_cascade(args, prompts: list[str]) -> int:
                "fps": rate, **spec.stage.sidecar(spec.factor, spec.noise_level, spec.where(i))}
               for i, (spec, s, (f, h, w), rate) in enumerate(zip(specs, settings, sizes, rates))]
     device = check_device(args.device)
+    check_compile_flag(args, device)
 
     pipe = CascadePipeline.from_pretrained(source, device=device, dtype=args.dtype)
+    if args.compile:
+        pipe.compile_unet()
     for index, path in enumerate(paths):
         write_clip(args, pipe, path, prompts[index // args.num_videos], seed + index, source, stages)
     return 0
@@ -118,7 +122,7 @@ def write_clip(args, pipe, path: Path, prompt: str, seed: int, source, stages: l
     sidecar = {"prompt": prompt, "negative_prompt": args.negative, "seed": seed,
                "cascade": str(Path(source).resolve()), "num_frames": final["frames"], "height": final["height"],
                "width": final["width"], "fps": final["fps"], "stages": stages, "device": str(pipe.base.device),
-               "dtype": str(pipe.base.dtype).replace("torch.", ""), "vidiff_version": vidiff.__version__,
+               "dtype": str(pipe.base.dtype).replace("torch.", ""), "compile": args.compile, "vidiff_version": vidiff.__version__,
                "seconds": round(time.perf_counter() - start, 3)}
     written = write_outputs(path, video, final["fps"], sidecar, gif=args.gif, frames_dir=args.frames_dir,
                             contact_sheet=args.contact_sheet, overwrite=args.overwrite)

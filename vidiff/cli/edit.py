@@ -11,8 +11,8 @@ import numpy as np
 import vidiff
 from vidiff.cli.common import (CLIError, check_device, check_flag, check_size, check_video_output, numbered_paths,
                                probe_video_arg, quiet_loading, seed_or_random, write_outputs)
-from vidiff.cli.options import (add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
-                                add_seed_option, add_size_options, group)
+from vidiff.cli.options import (add_allow_large_option, add_compile_option, add_device_options, add_output_options,
+                                add_sampler_options, add_seed_option, add_size_options, check_compile_flag, group)
 from vidiff.cli.resolve import Model, resolve_model
 from vidiff.data.datasets import cover_size
 from vidiff.data.video_io import VideoReadError, clip_indices, read_video
@@ -61,6 +61,7 @@ def add_parser(sub, help_text: str):
     _add_clip_options(group(p, "input clip"))
     add_device_options(p, dtype_help="default: fp32 for --method tune (AdamW on fp16 weights loses the updates), "
                                      "else fp16 on CUDA")
+    add_compile_option(p)
     add_output_options(p, out_help="output clip, e.g. edited.mp4", extras=("contact-sheet",),
                        quiet_help="no progress bars")
     group(p, "output").add_argument("--side-by-side", action="store_true",
@@ -121,12 +122,15 @@ def run(args) -> int:
             raise CLIError(f"--cache-inversion: {e}") from None
     cross_frame = editing.check_edit_options(method, args.cross_frame)
     device = check_device(args.device)
+    check_compile_flag(args, device)
     dtype = args.dtype or ("fp32" if _tunes(args, method) else None)
     seed = seed_or_random(args.seed)
 
     frames = _read_clip(args, source, indices, model.settings.height, model.settings.width)
     quiet_loading(args.quiet)
     pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=dtype)
+    if args.compile:  # (with --method tune the tuning steps run compiled too: one more graph, with gradients)
+        pipe.compile_unet()
     start = time.perf_counter()
     result, key = _edit(args, pipe, model, method, frames, prompts, cross_frame, cache, seed)
     record = _record(args, model, method, cross_frame, seed, source, indices, cache, result, pipe)
@@ -249,7 +253,7 @@ def _record(args, model: Model, method, cross_frame, seed, source, indices, cach
             "inversion": None if args.strength is not None else ("cached" if result.inversion_cached else "computed"),
             "inversion_cache": str(cache.path) if cache is not None else None,
             "side_by_side": args.side_by_side, "device": str(pipe.device),
-            "dtype": str(pipe.dtype).replace("torch.", ""), "vidiff_version": vidiff.__version__,
+            "dtype": str(pipe.dtype).replace("torch.", ""), "compile": args.compile, "vidiff_version": vidiff.__version__,
             "seconds": {k: round(v, 3) for k, v in result.timings.items()}}
 
 

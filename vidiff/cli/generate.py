@@ -15,8 +15,9 @@ from vidiff.cli.controlnet import EXAMPLES as CONTROL_EXAMPLES, HELP as CONTROL_
 from vidiff.cli.controlnet import add_control_options, load_control, read_control_request
 from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, check_size, check_source,
                                clip_paths, quiet_loading, seed_or_random, write_outputs)
-from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
-                                add_seed_option, add_size_options, group)
+from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_compile_option, add_device_options,
+                                add_output_options, add_sampler_options, add_seed_option, add_size_options,
+                                check_compile_flag, group)
 from vidiff.cli.resolve import Model, demo_model, resolve_model
 from vidiff.pipelines.editing import parse_motion_field, zero_shot_generate
 from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
@@ -76,6 +77,7 @@ def add_parser(sub, help_text: str):
     add_control_options(p)
     add_allow_large_option(p)
     add_device_options(p)
+    add_compile_option(p)
     add_output_options(p, extras=CLIP_EXTRAS,
                        out_help="output clip, e.g. clip.mp4 (.mp4, .gif, .png sheet, or a folder); {prompt} and "
                                 "{seed} in it name each clip by its prompt and seed, e.g. \"clips/{prompt}.mp4\"",
@@ -141,6 +143,7 @@ def run(args) -> int:
     check_output_path(args.out, count, gif=args.gif, frames_dir=args.frames_dir, contact_sheet=args.contact_sheet,
                       overwrite=args.overwrite, paths=paths)
     device = check_device(args.device)
+    check_compile_flag(args, device)
 
     quiet_loading(args.quiet)
     pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=args.dtype)
@@ -148,6 +151,8 @@ def run(args) -> int:
         pipe.unet.load_spatial_from(args.spatial_from)
     apply_loras(pipe, loras, args.fuse)
     control_model = load_control(control, pipe, model.settings.cross_frame)
+    if args.compile:  # last: the U-Net as it samples (LoRAs loaded or fused); it compiles on its first step
+        pipe.compile_unet()
     start = time.perf_counter()
     if args.zero_shot:
         videos = _zero_shot(pipe, prompts, args, model, seed, motion_field)
@@ -297,7 +302,7 @@ def _sidecar(args, model: Model, pipe, *, prompt: str, seed: int, fps: float, se
     return {**extra, "prompt": prompt, "negative_prompt": args.negative, "seed": seed, "model": str(Path(model.path).resolve()),
             **settings, **({"spatial_from": str(args.spatial_from)} if args.spatial_from else {}),
             "fps": fps, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
-            "vidiff_version": vidiff.__version__, "seconds": round(seconds, 3)}
+            "compile": args.compile, "vidiff_version": vidiff.__version__, "seconds": round(seconds, 3)}
 
 
 def _zero_shot_options(args):

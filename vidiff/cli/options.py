@@ -1,5 +1,6 @@
 """The option groups several `vidiff` subcommands share, each flag defined once: sampling (sizes, steps, guidance,
-sampler, seed), the device, and the outputs. A subcommand adds the groups it takes and then its own flags.
+sampler, seed), the device (and --compile, with its check), and the outputs. A subcommand adds the groups it takes
+and then its own flags.
 
 Unset sampling flags (None) take the model's defaults from its vidiff.json; every value is range-checked once,
 by vidiff.spec (`resolve_sampling` / `check_setting`), not by argparse.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 
+from vidiff.cli.common import CLIError
+from vidiff.models.compile import CompileError, check_compile
 from vidiff.spec import SCHEDULER_NAMES
-from vidiff.utils import DTYPES
+from vidiff.utils import DTYPES, check_device
 
 
 def add_size_options(p, frames_help: str = "frames per clip (default: the model's)") -> None:
@@ -52,6 +55,26 @@ def add_device_options(p, *, dtype_default: str | None = None,
     options = group(p, "device")
     options.add_argument("--device", default=None, help="cuda | cuda:N | mps | cpu (default: the best available)")
     options.add_argument("--dtype", default=dtype_default, choices=DTYPES, help=dtype_help)
+
+
+def add_compile_option(p) -> None:
+    """--compile: torch.compile the U-Net (vidiff.models.compile)."""
+    group(p, "device").add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the U-Net (inductor): the first step at a clip size compiles it (a minute or more), "
+             "later steps run faster, outputs equal to float tolerance; needs a C++ compiler on the CPU, triton "
+             "on CUDA (default: off)")
+
+
+def check_compile_flag(args, device: str | None) -> None:
+    """--compile, where a command has it, can run on `device` (a checked --device; None: the best available):
+    CLIError naming the flag otherwise, before anything loads."""
+    if not getattr(args, "compile", False):
+        return
+    try:
+        check_compile(check_device(device))
+    except CompileError as e:
+        raise CLIError(f"--compile: {e}") from None
 
 
 # The extra formats every command that writes a clip offers (generate, interpolate, extend, upscale)

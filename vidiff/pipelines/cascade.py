@@ -301,6 +301,12 @@ class CascadePipeline:
         specs = read_cascade(path)  # every check first: nothing loads when a stage is missing or mismatched
         return cls(specs, [VideoPipeline.from_pretrained(spec.model, device=device, dtype=dtype) for spec in specs])
 
+    def compile_unet(self, mode: str | None = None, backend="inductor") -> "CascadePipeline":
+        """torch.compile every stage's U-Net (`VideoPipeline.compile_unet`); each compiles on its first call."""
+        for pipe in self.pipelines:
+            pipe.compile_unet(mode=mode, backend=backend)
+        return self
+
     @property
     def base(self):
         return self.pipelines[0]

@@ -17,8 +17,10 @@ from diffusers.optimization import SchedulerType
 
 from vidiff.config import FLOOR_SCHEDULES, Config, ConfigError, validate
 from vidiff.models.attention import AttentionBackendError, check_backend
+from vidiff.models.compile import CompileError, check_compile
 from vidiff.models.loading import is_hub_id
 from vidiff.spec import INFO_NAME, read_info
+from vidiff.utils import default_device
 from vidiff.training.data import check_cache_geometry, make_dataset
 
 # A run writes at least config.json, the CSV and a checkpoint before anything else; with less free space than this
@@ -55,6 +57,11 @@ def check_options(config: Config) -> None:
         check_backend(config.model.attention_backend)
     except AttentionBackendError as e:
         raise ConfigError(f"model.attention_backend: {e}") from None
+    if config.train.compile:
+        try:  # (the device accelerate will pick: a GPU when there is one)
+            check_compile(default_device(), config.model.attention_backend)
+        except CompileError as e:
+            raise ConfigError(f"train.compile: {e}") from None
 
 
 def check_model_source(config: Config) -> tuple[str, dict | None]:

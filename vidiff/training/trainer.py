@@ -52,6 +52,7 @@ from diffusers.optimization import get_scheduler
 
 from vidiff.adapters.lora import LoraSettings, adapter_parameters, add_lora, fuse_lora, has_lora, merged
 from vidiff.config import TRAINABLE_MODES, Config, ConfigError, TrainConfig
+from vidiff.models.compile import compile_unet
 from vidiff.pipelines.text_to_video import VideoPipeline
 from vidiff.progress import ProgressBar
 from vidiff.spec import PipelineInfo
@@ -397,13 +398,15 @@ def prepare_model(config: Config, accelerator, say):
         say(f"warning: {len(unused)} trainable parameter(s) take no part in the forward and stay frozen: "
             f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
     num_trainable = sum(p.numel() for p in trainable.values())
+    if t.compile:  # in place, after the eager probe: state-dict keys (checkpoints, exports) keep their names
+        compile_unet(unet)
     if t.train_text_encoder:  # (after the probe, which runs the U-Net alone)
         trainable.update(text_encoder_parameters(pipe.text_encoder.train().requires_grad_(True)))
         say(f"training the text encoder too ({sum(p.numel() for p in pipe.text_encoder.parameters()) / 1e6:.2f}M "
             "parameters)")
     say(f"training {num_trainable / 1e6:.2f}M of {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M U-Net "
         f"parameters ({t.trainable}), stage {stage.name}, {prediction_type} objective, "
-        f"{accelerator.num_processes} process(es) on {device}")
+        f"{accelerator.num_processes} process(es) on {device}{', U-Net compiled' if t.compile else ''}")
     return pipe, stage, noise_scheduler, trainable
 
 
