@@ -2,8 +2,9 @@
 
 The tests compile with a counting "aot_eager" backend (dynamo's tracing and AOT autograd's graphs without
 generating code) and `fullgraph=True`, so a graph break fails them; the inductor tests (generated C++ kernels)
-compare the real thing. Tracing the tiny U-Net alone takes 25-50 s on the shared 2-core CPU, so only one
-compiling test (generate --compile) runs by default; the others are marked slow (`make test-all`).
+compare the real thing. Tracing the tiny U-Net takes 5-10 s on an idle 2-core CPU (25-50 s when other jobs share
+it), so generate --compile and the training run are the compiling tests that run by default; the others are
+marked slow (`make test-all`).
 """
 from pathlib import Path
 
@@ -144,10 +145,26 @@ def test_no_recompiles_across_steps_calls_and_windows(animatediff_model, counted
     assert counted.frame_count == 2
 
 
+@pytest.mark.slow  # (two graphs: ~40 s)
+def test_edit_compile_equals_eager(model, tmp_path, capsys, counted):
+    from vidiff.data.video_io import write_video
+
+    rng = np.random.default_rng(0)
+    video = write_video(tmp_path / "in.mp4", rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8), fps=8)
+    common = ["edit", "--model", model, "--video", video, "--prompt", "a blue square", "--source-prompt", "a red circle",
+              "--inversion", "--steps", "3", "--guidance", "2", "--seed", "1", "--contact-sheet", "--quiet",
+              "--device", "cpu"]
+    assert run(capsys, *common, "--out", tmp_path / "eager.mp4")[0] == 0
+    code, out = run(capsys, *common, "--compile", "--out", tmp_path / "compiled.mp4")
+    assert code == 0, out.err
+    assert counted.frame_count == 2  # DDIM inversion (unguided batch) and guided sampling: one graph each
+    eager, compiled = (np.asarray(Image.open(tmp_path / f"{name}.png")).astype(int) for name in ("eager", "compiled"))
+    assert eager.shape == compiled.shape and np.abs(eager - compiled).max() <= 1
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # training: the same losses, plain checkpoints and exports, resume
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.slow  # (three compiled runs, forward + backward graphs: ~80 s on the shared 2-core CPU)
 def test_training_compiled_matches_eager_and_resumes(model, tmp_path, counted):
     from vidiff.data.synthetic import write_shapes_dataset
 
