@@ -103,6 +103,7 @@ class TrainConfig:
     ema: bool = False                      # keep an exponential moving average of the trainable weights (exported)
     ema_decay: float = 0.9999              # EMA decay (with the usual (1 + n) / (10 + n) warm-up)
     train_text_encoder: bool = False       # train the text encoder along with the U-Net (same optimiser, EMA, checkpoints; exported)
+    new_tokens: dict[str, str] = field(default_factory=dict)  # textual inversion: new word -> the words its embedding starts from ({purple: red blue}); only the new rows train (with a LoRA: pivotal tuning); exported in the folder and as output_dir/embeddings/<word>.safetensors
     export_defaults: str = "data"          # the exported vidiff.json's sampling defaults: data (the training clip: data.num_frames, height, width, fps) | pretrained (model.pretrained's own: for smoke runs on clips too small to generate at)
     export_sd: bool = False                # also write output_dir/sd: the U-Net as a diffusers SD text-to-image folder (a U-Net without temporal layers)
     seed: int = 0                          # model init, data order and noise are determined by this seed
@@ -112,6 +113,11 @@ class TrainConfig:
     max_nonfinite: int = 5                 # stop after this many non-finite losses in a row
     debug_nan_steps: list[int] = field(default_factory=list)  # test hook: make the loss NaN at these steps
     lora: LoraTrainConfig = field(default_factory=LoraTrainConfig)  # the adapter of train.trainable=lora
+
+    @property
+    def trains_text(self) -> bool:
+        """The text embeddings keep their graph: the text encoder trains, or new token rows do."""
+        return self.train_text_encoder or bool(self.new_tokens)
 
 
 @dataclass
@@ -163,6 +169,9 @@ def _type_name(tp) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        key, value = typing.get_args(tp)
+        return f"mapping of {_type_name(key)} to {_type_name(value)}"
     return "null" if tp is type(None) else tp.__name__
 
 
@@ -188,6 +197,12 @@ def _coerce(value, tp, key: str, where: str):
         if not isinstance(value, list):
             raise ConfigError(f"{key} in {where}: expected {_type_name(tp)}, got {value!r}")
         return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} in {where}: expected {_type_name(tp)}, got {value!r}")
+        return {_coerce(k, key_type, f"{key} (a key)", where): _coerce(v, value_type, f"{key}.{k}", where)
+                for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -307,6 +322,11 @@ def validate(cfg: Config, where: str = "config", *, need_data: bool = True) -> N
           f"train.lr_floor={t.lr_floor} applies to train.lr_scheduler={' | '.join(FLOOR_SCHEDULES)}, not to {t.lr_scheduler!r}")
     check(not t.train_text_encoder or not d.cache,
           "train.train_text_encoder needs captions, not data.cache (its text embeddings are computed once, frozen)")
+    check(not t.new_tokens or not d.cache,
+          "train.new_tokens needs captions, not data.cache (its text embeddings are computed once, frozen)")
+    check(not (t.new_tokens and t.train_text_encoder),
+          "train.new_tokens trains new embedding rows of a frozen text encoder; with train.train_text_encoder the "
+          "whole encoder trains: set one of them")
     check(t.export_defaults in EXPORT_DEFAULTS,
           f"train.export_defaults must be one of {', '.join(EXPORT_DEFAULTS)}, got {t.export_defaults!r}")
     check(d.resize in RESIZE_MODES, f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {d.resize!r}")

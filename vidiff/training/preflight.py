@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffusers.optimization import SchedulerType
+from transformers import AutoTokenizer
 
+from vidiff.adapters.embeddings import check_new_words
 from vidiff.config import FLOOR_SCHEDULES, Config, ConfigError, validate
 from vidiff.models.attention import AttentionBackendError, check_backend
 from vidiff.models.loading import is_hub_id
@@ -40,6 +42,7 @@ def check_run(config: Config) -> Preflight:
     validate(config)
     check_options(config)
     kind, info = check_model_source(config)
+    check_new_tokens(config, kind)
     check_output_location(Path(config.output_dir))
     dataset, image_dataset = check_data(config, info)
     return Preflight(dataset=dataset, image_dataset=image_dataset, model_kind=kind, info=info)
@@ -55,6 +58,18 @@ def check_options(config: Config) -> None:
         check_backend(config.model.attention_backend)
     except AttentionBackendError as e:
         raise ConfigError(f"model.attention_backend: {e}") from None
+
+
+def check_new_tokens(config: Config, kind: str) -> None:
+    """train.new_tokens against the model's tokenizer (loaded alone: seconds, not the model's minutes)."""
+    words = config.train.new_tokens
+    folder = Path(config.model.pretrained).expanduser() / "tokenizer"
+    if not words or kind == "hub" or not folder.is_dir():
+        return  # (a hub model's tokenizer is checked when it loads)
+    try:
+        check_new_words(AutoTokenizer.from_pretrained(str(folder)), words)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_model_source(config: Config) -> tuple[str, dict | None]:

@@ -50,6 +50,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
+from vidiff.adapters.embeddings import add_new_tokens, merged_tokens, new_token_rows, save_embedding
 from vidiff.adapters.lora import LoraSettings, adapter_parameters, add_lora, fuse_lora, has_lora, merged
 from vidiff.config import TRAINABLE_MODES, Config, ConfigError, TrainConfig
 from vidiff.pipelines.text_to_video import VideoPipeline
@@ -397,6 +398,11 @@ def prepare_model(config: Config, accelerator, say):
         say(f"warning: {len(unused)} trainable parameter(s) take no part in the forward and stay frozen: "
             f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
     num_trainable = sum(p.numel() for p in trainable.values())
+    if t.new_tokens:  # textual inversion: the new rows of a frozen text encoder (after the probe, as below)
+        tokens = add_new_tokens(pipe.tokenizer, pipe.text_encoder, t.new_tokens)
+        trainable[NEW_TOKENS] = tokens.new.requires_grad_(True)
+        say(f"training new token(s) {', '.join(t.new_tokens)} (textual inversion, {tokens.new.numel()} "
+            "numbers)")
     if t.train_text_encoder:  # (after the probe, which runs the U-Net alone)
         trainable.update(text_encoder_parameters(pipe.text_encoder.train().requires_grad_(True)))
         say(f"training the text encoder too ({sum(p.numel() for p in pipe.text_encoder.parameters()) / 1e6:.2f}M "
@@ -405,6 +411,9 @@ def prepare_model(config: Config, accelerator, say):
         f"parameters ({t.trainable}), stage {stage.name}, {prediction_type} objective, "
         f"{accelerator.num_processes} process(es) on {device}")
     return pipe, stage, noise_scheduler, trainable
+
+
+NEW_TOKENS = "text_encoder.new_tokens"  # the trainable name of train.new_tokens' embedding rows
 
 
 def text_encoder_parameters(text_encoder) -> dict[str, torch.nn.Parameter]:
@@ -439,6 +448,10 @@ def checkpoint_model(run: "Run") -> torch.nn.Module:
     `unet.*` and `text_encoder.*`); a LoRA run, its trainable tensors only."""
     if run.config.train.trainable == "lora":
         return TrainableWeights(run.trainable)
+    if run.config.train.new_tokens:  # the U-Net and the new rows (not the frozen encoder)
+        rows = torch.nn.Module()
+        rows.register_parameter("rows", run.trainable[NEW_TOKENS])
+        return torch.nn.ModuleDict({"unet": run.accelerator.unwrap_model(run.unet), "new_tokens": rows})
     if not run.config.train.train_text_encoder:
         return run.unet
     unet = run.accelerator.unwrap_model(run.unet)
@@ -530,7 +543,7 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
     loader, image_loader = make_loaders(config, checked, pipe, state, accelerator)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, loader, lr_scheduler)
     # a text encoder that trains is DDP-wrapped too, so its gradients are averaged over ranks
-    text_encoder = accelerator.prepare(pipe.text_encoder) if t.train_text_encoder else pipe.text_encoder
+    text_encoder = accelerator.prepare(pipe.text_encoder) if t.trains_text else pipe.text_encoder
     run = Run(config=config, accelerator=accelerator, say=say, pipe=pipe, unet=unet, stage=stage,
               noise_scheduler=noise_scheduler, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler,
               ema=ema, loader=loader, image_loader=image_loader, dataset_size=len(checked.dataset), state=state,
@@ -593,7 +606,7 @@ def micro_batches(run: Run, counts: dict) -> Iterator[list[dict]]:
             if b is not None:
                 with run.accelerator.autocast():
                     latents, text = encode_batch(b, *encoders, generator=run.generator, device=run.accelerator.device,
-                                                 caption_dropout=t.caption_dropout, train_text=t.train_text_encoder)
+                                                 caption_dropout=t.caption_dropout, train_text=t.trains_text)
                 parts.append({"latents": latents, "encoder_hidden_states": text, "weight": weight})
         if run.state["step"] in t.debug_nan_steps:
             parts[0]["weight"] = float("nan")  # test hook: a non-finite loss at this step
@@ -643,12 +656,16 @@ def export(run: Run) -> Path | None:
         named = {k: p for k, p in model.named_parameters() if k in run.trainable}
         if run.config.train.train_text_encoder:
             named.update(text_encoder_parameters(run.pipe.text_encoder))
+        if NEW_TOKENS in run.trainable:
+            named[NEW_TOKENS] = run.trainable[NEW_TOKENS]
         with run.ema.swapped_in(named) if run.ema is not None else contextlib.nullcontext():
             run.pipe.unet = model
             run.pipe.info = record_training_settings(run.pipe.info, run.config)
             pipeline_dir = run.output_dir / "pipeline"
             try:
-                run.pipe.save_pretrained(pipeline_dir)  # (a LoRA run: base weights + unet/lora.safetensors)
+                with merged_tokens(run.pipe.text_encoder):  # (new tokens: a plain, enlarged embedding)
+                    run.pipe.save_pretrained(pipeline_dir)  # (a LoRA run: base weights + unet/lora.safetensors)
+                save_new_tokens(run)
                 with merged(model):  # the motion module and the SD folder hold a LoRA run's merged weights
                     if any(True for _ in model.temporal_parameters()):
                         model.save_temporal(run.output_dir / "temporal.safetensors")
@@ -663,6 +680,13 @@ def export(run: Run) -> Path | None:
                 f"{run.output_dir / 'temporal.safetensors'}")
     accelerator.wait_for_everyone()
     return pipeline_dir
+
+
+def save_new_tokens(run: Run) -> None:
+    """train.new_tokens' words as output_dir/embeddings/<word>.safetensors (A1111's form: A1111, ComfyUI and
+    diffusers' load_textual_inversion read it; `vidiff generate --embedding` too)."""
+    for word, rows in new_token_rows(run.pipe.tokenizer, run.pipe.text_encoder).items():
+        save_embedding(run.output_dir / "embeddings" / f"{word}.safetensors", rows[None], word)
 
 
 def write_sd_folder(pipe, out: Path) -> Path:
