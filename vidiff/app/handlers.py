@@ -223,16 +223,17 @@ def generate(models: AppModels, out_dir: Path, *, prompt: str, negative: str | N
 
 
 def edit(models: AppModels, out_dir: Path, *, video, prompt: str, source_prompt: str | None = None,
-         negative: str | None = None, method: str | None = None, strength=None, steps=None, guidance=None,
-         seed=None, tune_steps=None, max_upload_mb: float = 200) -> Result:
-    """`vidiff edit --contact-sheet` of the uploaded `video` to `prompt` with the base model."""
+         negative: str | None = None, method: str | None = None, strength=None, num_frames=None, steps=None,
+         guidance=None, seed=None, tune_steps=None, max_upload_mb: float = 200) -> Result:
+    """`vidiff edit --contact-sheet` of the uploaded `video` to `prompt` with the base model (`num_frames` of the
+    clip's first frames; default the model's)."""
     video = check_upload(video, max_upload_mb)
     if not (prompt or "").strip():
         raise AppError("no prompt: type what the edited video should show")
     argv = [*([] if models.demo else [f"--model={models.base}"]), f"--video={video}", f"--prompt={prompt}",
             "--contact-sheet",
-            *flags(source_prompt=source_prompt, negative=negative, method=method, strength=strength, steps=steps,
-                   guidance=guidance, seed=seed, tune_steps=tune_steps if method == "tune" else None)]
+            *flags(source_prompt=source_prompt, negative=negative, method=method, strength=strength,
+                   num_frames=num_frames, steps=steps, guidance=guidance, seed=seed, tune_steps=tune_steps if method == "tune" else None)]
     return _run_and_read("edit", argv, fresh_path(out_dir, "edit"), uploads=[video])
 
 

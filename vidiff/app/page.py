@@ -23,7 +23,8 @@ MODEL_DEFAULT = "the model's"      # the scheduler choice that leaves it to the 
 QUEUE = "vidiff"                   # every button's requests share one worker: one sampling run at a time
 OUTPUTS = 6                        # status, clip, GIF, contact sheet, settings, downloads
 # small clips (the demo's are 32 px) drawn large and sharp rather than as a thumbnail
-CSS = ".vidiff-still img { min-width: 50%; image-rendering: pixelated; }"
+CSS = (".vidiff-still .image-frame, .vidiff-still img { width: 100% !important; height: auto !important; }"
+       ".vidiff-still img { object-fit: contain !important; image-rendering: pixelated; }")
 
 
 def _respond(call) -> tuple:
@@ -116,6 +117,7 @@ def _edit_tab(models: AppModels, out_dir: Path, max_upload_mb: float) -> None:
                                    d.edit_strength, "edit-strength", info="SDEdit noise, 0..1")
                 tune_steps = _number("Tuning steps", 300, "edit-tune-steps", whose="default")
             with gr.Row():
+                frames = _number("Frames", d.num_frames, "edit-frames", info="taken from the clip's start")
                 steps = _number("Steps", d.num_inference_steps, "edit-steps")
                 guidance = _number("Guidance", d.edit_guidance or d.guidance_scale, "edit-guidance")
                 seed = _number("Seed", None, "edit-seed")
@@ -123,15 +125,15 @@ def _edit_tab(models: AppModels, out_dir: Path, max_upload_mb: float) -> None:
         with gr.Column():
             outputs = _output_panel("edit")
 
-    def on_edit(video, source, prompt, negative, method, strength, tune_steps, steps, guidance, seed,
+    def on_edit(video, source, prompt, negative, method, strength, tune_steps, frames, steps, guidance, seed,
                 progress=gr.Progress(track_tqdm=True)):
         return _respond(lambda: handlers.edit(
             models, out_dir, video=video, prompt=prompt, source_prompt=source, negative=negative, method=method,
-            strength=strength, steps=steps, guidance=guidance, seed=seed, tune_steps=tune_steps,
+            strength=strength, num_frames=frames, steps=steps, guidance=guidance, seed=seed, tune_steps=tune_steps,
             max_upload_mb=max_upload_mb))
 
-    button.click(on_edit, [video, source, prompt, negative, method, strength, tune_steps, steps, guidance, seed],
-                 outputs, concurrency_id=QUEUE, show_progress_on=outputs[1])
+    button.click(on_edit, [video, source, prompt, negative, method, strength, tune_steps, frames, steps, guidance,
+                           seed], outputs, concurrency_id=QUEUE, show_progress_on=outputs[1])
 
 
 def _stage_tab(models: AppModels, out_dir: Path, max_upload_mb: float) -> None:
