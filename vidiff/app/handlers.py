@@ -233,7 +233,8 @@ def edit(models: AppModels, out_dir: Path, *, video, prompt: str, source_prompt:
     argv = [*([] if models.demo else [f"--model={models.base}"]), f"--video={video}", f"--prompt={prompt}",
             "--contact-sheet",
             *flags(source_prompt=source_prompt, negative=negative, method=method, strength=strength,
-                   num_frames=num_frames, steps=steps, guidance=guidance, seed=seed, tune_steps=tune_steps if method == "tune" else None)]
+                   num_frames=num_frames, steps=steps, guidance=guidance, seed=seed,
+                   tune_steps=tune_steps if method == "tune" else None)]
     return _run_and_read("edit", argv, fresh_path(out_dir, "edit"), uploads=[video])
 
 

@@ -177,7 +177,8 @@ def describe(models: AppModels) -> str:
 
 def build_app(models: AppModels, out_dir: Path, max_upload_mb: float = 200) -> gr.Blocks:
     """The page (not launched)."""
-    with gr.Blocks(title="vidiff", analytics_enabled=False) as app:
+    # Gradio keeps copies of uploads and shown files in its cache (GRADIO_TEMP_DIR): hourly, those over an hour old go
+    with gr.Blocks(title="vidiff", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# vidiff\n{describe(models)} Every request writes a new clip, its GIF, contact sheet and "
                     f"JSON settings under `{out_dir}`.")
         with gr.Tab("Generate", elem_id="tab-generate"):
@@ -194,6 +195,6 @@ def launch(models: AppModels, out_dir: Path, *, host: str, port: int, max_upload
     this machine beyond the app and `out_dir`, uploads over `max_upload_mb` refused."""
     app = build_app(models, out_dir, max_upload_mb)
     app.queue(default_concurrency_limit=1)
-    app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=False,
+    app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=False, quiet=True,
                max_file_size=int(max_upload_mb * MB), allowed_paths=[str(out_dir)], footer_links=[],
                run_history=False, mcp_server=False, pwa=False, enable_monitoring=False, ssr_mode=False, css=CSS)
