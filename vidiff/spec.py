@@ -168,6 +168,9 @@ SETTINGS: dict[str, Setting] = {
     "limit": Setting(int, 1, 1_000_000, "--limit", "clips"),
     # vidiff extend: frames added after the clip (how large the result may be is `check_request_size`'s)
     "new_frames": Setting(int, 1, 1_000_000, "--frames", "new frames"),
+    # vidiff app: where it listens, and the largest upload it takes
+    "port": Setting(int, 1, 65535, "--port"),
+    "max_upload_mb": Setting(float, 0.01, 1_000_000, "--max-upload-mb", "MB"),
 }
 
 
