@@ -138,9 +138,7 @@ def _finish(args, results: dict, table: str, summary_line: str) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # vidiff eval fvd
 # ---------------------------------------------------------------------------------------------------------------
-def _i3d(source: str | None):
-    if source is None:
-        raise CLIError(f"--i3d is required: {WEIGHTS_HINT} (or --i3d random for a smoke test)")
+def _i3d(source: str):
     if source == "random":
         return random_i3d()
     check_source(source, "--i3d")
@@ -157,6 +155,8 @@ def _fvd_features(model, entries, args, device):
 
 
 def run_fvd(args) -> int:
+    if args.i3d is None:
+        raise CLIError(f"--i3d is required: {WEIGHTS_HINT} (or --i3d random for a smoke test)")
     check_flag("batch_size", args.batch_size)
     if not 2 <= args.frames <= 1024 or not 32 <= args.size <= 1024:
         raise CLIError(f"--frames must be in [2, 1024] and --size in [32, 1024], got {args.frames} and {args.size}")

@@ -6,8 +6,9 @@ Protocol (StyleGAN-V's FVD16, Skorokhodov et al. 2022, on the original TensorFlo
     as the original's `resize_bilinear`), RGB scaled from [0, 255] to [-1, 1];
   - features: the 400 Kinetics logits before the softmax (`InceptionI3d.forward`), what StyleGAN-V's detector
     returns with `return_features=True`;
-  - FVD = |mu_r - mu_f|^2 + tr(S_r + S_f - 2 (S_r S_f)^(1/2)), means and covariances (ddof 1) in float64, the
-    matrix square root by scipy.linalg.sqrtm.
+  - FVD = |mu_r - mu_f|^2 + tr(S_r + S_f - 2 (S_r S_f)^(1/2)), means and covariances (ddof 1) in float64; the
+    trace of the matrix square root from the features' singular values (`fvd`, exact for any set size), or by
+    scipy.linalg.sqrtm from given statistics (`frechet_distance`).
 Published numbers use 2048 clips per set (StyleGAN-V) or more; FVD of small sets is biased upwards (the
 covariance estimate's noise), so compare sets of the same size only. The "content-debiased" FVD of Ge et al.
 2024 swaps I3D for VideoMAE-v2 features; it is not implemented here.
@@ -102,5 +103,20 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def fvd(real_features, fake_features) -> float:
-    """The Fréchet distance between two feature sets (n, d) and (m, d)."""
-    return frechet_distance(*feature_statistics(real_features), *feature_statistics(fake_features))
+    """The Fréchet distance between the Gaussians of two feature sets (n, d) and (m, d), from the features.
+
+    With A, B the centred features, S1 = A^T A / (n - 1) and S2 = B^T B / (m - 1), and tr (S1 S2)^(1/2) is the sum
+    of the singular values of B A^T over sqrt((n - 1)(m - 1)) (both are the square roots of the eigenvalues of
+    S1^(1/2) S2 S1^(1/2)). With A = Qa Ra and B = Qb Rb (QR, orthonormal Q) those are the singular values of
+    Rb Ra^T, at most d x d: exact for any set size, where sqrtm of a product of singular covariances (fewer clips
+    than 400 dimensions) is not."""
+    a, b = (np.asarray(f, np.float64) for f in (real_features, fake_features))
+    (mu1, sigma1), (mu2, sigma2) = feature_statistics(a), feature_statistics(b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets of different widths: {a.shape} and {b.shape}")
+    ra = np.linalg.qr(a - mu1, mode="r")
+    rb = np.linalg.qr(b - mu2, mode="r")
+    trace_sqrt = np.linalg.svd(rb @ ra.T, compute_uv=False).sum() / np.sqrt((len(a) - 1) * (len(b) - 1))
+    diff = mu1 - mu2
+    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt
+    return float(max(distance, 0.0))

@@ -210,11 +210,15 @@ def _download(hub_id: str) -> Path:
                          f"local .safetensors file") from None
 
 
+def save_i3d(model: InceptionI3d, target: str | os.PathLike) -> Path:
+    """The model's weights as a safetensors file `load_i3d` reads (written atomically)."""
+    save_safetensors_atomic(model.state_dict(), target)
+    return Path(target)
+
+
 def convert(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     """pytorch-i3d's `rgb_imagenet.pt` (read weights-only, every key checked) -> a safetensors file."""
-    model = load_i3d(source)
-    save_safetensors_atomic({k: v.contiguous() for k, v in model.state_dict().items()}, target)
-    return Path(target)
+    return save_i3d(load_i3d(source), target)
 
 
 if __name__ == "__main__":  # python -m vidiff.eval.i3d rgb_imagenet.pt i3d.safetensors
