@@ -393,3 +393,54 @@ def test_eval_metric_errors_are_one_line(tmp_path, capsys, argv, message):
     assert code == 2
     line = err.strip()
     assert "\n" not in line and line.startswith("vidiff eval: error:") and message.format(tmp=tmp_path) in line, line
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train: validation.metrics
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, message", [
+    (["validation.metrics=[fvd]"], "validation.metrics: unknown metric 'fvd'; choose from vbench"),
+    (["validation.metrics=[vbench]"], "validation.metrics scores the validation clips: set validation.prompts"),
+    (['validation.prompts=["a red circle"]', "validation.metrics=[vbench]"], "needs clips of at least 3 frames"),
+])
+def test_validation_metrics_config_errors(overrides, message):
+    from vidiff.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.pretrained=x", "data.manifest=y", "data.num_frames=2", *overrides])
+
+
+def test_train_logs_vbench_of_validation_clips(tmp_path, one_thread):
+    """A 2-step tiny run with validation every step: validation_metrics.csv has one row per validation, equal to
+    `vidiff eval vbench` on that validation's folder, and TensorBoard has validation/<dimension> scalars."""
+    import csv
+
+    from vidiff.config import load_config
+    from vidiff.data.synthetic import write_shapes_dataset
+    from vidiff.testing import make_tiny_sd_pipeline
+    from vidiff.training import train
+    from vidiff.training.logs import score_validation
+
+    sd = make_tiny_sd_pipeline(tmp_path / "sd")
+    write_shapes_dataset(tmp_path / "shapes", 2, num_frames=4, size=16, seed=0)
+    out = tmp_path / "run"
+    config = load_config(None, [f"model.pretrained={sd}", f"data.manifest={tmp_path / 'shapes'}", f"output_dir={out}",
+                                "data.num_frames=2", "data.height=16", "data.width=16", "data.num_workers=0",
+                                "train.max_steps=2", "train.batch_size=1", "train.checkpoint_every=0",
+                                "train.mixed_precision=no", 'validation.prompts=["a red circle moving left"]',
+                                "validation.every=1", "validation.num_frames=4", "validation.steps=2",
+                                "validation.metrics=[vbench]"])
+    assert train(config).status == "finished"
+    with open(out / "validation_metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == ["step-00000001", "step-00000002"] and rows[1]["step"] == "2"
+    for row in rows:
+        clips = sorted((out / "validation" / row["name"]).glob("*.mp4"))
+        expected = score_validation(clips, ["vbench"])
+        for key in vbench.DIMENSIONS:
+            assert float(row[key]) == pytest.approx(expected[key], rel=1e-5), key
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert "validation/motion_smoothness" in events.Tags()["scalars"]
