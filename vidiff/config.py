@@ -141,6 +141,7 @@ class ValidationConfig:
     guidance_scale: Union[float, None] = None  # default: the model's (vidiff.json; SD folders: 7.5)
     seed: int = 0
     fps: int = 8
+    metrics: list[str] = field(default_factory=list)  # scores of the rendered clips, logged: [vbench] (weight-free)
 
 
 @dataclass
@@ -154,6 +155,10 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# validation.metrics: vbench = vidiff.eval.vbench's weight-free dimensions, averaged over the validation clips
+VALIDATION_METRICS = ("vbench",)
 
 
 class ConfigError(ValueError):
@@ -344,11 +349,23 @@ def validate(cfg: Config, where: str = "config", *, need_data: bool = True) -> N
     _validate_model(cfg, check)
     _validate_lora(cfg, check)
     _validate_stage(cfg, check)
-    check(cfg.validation.every >= 0, f"validation.every must be >= 0, got {cfg.validation.every}")
-    check(cfg.validation.steps is None or cfg.validation.steps >= 1,
-          f"validation.steps must be null (the model's) or >= 1, got {cfg.validation.steps}")
-    check(cfg.validation.guidance_scale is None or cfg.validation.guidance_scale >= 0,
-          f"validation.guidance_scale must be null (the model's) or >= 0, got {cfg.validation.guidance_scale}")
+    _validate_validation(cfg, check)
+
+
+def _validate_validation(cfg: Config, check) -> None:
+    v = cfg.validation
+    check(v.every >= 0, f"validation.every must be >= 0, got {v.every}")
+    check(v.steps is None or v.steps >= 1, f"validation.steps must be null (the model's) or >= 1, got {v.steps}")
+    check(v.guidance_scale is None or v.guidance_scale >= 0,
+          f"validation.guidance_scale must be null (the model's) or >= 0, got {v.guidance_scale}")
+    for name in v.metrics:
+        check(name in VALIDATION_METRICS, f"validation.metrics: unknown metric {name!r}; choose from "
+                                          f"{', '.join(VALIDATION_METRICS)}")
+    check(len(set(v.metrics)) == len(v.metrics), f"validation.metrics lists a metric twice: {v.metrics}")
+    check(not v.metrics or bool(v.prompts), "validation.metrics scores the validation clips: set validation.prompts")
+    frames = v.num_frames or cfg.data.num_frames
+    check(not v.metrics or frames >= 3, f"validation.metrics=[vbench] needs clips of at least 3 frames (motion "
+                                        f"smoothness), validation renders {frames}; set validation.num_frames")
 
 
 def _validate_data(cfg: Config, check, need_data: bool) -> None:

@@ -24,7 +24,7 @@ SUBCOMMANDS = {
     "generate": "generate video clips from text prompts",
     "train": "fine-tune a video model (also under `accelerate launch -m vidiff train`)",
     "data": "datasets: synthetic shapes, latent caches, tar shards",
-    "eval": "measure generation quality on the synthetic shapes prompts",
+    "eval": "measure quality: the synthetic shapes prompts; FVD, CLIP score, VBench-style checks of clips",
     "interpolate": "raise a clip's frame rate with an interpolation or TSR stage",
     "extend": "add frames after a clip with an interpolation stage",
     "upscale": "raise a clip's resolution with a spatial super-resolution (SSR) stage",

@@ -63,7 +63,7 @@ from vidiff.training.checkpoints import (clean_stale, find_resume_checkpoint, li
                                          read_trainer_state, save_checkpoint)
 from vidiff.training.data import check_cache_geometry, encode_batch, make_loader, skipped_file_ids
 from vidiff.training.ema import EMA
-from vidiff.training.logs import TrainLog, render_validation
+from vidiff.training.logs import TrainLog, log_validation_metrics, render_validation
 from vidiff.training.preflight import check_run, check_stage_matches
 from vidiff.training.run_folder import check_output_dir, is_run_folder, mark_run_folder
 from vidiff.training.state import check_supported
@@ -627,7 +627,9 @@ def validate(run: Run, name: str) -> None:
     (they are what gets exported)."""
     if run.accelerator.is_main_process:
         with run.ema.swapped_in(run.trainable) if run.ema is not None else contextlib.nullcontext():
-            render_validation(run.pipe, run.config, run.output_dir / "validation" / name, run.accelerator.device)
+            paths = render_validation(run.pipe, run.config, run.output_dir / "validation" / name,
+                                      run.accelerator.device)
+        log_validation_metrics(run.accelerator, run.config, run.output_dir, run.state["step"], name, paths)
     run.accelerator.wait_for_everyone()
 
 
@@ -675,7 +677,9 @@ def export(run: Run) -> Path | None:
                 raise TrainingError(f"writing {pipeline_dir} failed ({e.strerror or e}); the trained weights are in "
                                     f"the last checkpoint: free space and run again with --resume auto") from e
             if v.prompts and not (v.every and step % v.every == 0):  # (else just rendered)
-                render_validation(run.pipe, run.config, run.output_dir / "validation" / "final", accelerator.device)
+                paths = render_validation(run.pipe, run.config, run.output_dir / "validation" / "final",
+                                          accelerator.device)
+                log_validation_metrics(accelerator, run.config, run.output_dir, step, "final", paths)
         run.say(f"wrote {pipeline_dir} (vidiff generate --model {pipeline_dir}) and "
                 f"{run.output_dir / 'temporal.safetensors'}")
     accelerator.wait_for_everyone()
