@@ -319,3 +319,12 @@ def test_damaged_distilled_record_is_a_one_line_error(student_folder):
     (student_folder / "vidiff.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match=r"distilled must hold method, steps and teacher_steps"):
         read_info(student_folder)
+
+
+def test_lcm_steps_are_bounded_by_the_consistency_grid(assets):
+    from vidiff.spec import SettingError, resolve_sampling
+
+    info = read_info(assets["video"])
+    assert resolve_sampling(info, max_steps=998, scheduler="lcm", num_inference_steps=50).num_inference_steps == 50
+    with pytest.raises(SettingError, match="num_inference_steps must be between 1 and 50, got 51"):
+        resolve_sampling(info, max_steps=998, scheduler="lcm", num_inference_steps=51)

@@ -72,6 +72,9 @@ SCHEDULER_NAMES: tuple[str, ...] = ("ddim", "dpm-solver++", "euler", "euler-ance
 # How a student is distilled from its teacher (vidiff.training.distill) -> the sampler its steps were learnt for.
 DISTILL_SAMPLERS: dict[str, str] = {"consistency": "lcm", "progressive": "ddim"}
 DISTILL_METHODS: tuple[str, ...] = tuple(DISTILL_SAMPLERS)
+# The "lcm" sampler's steps are a subset of a grid of this many DDIM timesteps (LCM's skipping step, T / 50) unless
+# a consistency student records its own (`Distilled.teacher_steps`): it takes at most that many steps.
+LCM_GRID = 50
 
 # How the frames past the first temporal window start (FreeNoise, Qiu et al. 2023, reshuffles earlier noise).
 LONG_VIDEO_NOISE: tuple[str, ...] = ("independent", "freenoise")
@@ -601,6 +604,9 @@ def resolve_sampling(info: PipelineInfo, *, max_steps: int | None = None, num_fr
     the clip). `max_steps` is `max_inference_steps` of the folder's noise schedule, when known."""
     d = info.defaults
     take = lambda value, default: default if value is None else value  # noqa: E731
+    if take(scheduler, d.scheduler) == "lcm":  # (its steps are a subset of the consistency grid)
+        grid = info.distilled.teacher_steps if info.distilled and info.distilled.method == "consistency" else LCM_GRID
+        max_steps = grid if max_steps is None else min(max_steps, grid)
     frames = check_setting("num_frames", take(num_frames, d.num_frames))
     s = dict(num_frames=frames, height=check_setting("height", take(height, d.height)),
              width=check_setting("width", take(width, d.width)),
