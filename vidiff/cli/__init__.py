@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "inflate": "turn a Stable Diffusion checkpoint into a vidiff video pipeline folder",
     "generate": "generate video clips from text prompts",
     "train": "fine-tune a video model (also under `accelerate launch -m vidiff train`)",
+    "distill": "distil a model into a few-step student (consistency / progressive, guidance as an input)",
     "data": "datasets: synthetic shapes, latent caches, tar shards",
     "eval": "measure quality: the synthetic shapes prompts; FVD, CLIP score, VBench-style checks of clips",
     "interpolate": "raise a clip's frame rate with an interpolation or TSR stage",

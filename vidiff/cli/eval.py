@@ -211,9 +211,10 @@ def _shapes_settings(args) -> tuple[dict, dict]:
     request = dict(num_frames=args.num_frames, height=args.height, width=args.width,
                    num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler)
     if args.cascade is None:
-        s = resolve_model(args, "eval shapes", **request).settings.as_dict()
-        call = {k: s[k] for k in SAMPLING}
-        return call, dict(call)
+        settings = resolve_model(args, "eval shapes", **request).settings
+        call = {k: settings.as_dict()[k] for k in SAMPLING}
+        return call, dict(call, guidance_distilled=settings.guidance_distilled,
+                          unet_evaluations=settings.unet_evaluations)
     if args.scheduler is not None:
         raise CLIError("--scheduler does not apply to --cascade (each stage uses its YAML's sampler)")
     specs = cascade.read_cascade(args.cascade)

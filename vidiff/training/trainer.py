@@ -62,9 +62,10 @@ from vidiff.training import TrainingError
 from vidiff.training.checkpoints import (clean_stale, find_resume_checkpoint, list_checkpoints, load_checkpoint,
                                          read_trainer_state, save_checkpoint)
 from vidiff.training.data import check_cache_geometry, encode_batch, make_loader, skipped_file_ids
+from vidiff.training.distill import prepare_distillation
 from vidiff.training.ema import EMA
 from vidiff.training.logs import TrainLog, log_validation_metrics, render_validation
-from vidiff.training.preflight import check_run, check_stage_matches
+from vidiff.training.preflight import check_run, check_stage_matches, teacher_steps
 from vidiff.training.run_folder import check_output_dir, is_run_folder, mark_run_folder
 from vidiff.training.state import check_supported
 from vidiff.utils import atomic_dir, write_json_atomic
@@ -382,6 +383,11 @@ def prepare_model(config: Config, accelerator, say):
     if stage.conditioning_channels != unet.conditioning_channels:
         raise ValueError(f"stage {stage.name!r} feeds {stage.conditioning_channels} conditioning channels but the "
                          f"U-Net in {source} takes {unet.conditioning_channels}")
+    if config.distill.method is not None:  # the loaded U-Net becomes the frozen teacher, a copy of it trains
+        stage = prepare_distillation(config, pipe, stage, teacher_steps(config, pipe.info), device)
+        unet = pipe.unet
+        say(f"distilling {source} ({config.distill.method}, {config.distill.steps} steps"
+            f"{', guidance as an input' if config.distill.guidance else ''})")
     for frozen in (pipe.vae, pipe.text_encoder):
         if frozen is not None:
             frozen.requires_grad_(False).eval().to(device)
@@ -803,6 +809,8 @@ def step_and_log(run: Run, train_log: TrainLog, stop: dict) -> tuple[StepOutput,
     # noise, timesteps, dropout and conditions of step n on this rank: from (seed, n, rank)
     run.generator.manual_seed((t.seed * 1_000_003 + state["step"]) * 1_009 + accelerator.process_index)
     counts, step_start = new_counts(), time.perf_counter()
+    if hasattr(run.stage, "before_step"):  # (a distillation objective: progressive rounds change teachers)
+        run.stage.before_step(state["step"], accelerator.unwrap_model(run.unet), run.output_dir)
     out = training_step(accelerator, run.unet, run.stage, run.noise_scheduler, run.optimizer,
                         micro_batches(run, counts), params=list(run.trainable.values()),
                         generator=run.generator, max_grad_norm=t.max_grad_norm, lr_scheduler=run.lr_scheduler,
