@@ -209,6 +209,51 @@ def test_consistency_student_is_self_consistent(assets):
     assert after < 0.65 * before, (before, after)  # measured: 0.101 -> 0.056
 
 
+def test_consistency_target_network_is_the_ema(assets):
+    """distill.target=ema: the target is computed by a frozen copy holding the EMA's weights (LCM's target
+    network), not by the online student; without an EMA it is the online student (stop-gradient)."""
+    from vidiff.training.ema import EMA
+
+    pipe, obj = objective(assets["video"], "consistency", steps=2, teacher_steps=10)
+    b, scheduler = batch(pipe), pipe.make_scheduler("ddpm")
+    ema = EMA(dict(pipe.unet.named_parameters()), 0.95)           # (its shadow: the student as it starts)
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    assert obj.target_network(pipe.unet) is pipe.unet
+
+    def loss():
+        with torch.no_grad():
+            return float(obj.loss(pipe.unet, scheduler, b["latents"], b["encoder_hidden_states"],
+                                  generator=torch.Generator().manual_seed(4)))
+
+    online = loss()
+    obj.use_target_network(ema)
+    target = obj.target_network(pipe.unet)
+    assert target is not pipe.unet and not any(p.requires_grad for p in target.parameters())
+    teacher = dict(obj.teacher.named_parameters())
+    assert all(torch.equal(p, teacher[name]) for name, p in target.named_parameters())  # the EMA's weights
+    with_ema = loss()
+    assert with_ema != pytest.approx(online, rel=1e-3), (online, with_ema)
+    ema.update(dict(pipe.unet.named_parameters()))                # the next step's target follows the EMA
+    name, p = next(iter(pipe.unet.named_parameters()))
+    torch.testing.assert_close(dict(obj.target_network(pipe.unet).named_parameters())[name], ema.shadow[name])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.ema=false"], r"distill.target=ema makes the run's EMA the consistency target network: set train.ema"),
+    (["distill.target=frozen"], r"distill.target must be one of ema, online, got 'frozen'"),
+])
+def test_bad_consistency_target_is_a_config_error(assets, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(TINY, [f"model.pretrained={assets['video']}", f"data.manifest={assets['shapes']}",
+                           f"output_dir={tmp_path}", "distill.method=consistency", *overrides])
+    cfg = load_config(TINY, [f"model.pretrained={assets['video']}", f"data.manifest={assets['shapes']}",
+                             f"output_dir={tmp_path}", "distill.method=consistency", "train.ema=false",
+                             "distill.target=online"])
+    assert cfg.distill.target == "online"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # whole runs: resume, the student folder
 # ---------------------------------------------------------------------------------------------------------------

@@ -257,11 +257,15 @@ def test_generate_write_error_is_one_line_and_leaves_nothing(model, tmp_path, ca
 
     from vidiff.data import video_io
 
-    def full_disk(path, *args, **kwargs):
-        Path(path).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    write = video_io.VideoWriter.write
 
-    monkeypatch.setattr(video_io, "_write_gif", full_disk)
+    def full_disk(writer, frames):
+        if writer.kind != "gif":
+            return write(writer, frames)
+        writer.path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(writer.path))
+
+    monkeypatch.setattr(video_io.VideoWriter, "write", full_disk)
     code, _, err = run(capsys, "generate", "--model", model, "--prompt", "x", "--steps", 1, "--num-frames", 2,
                        "--quiet", "--gif", "--out", tmp_path / "clip.mp4")
     assert code == 1 and "No space left on device" in err and err.startswith("vidiff generate: error:")

@@ -142,6 +142,7 @@ class DistillConfig:
     guidance: bool = False                 # guidance distillation (Meng et al. 2023): the guidance scale becomes a U-Net input, one pass per step instead of two
     guidance_min: float = 1.0              # guidance distillation: scales drawn uniformly from [guidance_min, guidance_max]
     guidance_max: Union[float, None] = None  # null: twice the teacher's default guidance (at least 2)
+    target: str = "ema"                    # consistency: the target network, ema (the run's EMA: needs train.ema; LCM's decay 0.95 as train.ema_decay) | online (the student, stop-gradient)
 
 
 @dataclass
@@ -171,6 +172,8 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+DISTILL_TARGETS = ("ema", "online")  # distill.target
 
 # validation.metrics: vbench = vidiff.eval.vbench's weight-free dimensions, averaged over the validation clips
 VALIDATION_METRICS = ("vbench",)
@@ -445,6 +448,11 @@ def _validate_distill(cfg: Config, check) -> None:
     check(not x.guidance or cfg.train.trainable in ("all", "lora"),
           f"distill.guidance trains the new guidance embedding with the U-Net: train.trainable must be all or lora, "
           f"got {cfg.train.trainable!r}")
+    check(x.target in DISTILL_TARGETS,
+          f"distill.target must be one of {', '.join(DISTILL_TARGETS)}, got {x.target!r}")
+    check(x.method != "consistency" or x.target != "ema" or cfg.train.ema,
+          "distill.target=ema makes the run's EMA the consistency target network: set train.ema=true (and "
+          "train.ema_decay=0.95, LCM's), or distill.target=online")
     if x.teacher_steps is not None:
         check_distill_steps(x.method, x.steps, x.teacher_steps, x.guidance, check)
 

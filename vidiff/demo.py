@@ -6,6 +6,8 @@ A fresh install cannot download Stable Diffusion, so vidiff ships its own tiny m
     base/           text-to-video, 8 frames of 32x32 pixels (inflated from a text-to-image model)
     interpolation/  x2 frames (8 -> 15), Make-A-Video masked interpolation        (when trained)
     ssr/            x2 size (32 -> 64), noise-augmented spatial super-resolution  (when trained)
+    base-fast/      the base's consistency-distilled student (configs/train/demo-distill-base.yaml): 4 lcm steps
+                    of one pass each (4 U-Net evaluations a clip, the base's 40), `--model .../base-fast`
     cascade.yaml    the stages in order: this folder is a cascade folder (`--model` of a cascade)
     checksums.json  sha256 of every weight file, checked by the tests
 

@@ -150,6 +150,8 @@ SETTINGS: dict[str, Setting] = {
     "window_size": Setting(int, 1, MAX_FRAMES, "--window-size"),
     "window_stride": Setting(int, 1, MAX_FRAMES, "--window-stride"),
     "decode_chunk_size": Setting(int, 1, MAX_FRAMES, "--decode-chunk-size"),
+    # interpolate / upscale read, sample and write a longer input this many frames at a time
+    "chunk_frames": Setting(int, 2, MAX_FRAMES, "--chunk-frames"),
     "num_videos_per_prompt": Setting(int, 1, 10_000, "--num-videos"),
     "seed": Setting(int, 0, MAX_SEED, "--seed"),
     "lora_scale": Setting(float, -10, 10, "--lora", "(the scale in FILE:SCALE; 0 = off, 1 = as trained)"),
@@ -237,12 +239,13 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_request_size(clips, allow_large: bool = False) -> int:
+def check_request_size(clips, allow_large: bool = False, held: float = 1.0) -> int:
     """Refuse, before anything loads, a request whose clips are too large. `clips`: `(what, frames, height, width)`
     or `(what, frames, height, width, copies)` for every clip the request reads or makes and holds at once (the
-    input, each stage's output, `copies` videos of a batch). A side beyond MAX_SIDE or more bytes than this
-    machine's memory is always refused; more than MAX_CLIP_FRAMES frames, MAX_FRAME_PIXELS pixels a frame or
-    MAX_REQUEST_BYTES in all unless `allow_large`. Returns the bytes estimated; RequestTooLarge otherwise."""
+    input, each stage's output, `copies` videos of a batch); `held`: the part of each held in memory at once (a
+    clip streamed in chunks). A side beyond MAX_SIDE or more bytes than this machine's memory is always refused;
+    more than MAX_CLIP_FRAMES frames, MAX_FRAME_PIXELS pixels a frame or MAX_REQUEST_BYTES in all unless
+    `allow_large`. Returns the bytes estimated; RequestTooLarge otherwise."""
     total, parts = 0, []
     for what, frames, height, width, *copies in clips:
         count = copies[0] if copies else 1
@@ -256,8 +259,8 @@ def check_request_size(clips, allow_large: bool = False) -> int:
                                   f"the square of it)")
         if not allow_large and frames > MAX_CLIP_FRAMES:
             raise RequestTooLarge(f"{what}: {frames:,} frames, over the limit of {MAX_CLIP_FRAMES:,} frames a "
-                                  "clip (the whole clip is sampled and held in memory)")
-        total += frames * height * width * BYTES_PER_PIXEL * count
+                                  "clip (its sampling runs for hours, and only interpolate / upscale stream a clip rather than hold it)")
+        total += round(frames * held) * height * width * BYTES_PER_PIXEL * count
         parts.append(f"{what}: " + f"{count} x " * (count > 1) + f"{frames} frames of {width}x{height}")
     gib = total / 2**30
     memory = physical_memory()

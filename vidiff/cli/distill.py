@@ -51,7 +51,7 @@ def add_parser(sub, help_text: str):
     p.add_argument("--cache", metavar="DIR", default=None, help="a latent cache (`vidiff data cache`) instead of --data")
     p.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default: 1000)")
     p.add_argument("--batch-size", type=int, default=None, help="clips per step (default: 4)")
-    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: 1e-4)")
+    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: 2e-5)")
     p.add_argument("--config", metavar="YAML", default=None,
                    help="a training config to start from (configs/train/); the flags above override it")
     p.add_argument("--out", required=True, metavar="DIR", help="the run folder (the student: DIR/pipeline)")
@@ -81,7 +81,8 @@ def teacher_overrides(args) -> list[str]:
     items.update({"train.trainable": "all", "data.num_frames": clip.get("num_frames", d.num_frames),
                   "data.height": clip.get("height", d.height), "data.width": clip.get("width", d.width),
                   "data.num_workers": 0, "train.max_steps": 1000, "train.batch_size": 4,
-                  "train.learning_rate": 1e-4, "train.checkpoint_every": 250})
+                  "train.learning_rate": 2e-5, "train.checkpoint_every": 250, "train.ema": True,
+                  "train.ema_decay": 0.95})  # (the EMA: the consistency target network, as LCM's; exported)
     if args.data is None and args.cache is None:
         if not clip.get("manifest"):
             raise CLIError(f"--model {args.model} does not record the clips it was trained on: pass --data "

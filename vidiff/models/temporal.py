@@ -24,23 +24,27 @@ from vidiff.models.attention import attention
 from vidiff.spec import TEMPORAL_POSITIONS
 
 
+def sinusoids(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """`(n, dim)` float32 sin / cos encodings of `values` `(n,)` at `dim // 2` geometric frequencies (the
+    transformer's); an odd `dim` gets a zero last column."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=values.device, dtype=torch.float32) / half)
+    angles = values.float()[:, None] * freqs[None]
+    enc = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    if dim % 2:
+        enc = torch.cat([enc, enc.new_zeros(len(values), 1)], dim=-1)
+    return enc
+
+
 def frame_position_encoding(num_frames: int, dim: int, device=None, dtype=None):
     """Sinusoidal encoding of frame indices, `(num_frames, dim)`; defined for any number of frames, so a
     model trained on 16 frames still runs on 24 or on sliding windows of a long video."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=device, dtype=torch.float32) / half)
-    angles = torch.arange(num_frames, device=device, dtype=torch.float32)[:, None] * freqs[None]
-    enc = torch.cat([angles.sin(), angles.cos()], dim=-1)
-    if dim % 2:
-        enc = torch.cat([enc, enc.new_zeros(num_frames, 1)], dim=-1)
-    return enc.to(dtype)
+    return sinusoids(torch.arange(num_frames, device=device), dim).to(dtype)
 
 
-class FrameEmbedding(nn.Module):
-    """Which frame of the clip each frame is, for every resnet block: the frame index's sinusoidal encoding through
-    a zero-initialised linear layer, added to the frame's timestep embedding (so the inflated U-Net starts as the
-    image model). Temporal attention alone tells only the attention resolutions where a frame sits; a caption's
-    "moving right" needs a frame-dependent position at every level."""
+class ZeroInitEmbedding(nn.Module):
+    """Sinusoids of a number through a zero-initialised linear layer: added to the timestep embedding, it changes
+    nothing until trained (`embed(values)`: `(n, embed_dim)`)."""
 
     def __init__(self, embed_dim: int, channels: int = 64):
         super().__init__()
@@ -49,11 +53,20 @@ class FrameEmbedding(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
+    def embed(self, values: torch.Tensor, dtype=None) -> torch.Tensor:
+        code = sinusoids(values, self.channels).to(self.proj.weight.dtype)
+        return self.proj(code).to(dtype or self.proj.weight.dtype)
+
+
+class FrameEmbedding(ZeroInitEmbedding):
+    """Which frame of the clip each frame is, for every resnet block: the frame index's sinusoidal encoding through
+    a zero-initialised linear layer, added to the frame's timestep embedding (so the inflated U-Net starts as the
+    image model). Temporal attention alone tells only the attention resolutions where a frame sits; a caption's
+    "moving right" needs a frame-dependent position at every level."""
+
     def forward(self, num_frames: int, dtype=None) -> torch.Tensor:
         """`(num_frames, embed_dim)`."""
-        code = frame_position_encoding(num_frames, self.channels, device=self.proj.weight.device,
-                                       dtype=self.proj.weight.dtype)
-        return self.proj(code).to(dtype or self.proj.weight.dtype)
+        return self.embed(torch.arange(num_frames, device=self.proj.weight.device), dtype)
 
 
 class CoordinateEmbedding(nn.Module):

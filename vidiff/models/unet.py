@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
-import math
 import re
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 import vidiff
 from vidiff.models.attention import VideoAttnProcessor, check_backend
 from vidiff.models.motion import MotionSettings, build_motion_adapter, read_motion_module
-from vidiff.models.temporal import CoordinateEmbedding, FrameEmbedding, TemporalAttention, TemporalConv
+from vidiff.models.temporal import CoordinateEmbedding, FrameEmbedding, TemporalAttention, TemporalConv, ZeroInitEmbedding
 from vidiff.models.weights import (CONFIG_NAME, TEMPORAL_FORMAT, UNET_RUNTIME_OPTIONS, WEIGHTS_NAME, LoadingError,
                                    check_state_dict, check_unet_config, holds_only_a_video_unet, is_temporal_file,
                                    load_unet_2d, migrate_video_unet_config, read_state_dict, read_video_unet_config)
@@ -124,28 +123,17 @@ def check_options(**options) -> None:
             raise ValueError(f"{key} must be true or false, got {options[key]!r}")
 
 
-class GuidanceEmbedding(nn.Module):
+class GuidanceEmbedding(ZeroInitEmbedding):
     """The classifier-free guidance scale as an input (guidance distillation, Meng et al. 2023): sinusoids of
     1000 (g - 1), as LCM embeds its w = g - 1, through a zero-initialised linear layer added to the timestep
     embedding, so the untrained student is the teacher's conditional branch and one pass per step replaces CFG's
     two."""
 
-    def __init__(self, embed_dim: int, channels: int = 64):
-        super().__init__()
-        self.channels = channels
-        self.proj = nn.Linear(channels, embed_dim)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
     def forward(self, guidance_scale, batch: int, dtype=None) -> torch.Tensor:
         """`(batch, embed_dim)` for one scale (a number) or one per video `(batch,)`."""
         device = self.proj.weight.device
         g = torch.as_tensor(guidance_scale, device=device, dtype=torch.float32).reshape(-1).expand(batch)
-        half = self.channels // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=device, dtype=torch.float32) / half)
-        angles = (1000.0 * (g - 1.0))[:, None] * freqs[None]
-        code = torch.cat([angles.sin(), angles.cos()], dim=-1).to(self.proj.weight.dtype)
-        return self.proj(code).to(dtype or self.proj.weight.dtype)
+        return self.embed(1000.0 * (g - 1.0), dtype)
 
 
 class VideoUNet(nn.Module):

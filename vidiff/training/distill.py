@@ -13,9 +13,12 @@ into output_dir/distill/ at the round's first step), so a resumed run is exact.
     consistency   latent consistency distillation (Song et al. 2023; Luo et al. 2023, LCM; AnimateLCM for video):
                   x_{t+k} -> one DDIM step of the teacher (with classifier-free guidance at w) -> x_t; the student's
                   f(x, t) = c_skip(t) x + c_out(t) x0(x, t) (LCM's boundary scalings) at x_{t+k} is pulled to the
-                  same function at x_t, computed by the student itself without gradient (the stop-gradient target
-                  of improved consistency training, Song & Dhariwal 2023, in place of LCM's EMA copy), on LCM's
-                  skipping-step grid of `teacher_steps` (50) DDIM timesteps. Samples with diffusers' LCMScheduler.
+                  same function at x_t computed by the target network without gradient: LCM's EMA of the student
+                  (`distill.target: ema`, the run's train.ema at train.ema_decay, 0.95 as in LCM; it is in every
+                  checkpoint, so resume stays exact) or the online student itself (`online`, the stop-gradient
+                  target of improved consistency training, Song & Dhariwal 2023: measured to drift and collapse
+                  on the demo), on LCM's skipping-step grid of `teacher_steps` (50) DDIM timesteps. Samples with
+                  diffusers' LCMScheduler.
     progressive   progressive distillation (Salimans & Ho 2022): in round r the student learns, in one DDIM step,
                   two steps of the round's teacher (the previous round's student), halving the steps each round;
                   the target is the x0 that makes one DDIM step land where the teacher's two did, the loss its
@@ -211,9 +214,27 @@ class Distillation:
 
 
 class ConsistencyDistillation(Distillation):
-    """Latent consistency distillation (LCM, Luo et al. 2023) with a stop-gradient target; see the module."""
+    """Latent consistency distillation (LCM, Luo et al. 2023) with an EMA (or stop-gradient) target; see the
+    module."""
 
     method = "consistency"
+    target_ema = None       # the run's EMA of the student (use_target_network); None: the online student
+    target_unet = None      # (the module the EMA's weights are loaded into for the target's pass)
+
+    def use_target_network(self, ema) -> None:
+        """Make the EMA `ema` (vidiff.training.ema.EMA of the student's trainable weights) the target network."""
+        self.target_ema = ema
+
+    def target_network(self, unet):
+        """The U-Net the target is computed with: a frozen copy of the student holding the EMA's current weights,
+        or the online student itself when there is no EMA."""
+        if self.target_ema is None:
+            return unet
+        if self.target_unet is None:
+            self.target_unet = copy.deepcopy(getattr(unet, "module", unet)).requires_grad_(False)
+        named = dict(self.target_unet.named_parameters())
+        self.target_ema.copy_to({name: named[name] for name in self.target_ema.shadow})
+        return self.target_unet
 
     def loss(self, unet, scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, *,
              generator: torch.Generator | None = None) -> torch.Tensor:
@@ -232,7 +253,8 @@ class ConsistencyDistillation(Distillation):
         with torch.no_grad():
             x0, eps = self.teacher_x0_eps(x_start, start, encoder_hidden_states, cond, kwargs, w)
             x_end = s.ddim_step(x0, eps, end).to(latents.dtype)        # one teacher ODE step, t+k -> t
-            target = self.consistency_function(unet, x_end, end, encoder_hidden_states, cond, student)
+            target = self.consistency_function(self.target_network(unet), x_end, end, encoder_hidden_states,
+                                               cond, student)
         prediction = self.consistency_function(unet, x_start, start, encoder_hidden_states, cond, student)
         return F.mse_loss(prediction, target)
 
@@ -337,6 +359,12 @@ def guidance_range(config, info: PipelineInfo) -> tuple[float, float] | None:
         return None
     high = x.guidance_max if x.guidance_max is not None else max(2.0, 2 * info.defaults.guidance_scale)
     return float(x.guidance_min), float(high)
+
+
+def attach_target(config, objective, ema) -> None:
+    """distill.target = ema: the run's EMA (train.ema) becomes a consistency objective's target network."""
+    if ema is not None and config.distill.target == "ema" and hasattr(objective, "use_target_network"):
+        objective.use_target_network(ema)
 
 
 def prepare_distillation(config, pipe, stage: Stage, teacher_steps: int, device) -> Distillation:

@@ -63,7 +63,7 @@ from vidiff.training import TrainingError
 from vidiff.training.checkpoints import (clean_stale, find_resume_checkpoint, list_checkpoints, load_checkpoint,
                                          read_trainer_state, save_checkpoint)
 from vidiff.training.data import check_cache_geometry, encode_batch, make_loader, skipped_file_ids
-from vidiff.training.distill import prepare_distillation
+from vidiff.training.distill import attach_target, prepare_distillation
 from vidiff.training.ema import EMA
 from vidiff.training.logs import TrainLog, log_validation_metrics, render_validation
 from vidiff.training.preflight import check_run, check_stage_matches, teacher_steps
@@ -549,6 +549,7 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
         pipe, stage, noise_scheduler, trainable = prepare_model(config, accelerator, say)
     optimizer, lr_scheduler = make_optimizer(trainable.values(), t, accelerator.num_processes)
     ema = EMA(trainable, t.ema_decay).to(accelerator.device) if t.ema else None
+    attach_target(config, stage, ema)  # (consistency distillation: the EMA is the target network)
     loader, image_loader = make_loaders(config, checked, pipe, state, accelerator)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, loader, lr_scheduler)
     # a text encoder that trains is DDP-wrapped too, so its gradients are averaged over ranks
