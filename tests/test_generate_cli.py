@@ -115,7 +115,7 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "width": (["--width", 2], "--width must be a positive multiple of 4"),
         "frames": (["--num-frames", 0], "--num-frames must be between 1 and 4096, got 0"),
         "steps": (["--steps", 0], "--steps must be between 1 and 998, got 0"),
-        "scheduler": (["--scheduler", "heun"], "--scheduler must be one of ddim, dpm-solver++, euler, euler-ancestral, ddpm, unipc, got 'heun'"),
+        "scheduler": (["--scheduler", "heun"], "--scheduler must be one of ddim, dpm-solver++, euler, euler-ancestral, ddpm, unipc, lcm, got 'heun'"),
         "no-prompt": (["--prompt", None], "no prompt"),
         "prompts-file": (["--prompts-file", tmp_path / "nope.txt"], "--prompts-file"),
         "out-suffix": (["--out", tmp_path / "clip.avi"], "cannot tell the video format"),

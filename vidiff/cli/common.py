@@ -166,6 +166,26 @@ def check_writable(target: str | os.PathLike, flag: str = "--out") -> Path:
     return folder
 
 
+def check_file_target(path: str | None, flag: str, suffix: str, overwrite: bool):
+    """A results file: the right suffix, not a folder, not an existing file unless --overwrite."""
+    if path is None:
+        return None
+    target = Path(path)
+    if target.suffix.lower() != suffix:
+        raise CLIError(f"{flag} {path!r} must end in {suffix}")
+    if target.is_dir():
+        raise CLIError(f"{flag} {path!r} is a folder; give a file name such as results{suffix}")
+    if target.exists() and not overwrite:
+        raise CLIError(f"{flag} {path!r} exists; pass --overwrite to replace it or choose another name")
+    parent = target.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CLIError(f"{flag} {path!r}: {parent} is a file, not a folder")
+    check_writable(target, flag)  # a read-only or full folder: one line now, not after the evaluation
+    return target
+
+
 def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = False, frames_dir: bool = False,
                       contact_sheet: bool = False, overwrite: bool = False, paths: list[Path] | None = None) -> Path:
     """Validate `--out` and every file `write_outputs` will write for `count` videos (at `paths`, default

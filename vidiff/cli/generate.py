@@ -9,6 +9,7 @@ from pathlib import Path
 
 import vidiff
 from vidiff.adapters.export import module_skeleton
+from vidiff.adapters.embeddings import load_embedding, read_embedding
 from vidiff.adapters.lora import LORA_NAME, fuse_lora, has_lora, load_lora, lora_scales, read_lora
 from vidiff.cli import cascade, image_to_video
 from vidiff.cli.controlnet import EXAMPLES as CONTROL_EXAMPLES, HELP as CONTROL_HELP
@@ -35,6 +36,7 @@ EPILOG = """examples:
   vidiff generate --image first.png --prompt "a red circle moving right" --out clip.mp4   (frame 0 = first.png)
   vidiff generate --model M --zero-shot --motion-field 8,0 --prompt "a horse galloping" --out horse.mp4
   vidiff generate --model M --lora style.safetensors:0.8 --lora motion.safetensors --prompt "a cat" --out cat.mp4
+  vidiff generate --model M --embedding embeddings/purple.safetensors --prompt "a purple circle" --out p.mp4
 """ + CONTROL_EXAMPLES + """
 
 --lora FILE[:SCALE] applies a LoRA (diffusers / peft, kohya / ComfyUI / A1111 or AnimateDiff motion-LoRA keys;
@@ -117,6 +119,9 @@ def _add_generate_options(options) -> None:
                          help="frames per VAE decode call (default: %(default)s)")
     options.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
                          help="apply a LoRA file at SCALE (default 1; repeat for several, their effects add up)")
+    options.add_argument("--embedding", action="append", default=None, metavar="FILE[:WORD]",
+                         help="a textual-inversion embedding (A1111 / ComfyUI / diffusers file); its WORD (default: "
+                              "the file's name) can then be used in prompts; repeat for several")
     options.add_argument("--fuse", action="store_true",
                          help="merge the LoRA adapters (--lora, and the model's own) into the weights before sampling")
 
@@ -131,18 +136,17 @@ def run(args) -> int:
         # zero-shot and prompt travel: the demo's base alone
         args.model = demo_model("base" if args.zero_shot or travel else None, travel.prompts if travel else prompts)
     loras = parse_lora_flags(args.lora or [])
+    embeddings = parse_embedding_flags(args.embedding or [])
     if cascade.is_cascade_request(args):
         for flag, value in (("--zero-shot", args.zero_shot), ("--spatial-from", args.spatial_from),
                             ("--lora", loras), ("--fuse", args.fuse), ("--controlnet", args.controlnet),
+                            ("--embedding", embeddings),
                             ("prompt travel ('N: prompt')", travel)):
             if value:
                 raise CLIError(f"{flag} applies to one text-to-video model, not to a cascade: pass --model BASE")
         return cascade.generate_cascade(args, prompts)
     model = resolve_model(args, "generate", **sampling_request(args))
-    check_source(args.spatial_from, "--spatial-from")
-    check_loras(model.path, loras, args.fuse)
-    _check_travel(travel, model.settings.num_frames, args.zero_shot)
-    control = read_control_request(args, model)
+    control = _check_model_request(args, model, loras, travel)
     count = check_clip_count(len(prompts), args.num_videos)
     s = model.settings
     check_size([("the clips", s.num_frames, s.height, s.width, count)], args.allow_large)  # (sampled together)
@@ -158,6 +162,7 @@ def run(args) -> int:
     if args.spatial_from:  # a personalised SD's weights first: LoRAs apply on top, as in SD tooling
         pipe.unet.load_spatial_from(args.spatial_from)
     apply_loras(pipe, loras, args.fuse)
+    apply_embeddings(pipe, embeddings)
     control_model = load_control(control, pipe, model.settings.cross_frame)
     start = time.perf_counter()
     if args.zero_shot:
@@ -180,6 +185,17 @@ def run(args) -> int:
         print(f"wrote {', '.join(str(p) for p in written)} ({plural(len(frames), 'frame')}, "
               f"{frames.shape[2]}x{frames.shape[1]}, {fps:g} fps, seed {seed + index}, {prompt!r})")
     return 0
+
+
+def _check_model_request(args, model, loras, travel):
+    """What depends on the resolved model: guidance, adapters, travel keyframes; returns the control request."""
+    if args.negative is not None and model.settings.guidance_distilled:
+        raise CLIError(f"--negative needs two-pass guidance, and {model.path} is a guidance-distilled student (one "
+                       "pass per step, the scale an input); leave --negative out")
+    check_source(args.spatial_from, "--spatial-from")
+    check_loras(model.path, loras, args.fuse)
+    _check_travel(travel, model.settings.num_frames, args.zero_shot)
+    return read_control_request(args, model)
 
 
 def sampling_request(args) -> dict:
@@ -213,6 +229,35 @@ def parse_lora_flags(values: list[str]) -> list[tuple[Path, float]]:
             raise CLIError(f"--lora {value}: {file} is not a weight file ({', '.join(WEIGHT_SUFFIXES)})")
         loras.append((file, number))
     return loras
+
+
+def parse_embedding_flags(values: list[str]) -> list[tuple[Path, str | None]]:
+    """--embedding FILE[:WORD] values as (file, word or None), each file read once here (format, SDXL or not)."""
+    embeddings = []
+    for value in values:
+        file, word = Path(value), None
+        if not file.is_file() and ":" in value:
+            name, word = value.rsplit(":", 1)
+            file = Path(name)
+        if not file.is_file():
+            raise CLIError(f"--embedding {value}: {file} is not a file")
+        if word is not None and (not word or any(c.isspace() for c in word)):
+            raise CLIError(f"--embedding {value}: the word {word!r} must be one word (FILE:WORD)")
+        try:
+            read_embedding(file)
+        except (ValueError, OSError) as e:
+            raise CLIError(f"--embedding {value}: {e}") from None
+        embeddings.append((file, word))
+    return embeddings
+
+
+def apply_embeddings(pipe, embeddings: list[tuple[Path, str | None]]) -> None:
+    """Each --embedding's word(s) added to the pipeline's tokenizer and text encoder."""
+    for path, word in embeddings:
+        try:
+            load_embedding(pipe.tokenizer, pipe.text_encoder, path, word)
+        except ValueError as e:
+            raise CLIError(f"--embedding {path}: {e}") from None
 
 
 def check_loras(model_path, loras: list[tuple[Path, float]], fuse: bool) -> None:
@@ -303,10 +348,13 @@ def _sidecar(args, model: Model, pipe, *, prompt: str, seed: int, fps: float, se
     extra = {}
     if loras:
         extra.update(loras=[{"file": str(path.resolve()), "scale": scale} for path, scale in loras], fused=args.fuse)
+    if args.embedding:
+        extra.update(embeddings=args.embedding)
     if travel is not None:
         extra.update(prompt_schedule={str(frame): text for frame, text in travel.keyframes})
     return {**extra, "prompt": prompt, "negative_prompt": args.negative, "seed": seed, "model": str(Path(model.path).resolve()),
-            **settings, **({"spatial_from": str(args.spatial_from)} if args.spatial_from else {}),
+            **settings, "unet_evaluations": model.settings.unet_evaluations,
+            **({"spatial_from": str(args.spatial_from)} if args.spatial_from else {}),
             "fps": fps, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
             "vidiff_version": vidiff.__version__, "seconds": round(seconds, 3)}
 

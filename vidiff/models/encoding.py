@@ -15,6 +15,17 @@ import warnings
 import torch
 from einops import rearrange
 
+EXPANSIONS = "vidiff_token_expansions"   # tokenizer attribute: a multi-vector word -> its tokens in the prompt
+
+
+def expand_prompt(tokenizer, prompt: str) -> str:
+    """`prompt` with each multi-vector textual-inversion word (`vidiff.adapters.embeddings.load_embedding`)
+    written as all of its tokens, as A1111 does."""
+    expansions = getattr(tokenizer, EXPANSIONS, None)
+    if not expansions:
+        return prompt
+    return " ".join(expansions.get(word, word) for word in prompt.split(" "))
+
 
 @torch.no_grad()
 def encode_text(text_encoder, tokenizer, prompts: list[str], device=None) -> torch.Tensor:
@@ -26,6 +37,7 @@ def encode_text(text_encoder, tokenizer, prompts: list[str], device=None) -> tor
     """
     if isinstance(prompts, str):
         prompts = [prompts]
+    prompts = [expand_prompt(tokenizer, p) for p in prompts]
     max_length = tokenizer.model_max_length
     for prompt in prompts:
         full = tokenizer(prompt, truncation=False, verbose=False)["input_ids"]

@@ -50,6 +50,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
+from vidiff.adapters.embeddings import add_new_tokens, merged_tokens, new_token_rows, save_embedding
 from vidiff.adapters.lora import LoraSettings, adapter_parameters, add_lora, fuse_lora, has_lora, merged
 from vidiff.config import TRAINABLE_MODES, Config, ConfigError, TrainConfig
 from vidiff.pipelines.text_to_video import VideoPipeline
@@ -61,9 +62,10 @@ from vidiff.training import TrainingError
 from vidiff.training.checkpoints import (clean_stale, find_resume_checkpoint, list_checkpoints, load_checkpoint,
                                          read_trainer_state, save_checkpoint)
 from vidiff.training.data import check_cache_geometry, encode_batch, make_loader, skipped_file_ids
+from vidiff.training.distill import prepare_distillation
 from vidiff.training.ema import EMA
-from vidiff.training.logs import TrainLog, render_validation
-from vidiff.training.preflight import check_run, check_stage_matches
+from vidiff.training.logs import TrainLog, log_validation_metrics, render_validation
+from vidiff.training.preflight import check_run, check_stage_matches, teacher_steps
 from vidiff.training.run_folder import check_output_dir, is_run_folder, mark_run_folder
 from vidiff.training.state import check_supported
 from vidiff.utils import atomic_dir, write_json_atomic
@@ -381,6 +383,11 @@ def prepare_model(config: Config, accelerator, say):
     if stage.conditioning_channels != unet.conditioning_channels:
         raise ValueError(f"stage {stage.name!r} feeds {stage.conditioning_channels} conditioning channels but the "
                          f"U-Net in {source} takes {unet.conditioning_channels}")
+    if config.distill.method is not None:  # the loaded U-Net becomes the frozen teacher, a copy of it trains
+        stage = prepare_distillation(config, pipe, stage, teacher_steps(config, pipe.info), device)
+        unet = pipe.unet
+        say(f"distilling {source} ({config.distill.method}, {config.distill.steps} steps"
+            f"{', guidance as an input' if config.distill.guidance else ''})")
     for frozen in (pipe.vae, pipe.text_encoder):
         if frozen is not None:
             frozen.requires_grad_(False).eval().to(device)
@@ -397,6 +404,11 @@ def prepare_model(config: Config, accelerator, say):
         say(f"warning: {len(unused)} trainable parameter(s) take no part in the forward and stay frozen: "
             f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
     num_trainable = sum(p.numel() for p in trainable.values())
+    if t.new_tokens:  # textual inversion: the new rows of a frozen text encoder (after the probe, as below)
+        tokens = add_new_tokens(pipe.tokenizer, pipe.text_encoder, t.new_tokens)
+        trainable[NEW_TOKENS] = tokens.new.requires_grad_(True)
+        say(f"training new token(s) {', '.join(t.new_tokens)} (textual inversion, {tokens.new.numel()} "
+            "numbers)")
     if t.train_text_encoder:  # (after the probe, which runs the U-Net alone)
         trainable.update(text_encoder_parameters(pipe.text_encoder.train().requires_grad_(True)))
         say(f"training the text encoder too ({sum(p.numel() for p in pipe.text_encoder.parameters()) / 1e6:.2f}M "
@@ -405,6 +417,9 @@ def prepare_model(config: Config, accelerator, say):
         f"parameters ({t.trainable}), stage {stage.name}, {prediction_type} objective, "
         f"{accelerator.num_processes} process(es) on {device}")
     return pipe, stage, noise_scheduler, trainable
+
+
+NEW_TOKENS = "text_encoder.new_tokens"  # the trainable name of train.new_tokens' embedding rows
 
 
 def text_encoder_parameters(text_encoder) -> dict[str, torch.nn.Parameter]:
@@ -439,6 +454,10 @@ def checkpoint_model(run: "Run") -> torch.nn.Module:
     `unet.*` and `text_encoder.*`); a LoRA run, its trainable tensors only."""
     if run.config.train.trainable == "lora":
         return TrainableWeights(run.trainable)
+    if run.config.train.new_tokens:  # the U-Net and the new rows (not the frozen encoder)
+        rows = torch.nn.Module()
+        rows.register_parameter("rows", run.trainable[NEW_TOKENS])
+        return torch.nn.ModuleDict({"unet": run.accelerator.unwrap_model(run.unet), "new_tokens": rows})
     if not run.config.train.train_text_encoder:
         return run.unet
     unet = run.accelerator.unwrap_model(run.unet)
@@ -530,7 +549,7 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
     loader, image_loader = make_loaders(config, checked, pipe, state, accelerator)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, loader, lr_scheduler)
     # a text encoder that trains is DDP-wrapped too, so its gradients are averaged over ranks
-    text_encoder = accelerator.prepare(pipe.text_encoder) if t.train_text_encoder else pipe.text_encoder
+    text_encoder = accelerator.prepare(pipe.text_encoder) if t.trains_text else pipe.text_encoder
     run = Run(config=config, accelerator=accelerator, say=say, pipe=pipe, unet=unet, stage=stage,
               noise_scheduler=noise_scheduler, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler,
               ema=ema, loader=loader, image_loader=image_loader, dataset_size=len(checked.dataset), state=state,
@@ -593,7 +612,7 @@ def micro_batches(run: Run, counts: dict) -> Iterator[list[dict]]:
             if b is not None:
                 with run.accelerator.autocast():
                     latents, text = encode_batch(b, *encoders, generator=run.generator, device=run.accelerator.device,
-                                                 caption_dropout=t.caption_dropout, train_text=t.train_text_encoder)
+                                                 caption_dropout=t.caption_dropout, train_text=t.trains_text)
                 parts.append({"latents": latents, "encoder_hidden_states": text, "weight": weight})
         if run.state["step"] in t.debug_nan_steps:
             parts[0]["weight"] = float("nan")  # test hook: a non-finite loss at this step
@@ -614,7 +633,9 @@ def validate(run: Run, name: str) -> None:
     (they are what gets exported)."""
     if run.accelerator.is_main_process:
         with run.ema.swapped_in(run.trainable) if run.ema is not None else contextlib.nullcontext():
-            render_validation(run.pipe, run.config, run.output_dir / "validation" / name, run.accelerator.device)
+            paths = render_validation(run.pipe, run.config, run.output_dir / "validation" / name,
+                                      run.accelerator.device)
+        log_validation_metrics(run.accelerator, run.config, run.output_dir, run.state["step"], name, paths)
     run.accelerator.wait_for_everyone()
 
 
@@ -643,12 +664,16 @@ def export(run: Run) -> Path | None:
         named = {k: p for k, p in model.named_parameters() if k in run.trainable}
         if run.config.train.train_text_encoder:
             named.update(text_encoder_parameters(run.pipe.text_encoder))
+        if NEW_TOKENS in run.trainable:
+            named[NEW_TOKENS] = run.trainable[NEW_TOKENS]
         with run.ema.swapped_in(named) if run.ema is not None else contextlib.nullcontext():
             run.pipe.unet = model
             run.pipe.info = record_training_settings(run.pipe.info, run.config)
             pipeline_dir = run.output_dir / "pipeline"
             try:
-                run.pipe.save_pretrained(pipeline_dir)  # (a LoRA run: base weights + unet/lora.safetensors)
+                with merged_tokens(run.pipe.text_encoder):  # (new tokens: a plain, enlarged embedding)
+                    run.pipe.save_pretrained(pipeline_dir)  # (a LoRA run: base weights + unet/lora.safetensors)
+                save_new_tokens(run)
                 with merged(model):  # the motion module and the SD folder hold a LoRA run's merged weights
                     if any(True for _ in model.temporal_parameters()):
                         model.save_temporal(run.output_dir / "temporal.safetensors")
@@ -658,11 +683,20 @@ def export(run: Run) -> Path | None:
                 raise TrainingError(f"writing {pipeline_dir} failed ({e.strerror or e}); the trained weights are in "
                                     f"the last checkpoint: free space and run again with --resume auto") from e
             if v.prompts and not (v.every and step % v.every == 0):  # (else just rendered)
-                render_validation(run.pipe, run.config, run.output_dir / "validation" / "final", accelerator.device)
+                paths = render_validation(run.pipe, run.config, run.output_dir / "validation" / "final",
+                                          accelerator.device)
+                log_validation_metrics(accelerator, run.config, run.output_dir, step, "final", paths)
         run.say(f"wrote {pipeline_dir} (vidiff generate --model {pipeline_dir}) and "
                 f"{run.output_dir / 'temporal.safetensors'}")
     accelerator.wait_for_everyone()
     return pipeline_dir
+
+
+def save_new_tokens(run: Run) -> None:
+    """train.new_tokens' words as output_dir/embeddings/<word>.safetensors (A1111's form: A1111, ComfyUI and
+    diffusers' load_textual_inversion read it; `vidiff generate --embedding` too)."""
+    for word, rows in new_token_rows(run.pipe.tokenizer, run.pipe.text_encoder).items():
+        save_embedding(run.output_dir / "embeddings" / f"{word}.safetensors", rows[None], word)
 
 
 def write_sd_folder(pipe, out: Path) -> Path:
@@ -775,6 +809,8 @@ def step_and_log(run: Run, train_log: TrainLog, stop: dict) -> tuple[StepOutput,
     # noise, timesteps, dropout and conditions of step n on this rank: from (seed, n, rank)
     run.generator.manual_seed((t.seed * 1_000_003 + state["step"]) * 1_009 + accelerator.process_index)
     counts, step_start = new_counts(), time.perf_counter()
+    if hasattr(run.stage, "before_step"):  # (a distillation objective: progressive rounds change teachers)
+        run.stage.before_step(state["step"], accelerator.unwrap_model(run.unet), run.output_dir)
     out = training_step(accelerator, run.unet, run.stage, run.noise_scheduler, run.optimizer,
                         micro_batches(run, counts), params=list(run.trainable.values()),
                         generator=run.generator, max_grad_norm=t.max_grad_norm, lr_scheduler=run.lr_scheduler,
