@@ -26,8 +26,9 @@ from vidiff.utils import plural
 
 # generate's flags an image-to-video run does not take (flag, args name, its unset value)
 NOT_FOR_IMAGES = (("--zero-shot", "zero_shot", False), ("--motion-field", "motion_field", None),
-                  ("--spatial-from", "spatial_from", None), ("--lora", "lora", None), ("--fuse", "fuse", False),
-                  ("--controlnet", "controlnet", None), ("--keep-intermediate", "keep_intermediate", False),
+                  ("--spatial-from", "spatial_from", None), ("--lora", "lora", None),
+                  ("--embedding", "embedding", None), ("--fuse", "fuse", False), ("--controlnet", "controlnet", None),
+                  ("--keep-intermediate", "keep_intermediate", False),
                   ("--cross-frame", "cross_frame", None), ("--window-size", "window_size", None),
                   ("--window-stride", "window_stride", None), ("--eta", "eta", 0.0),
                   ("--long-video-noise", "long_video_noise", "independent"))
