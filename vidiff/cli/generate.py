@@ -47,8 +47,8 @@ weights before sampling (faster steps; the same clip up to rounding).
 
 --image FILE (png / jpg / webp, or a video's first frame) is frame 0 of the clip, exactly, and the rest follows
 the prompt: an interpolation stage trained with first-frame masks makes it (--model such a stage, or a cascade
-whose first such stage runs, then the stages after it; default: the demo's image-to-video stage, then the demo
-cascade's interpolation and SSR). The image is resized to cover the output size (aspect kept) and centre-cropped.
+whose first such stage runs, then the stages after it; default: the demo's i2v/ stage where installed, then the
+demo cascade's stages after its base, else the demo cascade from its interpolation stage). The image is resized to cover the output size (aspect kept) and centre-cropped.
 
 --zero-shot (Text2Video-Zero) makes coherent clips from a freshly inflated image model, before any video
 training: frame 0's latent is moved by the motion field (pixels per frame) and every frame attends to frame 0.
