@@ -205,3 +205,18 @@ def test_bad_inputs_are_one_line_before_loading(models, tmp_path, capsys, monkey
     assert code == 2 and len(lines) == 1 and lines[0].startswith("vidiff generate: error: "), err
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_the_shipped_candidate_starts_clips_from_an_image_and_the_keyframe_stage_does_not(models):
+    from vidiff.pipelines.image_to_video import check_first_frame_stage
+    from vidiff.spec import read_info
+    from vidiff.stages import stage_for
+
+    folder = Path(__file__).resolve().parents[1] / "vidiff" / "assets" / "demo-i2v"
+    info = read_info(folder)
+    assert info.stage_options["mask_modes"].count("first") == 3
+    check_first_frame_stage(stage_for(info), info, info.defaults.num_frames, "demo-i2v")  # no error
+    check_first_frame_stage(stage_for(info), info, 2 * info.defaults.num_frames, "demo-i2v")  # extension chunks
+    keyframes = read_info(models["keyframes"])
+    with pytest.raises(ValueError, match="cannot start a clip from an image"):
+        check_first_frame_stage(stage_for(keyframes), keyframes, 4, "keyframes")
