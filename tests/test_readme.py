@@ -55,6 +55,7 @@ USER_FILES = {
     "clips/": "a user's folder of videos",
     "webvid.csv": "a user's dataset manifest",
     "car-turn.mp4": "a user's video",
+    "first.png": "a user's image",
     "swan.mp4": "a user's video",
     "in.mp4": "a user's video",
     "tuned/": "a model tuned on a user's video",

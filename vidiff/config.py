@@ -127,7 +127,7 @@ class StageConfig:
     (vidiff.json `stage_options`, written by `vidiff inflate --stage`), else the stage's default."""
     factor: Union[int, None] = None        # tsr: frame-rate factor (data.num_frames a multiple of it); ssr: spatial factor, 2 or 4
     mask_factors: Union[list[int], None] = None  # interpolation: masks keep every k-th frame, k from this set (the factors it learns; default [2, 4])
-    mask_modes: Union[list[str], None] = None    # interpolation: mask kinds drawn uniformly: interpolate | future | past (default all three; future / past = extension)
+    mask_modes: Union[list[str], None] = None    # interpolation: mask kinds drawn uniformly: interpolate | future | past | first (default the first three; future / past = extension, first = image-to-video)
     max_noise_level: Union[int, None] = None     # ssr: condition noise-augmentation levels drawn uniformly in [0, this] (default 350, as the SD x4 upscaler)
 
 

@@ -8,6 +8,8 @@ A fresh install cannot download Stable Diffusion, so vidiff ships its own tiny m
     ssr/            x2 size (32 -> 64), noise-augmented spatial super-resolution  (when trained)
     base-fast/      the base's consistency-distilled student (configs/train/demo-distill-base.yaml): 4 lcm steps
                     of one pass each (4 U-Net evaluations a clip, the base's 40), `--model .../base-fast`
+    i2v/            image-to-video: 8 frames from a first frame (an interpolation stage with first-frame masks,
+                    started from the base; `generate --image` runs it, then the cascade's stages after the base)
     cascade.yaml    the stages in order: this folder is a cascade folder (`--model` of a cascade)
     checksums.json  sha256 of every weight file, checked by the tests
 
@@ -29,6 +31,7 @@ from vidiff.utils import write_json_atomic
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 STAGES = ("base", "interpolation", "ssr")  # cascade order
+IMAGE_TO_VIDEO = "i2v"  # the image-to-video stage (`generate --image`), beside the cascade, not in it
 CHECKSUMS = "checksums.json"
 EXAMPLE_PROMPT = "a red circle moving right"
 
@@ -75,10 +78,16 @@ def warn_unknown_words(prompts: str | list[str]) -> str | None:
 
 
 def model_dir(stage: str = "base") -> Path:
-    """The folder of the demo model for `stage` ("base", "interpolation" or "ssr")."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown demo stage {stage!r}; use one of {', '.join(STAGES)}")
+    """The folder of the demo model for `stage` ("base", "interpolation", "ssr" or "i2v")."""
+    if stage not in (*STAGES, IMAGE_TO_VIDEO):
+        raise ValueError(f"unknown demo stage {stage!r}; use one of {', '.join((*STAGES, IMAGE_TO_VIDEO))}")
     return DEMO_DIR / stage
+
+
+def image_to_video_model() -> Path | None:
+    """The demo's image-to-video stage folder, or None when this install lacks it."""
+    path = model_dir(IMAGE_TO_VIDEO)
+    return path if (path / "vidiff.json").is_file() else None
 
 
 def input_size() -> tuple[int, int]:

@@ -11,7 +11,7 @@ import vidiff
 from vidiff.adapters.export import module_skeleton
 from vidiff.adapters.embeddings import load_embedding, read_embedding
 from vidiff.adapters.lora import LORA_NAME, fuse_lora, has_lora, load_lora, lora_scales, read_lora
-from vidiff.cli import cascade
+from vidiff.cli import cascade, image_to_video
 from vidiff.cli.controlnet import EXAMPLES as CONTROL_EXAMPLES, HELP as CONTROL_HELP
 from vidiff.cli.controlnet import add_control_options, load_control, read_control_request
 from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, check_size, check_source,
@@ -34,6 +34,7 @@ EPILOG = """examples:
   vidiff generate --model M --prompts-file prompts.txt --num-videos 2 --out clips/clip.mp4
   vidiff generate --prompt "a red circle moving left" --prompt "a blue square moving up" --out "clips/{prompt}.mp4"
   vidiff generate --cascade configs/cascade/demo.yaml --prompt "a red circle" --keep-intermediate --out c.mp4
+  vidiff generate --image first.png --prompt "a red circle moving right" --out clip.mp4   (frame 0 = first.png)
   vidiff generate --model M --zero-shot --motion-field 8,0 --prompt "a horse galloping" --out horse.mp4
   vidiff generate --model M --lora style.safetensors:0.8 --lora motion.safetensors --prompt "a cat" --out cat.mp4
   vidiff generate --model M --embedding embeddings/purple.safetensors --prompt "a purple circle" --out p.mp4
@@ -44,6 +45,11 @@ text-encoder parts are skipped) at SCALE (default 1); repeat it to mix several. 
 weights before sampling (faster steps; the same clip up to rounding).
 
 """ + CONTROL_HELP + """
+
+--image FILE (png / jpg / webp, or a video's first frame) is frame 0 of the clip, exactly, and the rest follows
+the prompt: an interpolation stage trained with first-frame masks makes it (--model such a stage, or a cascade
+whose first such stage runs, then the stages after it; default: the demo's i2v/ stage where installed, then the
+demo cascade's stages after its base, else the demo cascade from its interpolation stage). The image is resized to cover the output size (aspect kept) and centre-cropped.
 
 --zero-shot (Text2Video-Zero) makes coherent clips from a freshly inflated image model, before any video
 training: frame 0's latent is moved by the motion field (pixels per frame) and every frame attends to frame 0.
@@ -66,6 +72,9 @@ def add_parser(sub, help_text: str):
                         "left/right/up/down)")
     p.add_argument("--cascade", metavar="YAML", default=None,
                    help="cascade YAML (configs/cascade/): the base, then each interpolation / tsr / ssr stage")
+    p.add_argument("--image", metavar="FILE", default=None,
+                   help="image-to-video: this image (or a video's first frame) is frame 0, the rest follows the "
+                        "prompt (see below)")
     p.add_argument("--keep-intermediate", action="store_true",
                    help="with a cascade: also write each stage's output (clip_0-base.mp4, clip_1-interpolation.mp4, ...)")
     p.add_argument("--prompt", action="append", default=None, help="text prompt (repeat for several)")
@@ -122,6 +131,8 @@ def _add_generate_options(options) -> None:
 def run(args) -> int:
     # Everything is checked before the model loads: a typo costs no time.
     prompts, travel = read_prompts(args)  # travel: the prompts at keyframes ("0: ...", "8: ..."), or None
+    if args.image is not None:  # frame 0 given: its own model choice and checks (vidiff.cli.image_to_video)
+        return image_to_video.generate_from_image(args, prompts, travel)
     motion_field = _zero_shot_options(args)
     if args.model is None and args.cascade is None:  # the built-in demo, so a fresh install makes a clip at once
         # zero-shot and prompt travel: the demo's base alone

@@ -19,8 +19,8 @@ from diffusers.models.embeddings import TimestepEmbedding
 
 from vidiff.spec import SettingError, check_choice, check_setting
 from vidiff.stages.base import Stage
-from vidiff.stages.conditions import (AUGMENTATION_SCHEDULE, MASK_MODES, MAX_NOISE_LEVEL, SAMPLING_NOISE_LEVEL,
-                                      SSR_CONDITIONS, SSR_FACTORS, augmentation_alphas, keyframe_mask,
+from vidiff.stages.conditions import (AUGMENTATION_SCHEDULE, DEFAULT_MASK_MODES, MASK_MODES, MAX_NOISE_LEVEL,
+                                      SAMPLING_NOISE_LEVEL, SSR_CONDITIONS, SSR_FACTORS, augmentation_alphas, keyframe_mask,
                                       masked_video_condition, noise_augment, prefix_mask, sample_frame_masks,
                                       repeat_frames, spatial_upsample, ssr_condition, tsr_condition)
 
@@ -116,7 +116,7 @@ class InterpolationStage(_TemporalStage):
     name = "interpolation"
     config_fields = ("mask_factors", "mask_modes")
 
-    def __init__(self, *, mask_factors=(2, 4), mask_modes=MASK_MODES, **base):
+    def __init__(self, *, mask_factors=(2, 4), mask_modes=DEFAULT_MASK_MODES, **base):
         super().__init__(**base)
         mask_factors, mask_modes = [int(k) for k in mask_factors], list(mask_modes)
         if not mask_factors or any(k < 2 for k in mask_factors):
@@ -132,7 +132,7 @@ class InterpolationStage(_TemporalStage):
     def fresh(cls, factor=None, latent_channels=4):
         check_setting("factor", factor)
         return cls(latent_channels=latent_channels, mask_factors=[2, 4] if factor is None else [factor],
-                   mask_modes=list(MASK_MODES))
+                   mask_modes=list(DEFAULT_MASK_MODES))
 
     def condition(self, latents, generator=None):
         masks = sample_frame_masks(latents.shape[0], latents.shape[2], factors=self.mask_factors,
@@ -175,9 +175,11 @@ class InterpolationStage(_TemporalStage):
         return out
 
     def check_extension(self, info, frames: int, num_frames: int, context_frames: int | None) -> int:
-        if "future" not in self.mask_modes:
+        # one known frame is image-to-video's mask: "first" masks train it alone, "future" ones among other lengths
+        if "future" not in self.mask_modes and not (context_frames == 1 and "first" in self.mask_modes):
             raise ValueError(f"extension needs an interpolation stage trained with future-prediction masks "
-                             f"(stage.mask_modes with 'future'); this one has mask_modes {self.mask_modes}")
+                             f"(stage.mask_modes with 'future'; one known frame: 'first' too); this one has "
+                             f"mask_modes {self.mask_modes}")
         check_setting("new_frames", num_frames)
         window = self.window(info)
         if window < 2:

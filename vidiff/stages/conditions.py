@@ -1,7 +1,8 @@
 """The conditions cascade stages feed their U-Net, as pure tensor functions: training derives them from a clean
 clip, sampling from the previous stage's output, with the same code.
 
-    masks                  keyframes (interpolation), a known past (extension) or future: MCVD (Voleti et al. 2022)
+    masks                  keyframes (interpolation), a known past (extension) or future, the first frame alone
+                           (image-to-video): MCVD (Voleti et al. 2022)
     masked_video_condition the known frames' latents and the mask (Make-A-Video, Singer et al. 2022)
     repeat_frames          the low-frame-rate video repeated in time (Imagen Video TSR, Ho et al. 2022)
     ssr_condition          the low-resolution video at full size; noise_augment: noise conditioning augmentation
@@ -15,7 +16,8 @@ from diffusers import DDPMScheduler
 from einops import rearrange
 
 # ---------------------------------------------------------------------------------------------------------------
-MASK_MODES = ("interpolate", "future", "past")
+MASK_MODES = ("interpolate", "future", "past", "first")
+DEFAULT_MASK_MODES = ("interpolate", "future", "past")  # a fresh interpolation stage's ("first": image-to-video)
 SSR_FACTORS = (2, 4)
 SSR_CONDITIONS = ("latent", "pixels")
 # The noise-augmentation schedule of the SD x4 upscaler's low-res images (its `low_res_scheduler`): LDM's
@@ -46,14 +48,17 @@ def suffix_mask(num_frames: int, count: int) -> torch.Tensor:
 def sample_frame_masks(batch: int, num_frames: int, *, factors, modes, generator=None) -> torch.Tensor:
     """Random training masks `(b, f)` (1 = known frame), one per video, MCVD-style (Voleti et al. 2022):
     "interpolate" keeps every k-th frame (k drawn from `factors`, at a random phase so any window of a long clip
-    looks like training), "future" keeps the first n frames, "past" the last n (n uniform in 1..f-1).
+    looks like training), "future" keeps the first n frames, "past" the last n (n uniform in 1..f-1), "first" the
+    first frame alone (image-to-video: one known frame, the rest from the caption).
     Four uniforms per video from `generator`, so the masks of a step are a function of its seed."""
     device = generator.device if generator is not None else "cpu"
     draws = torch.rand((batch, 4), generator=generator, device=device).tolist()
     masks = []
     for u_mode, u_factor, u_phase, u_count in draws:
         mode = modes[int(u_mode * len(modes))]
-        if mode == "interpolate" or num_frames < 2:
+        if mode == "first" and num_frames >= 2:
+            masks.append(prefix_mask(num_frames, 1))
+        elif mode == "interpolate" or num_frames < 2:
             factor = factors[int(u_factor * len(factors))]
             masks.append(keyframe_mask(num_frames, factor, int(u_phase * min(factor, num_frames))))
         else:

@@ -11,6 +11,10 @@ A stage folder is a vidiff pipeline folder (vidiff.models.folder) whose U-Net ta
 The new `conv_in` columns and the new class embedding's output layer start at zero, so a fresh stage computes
 exactly what its base model computes, whatever the condition: training teaches it to use the condition.
 
+A trained vidiff text-to-video folder (a `base` stage: `vidiff inflate --base runs/base/pipeline --stage
+interpolation`) becomes a stage the same way: its VideoUNet (temporal layers, frame embeddings and all) is widened,
+so the stage starts as that video model (how the demo's image-to-video stage starts from the demo base).
+
 An SD x4 upscaler pipeline (diffusers `StableDiffusionUpscalePipeline`: a 7-channel U-Net = 4 latent + 3 pixel
 channels, a noise-level class embedding, its own VAE and `low_res_scheduler`) becomes an SSR stage that keeps
 its pretrained conditioning: the low-resolution *pixels* (at the latent size) are its condition.
@@ -32,7 +36,7 @@ from vidiff.models.folder import inflate_pipeline, make_info, write_pipeline_fol
 from vidiff.models.loading import load_base_components, load_component
 from vidiff.models.unet import OPTIONS, VideoUNet
 from vidiff.models.weights import load_unet_2d
-from vidiff.spec import CASCADE_STAGES, check_cross_frame, read_scheduler_config
+from vidiff.spec import CASCADE_STAGES, check_cross_frame, read_info, read_scheduler_config
 from vidiff.stages.cascade import SSRStage, _CascadeStage
 from vidiff.stages.conditions import AUGMENTATION_SCHEDULE, MAX_NOISE_LEVEL, SAMPLING_NOISE_LEVEL
 from vidiff.stages.registry import STAGES
@@ -96,6 +100,24 @@ def load_upscaler_components(folder: Path, **unet_options) -> dict:
             "scheduler_config": read_scheduler_config(folder / "scheduler"), "source": str(folder), "stage": stage}
 
 
+def is_video_base_folder(path) -> bool:
+    """A vidiff pipeline folder of a text-to-video base (its vidiff.json says stage "base")."""
+    return (Path(path) / "vidiff.json").is_file() and read_info(path).stage == "base"
+
+
+def load_video_base_components(folder: Path) -> dict:
+    """A trained vidiff text-to-video folder's parts, as `load_base_components` gives an SD base's: its U-Net is
+    already a VideoUNet, whose architecture its config fixes (the inflation options do not apply to it)."""
+    info = read_info(folder)
+    vae = load_component(folder, "vae", AutoencoderKL) if info.latent else None
+    return {"unet": VideoUNet.from_pretrained(folder / "unet").float(), "vae": vae,
+            "text_encoder": load_component(folder, "text_encoder", CLIPTextModel),
+            "tokenizer": load_component(folder, "tokenizer", CLIPTokenizer),
+            "scheduler_config": read_scheduler_config(folder / "scheduler"), "source": str(folder.resolve()),
+            # its sampling settings (steps, guidance, sampler) suit the stage too, which starts as this model
+            "defaults": {k: getattr(info.defaults, k) for k in ("num_inference_steps", "guidance_scale", "scheduler")}}
+
+
 def check_inflate_stage(base, stage: str, factor: int | None) -> bool:
     """What `inflate_stage` checks before loading anything (a bad stage or factor); True for an SD x4 upscaler."""
     if stage not in CASCADE_STAGES:
@@ -131,12 +153,16 @@ def inflate_stage(base: str | os.PathLike, out: str | os.PathLike, stage: str, *
                 raise ValueError("motion modules (--motion-module) go on an SD base, not an SD x4 upscaler")
             parts = load_upscaler_components(Path(base), **unet_options)
         else:
-            parts = load_base_components(base, config=config, motion_module=motion_module, **unet_options)
+            if is_video_base_folder(base) and config is None and motion_module is None:
+                parts = load_video_base_components(Path(base))
+            else:
+                parts = load_base_components(base, config=config, motion_module=motion_module, **unet_options)
             parts["stage"] = fresh_stage(stage, factor, parts["unet"].in_channels)
             parts["unet"] = widen_unet(parts["unet"], parts["stage"].conditioning_channels, stage=stage)
             parts["stage"].prepare_unet(parts["unet"])
     info = make_info(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
-                     parts["scheduler_config"], stage=stage, defaults={"cross_frame": cross_frame, **(defaults or {})},
+                     parts["scheduler_config"], stage=stage,
+                     defaults={**parts.get("defaults", {}), "cross_frame": cross_frame, **(defaults or {})},
                      source=parts["source"], stage_options=parts["stage"].options())
     parts["stage"].check_window(info.defaults.num_frames)
     return write_pipeline_folder(out, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
