@@ -212,7 +212,7 @@ def test_the_shipped_candidate_starts_clips_from_an_image_and_the_keyframe_stage
     from vidiff.spec import read_info
     from vidiff.stages import stage_for
 
-    folder = Path(__file__).resolve().parents[1] / "vidiff" / "assets" / "demo-i2v"
+    folder = Path(__file__).resolve().parents[1] / "vidiff" / "assets" / "demo" / "i2v"
     info = read_info(folder)
     assert info.stage_options["mask_modes"].count("first") == 3
     check_first_frame_stage(stage_for(info), info, info.defaults.num_frames, "demo-i2v")  # no error
