@@ -183,7 +183,9 @@ def load_full_optimizer_state(accelerator, model, optimizer, state: dict) -> Non
     order = [names[id(p)] for group in _inner(optimizer).param_groups for p in group["params"]]
     if sum(len(g["params"]) for g in state["param_groups"]) != len(order):
         raise ValueError(f"the optimiser holds {len(order)} parameters, the state {len(state['state'])}")
-    by_name = {"state": {order[int(i)]: value for i, value in state["state"].items()},
+    # (copies: set_optimizer_state_dict keeps tensors it is given, such as "step", and stepping would change them)
+    by_name = {"state": {order[int(i)]: {k: v.clone() if torch.is_tensor(v) else v for k, v in value.items()}
+                         for i, value in state["state"].items()},
                "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]} for g in state["param_groups"]]}
     set_optimizer_state_dict(module, _inner(optimizer), by_name, options=StateDictOptions(full_state_dict=True))
 
