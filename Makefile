@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.vidiff-installed
 
-.PHONY: venv test test-all bench clean demo quality
+.PHONY: venv test test-all test-browser browser-deps app bench clean demo quality
 
 venv: $(STAMP)
 
@@ -45,8 +45,23 @@ quality: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser-deps
 	$(PY) -m pytest -q -m ""
+
+# `vidiff app` on the built-in demo at http://127.0.0.1:7860 (outputs in outputs/app/)
+app: $(STAMP)
+	$(VENV)/bin/vidiff app
+
+# The browser test's tools: Debian's chromium (apt-get; sudo when not root) and the playwright package, which drives
+# /usr/bin/chromium (`playwright install` and its browser download are never used).
+browser-deps: $(STAMP)
+	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium; }
+	$(PY) -m pip install -q "playwright>=1.40"
+
+# tests/test_app_browser.py alone (~35 s): headless Chromium drives `vidiff app`
+test-browser: browser-deps
+	$(PY) -m pytest -q -m browser tests/test_app_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

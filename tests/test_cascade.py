@@ -786,3 +786,77 @@ def test_a_cascade_height_that_breaks_a_stage_rule_names_the_stage_and_the_heigh
                                          r"sizes it takes and makes to be multiples of 16 .*--width 32 \(output 64\) "
                                          r"or 40 \(output 80\)"):
         cascade_module.check_cascade_side(specs, 8, "--width", 36)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# long inputs, streamed (issue 24): read, sampled and written --chunk-frames at a time
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("frames, chunk, overlap", [(5, 8, 0), (9, 4, 1), (10, 4, 0), (100, 64, 1), (65, 64, 1)])
+def test_chunk_bounds_cover_the_clip_once(frames, chunk, overlap):
+    from vidiff.data.video_io import chunk_bounds
+
+    bounds = chunk_bounds(frames, chunk, overlap)
+    assert bounds[0][0] == 0 and bounds[-1][1] == frames
+    assert all(overlap < end - start <= chunk for start, end in bounds)
+    assert all(a[1] - b[0] == overlap for a, b in zip(bounds, bounds[1:]))  # neighbours share `overlap` frames
+    sizes = [end - start for start, end in bounds]
+    assert max(sizes) - min(sizes) <= 1  # even: no short last chunk
+    with pytest.raises(ValueError, match="cannot share"):
+        chunk_bounds(frames, overlap, overlap)
+
+
+def test_long_inputs_are_streamed_in_chunks(cascade, tmp_path, capsys):
+    """interpolate / upscale of an input longer than --chunk-frames: chunk by chunk (each read seeks to its
+    range), one noise stream, the shared keyframe written once; the result is the Python API's
+    `run_stage_chunks`, whose first chunk is `run_stage` with the same seed."""
+    from vidiff.data import read_video, write_video
+    from vidiff.data.video_io import chunk_bounds, iter_chunks, probe_video
+    from vidiff.pipelines.cascade import run_stage, run_stage_chunks
+
+    video = tmp_path / "long.mp4"
+    write_video(video, (torch.rand(9, 16, 16, 3, generator=torch.Generator().manual_seed(5)) * 255)
+                .to(torch.uint8).numpy(), fps=10)
+    source, info = read_video(video).frames, probe_video(video)
+    assert np.array_equal(np.concatenate([c[1 * (i > 0):] for i, c in enumerate(iter_chunks(video, info, 4, 1))]),
+                          source)
+    code, out, _ = run_cli(capsys, "interpolate", "--model", cascade["folder"] / "interpolation", "--video", video,
+                           "--chunk-frames", 4, "--seed", 3, "--quiet", "--contact-sheet", "--out", tmp_path / "interp")
+    assert code == 0 and "3 chunks of <= 4" in out and "17 frames 16x16 @ 20 fps" in out
+    frames = png_frames(tmp_path / "interp")
+    assert frames.shape == (17, 16, 16, 3) and np.array_equal(frames[::2], source)  # every keyframe exact, once
+    sidecar = json.loads((tmp_path / "interp.json").read_text())
+    assert sidecar["chunk_frames"] == 4 and sidecar["num_frames"] == 17 and sidecar["input_frames"] == 9
+    assert (tmp_path / "interp.png").is_file()
+    pipe = load(cascade["folder"] / "interpolation")
+    settings = {"steps": 2, "guidance": 1.0, "scheduler": "ddim", "progress": False}
+    chunks = [source[a:b] for a, b in chunk_bounds(9, 4, 1)]
+    api = list(run_stage_chunks(pipe, iter(chunks), "", seed=3, factor=2, **settings))
+    assert np.array_equal(np.concatenate(api), frames)
+    first = run_stage(pipe, chunks[0], "", seed=3, factor=2, **settings)
+    assert torch.equal(as_uint8(first), torch.from_numpy(api[0]))
+    assert not np.array_equal(api[1][1::2], api[0][1:len(api[1]):2])  # the noise runs on: no repeated draws
+
+    code, out, _ = run_cli(capsys, "upscale", "--model", cascade["folder"] / "ssr", "--video", video,
+                           "--chunk-frames", 4, "--seed", 1, "--quiet", "--out", tmp_path / "up.mp4")
+    assert code == 0 and read_video(tmp_path / "up.mp4").frames.shape == (9, 32, 32, 3)
+    assert json.loads((tmp_path / "up.json").read_text())["chunk_frames"] == 4
+
+
+def as_uint8(video):
+    from vidiff.pipelines.text_to_video import to_uint8
+
+    return torch.from_numpy(to_uint8(video[0]))
+
+
+def test_a_streamed_input_is_sized_by_its_chunk():
+    """The memory estimate of a streamed clip counts the chunk held at once, not the whole clip; the frame
+    limit still counts the whole clip (--allow-large lifts it)."""
+    from vidiff.spec import RequestTooLarge, check_request_size
+
+    clips = [("--video", 4000, 256, 256), ("the output", 4000, 512, 512)]  # (~20 GiB)
+    with pytest.raises(RequestTooLarge, match="GiB"):  # (over the limit, or over this machine's memory)
+        check_request_size(clips)
+    held = check_request_size(clips, held=64 / 4000)
+    assert held == 64 * (256 * 256 + 512 * 512) * check_request_size([("one pixel", 1, 1, 1)])
+    with pytest.raises(RequestTooLarge, match="frames a clip"):
+        check_request_size([("--video", 18_000, 64, 64)], held=64 / 18_000)

@@ -88,19 +88,21 @@ def test_inversion_matches_diffusers_inverse_scheduler(models):
 
 
 def test_inverse_step_undoes_the_ddim_step():
-    """With the same eps, the inverse step and diffusers' DDIM step are exact inverses (float64)."""
+    """With the same eps, the inverse step and diffusers' DDIM step are inverses: exact up to the float32 rounding of
+    diffusers' alphas_cumprod (its sqrt is taken in float32, so about 1e-7 relative; a wrong formula is off by O(1))."""
     from diffusers import DDIMScheduler
 
     from vidiff.testing import SD_SCHEDULER
 
     sampler = DDIMScheduler(**SD_SCHEDULER)
     levels = inversion_levels(sampler, 10)
-    x0 = torch.randn(2, 4, 3, 5, 5, dtype=torch.float64)
-    eps = torch.randn_like(x0)
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 4, 3, 5, 5, dtype=torch.float64, generator=generator)
+    eps = torch.randn(x0.shape, dtype=torch.float64, generator=generator)
     t, alpha_from, alpha_to = levels[4]
     up = inverse_ddim_step(eps, x0, alpha_from, alpha_to)
     down = sampler.step(eps, t, up).prev_sample
-    torch.testing.assert_close(down, x0)
+    torch.testing.assert_close(down, x0, rtol=1e-5, atol=1e-5)
 
 
 def reconstruction_error(pipe, latents, text, steps, cross_frame="none") -> float:

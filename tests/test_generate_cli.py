@@ -115,7 +115,7 @@ def test_generate_errors_before_any_work(model, tmp_path, capsys, monkeypatch, c
         "width": (["--width", 2], "--width must be a positive multiple of 4"),
         "frames": (["--num-frames", 0], "--num-frames must be between 1 and 4096, got 0"),
         "steps": (["--steps", 0], "--steps must be between 1 and 998, got 0"),
-        "scheduler": (["--scheduler", "heun"], "--scheduler must be one of ddim, dpm-solver++, euler, euler-ancestral, ddpm, unipc, got 'heun'"),
+        "scheduler": (["--scheduler", "heun"], "--scheduler must be one of ddim, dpm-solver++, euler, euler-ancestral, ddpm, unipc, lcm, got 'heun'"),
         "no-prompt": (["--prompt", None], "no prompt"),
         "prompts-file": (["--prompts-file", tmp_path / "nope.txt"], "--prompts-file"),
         "out-suffix": (["--out", tmp_path / "clip.avi"], "cannot tell the video format"),
@@ -257,11 +257,15 @@ def test_generate_write_error_is_one_line_and_leaves_nothing(model, tmp_path, ca
 
     from vidiff.data import video_io
 
-    def full_disk(path, *args, **kwargs):
-        Path(path).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    write = video_io.VideoWriter.write
 
-    monkeypatch.setattr(video_io, "_write_gif", full_disk)
+    def full_disk(writer, frames):
+        if writer.kind != "gif":
+            return write(writer, frames)
+        writer.path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(writer.path))
+
+    monkeypatch.setattr(video_io.VideoWriter, "write", full_disk)
     code, _, err = run(capsys, "generate", "--model", model, "--prompt", "x", "--steps", 1, "--num-frames", 2,
                        "--quiet", "--gif", "--out", tmp_path / "clip.mp4")
     assert code == 1 and "No space left on device" in err and err.startswith("vidiff generate: error:")

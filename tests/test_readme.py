@@ -107,6 +107,8 @@ def _steps() -> list[dict]:
                     step.update(kind="skip", skip=f"{argv[0]}: {SKIP_PROGRAMS[argv[0]]}")
                 elif marker:
                     step.update(kind="skip", skip=f"names {marker!r}: {USER_FILES[marker]}")
+                elif argv[:2] == ["vidiff", "app"]:
+                    step.update(kind="skip", skip="serves a page until stopped (tests/test_app_browser.py runs it)")
                 elif argv[0] == "vidiff":
                     step["kind"] = "vidiff"
                 elif argv[:2] == ["python", argv[1]] and argv[1].startswith("tools/"):

@@ -323,11 +323,11 @@ def test_write_errors_and_atomicity(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="fps"):
         write_video(tmp_path / "a.mp4", frames, 0)
 
-    def crash(path, *args, **kwargs):
-        Path(path).write_bytes(b"half a file")
+    def crash(writer, frames):
+        writer.path.write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(video_io, "_write_mp4", crash)
+    monkeypatch.setattr(video_io.VideoWriter, "write", crash)
     with pytest.raises(OSError):
         write_video(tmp_path / "a.mp4", frames, 8)
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
@@ -555,3 +555,37 @@ def test_variable_frame_rate_is_detected_and_fps_sampling_warns_once(tmp_path):
         read_video(steady, num_frames=3, fps=10, backend="pyav")
     messages = [str(w.message) for w in caught if "variable frame rate" in str(w.message)]
     assert len(messages) == 1 and str(burst) in messages[0]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif", ""])
+def test_a_clip_written_in_chunks_equals_it_written_whole(tmp_path, suffix):
+    """VideoWriter (what streamed stage runs write with) appends chunks: the same bytes as one write_video."""
+    from vidiff.data.video_io import VideoWriter
+
+    frames = shapes_frames(num_frames=7)
+    write_video(tmp_path / f"whole{suffix}", frames, 8)
+    with VideoWriter(tmp_path / f"chunks{suffix}", 8, total=7) as writer:
+        for start in range(0, 7, 3):
+            writer.write(frames[start:start + 3])
+    if suffix:
+        assert (tmp_path / f"chunks{suffix}").read_bytes() == (tmp_path / f"whole{suffix}").read_bytes()
+    else:
+        whole, chunks = (sorted((tmp_path / name).iterdir()) for name in ("whole", "chunks"))
+        assert [p.name for p in whole] == [p.name for p in chunks]
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(whole, chunks))
+    with pytest.raises(ValueError, match="every chunk"), VideoWriter(tmp_path / "bad.mp4", 8) as writer:
+        writer.write(frames)
+        writer.write(frames[:, :8])
+
+
+def test_a_long_clips_contact_sheet_shows_spaced_frames(tmp_path):
+    from PIL import Image
+
+    from vidiff.data.video_io import SHEET_FRAMES
+
+    frames = np.random.default_rng(0).integers(0, 255, (100, 8, 8, 3), dtype=np.uint8)
+    write_video(tmp_path / "sheet.png", frames, 8)
+    spaced = np.linspace(0, 99, SHEET_FRAMES).round().astype(int)
+    expected = make_contact_sheet(frames[spaced], labels=spaced.tolist())
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "sheet.png")), expected)
+    assert not np.array_equal(expected, make_contact_sheet(frames[spaced]))  # (the labels are the frame numbers)

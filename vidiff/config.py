@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import yaml
 
-from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES, LORA_TARGETS, TEMPORAL_LAYOUTS
+from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES, DISTILL_METHODS, LORA_TARGETS, TEMPORAL_LAYOUTS
 from vidiff.stages import check_stage_fields, make_stage
 from vidiff.utils import yaml_error_line
 
@@ -131,6 +131,19 @@ class StageConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation (vidiff.training.distill): model.pretrained is the frozen teacher (a vidiff pipeline folder),
+    the student starts as its copy and learns to sample in `steps` steps; the exported folder records how
+    (vidiff.json `distilled`) and samples that way by default. null method: an ordinary training run."""
+    method: Union[str, None] = None        # consistency (LCM: multi-step consistency sampling) | progressive (Salimans & Ho 2022: halving the teacher's DDIM steps in rounds) | null
+    steps: int = 4                         # the student's sampling steps (progressive: teacher_steps / 2^k; consistency: its default, any number up to teacher_steps works)
+    teacher_steps: Union[int, None] = None  # progressive: the teacher's DDIM steps (null: its vidiff.json default); consistency: the DDIM solver's grid (null: 50, LCM's skipping step of T / 50)
+    guidance: bool = False                 # guidance distillation (Meng et al. 2023): the guidance scale becomes a U-Net input, one pass per step instead of two
+    guidance_min: float = 1.0              # guidance distillation: scales drawn uniformly from [guidance_min, guidance_max]
+    guidance_max: Union[float, None] = None  # null: twice the teacher's default guidance (at least 2)
+
+
+@dataclass
 class ValidationConfig:
     prompts: list[str] = field(default_factory=list)  # prompts rendered to mp4 + contact sheet
     every: int = 0                         # every N steps (0 = only at the end, when prompts are given)
@@ -141,6 +154,7 @@ class ValidationConfig:
     guidance_scale: Union[float, None] = None  # default: the model's (vidiff.json; SD folders: 7.5)
     seed: int = 0
     fps: int = 8
+    metrics: list[str] = field(default_factory=list)  # scores of the rendered clips, logged: [vbench] (weight-free)
 
 
 @dataclass
@@ -150,10 +164,15 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# validation.metrics: vbench = vidiff.eval.vbench's weight-free dimensions, averaged over the validation clips
+VALIDATION_METRICS = ("vbench",)
 
 
 class ConfigError(ValueError):
@@ -344,11 +363,24 @@ def validate(cfg: Config, where: str = "config", *, need_data: bool = True) -> N
     _validate_model(cfg, check)
     _validate_lora(cfg, check)
     _validate_stage(cfg, check)
-    check(cfg.validation.every >= 0, f"validation.every must be >= 0, got {cfg.validation.every}")
-    check(cfg.validation.steps is None or cfg.validation.steps >= 1,
-          f"validation.steps must be null (the model's) or >= 1, got {cfg.validation.steps}")
-    check(cfg.validation.guidance_scale is None or cfg.validation.guidance_scale >= 0,
-          f"validation.guidance_scale must be null (the model's) or >= 0, got {cfg.validation.guidance_scale}")
+    _validate_distill(cfg, check)
+    _validate_validation(cfg, check)
+
+
+def _validate_validation(cfg: Config, check) -> None:
+    v = cfg.validation
+    check(v.every >= 0, f"validation.every must be >= 0, got {v.every}")
+    check(v.steps is None or v.steps >= 1, f"validation.steps must be null (the model's) or >= 1, got {v.steps}")
+    check(v.guidance_scale is None or v.guidance_scale >= 0,
+          f"validation.guidance_scale must be null (the model's) or >= 0, got {v.guidance_scale}")
+    for name in v.metrics:
+        check(name in VALIDATION_METRICS, f"validation.metrics: unknown metric {name!r}; choose from "
+                                          f"{', '.join(VALIDATION_METRICS)}")
+    check(len(set(v.metrics)) == len(v.metrics), f"validation.metrics lists a metric twice: {v.metrics}")
+    check(not v.metrics or bool(v.prompts), "validation.metrics scores the validation clips: set validation.prompts")
+    frames = v.num_frames or cfg.data.num_frames
+    check(not v.metrics or frames >= 3, f"validation.metrics=[vbench] needs clips of at least 3 frames (motion "
+                                        f"smoothness), validation renders {frames}; set validation.num_frames")
 
 
 def _validate_data(cfg: Config, check, need_data: bool) -> None:
@@ -394,6 +426,41 @@ def _validate_lora(cfg: Config, check) -> None:
     check(0.0 <= lora.dropout < 1.0, f"train.lora.dropout must be in [0, 1), got {lora.dropout}")
     check(lora.targets in LORA_TARGETS,
           f"train.lora.targets must be one of {', '.join(LORA_TARGETS)}, got {lora.targets!r}")
+
+
+def _validate_distill(cfg: Config, check) -> None:
+    """The distill section on its own (what the teacher folder says is checked by training.preflight)."""
+    x = cfg.distill
+    if x.method is None:
+        return
+    check(x.method in DISTILL_METHODS, f"distill.method must be null or one of {', '.join(DISTILL_METHODS)}, "
+                                       f"got {x.method!r}")
+    check(x.steps >= 1, f"distill.steps must be >= 1, got {x.steps}")
+    check(x.teacher_steps is None or x.teacher_steps >= 1,
+          f"distill.teacher_steps must be null or >= 1, got {x.teacher_steps}")
+    check(x.guidance_min >= 1.0, f"distill.guidance_min must be >= 1 (1 = no guidance), got {x.guidance_min}")
+    check(x.guidance_max is None or x.guidance_max >= x.guidance_min,
+          f"distill.guidance_max must be null or >= distill.guidance_min ({x.guidance_min}), got {x.guidance_max}")
+    check(not x.guidance or cfg.train.trainable in ("all", "lora"),
+          f"distill.guidance trains the new guidance embedding with the U-Net: train.trainable must be all or lora, "
+          f"got {cfg.train.trainable!r}")
+    if x.teacher_steps is not None:
+        check_distill_steps(x.method, x.steps, x.teacher_steps, x.guidance, check)
+
+
+def check_distill_steps(method: str, steps: int, teacher_steps: int, guidance: bool, check) -> None:
+    """distill.steps against the teacher's: progressive halves them (teacher_steps / 2^k; k = 0 is guidance
+    distillation alone), consistency samples on a subset of its solver grid."""
+    if method == "consistency":
+        check(steps <= teacher_steps, f"distill.steps={steps} must be at most the consistency solver grid "
+                                      f"(distill.teacher_steps={teacher_steps})")
+        return
+    ratio = teacher_steps // steps
+    check(teacher_steps % steps == 0 and ratio & (ratio - 1) == 0,
+          f"distill.steps={steps} does not divide the teacher's {teacher_steps} DDIM steps by a power of 2: "
+          f"progressive distillation halves the steps in rounds (e.g. {teacher_steps // 2 or 1})")
+    check(ratio > 1 or guidance, f"distill.steps={steps} equals the teacher's {teacher_steps}: nothing to distil "
+                                 "(halve the steps, or set distill.guidance=true for guidance distillation)")
 
 
 def _validate_stage(cfg: Config, check) -> None:

@@ -65,8 +65,16 @@ STAGE_NAMES: tuple[str, ...] = ("base", *CASCADE_STAGES)
 # The stages that raise the frame rate (the others keep it): what `vidiff interpolate` accepts.
 TEMPORAL_STAGES: tuple[str, ...] = ("interpolation", "tsr")
 
-# Samplers by name (built by vidiff.pipelines.schedulers.make_scheduler).
-SCHEDULER_NAMES: tuple[str, ...] = ("ddim", "dpm-solver++", "euler", "euler-ancestral", "ddpm", "unipc")
+# Samplers by name (built by vidiff.pipelines.schedulers.make_scheduler); "lcm" is multi-step consistency sampling,
+# for consistency-distilled students.
+SCHEDULER_NAMES: tuple[str, ...] = ("ddim", "dpm-solver++", "euler", "euler-ancestral", "ddpm", "unipc", "lcm")
+
+# How a student is distilled from its teacher (vidiff.training.distill) -> the sampler its steps were learnt for.
+DISTILL_SAMPLERS: dict[str, str] = {"consistency": "lcm", "progressive": "ddim"}
+DISTILL_METHODS: tuple[str, ...] = tuple(DISTILL_SAMPLERS)
+# The "lcm" sampler's steps are a subset of a grid of this many DDIM timesteps (LCM's skipping step, T / 50) unless
+# a consistency student records its own (`Distilled.teacher_steps`): it takes at most that many steps.
+LCM_GRID = 50
 
 # How the frames past the first temporal window start (FreeNoise, Qiu et al. 2023, reshuffles earlier noise).
 LONG_VIDEO_NOISE: tuple[str, ...] = ("independent", "freenoise")
@@ -142,6 +150,8 @@ SETTINGS: dict[str, Setting] = {
     "window_size": Setting(int, 1, MAX_FRAMES, "--window-size"),
     "window_stride": Setting(int, 1, MAX_FRAMES, "--window-stride"),
     "decode_chunk_size": Setting(int, 1, MAX_FRAMES, "--decode-chunk-size"),
+    # interpolate / upscale read, sample and write a longer input this many frames at a time
+    "chunk_frames": Setting(int, 2, MAX_FRAMES, "--chunk-frames"),
     "num_videos_per_prompt": Setting(int, 1, 10_000, "--num-videos"),
     "seed": Setting(int, 0, MAX_SEED, "--seed"),
     "lora_scale": Setting(float, -10, 10, "--lora", "(the scale in FILE:SCALE; 0 = off, 1 = as trained)"),
@@ -168,6 +178,9 @@ SETTINGS: dict[str, Setting] = {
     "limit": Setting(int, 1, 1_000_000, "--limit", "clips"),
     # vidiff extend: frames added after the clip (how large the result may be is `check_request_size`'s)
     "new_frames": Setting(int, 1, 1_000_000, "--frames", "new frames"),
+    # vidiff app: where it listens, and the largest upload it takes
+    "port": Setting(int, 1, 65535, "--port"),
+    "max_upload_mb": Setting(float, 0.01, 1_000_000, "--max-upload-mb", "MB"),
 }
 
 
@@ -226,12 +239,13 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_request_size(clips, allow_large: bool = False) -> int:
+def check_request_size(clips, allow_large: bool = False, held: float = 1.0) -> int:
     """Refuse, before anything loads, a request whose clips are too large. `clips`: `(what, frames, height, width)`
     or `(what, frames, height, width, copies)` for every clip the request reads or makes and holds at once (the
-    input, each stage's output, `copies` videos of a batch). A side beyond MAX_SIDE or more bytes than this
-    machine's memory is always refused; more than MAX_CLIP_FRAMES frames, MAX_FRAME_PIXELS pixels a frame or
-    MAX_REQUEST_BYTES in all unless `allow_large`. Returns the bytes estimated; RequestTooLarge otherwise."""
+    input, each stage's output, `copies` videos of a batch); `held`: the part of each held in memory at once (a
+    clip streamed in chunks). A side beyond MAX_SIDE or more bytes than this machine's memory is always refused;
+    more than MAX_CLIP_FRAMES frames, MAX_FRAME_PIXELS pixels a frame or MAX_REQUEST_BYTES in all unless
+    `allow_large`. Returns the bytes estimated; RequestTooLarge otherwise."""
     total, parts = 0, []
     for what, frames, height, width, *copies in clips:
         count = copies[0] if copies else 1
@@ -245,8 +259,8 @@ def check_request_size(clips, allow_large: bool = False) -> int:
                                   f"the square of it)")
         if not allow_large and frames > MAX_CLIP_FRAMES:
             raise RequestTooLarge(f"{what}: {frames:,} frames, over the limit of {MAX_CLIP_FRAMES:,} frames a "
-                                  "clip (the whole clip is sampled and held in memory)")
-        total += frames * height * width * BYTES_PER_PIXEL * count
+                                  "clip (its sampling runs for hours, and only interpolate / upscale stream a clip rather than hold it)")
+        total += round(frames * held) * height * width * BYTES_PER_PIXEL * count
         parts.append(f"{what}: " + f"{count} x " * (count > 1) + f"{frames} frames of {width}x{height}")
     gib = total / 2**30
     memory = physical_memory()
@@ -285,6 +299,39 @@ class Defaults:
 
 
 @dataclass(frozen=True)
+class Distilled:
+    """vidiff.json's `distilled`: how a student folder was distilled, which its sampling follows."""
+
+    method: str                         # DISTILL_METHODS: consistency (LCM) | progressive (Salimans & Ho 2022)
+    steps: int                          # the sampling steps it was distilled for (its default steps)
+    teacher_steps: int                  # progressive: the teacher's DDIM steps; consistency: the solver grid (LCM's 50)
+    guidance_embedded: bool = False     # guidance distilled: the scale is an input, one U-Net pass per step
+    teacher: str = ""                   # the teacher folder
+    timesteps: tuple[int, ...] = ()     # progressive: the DDIM timesteps it was trained for
+
+    @property
+    def scheduler(self) -> str:
+        return DISTILL_SAMPLERS[self.method]
+
+    @classmethod
+    def from_json(cls, data, where: str) -> "Distilled | None":
+        if data is None:
+            return None
+        fix = "fix the value or distil the folder again"
+        if not isinstance(data, dict) or data.get("method") not in DISTILL_METHODS:
+            raise ValueError(f"{where}: distilled must be an object whose method is one of "
+                             f"{', '.join(DISTILL_METHODS)}, got {data!r}; {fix}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        ints = [data.get(k) for k in ("steps", "teacher_steps")] + list(data.get("timesteps", []))
+        if unknown or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints) \
+                or min(data.get("steps", 0), data.get("teacher_steps", 0)) < 1 \
+                or not isinstance(data.get("guidance_embedded", False), bool):
+            raise ValueError(f"{where}: distilled must hold method, steps and teacher_steps (integers >= 1), "
+                             f"guidance_embedded (true / false), teacher and timesteps, got {data!r}; {fix}")
+        return cls(**{**data, "timesteps": tuple(data.get("timesteps", ()))})
+
+
+@dataclass(frozen=True)
 class PipelineInfo:
     """vidiff.json: what the folder's model is, and how to sample it by default. Read once (`read_info`)."""
 
@@ -303,6 +350,7 @@ class PipelineInfo:
     source: str | None = None           # what the folder was inflated from
     vidiff_version: str = ""
     extra: dict = field(default_factory=dict)           # other keys (e.g. `tuned_on`), kept as they are
+    distilled: Distilled | None = None  # a student (vidiff.training.distill): its method and steps; None: not one
 
     @property
     def spatial_factor(self) -> int:
@@ -315,6 +363,10 @@ class PipelineInfo:
     def to_json(self) -> dict:
         data = asdict(self)
         extra = data.pop("extra")
+        if data["distilled"] is None:  # (folders that are no student keep the keys they always had)
+            del data["distilled"]
+        else:
+            data["distilled"]["timesteps"] = list(data["distilled"]["timesteps"])
         return {**data, **extra}
 
     @classmethod
@@ -328,7 +380,8 @@ class PipelineInfo:
         names = {f.name for f in fields(cls)} - {"extra"}
         info = cls(**{k: v for k, v in data.items() if k in names},
                    extra={k: v for k, v in data.items() if k not in names})
-        return replace(info, defaults=_read_defaults(data["defaults"], where)).checked(where)
+        return replace(info, defaults=_read_defaults(data["defaults"], where),
+                       distilled=Distilled.from_json(data.get("distilled"), where)).checked(where)
 
     def checked(self, where: str = INFO_NAME) -> "PipelineInfo":
         if not isinstance(self.stage, str) or self.stage not in STAGE_NAMES:
@@ -527,10 +580,16 @@ class SamplingSettings:
     long_video_noise: str = "independent"
     decode_chunk_size: int | None = 8   # frames per VAE decoder call; None = all at once
     num_videos_per_prompt: int = 1
+    guidance_distilled: bool = False    # the model takes the scale as an input: one U-Net pass per step, not two
 
     @property
     def guided(self) -> bool:
         return guidance_on(self.guidance_scale)
+
+    @property
+    def unet_evaluations(self) -> int:
+        """U-Net passes per clip (one temporal window): steps x 2 under two-pass classifier-free guidance."""
+        return self.num_inference_steps * (2 if self.guided and not self.guidance_distilled else 1)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -551,6 +610,9 @@ def resolve_sampling(info: PipelineInfo, *, max_steps: int | None = None, num_fr
     the clip). `max_steps` is `max_inference_steps` of the folder's noise schedule, when known."""
     d = info.defaults
     take = lambda value, default: default if value is None else value  # noqa: E731
+    if take(scheduler, d.scheduler) == "lcm":  # (its steps are a subset of the consistency grid)
+        grid = info.distilled.teacher_steps if info.distilled and info.distilled.method == "consistency" else LCM_GRID
+        max_steps = grid if max_steps is None else min(max_steps, grid)
     frames = check_setting("num_frames", take(num_frames, d.num_frames))
     s = dict(num_frames=frames, height=check_setting("height", take(height, d.height)),
              width=check_setting("width", take(width, d.width)),
@@ -578,7 +640,8 @@ def resolve_sampling(info: PipelineInfo, *, max_steps: int | None = None, num_fr
     if stride > size:
         raise SettingError("window_stride", f"must not exceed the window size ({size}), got {stride}: windows would "
                                             "leave frames uncovered")
-    return SamplingSettings(window_size=size, window_stride=stride, **s)
+    distilled = info.distilled is not None and info.distilled.guidance_embedded
+    return SamplingSettings(window_size=size, window_stride=stride, guidance_distilled=distilled, **s)
 
 
 # ---------------------------------------------------------------------------------------------------------------

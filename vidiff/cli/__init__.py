@@ -16,21 +16,26 @@ from importlib.metadata import PackageNotFoundError, version
 import vidiff
 from vidiff.cli.common import CLIError, quiet_weight_bars, restored_library_bars
 
-__all__ = ["CLIError", "SUBCOMMANDS", "build_parser", "main"]
+__all__ = ["CLIError", "SUBCOMMANDS", "USER_ERRORS", "build_parser", "main"]
 
 # vidiff.cli.<name> -> its line in `vidiff --help`, in the order the help lists them.
 SUBCOMMANDS = {
     "inflate": "turn a Stable Diffusion checkpoint into a vidiff video pipeline folder",
     "generate": "generate video clips from text prompts",
     "train": "fine-tune a video model (also under `accelerate launch -m vidiff train`)",
+    "distill": "distil a model into a few-step student (consistency / progressive, guidance as an input)",
     "data": "datasets: synthetic shapes, latent caches, tar shards",
-    "eval": "measure generation quality on the synthetic shapes prompts",
+    "eval": "measure quality: the synthetic shapes prompts; FVD, CLIP score, VBench-style checks of clips",
     "interpolate": "raise a clip's frame rate with an interpolation or TSR stage",
     "extend": "add frames after a clip with an interpolation stage",
     "upscale": "raise a clip's resolution with a spatial super-resolution (SSR) stage",
     "edit": "edit a video to new text prompts (Tune-A-Video / Text2Video-Zero)",
     "export": "write temporal weights or LoRAs for other tools (diffusers, AnimateDiff, ComfyUI)",
+    "app": "a web page (Gradio) to generate, edit, interpolate and upscale clips",
 }
+
+# A command's failures that are the user's to fix: one line, exit 2 (the web app shows the same line)
+USER_ERRORS = (CLIError, ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, KeyError)
 
 
 class Parser(argparse.ArgumentParser):
@@ -96,7 +101,7 @@ def _run(args) -> int:
     """Run the parsed command; its known failures become one `vidiff CMD: error: ...` line."""
     try:
         return int(args._run(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, KeyError) as e:
+    except USER_ERRORS as e:
         if os.environ.get("VIDIFF_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

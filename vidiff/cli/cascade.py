@@ -94,7 +94,8 @@ def generate_cascade(args, prompts: list[str]) -> int:
     for spec in specs[1:]:  # fps after each stage: the temporal stages multiply it by their factor
         rates.append(rates[-1] * spec.stage.frame_rate_factor(spec.factor))
     stages = [{"model": str(spec.model.resolve()), "stage": spec.name, "steps": s.num_inference_steps,
-               "guidance": s.guidance_scale, "scheduler": s.scheduler, "frames": f, "height": h, "width": w,
+               "guidance": s.guidance_scale, "scheduler": s.scheduler, "guidance_distilled": s.guidance_distilled,
+               "unet_evaluations": s.unet_evaluations, "frames": f, "height": h, "width": w,
                "fps": rate, **spec.stage.sidecar(spec.factor, spec.noise_level, spec.where(i))}
               for i, (spec, s, (f, h, w), rate) in enumerate(zip(specs, settings, sizes, rates))]
     device = check_device(args.device)

@@ -24,7 +24,7 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-from vidiff.data.video_io import VideoReadError, check_write_target, probe_video, video_format, write_video
+from vidiff.data.video_io import VideoReadError, VideoWriter, check_write_target, probe_video, video_format
 from vidiff.spec import MAX_SEED, RequestTooLarge, SettingError, check_request_size, check_setting, is_hub_id
 from vidiff.utils import check_device as check_torch_device
 from vidiff.utils import write_json_atomic
@@ -88,11 +88,12 @@ def flag_error(error: ValueError, prefix: str = "--") -> CLIError:
     return CLIError(str(error))
 
 
-def check_size(clips, allow_large: bool) -> None:
-    """`vidiff.spec.check_request_size` (the one size check: frames, pixels a frame, memory) on the clips a
-    command reads and makes, before anything loads; the message names --allow-large where it lifts the limit."""
+def check_size(clips, allow_large: bool, held: float = 1.0) -> None:
+    """`vidiff.spec.check_request_size` (the one size check: frames, pixels a frame, memory; `held`: the part of
+    each clip in memory at once) on the clips a command reads and makes, before anything loads; the message
+    names --allow-large where it lifts the limit."""
     try:
-        check_request_size(clips, allow_large)
+        check_request_size(clips, allow_large, held)
     except RequestTooLarge as e:
         raise CLIError(e.for_flags()) from None
 
@@ -164,6 +165,26 @@ def check_writable(target: str | os.PathLike, flag: str = "--out") -> Path:
         raise CLIError(f"{flag} {target}: cannot write in {folder} ({e.strerror or e}); choose a writable "
                        f"location with free space") from None
     return folder
+
+
+def check_file_target(path: str | None, flag: str, suffix: str, overwrite: bool):
+    """A results file: the right suffix, not a folder, not an existing file unless --overwrite."""
+    if path is None:
+        return None
+    target = Path(path)
+    if target.suffix.lower() != suffix:
+        raise CLIError(f"{flag} {path!r} must end in {suffix}")
+    if target.is_dir():
+        raise CLIError(f"{flag} {path!r} is a folder; give a file name such as results{suffix}")
+    if target.exists() and not overwrite:
+        raise CLIError(f"{flag} {path!r} exists; pass --overwrite to replace it or choose another name")
+    parent = target.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CLIError(f"{flag} {path!r}: {parent} is a file, not a folder")
+    check_writable(target, flag)  # a read-only or full folder: one line now, not after the evaluation
+    return target
 
 
 def check_output_path(out: str | os.PathLike, count: int = 1, *, gif: bool = False, frames_dir: bool = False,
@@ -293,26 +314,56 @@ def clip_paths(out: str | os.PathLike, prompts: list[str], num_videos: int, seed
 
 def write_outputs(path: Path, frames, fps: float, sidecar: dict, *, gif: bool = False, frames_dir: bool = False,
                   contact_sheet: bool = False, overwrite: bool = False) -> list[Path]:
-    """Write one clip to `path` (format from its suffix), the requested extras and its sidecar; returns the paths.
+    """Write one clip to `path` (format from its suffix), the requested extras and its sidecar; returns the paths
+    (`ClipOutputs` with the whole clip as its one chunk)."""
+    with ClipOutputs(path, fps, gif=gif, frames_dir=frames_dir, contact_sheet=contact_sheet, overwrite=overwrite,
+                     total=len(frames)) as outputs:
+        outputs.write(frames)
+        return outputs.publish(sidecar)
+
+
+class ClipOutputs:
+    """One clip, its extras and its sidecar, written chunk by chunk (`write`) and published together (`publish`).
 
     Everything is written into a private folder beside `path` first, then moved into place under an exclusive
     lock on the clip's name: another run publishing the same names waits, so the mp4, the extras and the JSON
     always come from one run. Without `overwrite`, a file that appeared meanwhile is not replaced (CLIError).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        staged = [(write_video(staging / target.name, frames, fps=fps, format=kind), target)
-                  for target, kind in _targets(path, gif, frames_dir, contact_sheet)]
-        sidecar_path = _sidecar_path(path)
-        write_json_atomic(staging / sidecar_path.name, dict(sidecar, files=[target.name for _, target in staged]))
-        staged.append((staging / sidecar_path.name, sidecar_path))
-        with name_lock(path):
-            _publish(staged, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [target for _, target in staged]
+    Leaving the `with` block without `publish` (an error) leaves nothing behind. `total`: the frames expected
+    (a long clip's contact sheet shows a spaced subset)."""
+
+    def __init__(self, path, fps: float, *, gif: bool = False, frames_dir: bool = False, contact_sheet: bool = False,
+                 overwrite: bool = False, total: int | None = None):
+        self.path, self.overwrite = Path(path), overwrite
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        self.targets = _targets(self.path, gif, frames_dir, contact_sheet)
+        self.writers = [VideoWriter(self.staging / target.name, fps, format=kind, total=total)
+                        for target, kind in self.targets]
+
+    def __enter__(self) -> "ClipOutputs":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is not None:  # (releases the files still open)
+            for writer in self.writers:
+                writer.__exit__(kind, error, trace)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def write(self, frames) -> None:
+        for writer in self.writers:
+            writer.write(frames)
+
+    def publish(self, sidecar: dict) -> list[Path]:
+        """Finish every file, write the sidecar (`files`: the names written) and move them into place."""
+        for writer in self.writers:
+            writer.close()
+        staged = [(writer.path, target) for writer, (target, _) in zip(self.writers, self.targets)]
+        sidecar_path = _sidecar_path(self.path)
+        write_json_atomic(self.staging / sidecar_path.name, dict(sidecar, files=[target.name for _, target in staged]))
+        staged.append((self.staging / sidecar_path.name, sidecar_path))
+        with name_lock(self.path):
+            _publish(staged, self.overwrite)
+        return [target for _, target in staged]
 
 
 def _publish(staged: list[tuple[Path, Path]], overwrite: bool) -> None:

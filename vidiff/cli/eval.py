@@ -10,8 +10,9 @@ from pathlib import Path
 from PIL import Image
 
 import vidiff
+from vidiff.cli import eval_metrics
 from vidiff.cli.cascade import check_base_sides
-from vidiff.cli.common import CLIError, check_device, check_flag, check_writable, flag_error, quiet_loading
+from vidiff.cli.common import CLIError, check_device, check_file_target, check_flag, flag_error, quiet_loading
 from vidiff.cli.options import add_device_options, add_output_options, add_sampler_options, add_size_options
 from vidiff.cli.resolve import Model, demo_model, resolve_model, resolve_settings
 from vidiff.eval import edits, stages, suite
@@ -51,13 +52,16 @@ order (or the next shape), with its caption as the source prompt and the changed
 
 def add_parser(sub, help_text: str):
     p = sub.add_parser("eval", help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Generate clips for a fixed prompt x seed set and measure them from their pixels.",
+                       description="Generate clips for a fixed prompt x seed set and measure them from their pixels, "
+                                   "or score folders of clips with FVD, CLIP score and VBench-style checks.",
                        epilog="examples:\n  vidiff eval shapes --model DIR --out results.json\n"
-                              "  vidiff eval stage --model STAGE_DIR --out stage.json")
+                              "  vidiff eval stage --model STAGE_DIR --out stage.json\n"
+                              "  vidiff eval vbench --videos clips/ --out vbench.json")
     eval_sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND")
     _add_shapes_parser(eval_sub)
     _add_stage_parser(eval_sub)
     _add_edit_parser(eval_sub)
+    eval_metrics.add_parsers(eval_sub)  # fvd, clip, vbench: over folders of clips
     return p
 
 
@@ -149,26 +153,6 @@ def _add_run_arguments(p) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Checks (before any model loads)
 # ---------------------------------------------------------------------------------------------------------------
-def _check_file_target(path: str | None, flag: str, suffix: str, overwrite: bool):
-    """A results file: the right suffix, not a folder, not an existing file unless --overwrite."""
-    if path is None:
-        return None
-    target = Path(path)
-    if target.suffix.lower() != suffix:
-        raise CLIError(f"{flag} {path!r} must end in {suffix}")
-    if target.is_dir():
-        raise CLIError(f"{flag} {path!r} is a folder; give a file name such as results{suffix}")
-    if target.exists() and not overwrite:
-        raise CLIError(f"{flag} {path!r} exists; pass --overwrite to replace it or choose another name")
-    parent = target.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise CLIError(f"{flag} {path!r}: {parent} is a file, not a folder")
-    check_writable(target, flag)  # a read-only or full folder: one line now, not after the evaluation
-    return target
-
-
 def _cases(args):
     """The (prompt, seed) cases from --seeds / --prompts / --limit."""
     if args.seeds is None:
@@ -209,10 +193,10 @@ def _write_results(out, results: dict) -> None:
 
 
 def run(args) -> int:
-    commands = {"shapes": run_shapes, "stage": run_stage, "edit": run_edit}
+    commands = {"shapes": run_shapes, "stage": run_stage, "edit": run_edit, **eval_metrics.RUNS}
     if args.eval_command not in commands:
-        raise CLIError("choose what to evaluate: `vidiff eval shapes`, `vidiff eval stage --model DIR` or "
-                       "`vidiff eval edit` (see vidiff eval --help)")
+        raise CLIError("choose what to evaluate: `vidiff eval shapes`, `vidiff eval stage --model DIR`, "
+                       "`vidiff eval edit`, or clips with `vidiff eval fvd | clip | vbench` (see vidiff eval --help)")
     return commands[args.eval_command](args)
 
 
@@ -227,9 +211,10 @@ def _shapes_settings(args) -> tuple[dict, dict]:
     request = dict(num_frames=args.num_frames, height=args.height, width=args.width,
                    num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler)
     if args.cascade is None:
-        s = resolve_model(args, "eval shapes", **request).settings.as_dict()
-        call = {k: s[k] for k in SAMPLING}
-        return call, dict(call)
+        settings = resolve_model(args, "eval shapes", **request).settings
+        call = {k: settings.as_dict()[k] for k in SAMPLING}
+        return call, dict(call, guidance_distilled=settings.guidance_distilled,
+                          unet_evaluations=settings.unet_evaluations)
     if args.scheduler is not None:
         raise CLIError("--scheduler does not apply to --cascade (each stage uses its YAML's sampler)")
     specs = cascade.read_cascade(args.cascade)
@@ -255,8 +240,8 @@ def run_shapes(args) -> int:
     _shapes_source(args)
     seeds, cases = _cases(args)
     check_flag("batch_size", args.batch_size)
-    out = _check_file_target(args.out, "--out", ".json", args.overwrite)
-    sheet_path = _check_file_target(args.contact_sheet, "--contact-sheet", ".png", args.overwrite)
+    out = check_file_target(args.out, "--out", ".json", args.overwrite)
+    sheet_path = check_file_target(args.contact_sheet, "--contact-sheet", ".png", args.overwrite)
     device = check_device(args.device)
     call, recorded = _shapes_settings(args)
     quiet_loading(args.quiet)
@@ -367,7 +352,7 @@ def _stage_function(pipe, plan: dict, settings: dict):
 
 def run_stage(args) -> int:
     seeds, cases = _cases(args)
-    out = _check_file_target(args.out, "--out", ".json", args.overwrite)
+    out = check_file_target(args.out, "--out", ".json", args.overwrite)
     device = check_device(args.device)
     model = resolve_model(args, "eval stage", runs=("interpolate", "upscale"), num_inference_steps=args.steps,
                           guidance_scale=args.guidance)
@@ -422,7 +407,7 @@ def _editor(args, model: Model, device):
 
 def run_edit(args) -> int:
     seeds, cases = _cases(args)
-    out = _check_file_target(args.out, "--out", ".json", args.overwrite)
+    out = check_file_target(args.out, "--out", ".json", args.overwrite)
     device = check_device(args.device)
     check_flag("strength", args.strength)
     if args.method == "tune":

@@ -135,10 +135,7 @@ def run(args) -> int:
                 raise CLIError(f"{flag} applies to one text-to-video model, not to a cascade: pass --model BASE")
         return cascade.generate_cascade(args, prompts)
     model = resolve_model(args, "generate", **sampling_request(args))
-    check_source(args.spatial_from, "--spatial-from")
-    check_loras(model.path, loras, args.fuse)
-    _check_travel(travel, model.settings.num_frames, args.zero_shot)
-    control = read_control_request(args, model)
+    control = _check_model_request(args, model, loras, travel)
     count = check_clip_count(len(prompts), args.num_videos)
     s = model.settings
     check_size([("the clips", s.num_frames, s.height, s.width, count)], args.allow_large)  # (sampled together)
@@ -177,6 +174,17 @@ def run(args) -> int:
         print(f"wrote {', '.join(str(p) for p in written)} ({plural(len(frames), 'frame')}, "
               f"{frames.shape[2]}x{frames.shape[1]}, {fps:g} fps, seed {seed + index}, {prompt!r})")
     return 0
+
+
+def _check_model_request(args, model, loras, travel):
+    """What depends on the resolved model: guidance, adapters, travel keyframes; returns the control request."""
+    if args.negative is not None and model.settings.guidance_distilled:
+        raise CLIError(f"--negative needs two-pass guidance, and {model.path} is a guidance-distilled student (one "
+                       "pass per step, the scale an input); leave --negative out")
+    check_source(args.spatial_from, "--spatial-from")
+    check_loras(model.path, loras, args.fuse)
+    _check_travel(travel, model.settings.num_frames, args.zero_shot)
+    return read_control_request(args, model)
 
 
 def sampling_request(args) -> dict:
@@ -334,7 +342,8 @@ def _sidecar(args, model: Model, pipe, *, prompt: str, seed: int, fps: float, se
     if travel is not None:
         extra.update(prompt_schedule={str(frame): text for frame, text in travel.keyframes})
     return {**extra, "prompt": prompt, "negative_prompt": args.negative, "seed": seed, "model": str(Path(model.path).resolve()),
-            **settings, **({"spatial_from": str(args.spatial_from)} if args.spatial_from else {}),
+            **settings, "unet_evaluations": model.settings.unet_evaluations,
+            **({"spatial_from": str(args.spatial_from)} if args.spatial_from else {}),
             "fps": fps, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
             "vidiff_version": vidiff.__version__, "seconds": round(seconds, 3)}
 

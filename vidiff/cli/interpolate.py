@@ -19,6 +19,7 @@ def add_parser(sub, help_text: str):
                "--out out.mp4\n"
                "\nlong clips go through overlapping windows of the stage's trained length.")
     stage_io.add_stage_options(p)
+    stage_io.add_chunk_option(p)
     p.add_argument("--factor", type=int, default=None,
                    help="frame-rate factor K (default: the stage's first; see its vidiff.json stage_options)")
     return p

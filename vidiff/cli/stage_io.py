@@ -14,15 +14,18 @@ from pathlib import Path
 
 import vidiff
 from vidiff import demo
-from vidiff.cli.common import (CLIError, check_device, check_size, check_video_output, flag_error, probe_video_arg,
-                               quiet_loading, seed_or_random, write_outputs)
+from vidiff.cli.common import (CLIError, ClipOutputs, check_device, check_flag, check_size, check_video_output,
+                               flag_error, probe_video_arg, quiet_loading, seed_or_random, write_outputs)
 from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
                                 add_seed_option)
 from vidiff.cli.resolve import Model, resolve_model
-from vidiff.data.video_io import read_video
+from vidiff.data.video_io import chunk_bounds, iter_chunks, read_video
 from vidiff.pipelines import cascade
 from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
+from vidiff.progress import ProgressBar
 from vidiff.utils import plural
+
+CHUNK_FRAMES = 64  # interpolate / upscale stream inputs longer than this (--chunk-frames)
 
 
 def add_stage_options(p, example_model: str = "runs/interpolation/pipeline") -> None:
@@ -38,6 +41,13 @@ def add_stage_options(p, example_model: str = "runs/interpolation/pipeline") -> 
     add_allow_large_option(p)
     add_device_options(p)
     add_output_options(p, extras=CLIP_EXTRAS, overwrite_help="replace --out (its sidecar and extras) if it exists")
+
+
+def add_chunk_option(p) -> None:
+    """--chunk-frames: how interpolate / upscale stream a long input."""
+    p.add_argument("--chunk-frames", type=int, default=CHUNK_FRAMES, metavar="N",
+                   help="an input longer than N frames is read, sampled and written N frames at a time, so memory "
+                        "holds one chunk (default: %(default)s; the sidecar records it)")
 
 
 def resolve_stage(args, command: str, demo_stage: str, runs: str) -> tuple[Model, object]:
@@ -99,22 +109,59 @@ def run_on_video(args, command: str, demo_stage: str) -> int:
                                          fields["factor"], where)
     except ValueError as e:
         raise CLIError(f"--video {args.video}: {flag_error(e)}") from None
+    chunk = check_flag("chunk_frames", args.chunk_frames)  # (>= 2: more than the frame chunks share)
+    held = min(1.0, chunk / source.num_frames)
     # from the header: an 18,000-frame or 2048 px input is refused before a frame is decoded
     check_size([("--video", source.num_frames, source.height, source.width), ("the output", *output)],
-               args.allow_large)
+               args.allow_large, held=held)
     warn_untrained_size(args, model, source)
     fps = source.fps * model.stage.frame_rate_factor(fields["factor"])
+    record = {"command": command, "stage": model.info.stage, **fields, "input_fps": source.fps,
+              "input_height": source.height, "input_width": source.width}
+    if source.num_frames > chunk:
+        return stream_and_write(args, model, source, fields, fps, dict(record, chunk_frames=chunk), chunk)
 
     def sample(pipe, frames, settings: dict, seed: int):
         video = cascade.run_stage(pipe, frames, args.prompt, seed=seed, negative_prompt=args.negative,
-                                  progress=False if args.quiet else model.info.stage, allow_large=args.allow_large, **fields, **settings)
-        record = {"command": command, "stage": model.info.stage, **fields, "input_fps": source.fps,
-                  "input_height": source.height, "input_width": source.width}
+                                  progress=False if args.quiet else model.info.stage, allow_large=args.allow_large,
+                                  **fields, **settings)
         summary = (f"{plural(len(frames), 'frame')} {source.width}x{source.height} x{fields['factor']} "
                    f"({model.info.stage})")
         return video, fps, record, summary
 
     return sample_and_write(args, model, sample)
+
+
+def stream_and_write(args, model: Model, source, fields: dict, fps: float, record: dict, chunk: int) -> int:
+    """`run_on_video` for an input longer than --chunk-frames: chunks read, sampled (one noise stream) and
+    appended to the outputs one at a time (`cascade.run_stage_chunks`), published when the last is written."""
+    settings = stage_settings(model)
+    out = check_video_output(args.out, args.video, overwrite=args.overwrite, **extras(args))
+    seed = seed_or_random(args.seed)
+    device = check_device(args.device)
+    bounds = chunk_bounds(source.num_frames, chunk, model.stage.chunk_overlap())
+    total = model.stage.output_size(model.info, (source.num_frames, source.height, source.width), fields["factor"])
+
+    quiet_loading(args.quiet)
+    pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=args.dtype)
+    start = time.perf_counter()
+    chunks = iter_chunks(args.video, source, chunk, model.stage.chunk_overlap())
+    outputs = cascade.run_stage_chunks(pipe, chunks, args.prompt, seed=seed, negative_prompt=args.negative,
+                                       progress=False, allow_large=args.allow_large, **fields, **settings)
+    with ClipOutputs(out, fps, overwrite=args.overwrite, total=total[0], **extras(args)) as clip, \
+            ProgressBar(total=len(bounds), desc=f"{model.info.stage} chunks", disable=args.quiet) as bar:
+        written = 0
+        for frames in outputs:
+            clip.write(frames)
+            written += len(frames)
+            bar.update()
+        sidecar = {**record, "seed": seed, "input_frames": source.num_frames, **settings,
+                   "seconds": round(time.perf_counter() - start, 3)}
+        paths = clip.publish(clip_record(args, pipe, sidecar, fps, (written, *total[1:])))
+    print(f"wrote {', '.join(str(p) for p in paths)}: {plural(source.num_frames, 'frame')} {source.width}x"
+          f"{source.height} x{fields['factor']} ({model.info.stage}, {len(bounds)} chunks of <= {chunk}) -> "
+          f"{plural(written, 'frame')} {total[2]}x{total[1]} @ {fps:g} fps (seed {seed})")
+    return 0
 
 
 def sample_and_write(args, model: Model, sample) -> int:
@@ -145,11 +192,18 @@ def extras(args) -> dict:
 def write_result(args, pipe, out: Path, video, fps: float, sidecar: dict, summary: str) -> None:
     """Write the clip (`video` `(1, 3, f, h, w)` in [-1, 1]) and its sidecar; print one line."""
     frames = to_uint8(video[0])
-    record = {"input": str(Path(args.video).resolve()), "model": str(Path(args.model).resolve()),
-              "prompt": args.prompt, "negative_prompt": args.negative, **sidecar, "fps": fps,
-              "num_frames": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2]),
-              "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
-              "vidiff_version": vidiff.__version__}
+    record = clip_record(args, pipe, sidecar, fps, frames.shape[:3])
     written = write_outputs(out, frames, fps, record, overwrite=args.overwrite, **extras(args))
     print(f"wrote {', '.join(str(p) for p in written)}: {summary} -> {plural(frames.shape[0], 'frame')} "
           f"{frames.shape[2]}x{frames.shape[1]} @ {fps:g} fps (seed {sidecar['seed']})")
+
+
+def clip_record(args, pipe, sidecar: dict, fps: float, shape) -> dict:
+    """A stage command's JSON sidecar: the input, model and prompt, `sidecar`'s settings, the clip's
+    `shape` (frames, height, width), device and version."""
+    num_frames, height, width = (int(x) for x in shape)
+    return {"input": str(Path(args.video).resolve()), "model": str(Path(args.model).resolve()),
+            "prompt": args.prompt, "negative_prompt": args.negative, **sidecar, "fps": fps,
+            "num_frames": num_frames, "height": height, "width": width,
+            "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
+            "vidiff_version": vidiff.__version__}

@@ -49,10 +49,11 @@ def run(args) -> int:
     if args.resume not in (None, "auto") and not os.path.isdir(args.resume):
         raise CLIError(f"--resume {args.resume}: no such checkpoint folder; use --resume auto or a folder under "
                        f"{config.output_dir}/checkpoints")
+    name = f"vidiff {getattr(args, 'command', None) or 'train'}"  # (`vidiff distill` runs this too)
     try:
         result = train(config, resume=args.resume, overwrite=args.overwrite)
     except TrainingError as e:
-        print(f"vidiff train: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 1
     # Saved cleanly, but stopped by a signal: exit as the shell reports a signal death (128 + number), so
     # scripts can tell an interrupted run from a finished one.
@@ -60,10 +61,10 @@ def run(args) -> int:
     if not result.is_main_process:
         return code
     if result.status == "interrupted":
-        print(f"vidiff train: stopped at step {result.step}; checkpoint {result.checkpoint} "
+        print(f"{name}: stopped at step {result.step}; checkpoint {result.checkpoint} "
               "(continue with --resume auto)")
     else:
-        print(f"vidiff train: {result.step} steps; wrote {result.pipeline} and checkpoints in "
+        print(f"{name}: {result.step} steps; wrote {result.pipeline} and checkpoints in "
               f"{result.output_dir / 'checkpoints'} ({result.nonfinite_steps} non-finite steps skipped, "
               f"{result.skipped_files} bad files skipped, {result.skipped_encounters} times in all)")
     return code

@@ -19,6 +19,7 @@ def add_parser(sub, help_text: str):
                "--out out.mp4\n"
                "\nhigher noise levels let the stage change more (sharper, less faithful); 0 trusts the input.")
     stage_io.add_stage_options(p, example_model="runs/ssr/pipeline")
+    stage_io.add_chunk_option(p)
     p.add_argument("--noise-level", type=int, default=None, metavar="L",
                    help="augmentation level of the low-res condition (default: the stage's, usually 20)")
     return p

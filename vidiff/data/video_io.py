@@ -421,6 +421,26 @@ def read_frames(path: str | os.PathLike, info: VideoInfo, indices=None, num_fram
     return VideoClip(np.ascontiguousarray(frames, dtype=np.uint8), info.fps, indices, info.num_frames)
 
 
+def chunk_bounds(num_frames: int, chunk: int, overlap: int = 0) -> list[tuple[int, int]]:
+    """`[start, end)` frame ranges of about `chunk` frames covering `num_frames`, consecutive ranges sharing
+    `overlap` frames (an interpolation stage's keyframe), as even as possible (no short last chunk)."""
+    if chunk <= overlap:
+        raise ValueError(f"a chunk of {chunk} frames cannot share {overlap} with the next; give more frames")
+    if num_frames <= chunk:
+        return [(0, num_frames)]
+    count = math.ceil((num_frames - overlap) / (chunk - overlap))
+    step = (num_frames - overlap) / count
+    edges = [round(i * step) for i in range(count + 1)]
+    return [(edges[i], edges[i + 1] + overlap) for i in range(count)]
+
+
+def iter_chunks(path: str | os.PathLike, info: VideoInfo, chunk: int, overlap: int = 0):
+    """The frames of a probed video `chunk_bounds` at a time (uint8 (f, h, w, 3) arrays), so a long input is never
+    decoded whole; each read seeks to its first frame."""
+    for start, end in chunk_bounds(info.num_frames, chunk, overlap):
+        yield read_frames(path, info, indices=np.arange(start, end)).frames
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Writers
 # ---------------------------------------------------------------------------------------------------------------
@@ -460,53 +480,122 @@ X264_PINNED = {"mbtree": "0"}
 X264_THREADS = 1
 
 
-def _write_mp4(path: Path, frames: np.ndarray, fps, crf: int = 18) -> None:
-    # yuv420p needs even sizes: pad by repeating the last row / column (nothing is cropped away).
-    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-    if pad_h or pad_w:
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=video_rate(fps))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), **X264_PINNED}
-        stream.codec_context.thread_count = X264_THREADS
+SHEET_FRAMES = 64  # a contact sheet of a longer clip shows this many frames, evenly spaced, labelled with their index
+
+
+class VideoWriter:
+    """Frames appended chunk by chunk to one video, so a long clip is never held whole: `format` "mp4" (H.264
+    yuv420p at `crf`; odd heights / widths padded to even by repeating the last row / column), "gif", "frames" (a
+    folder of 00000.png, ...) or "contact-sheet" (`total` frames expected: a longer clip's sheet shows
+    SHEET_FRAMES of them, evenly spaced). Writes `path` itself, not atomically: `write_video` and
+    `cli.common.ClipOutputs` write into a temporary place and publish it. Every chunk must have one frame size.
+
+        with VideoWriter(tmp / "clip.mp4", fps=8) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = 8.0, format: str | None = None, crf: int = 18,
+                 total: int | None = None):
+        self.path, self.fps, self.crf, self.total = Path(path), fps, crf, total
+        self.kind = video_format(self.path, format)
+        self.rate = video_rate(fps)  # (checked before anything is written)
+        self.count, self.size = 0, None
+        self._container = self._stream = None
+        self._sheet: dict[int, np.ndarray] = {}
+        self._keep = None if total is None or total <= SHEET_FRAMES else \
+            set(np.linspace(0, total - 1, SHEET_FRAMES).round().astype(int).tolist())
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            self.close()
+        elif self._container is not None:  # a failed write: release the file (the caller discards it)
+            self._container.close()
+
+    def write(self, frames) -> None:
+        frames = _as_frames(frames)
+        if self.size is None:
+            self.size = frames.shape[1:3]
+            self._open()
+        elif frames.shape[1:3] != self.size:
+            raise ValueError(f"every chunk of {self.path} must be {self.size[1]}x{self.size[0]}, got "
+                             f"{frames.shape[2]}x{frames.shape[1]}")
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            self._write_frame(frame)
+            self.count += 1
+
+    def close(self) -> None:
+        if self.count == 0:
+            raise ValueError(f"no frames were written to {self.path}")
+        if self._container is not None:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            self._container = None
+        if self.kind == "contact-sheet":
+            indices = sorted(self._sheet)
+            sheet = make_contact_sheet(np.stack([self._sheet[i] for i in indices]), labels=indices)
+            Image.fromarray(sheet).save(self.path, format="PNG")
+
+    def _open(self) -> None:
+        height, width = self.size
+        if self.kind == "frames":
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif self.kind in ("mp4", "gif"):
+            self._container = av.open(str(self.path), "w", format=self.kind)
+            if self.kind == "mp4":
+                self._stream = self._container.add_stream("libx264", rate=self.rate)
+                self._stream.pix_fmt = "yuv420p"
+                self._stream.options = {"crf": str(self.crf), **X264_PINNED}
+                self._stream.codec_context.thread_count = X264_THREADS
+                height, width = height + height % 2, width + width % 2
+            else:  # GIF delays are 1/100 s; browsers play shorter delays slowly
+                self._stream = self._container.add_stream("gif", rate=min(self.rate, Fraction(50)))
+                self._stream.pix_fmt = "pal8"
+            self._stream.width, self._stream.height = width, height
+
+    def _write_frame(self, frame: np.ndarray) -> None:
+        if self.kind == "frames":
+            digits = max(5, len(str((self.total or 0) - 1)))
+            Image.fromarray(frame).save(self.path / f"{self.count:0{digits}d}.png")
+        elif self.kind == "contact-sheet":
+            if self._keep is None or self.count in self._keep:
+                self._sheet[self.count] = frame
+        else:
+            video_frame = _mp4_frame(frame) if self.kind == "mp4" else _gif_frame(frame)
+            for packet in self._stream.encode(video_frame):
+                self._container.mux(packet)
 
 
-def _write_gif(path: Path, frames: np.ndarray, fps) -> None:
+def _mp4_frame(frame: np.ndarray):
+    """yuv420p needs even sizes: pad by repeating the last row / column (nothing is cropped away)."""
+    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+    if pad_h or pad_w:
+        frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return av.VideoFrame.from_ndarray(frame, format="rgb24")
+
+
+def _gif_frame(frame: np.ndarray):
     """GIF through FFmpeg's encoder (PyAV), each frame quantised to its own 256-colour palette by Pillow.
 
     Not Pillow's GIF writer: it merges identical consecutive frames into one longer frame, so a clip with a
-    still moment read back with fewer frames than were written. GIF delays are in 1/100 s, so the stored rate is
-    the nearest that fits (8 fps -> 12 or 13 cs per frame); capped at 50 fps, as browsers play shorter delays
-    slowly.
+    still moment read back with fewer frames than were written. 8 fps is stored as 12 or 13 cs per frame.
     """
-    rate = min(video_rate(fps), Fraction(50))
-    with av.open(str(path), "w", format="gif") as container:
-        stream = container.add_stream("gif", rate=rate)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "pal8"
-        for frame in frames:
-            image = Image.fromarray(frame).quantize(256)
-            colours = np.asarray(image.getpalette()[:768], np.uint8).reshape(-1, 3)
-            palette = np.zeros((256, 4), np.uint8)  # ARGB, opaque
-            palette[:, 0] = 255
-            palette[:len(colours), 1:] = colours
-            video_frame = av.VideoFrame.from_ndarray((np.asarray(image), palette), format="pal8")
-            for packet in stream.encode(video_frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    image = Image.fromarray(frame).quantize(256)
+    colours = np.asarray(image.getpalette()[:768], np.uint8).reshape(-1, 3)
+    palette = np.zeros((256, 4), np.uint8)  # ARGB, opaque
+    palette[:, 0] = 255
+    palette[:len(colours), 1:] = colours
+    return av.VideoFrame.from_ndarray((np.asarray(image), palette), format="pal8")
 
 
 def make_contact_sheet(frames, cols: int | None = None, pad: int = 2, label: bool = True,
-                       label_height: int = 12) -> np.ndarray:
-    """A grid of frames, each with its index in a strip above it, as uint8 (H, W, 3).
+                       label_height: int = 12, labels=None) -> np.ndarray:
+    """A grid of frames, each with its index (or `labels[i]`: the frame numbers of a subset) in a strip above it,
+    as uint8 (H, W, 3).
 
     cols defaults to ceil(sqrt(f)). Size: W = cols * w + (cols + 1) * pad,
     H = rows * (h + label_height) + (rows + 1) * pad (label_height is 0 when label=False).
@@ -528,7 +617,8 @@ def make_contact_sheet(frames, cols: int | None = None, pad: int = 2, label: boo
         draw = ImageDraw.Draw(image)
         for i in range(f):
             r, c = divmod(i, cols)
-            draw.text((pad + c * (w + pad) + 1, pad + r * (h + strip + pad)), str(i), fill=(0, 0, 0))
+            text = str(i if labels is None else labels[i])
+            draw.text((pad + c * (w + pad) + 1, pad + r * (h + strip + pad)), text, fill=(0, 0, 0))
         sheet = np.asarray(image).copy()
     return sheet
 
@@ -569,13 +659,6 @@ def check_write_target(path: str | os.PathLike, format: str | None = None) -> st
     return kind
 
 
-def _write_png_folder(path: Path, frames: np.ndarray) -> None:
-    with atomic_dir(path) as tmp:
-        digits = max(5, len(str(len(frames) - 1)))
-        for i, frame in enumerate(frames):
-            Image.fromarray(frame).save(tmp / f"{i:0{digits}d}.png")
-
-
 WRITE_FORMATS = ("mp4", "gif", "frames", "contact-sheet")
 
 
@@ -609,11 +692,7 @@ def write_video(path: str | os.PathLike, frames, fps: float = 8.0, format: str |
     frames = _as_frames(frames)
     kind = check_write_target(path, format)  # never replace a folder of other things (or a file) with frames
     video_rate(fps)  # validate before writing anything
-    if kind == "frames":
-        _write_png_folder(path, frames)
-    elif kind == "contact-sheet":
-        write_contact_sheet(path, frames)
-    else:
-        with atomic_path(path) as tmp:
-            (_write_mp4(tmp, frames, fps, crf) if kind == "mp4" else _write_gif(tmp, frames, fps))
+    with (atomic_dir if kind == "frames" else atomic_path)(path) as tmp:
+        with VideoWriter(tmp, fps, format=kind, crf=crf, total=len(frames)) as writer:
+            writer.write(frames)
     return path

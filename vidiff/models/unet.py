@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import math
 import re
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from vidiff.utils import atomic_dir, check_replaceable, save_safetensors_atomic,
 # What a VideoUNet adds to its 2D config, saved with it: the model's identity.
 ARCHITECTURE_OPTIONS = ("temporal_layout", "temporal_conv", "temporal_attention", "motion",
                         "conditioning_channels", "stage", "temporal_position", "frame_embedding",
-                        "coordinate_embedding")
+                        "coordinate_embedding", "guidance_embedding")
 # Accepted by the constructor, from_2d and from_pretrained, never saved: the attention backend and the cross-frame
 # mode (weights.UNET_RUNTIME_OPTIONS).
 OPTIONS = ARCHITECTURE_OPTIONS + UNET_RUNTIME_OPTIONS
@@ -118,9 +119,33 @@ def check_options(**options) -> None:
     if options.get("temporal_position", "qk") not in TEMPORAL_POSITIONS:
         raise ValueError(f"temporal_position must be one of {', '.join(TEMPORAL_POSITIONS)}, got "
                          f"{options['temporal_position']!r}")
-    for key in ("temporal_conv", "temporal_attention", "frame_embedding", "coordinate_embedding"):
+    for key in ("temporal_conv", "temporal_attention", "frame_embedding", "coordinate_embedding", "guidance_embedding"):
         if options.get(key) is not None and not isinstance(options[key], bool):
             raise ValueError(f"{key} must be true or false, got {options[key]!r}")
+
+
+class GuidanceEmbedding(nn.Module):
+    """The classifier-free guidance scale as an input (guidance distillation, Meng et al. 2023): sinusoids of
+    1000 (g - 1), as LCM embeds its w = g - 1, through a zero-initialised linear layer added to the timestep
+    embedding, so the untrained student is the teacher's conditional branch and one pass per step replaces CFG's
+    two."""
+
+    def __init__(self, embed_dim: int, channels: int = 64):
+        super().__init__()
+        self.channels = channels
+        self.proj = nn.Linear(channels, embed_dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, guidance_scale, batch: int, dtype=None) -> torch.Tensor:
+        """`(batch, embed_dim)` for one scale (a number) or one per video `(batch,)`."""
+        device = self.proj.weight.device
+        g = torch.as_tensor(guidance_scale, device=device, dtype=torch.float32).reshape(-1).expand(batch)
+        half = self.channels // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=device, dtype=torch.float32) / half)
+        angles = (1000.0 * (g - 1.0))[:, None] * freqs[None]
+        code = torch.cat([angles.sin(), angles.cos()], dim=-1).to(self.proj.weight.dtype)
+        return self.proj(code).to(dtype or self.proj.weight.dtype)
 
 
 class VideoUNet(nn.Module):
@@ -145,6 +170,8 @@ class VideoUNet(nn.Module):
             initialised; configs saved without it mean False).
         coordinate_embedding: add each pixel's position to the features after conv_in (temporal.CoordinateEmbedding,
             zero initialised; configs saved without it mean False).
+        guidance_embedding: take the guidance scale as an input (`GuidanceEmbedding`, zero initialised: a
+            guidance-distilled student; `forward(guidance_scale=)`; configs saved without it mean False).
         attention_backend: "auto" | "sdpa" | "xformers" | "math"; a runtime choice, not saved with the model.
     """
 
@@ -152,14 +179,14 @@ class VideoUNet(nn.Module):
                  temporal_attention: bool | None = None, motion: dict | None = None,
                  cross_frame: str = "none", conditioning_channels: int = 0, stage: str = "base",
                  temporal_position: str = "qk", frame_embedding: bool = False, coordinate_embedding: bool = False,
-                 attention_backend: str = "auto"):
+                 guidance_embedding: bool = False, attention_backend: str = "auto"):
         super().__init__()
         unet_config = check_unet_config(unet_config)
         check_options(temporal_layout=temporal_layout, temporal_conv=temporal_conv,
                       temporal_attention=temporal_attention, motion=motion, cross_frame=cross_frame,
                       conditioning_channels=conditioning_channels, stage=stage, attention_backend=attention_backend,
                       temporal_position=temporal_position, frame_embedding=frame_embedding,
-                      coordinate_embedding=coordinate_embedding)
+                      coordinate_embedding=coordinate_embedding, guidance_embedding=guidance_embedding)
         own_layout = temporal_layout == "vidiff"
         temporal_conv = own_layout if temporal_conv is None else temporal_conv
         temporal_attention = own_layout if temporal_attention is None else temporal_attention
@@ -169,7 +196,7 @@ class VideoUNet(nn.Module):
                            motion=motion.to_config() if motion else None,
                            conditioning_channels=conditioning_channels, stage=stage,
                            temporal_position=temporal_position, frame_embedding=frame_embedding,
-                           coordinate_embedding=coordinate_embedding)
+                           coordinate_embedding=coordinate_embedding, guidance_embedding=guidance_embedding)
         self.motion = motion
         self.attention_backend = attention_backend
         self.cross_frame = cross_frame
@@ -197,6 +224,8 @@ class VideoUNet(nn.Module):
         self._add_temporal_layers(unet_config, temporal_conv, temporal_attention, temporal_position, motion)
         self.frame_embedding = FrameEmbedding(base.time_embedding.linear_2.out_features) if frame_embedding else None
         self.coordinate_embedding = CoordinateEmbedding(self.conv_in.out_channels) if coordinate_embedding else None
+        embed_dim = base.time_embedding.linear_2.out_features
+        self.guidance_embedding = GuidanceEmbedding(embed_dim) if guidance_embedding else None
         self.gradient_checkpointing = False
         self.set_attention_backend(attention_backend)
         self.set_cross_frame(cross_frame)
@@ -331,12 +360,15 @@ class VideoUNet(nn.Module):
             emb = emb + self.add_embedding(encoder_hidden_states).to(dtype)
         return emb
 
-    def _conditioning(self, timestep, class_labels, text, b: int, f: int, dtype):
+    def _conditioning(self, timestep, class_labels, text, b: int, f: int, dtype, guidance_scale=None):
         """The timestep embedding `((b f), d)` and the text `((b f), L, D)` of every frame: one text per video
         `(b, L, D)` repeated, or one per frame `(b, f, L, D)` (prompt travel, each frame's pooled text too)."""
         per_frame = text.ndim == 4
         context = rearrange(text, "b f l d -> (b f) l d") if per_frame else text.repeat_interleave(f, dim=0)
-        emb = self._embed(timestep, class_labels, None if per_frame else text, b, dtype).repeat_interleave(f, dim=0)
+        emb = self._embed(timestep, class_labels, None if per_frame else text, b, dtype)
+        if self.guidance_embedding is not None:  # (no scale given: 1, the conditional model alone)
+            emb = emb + self.guidance_embedding(1.0 if guidance_scale is None else guidance_scale, b, dtype)
+        emb = emb.repeat_interleave(f, dim=0)
         if per_frame and self.add_embedding is not None:
             emb = emb + self.add_embedding(context).to(dtype)
         if self.frame_embedding is not None:
@@ -360,18 +392,24 @@ class VideoUNet(nn.Module):
                              f"position table's length), got {f}; sample longer clips in temporal windows")
 
     def forward(self, sample, timestep, encoder_hidden_states, class_labels=None,
-                down_block_additional_residuals=None, mid_block_additional_residual=None):
+                down_block_additional_residuals=None, mid_block_additional_residual=None, guidance_scale=None):
         """sample `(b, c, f, h, w)`, timestep scalar or `(b,)`, encoder_hidden_states `(b, L, D)` (one per
         video) or `(b, f, L, D)` (one per frame: prompt travel) -> noise / v prediction `(b, out_channels, f, h, w)`.
 
         `down_block_additional_residuals` (one per skip connection) and `mid_block_additional_residual`, as
         `(b f) c h w` or `(b, c, f, h, w)` tensors, are a ControlNet's outputs (vidiff.control): added to the
         skips after the down blocks and to the mid block's output, where diffusers' UNet2DConditionModel adds them.
+        `guidance_scale` (a number or one per video) is the input of a guidance-distilled U-Net
+        (`guidance_embedding`); other U-Nets refuse it.
         """
         self._check_inputs(sample, encoder_hidden_states)
+        if guidance_scale is not None and self.guidance_embedding is None:
+            raise ValueError("guidance_scale= is the input of a guidance-distilled U-Net (guidance_embedding); this "
+                             "one runs classifier-free guidance as two passes")
         b, c, f, h, w = sample.shape
         # 2D blocks run on every frame: fold frames into the batch; the embeddings repeat per frame.
-        emb, context = self._conditioning(timestep, class_labels, encoder_hidden_states, b, f, sample.dtype)
+        emb, context = self._conditioning(timestep, class_labels, encoder_hidden_states, b, f, sample.dtype,
+                                          guidance_scale)
         x = rearrange(sample, "b c f h w -> (b f) c h w")
         if self.center_input_sample:
             x = 2 * x - 1.0

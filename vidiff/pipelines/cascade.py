@@ -245,6 +245,20 @@ def run_stage(pipe, video, prompt, *, factor: int | None = None, noise_level: in
                                     factor=factor, noise_level=noise_level, **draws)
 
 
+@torch.no_grad()
+def run_stage_chunks(pipe, chunks, prompt: str, *, seed: int | None = None, generator=None, **kwargs):
+    """`run_stage` on a long clip given as chunks of uint8 frames `(n, h, w, 3)` (consecutive chunks sharing the
+    stage's `chunk_overlap()` frames, as `vidiff.data.video_io.iter_chunks` reads them): yields each chunk's
+    output as uint8 frames, a shared frame's output once. One noise stream runs through the chunks, so the first
+    chunk equals `run_stage` with the same seed, and a clip that is one chunk equals it whole. Memory holds one
+    chunk (and its output) at a time; `kwargs` as `run_stage`'s."""
+    overlap = stage_for(pipe.info).chunk_overlap()
+    generator = make_generators(1, generator, seed)[0]
+    for index, frames in enumerate(chunks):
+        video = run_stage(pipe, frames, prompt, generator=generator, **kwargs)
+        yield to_uint8(video[0])[overlap if index else 0:]
+
+
 def interpolate_video(pipe, video, prompt, *, factor: int | None = None, **kwargs) -> torch.Tensor:
     """Raise the frame rate of `video` with an interpolation or TSR stage (`run_stage`)."""
     if stage_for(pipe.info).frame_rate_factor(factor) == 1:

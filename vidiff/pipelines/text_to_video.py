@@ -231,8 +231,17 @@ class VideoPipeline:
         return self.vae_scale_factor * int(self.unet.spatial_factor)
 
     def make_scheduler(self, name: str | None = None):
-        """A fresh diffusers scheduler `name` (default: the folder's) on this model's noise schedule."""
-        return make_scheduler(name or self.defaults.scheduler, self.scheduler_config, latent=self.latent)
+        """A fresh diffusers scheduler `name` (default: the folder's) on this model's noise schedule (a
+        consistency student's "lcm" on the grid it was distilled on)."""
+        distilled = self.info.distilled
+        grid = distilled.teacher_steps if distilled is not None and distilled.method == "consistency" else None
+        return make_scheduler(name or self.defaults.scheduler, self.scheduler_config, latent=self.latent,
+                              consistency_grid=grid)
+
+    @property
+    def guidance_distilled(self) -> bool:
+        """The U-Net takes the guidance scale as an input (a guidance-distilled student): one pass per step."""
+        return getattr(self.unet, "guidance_embedding", None) is not None
 
     # ----------------------------------------------------------------------------------------------- inputs
     def resolve_settings(self, **request) -> SamplingSettings:
@@ -401,7 +410,8 @@ class VideoPipeline:
 
         # 1. Text conditioning, one embedding per video; the negative prompts' only when guidance is on.
         with self._timed("text"):
-            text, negative = self.encode_prompts(prompts, negative_prompts if s.guided else None, f,
+            two_pass = s.guided and not self.guidance_distilled
+            text, negative = self.encode_prompts(prompts, negative_prompts if two_pass else None, f,
                                                  num_videos_per_prompt=s.num_videos_per_prompt)
 
         # 2. Initial noise x_T ~ N(0, sigma_T^2 I), one generator per video.
@@ -457,7 +467,7 @@ class VideoPipeline:
         """
         b, _, f = latents.shape[:3]
         condition = self._check_condition(condition, tuple(latents.shape))
-        do_cfg = guidance_on(guidance_scale)
+        do_cfg = guidance_on(guidance_scale) and not self.guidance_distilled  # (a distilled scale: one pass)
         if do_cfg and negative_embeddings is None:
             negative_embeddings = self.encode_prompt([""] * b)
         if do_cfg and embeddings.ndim == 4 and negative_embeddings.ndim == 3:  # prompt travel: one per frame
@@ -511,12 +521,13 @@ class VideoPipeline:
         (`guidance_on`: text then holds the negative embeddings first, one batched U-Net call). A ControlNet
         sees the same batched input as the U-Net (diffusers' StableDiffusionControlNetPipeline without guess
         mode: both halves), before the condition channels are appended."""
-        do_cfg = guidance_on(guidance_scale)
+        do_cfg = guidance_on(guidance_scale) and not self.guidance_distilled
+        extra = {"guidance_scale": guidance_scale} if self.guidance_distilled else {}
         model_input = control_input = scheduler.scale_model_input(torch.cat([x] * 2) if do_cfg else x, t)
         if condition is not None:  # the condition is not scaled: it is clean data, not a noisy sample
             model_input = torch.cat([model_input, torch.cat([condition] * 2) if do_cfg else condition], dim=1)
         residuals = control.residuals(control_input.to(self.dtype), t, text) if control is not None else {}
-        out = self.unet(model_input.to(self.dtype), t, text, class_labels=class_labels, **residuals).float()
+        out = self.unet(model_input.to(self.dtype), t, text, class_labels=class_labels, **residuals, **extra).float()
         if not do_cfg:
             return out
         out_uncond, out_text = out.chunk(2)

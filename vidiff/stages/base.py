@@ -92,6 +92,11 @@ class Stage:
         """Output fps / input fps."""
         return 1
 
+    def chunk_overlap(self) -> int:
+        """Input frames that consecutive chunks of a long clip share when it is run chunk by chunk (an
+        interpolation stage's keyframe, whose output frame is written once)."""
+        return 0
+
     def output_size(self, info, size: tuple[int, int, int], factor: int | None = None,
                     where: str = "the stage") -> tuple[int, int, int]:
         """(frames, height, width) the stage makes from an input of `size`; ValueError when it does not fit."""

@@ -146,6 +146,9 @@ class InterpolationStage(_TemporalStage):
     def factors(self) -> list[int]:
         return list(self.mask_factors)
 
+    def chunk_overlap(self) -> int:
+        return 1  # the keyframe between two chunks ends one and starts the next
+
     def output_size(self, info, size, factor=None, where="the stage"):
         frames, height, width = size
         k = self.check_factor(factor, where)

@@ -28,7 +28,8 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 LEFTOVER_RE = re.compile(r"^\.checkpoint-\d+\.(tmp|trash)$")   # a save or a removal that was killed
 STATE_FILE = "trainer_state.json"
 # Config keys a run cannot change on resume: the optimiser and EMA state would not fit the new run.
-FIXED_ON_RESUME = (("train", "stage"), ("train", "trainable"), ("train", "ema"), ("train", "lora"))
+FIXED_ON_RESUME = (("train", "stage"), ("train", "trainable"), ("train", "ema"), ("train", "lora"),
+                   ("distill", "method"), ("distill", "guidance"))
 
 
 def list_checkpoints(root) -> list[Path]:

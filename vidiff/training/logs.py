@@ -4,6 +4,7 @@
     output_dir/loss.png                  the loss curve, with a moving average
     output_dir/logs/                     TensorBoard events
     output_dir/validation/step-00000500/ 00-<prompt>.mp4 + .png contact sheets
+    output_dir/validation_metrics.csv    validation.metrics (vbench) of each validation's clips (also TensorBoard)
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 
 from vidiff.config import Config
-from vidiff.data import write_contact_sheet, write_video
+from vidiff.data import read_video, write_contact_sheet, write_video
+from vidiff.eval import vbench
 from vidiff.progress import ProgressBar
 from vidiff.training import TrainingError
 from vidiff.utils import atomic_path
@@ -162,3 +164,43 @@ def render_validation(pipe, config: Config, out_dir: Path, device) -> list[Path]
     finally:
         pipe.unet.train(was_training)
     return written
+
+
+VALIDATION_CSV = "validation_metrics.csv"
+VALIDATION_COLUMNS = ("step", "name", *vbench.DIMENSIONS, "flow_magnitude")
+
+
+def score_validation(paths: list[Path], metrics: list[str]) -> dict:
+    """vbench's weight-free dimensions averaged over the written validation clips (read back, so the numbers are
+    what `vidiff eval vbench --videos output_dir/validation/<name>` reports)."""
+    if "vbench" not in metrics or not paths:
+        return {}
+    records = [vbench.score_clip(read_video(path).frames) for path in paths]
+    summary = vbench.summarize(records)
+    return {k: summary[k] for k in VALIDATION_COLUMNS[2:]}
+
+
+def log_validation_metrics(accelerator, config: Config, output_dir: Path, step: int, name: str,
+                           paths: list[Path]) -> dict:
+    """Score the clips of one validation (validation.metrics) and log them: TensorBoard validation/<dimension>
+    and a row of output_dir/validation_metrics.csv (rewritten atomically; a row of the same name is replaced,
+    so a resumed run does not repeat it). Returns the scores ({} without metrics)."""
+    scores = score_validation(paths, config.validation.metrics)
+    if not scores:
+        return scores
+    path = Path(output_dir) / VALIDATION_CSV
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("name") != name]
+    rows.append({"step": step, "name": name, **{k: f"{v:.6g}" for k, v in scores.items()}})
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=VALIDATION_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as e:
+        raise TrainingError(f"writing {path} failed ({e.strerror or e}); free space and continue with "
+                            "--resume auto") from e
+    accelerator.log({f"validation/{k}": v for k, v in scores.items()}, step=step)
+    return scores

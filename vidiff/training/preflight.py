@@ -17,10 +17,10 @@ from diffusers.optimization import SchedulerType
 from transformers import AutoTokenizer
 
 from vidiff.adapters.embeddings import check_new_words
-from vidiff.config import FLOOR_SCHEDULES, Config, ConfigError, validate
+from vidiff.config import FLOOR_SCHEDULES, Config, ConfigError, check_distill_steps, validate
 from vidiff.models.attention import AttentionBackendError, check_backend
 from vidiff.models.loading import is_hub_id
-from vidiff.spec import INFO_NAME, read_info
+from vidiff.spec import INFO_NAME, read_info, read_scheduler_config
 from vidiff.training.data import check_cache_geometry, make_dataset
 
 # A run writes at least config.json, the CSV and a checkpoint before anything else; with less free space than this
@@ -43,6 +43,7 @@ def check_run(config: Config) -> Preflight:
     check_options(config)
     kind, info = check_model_source(config)
     check_new_tokens(config, kind)
+    check_teacher(config, kind, info)
     check_output_location(Path(config.output_dir))
     dataset, image_dataset = check_data(config, info)
     return Preflight(dataset=dataset, image_dataset=image_dataset, model_kind=kind, info=info)
@@ -98,6 +99,40 @@ def check_model_source(config: Config) -> tuple[str, dict | None]:
         return "hub", None
     raise ConfigError(f"{key} does not exist; give an SD pipeline folder (or hub id owner/name) to inflate, or a "
                       "vidiff pipeline folder (with vidiff.json)")
+
+
+def teacher_steps(config: Config, info) -> int:
+    """distill.teacher_steps, or its default: the teacher's sampling steps (progressive), LCM's 50 (consistency)."""
+    x = config.distill
+    if x.teacher_steps is not None:
+        return x.teacher_steps
+    return info.defaults.num_inference_steps if x.method == "progressive" else 50
+
+
+def check_teacher(config: Config, kind: str, info) -> None:
+    """A distillation run's teacher (model.pretrained): a vidiff pipeline folder that is no student itself, whose
+    noise schedule the student's steps divide (distill.*)."""
+    x = config.distill
+    if x.method is None:
+        return
+    key = f"model.pretrained={config.model.pretrained!r}"
+    if kind != "vidiff":
+        raise ConfigError(f"{key}: distillation needs a vidiff pipeline folder as the teacher (inflate and train "
+                          "the model first)")
+    if info.distilled is not None:
+        raise ConfigError(f"{key} is itself a student ({info.distilled.method}-distilled to {info.distilled.steps} "
+                          f"steps from {info.distilled.teacher or 'a teacher'}); distil its teacher instead")
+    steps = teacher_steps(config, info)
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{message} (teacher {config.model.pretrained})")
+
+    check_distill_steps(x.method, x.steps, steps, x.guidance, check)
+    schedule = read_scheduler_config(Path(config.model.pretrained).expanduser() / "scheduler")
+    train_steps = int(schedule.get("num_train_timesteps", 1000))
+    check(train_steps % steps == 0, f"distill.teacher_steps={steps} must divide the noise schedule's {train_steps} "
+                                    "training steps (the DDIM steps are then whole timesteps apart)")
 
 
 def check_stage_matches(info, stage: str, source) -> None:

@@ -62,9 +62,10 @@ from vidiff.training import TrainingError
 from vidiff.training.checkpoints import (clean_stale, find_resume_checkpoint, list_checkpoints, load_checkpoint,
                                          read_trainer_state, save_checkpoint)
 from vidiff.training.data import check_cache_geometry, encode_batch, make_loader, skipped_file_ids
+from vidiff.training.distill import prepare_distillation
 from vidiff.training.ema import EMA
-from vidiff.training.logs import TrainLog, render_validation
-from vidiff.training.preflight import check_run, check_stage_matches
+from vidiff.training.logs import TrainLog, log_validation_metrics, render_validation
+from vidiff.training.preflight import check_run, check_stage_matches, teacher_steps
 from vidiff.training.run_folder import check_output_dir, is_run_folder, mark_run_folder
 from vidiff.training.parallel import (check_sharding, empty_copy, fsdp_plugin, is_sharded, route_cpu_fsdp,
                                      shard_like, sharded_parameters, unsharded_copy, wants_cpu, wrap_layers)
@@ -391,6 +392,11 @@ def prepare_model(config: Config, accelerator, say):
     if stage.conditioning_channels != unet.conditioning_channels:
         raise ValueError(f"stage {stage.name!r} feeds {stage.conditioning_channels} conditioning channels but the "
                          f"U-Net in {source} takes {unet.conditioning_channels}")
+    if config.distill.method is not None:  # the loaded U-Net becomes the frozen teacher, a copy of it trains
+        stage = prepare_distillation(config, pipe, stage, teacher_steps(config, pipe.info), device)
+        unet = pipe.unet
+        say(f"distilling {source} ({config.distill.method}, {config.distill.steps} steps"
+            f"{', guidance as an input' if config.distill.guidance else ''})")
     for frozen in (pipe.vae, pipe.text_encoder):
         if frozen is not None:
             frozen.requires_grad_(False).eval().to(device)
@@ -670,9 +676,11 @@ def validate(run: Run, name: str) -> None:
         unet, run.pipe.unet = run.pipe.unet, model
         try:
             with ema.swapped_in(named) if ema is not None else contextlib.nullcontext():
-                render_validation(run.pipe, run.config, run.output_dir / "validation" / name, run.accelerator.device)
+                paths = render_validation(run.pipe, run.config, run.output_dir / "validation" / name,
+                                          run.accelerator.device)
         finally:
             run.pipe.unet = unet
+        log_validation_metrics(run.accelerator, run.config, run.output_dir, run.state["step"], name, paths)
     run.accelerator.wait_for_everyone()
 
 
@@ -720,7 +728,9 @@ def export(run: Run) -> Path | None:
                 raise TrainingError(f"writing {pipeline_dir} failed ({e.strerror or e}); the trained weights are in "
                                     f"the last checkpoint: free space and run again with --resume auto") from e
             if v.prompts and not (v.every and step % v.every == 0):  # (else just rendered)
-                render_validation(run.pipe, run.config, run.output_dir / "validation" / "final", accelerator.device)
+                paths = render_validation(run.pipe, run.config, run.output_dir / "validation" / "final",
+                                          accelerator.device)
+                log_validation_metrics(accelerator, run.config, run.output_dir, step, "final", paths)
         run.say(f"wrote {pipeline_dir} (vidiff generate --model {pipeline_dir}) and "
                 f"{run.output_dir / 'temporal.safetensors'}")
     accelerator.wait_for_everyone()
@@ -844,6 +854,8 @@ def step_and_log(run: Run, train_log: TrainLog, stop: dict) -> tuple[StepOutput,
     # noise, timesteps, dropout and conditions of step n on this rank: from (seed, n, rank)
     run.generator.manual_seed((t.seed * 1_000_003 + state["step"]) * 1_009 + accelerator.process_index)
     counts, step_start = new_counts(), time.perf_counter()
+    if hasattr(run.stage, "before_step"):  # (a distillation objective: progressive rounds change teachers)
+        run.stage.before_step(state["step"], accelerator.unwrap_model(run.unet), run.output_dir)
     out = training_step(accelerator, run.unet, run.stage, run.noise_scheduler, run.optimizer,
                         micro_batches(run, counts), params=list(run.trainable.values()),
                         generator=run.generator, max_grad_norm=t.max_grad_norm, lr_scheduler=run.lr_scheduler,
