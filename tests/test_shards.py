@@ -1,5 +1,9 @@
 """`vidiff data shard` and training from tar shards (data.shards) and in buckets (data.buckets), on tiny clips."""
+import functools
+import http.server
 import json
+import re
+import threading
 import tarfile
 from pathlib import Path
 
@@ -103,8 +107,65 @@ def test_shard_dataset_gives_the_clips_the_files_give(shapes):
                            **options)
     assert torch.equal(scanned[2]["pixel_values"], tars[2]["pixel_values"])
     assert [scanned.clip_size(i) for i in range(6)] == [tars.clip_size(i) for i in range(6)] == [files.clip_size(i) for i in range(6)]
-    with pytest.raises(ValueError, match="URLs"):
-        resolve_shards("https://example.com/shard-{000000..000009}.tar")
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """A static file server that answers `Range: bytes=a-b` with 206 (http.server's own ignores ranges)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        match = re.match(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        if not path.is_file():
+            return self.send_error(404)
+        data = path.read_bytes()
+        if match:
+            a, b = int(match[1]), int(match[2])
+            data = data[a:b + 1]
+        self.send_response(206 if match else 200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def served(shapes):
+    """The shard folder behind http://127.0.0.1:<port>/ (a loopback server in a thread)."""
+    root, manifest = shapes
+    out = root / "served"
+    if not out.exists():
+        write_shards(manifest, out, shard_size=10_000, progress=False)
+    handler = functools.partial(RangeHandler, directory=str(out))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield out, f"http://127.0.0.1:{server.server_address[1]}"
+        server.shutdown()
+
+
+def test_shards_behind_urls_give_the_local_samples(served, tmp_path, monkeypatch):
+    out, url = served
+    monkeypatch.setenv("VIDIFF_SHARD_CACHE", str(tmp_path / "cache"))
+    options = dict(num_frames=4, height=16, width=16, stride=1, train=True, flip=True, seed=3)
+    local = ShardDataset(out, **options)
+    last = len(local.shard_paths) - 1
+    folder = ShardDataset(url + "/", **options)
+    pattern = ShardDataset(f"{url}/shard-{{000000..{last:06d}}}.tar", **options)
+    piped = ShardDataset(f"pipe:cat {out}/shard-{{000000..{last:06d}}}.tar", **options)
+    assert folder.shard_paths[0] == url + "/shard-000000.tar" and piped.shard_paths[0].startswith("pipe:cat ")
+    assert len(folder) == len(pattern) == len(piped) == len(local) == 6
+    for i in range(6):
+        ref = local[i]
+        for other in (folder, pattern, piped):
+            got = other[i]
+            assert torch.equal(got["pixel_values"], ref["pixel_values"]) and got["prompt"] == ref["prompt"]
+    assert len(list((tmp_path / "cache").glob("*.tar"))) == last + 1  # pipe: shards spooled once each
+    with pytest.raises(ValueError, match="need the index.json"):
+        resolve_shards(f"{url}/nothing-{{000000..000001}}.tar")
+    with pytest.raises(ValueError, match="cannot be read"):
+        resolve_shards(url + "/missing/")
 
 
 # ---------------------------------------------------------------------------------------------------------------

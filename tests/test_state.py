@@ -197,13 +197,13 @@ def test_tree_encoding_is_data_only():
         decode_tree({"__tuple__": [], "other": 1}, {})
 
 
-def test_sharded_training_is_refused_up_front():
+def test_deepspeed_is_refused_up_front():
     from accelerate.utils import DistributedType
 
     class Sharded:
-        distributed_type = DistributedType.FSDP
+        distributed_type = DistributedType.DEEPSPEED
 
-    with pytest.raises(ValueError, match="FSDP is not supported.*DDP"):
+    with pytest.raises(ValueError, match="DEEPSPEED is not supported.*FSDP2"):
         check_supported(Sharded())
     Sharded.distributed_type = DistributedType.MULTI_GPU
-    check_supported(Sharded())
+    check_supported(Sharded())  # (FSDP: tests/test_fsdp.py)

@@ -40,6 +40,7 @@ import braceexpand
 from webdataset import TarWriter
 
 from vidiff.data.datasets import Entry, VideoDataset, load_manifest
+from vidiff.data.remote import RangeReader, beside, is_url, join, kind, read_whole
 from vidiff.data.video_io import VIDEO_SUFFIXES, VideoReadError, probe_video
 from vidiff.progress import ProgressBar
 from vidiff.utils import atomic_path, check_replaceable, write_json_atomic
@@ -109,14 +110,24 @@ def read_index(path: str | os.PathLike) -> ShardIndex:
     """index.json -> ShardIndex; a file that is not a vidiff shard index is one ValueError naming it."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a readable vidiff shard index ({type(e).__name__}: {e}); rewrite it with "
+                         f"`vidiff data shard`") from None
+    return parse_index(text, path)
+
+
+def parse_index(text: str | bytes, path) -> ShardIndex:
+    """The text of an index.json (read from `path`: a file or a URL) -> ShardIndex, or one ValueError."""
+    try:
+        data = json.loads(text)
         if data.get("format") != SHARD_FORMAT:
             raise ValueError(f"format is {data.get('format')!r}, not {SHARD_FORMAT!r}")
         shards = [ShardInfo(s["name"], int(s["num_samples"]), [ShardSample(**m) for m in s["samples"]])
                   for s in data["shards"]]
         return ShardIndex(shards, str(data.get("manifest", "")), int(data.get("num_skipped", 0)),
                           bool(data.get("complete", True)))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path} is not a readable vidiff shard index ({type(e).__name__}: {e}); rewrite it with "
                          f"`vidiff data shard`") from None
 
@@ -280,37 +291,62 @@ def write_shards(manifest: str | os.PathLike, out: str | os.PathLike, *, shard_s
 # ---------------------------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------------------------
-def _is_url(spec: str) -> bool:
-    return spec.startswith("pipe:") or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec) is not None
-
-
-def resolve_shards(spec: str | os.PathLike) -> tuple[list[Path], ShardIndex]:
-    """`data.shards` -> (the tar paths, their index): a folder with index.json, or a brace pattern
-    (`/data/shard-{000000..000099}.tar`) whose index comes from an index.json beside the tars when it lists
-    them all, else from one scan of the tars."""
+def resolve_shards(spec: str | os.PathLike) -> tuple[list[str], ShardIndex]:
+    """`data.shards` -> (the shards' locations, their index): a folder (local or URL) with index.json, or a
+    brace pattern of tars (local, URL or `pipe:` command; vidiff.data.remote) whose index is the index.json
+    beside them when it lists them all, else (local tars only) one scan of the tars."""
     spec = str(spec)
-    if _is_url(spec):
-        raise ValueError(f"{spec}: shards behind URLs (http://, pipe:) are not read yet (exact resume needs random "
-                         f"access); copy them to a local folder and give that folder or a local pattern")
-    folder = Path(spec).expanduser()
-    if folder.is_dir():
-        if not (folder / INDEX_NAME).is_file():
+    expanded = list(braceexpand.braceexpand(spec))
+    if not expanded[0].rstrip("'\" ").endswith(".tar"):  # a folder
+        folder = spec if is_url(spec) else str(Path(spec).expanduser())
+        if not is_url(spec) and not Path(folder).is_dir():
+            raise ValueError(f"{spec} is neither a shard folder nor a pattern of .tar shards")
+        where = join(folder, INDEX_NAME)
+        if not is_url(spec) and not Path(where).is_file():
             raise ValueError(f"{folder} has no {INDEX_NAME}; write it with `vidiff data shard`, or give a pattern "
                              f"such as {folder}/shard-{{000000..000009}}.tar")
-        index = read_index(folder / INDEX_NAME)
-        return [folder / s.name for s in index.shards], index
-    paths = [Path(p).expanduser() for p in braceexpand.braceexpand(spec)]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise ValueError(f"{len(missing)} of the {len(paths)} shards of {spec} do not exist (first: {missing[0]})")
-    beside = paths[0].parent / INDEX_NAME
-    if beside.is_file() and all(p.parent == paths[0].parent for p in paths):
-        index = read_index(beside)
-        by_name = {s.name: s for s in index.shards}
-        if all(p.name in by_name for p in paths):
-            return paths, ShardIndex([by_name[p.name] for p in paths], index.manifest, index.num_skipped)
-    shards = [ShardInfo(str(p), len(samples), samples) for p in paths for samples in [scan_shard(p)[0]]]
-    return paths, ShardIndex(shards)
+        index = parse_index(read_whole(where), where)
+        return [join(folder, s.name) for s in index.shards], index
+    locations = expanded if is_url(spec) else [str(Path(p).expanduser()) for p in expanded]
+    if not is_url(spec):
+        missing = [p for p in locations if not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"{len(missing)} of the {len(locations)} shards of {spec} do not exist (first: "
+                             f"{missing[0]})")
+    index = _index_beside(locations)
+    if index is not None:
+        return locations, index
+    if is_url(spec):
+        raise ValueError(f"{spec}: shards behind URLs need the {INDEX_NAME} that `vidiff data shard` writes beside "
+                         f"them, listing every shard (it holds each sample's byte range)")
+    shards = [ShardInfo(p, len(samples), samples) for p in locations for samples in [scan_shard(p)[0]]]
+    return locations, ShardIndex(shards)
+
+
+def _shard_file_name(location: str) -> str:
+    return re.findall(r"[^\s/'\"]+\.tar\b", location)[-1] if kind(location) == "pipe" else location.rsplit("/", 1)[-1]
+
+
+def _index_beside(locations: list[str]) -> ShardIndex | None:
+    """The index.json next to the first shard, restricted to `locations`, when all sit beside it and it lists
+    them all; else None."""
+    where = beside(locations[0], INDEX_NAME)
+    if any(beside(p, INDEX_NAME) != where for p in locations):
+        return None
+    if kind(where) == "local" and not Path(where).is_file():
+        return None
+    try:
+        data = read_whole(where)
+    except ValueError:
+        if kind(where) == "local":
+            raise
+        return None
+    index = parse_index(data, where)
+    by_name = {s.name: s for s in index.shards}
+    names = [_shard_file_name(p) for p in locations]
+    if not all(name in by_name for name in names):
+        return None
+    return ShardIndex([by_name[name] for name in names], index.manifest, index.num_skipped)
 
 
 class ShardDataset(VideoDataset):
@@ -321,7 +357,8 @@ class ShardDataset(VideoDataset):
 
     def __init__(self, spec: str | os.PathLike, num_frames: int = 16, height: int = 256, width: int = 256, **options):
         paths, index = resolve_shards(spec)
-        self.shard_paths = [str(p) for p in paths]
+        self.shard_paths = paths
+        self.reader = RangeReader(paths)
         self.samples: dict[str, tuple[int, ShardSample]] = {}  # entry path -> (shard number, sample)
         entries = []
         for number, (path, shard) in enumerate(zip(paths, index.shards)):
@@ -330,24 +367,15 @@ class ShardDataset(VideoDataset):
                 self.samples[entries[-1].path] = (number, sample)
         if not entries:
             raise ValueError(f"the shards of {spec} hold no clips")
-        self._fds: dict[int, int] = {}
-        self._fd_pid = None
         super().__init__(str(spec), num_frames, height, width, entries=entries, image_ok=False, **options)
-
-    def __getstate__(self):  # file descriptors stay in the process that opened them
-        return {**self.__dict__, "_fds": {}, "_fd_pid": None}
-
-    def _fd(self, shard: int) -> int:
-        if self._fd_pid != os.getpid():  # a forked worker opens its own
-            self._fds, self._fd_pid = {}, os.getpid()
-        if shard not in self._fds:
-            self._fds[shard] = os.open(self.shard_paths[shard], os.O_RDONLY)
-        return self._fds[shard]
 
     def read_member(self, file_index: int) -> bytes:
         path = self.entries[file_index].path
         shard, sample = self.samples[path]
-        data = os.pread(self._fd(shard), sample.size, sample.offset)
+        try:
+            data = self.reader.read(shard, sample.offset, sample.size)
+        except (OSError, ValueError) as e:  # (a network or command failure: a bad sample, skipped and counted)
+            raise VideoReadError(path, f"{type(e).__name__}: {e}") from None
         if len(data) != sample.size:
             raise VideoReadError(path, f"truncated shard: {len(data)} of {sample.size} bytes")
         return data

@@ -3,12 +3,18 @@
 Only the parameters being trained are averaged (the frozen ones never change), so the EMA of a
 temporal-only fine-tune costs the size of the temporal layers. Its `state_dict` / `load_state_dict` are
 saved and restored with each checkpoint as safetensors + JSON (training/state.py).
+
+Under FSDP2 the shadows are built from the sharded parameters, so each rank averages its own shard (the update
+is elementwise: averaging shards is averaging the whole). `state_dict` gathers the full shadows (every rank
+calls it), `load_state_dict` cuts full shadows back into shards, and `unsharded` is a full copy for export.
 """
 from __future__ import annotations
 
 import contextlib
 
 import torch
+
+from vidiff.training.parallel import full_tensor, is_shard, shard_like
 
 
 class EMA:
@@ -57,8 +63,17 @@ class EMA:
         return self
 
     def state_dict(self) -> dict:
+        """Decay, update count and the full shadows on the CPU (gathered from the shards under FSDP)."""
         return {"decay": self.decay, "num_updates": self.num_updates,
-                "shadow": {k: v.cpu() for k, v in self.shadow.items()}}
+                "shadow": {k: full_tensor(v).cpu() for k, v in self.shadow.items()}}
+
+    def unsharded(self) -> "EMA":
+        """This EMA with full shadows (a gathering copy under FSDP; itself when nothing is sharded)."""
+        if not any(is_shard(v) for v in self.shadow.values()):
+            return self
+        plain = EMA({}, self.decay)
+        plain.num_updates, plain.shadow = self.num_updates, {k: full_tensor(v) for k, v in self.shadow.items()}
+        return plain
 
     def load_state_dict(self, state: dict) -> None:
         missing = set(self.shadow) - set(state["shadow"])
@@ -69,5 +84,4 @@ class EMA:
                              f"(e.g. {sorted(unexpected)[:3]}); was train.trainable changed since the checkpoint?")
         self.decay = state["decay"]
         self.num_updates = int(state["num_updates"])
-        device = next(iter(self.shadow.values())).device if self.shadow else "cpu"
-        self.shadow = {k: v.to(device, torch.float32).clone() for k, v in state["shadow"].items()}
+        self.shadow = {k: shard_like(state["shadow"][k].float(), like).clone() for k, like in self.shadow.items()}

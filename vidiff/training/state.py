@@ -4,7 +4,7 @@ accelerate's `save_state` writes the optimiser, LR schedule, RNG states and regi
 pickle, and `load_state` reads them back with full pickle, so a checkpoint folder could run code on `--resume`.
 This module replaces it. A checkpoint folder holds exactly these files:
 
-    model.safetensors                       the U-Net's weights (unwrapped model, main process)
+    model.safetensors                       the U-Net's weights (unwrapped model, main process; full, not sharded)
     ema.safetensors + ema.json              EMA shadow weights + decay / update count (when train.ema)
     optimizer.safetensors + optimizer.json  optimiser state tensors + the rest (param_groups, hyper-parameters)
     scheduler.json                          the LR schedule's counters (its lambdas are code, rebuilt from the config)
@@ -15,7 +15,9 @@ This module replaces it. A checkpoint folder holds exactly these files:
                                             the folder complete)
 
 Under DDP every rank holds the same weights and the same full optimiser state, so the main process writes
-those once and every rank reads them; each rank writes and reads its own random states.
+those once and every rank reads them; each rank writes and reads its own random states. Under FSDP2 the ranks
+first gather the full weights, optimiser state and EMA to the main process, and each takes its shard back on
+loading (training/parallel.py): the files are the same, so either kind of run resumes the other's checkpoints.
 
 Nested state (an optimiser's state_dict) is split into a JSON tree and a safetensors file: a tensor becomes
 `{"__tensor__": key}`, a tuple `{"__tuple__": [...]}`, a dict with non-string keys `{"__items__": [[k, v], ...]}`;
@@ -35,6 +37,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from vidiff.training.parallel import (full_model_state, full_optimizer_state, is_sharded, load_full_model_state,
+                                     load_full_optimizer_state)
 from vidiff.utils import save_safetensors_atomic, write_json_atomic
 
 MODEL = "model.safetensors"
@@ -271,36 +275,44 @@ def _plain(value) -> bool:
     return True
 
 
-def _unwrap(accelerator, model):
-    return accelerator.unwrap_model(model) if accelerator is not None else model
-
-
 def _scaler(accelerator):
     return getattr(accelerator, "scaler", None) if accelerator is not None else None
 
 
 def check_supported(accelerator) -> None:
-    """These checkpoints hold one full copy of the weights and optimiser state: data parallelism only (a
-    sharded optimiser, DeepSpeed or FSDP, would need each rank's shard). Checked when the run starts."""
+    """These checkpoints hold one full copy of the weights and optimiser state: one process, DDP, or FSDP2
+    (whose shards are gathered into that copy: training/parallel.py). Checked when the run starts."""
     kind = str(getattr(getattr(accelerator, "distributed_type", None), "value", "NO")).upper()
-    if kind in ("DEEPSPEED", "FSDP", "MEGATRON_LM", "XLA"):
+    if kind == "DEEPSPEED":
+        raise ValueError("accelerate distributed_type DEEPSPEED is not supported: its engine owns the optimiser and "
+                         "saves it with pickle; shard with FSDP2 instead (configs/accelerate/1x8-fsdp2.yaml)")
+    if kind in ("MEGATRON_LM", "XLA"):
         raise ValueError(f"accelerate distributed_type {kind} is not supported: vidiff checkpoints support one "
-                         "process or DDP (MULTI_GPU / MULTI_CPU); run `accelerate config` and choose plain multi-GPU")
+                         "process, DDP (MULTI_GPU / MULTI_CPU) or FSDP2; run `accelerate config` and choose one")
+    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
+    if kind == "FSDP" and getattr(plugin, "fsdp_version", 2) != 2:
+        raise ValueError("accelerate FSDP version 1 is not supported (its state dicts need a flat-parameter "
+                         "layout); set fsdp_version: 2 in the accelerate config (configs/accelerate/1x8-fsdp2.yaml)")
 
 
 def save_training_state(folder, *, model, optimizer, lr_scheduler, ema=None, accelerator=None) -> None:
     """Write the trainer state into `folder` (which exists). Call on every rank: the main process writes the
-    shared files, every rank its random states. The caller writes trainer_state.json after a barrier."""
+    shared files (under FSDP every rank first joins their gathering), every rank its random states. The caller
+    writes trainer_state.json after a barrier."""
     folder = Path(folder)
     check_supported(accelerator)
     main = accelerator is None or accelerator.is_main_process
     rank = accelerator.process_index if accelerator is not None else 0
+    if main or is_sharded(accelerator):
+        weights = full_model_state(accelerator, model)
+        optimizer_state = full_optimizer_state(accelerator, model, optimizer)
+        ema_state = ema.state_dict() if ema is not None else None
     if main:
-        save_safetensors_atomic(_unwrap(accelerator, model).state_dict(), folder / MODEL)
-        write_tree(folder, "optimizer", optimizer.state_dict())
+        save_safetensors_atomic(weights, folder / MODEL)
+        write_tree(folder, "optimizer", optimizer_state)
         write_json_atomic(folder / "scheduler.json", encode_tree(scheduler_state(lr_scheduler), {}))
         if ema is not None:
-            write_tree(folder, "ema", ema.state_dict())
+            write_tree(folder, "ema", ema_state)
         scaler = _scaler(accelerator)
         if scaler is not None:
             write_json_atomic(folder / "scaler.json", encode_tree(scaler.state_dict(), {}))
@@ -319,20 +331,23 @@ def load_training_state(folder, *, model, optimizer, lr_scheduler, ema=None, acc
 
     weights = read_safetensors(folder / MODEL)
     try:
-        _unwrap(accelerator, model).load_state_dict(weights, strict=True)
-    except RuntimeError as e:
+        load_full_model_state(accelerator, model, weights)
+    except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(folder / MODEL, f"does not fit this U-Net ({_first_line(e)})") from None
-    _load_into(optimizer, read_tree(folder, "optimizer"), folder / "optimizer.json", "optimiser")
+    optimizer_state = read_tree(folder, "optimizer")
+    _load_into(lambda state: load_full_optimizer_state(accelerator, model, optimizer, state), optimizer_state,
+               folder / "optimizer.json", "optimiser")
     scheduler = decode_tree(read_json(folder / "scheduler.json"), {})
-    _load_into(lr_scheduler, scheduler, folder / "scheduler.json", "LR schedule")
+    _load_into(lr_scheduler.load_state_dict, scheduler, folder / "scheduler.json", "LR schedule")
     if ema is not None:
         if not (folder / "ema.json").is_file():
             raise CorruptCheckpointError(folder / "ema.json", "is missing: the checkpoint has no EMA state "
                                                                "(was it trained with train.ema=false?)")
-        _load_into(ema, read_tree(folder, "ema"), folder / "ema.json", "EMA")
+        _load_into(ema.load_state_dict, read_tree(folder, "ema"), folder / "ema.json", "EMA")
     scaler = _scaler(accelerator)
     if scaler is not None and (folder / "scaler.json").is_file():
-        _load_into(scaler, decode_tree(read_json(folder / "scaler.json"), {}), folder / "scaler.json", "grad scaler")
+        _load_into(scaler.load_state_dict, decode_tree(read_json(folder / "scaler.json"), {}), folder / "scaler.json",
+                   "grad scaler")
     stem = f"random_states_{rank}"
     if (folder / f"{stem}.json").is_file():  # absent when resuming with more processes than before
         rng = read_tree(folder, stem)
@@ -343,9 +358,9 @@ def load_training_state(folder, *, model, optimizer, lr_scheduler, ema=None, acc
             accelerator.step = rng["accelerate_step"]
 
 
-def _load_into(obj, state, path: Path, what: str) -> None:
+def _load_into(load, state, path: Path, what: str) -> None:
     try:
-        obj.load_state_dict(state)
+        load(state)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
         raise CheckpointError(path, f"does not fit this run's {what} ({type(e).__name__}: {_first_line(e)})") from None
 

@@ -68,6 +68,8 @@ from vidiff.training.ema import EMA
 from vidiff.training.logs import TrainLog, log_validation_metrics, render_validation
 from vidiff.training.preflight import check_run, check_stage_matches, teacher_steps
 from vidiff.training.run_folder import check_output_dir, is_run_folder, mark_run_folder
+from vidiff.training.parallel import (check_sharding, empty_copy, fsdp_plugin, is_sharded, route_cpu_fsdp,
+                                     shard_like, sharded_parameters, unsharded_copy, wants_cpu, wrap_layers)
 from vidiff.training.state import check_supported
 from vidiff.utils import atomic_dir, write_json_atomic
 
@@ -349,6 +351,7 @@ class Run:
     last_checkpoint: Path | None = None  # the last checkpoint written (or resumed from)
     saved_step: int | None = None   # the step this run's state is saved at
     nonfinite_in_row: int = 0       # non-finite steps in a row, up to now
+    template: Any = None            # FSDP: the U-Net's structure without weights (main process), for full copies
 
     @property
     def output_dir(self) -> Path:
@@ -356,15 +359,21 @@ class Run:
 
 
 def make_accelerator(config: Config):
+    """accelerate's Accelerator for the run: DDP, or FSDP2 when the launch's accelerate config asks for it
+    (training/parallel.py; a CPU launch of it runs over gloo)."""
     output_dir = Path(config.output_dir)
-    return Accelerator(
+    plugin = fsdp_plugin(config.train.mixed_precision)
+    accelerator = Accelerator(
         gradient_accumulation_steps=config.train.gradient_accumulation_steps,
         mixed_precision=config.train.mixed_precision,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         # Every trainable parameter gets a gradient every step (see drop_unused_parameters): no graph walk.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        fsdp_plugin=plugin, cpu=wants_cpu(plugin),
     )
+    route_cpu_fsdp(accelerator, plugin)
+    return accelerator
 
 
 def prepare_model(config: Config, accelerator, say):
@@ -435,9 +444,10 @@ class TrainableWeights(torch.nn.Module):
     """The trainable tensors alone as a checkpoint's model (a LoRA run: the adapter, and what the stage trains;
     the frozen base weights are the model folder's, so resuming restores exactly the same model)."""
 
-    def __init__(self, trainable: dict[str, torch.nn.Parameter]):
+    def __init__(self, trainable: dict[str, torch.nn.Parameter], owner: torch.nn.Module | None = None):
         super().__init__()
         self.__dict__["trainable"] = trainable  # (not registered: the parameters belong to the U-Net)
+        self.__dict__["owner"] = owner          # the U-Net (training/parallel.owner: the optimiser's module)
 
     def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.trainable.items()}
@@ -449,14 +459,14 @@ class TrainableWeights(torch.nn.Module):
             raise RuntimeError(f"{len(missing)} trainable tensors missing (e.g. {sorted(missing)[:2]}), "
                                f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:2]})")
         for name, p in self.trainable.items():
-            p.copy_(state_dict[name])
+            p.copy_(shard_like(state_dict[name], p))  # (under FSDP: this rank's shard of it)
 
 
 def checkpoint_model(run: "Run") -> torch.nn.Module:
     """What a checkpoint's model.safetensors holds: the U-Net, or with a trained text encoder both (as
     `unet.*` and `text_encoder.*`); a LoRA run, its trainable tensors only."""
     if run.config.train.trainable == "lora":
-        return TrainableWeights(run.trainable)
+        return TrainableWeights(run.trainable, run.unet)
     if run.config.train.new_tokens:  # the U-Net and the new rows (not the frozen encoder)
         rows = torch.nn.Module()
         rows.register_parameter("rows", run.trainable[NEW_TOKENS])
@@ -532,6 +542,23 @@ def make_loaders(config: Config, checked, pipe, state: dict, accelerator):
     return loader, image_loader
 
 
+def prepare_unet(accelerator, t: TrainConfig, pipe, trainable: dict, loader):
+    """accelerate.prepare of the U-Net with its optimiser, LR schedule and loader: DDP-wrapped, or sharded in
+    place by FSDP2 (one unit per layer; the trainable parameters are then their shards). The EMA is made after,
+    from the parameters as prepared, so under FSDP each rank averages its shard. Returns the prepared objects,
+    the trainable parameters, the EMA and, under FSDP, the main process's empty copy of the U-Net (export)."""
+    optimizer, lr_scheduler = make_optimizer(trainable.values(), t, accelerator.num_processes)
+    template = None
+    if is_sharded(accelerator):
+        wrap_layers(accelerator, pipe.unet)
+        template = empty_copy(pipe.unet) if accelerator.is_main_process else None
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, loader, lr_scheduler)
+    if is_sharded(accelerator):
+        trainable = sharded_parameters(unet, trainable)
+    ema = EMA(trainable, t.ema_decay).to(accelerator.device) if t.ema else None
+    return unet, optimizer, loader, lr_scheduler, trainable, ema, template
+
+
 def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False) -> Run:
     """Accelerator, checkpoint to resume, model, optimiser, EMA and data, all prepared and restored."""
     t = config.train
@@ -539,6 +566,7 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
     accelerator = make_accelerator(config)
     say = log if accelerator.is_main_process else _quiet
     check_supported(accelerator)
+    check_sharding(accelerator, t, config.distill.method)
     output_dir = Path(config.output_dir)
     existed = output_dir.exists()
     fresh = not existed or (output_dir.is_dir() and not any(output_dir.iterdir()))
@@ -547,11 +575,10 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
     set_seed(t.seed)  # the same on every rank: identical initial weights wherever they are random
     with unclaimed_on_failure(output_dir, fresh and accelerator.is_main_process, keep_folder=existed):
         pipe, stage, noise_scheduler, trainable = prepare_model(config, accelerator, say)
-    optimizer, lr_scheduler = make_optimizer(trainable.values(), t, accelerator.num_processes)
-    ema = EMA(trainable, t.ema_decay).to(accelerator.device) if t.ema else None
-    attach_target(config, stage, ema)  # (consistency distillation: the EMA is the target network)
     loader, image_loader = make_loaders(config, checked, pipe, state, accelerator)
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, loader, lr_scheduler)
+    unet, optimizer, loader, lr_scheduler, trainable, ema, template = prepare_unet(accelerator, t, pipe, trainable,
+                                                                                   loader)
+    attach_target(config, stage, ema)  # (consistency distillation: the EMA is the target network)
     # a text encoder that trains is DDP-wrapped too, so its gradients are averaged over ranks
     text_encoder = accelerator.prepare(pipe.text_encoder) if t.trains_text else pipe.text_encoder
     run = Run(config=config, accelerator=accelerator, say=say, pipe=pipe, unet=unet, stage=stage,
@@ -559,7 +586,8 @@ def prepare_run(config: Config, resume: str | None, log, overwrite: bool = False
               ema=ema, loader=loader, image_loader=image_loader, dataset_size=len(checked.dataset), state=state,
               checkpoint=checkpoint, discard=tuple(old_checkpoints) if overwrite else (),
               generator=torch.Generator(device=accelerator.device), text_encoder=text_encoder,
-              last_checkpoint=checkpoint, saved_step=state["step"] if checkpoint is not None else None)
+              last_checkpoint=checkpoint, saved_step=state["step"] if checkpoint is not None else None,
+              template=template)
     if checkpoint is not None:
         load_checkpoint(accelerator, checkpoint, model=checkpoint_model(run), optimizer=optimizer,
                         lr_scheduler=lr_scheduler, ema=ema)
@@ -632,13 +660,30 @@ def checkpoint_now(run: Run) -> Path:
     return path
 
 
+def full_view(run: Run):
+    """The trained U-Net as one full module and the EMA for it: the unwrapped model and the run's EMA, or under
+    FSDP a full copy gathered to the main process (None on the other ranks) and the gathered EMA. Every rank
+    calls it."""
+    if not is_sharded(run.accelerator):
+        return run.accelerator.unwrap_model(run.unet), run.ema
+    model = unsharded_copy(run.accelerator, run.unet, run.template)
+    return model, run.ema.unsharded() if run.ema is not None else None
+
+
 def validate(run: Run, name: str) -> None:
     """Validation clips into output_dir/validation/<name>, with the averaged weights when there are any
-    (they are what gets exported)."""
+    (they are what gets exported); under FSDP from a full copy of the U-Net on the main process."""
+    sharded = is_sharded(run.accelerator)
+    model, ema = full_view(run) if sharded else (run.pipe.unet, run.ema)
     if run.accelerator.is_main_process:
-        with run.ema.swapped_in(run.trainable) if run.ema is not None else contextlib.nullcontext():
-            paths = render_validation(run.pipe, run.config, run.output_dir / "validation" / name,
-                                      run.accelerator.device)
+        named = {k: p for k, p in model.named_parameters() if k in run.trainable} if sharded else run.trainable
+        unet, run.pipe.unet = run.pipe.unet, model
+        try:
+            with ema.swapped_in(named) if ema is not None else contextlib.nullcontext():
+                paths = render_validation(run.pipe, run.config, run.output_dir / "validation" / name,
+                                          run.accelerator.device)
+        finally:
+            run.pipe.unet = unet
         log_validation_metrics(run.accelerator, run.config, run.output_dir, run.state["step"], name, paths)
     run.accelerator.wait_for_everyone()
 
@@ -663,14 +708,14 @@ def export(run: Run) -> Path | None:
     accelerator, v, step = run.accelerator, run.config.validation, run.state["step"]
     pipeline_dir = None
     accelerator.wait_for_everyone()
+    model, ema = full_view(run)  # (every rank: under FSDP the shards are gathered)
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(run.unet)
         named = {k: p for k, p in model.named_parameters() if k in run.trainable}
         if run.config.train.train_text_encoder:
             named.update(text_encoder_parameters(run.pipe.text_encoder))
         if NEW_TOKENS in run.trainable:
             named[NEW_TOKENS] = run.trainable[NEW_TOKENS]
-        with run.ema.swapped_in(named) if run.ema is not None else contextlib.nullcontext():
+        with ema.swapped_in(named) if ema is not None else contextlib.nullcontext():
             run.pipe.unet = model
             run.pipe.info = record_training_settings(run.pipe.info, run.config)
             pipeline_dir = run.output_dir / "pipeline"
@@ -890,7 +935,7 @@ def stop_requests():
 def check_ranks_agree(accelerator, trainable: dict) -> None:
     """Under data parallelism every rank must hold the same weights: compare a float64 checksum of the
     trainable parameters across ranks and stop loudly if they diverged."""
-    if accelerator.num_processes == 1:
+    if accelerator.num_processes == 1 or is_sharded(accelerator):  # (FSDP: one copy, each rank its shard)
         return
     weights = torch.arange(1, len(trainable) + 1, dtype=torch.float64, device=accelerator.device)
     sums = torch.stack([p.detach().double().sum() for p in trainable.values()])
