@@ -140,12 +140,7 @@ def run(args) -> int:
     loras = parse_lora_flags(args.lora or [])
     embeddings = parse_embedding_flags(args.embedding or [])
     if cascade.is_cascade_request(args):
-        for flag, value in (("--zero-shot", args.zero_shot), ("--spatial-from", args.spatial_from),
-                            ("--lora", loras), ("--fuse", args.fuse), ("--controlnet", args.controlnet),
-                            ("--embedding", embeddings),
-                            ("prompt travel ('N: prompt')", travel)):
-            if value:
-                raise CLIError(f"{flag} applies to one text-to-video model, not to a cascade: pass --model BASE")
+        _check_cascade_request(args, loras, embeddings, travel)
         return cascade.generate_cascade(args, prompts)
     model = resolve_model(args, "generate", **sampling_request(args))
     control = _check_model_request(args, model, loras, travel)
@@ -190,6 +185,15 @@ def run(args) -> int:
         print(f"wrote {', '.join(str(p) for p in written)} ({plural(len(frames), 'frame')}, "
               f"{frames.shape[2]}x{frames.shape[1]}, {fps:g} fps, seed {seed + index}, {prompt!r})")
     return 0
+
+
+def _check_cascade_request(args, loras, embeddings, travel) -> None:
+    """The flags that apply to one text-to-video model, refused for a cascade."""
+    for flag, value in (("--zero-shot", args.zero_shot), ("--spatial-from", args.spatial_from), ("--lora", loras),
+                        ("--fuse", args.fuse), ("--controlnet", args.controlnet), ("--embedding", embeddings),
+                        ("prompt travel ('N: prompt')", travel)):
+        if value:
+            raise CLIError(f"{flag} applies to one text-to-video model, not to a cascade: pass --model BASE")
 
 
 def _check_model_request(args, model, loras, travel):
