@@ -249,13 +249,39 @@ def test_cli_generates_with_a_controlnet(folders, control_clip, tmp_path, capsys
     assert sidecar["controlnet"] == str(folders[2].resolve()) and sidecar["control_video"].endswith("control.mp4")
 
 
+def test_cli_edit_takes_its_control_from_the_clip_and_the_kind_from_a_vidiff_controlnet(folders, control_clip,
+                                                                                       tmp_path, capsys):
+    """`vidiff edit --controlnet` without --control-video steers with the edited clip's own control images
+    (Gen-1: its structure, the prompt's content); a ControlNet vidiff trained says its --control."""
+    import shutil
+
+    from vidiff.control import RECORD_NAME
+    from vidiff.data import read_video
+
+    trained = tmp_path / "trained-cn"
+    shutil.copytree(folders[2], trained)
+    (trained / RECORD_NAME).write_text(json.dumps({"extractor": "canny"}))
+    common = ["edit", "--model", folders[1], "--video", control_clip, "--prompt", PROMPT, "--num-frames", 3,
+              "--steps", 2, "--strength", 0.8, "--seed", 1, "--quiet"]
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "plain.mp4")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *common, "--controlnet", trained, "--out", tmp_path / "steered.mp4")
+    assert code == 0, err
+    sidecar = json.loads((tmp_path / "steered.json").read_text())
+    assert sidecar["control"] == "canny" and sidecar["control_video"] == str(control_clip.resolve())
+    plain, steered = read_video(tmp_path / "plain.mp4").frames, read_video(tmp_path / "steered.mp4").frames
+    assert plain.shape == steered.shape == (3, 16, 16, 3) and not np.array_equal(plain, steered)
+    code, _, err = run_cli(capsys, *common, "--controlnet", folders[2], "--out", tmp_path / "x.mp4")
+    assert code == 2 and "--controlnet needs --control canny | track | raw" in err  # (not trained by vidiff)
+
+
 CLI_ERRORS = {
     "no-controlnet": (["--control-video", "{clip}", "--control", "canny"], "--control-video applies to a ControlNet"),
     "scale-alone": (["--control-scale", "0.5"], "--control-scale applies to a ControlNet: add --controlnet"),
     "no-video": (["--controlnet", "{cn}", "--control", "canny"], "--controlnet needs --control-video"),
-    "no-kind": (["--controlnet", "{cn}", "--control-video", "{clip}"], "--controlnet needs --control canny | raw"),
+    "no-kind": (["--controlnet", "{cn}", "--control-video", "{clip}"], "--controlnet needs --control canny | track | raw"),
     "bad-kind": (["--controlnet", "{cn}", "--control-video", "{clip}", "--control", "depth"],
-                 "--control must be one of canny, raw, got 'depth'"),
+                 "--control must be one of canny, track, raw, got 'depth'"),
     "scale": (["--controlnet", "{cn}", "--control-video", "{clip}", "--control", "raw", "--control-scale", "-1"],
               "--control-scale must be between 0 and 10"),
     "missing-cn": (["--controlnet", "{tmp}/nope", "--control-video", "{clip}", "--control", "raw"],
@@ -335,3 +361,128 @@ def test_original_single_file_loads_with_a_config_folder(folders, tmp_path):
     expected = reference.state_dict()
     assert loaded.state_dict().keys() == expected.keys()
     assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+
+
+# ------------------------------------------------------------------------------------------------ the track extractor
+def test_track_puts_a_dot_where_the_shape_is_and_nothing_on_a_blank_frame():
+    from vidiff.control import track
+    from vidiff.data.synthetic import make_clip
+    from vidiff.eval.shapes import trajectory
+
+    clip = make_clip("green", "triangle", "moving left", num_frames=4, size=32, seed=3)
+    clip = np.concatenate([clip, np.full_like(clip[:1], clip[0, 0, 0])])  # + a frame of background only
+    images = control_images(clip, "track", 32, 32)                         # (1, 3, f, 32, 32)
+    dots = (images[0].permute(1, 2, 3, 0).numpy() * 255).round().astype(np.uint8)
+    found, wanted = trajectory(dots[:4]), trajectory(clip[:4])
+    assert np.abs(found - wanted).max() < 0.5                              # the dot's centre is the shape's
+    assert float(images[0, :, 4].max()) == 0.0                             # nothing stands out: black
+    radius = np.sqrt(images[0, 0, 0].sum().item() / np.pi)
+    assert 1.5 < radius < 2.6                                              # 1/16 of 32 px, anti-aliased rim
+    with pytest.raises(ValueError, match="control must be one of"):
+        control_images(clip, "depth", 32, 32)
+    assert torch.equal(track(torch.zeros(2, 3, 8, 8)), torch.zeros(2, 3, 8, 8))
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_controlnet_from_unet_copies_the_encoder_as_diffusers_does(folders):
+    """The ControlNet made from a VideoUNet holds the weights diffusers' ControlNetModel.from_unet copies from the
+    2D U-Net, its zero convolutions are zero, and so at step 0 the steered U-Net is the U-Net."""
+    from vidiff.training.control import ControlledUNet, controlnet_from_unet
+
+    sd, video, _ = folders
+    unet = VideoUNet.from_pretrained(str(video / "unet"))
+    ours = controlnet_from_unet(unet, vae_scale_factor=2)
+    theirs = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(str(sd / "unet")),
+                                       conditioning_embedding_out_channels=(16, 32))
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == reference.keys()
+    copied = [k for k in mine if not k.startswith(("controlnet_", "controlnet_cond_embedding."))]
+    assert len(copied) > 20 and all(torch.equal(mine[k], reference[k]) for k in copied)
+    zero = [k for k in mine if k.startswith(("controlnet_down_blocks", "controlnet_mid_block",
+                                             "controlnet_cond_embedding.conv_out"))]
+    assert zero and all(not mine[k].any() for k in zero)
+    steered = ControlledUNet(unet, ours).eval()
+    x, t, c = noise((1, 4, 3, 8, 8)), torch.tensor([500]), noise((1, 7, TINY_UNET["cross_attention_dim"]), 1)
+    with torch.no_grad():
+        assert torch.equal(steered(x, t, c, control_images=torch.rand(1, 3, 3, 16, 16)), unet(x, t, c))
+    with pytest.raises(ValueError, match="1, 2, 4 or 8"):
+        controlnet_from_unet(unet, vae_scale_factor=3)
+
+
+def controlnet_run_config(out, assets, *overrides):
+    from pathlib import Path
+
+    from vidiff.config import load_config
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
+    return load_config(tiny, [f"model.pretrained={assets['video']}", f"data.manifest={assets['shapes']}",
+                              f"output_dir={out}", "train.trainable=controlnet", "control.extractor=track",
+                              "train.max_steps=4", "train.checkpoint_every=2", "train.ema=true",
+                              "train.learning_rate=1e-2", *overrides])
+
+
+@pytest.fixture(scope="module")
+def train_assets(tmp_path_factory, folders):
+    from vidiff.data.synthetic import write_shapes_dataset
+
+    shapes = tmp_path_factory.mktemp("controlnet-train") / "shapes"
+    write_shapes_dataset(shapes, 2, num_frames=2, size=16, seed=0)
+    return {"video": folders[1], "shapes": shapes}
+
+
+def test_controlnet_training_trains_only_the_controlnet_resumes_exactly_and_exports_diffusers_format(
+        train_assets, tmp_path):
+    from safetensors.torch import load_file
+
+    from vidiff.training.checkpoints import list_checkpoints
+    from vidiff.control import read_record
+    from vidiff.training.trainer import train
+
+    def last_checkpoint(out):
+        return load_file(str(list_checkpoints(out / "checkpoints")[-1] / "model.safetensors"))
+
+    straight = train(controlnet_run_config(tmp_path / "straight", train_assets))
+    assert straight.status == "finished" and straight.step == 4
+    weights = last_checkpoint(tmp_path / "straight")
+    assert weights and all(k.startswith("controlnet.controlnet.") for k in weights)  # the ControlNet alone
+    assert any("controlnet_down_blocks" in k and v.abs().sum() > 0 for k, v in weights.items())  # it learned
+
+    out = tmp_path / "resumed"
+    cfg = controlnet_run_config(out, train_assets)
+    assert train(cfg, on_step=lambda step, row: step == 2).status == "interrupted"
+    assert train(cfg, resume="auto").step == 4
+    resumed = last_checkpoint(out)
+    assert weights.keys() == resumed.keys() and all(torch.equal(weights[k], resumed[k]) for k in weights)
+
+    # the export: a diffusers ControlNetModel folder (safetensors), the EMA weights, read by diffusers and by vidiff
+    folder = tmp_path / "straight" / "controlnet"
+    assert (folder / "diffusion_pytorch_model.safetensors").is_file() and not list(folder.glob("*.bin"))
+    loaded = ControlNetModel.from_pretrained(str(folder))
+    ours = read_controlnet(folder)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ours.state_dict().values()))
+    sidecar = read_record(folder)
+    assert sidecar["extractor"] == "track" and sidecar["steps"] == 4 and sidecar["ema"] is True
+    assert not (tmp_path / "straight" / "pipeline").exists()  # the U-Net is the model's, unchanged
+    # and it steers the model it was trained for through the pipeline
+    pipe = VideoPipeline.from_pretrained(train_assets["video"], device="cpu")
+    images = torch.rand(1, 3, 2, 16, 16)
+    plain = pipe(PROMPT, num_frames=2, seed=0, output_type="pt", progress=False)
+    steered = pipe(PROMPT, num_frames=2, seed=0, output_type="pt", progress=False,
+                   control=Control(VideoControlNet(ours), images))
+    assert plain.shape == steered.shape and not torch.allclose(plain, steered)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["data.cache=somewhere", "data.manifest="], "does not go with data.cache"),
+    (["distill.method=consistency"], "does not go with distill.method"),
+    (["validation.prompts=[a red circle moving right]"], "set control.validation_video"),
+    (["control.extractor=depth"], "control.extractor must be one of canny, track, raw"),
+    (["train.trainable=all"], "apply to a ControlNet run"),
+])
+def test_controlnet_run_config_errors_are_one_line(train_assets, tmp_path, override, message):
+    from vidiff.config import ConfigError, validate
+
+    extra = ["control.validation_video=x.mp4"] if "train.trainable=all" in override else []
+    with pytest.raises(ConfigError, match=message) as error:
+        validate(controlnet_run_config(tmp_path / "run", train_assets, *override, *extra))
+    assert "\n" not in str(error.value)

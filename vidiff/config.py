@@ -19,11 +19,12 @@ from typing import Any, Union
 
 import yaml
 
-from vidiff.spec import ATTENTION_BACKENDS, CROSS_FRAME_MODES, DISTILL_METHODS, LORA_TARGETS, TEMPORAL_LAYOUTS
-from vidiff.stages import check_stage_fields, make_stage
+from vidiff.spec import (ATTENTION_BACKENDS, CONTROL_EXTRACTORS, CROSS_FRAME_MODES, DISTILL_METHODS, LORA_TARGETS,
+                         TEMPORAL_LAYOUTS)
+from vidiff.stages import STAGES, check_stage_fields, make_stage
 from vidiff.utils import yaml_error_line
 
-TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all", "lora")
+TRAINABLE_MODES = ("temporal", "temporal+attn-q", "all", "lora", "controlnet")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 RESIZE_MODES = ("cover", "area", "crop")
@@ -146,6 +147,17 @@ class DistillConfig:
 
 
 @dataclass
+class ControlConfig:
+    """Training a ControlNet beside the frozen video U-Net (train.trainable=controlnet; vidiff.training.control):
+    the control images of each training clip are made from the clip by `extractor`, and the run exports
+    output_dir/controlnet, a diffusers ControlNetModel folder (`vidiff generate --controlnet`)."""
+    extractor: str = "canny"               # canny | track | raw (vidiff.control.extractors), as `--control` at sampling
+    controlnet: Union[str, None] = None    # start from this ControlNet (diffusers folder or hub id); null: a copy of the U-Net's encoder with zero-initialised output convs (ControlNet's recipe)
+    cross_frame: str = "none"              # the ControlNet's spatial self-attention: none | first | sparse-causal (as --cross-frame at sampling)
+    validation_video: Union[str, None] = None  # the video validation.prompts' control images are made from (needed with validation.prompts)
+
+
+@dataclass
 class ValidationConfig:
     prompts: list[str] = field(default_factory=list)  # prompts rendered to mp4 + contact sheet
     every: int = 0                         # every N steps (0 = only at the end, when prompts are given)
@@ -167,6 +179,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def to_dict(self) -> dict:
@@ -368,7 +381,32 @@ def validate(cfg: Config, where: str = "config", *, need_data: bool = True) -> N
     _validate_lora(cfg, check)
     _validate_stage(cfg, check)
     _validate_distill(cfg, check)
+    _validate_control(cfg, check)
     _validate_validation(cfg, check)
+
+
+def _validate_control(cfg: Config, check) -> None:
+    """train.trainable=controlnet and the control section: what a ControlNet run needs and refuses."""
+    c, t = cfg.control, cfg.train
+    check(c.extractor in CONTROL_EXTRACTORS,
+          f"control.extractor must be one of {', '.join(CONTROL_EXTRACTORS)}, got {c.extractor!r}")
+    check(c.cross_frame in CROSS_FRAME_MODES,
+          f"control.cross_frame must be one of {', '.join(CROSS_FRAME_MODES)}, got {c.cross_frame!r}")
+    if t.trainable != "controlnet":
+        check(c.controlnet is None and c.validation_video is None,
+              "control.controlnet / control.validation_video apply to a ControlNet run: set train.trainable=controlnet")
+        return
+    takes_video = t.stage in STAGES and STAGES[t.stage].takes_video
+    for ok, what in ((not takes_video, f"train.stage={t.stage!r} (a ControlNet steers the base stage)"),
+                     (not cfg.data.cache, "data.cache (control images are made from the clips' pixels)"),
+                     (cfg.distill.method is None, "distill.method (distil the model, then train its ControlNet)"),
+                     (not t.trains_text, "train.train_text_encoder / train.new_tokens (the text encoder stays frozen)"),
+                     (not t.export_sd, "train.export_sd (the run exports a ControlNet, not a model)"),
+                     (not t.compile, "train.compile (it compiles the U-Net alone)"),
+                     (not cfg.data.image_batch_size, "data.image_batch_size (ControlNets train on videos)")):
+        check(ok, f"train.trainable=controlnet trains a ControlNet beside the frozen U-Net and does not go with {what}")
+    check(not cfg.validation.prompts or bool(c.validation_video),
+          "validation.prompts of a ControlNet run need control images: set control.validation_video to a video")
 
 
 def _validate_validation(cfg: Config, check) -> None:

@@ -6,6 +6,7 @@ at least the clip's frames; the control images are made from its first `num_fram
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import torch
 
 from vidiff.cli.common import CLIError, check_flag, check_source, probe_video_arg
 from vidiff.cli.options import group
-from vidiff.control import Control, VideoControlNet, check_fits, control_images, read_controlnet, read_controlnet_config
+from vidiff.control import (Control, VideoControlNet, check_fits, control_images, read_controlnet,
+                            read_controlnet_config, read_record)
 from vidiff.data.video_io import VideoReadError, read_video
 from vidiff.models.weights import read_json
 from vidiff.spec import CONTROL_EXTRACTORS
@@ -36,9 +38,14 @@ class ControlRequest:
     source: str              # --controlnet: folder, hub id or file
     config: str | None       # --controlnet-config (single files)
     video: Path              # --control-video
-    kind: str                # --control: canny | raw
+    kind: str                # --control: canny | track | raw
     scale: float             # --control-scale
-    images: torch.Tensor     # (1, 3, f, H, W) in [0, 1]
+    images: torch.Tensor | None  # (1, 3, f, H, W) in [0, 1]; None: made from the clip being edited (`for_clip`)
+
+    def for_clip(self, frames, height: int, width: int) -> "ControlRequest":
+        """The request with its images made from `frames` (uint8 `(f, h, w, 3)`: `edit`'s clip, when no
+        --control-video is given)."""
+        return dataclasses.replace(self, images=control_images(frames, self.kind, height, width))
 
     def sidecar(self) -> dict:
         source = Path(self.source).expanduser()
@@ -56,14 +63,17 @@ def add_control_options(p) -> None:
     options.add_argument("--control-video", metavar="PATH", default=None,
                          help="the video the control images come from (its first --num-frames frames)")
     options.add_argument("--control", metavar="KIND", default=None,
-                         help=f"how control images are made from --control-video: {' | '.join(CONTROL_EXTRACTORS)}")
+                         help=f"how control images are made from --control-video: {' | '.join(CONTROL_EXTRACTORS)} "
+                              "(default: what a ControlNet trained by vidiff was trained on)")
     options.add_argument("--control-scale", type=float, default=None, metavar="S",
                          help="the ControlNet's residual scale, 0 = off (default: 1.0)")
 
 
-def read_control_request(args, model) -> ControlRequest | None:
+def read_control_request(args, model, clip: str | None = None) -> ControlRequest | None:
     """The checked ControlNet request of `args` for `model` (a `resolve.Model`), control images made; None when
-    no ControlNet is asked for. CLIError (one line) for every problem, before any model loads."""
+    no ControlNet is asked for. `clip`: the video being edited, the control video when --control-video is not
+    given (its images are then made from the edited frames: `ControlRequest.for_clip`). CLIError (one line) for
+    every problem, before any model loads."""
     flags = {"--controlnet-config": args.controlnet_config, "--control-video": args.control_video,
              "--control": args.control, "--control-scale": args.control_scale}
     if args.controlnet is None:
@@ -71,25 +81,30 @@ def read_control_request(args, model) -> ControlRequest | None:
         if given:
             raise CLIError(f"{given} applies to a ControlNet: add --controlnet DIR_OR_ID")
         return None
-    if args.zero_shot:
+    if getattr(args, "zero_shot", False):
         raise CLIError("--controlnet does not combine with --zero-shot; drop one (--cross-frame first keeps the "
                        "ControlNet's frames alike)")
-    for flag, value, what in (("--control-video", args.control_video, "PATH (the video to follow)"),
-                              ("--control", args.control, f"{' | '.join(CONTROL_EXTRACTORS)}")):
+    check_source(args.controlnet, "--controlnet")
+    try:
+        kind = args.control or read_record(args.controlnet).get("extractor")
+    except ValueError as e:
+        raise CLIError(f"--controlnet: {e}") from None
+    video = args.control_video or clip
+    for flag, value, what in (("--control-video", video, "PATH (the video to follow)"),
+                              ("--control", kind, f"{' | '.join(CONTROL_EXTRACTORS)}")):
         if value is None:
             raise CLIError(f"--controlnet needs {flag} {what}")
-    if args.control not in CONTROL_EXTRACTORS:
-        raise CLIError(f"--control must be one of {', '.join(CONTROL_EXTRACTORS)}, got {args.control!r}")
+    if kind not in CONTROL_EXTRACTORS:
+        raise CLIError(f"--control must be one of {', '.join(CONTROL_EXTRACTORS)}, got {kind!r}")
     scale = check_flag("control_scale", 1.0 if args.control_scale is None else args.control_scale)
     _check_controlnet(args.controlnet, args.controlnet_config, model)
     s = model.settings
-    return ControlRequest(args.controlnet, args.controlnet_config, Path(args.control_video), args.control, scale,
-                          _read_images(args.control_video, args.control, s.num_frames, s.height, s.width))
+    images = None if args.control_video is None else _read_images(video, kind, s.num_frames, s.height, s.width)
+    return ControlRequest(args.controlnet, args.controlnet_config, Path(video), kind, scale, images)
 
 
 def _check_controlnet(source: str, config: str | None, model) -> None:
     """The ControlNet exists (or is a hub id) and, when its config is local, fits the model's U-Net."""
-    check_source(source, "--controlnet")
     check_source(config, "--controlnet-config")
     try:
         controlnet_config = read_controlnet_config(source, config)

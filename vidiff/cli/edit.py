@@ -11,6 +11,7 @@ import numpy as np
 import vidiff
 from vidiff.cli.common import (CLIError, check_device, check_flag, check_size, check_video_output, numbered_paths,
                                probe_video_arg, quiet_loading, seed_or_random, write_outputs)
+from vidiff.cli.controlnet import add_control_options, load_control, read_control_request
 from vidiff.cli.options import (add_allow_large_option, add_compile_option, add_device_options, add_output_options,
                                 add_sampler_options, add_seed_option, add_size_options, check_compile_flag, group)
 from vidiff.cli.resolve import Model, resolve_model
@@ -28,6 +29,11 @@ EPILOG = """examples:
   vidiff edit --model M --video swan.mp4 --prompt "a black swan" --prompt "a duck" --side-by-side --out swan.mp4
   vidiff edit --model M --video in.mp4 --prompt "a cat" --strength 0.6 --seed 3 --out cat.mp4
   vidiff edit --tuned tuned/car --video car-turn.mp4 --prompt "a red car" --out red.mp4
+  vidiff edit --model M --video dance.mp4 --controlnet lllyasviel/sd-controlnet-canny --control canny \
+      --prompt "a robot dancing" --out robot.mp4
+
+--controlnet steers the edit with a ControlNet whose control images come from the clip itself (the same frames,
+at the model's size), or from --control-video: the clip's structure kept, the prompt's content drawn (Gen-1).
 
 several --prompt give out-000.mp4, out-001.mp4, ... (in prompt order), sharing one tuning and one inversion;
 --cache-inversion keeps the inverted latents as out.inversion.safetensors (+ .json key) and reuses them
@@ -62,6 +68,7 @@ def add_parser(sub, help_text: str):
     add_device_options(p, dtype_help="default: fp32 for --method tune (AdamW on fp16 weights loses the updates), "
                                      "else fp16 on CUDA")
     add_compile_option(p)
+    add_control_options(p)
     add_output_options(p, out_help="output clip, e.g. edited.mp4", extras=("contact-sheet",),
                        quiet_help="no progress bars")
     group(p, "output").add_argument("--side-by-side", action="store_true",
@@ -109,6 +116,7 @@ def run(args) -> int:
                           guidance_scale=args.guidance)
     model = _with_edit_defaults(args, model, method)
     source, indices = _check_video(args, model.settings.num_frames)
+    control = read_control_request(args, model, clip=args.video)
     s = model.settings  # the clip, fitted to the model's size, and one edit of it per prompt, held together
     check_size([("the clip", len(indices), s.height, s.width), ("the edits", len(indices), s.height,
                 s.width * (2 if args.side_by_side else 1), len(prompts))], args.allow_large)
@@ -127,13 +135,18 @@ def run(args) -> int:
     seed = seed_or_random(args.seed)
 
     frames = _read_clip(args, source, indices, model.settings.height, model.settings.width)
+    if control is not None and control.images is None:  # the clip's own structure
+        control = control.for_clip(frames, model.settings.height, model.settings.width)
     quiet_loading(args.quiet)
     pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=dtype)
     if args.compile:  # (with --method tune the tuning steps run compiled too: one more graph, with gradients)
         pipe.compile_unet()
     start = time.perf_counter()
-    result, key = _edit(args, pipe, model, method, frames, prompts, cross_frame, cache, seed)
+    result, key = _edit(args, pipe, model, method, frames, prompts, cross_frame, cache, seed,
+                        load_control(control, pipe, cross_frame))
     record = _record(args, model, method, cross_frame, seed, source, indices, cache, result, pipe)
+    if control is not None:
+        record.update(control.sidecar())
     record["total_seconds"] = round(time.perf_counter() - start, 3)
     _write(args, paths, prompts, frames, result, record)
     if args.save_tuned is not None:
@@ -220,14 +233,14 @@ def _read_clip(args, source, indices, height: int, width: int):
     return editing.fit_frames(clip.frames, height, width)
 
 
-def _edit(args, pipe, model: Model, method: str, frames, prompts, cross_frame: str, cache, seed: int):
+def _edit(args, pipe, model: Model, method: str, frames, prompts, cross_frame: str, cache, seed: int, control=None):
     """The edit (Tune-A-Video tuning first with --method tune) and its inversion cache key."""
     key = {"clip": editing.clip_hash(frames), "model": editing.model_fingerprint(model.path),
            "dtype": str(pipe.dtype), "device": pipe.device.type}
     options = dict(source_prompt=args.source_prompt, cross_frame=cross_frame,
                    num_inference_steps=model.settings.num_inference_steps,
                    guidance_scale=model.settings.guidance_scale, negative_prompt=args.negative, seed=seed,
-                   strength=args.strength, cache=cache, cache_key=key, progress=not args.quiet)
+                   strength=args.strength, cache=cache, cache_key=key, progress=not args.quiet, control=control)
     if _tunes(args, method):
         result = tune.tune_and_edit(pipe, frames, prompts, tune_steps=args.tune_steps, tune_lr=args.tune_lr,
                                     **options)

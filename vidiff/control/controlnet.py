@@ -12,8 +12,10 @@ frames' residuals agree with each other.
     VideoControlNet    the ControlNet on video tensors, returning the U-Net's residual keyword arguments
     Control            a ControlNet, its control images and scale: what `VideoPipeline.sample(control=)` takes
 
-Training a ControlNet is not part of vidiff; any SD 1.x / 2.x ControlNet in diffusers' format (or the original
-single-file layout) is used as it is.
+    read_record        vidiff-controlnet.json of a ControlNet vidiff trained (how its control images are made)
+
+Any SD 1.x / 2.x ControlNet in diffusers' format (or the original single-file layout) is used as it is; vidiff
+trains its own with `vidiff train` (train.trainable=controlnet: vidiff.training.control), saved in that format.
 
 References: Zhang, Rao & Agrawala 2023 (ControlNet); Khachatryan et al. 2023 (Text2Video-Zero).
 """
@@ -42,6 +44,8 @@ CLASS_NAME = "ControlNetModel"
 # what must agree between a ControlNet and the U-Net it steers: the residuals' count, widths and the text size
 FIT_KEYS = ("in_channels", "block_out_channels", "layers_per_block", "cross_attention_dim")
 FIX = "give a diffusers ControlNetModel folder (config.json + diffusion_pytorch_model.safetensors)"
+# written beside a ControlNet vidiff trained: its extractor, cross-frame mode, the model it steers, its clip size
+RECORD_NAME = "vidiff-controlnet.json"
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -78,6 +82,13 @@ def read_controlnet_config(source: str | os.PathLike, config: str | os.PathLike 
     if data.get("_class_name", CLASS_NAME) != CLASS_NAME:
         raise LoadingError(f"{file} describes a {data['_class_name']}, not a {CLASS_NAME}; {FIX}")
     return data
+
+
+def read_record(source: str | os.PathLike) -> dict:
+    """The vidiff-controlnet.json of a local ControlNet folder vidiff trained ({} for any other ControlNet, a
+    single file or a hub id); ValueError (one line) when it is not JSON."""
+    path = Path(source).expanduser() / RECORD_NAME
+    return read_json(path, "a vidiff ControlNet record") if path.is_file() else {}
 
 
 def _as_tuple(value):

@@ -311,7 +311,7 @@ def edit_video(pipe, frames, prompts: list[str] | str, *, source_prompt: str = "
                cross_frame: str | None = None, num_inference_steps: int | None = None,
                guidance_scale: float | None = None, negative_prompt: str | None = None, seed: int = 0,
                strength: float | None = None, cache: InversionCache | None = None, cache_key: dict | None = None,
-               latents: torch.Tensor | None = None, progress: bool = True) -> EditResult:
+               latents: torch.Tensor | None = None, progress: bool = True, control=None) -> EditResult:
     """Edit one clip to each of `prompts`.
 
     frames: uint8 `(f, h, w, 3)` at a size the model takes (`fit_frames`), or pixels `(1, 3, f, h, w)` in [-1, 1]
@@ -324,6 +324,9 @@ def edit_video(pipe, frames, prompts: list[str] | str, *, source_prompt: str = "
     cache / cache_key: reuse or store the inverted latents (the key must name the clip, the model and anything
         else that changes them, e.g. the tuning; the inversion settings are added here).
     Sampling is deterministic DDIM with `guidance_scale` (default: the model's).
+    control: a `vidiff.control.Control` steering the sampling (not the inversion): a ControlNet on control images
+        `(1, 3, f, H, W)` of the clip's size, e.g. the clip's own edges or track (Gen-1's edit: the source's
+        structure, the prompt's content).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -342,8 +345,11 @@ def edit_video(pipe, frames, prompts: list[str] | str, *, source_prompt: str = "
                        cross_frame=cross_frame, method=method, seed=seed, shape=list(latents.shape))
             start, cached = _inverted(pipe, latents, source, settings.num_inference_steps, cache, key, timings,
                                       progress)
+        if control is not None:
+            k = pipe.vae_scale_factor
+            control = control.fitted(1, latents.shape[2], latents.shape[3] * k, latents.shape[4] * k)
         videos = [_edit_one(pipe, latents, start, prompt, settings, strength=strength, seed=seed,
-                            negative_prompt=negative_prompt, timings=timings, progress=progress)
+                            negative_prompt=negative_prompt, timings=timings, progress=progress, control=control)
                   for prompt in prompts]
     return EditResult(videos=videos, latents=latents, start=start, inversion_cached=cached, timings=timings)
 
@@ -361,7 +367,7 @@ def _inverted(pipe, latents, source, steps: int, cache, key: dict, timings: dict
 
 
 def _edit_one(pipe, latents, inverted, prompt: str, settings, *, strength, seed: int, negative_prompt, timings,
-              progress: bool) -> torch.Tensor:
+              progress: bool, control=None) -> torch.Tensor:
     """One target prompt: DDIM from the inverted noise, or SDEdit from the noised clip (the noise drawn per
     prompt from the same seed: each edit alike). Returns pixels `(1, 3, f, h, w)`."""
     steps = settings.num_inference_steps
@@ -377,7 +383,7 @@ def _edit_one(pipe, latents, inverted, prompt: str, settings, *, strength, seed:
         negative = pipe.encode_prompt([negative_prompt or ""]) if settings.guided else None
         edited = pipe.denoise(start, text, timesteps, guidance_scale=settings.guidance_scale,
                               negative_embeddings=negative, scheduler=sampler, generators=generators,
-                              progress=progress)
+                              progress=progress, control=control)
     with _timed(timings, "decode"):
         return pipe.decode(edited)
 

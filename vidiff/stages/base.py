@@ -131,11 +131,12 @@ class Stage:
 
     # -------------------------------------------------------------------------------- shared objective
     def loss(self, unet, scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor,
-             *, generator: torch.Generator | None = None) -> torch.Tensor:
+             *, generator: torch.Generator | None = None, extra: dict | None = None) -> torch.Tensor:
         """Diffusion loss for clean `latents` `(b, c, f, h, w)` and text embeddings `(b, L, D)`; a scalar.
 
         `scheduler` is a diffusers DDPM-family scheduler (its `alphas_cumprod`, `add_noise`, `get_velocity`).
-        Noise and timesteps come from `generator` (or the global RNG).
+        Noise and timesteps come from `generator` (or the global RNG). `extra`: more U-Net keyword arguments of
+        this batch (a ControlNet run's `control_images`).
         """
         b = latents.shape[0]
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
@@ -161,7 +162,7 @@ class Stage:
         cond, unet_kwargs = self.condition(latents, generator)
         if cond is not None:
             model_input = torch.cat([noisy, cond.to(noisy.dtype)], dim=1)  # (b, c + cond, f, h, w)
-        pred = unet(model_input, timesteps, encoder_hidden_states, **unet_kwargs)
+        pred = unet(model_input, timesteps, encoder_hidden_states, **unet_kwargs, **(extra or {}))
 
         # Per-video mean squared error, then the min-SNR-gamma weights (uniform when snr_gamma is None).
         per_video = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))

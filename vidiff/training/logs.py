@@ -139,8 +139,9 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
 
 
-def render_validation(pipe, config: Config, out_dir: Path, device) -> list[Path]:
-    """One clip per validation prompt (mp4 + contact sheet); leaves the training RNG untouched."""
+def render_validation(pipe, config: Config, out_dir: Path, device, control=None) -> list[Path]:
+    """One clip per validation prompt (mp4 + contact sheet), steered by `control` (a vidiff.control.Control)
+    when given; leaves the training RNG untouched."""
     v, d = config.validation, config.data
     written = []
     devices = [device] if torch.device(device).type == "cuda" else []
@@ -152,7 +153,8 @@ def render_validation(pipe, config: Config, out_dir: Path, device) -> list[Path]
                 generator = torch.Generator(device=device).manual_seed(v.seed + i)
                 frames = pipe(prompt, num_frames=v.num_frames or d.num_frames, height=v.height or d.height,
                               width=v.width or d.width, num_inference_steps=v.steps,
-                              guidance_scale=v.guidance_scale, generator=generator, progress=False)
+                              guidance_scale=v.guidance_scale, generator=generator, progress=False,
+                              control=control)
                 stem = out_dir / f"{i:02d}-{_slug(prompt)}"
                 try:
                     write_video(stem.with_suffix(".mp4"), frames, fps=v.fps)

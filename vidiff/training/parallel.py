@@ -83,6 +83,9 @@ def check_sharding(accelerator, train_config, distill_method: str | None = None)
     if distill_method is not None:
         raise ValueError(f"distill.method={distill_method} is not supported under FSDP (the teacher and the target "
                          "network are whole copies of the U-Net); distil with DDP (configs/accelerate/1x8-ddp.yaml)")
+    if train_config.trainable == "controlnet":
+        raise ValueError("train.trainable=controlnet is not supported under FSDP (a ControlNet is a fraction of the "
+                         "U-Net, which stays frozen); train it with DDP (configs/accelerate/1x8-ddp.yaml)")
     if train_config.trains_text:
         raise ValueError("train.train_text_encoder / train.new_tokens are not supported under FSDP (only the "
                          "U-Net is sharded); train them with DDP (configs/accelerate/1x8-ddp.yaml)")

@@ -17,9 +17,11 @@ from diffusers.optimization import SchedulerType
 from transformers import AutoTokenizer
 
 from vidiff.adapters.embeddings import check_new_words
+from vidiff.control import read_controlnet_config
 from vidiff.config import FLOOR_SCHEDULES, Config, ConfigError, check_distill_steps, validate
 from vidiff.models.attention import AttentionBackendError, check_backend
 from vidiff.models.compile import CompileError, check_compile
+from vidiff.data.video_io import probe_video
 from vidiff.models.loading import is_hub_id
 from vidiff.spec import INFO_NAME, read_info, read_scheduler_config
 from vidiff.utils import default_device
@@ -46,6 +48,7 @@ def check_run(config: Config) -> Preflight:
     kind, info = check_model_source(config)
     check_new_tokens(config, kind)
     check_teacher(config, kind, info)
+    check_control(config)
     check_output_location(Path(config.output_dir))
     dataset, image_dataset = check_data(config, info)
     return Preflight(dataset=dataset, image_dataset=image_dataset, model_kind=kind, info=info)
@@ -66,6 +69,28 @@ def check_options(config: Config) -> None:
             check_compile(default_device(), config.model.attention_backend)
         except CompileError as e:
             raise ConfigError(f"train.compile: {e}") from None
+
+
+def check_control(config: Config) -> None:
+    """A ControlNet run's files: control.controlnet's config (a local folder) and control.validation_video,
+    readable with the validation clip's frames."""
+    c = config.control
+    if config.train.trainable != "controlnet":
+        return
+    if c.controlnet is not None and not is_hub_id(c.controlnet):
+        try:
+            read_controlnet_config(c.controlnet)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"control.controlnet: {e}") from None
+    if c.validation_video is not None and config.validation.prompts:
+        frames = config.validation.num_frames or config.data.num_frames
+        try:
+            info = probe_video(c.validation_video)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"control.validation_video: {e}") from None
+        if info.num_frames < frames:
+            raise ConfigError(f"control.validation_video={c.validation_video} has {info.num_frames} frames, the "
+                              f"validation clips {frames}; give a longer video or set validation.num_frames")
 
 
 def check_new_tokens(config: Config, kind: str) -> None:

@@ -52,7 +52,9 @@ from diffusers.optimization import get_scheduler
 
 from vidiff.adapters.embeddings import add_new_tokens, merged_tokens, new_token_rows, save_embedding
 from vidiff.adapters.lora import LoraSettings, adapter_parameters, add_lora, fuse_lora, has_lora, merged
+from vidiff.control import Control, batch_control_images, control_images
 from vidiff.config import TRAINABLE_MODES, Config, ConfigError, TrainConfig
+from vidiff.data.video_io import read_video
 from vidiff.models.compile import compile_unet
 from vidiff.pipelines.text_to_video import VideoPipeline
 from vidiff.progress import ProgressBar
@@ -63,6 +65,7 @@ from vidiff.training import TrainingError
 from vidiff.training.checkpoints import (clean_stale, find_resume_checkpoint, list_checkpoints, load_checkpoint,
                                          read_trainer_state, save_checkpoint)
 from vidiff.training.data import check_cache_geometry, encode_batch, make_loader, skipped_file_ids
+from vidiff.training.control import attach_controlnet, controlnet_parameters, save_controlnet
 from vidiff.training.distill import attach_target, prepare_distillation
 from vidiff.training.ema import EMA
 from vidiff.training.logs import TrainLog, log_validation_metrics, render_validation
@@ -136,10 +139,13 @@ def select_trainable(unet, mode: str, stage: Stage, lora: LoraSettings | None = 
     all              every U-Net weight
     lora             a peft LoRA adapter's lora_A / lora_B only, injected here with `lora` (train.lora) unless
                      the U-Net has one already (a resumed run rebuilds it the same way)
+    controlnet       the ControlNet of a ControlledUNet (vidiff.training.control); the U-Net stays frozen
     plus whatever the stage must train (`stage.is_trainable_extra`, e.g. a widened conv_in).
     """
     if mode not in TRAINABLE_MODES:
         raise ValueError(f"unknown train.trainable {mode!r}; choose {', '.join(TRAINABLE_MODES)}")
+    if mode == "controlnet":
+        return controlnet_parameters(unet)
     if mode == "lora":
         if not has_lora(unet):
             add_lora(unet, lora or LoraSettings())
@@ -220,12 +226,14 @@ class StepOutput:
 
 def micro_batch_loss(unet, stage: Stage, noise_scheduler, parts: list[dict], generator, device) -> torch.Tensor:
     """The diffusion loss of one micro-batch: the sum over its parts (a video batch; the image batch of joint
-    image + video training), each {"latents" (b, c, f, h, w), "encoder_hidden_states" (b, L, D), "weight"?}.
+    image + video training), each {"latents" (b, c, f, h, w), "encoder_hidden_states" (b, L, D), "weight"?,
+    "extra"?: U-Net keyword arguments of the batch}.
     One backward for all parts keeps every trainable parameter in the graph on every step (DDP needs that)."""
     total = None
     for part in parts:
+        extra = {"extra": part["extra"]} if "extra" in part else {}  # (a ControlNet run's control images)
         loss = stage.loss(unet, noise_scheduler, part["latents"].to(device),
-                          part["encoder_hidden_states"].to(device), generator=generator)
+                          part["encoder_hidden_states"].to(device), generator=generator, **extra)
         if part.get("weight", 1.0) != 1.0:
             loss = loss * part["weight"]
         total = loss if total is None else total + loss
@@ -398,6 +406,10 @@ def prepare_model(config: Config, accelerator, say):
         unet = pipe.unet
         say(f"distilling {source} ({config.distill.method}, {config.distill.steps} steps"
             f"{', guidance as an input' if config.distill.guidance else ''})")
+    if t.trainable == "controlnet":  # the U-Net frozen, a ControlNet beside it trains
+        unet = pipe.unet = attach_controlnet(config, pipe, device)
+        say(f"training a ControlNet ({config.control.controlnet or 'a copy of the U-Net encoder'}) on "
+            f"{config.control.extractor} control images")
     for frozen in (pipe.vae, pipe.text_encoder):
         if frozen is not None:
             frozen.requires_grad_(False).eval().to(device)
@@ -425,8 +437,8 @@ def prepare_model(config: Config, accelerator, say):
         trainable.update(text_encoder_parameters(pipe.text_encoder.train().requires_grad_(True)))
         say(f"training the text encoder too ({sum(p.numel() for p in pipe.text_encoder.parameters()) / 1e6:.2f}M "
             "parameters)")
-    say(f"training {num_trainable / 1e6:.2f}M of {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M U-Net "
-        f"parameters ({t.trainable}), stage {stage.name}, {prediction_type} objective, "
+    say(f"training {num_trainable / 1e6:.2f}M of {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M "
+        f"{'U-Net + ControlNet' if t.trainable == 'controlnet' else 'U-Net'} parameters ({t.trainable}), stage {stage.name}, {prediction_type} objective, "
         f"{accelerator.num_processes} process(es) on {device}{', U-Net compiled' if t.compile else ''}")
     return pipe, stage, noise_scheduler, trainable
 
@@ -464,8 +476,8 @@ class TrainableWeights(torch.nn.Module):
 
 def checkpoint_model(run: "Run") -> torch.nn.Module:
     """What a checkpoint's model.safetensors holds: the U-Net, or with a trained text encoder both (as
-    `unet.*` and `text_encoder.*`); a LoRA run, its trainable tensors only."""
-    if run.config.train.trainable == "lora":
+    `unet.*` and `text_encoder.*`); a LoRA or ControlNet run, its trainable tensors only."""
+    if run.config.train.trainable in ("lora", "controlnet"):
         return TrainableWeights(run.trainable, run.unet)
     if run.config.train.new_tokens:  # the U-Net and the new rows (not the frozen encoder)
         rows = torch.nn.Module()
@@ -645,7 +657,11 @@ def micro_batches(run: Run, counts: dict) -> Iterator[list[dict]]:
                 with run.accelerator.autocast():
                     latents, text = encode_batch(b, *encoders, generator=run.generator, device=run.accelerator.device,
                                                  caption_dropout=t.caption_dropout, train_text=t.trains_text)
-                parts.append({"latents": latents, "encoder_hidden_states": text, "weight": weight})
+                part = {"latents": latents, "encoder_hidden_states": text, "weight": weight}
+                if t.trainable == "controlnet":  # the clip's own control images
+                    pixels = b["pixel_values"].to(run.accelerator.device)
+                    part["extra"] = {"control_images": batch_control_images(pixels, run.config.control.extractor)}
+                parts.append(part)
         if run.state["step"] in t.debug_nan_steps:
             parts[0]["weight"] = float("nan")  # test hook: a non-finite loss at this step
         yield parts
@@ -677,15 +693,46 @@ def validate(run: Run, name: str) -> None:
     model, ema = full_view(run) if sharded else (run.pipe.unet, run.ema)
     if run.accelerator.is_main_process:
         named = {k: p for k, p in model.named_parameters() if k in run.trainable} if sharded else run.trainable
-        unet, run.pipe.unet = run.pipe.unet, model
+        unet, run.pipe.unet = run.pipe.unet, getattr(model, "unet", model)  # (a ControlNet run: its U-Net)
         try:
             with ema.swapped_in(named) if ema is not None else contextlib.nullcontext():
                 paths = render_validation(run.pipe, run.config, run.output_dir / "validation" / name,
-                                          run.accelerator.device)
+                                          run.accelerator.device, control=validation_control(run, model))
         finally:
             run.pipe.unet = unet
         log_validation_metrics(run.accelerator, run.config, run.output_dir, run.state["step"], name, paths)
     run.accelerator.wait_for_everyone()
+
+
+def validation_control(run: Run, model) -> Control | None:
+    """A ControlNet run's validation control: its ControlNet on control.validation_video's first frames (None
+    for other runs)."""
+    c, v, d = run.config.control, run.config.validation, run.config.data
+    if run.config.train.trainable != "controlnet":
+        return None
+    frames = read_video(c.validation_video, num_frames=v.num_frames or d.num_frames).frames
+    images = control_images(frames, c.extractor, v.height or d.height, v.width or d.width)
+    return Control(model.controlnet, images.to(run.accelerator.device))
+
+
+def export_controlnet(run: Run) -> Path:
+    """A ControlNet run's output (main process): output_dir/controlnet (EMA weights when train.ema), a diffusers
+    ControlNetModel folder with its vidiff-controlnet.json."""
+    model, ema, d = run.accelerator.unwrap_model(run.unet), run.ema, run.config.data
+    out = run.output_dir / "controlnet"
+    record = {"extractor": run.config.control.extractor, "cross_frame": run.config.control.cross_frame,
+              "model": str(Path(run.config.model.pretrained).expanduser().resolve()),
+              "trained_on": {"num_frames": d.num_frames, "height": d.height, "width": d.width},
+              "steps": run.state["step"], "ema": ema is not None}
+    with ema.swapped_in(run.trainable) if ema is not None else contextlib.nullcontext():
+        try:
+            save_controlnet(model, out, record)
+        except OSError as e:
+            raise TrainingError(f"writing {out} failed ({e.strerror or e}); the trained weights are in the last "
+                                "checkpoint: free space and run again with --resume auto") from e
+    run.say(f"wrote {out} (vidiff generate --model {run.config.model.pretrained} --controlnet {out} "
+            f"--control {run.config.control.extractor} --control-video CLIP)")
+    return out
 
 
 def record_training_settings(info: PipelineInfo, config: Config) -> PipelineInfo:
@@ -708,6 +755,12 @@ def export(run: Run) -> Path | None:
     accelerator, v, step = run.accelerator, run.config.validation, run.state["step"]
     pipeline_dir = None
     accelerator.wait_for_everyone()
+    if run.config.train.trainable == "controlnet":  # (DDP only: every rank holds the whole ControlNet)
+        out = export_controlnet(run) if accelerator.is_main_process else None
+        if v.prompts and not (v.every and step % v.every == 0):  # (else just rendered)
+            validate(run, "final")
+        accelerator.wait_for_everyone()
+        return out
     model, ema = full_view(run)  # (every rank: under FSDP the shards are gathered)
     if accelerator.is_main_process:
         named = {k: p for k, p in model.named_parameters() if k in run.trainable}
