@@ -1,5 +1,9 @@
-"""Latent cache: the stored latents / embeddings equal a direct VAE / CLIP encoding; shards, bad files, CLI."""
+"""Latent cache: the stored latents / embeddings equal a direct VAE / CLIP encoding; shards, bad files, CLI; the
+rank split (clip i to rank i % world_size) and the merged index, in process and in 2 CPU processes (torchrun)."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,10 +11,15 @@ import torch
 
 from vidiff.cli import main
 from vidiff.data import cache as cache_module
-from vidiff.data.cache import CachedLatentDataset, build_latent_cache
+from vidiff.data.cache import (CachedLatentDataset, build_latent_cache, encode_part, merge_parts, part_file,
+                               rank_clips)
 from vidiff.data.datasets import VideoDataset
 from vidiff.data.synthetic import write_shapes_dataset
 from vidiff.testing import make_tiny_sd_pipeline
+from vidiff.utils import write_json_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+GEOMETRY = dict(num_frames=3, height=16, width=16, stride=2)
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +185,113 @@ def test_a_damaged_encoder_file_is_one_line_naming_it(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(weights) in err
     assert not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Split across ranks: each rank encodes clips i % world_size == rank, the main process merges the parts
+# ---------------------------------------------------------------------------------------------------------------
+def _assert_same_cache(a: Path, b: Path) -> None:
+    """Same clips, prompts, paths and tensors in the same order, and the same skipped files."""
+    first, second = CachedLatentDataset(a), CachedLatentDataset(b)
+    assert len(first) == len(second)
+    for i in range(len(first)):
+        x, y = first[i], second[i]
+        assert (x["path"], x["prompt"]) == (y["path"], y["prompt"])
+        for key in ("latents", "encoder_hidden_states"):
+            torch.testing.assert_close(x[key], y[key], rtol=0, atol=1e-6, msg=f"sample {i} {key}")
+    for key in ("num_samples", "num_skipped", "skipped", "num_frames", "height", "width", "scaling_factor"):
+        assert first.index[key] == second.index[key], key
+
+
+def _write_rank_parts(model: Path, manifest: Path, folder: Path, world_size: int) -> dict:
+    """What the ranks of `vidiff data cache` do, one after the other in this process, then the main process's
+    merge (the process group's barriers are what a real run adds)."""
+    vae, text_encoder, tokenizer = cache_module._load_encoders(model, "cpu", torch.float32)
+    samples = cache_module._Samples(VideoDataset(manifest, train=False, flip=False, image_as_video=False,
+                                                 **GEOMETRY))
+    folder.mkdir()
+    for rank in reversed(range(world_size)):  # (any order: the ranks run at once)
+        part = encode_part(samples, rank, world_size, folder, vae, text_encoder, tokenizer, device="cpu",
+                           dtype=torch.float32, batch_size=2, shard_size=2, num_workers=0, progress=False)
+        write_json_atomic(folder / part_file(rank), part)
+    settings = {"model": str(model), "manifest": str(manifest), **GEOMETRY, "fps": None, "dtype": "fp32",
+                "scaling_factor": float(vae.config.scaling_factor)}
+    return merge_parts(folder, world_size, settings)
+
+
+def test_rank_split_is_disjoint_and_complete():
+    for num_clips in (0, 1, 5, 6, 17):
+        for world_size in (1, 2, 3, 8):
+            shares = [list(rank_clips(num_clips, rank, world_size)) for rank in range(world_size)]
+            assert sorted(i for share in shares for i in share) == list(range(num_clips))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
+            assert all(i % world_size == rank for rank, share in enumerate(shares) for i in share)
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
+        rank_clips(5, 2, 2)
+
+
+def test_two_rank_parts_merge_into_the_one_process_cache(setup, tmp_path):
+    root, model, manifest = setup  # 6 rows, row 2 broken: rank 0 gets rows 0, 2 (bad), 4; rank 1 rows 1, 3, 5
+    single = build_latent_cache(model, manifest, tmp_path / "one", **GEOMETRY, batch_size=2, shard_size=2,
+                                device="cpu", progress=False)
+    index = _write_rank_parts(model, manifest, tmp_path / "two", world_size=2)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "index.json", "shard-r00-00000.safetensors", "shard-r01-00000.safetensors", "shard-r01-00001.safetensors"]
+    assert [s["indices"] for s in index["shards"]] == [[0, 4], [1, 3], [5]]
+    assert index["world_size"] == 2 and single["world_size"] == 1
+    assert index["skipped"] == single["skipped"] == {str(root / "shapes" / "broken.mp4"): index["skipped"][
+        str(root / "shapes" / "broken.mp4")]}
+    assert [s["indices"] for s in single["shards"]] == [[0, 1], [3, 4], [5]]
+    _assert_same_cache(tmp_path / "one", tmp_path / "two")
+
+    # A rank that left no part (it failed, or the folder holds another run's parts) is one error naming it.
+    (tmp_path / "three").mkdir()
+    write_json_atomic(tmp_path / "three" / part_file(0), {"rank": 0, "world_size": 2, "shards": [], "skipped": []})
+    with pytest.raises(ValueError, match="part-r01.json: rank 1 of 2 left no part of the cache"):
+        merge_parts(tmp_path / "three", 2, {})
+
+
+def test_training_reads_a_two_rank_cache_each_clip_once_an_epoch(setup, tmp_path):
+    from accelerate.data_loader import prepare_data_loader
+
+    from vidiff.config import load_config
+    from vidiff.training.data import make_dataset, make_loader
+
+    root, model, manifest = setup
+    _write_rank_parts(model, manifest, tmp_path / "cache", world_size=2)
+    run = [f"model.pretrained={model}", f"output_dir={tmp_path / 'run'}"]
+    config = load_config(REPO / "configs" / "train" / "tiny.yaml", [*run, f"data.cache={tmp_path / 'cache'}"])
+    dataset = make_dataset(config)
+    assert isinstance(dataset, CachedLatentDataset) and len(dataset) == 5
+    loader = make_loader(dataset, seed=0, batch_size=1, start=0, num_workers=0)
+    seen = []
+    for rank, batches in ((0, 3), (1, 2)):  # 5 batches of one clip an epoch: ranks take every other batch
+        ranked = iter(prepare_data_loader(loader, num_processes=2, process_index=rank, put_on_device=False))
+        seen += [path for _ in range(batches) for path in next(ranked)["path"]]
+    assert sorted(seen) == sorted(dataset[i]["path"] for i in range(5))
+
+    # data.shards names tars of videos: a latent cache given there is one line saying to use data.cache.
+    config = load_config(REPO / "configs" / "train" / "tiny.yaml", [*run, f"data.shards={tmp_path / 'cache'}"])
+    with pytest.raises(ValueError, match=f"data.shards={tmp_path / 'cache'} is a latent cache .* set "
+                                         f"data.cache={tmp_path / 'cache'}"):
+        make_dataset(config)
+
+
+def test_two_processes_write_the_cache_one_process_writes(setup, tmp_path):
+    """`torchrun --nproc_per_node 2 -m vidiff data cache` (gloo, CPU) against one process: same cache. (About
+    10 s here, so not marked slow: the real process group is the part the in-process tests cannot reach.)"""
+    root, model, manifest = setup
+    args = ["data", "cache", "--model", str(model), "--manifest", str(manifest), "--num-frames", "3", "--height",
+            "16", "--width", "16", "--stride", "2", "--batch-size", "2", "--shard-size", "2", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), ACCELERATE_USE_CPU="true")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29000 + os.getpid() % 500), "-m", "vidiff", *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert output.count("cached 5 clips in 3 shard(s)") == 1 and "2 processes" in output  # one summary
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "index.json", "shard-r00-00000.safetensors", "shard-r01-00000.safetensors", "shard-r01-00001.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    _assert_same_cache(tmp_path / "one", tmp_path / "two")

@@ -116,6 +116,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         _reraise(e, tmp, path)
+    publish_dir(tmp, path)
+
+
+def publish_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the complete folder `tmp` onto `path` (an old folder is removed only after the new one is in
+    place); on failure `path` is left as it was and `tmp` is deleted. atomic_dir's last step, for writers whose
+    temporary folder several processes fill (the ranks of `vidiff data cache`)."""
+    tmp, path = Path(tmp), Path(path)
     old = None
     try:
         _publish_tree(tmp)

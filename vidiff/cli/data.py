@@ -6,7 +6,7 @@ import argparse
 
 from vidiff.cli.common import CLIError, check_device, check_flag, check_writable
 from vidiff.cli.options import add_device_options
-from vidiff.data.cache import build_latent_cache
+from vidiff.data.cache import build_latent_cache, launch_state
 from vidiff.data.shards import parse_size, write_shards
 from vidiff.data.synthetic import ALL_COLORS, COLORS, write_shapes_dataset
 
@@ -51,11 +51,21 @@ def add_parser(sub, help_text: str):
     cache = data_sub.add_parser(
         "cache", help="encode VAE latents and text embeddings of a manifest into safetensors shards",
         description="Encode every readable clip of a manifest with a pipeline's VAE and text encoder into "
-                    "safetensors shards plus index.json, for training without decoding videos. Bad files are "
-                    "skipped and listed.",
+                    "safetensors shards plus index.json, for training without decoding videos (data.cache=OUT). "
+                    "Bad files are skipped and listed.\n\n"
+                    "Under accelerate launch (or torchrun) the clips are split across the processes: clip i goes "
+                    "to rank i % world_size, each rank writes its own shards (shard-r00-00000.safetensors, ...) "
+                    "and the main process writes index.json when all are done. The cache holds the same clips "
+                    "and tensors, in the same order, whatever the number of processes. OUT must be on a "
+                    "filesystem every process sees. It appears complete or not at all: the processes write into "
+                    ".OUT.partial beside it, renamed onto OUT at the end (a failed run deletes it).",
         formatter_class=_DataHelpFormatter,
-        epilog="example: vidiff data cache --model runs/base/pipeline --manifest data/shapes/manifest.csv "
-               "--out data/shapes-cache --num-frames 16 --height 64 --width 64")
+        epilog="examples:\n"
+               "  vidiff data cache --model runs/base/pipeline --manifest data/shapes/manifest.csv "
+               "--out data/shapes-cache --num-frames 16 --height 64 --width 64\n"
+               "  accelerate launch --num_processes 8 -m vidiff data cache --model runs/base/pipeline "
+               "--manifest data/webvid/results.csv --path-template '{page_dir}/{videoid}.mp4' --caption-column "
+               "name --out data/webvid-cache")
     cache.add_argument("--model", required=True, help="pipeline folder with vae/, text_encoder/, tokenizer/")
     cache.add_argument("--manifest", required=True, help="folder of videos + .txt captions, .csv / .jsonl, or a video")
     cache.add_argument("--out", required=True, help="output cache folder")
@@ -150,8 +160,10 @@ def run_cache(args) -> int:
         num_workers=args.num_workers, device=args.device, dtype=args.dtype,
         caption_column=args.caption_column, path_column=args.path_column, path_template=args.path_template,
         prompt=args.prompt, root=args.root)
-    print(f"cached {index['num_samples']} clips in {len(index['shards'])} shard(s) under {args.out} "
-          f"({index['num_skipped']} bad files skipped)")
+    if launch_state().is_main_process:  # (one summary for all the ranks)
+        ranks = index.get("world_size", 1)
+        print(f"cached {index['num_samples']} clips in {len(index['shards'])} shard(s) under {args.out} "
+              f"({index['num_skipped']} bad files skipped{f'; {ranks} processes' if ranks > 1 else ''})")
     return 0
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from vidiff.config import Config
 from vidiff.data import CachedLatentDataset, VideoDataset
 from vidiff.data.buckets import BucketedClips
+from vidiff.data.cache import is_latent_cache
 from vidiff.data.shards import ShardDataset
 from vidiff.models.encoding import encode_text, encode_video
 
@@ -177,7 +178,12 @@ def stored_size(dataset: VideoDataset, height: int, width: int, mode: str) -> tu
 
 def make_dataset(config: Config, *, images: bool = False):
     """The training dataset for `config.data`: videos (a latent cache when `data.cache` is set), or with
-    `images=True` the one-frame image dataset of joint image + video training."""
+    `images=True` the one-frame image dataset of joint image + video training.
+
+    Cached latents are read through data.cache only, whichever number of processes wrote them: data.shards
+    names tars of videos that are decoded and augmented each step, a cache holds fixed latents, and the checks
+    that tell them apart (train.train_text_encoder, data.resize, data.buckets) key on the field. data.shards
+    naming a cache folder is refused with the line that fixes it."""
     d = config.data
     if images:
         return VideoDataset(d.image_manifest, 1, d.height, d.width, train=True, flip=d.flip,
@@ -185,6 +191,9 @@ def make_dataset(config: Config, *, images: bool = False):
     if d.cache:
         return CachedLatentDataset(d.cache)
     options = dict(stride=d.stride, fps=d.fps, train=True, flip=d.flip, seed=config.train.seed)
+    if d.shards and is_latent_cache(d.shards):
+        raise ValueError(f"data.shards={d.shards} is a latent cache (`vidiff data cache`), not tar shards of "
+                         f"videos; set data.cache={d.shards} and data.shards=null")
     if d.shards:
         dataset = ShardDataset(d.shards, d.num_frames, d.height, d.width, **options)
     else:
