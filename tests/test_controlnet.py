@@ -272,16 +272,16 @@ def test_cli_edit_takes_its_control_from_the_clip_and_the_kind_from_a_vidiff_con
     plain, steered = read_video(tmp_path / "plain.mp4").frames, read_video(tmp_path / "steered.mp4").frames
     assert plain.shape == steered.shape == (3, 16, 16, 3) and not np.array_equal(plain, steered)
     code, _, err = run_cli(capsys, *common, "--controlnet", folders[2], "--out", tmp_path / "x.mp4")
-    assert code == 2 and "--controlnet needs --control canny | track | raw" in err  # (not trained by vidiff)
+    assert code == 2 and "--controlnet needs --control canny | track | depth-map | raw" in err  # (not trained by vidiff)
 
 
 CLI_ERRORS = {
     "no-controlnet": (["--control-video", "{clip}", "--control", "canny"], "--control-video applies to a ControlNet"),
     "scale-alone": (["--control-scale", "0.5"], "--control-scale applies to a ControlNet: add --controlnet"),
     "no-video": (["--controlnet", "{cn}", "--control", "canny"], "--controlnet needs --control-video"),
-    "no-kind": (["--controlnet", "{cn}", "--control-video", "{clip}"], "--controlnet needs --control canny | track | raw"),
+    "no-kind": (["--controlnet", "{cn}", "--control-video", "{clip}"], "--controlnet needs --control canny | track | depth-map | raw"),
     "bad-kind": (["--controlnet", "{cn}", "--control-video", "{clip}", "--control", "depth"],
-                 "--control must be one of canny, track, raw, got 'depth'"),
+                 "--control must be one of canny, track, depth-map, raw, got 'depth'"),
     "scale": (["--controlnet", "{cn}", "--control-video", "{clip}", "--control", "raw", "--control-scale", "-1"],
               "--control-scale must be between 0 and 10"),
     "missing-cn": (["--controlnet", "{tmp}/nope", "--control-video", "{clip}", "--control", "raw"],
@@ -383,6 +383,16 @@ def test_track_puts_a_dot_where_the_shape_is_and_nothing_on_a_blank_frame():
     assert torch.equal(track(torch.zeros(2, 3, 8, 8)), torch.zeros(2, 3, 8, 8))
 
 
+def test_depth_map_reads_grey_levels_in_three_channels():
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    frames[0, :, :4] = (255, 0, 0)                       # red: luma 0.299
+    frames[1] = 128                                      # grey stays grey
+    images = control_images(frames, "depth-map", 8, 8)[0]   # (3, f, 8, 8)
+    assert images.shape == (3, 2, 8, 8) and torch.equal(images[0], images[2])
+    assert abs(float(images[0, 0, 0, 0]) - 0.299) < 1e-6 and float(images[0, 0, 0, 7]) == 0.0
+    assert abs(float(images[1, 1, 3, 3]) - 128 / 255) < 1e-6
+
+
 # ------------------------------------------------------------------------------------------------ training
 def test_controlnet_from_unet_copies_the_encoder_as_diffusers_does(folders):
     """The ControlNet made from a VideoUNet holds the weights diffusers' ControlNetModel.from_unet copies from the
@@ -476,7 +486,7 @@ def test_controlnet_training_trains_only_the_controlnet_resumes_exactly_and_expo
     (["data.cache=somewhere", "data.manifest="], "does not go with data.cache"),
     (["distill.method=consistency"], "does not go with distill.method"),
     (["validation.prompts=[a red circle moving right]"], "set control.validation_video"),
-    (["control.extractor=depth"], "control.extractor must be one of canny, track, raw"),
+    (["control.extractor=depth"], "control.extractor must be one of canny, track, depth-map, raw"),
     (["train.trainable=all"], "apply to a ControlNet run"),
 ])
 def test_controlnet_run_config_errors_are_one_line(train_assets, tmp_path, override, message):

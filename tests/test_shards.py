@@ -218,6 +218,19 @@ def test_training_from_shards_resumes_exactly_and_matches_the_files(tmp_path, vi
     assert_same(straight, last_weights(tmp_path / "files"))
 
 
+def test_training_from_shards_behind_a_url_resumes_exactly_and_matches_local_shards(served, tmp_path, video_model,
+                                                                                    monkeypatch):
+    """The cluster path: shards read over HTTP (byte ranges, the index beside them) train the same weights as the
+    same shards on disk, and 2 steps + resume + 2 equal 4 straight."""
+    out, url = served
+    monkeypatch.setenv("VIDIFF_SHARD_CACHE", str(tmp_path / "cache"))
+    straight, resumed = straight_and_resumed(tmp_path, "url", video_model, f"data.shards={url}/")
+    assert_same(straight, resumed)
+    from vidiff.training.trainer import train
+    train(run_config(tmp_path / "local", video_model, f"data.shards={out}"))
+    assert_same(straight, last_weights(tmp_path / "local"))
+
+
 def write_mixed_sizes(root: Path) -> Path:
     """A CSV manifest of 4 square 20x20 clips, 4 wide 16x32 ones and 1 of 8x8, smaller than every bucket."""
     from vidiff.data.video_io import write_video

@@ -57,8 +57,8 @@ TEMPORAL_LAYOUTS: tuple[str, ...] = ("vidiff", "animatediff")
 # Where a LoRA adapter goes (vidiff.adapters.lora): the spatial attention, the temporal layers, or both.
 LORA_TARGETS = ("spatial", "temporal", "both")
 # How a ControlNet's control images are made from a control video (vidiff.control.extractors): Canny edges, a dot
-# on the moving object's track, or the frames as given (a depth map, pose or edge video the user made).
-CONTROL_EXTRACTORS: tuple[str, ...] = ("canny", "track", "raw")
+# on the moving object's track, a depth-map video's grey levels, or the frames as given (pose, edges, ...).
+CONTROL_EXTRACTORS: tuple[str, ...] = ("canny", "track", "depth-map", "raw")
 # What a U-Net's extra input channels hold ("base" has none); each stage's home is vidiff.stages.
 CASCADE_STAGES: tuple[str, ...] = ("interpolation", "tsr", "ssr")
 STAGE_NAMES: tuple[str, ...] = ("base", *CASCADE_STAGES)

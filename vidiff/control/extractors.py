@@ -5,7 +5,9 @@
     track   a white disc on black at the centroid of what stands out from each frame's background (its median
             colour): the path of one object moving over a plain background, without its shape or colour (the
             demo's trajectory ControlNet reads it); a frame where nothing stands out stays black
-    raw     the frames as given (a depth-map, pose or edge video the user made), resized to the output size
+    depth-map  a depth video the user made (white near, black far, as the SD depth ControlNets read it): its
+            luminance (ITU-R BT.601) in 3 channels, so a coloured depth rendering reads as its grey levels
+    raw     the frames as given (a pose or edge video the user made), resized to the output size
 
 References: Canny 1986 (A Computational Approach to Edge Detection); Zhang, Rao & Agrawala 2023 (ControlNet).
 """
@@ -79,6 +81,12 @@ def track(frames: torch.Tensor, radius: float | None = None, min_contrast: float
     return disc[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
+def luminance(frames: torch.Tensor) -> torch.Tensor:
+    """The grey levels (ITU-R BT.601 luma) of `(f, 3, h, w)` frames in [0, 1], in 3 channels."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(1, 3, 1, 1)
+    return (frames.float() * weights).sum(dim=1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
+
+
 def extract(images: torch.Tensor, kind: str) -> torch.Tensor:
     """Control images of `(f, 3, h, w)` frames in [0, 1], made as `kind` says (the module's docstring)."""
     check_choice("control", kind, EXTRACTORS)
@@ -86,6 +94,8 @@ def extract(images: torch.Tensor, kind: str) -> torch.Tensor:
         return canny(images)
     if kind == "track":
         return track(images)
+    if kind == "depth-map":
+        return luminance(images)
     return images.float()
 
 
