@@ -842,6 +842,27 @@ def test_long_inputs_are_streamed_in_chunks(cascade, tmp_path, capsys):
     assert json.loads((tmp_path / "up.json").read_text())["chunk_frames"] == 4
 
 
+def test_a_long_input_is_extended_from_its_last_frames_and_copied_in_chunks(cascade, tmp_path, capsys):
+    """extend of an input longer than --chunk-frames decodes only its last context frames for the stage and
+    copies the input chunk by chunk: the clip equals the whole-input extension, frame for frame."""
+    from vidiff.data import write_video
+
+    video = tmp_path / "long.mp4"
+    write_video(video, (torch.rand(9, 16, 16, 3, generator=torch.Generator().manual_seed(6)) * 255)
+                .to(torch.uint8).numpy(), fps=10)
+    common = ["extend", "--model", cascade["folder"] / "interpolation", "--video", video, "--frames", 3,
+              "--seed", 2, "--quiet"]
+    code, out, _ = run_cli(capsys, *common, "--out", tmp_path / "whole")
+    assert code == 0
+    code, out, _ = run_cli(capsys, *common, "--chunk-frames", 4, "--contact-sheet", "--out", tmp_path / "streamed")
+    assert code == 0 and "input copied 4 frames at a time" in out and "12 frames 16x16" in out
+    whole, streamed = png_frames(tmp_path / "whole"), png_frames(tmp_path / "streamed")
+    assert streamed.shape == (12, 16, 16, 3) and np.array_equal(whole, streamed)
+    sidecar = json.loads((tmp_path / "streamed.json").read_text())
+    assert sidecar["chunk_frames"] == 4 and sidecar["input_frames"] == 9 and sidecar["num_frames"] == 12
+    assert (tmp_path / "streamed.png").is_file()
+
+
 def as_uint8(video):
     from vidiff.pipelines.text_to_video import to_uint8
 

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import time
+
+import numpy as np
 
 from vidiff.cli import stage_io
-from vidiff.cli.common import CLIError, check_size, flag_error
+from vidiff.cli.common import (ClipOutputs, CLIError, check_device, check_flag, check_size, check_video_output,
+                               flag_error, quiet_loading, seed_or_random)
+from vidiff.data.video_io import iter_chunks, read_frames
 from vidiff.pipelines import cascade
+from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
 from vidiff.stages.cascade import check_pixels
 from vidiff.utils import plural
 
@@ -20,6 +26,7 @@ def add_parser(sub, help_text: str):
                "  vidiff extend --model runs/interpolation/pipeline --video in.mp4 --frames 16 --out out.mp4\n"
                "  vidiff extend --model M --video in.mp4 --frames 8 --context-frames 4 --seed 3 --out out.mp4")
     stage_io.add_stage_options(p)
+    stage_io.add_chunk_option(p)
     p.add_argument("--frames", type=int, required=True, metavar="N", help="number of new frames to add")
     p.add_argument("--context-frames", type=int, default=None, metavar="C",
                    help="known frames per chunk (default: half the stage's window)")
@@ -37,16 +44,52 @@ def run(args) -> int:
         check_pixels(model.info, source.height, source.width, f"--model {model.path}")
     except ValueError as e:
         raise CLIError(f"--video {args.video}: {e}") from None
+    chunk = check_flag("chunk_frames", args.chunk_frames)
     check_size([("--video", source.num_frames, source.height, source.width),
-                ("the extended clip", source.num_frames + args.frames, source.height, source.width)], args.allow_large)
+                ("the extended clip", source.num_frames + args.frames, source.height, source.width)], args.allow_large,
+               held=min(1.0, max(chunk, context + args.frames) / (source.num_frames + args.frames)))
     stage_io.warn_untrained_size(args, model, source)
+    fields = {"command": "extend", "stage": model.info.stage, "new_frames": args.frames, "context_frames": context,
+              "input_fps": source.fps}
+    if source.num_frames > chunk:
+        return stream_and_extend(args, model, source, context, chunk, dict(fields, chunk_frames=chunk))
 
     def sample(pipe, frames, settings: dict, seed: int):
         video = cascade.extend_video(pipe, frames, args.prompt, num_frames=args.frames, context_frames=context,
                                      seed=seed, negative_prompt=args.negative, progress=not args.quiet,
                                      allow_large=args.allow_large, **settings)
-        fields = {"command": "extend", "stage": model.info.stage, "new_frames": args.frames,
-                  "context_frames": context, "input_fps": source.fps}
         return video, source.fps, fields, f"{plural(len(frames), 'frame')} + {args.frames}"
 
     return stage_io.sample_and_write(args, model, sample)
+
+
+def stream_and_extend(args, model, source, context: int, chunk: int, record: dict) -> int:
+    """`extend` of an input longer than --chunk-frames: only its last `context` frames are decoded for the
+    stage (all it reads), the input is copied to the output chunk by chunk, then the new frames follow; the
+    result is the whole-input extension's, frame for frame."""
+    settings = stage_io.stage_settings(model)
+    out = check_video_output(args.out, args.video, overwrite=args.overwrite, **stage_io.extras(args))
+    seed = seed_or_random(args.seed)
+    device = check_device(args.device)
+    n = source.num_frames
+    quiet_loading(args.quiet)
+    tail = read_frames(args.video, source, indices=np.arange(n - context, n)).frames
+    pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=args.dtype)
+    start = time.perf_counter()
+    video = cascade.extend_video(pipe, tail, args.prompt, num_frames=args.frames, context_frames=context, seed=seed,
+                                 negative_prompt=args.negative, progress=not args.quiet, allow_large=args.allow_large,
+                                 **settings)
+    new = to_uint8(video[0])[context:]
+    total = n + args.frames
+    with ClipOutputs(out, source.fps, overwrite=args.overwrite, total=total, **stage_io.extras(args)) as clip:
+        for frames in iter_chunks(args.video, source, chunk):
+            clip.write(frames)
+        clip.write(new)
+        sidecar = {**record, "seed": seed, "input_frames": n, **settings,
+                   "seconds": round(time.perf_counter() - start, 3)}
+        paths = clip.publish(stage_io.clip_record(args, pipe, sidecar, source.fps,
+                                                  (total, source.height, source.width)))
+    print(f"wrote {', '.join(str(p) for p in paths)}: {plural(n, 'frame')} + {args.frames} (input copied "
+          f"{chunk} frames at a time) -> {plural(total, 'frame')} {source.width}x{source.height} @ {source.fps:g} "
+          f"fps (seed {seed})")
+    return 0

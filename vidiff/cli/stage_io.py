@@ -44,10 +44,11 @@ def add_stage_options(p, example_model: str = "runs/interpolation/pipeline") -> 
 
 
 def add_chunk_option(p) -> None:
-    """--chunk-frames: how interpolate / upscale stream a long input."""
+    """--chunk-frames: how interpolate / upscale / extend stream a long input."""
     p.add_argument("--chunk-frames", type=int, default=CHUNK_FRAMES, metavar="N",
-                   help="an input longer than N frames is read, sampled and written N frames at a time, so memory "
-                        "holds one chunk (default: %(default)s; the sidecar records it)")
+                   help="an input longer than N frames is read and written N frames at a time, so memory holds one "
+                        "chunk (interpolate / upscale sample it chunk by chunk; extend reads only its last frames "
+                        "for the stage) (default: %(default)s; the sidecar records it)")
 
 
 def resolve_stage(args, command: str, demo_stage: str, runs: str) -> tuple[Model, object]:
