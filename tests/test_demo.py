@@ -477,3 +477,26 @@ def test_ablation_runs_scale_both_phases_and_reuse_the_base(tmp_path):
     assert runs[2][3] == tmp_path / "base" and runs[3][3] == tmp_path / "ablation" / f"scratch-{first + finish}"
     assert (run.steps("base", 0.5), run.steps("base-finish", 0.5)) == (round(first / 2), round(finish / 2))
     assert td.DemoRun(cfg, configs, tmp_path, "auto", 0.01, "cpu").steps("base-finish") == max(1, round(finish * 0.01))
+
+
+def test_demo_controlnet_fits_the_base_and_steers_it():
+    """The shipped trajectory ControlNet is a diffusers ControlNet folder for the demo base; its record names the
+    track extractor, and with it the base draws a different clip than without (the dot leads the shape)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    from vidiff.control import Control, VideoControlNet, check_fits, control_images, read_controlnet, read_record
+    from vidiff.data.synthetic import make_clip
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    folder = demo.DEMO_DIR / demo.CONTROLNET
+    assert read_record(folder)["extractor"] == "track"
+    controlnet = read_controlnet(folder)
+    assert isinstance(ControlNetModel.from_pretrained(str(folder)), ControlNetModel)
+    pipe = VideoPipeline.from_pretrained(demo.model_dir("base"), device="cpu")
+    check_fits(controlnet.config, pipe.unet.config, str(folder), pipe.vae_scale_factor)
+    images = control_images(make_clip("red", "circle", "moving down", num_frames=8, size=32, seed=1), "track", 32, 32)
+    plain = pipe("a blue square moving down", num_inference_steps=2, seed=0, output_type="pt", progress=False)
+    steered = pipe("a blue square moving down", num_inference_steps=2, seed=0, output_type="pt", progress=False,
+                   control=Control(VideoControlNet(controlnet), images))
+    assert steered.shape == plain.shape == (1, 3, 8, 32, 32) and not torch.allclose(plain, steered, atol=1e-3)

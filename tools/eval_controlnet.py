@@ -11,7 +11,10 @@ source clip drawn as `vidiff data shapes` draws the demo's (15 frames at 64 px, 
 Three tasks per case:
   follow    the prompt is the source's caption: the clip is the source's path, regenerated
   edit      the prompt asks for another colour and shape (the same motion): structure kept, content changed
-            (Gen-1's edit, with the track as the structure)
+            (Gen-1's edit, with the track as the structure), sampled from noise (`generate --control-video`)
+  sdedit    the same edit as `vidiff edit --controlnet` makes it with the model's defaults (SDEdit at its
+            vidiff.json edit_strength and edit_guidance, cross-frame attention to frame 0, the control images
+            from the source clip itself)
   diagonal  the dot moves diagonally (a path no training clip has), the prompt names its dominant direction
 A clip follows when every frame shows a shape whose centroid (vidiff.eval.shapes) is within --tolerance px (2) of
 the control's dot; it is right when it also shows the asked colour (nearest palette colour, every frame) and shape.
@@ -31,11 +34,12 @@ from vidiff.control import Control, VideoControlNet, control_images, read_contro
 from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES, caption, make_clip
 from vidiff.eval.shapes import analyze_frame, measure_clip, nearest_color, trajectory
 from vidiff.eval.suite import EVAL_SEEDS, clip_seed, make_cases
-from vidiff.pipelines.text_to_video import VideoPipeline
+from vidiff.pipelines.editing import edit_video
+from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
 from vidiff.progress import ProgressBar
 from vidiff.utils import write_json_atomic
 
-TASKS = ("follow", "edit", "diagonal")
+TASKS = ("follow", "edit", "sdedit", "diagonal")
 SOURCE_FRAMES, SOURCE_SIZE = 15, 64   # the demo's shapes clips (configs/demo/demo.yaml), read as the base reads them
 
 
@@ -74,6 +78,7 @@ def task_case(task: str, case) -> tuple[np.ndarray, str, str, str]:
     source = base_clip(case.color, case.shape, case.motion, seed)
     if task == "follow":
         return source, case.prompt, case.color, case.shape
+    # edit, sdedit: another colour and another shape, the source's motion
     color, shape = other(case.color, COLORS, case.index), other(case.shape, SHAPES, case.index // 3)
     return source, caption(color, shape, case.motion), color, shape
 
@@ -91,9 +96,24 @@ def judge(clip: np.ndarray, source: np.ndarray, color: str, shape: str, toleranc
             "worst_distance": worst, "measured_shape": measured.shape}
 
 
+def sdedit(pipe, controlnet, source: np.ndarray, prompt: str, seed: int, scale: float) -> np.ndarray:
+    """`vidiff edit --controlnet` with the model's defaults on one clip (the control images: the clip's own)."""
+    d = pipe.defaults
+    control = Control(controlnet, control_images(source, "track", *source.shape[1:3]), scale) if controlnet else None
+    result = edit_video(pipe, source, [prompt], strength=d.edit_strength, guidance_scale=d.edit_guidance,
+                        seed=seed, control=control, progress=False)
+    return to_uint8(result.videos[0][0])
+
+
 def evaluate(pipe, controlnet, cases, tasks, *, batch: int, steps, scale: float, tolerance: float) -> list[dict]:
-    jobs = list(itertools.product(tasks, cases))
     records = []
+    if "sdedit" in tasks:
+        for case in ProgressBar(cases, desc="controlnet sdedit", unit="clip"):
+            source, prompt, color, shape = task_case("sdedit", case)
+            clip = sdedit(pipe, controlnet, source, prompt, clip_seed(case.seed, case.index), scale)
+            records.append({"task": "sdedit", "prompt": prompt, "seed": case.seed, "source": case.prompt,
+                            **judge(clip, source, color, shape, tolerance)})
+    jobs = list(itertools.product([t for t in tasks if t != "sdedit"], cases))
     for start in ProgressBar(range(0, len(jobs), batch), desc="controlnet", unit="batch"):
         chunk = jobs[start:start + batch]
         made = [task_case(task, case) for task, case in chunk]

@@ -10,6 +10,8 @@ A fresh install cannot download Stable Diffusion, so vidiff ships its own tiny m
                     of one pass each (4 U-Net evaluations a clip, the base's 40), `--model .../base-fast`
     i2v/            image-to-video: 8 frames from a first frame (an interpolation stage with first-frame masks,
                     started from the base; `generate --image` runs it, then the cascade's stages after the base)
+    controlnet-track/  a trajectory ControlNet for the base (configs/train/demo-controlnet.yaml): `--control track`
+                    images of a control clip (a dot on its shape's path) make the shape go that way
     cascade.yaml    the stages in order: this folder is a cascade folder (`--model` of a cascade)
     checksums.json  sha256 of every weight file, checked by the tests
 
@@ -32,6 +34,7 @@ from vidiff.utils import write_json_atomic
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 STAGES = ("base", "interpolation", "ssr")  # cascade order
 IMAGE_TO_VIDEO = "i2v"  # the image-to-video stage (`generate --image`), beside the cascade, not in it
+CONTROLNET = "controlnet-track"  # the base's trajectory ControlNet (`--controlnet`), a diffusers ControlNet folder
 CHECKSUMS = "checksums.json"
 EXAMPLE_PROMPT = "a red circle moving right"
 
