@@ -160,8 +160,10 @@ def test_deepspeed_and_fsdp1_are_refused_fsdp2_is_not():
     check_supported(accelerator(DistributedType.FSDP))
     check_supported(accelerator(DistributedType.MULTI_GPU))
     with pytest.raises(ValueError, match="train.train_text_encoder / train.new_tokens are not supported under FSDP"):
-        check_sharding(accelerator(DistributedType.FSDP), types.SimpleNamespace(trains_text=True))
-    check_sharding(accelerator(DistributedType.MULTI_GPU), types.SimpleNamespace(trains_text=True))
+        check_sharding(accelerator(DistributedType.FSDP), types.SimpleNamespace(trainable="all", trains_text=True))
+    check_sharding(accelerator(DistributedType.MULTI_GPU), types.SimpleNamespace(trainable="all", trains_text=True))
+    with pytest.raises(ValueError, match="train.trainable=controlnet is not supported under FSDP"):
+        check_sharding(accelerator(DistributedType.FSDP), types.SimpleNamespace(trainable="controlnet", trains_text=False))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def evaluate(pipe, controlnet, cases, tasks, *, batch: int, steps, scale: float,
 
 
 def table(records: list[dict], tolerance: float) -> str:
-    lines = [f"| task | clips | follows (<= {tolerance:g} px) | right colour + shape | both | mean px | worst px |",
+    lines = [f"| task | clips | follows (<= {tolerance:g} px) | right colour + shape | both | mean px | median worst-frame px |",
              "|---|---|---|---|---|---|---|"]
     for task in TASKS:
         rows = [r for r in records if r["task"] == task]
@@ -140,7 +140,7 @@ def table(records: list[dict], tolerance: float) -> str:
             finite = [r["mean_distance"] for r in rows if np.isfinite(r["mean_distance"])]
             worst = [r["worst_distance"] for r in rows if np.isfinite(r["worst_distance"])]
             lines.append(f"| {task} | {len(rows)} | {share('follows')} | {share('right')} | {share('both')} | "
-                         f"{np.mean(finite):.2f} | {np.median(worst):.2f} (median) |")
+                         f"{np.mean(finite):.2f} | {np.median(worst):.2f} |")
     return "\n".join(lines)
 
 
