@@ -456,9 +456,24 @@ def test_stage_scoring_with_oracle_and_baseline_stages():
         options = dict(num_frames=frames, size=size, factor=2, num_known=2, progress=False)
         best = stages.summarize(stages.run_stage(stage, oracle(stage), cases, **options))
         assert best["beats_baseline"] == 1.0 and best["psnr_gain"] > 5 and best["ssim"] > best["baseline_ssim"]
+        assert best["judged"] == {key: 1.0 for key in stages.JUDGED}, stage  # the truth passes the shapes judge
         same = stages.summarize(stages.run_stage(stage, baselines[stage], cases, **options))
         assert same["psnr_gain"] == pytest.approx(0.0) and same["beats_baseline"] == 0.0
         assert f"| {stage} | 4 |" in stages.markdown_table(stage, same, stages.BASELINES[stage])
+        assert f"| {stage} | 100.0% |" in stages.markdown_table(stage, best, stages.BASELINES[stage])
+    # holding the last frame makes no motion: an extension judged on its own frames fails on motion alone
+    held = stages.summarize(stages.run_stage("extend", baselines["extend"], cases, num_frames=6, size=32,
+                                             num_known=2, progress=False))["judged"]
+    assert held["motion"] == 0.0 and held["color"] == 1.0 and held["shape"] == 1.0
+
+    def recoloured(known, case, n):  # the extension changes colour at the seam: its own frames are one colour
+        made = stages.true_clip(case, n, 32)
+        made[len(known):] = 255 - made[len(known):]
+        return made
+
+    jumped = stages.summarize(stages.run_stage("extend", recoloured, cases, num_frames=6, size=32, num_known=2,
+                                               progress=False))["judged"]
+    assert jumped["consistent"] == 0.0
     with pytest.raises(ValueError, match="the ssr stage returned uint8 \\(4, 16, 16, 3\\)"):
         stages.run_stage("ssr", lambda low, case: low, cases, num_frames=4, size=32, progress=False)
     with pytest.raises(ValueError, match="num_known"):
@@ -562,6 +577,35 @@ def test_eval_stage_feeds_each_stage_what_the_cascade_would(tiny_stages, tmp_pat
         summary = json.loads(out.read_text())["summary"]
         assert summary["psnr_gain"] == pytest.approx(0.0, abs=1e-9) and summary["num_clips"] == 3, stage
     assert seen == [suite.clip_seed(c.seed, c.index) for c in suite.make_cases(limit=3)]
+
+
+def test_eval_stage_without_a_prompt_gives_the_stage_no_caption(tiny_stages, tmp_path, capsys, monkeypatch):
+    """--no-prompt: the stage gets "" and guidance off (as `vidiff interpolate` without --prompt); the JSON says
+    so and its command reproduces the run."""
+    import json
+
+    from vidiff.pipelines import cascade
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    seen = []
+
+    def interpolate(pipe, known, prompt, *, factor, seed, guidance, **settings):
+        import torch
+        seen.append((prompt, guidance))
+        return torch.from_numpy(video.linear_blend(known, factor)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+
+    monkeypatch.setattr(cascade, "interpolate_video", interpolate)
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: type("P", (), {"device": "cpu"})()))
+    for argv, prompt in (([], suite.make_cases(limit=1)[0].prompt), (["--no-prompt"], "")):
+        out = tmp_path / f"interpolation{len(argv)}.json"
+        seen.clear()
+        code, _, err = run_cli(capsys, "eval", "stage", "--model", tiny_stages["interpolation"], "--limit", 1,
+                               "--out", out, "--quiet", *argv)
+        assert code == 0, err
+        results = json.loads(out.read_text())
+        model_guidance = results["settings"]["guidance"] if not argv else 1.0
+        assert seen == [(prompt, model_guidance)] and results["plan"]["captioned"] is (not argv)
+        assert results["command"].endswith("--no-prompt") is bool(argv)
 
 
 @pytest.mark.parametrize("model, argv, message", [

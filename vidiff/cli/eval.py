@@ -104,6 +104,9 @@ def _add_stage_parser(eval_sub) -> None:
     stage.add_argument("--num-known", type=int, default=None,
                        help="extend: frames given to the stage (default: half the window)")
     stage.add_argument("--noise-level", type=int, default=None, help="ssr: condition noise level (default: the stage's)")
+    stage.add_argument("--no-prompt", action="store_true",
+                       help="give the stage no caption, as `vidiff interpolate` / `upscale` / `extend` without "
+                            "--prompt (guidance off unless --guidance)")
     add_sampler_options(stage, scheduler=False)
     _add_run_arguments(stage)
 
@@ -182,7 +185,9 @@ def _command(args, seeds: list[int], flags: tuple[str, ...]) -> str:
         parts += ["--prompts", prompt]
     for flag in ("--limit",) + flags + ("--dtype",):
         value = getattr(args, flag[2:].replace("-", "_"), None)
-        if value is not None:
+        if value is True:
+            parts.append(flag)
+        elif value is not None and value is not False:
             parts += [flag, str(value)]
     return shlex.join(parts)
 
@@ -334,18 +339,22 @@ def _stage_plan(args, model: Model) -> dict:
     return plan
 
 
-def _stage_function(pipe, plan: dict, settings: dict):
-    """fn(input uint8 clip, case[, num_frames]) -> uint8 clip, seeded per case (vidiff.eval.stages' contract)."""
+def _stage_function(pipe, plan: dict, settings: dict, captioned: bool = True):
+    """fn(input uint8 clip, case[, num_frames]) -> uint8 clip, seeded per case (vidiff.eval.stages' contract);
+    the stage gets the case's caption, or none (`captioned=False`)."""
     def seed(case):
         return suite.clip_seed(case.seed, case.index)
 
+    def prompt(case):
+        return case.prompt if captioned else ""
+
     functions = {
         "interpolation": lambda known, case: to_uint8(cascade.interpolate_video(
-            pipe, known, case.prompt, factor=plan["factor"], seed=seed(case), **settings)[0]),
+            pipe, known, prompt(case), factor=plan["factor"], seed=seed(case), **settings)[0]),
         "ssr": lambda low, case: to_uint8(cascade.upscale_video(
-            pipe, low, case.prompt, noise_level=plan["noise_level"], seed=seed(case), **settings)[0]),
+            pipe, low, prompt(case), noise_level=plan["noise_level"], seed=seed(case), **settings)[0]),
         "extend": lambda known, case, frames: to_uint8(cascade.extend_video(
-            pipe, known, case.prompt, num_frames=frames - len(known), seed=seed(case), **settings)[0]),
+            pipe, known, prompt(case), num_frames=frames - len(known), seed=seed(case), **settings)[0]),
     }
     return functions[plan["stage"]]
 
@@ -354,21 +363,23 @@ def run_stage(args) -> int:
     seeds, cases = _cases(args)
     out = check_file_target(args.out, "--out", ".json", args.overwrite)
     device = check_device(args.device)
+    guidance = args.guidance if args.guidance is not None or not args.no_prompt else 1.0  # as the stage commands
     model = resolve_model(args, "eval stage", runs=("interpolate", "upscale"), num_inference_steps=args.steps,
-                          guidance_scale=args.guidance)
+                          guidance_scale=guidance)
     plan = _stage_plan(args, model)
+    plan["captioned"] = not args.no_prompt
     settings = {"steps": model.settings.num_inference_steps, "guidance": model.settings.guidance_scale,
                 "progress": False}
     quiet_loading(args.quiet)
     pipe = VideoPipeline.from_pretrained(args.model, device=device, dtype=args.dtype)
     start = time.perf_counter()
-    records = stages.run_stage(plan["stage"], _stage_function(pipe, plan, settings), cases,
+    records = stages.run_stage(plan["stage"], _stage_function(pipe, plan, settings, plan["captioned"]), cases,
                                num_frames=plan["num_frames"], size=plan["size"], factor=plan["factor"],
                                num_known=plan["num_known"], progress=not args.quiet)
     seconds = time.perf_counter() - start
     summary = stages.summarize(records)
     print(stages.markdown_table(plan["stage"], summary, stages.BASELINES[plan["stage"]]))
-    flags = ("--factor", "--num-frames", "--num-known", "--noise-level", "--steps", "--guidance")
+    flags = ("--factor", "--num-frames", "--num-known", "--noise-level", "--steps", "--guidance", "--no-prompt")
     _write_results(out, {"command": _command(args, seeds, flags), "model": str(Path(args.model).resolve()),
                          "seeds": seeds, "vidiff_version": vidiff.__version__, "plan": plan,
                          "settings": {k: v for k, v in settings.items() if k != "progress"},

@@ -8,6 +8,11 @@ next to the simple baseline (vidiff.eval.video):
     ssr            the true clip area-downsampled by `factor`   -> full size       vs bicubic upsampling
     extend         the first `num_known` frames of the true clip -> the whole clip  vs holding the last frame
 
+Every output is also judged from its pixels as `vidiff eval shapes` judges a clip (vidiff.eval.shapes): the
+case's colour, shape and motion, and one steady shape (consistent). An extension is judged on the frames it made
+alone (a stage that only repeats the known frames, or loses the shape, fails), its consistency over the whole clip
+(a jump or a colour change at the seam fails).
+
 A stage is passed as a function, so the same scoring serves a Python pipeline, a CLI wrapper or a test double;
 it gets the case (its prompt, and `clip_seed(case.seed, case.index)` to seed its noise):
     interpolation: fn(known uint8 (n, h, w, 3), case) -> (f, h, w, 3)
@@ -21,12 +26,13 @@ import math
 import numpy as np
 
 from vidiff.data.synthetic import make_clip
-from vidiff.eval import video
+from vidiff.eval import shapes, video
 from vidiff.eval.suite import EvalCase, clip_seed
 from vidiff.progress import ProgressBar
 
 STAGES = ("interpolation", "ssr", "extend")
 SCORES = ("psnr", "baseline_psnr", "psnr_gain", "ssim", "baseline_ssim")
+JUDGED = ("color", "shape", "motion", "all", "consistent")
 
 
 def true_clip(case: EvalCase, num_frames: int, size: int) -> np.ndarray:
@@ -41,16 +47,28 @@ def _check_output(stage: str, out, expected: tuple) -> np.ndarray:
     return out
 
 
+def judge(clip, case: EvalCase, consistent_over=None) -> dict:
+    """`vidiff eval shapes`'s verdict on `clip` for the case's caption (colour / shape / motion / all /
+    consistent); `consistent_over` (default `clip`) is the clip whose temporal consistency counts."""
+    correct = shapes.score_clip(clip, case.color, case.shape, case.motion)["correct"]
+    if consistent_over is not None:
+        correct["consistent"] = shapes.measure_clip(consistent_over).consistent
+    return {key: bool(correct[key]) for key in JUDGED}
+
+
 def _interpolation(fn, true, case, *, factor, num_known):
-    return fn(true[::factor], case), lambda out: video.score_interpolation(true, out, factor)
+    return fn(true[::factor], case), lambda out: {**video.score_interpolation(true, out, factor),
+                                                  "judged": judge(out, case)}
 
 
 def _ssr(fn, true, case, *, factor, num_known):
-    return fn(video.downsample(true, factor), case), lambda out: video.score_ssr(true, out, factor)
+    return fn(video.downsample(true, factor), case), lambda out: {**video.score_ssr(true, out, factor),
+                                                                  "judged": judge(out, case)}
 
 
 def _extend(fn, true, case, *, factor, num_known):
-    return fn(true[:num_known], case, len(true)), lambda out: video.score_extension(true, out, num_known)
+    return fn(true[:num_known], case, len(true)), lambda out: {**video.score_extension(true, out, num_known),
+                                                               "judged": judge(out[num_known:], case, out)}
 
 
 # what each evaluation gives the stage (from the true clip) and how its output is scored
@@ -83,6 +101,8 @@ def summarize(records: list[dict]) -> dict:
     summary = {"num_clips": len(records)}
     summary.update({key: float(np.mean([r[key] for r in records])) for key in SCORES})
     summary["beats_baseline"] = float(np.mean([r["psnr_gain"] > 0 for r in records]))
+    if all("judged" in r for r in records):
+        summary["judged"] = {key: float(np.mean([r["judged"][key] for r in records])) for key in JUDGED}
     return summary
 
 
@@ -90,12 +110,18 @@ def markdown_table(stage: str, summary: dict, baseline: str) -> str:
     def number(value, digits=2):
         return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
-    return "\n".join([
+    judged = summary.get("judged")
+    lines = [
         f"| stage | clips | PSNR (dB) | {baseline} PSNR (dB) | gain (dB) | SSIM | {baseline} SSIM | clips beating {baseline} |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {stage} | {summary['num_clips']} | {number(summary['psnr'])} | {number(summary['baseline_psnr'])} | "
         f"{number(summary['psnr_gain'])} | {number(summary['ssim'], 4)} | {number(summary['baseline_ssim'], 4)} | "
-        f"{100 * summary['beats_baseline']:.0f}% |"])
+        f"{100 * summary['beats_baseline']:.0f}% |"]
+    if judged is not None:
+        lines += ["", "| judged (" + ("the made frames" if stage == "extend" else "the output") + ") | "
+                  + " | ".join(JUDGED) + " |", "| --- |" + " ---: |" * len(JUDGED),
+                  f"| {stage} | " + " | ".join(f"{100 * judged[key]:.1f}%" for key in JUDGED) + " |"]
+    return "\n".join(lines)
 
 
 BASELINES = {"interpolation": "linear blending", "ssr": "bicubic", "extend": "last frame held"}
