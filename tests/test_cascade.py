@@ -423,6 +423,51 @@ def test_cascade_end_to_end(cascade):
         pipe("a red circle", num_frames=1)
 
 
+def test_a_long_cascade_clip_is_the_bases_keyframes_filled_in(cascade):
+    """Past the base's window (4 frames) the base samples its window of keyframes and the interpolation stage
+    fills them in, as often as needed (4 -> 7 -> 13), before 9 evenly spaced frames are taken; "windows" samples
+    the 9 frames in temporal windows instead. The method is decided torch-free, before sampling."""
+    from vidiff.pipelines.cascade import CascadePipeline, long_video_method, read_cascade, run_stage
+    from vidiff.spec import SettingError
+
+    pipe = CascadePipeline.from_pretrained(cascade["folder"], device="cpu", dtype="fp32")
+    options = dict(height=16, width=16, seed=4, return_intermediate=True, output_type="pt", progress=False)
+    _, direct = pipe("a red circle", num_frames=4, **options)
+    final, stages = pipe("a red circle", num_frames=9, **options)
+    assert [tuple(s.shape) for s in stages] == [(1, 3, 9, 16, 16), (1, 3, 17, 16, 16), (1, 3, 17, 32, 32)]
+    expected = direct[0]
+    while expected.shape[2] < 9:
+        expected = run_stage(pipe.pipelines[1], expected, "a red circle", factor=2, seed=4, guidance=1.0,
+                             progress=False)
+    assert expected.shape[2] == 13
+    torch.testing.assert_close(stages[0], expected[:, :, [0, 2, 3, 4, 6, 8, 9, 10, 12]], rtol=0, atol=1e-6)
+    assert torch.equal(stages[0][:, :, [0, -1]], direct[0][:, :, [0, -1]])  # the base's first and last keyframes
+    _, windowed = pipe("a red circle", num_frames=9, long_video="windows", **options)
+    assert windowed[0].shape == stages[0].shape and not torch.allclose(windowed[0], stages[0])
+
+    specs = read_cascade(cascade["folder"])
+    assert [long_video_method(specs, n, m) for n, m in ((4, "keyframes"), (9, "auto"), (9, "windows"))] == \
+        ["direct", "keyframes", "windows"]
+    no_interpolation = [specs[0], specs[2]]  # base -> ssr: nothing to fill keyframes in with
+    assert long_video_method(no_interpolation, 9, "auto") == "windows"
+    with pytest.raises(SettingError, match="long_video keyframes needs a cascade with an interpolation or tsr"):
+        long_video_method(no_interpolation, 9, "keyframes")
+    with pytest.raises(SettingError, match="long_video must be one of auto, keyframes, windows"):
+        pipe("a red circle", num_frames=9, long_video="frames", progress=False)
+
+
+def test_generate_records_how_a_long_cascade_clip_was_made(cascade, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "generate", "--model", cascade["folder"], "--prompt", "a red circle",
+                           "--num-frames", 9, "--seed", 5, "--quiet", "--out", tmp_path / "c.mp4")
+    assert code == 0, err
+    sidecar = json.loads((tmp_path / "c.json").read_text())
+    assert sidecar["stages"][0]["long_video"] == "keyframes" and sidecar["num_frames"] == 17
+    code, _, err = run_cli(capsys, "generate", "--model", cascade["folder"] / "base", "--prompt", "a red circle",
+                           "--long-video", "keyframes", "--out", tmp_path / "d.mp4")
+    assert code == 2 and "--long-video keyframes needs a cascade with an interpolation stage" in err
+    assert err.count("\n") == 1 and not (tmp_path / "d.mp4").exists()
+
+
 def run_cli(capsys, *argv):
     from vidiff.cli import main
 

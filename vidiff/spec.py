@@ -78,6 +78,9 @@ LCM_GRID = 50
 
 # How the frames past the first temporal window start (FreeNoise, Qiu et al. 2023, reshuffles earlier noise).
 LONG_VIDEO_NOISE: tuple[str, ...] = ("independent", "freenoise")
+# How a cascade's base makes a clip longer than its window: its window of keyframes over the whole clip, filled in by
+# the cascade's interpolation stage ("keyframes"), or temporal windows ("windows"); "auto": keyframes when it can.
+LONG_VIDEO: tuple[str, ...] = ("auto", "keyframes", "windows")
 
 # VideoUNet options that belong to one run on one machine, never written into a saved model's config.
 RUNTIME_OPTIONS: tuple[str, ...] = ("attention_backend", "cross_frame")

@@ -13,8 +13,9 @@ from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_
                                write_outputs)
 from vidiff.cli.options import check_compile_flag
 from vidiff.cli.resolve import resolve_settings
-from vidiff.pipelines.cascade import CascadePipeline, check_cascade_side, is_cascade, plan_cascade, read_cascade
-from vidiff.spec import RequestTooLarge, SamplingSettings
+from vidiff.pipelines.cascade import (CascadePipeline, check_cascade_side, is_cascade, long_video_method, plan_cascade,
+                                     read_cascade)
+from vidiff.spec import RequestTooLarge, SamplingSettings, SettingError
 
 # generate's flags that a cascade does not take (each stage samples with its own windows and its YAML's sampler)
 NOT_FOR_CASCADES = (("--cross-frame", "cross_frame", None), ("--window-size", "window_size", None),
@@ -82,6 +83,10 @@ def generate_cascade(args, prompts: list[str]) -> int:
         raise CLIError(e.for_flags()) from None
     except ValueError as e:
         raise CLIError(f"{e} (sizes from --num-frames / --height / --width or the base's defaults)") from None
+    try:
+        method = long_video_method(specs, base.num_frames, args.long_video)
+    except SettingError as e:
+        raise CLIError(e.for_flags()) from None
     count = len(prompts) * args.num_videos
     seed = seed_or_random(args.seed, count)
     paths = clip_paths(args.out, prompts, args.num_videos, seed)
@@ -99,6 +104,7 @@ def generate_cascade(args, prompts: list[str]) -> int:
                "unet_evaluations": s.unet_evaluations, "frames": f, "height": h, "width": w,
                "fps": rate, **spec.stage.sidecar(spec.factor, spec.noise_level, spec.where(i))}
               for i, (spec, s, (f, h, w), rate) in enumerate(zip(specs, settings, sizes, rates))]
+    stages[0]["long_video"] = method  # direct (within the base's window), keyframes or windows
     device = check_device(args.device)
     check_compile_flag(args, device)
 
@@ -118,7 +124,7 @@ def write_clip(args, pipe, path: Path, prompt: str, seed: int, source, stages: l
     video, outputs = pipe(prompt, num_frames=base["frames"], height=base["height"], width=base["width"],
                           num_inference_steps=base["steps"], guidance_scale=base["guidance"],
                           negative_prompt=args.negative, seed=seed, return_intermediate=True,
-                          progress=not args.quiet, allow_large=args.allow_large)
+                          progress=not args.quiet, allow_large=args.allow_large, long_video=args.long_video)
     stages = [dict(stage, seconds=round(seconds, 3)) for stage, seconds in zip(stages, pipe.timings.values())]
     sidecar = {"prompt": prompt, "negative_prompt": args.negative, "seed": seed,
                "cascade": str(Path(source).resolve()), "num_frames": final["frames"], "height": final["height"],

@@ -13,11 +13,13 @@ import vidiff
 from vidiff.cli import eval_metrics
 from vidiff.cli.cascade import check_base_sides
 from vidiff.cli.common import CLIError, check_device, check_file_target, check_flag, flag_error, quiet_loading
-from vidiff.cli.options import add_device_options, add_output_options, add_sampler_options, add_size_options
+from vidiff.cli.options import (add_device_options, add_long_video_option, add_output_options, add_sampler_options,
+                                add_size_options)
 from vidiff.cli.resolve import Model, demo_model, resolve_model, resolve_settings
 from vidiff.eval import edits, stages, suite
 from vidiff.pipelines import cascade, editing
 from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
+from vidiff.spec import LONG_VIDEO_NOISE, SettingError
 from vidiff.training import tune
 from vidiff.utils import atomic_path, plural, write_json_atomic
 
@@ -81,6 +83,10 @@ def _add_shapes_parser(eval_sub) -> None:
     add_size_options(shapes, frames_help="base frames per clip (default: the model's)")
     add_sampler_options(shapes, steps_help="base sampling steps (default: the model's)",
                         guidance_help="base guidance scale (default: the model's)")
+    add_long_video_option(shapes)
+    shapes.add_argument("--long-video-noise", choices=LONG_VIDEO_NOISE, default="independent",
+                        help="a model's clips longer than its window: fresh noise past the first window, or "
+                             "FreeNoise's reshuffled (default: %(default)s)")
     shapes.add_argument("--batch-size", type=int, default=16, help="clips sampled together (default: %(default)s)")
     shapes.add_argument("--contact-sheet", default=None, metavar="PNG",
                         help="write a PNG with a row of frames per clip, labelled with what was measured wrong")
@@ -216,12 +222,15 @@ def _shapes_settings(args) -> tuple[dict, dict]:
     request = dict(num_frames=args.num_frames, height=args.height, width=args.width,
                    num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler)
     if args.cascade is None:
-        settings = resolve_model(args, "eval shapes", **request).settings
-        call = {k: settings.as_dict()[k] for k in SAMPLING}
+        if args.long_video == "keyframes":
+            raise CLIError("--long-video keyframes needs --cascade (an interpolation stage fills the keyframes in)")
+        settings = resolve_model(args, "eval shapes", long_video_noise=args.long_video_noise, **request).settings
+        call = {k: settings.as_dict()[k] for k in SAMPLING + ("long_video_noise",)}
         return call, dict(call, guidance_distilled=settings.guidance_distilled,
                           unet_evaluations=settings.unet_evaluations)
-    if args.scheduler is not None:
-        raise CLIError("--scheduler does not apply to --cascade (each stage uses its YAML's sampler)")
+    if args.scheduler is not None or args.long_video_noise != "independent":
+        raise CLIError(f"{'--scheduler' if args.scheduler is not None else '--long-video-noise'} does not apply to "
+                       "--cascade (each stage samples with its YAML's sampler and its own windows)")
     specs = cascade.read_cascade(args.cascade)
     base = specs[0]
     check_base_sides(specs, args.height, args.width)  # as `generate --cascade`: a broken rule names its stage
@@ -229,7 +238,12 @@ def _shapes_settings(args) -> tuple[dict, dict]:
                    guidance_scale=args.guidance if args.guidance is not None else base.guidance)
     s = resolve_settings(base.model, base.info, **request).as_dict()
     call = {k: s[k] for k in SAMPLING[:-1]}  # the cascade samples its base with the YAML's sampler
-    return call, dict(call, stages=[str(spec.model) for spec in specs])
+    try:
+        method = cascade.long_video_method(specs, s["num_frames"], args.long_video)
+    except SettingError as e:
+        raise CLIError(e.for_flags()) from None
+    return dict(call, long_video=args.long_video), dict(call, stages=[str(spec.model) for spec in specs],
+                                                         long_video=method)
 
 
 def _shapes_source(args) -> None:
@@ -262,7 +276,8 @@ def run_shapes(args) -> int:
     records = suite.score(cases, clips)
     summary = suite.summarize(records)
     print(suite.markdown_table(summary))
-    flags = ("--num-frames", "--height", "--width", "--steps", "--guidance", "--scheduler")
+    flags = ("--num-frames", "--height", "--width", "--steps", "--guidance", "--scheduler", "--long-video",
+             "--long-video-noise")
     _write_results(out, {"command": _command(args, seeds, flags), "model": str(Path(args.cascade or args.model).resolve()),
                          "seeds": seeds, "vidiff_version": vidiff.__version__, "settings": recorded,
                          "clip_size": list(clips[0].shape[:3]), "device": str(device), "seconds": round(seconds, 2),

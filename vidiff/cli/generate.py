@@ -17,7 +17,7 @@ from vidiff.cli.controlnet import add_control_options, load_control, read_contro
 from vidiff.cli.common import (CLIError, check_device, check_flag, check_output_path, check_size, check_source,
                                clip_paths, quiet_loading, seed_or_random, write_outputs)
 from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_compile_option, add_device_options,
-                                add_output_options, add_sampler_options, add_seed_option, add_size_options,
+                                add_long_video_option, add_output_options, add_sampler_options, add_seed_option, add_size_options,
                                 check_compile_flag, group)
 from vidiff.cli.resolve import Model, demo_model, resolve_model
 from vidiff.pipelines.editing import parse_motion_field, zero_shot_generate
@@ -117,6 +117,7 @@ def _add_generate_options(options) -> None:
     options.add_argument("--long-video-noise", choices=LONG_VIDEO_NOISE, default="independent",
                          help="noise of frames past the first window: fresh, or FreeNoise's reshuffled "
                               "(default: %(default)s)")
+    add_long_video_option(options)
     options.add_argument("--decode-chunk-size", type=int, default=8,
                          help="frames per VAE decode call (default: %(default)s)")
     options.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
@@ -201,6 +202,10 @@ def _check_model_request(args, model, loras, travel):
     if args.negative is not None and model.settings.guidance_distilled:
         raise CLIError(f"--negative needs two-pass guidance, and {model.path} is a guidance-distilled student (one "
                        "pass per step, the scale an input); leave --negative out")
+    if args.long_video == "keyframes":
+        raise CLIError("--long-video keyframes needs a cascade with an interpolation stage to fill the keyframes in "
+                       "(--cascade YAML, or no --model: the demo's); one model samples a long clip in temporal "
+                       "windows")
     check_source(args.spatial_from, "--spatial-from")
     check_loras(model.path, loras, args.fuse)
     _check_travel(travel, model.settings.num_frames, args.zero_shot)

@@ -31,7 +31,7 @@ NOT_FOR_IMAGES = (("--zero-shot", "zero_shot", False), ("--motion-field", "motio
                   ("--keep-intermediate", "keep_intermediate", False),
                   ("--cross-frame", "cross_frame", None), ("--window-size", "window_size", None),
                   ("--window-stride", "window_stride", None), ("--eta", "eta", 0.0),
-                  ("--long-video-noise", "long_video_noise", "independent"))
+                  ("--long-video-noise", "long_video_noise", "independent"), ("--long-video", "long_video", "auto"))
 
 
 @dataclass

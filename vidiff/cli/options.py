@@ -11,7 +11,7 @@ import argparse
 
 from vidiff.cli.common import CLIError
 from vidiff.models.compile import CompileError, check_compile
-from vidiff.spec import SCHEDULER_NAMES
+from vidiff.spec import LONG_VIDEO, SCHEDULER_NAMES
 from vidiff.utils import DTYPES, check_device
 
 
@@ -104,3 +104,11 @@ def group(p: argparse.ArgumentParser, title: str):
         if existing.title == title:
             return existing
     return p.add_argument_group(title)
+
+
+def add_long_video_option(p) -> None:
+    """--long-video: how a cascade's base makes a clip longer than its window (vidiff.spec.LONG_VIDEO)."""
+    p.add_argument("--long-video", choices=LONG_VIDEO, default="auto",
+                   help="a cascade's base clip longer than the base's window: its window of keyframes over the "
+                        "whole clip, filled in by the interpolation stage, or temporal windows (default: auto = "
+                        "keyframes when the cascade has an interpolation stage)")

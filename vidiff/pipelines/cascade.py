@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from vidiff.pipelines.text_to_video import VideoPipeline, as_video, make_generators, to_uint8
-from vidiff.spec import (SCHEDULER_NAMES, PipelineInfo, SettingError, check_choice, check_request_size,
+from vidiff.spec import (LONG_VIDEO, SCHEDULER_NAMES, PipelineInfo, SettingError, check_choice, check_request_size,
                          check_setting, read_info)
 from vidiff.stages import Stage, stage_for
 from vidiff.stages.cascade import check_stage_settings
@@ -202,6 +202,27 @@ def check_cascade_side(specs: list[StageSpec], num_frames: int, name: str, side:
                      f"{name} {options or '(none near it)'}")
 
 
+def keyframe_stage(specs: list[StageSpec]) -> int | None:
+    """The index of the first stage that raises the frame rate (interpolation / tsr), or None."""
+    return next((i for i, spec in enumerate(specs[1:], 1) if spec.stage.frame_rate_factor(spec.factor) > 1), None)
+
+
+def long_video_method(specs: list[StageSpec], num_frames: int, long_video: str = "auto") -> str:
+    """How the base makes `num_frames` frames (torch-free): "direct" (within its window, its default
+    num_frames), "keyframes" (its window of keyframes spanning the clip, filled in by the cascade's first
+    interpolation / tsr stage) or "windows" (temporal windows over the whole clip). "auto" takes keyframes when
+    the cascade has such a stage; "keyframes" without one is a ValueError."""
+    check_choice("long_video", long_video, LONG_VIDEO)
+    if num_frames <= specs[0].info.defaults.num_frames:
+        return "direct"
+    if long_video == "windows" or (long_video == "auto" and keyframe_stage(specs) is None):
+        return "windows"
+    if keyframe_stage(specs) is None:
+        raise SettingError("long_video", "keyframes needs a cascade with an interpolation or tsr stage to fill in "
+                           "the keyframes; use windows")
+    return "keyframes"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Running one stage on a video (the Python API: video as a tensor or uint8 frames, one prompt or one per video)
 # ---------------------------------------------------------------------------------------------------------------
@@ -354,6 +375,23 @@ class CascadePipeline:
             (tmp / CASCADE_FILE).write_text(yaml.safe_dump({"stages": entries}, sort_keys=False))
         return directory
 
+    def long_video_method(self, num_frames: int, long_video: str = "auto") -> str:
+        return long_video_method(self.specs, num_frames, long_video)
+
+    def _keyframes(self, video: torch.Tensor, num_frames: int, prompts: list[str], seed, generator,
+                   negative_prompt, progress: bool) -> torch.Tensor:
+        """Raise the base's keyframes to at least `num_frames` with the keyframe stage (as often as needed), then
+        take `num_frames` evenly spaced frames (first and last kept): one clip's motion at a higher frame rate."""
+        index = keyframe_stage(self.specs)
+        spec, pipe = self.specs[index], self.pipelines[index]
+        while video.shape[2] < num_frames:
+            video = run_stage(pipe, video, prompts, factor=spec.factor, noise_level=spec.noise_level,
+                              generator=make_generators(len(prompts), generator, seed), steps=spec.steps,
+                              guidance=spec.guidance, scheduler=spec.scheduler, negative_prompt=negative_prompt,
+                              progress=f"keyframes: {spec.name}" if progress else False, allow_large=True)
+        keep = torch.linspace(0, video.shape[2] - 1, num_frames).round().long().to(video.device)
+        return video.index_select(2, keep)
+
     def _bar(self, index: int) -> str:
         """The progress bar's name for stage `index`: `base (1/3)`, `interpolation (2/3)`, ..."""
         return f"{self.specs[index].name} ({index + 1}/{len(self.specs)})"
@@ -363,24 +401,31 @@ class CascadePipeline:
                  width: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, negative_prompt=None, generator=None, seed: int | None = None,
                  output_type: str = "uint8", return_intermediate: bool = False, progress: bool = True,
-                 allow_large: bool = False):
+                 allow_large: bool = False, long_video: str = "auto"):
         """Generate with the base, then run every stage. Returns like VideoPipeline (uint8 `(f, h, w, 3)` for one
         video, else a list; "pt": `(b, 3, f, h, w)` in [-1, 1]); with `return_intermediate`, the pair
         `(final, [output of each stage])`. Sizes are checked against every stage, and against the size limits
-        (`allow_large` lifts them, `check_request_size`), before sampling starts."""
+        (`allow_large` lifts them, `check_request_size`), before sampling starts. A base clip longer than the
+        base's window is made as `long_video` says (`long_video_method`): by default the base samples its window
+        of keyframes over the whole clip and the interpolation stage fills them in (Make-A-Video's route to
+        longer clips), so one motion spans the clip; "windows" samples overlapping temporal windows."""
         if output_type not in ("uint8", "pt"):
             raise ValueError(f"unknown output_type {output_type!r}; use uint8 or pt")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         sizes = self.plan(num_frames, height, width, allow_large=allow_large, videos=len(prompts))
+        method = self.long_video_method(sizes[0][0], long_video)
         base = self.specs[0]
         self.timings = {}
         start = time.perf_counter()
-        video = self.base(prompts, num_frames=sizes[0][0], height=sizes[0][1], width=sizes[0][2],
+        video = self.base(prompts, num_frames=self.base.defaults.num_frames if method == "keyframes" else sizes[0][0],
+                          height=sizes[0][1], width=sizes[0][2],
                           num_inference_steps=num_inference_steps or base.steps,
                           guidance_scale=guidance_scale if guidance_scale is not None else base.guidance,
                           scheduler=base.scheduler, negative_prompt=negative_prompt,
                           generator=make_generators(len(prompts), generator, seed), output_type="pt",
                           progress=self._bar(0) if progress else False)
+        if method == "keyframes":
+            video = self._keyframes(video, sizes[0][0], prompts, seed, generator, negative_prompt, progress)
         self.timings[f"0 {base.name}"] = time.perf_counter() - start
         outputs = [video]
         for i, (spec, pipe) in enumerate(zip(self.specs[1:], self.pipelines[1:]), 1):
