@@ -118,10 +118,11 @@ def markdown_table(stage: str, summary: dict, baseline: str) -> str:
         f"{number(summary['psnr_gain'])} | {number(summary['ssim'], 4)} | {number(summary['baseline_ssim'], 4)} | "
         f"{100 * summary['beats_baseline']:.0f}% |"]
     if judged is not None:
-        lines += ["", "| judged (" + ("the made frames" if stage == "extend" else "the output") + ") | "
+        lines += ["", "| judged (" + JUDGED_ON.get(stage, "the output") + ") | "
                   + " | ".join(JUDGED) + " |", "| --- |" + " ---: |" * len(JUDGED),
                   f"| {stage} | " + " | ".join(f"{100 * judged[key]:.1f}%" for key in JUDGED) + " |"]
     return "\n".join(lines)
 
 
+JUDGED_ON = {"extend": "the made frames"}  # an extension is judged on the frames it made
 BASELINES = {"interpolation": "linear blending", "ssr": "bicubic", "extend": "last frame held"}
