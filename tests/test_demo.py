@@ -188,7 +188,9 @@ def test_demo_stages_take_what_generate_writes(command, tmp_path, capsys):
     from vidiff.cli import main
     from vidiff.data.video_io import read_video, write_video
 
-    write_video(tmp_path / "clip.mp4", np.full((2, 64, 64, 3), 128, np.uint8), fps=8)
+    from vidiff.data.synthetic import make_clip
+
+    write_video(tmp_path / "clip.mp4", make_clip("red", "circle", "moving right", num_frames=2, size=64), fps=8)
     argv = [command, "--video", str(tmp_path / "clip.mp4"), "--steps", "2", "--seed", "0", "--quiet",
             "--out", str(tmp_path / "out.mp4")] + (["--frames", "1"] if command == "extend" else [])
     assert main(argv) == 0
@@ -197,6 +199,43 @@ def test_demo_stages_take_what_generate_writes(command, tmp_path, capsys):
     assert "trained on shapes clips of 32x32" in err[1]
     size = {"interpolate": (3, 64, 64), "extend": (3, 64, 64), "upscale": (2, 128, 128)}[command]
     assert read_video(tmp_path / "out.mp4").frames.shape[:3] == size
+
+
+@pytest.mark.parametrize("command", ["interpolate", "extend", "upscale"])
+def test_demo_stages_say_when_a_clip_is_not_from_their_world(command, tmp_path, capsys):
+    """Issue 24: a real clip (here a textured bright one) downscaled for a demo stage came back as garbage with
+    no word; now one warning line says the stage never saw such clips. A shapes clip at the trained size gets
+    none."""
+    import numpy as np
+
+    from vidiff.cli import main
+    from vidiff.data.synthetic import make_clip
+    from vidiff.data.video_io import write_video
+
+    rng = np.random.default_rng(0)
+    real = np.clip(150 + 60 * rng.standard_normal((2, 32, 32, 3)), 0, 255).astype(np.uint8)
+    write_video(tmp_path / "real.mp4", real, fps=8)
+    write_video(tmp_path / "shapes.mp4", make_clip("blue", "square", "moving up", num_frames=2, size=32), fps=8)
+    warnings = {}
+    for name in ("real", "shapes"):
+        argv = [command, "--video", str(tmp_path / f"{name}.mp4"), "--steps", "2", "--seed", "0", "--quiet",
+                "--out", str(tmp_path / f"{name}-out.mp4")] + (["--frames", "1"] if command == "extend" else [])
+        assert main(argv) == 0
+        warnings[name] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert len(warnings["real"]) == 1 and "does not look like the shapes clips" in warnings["real"][0]
+    assert "% of its pixels are their plain dark background" in warnings["real"][0]
+    assert warnings["shapes"] == []
+
+
+def test_background_share_separates_shapes_clips_from_real_ones():
+    import numpy as np
+
+    from vidiff.data.synthetic import SHAPES_BACKGROUND_SHARE, background_share, make_clip
+
+    for size in (32, 64):
+        assert background_share(make_clip("yellow", "triangle", "moving left", num_frames=8, size=size)) > 0.9
+    bright = np.full((4, 32, 32, 3), 200, np.uint8)
+    assert background_share(bright) == 0.0 < SHAPES_BACKGROUND_SHARE
 
 
 @pytest.mark.parametrize("command", ["interpolate", "extend", "upscale"])

@@ -74,6 +74,7 @@ def stream_and_extend(args, model, source, context: int, chunk: int, record: dic
     n = source.num_frames
     quiet_loading(args.quiet)
     tail = read_frames(args.video, source, indices=np.arange(n - context, n)).frames
+    stage_io.warn_off_domain(args, model, tail)
     pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=args.dtype)
     start = time.perf_counter()
     video = cascade.extend_video(pipe, tail, args.prompt, num_frames=args.frames, context_frames=context, seed=seed,

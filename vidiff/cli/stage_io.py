@@ -7,6 +7,7 @@ setting, the input and the seed, so a run can be repeated.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -19,6 +20,7 @@ from vidiff.cli.common import (CLIError, ClipOutputs, check_device, check_flag, 
 from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
                                 add_seed_option)
 from vidiff.cli.resolve import Model, resolve_model
+from vidiff.data.synthetic import SHAPES_BACKGROUND_SHARE, background_share
 from vidiff.data.video_io import chunk_bounds, iter_chunks, read_video
 from vidiff.pipelines import cascade
 from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
@@ -90,6 +92,18 @@ def warn_untrained_size(args, model: Model, video) -> None:
               "runs at the input's size, slower and perhaps worse than on what it learned", file=sys.stderr)
 
 
+def warn_off_domain(args, model: Model, frames) -> None:
+    """One warning line when a built-in demo stage gets frames that are not from its shapes world (real video,
+    other backgrounds): it runs, but on what it never saw."""
+    if not model.demo:
+        return
+    share = background_share(frames)
+    if share < SHAPES_BACKGROUND_SHARE:
+        print(f"warning: --video {args.video} does not look like the shapes clips the built-in demo stages were "
+              f"trained on (only {share:.0%} of its pixels are their plain dark background); expect poor output, "
+              "or pass --model DIR for a stage trained on such clips", file=sys.stderr)
+
+
 def stage_settings(model: Model) -> dict:
     """The sampling settings a stage run takes (and its sidecar records)."""
     s = model.settings
@@ -147,6 +161,9 @@ def stream_and_write(args, model: Model, source, fields: dict, fps: float, recor
     pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=args.dtype)
     start = time.perf_counter()
     chunks = iter_chunks(args.video, source, chunk, model.stage.chunk_overlap())
+    first = next(chunks)
+    warn_off_domain(args, model, first)
+    chunks = itertools.chain([first], chunks)
     outputs = cascade.run_stage_chunks(pipe, chunks, args.prompt, seed=seed, negative_prompt=args.negative,
                                        progress=False, allow_large=args.allow_large, **fields, **settings)
     with ClipOutputs(out, fps, overwrite=args.overwrite, total=total[0], **extras(args)) as clip, \
@@ -176,6 +193,7 @@ def sample_and_write(args, model: Model, sample) -> int:
 
     quiet_loading(args.quiet)
     frames = read_video(args.video).frames
+    warn_off_domain(args, model, frames)
     pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=args.dtype)
     start = time.perf_counter()
     video, fps, fields, summary = sample(pipe, frames, settings, seed)

@@ -41,6 +41,15 @@ MOTIONS: dict[str, tuple[int, int]] = {
     "moving down": (0, 1),
 }
 BACKGROUND: tuple[int, int, int] = (24, 24, 24)
+SHAPES_BACKGROUND_SHARE = 0.5  # below this share of plain background a clip is not from the shapes world
+
+
+def background_share(frames: np.ndarray, tolerance: int = 24) -> float:
+    """The share of pixels of uint8 frames `(..., 3)` within `tolerance` of BACKGROUND in every channel: ~0.9+ for
+    a shapes clip (one small shape on the plain background), as the demo cascade draws it too; low for real
+    video."""
+    frames = np.asarray(frames)
+    return float((np.abs(frames.astype(np.int16) - np.asarray(BACKGROUND, np.int16)).max(-1) <= tolerance).mean())
 
 
 def caption(color: str, shape: str, motion: str) -> str:
