@@ -468,6 +468,48 @@ def test_generate_records_how_a_long_cascade_clip_was_made(cascade, tmp_path, ca
     assert err.count("\n") == 1 and not (tmp_path / "d.mp4").exists()
 
 
+def test_prompt_travel_through_a_cascade_keeps_each_change_at_its_moment(cascade, monkeypatch):
+    """Issue 21: the schedule counts the base's frames (9 here, past its 4-frame window: keyframes); the base's
+    keyframes, each filling-in pass and every later stage get it on their own timeline, so the change at frame 8
+    of 9 is at keyframe 3 of 4, frame 6 of 7, 12 of 13, then 16 of the x2 stage's 17. One keyframe is the plain
+    prompt."""
+    from vidiff.pipelines.cascade import CascadePipeline
+    from vidiff.pipelines.text_to_video import VideoPipeline
+    from vidiff.spec import PromptSchedule
+
+    pipe = CascadePipeline.from_pretrained(cascade["folder"], device="cpu", dtype="fp32")
+    options = dict(num_frames=9, height=16, width=16, seed=4, output_type="pt", progress=False)
+    red, blue = "a red circle", "a blue square"
+    plain = pipe(red, **options)
+    torch.testing.assert_close(pipe(PromptSchedule(((0, red),)), **options), plain, rtol=0, atol=1e-6)
+
+    seen, call = [], VideoPipeline.__call__
+
+    def spy(self, prompt, *args, **kwargs):
+        seen.append((prompt[0].keyframes, kwargs["num_frames"]))
+        return call(self, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(VideoPipeline, "__call__", spy)
+    travel = pipe(PromptSchedule(((0, red), (8, blue))), **options)
+    assert [(frames, [f for f, _ in keys]) for keys, frames in seen] == \
+        [(4, [0, 3]), (7, [0, 6]), (13, [0, 12]), (17, [0, 16]), (17, [0, 16])]
+    assert travel.shape == plain.shape and not torch.allclose(travel, plain)
+
+
+def test_generate_runs_prompt_travel_through_a_cascade(cascade, tmp_path, capsys):
+    prompts = ["--prompt", "0: a red circle", "--prompt", "8: a blue square"]
+    code, _, err = run_cli(capsys, "generate", "--model", cascade["folder"], *prompts, "--num-frames", 9,
+                           "--steps", 2, "--seed", 5, "--quiet", "--out", tmp_path / "t.mp4")
+    assert code == 0, err
+    sidecar = json.loads((tmp_path / "t.json").read_text())
+    assert sidecar["prompt_schedule"] == {"0": "a red circle", "8": "a blue square"}
+    assert sidecar["num_frames"] == 17 and sidecar["stages"][0]["long_video"] == "keyframes"
+    code, _, err = run_cli(capsys, "generate", "--model", cascade["folder"], *prompts, "--num-frames", 8,
+                           "--out", tmp_path / "bad.mp4")
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "bad.mp4").exists()
+    assert "--num-frames must exceed the last prompt keyframe (8), got 8: the base's clip must reach" in err
+
+
 def run_cli(capsys, *argv):
     from vidiff.cli import main
 

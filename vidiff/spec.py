@@ -701,8 +701,13 @@ class PromptSchedule:
         if last >= num_frames:
             raise SettingError("num_frames", f"must exceed the last prompt keyframe ({last}), got {num_frames}")
 
+    def scaled(self, factor: float) -> "PromptSchedule":
+        """The schedule on a timeline `factor` times as dense (frame f -> f * factor; frames may become
+        fractional): a cascade's keyframes and its interpolated frames keep each change at the same moment."""
+        return PromptSchedule(tuple((frame * factor, text) for frame, text in self.keyframes))
+
     def __str__(self) -> str:
-        return "; ".join(f"{frame}: {text}" for frame, text in self.keyframes)
+        return "; ".join(f"{frame:g}: {text}" for frame, text in self.keyframes)
 
 
 def is_keyframe_prompt(text: str) -> bool:

@@ -15,7 +15,7 @@ from vidiff.cli.options import check_compile_flag
 from vidiff.cli.resolve import resolve_settings
 from vidiff.pipelines.cascade import (CascadePipeline, check_cascade_side, is_cascade, long_video_method, plan_cascade,
                                      read_cascade)
-from vidiff.spec import RequestTooLarge, SamplingSettings, SettingError
+from vidiff.spec import PromptSchedule, RequestTooLarge, SamplingSettings, SettingError
 
 # generate's flags that a cascade does not take (each stage samples with its own windows and its YAML's sampler)
 NOT_FOR_CASCADES = (("--cross-frame", "cross_frame", None), ("--window-size", "window_size", None),
@@ -65,8 +65,9 @@ def cascade_settings(args, specs) -> list[SamplingSettings]:
     return settings
 
 
-def generate_cascade(args, prompts: list[str]) -> int:
-    """Base, then every stage, for each prompt x --num-videos; every check before any model loads."""
+def generate_cascade(args, prompts: list[str], travel: PromptSchedule | None = None) -> int:
+    """Base, then every stage, for each prompt x --num-videos (or one clip of prompt travel, `travel`, whose
+    keyframes count the base's frames); every check before any model loads."""
     if args.cascade is not None and args.model is not None:
         raise CLIError("give --model or --cascade, not both")
     for flag, name, default in NOT_FOR_CASCADES:
@@ -85,8 +86,11 @@ def generate_cascade(args, prompts: list[str]) -> int:
         raise CLIError(f"{e} (sizes from --num-frames / --height / --width or the base's defaults)") from None
     try:
         method = long_video_method(specs, base.num_frames, args.long_video)
+        if travel is not None:
+            travel.check_frames(base.num_frames)
     except SettingError as e:
-        raise CLIError(e.for_flags()) from None
+        raise CLIError(e.for_flags() + (": the base's clip must reach every prompt keyframe" if travel else "")) \
+            from None
     count = len(prompts) * args.num_videos
     seed = seed_or_random(args.seed, count)
     paths = clip_paths(args.out, prompts, args.num_videos, seed)
@@ -112,16 +116,17 @@ def generate_cascade(args, prompts: list[str]) -> int:
     if args.compile:
         pipe.compile_unet()
     for index, path in enumerate(paths):
-        write_clip(args, pipe, path, prompts[index // args.num_videos], seed + index, source, stages)
+        write_clip(args, pipe, path, prompts[index // args.num_videos], seed + index, source, stages, travel)
     return 0
 
 
-def write_clip(args, pipe, path: Path, prompt: str, seed: int, source, stages: list[dict]) -> None:
+def write_clip(args, pipe, path: Path, prompt: str, seed: int, source, stages: list[dict],
+               travel: PromptSchedule | None = None) -> None:
     """One clip through the whole cascade, written with its sidecar (and each stage's output with
     --keep-intermediate); prints one line."""
     base, final = stages[0], stages[-1]
     start = time.perf_counter()
-    video, outputs = pipe(prompt, num_frames=base["frames"], height=base["height"], width=base["width"],
+    video, outputs = pipe(travel or prompt, num_frames=base["frames"], height=base["height"], width=base["width"],
                           num_inference_steps=base["steps"], guidance_scale=base["guidance"],
                           negative_prompt=args.negative, seed=seed, return_intermediate=True,
                           progress=not args.quiet, allow_large=args.allow_large, long_video=args.long_video)
@@ -131,6 +136,8 @@ def write_clip(args, pipe, path: Path, prompt: str, seed: int, source, stages: l
                "width": final["width"], "fps": final["fps"], "stages": stages, "device": str(pipe.base.device),
                "dtype": str(pipe.base.dtype).replace("torch.", ""), "compile": args.compile, "vidiff_version": vidiff.__version__,
                "seconds": round(time.perf_counter() - start, 3)}
+    if travel is not None:  # (the frames of the base's clip; sidecar["stages"] gives each stage's frame count)
+        sidecar["prompt_schedule"] = {str(frame): text for frame, text in travel.keyframes}
     written = write_outputs(path, video, final["fps"], sidecar, gif=args.gif, frames_dir=args.frames_dir,
                             contact_sheet=args.contact_sheet, overwrite=args.overwrite)
     if args.keep_intermediate:

@@ -136,13 +136,13 @@ def run(args) -> int:
         return image_to_video.generate_from_image(args, prompts, travel)
     motion_field = _zero_shot_options(args)
     if args.model is None and args.cascade is None:  # the built-in demo, so a fresh install makes a clip at once
-        # zero-shot and prompt travel: the demo's base alone
-        args.model = demo_model("base" if args.zero_shot or travel else None, travel.prompts if travel else prompts)
+        # zero-shot: the demo's base alone
+        args.model = demo_model("base" if args.zero_shot else None, travel.prompts if travel else prompts)
     loras = parse_lora_flags(args.lora or [])
     embeddings = parse_embedding_flags(args.embedding or [])
     if cascade.is_cascade_request(args):
-        _check_cascade_request(args, loras, embeddings, travel)
-        return cascade.generate_cascade(args, prompts)
+        _check_cascade_request(args, loras, embeddings)
+        return cascade.generate_cascade(args, prompts, travel)
     model = resolve_model(args, "generate", **sampling_request(args))
     control = _check_model_request(args, model, loras, travel)
     count = check_clip_count(len(prompts), args.num_videos)
@@ -188,11 +188,10 @@ def run(args) -> int:
     return 0
 
 
-def _check_cascade_request(args, loras, embeddings, travel) -> None:
+def _check_cascade_request(args, loras, embeddings) -> None:
     """The flags that apply to one text-to-video model, refused for a cascade."""
     for flag, value in (("--zero-shot", args.zero_shot), ("--spatial-from", args.spatial_from), ("--lora", loras),
-                        ("--fuse", args.fuse), ("--controlnet", args.controlnet), ("--embedding", embeddings),
-                        ("prompt travel ('N: prompt')", travel)):
+                        ("--fuse", args.fuse), ("--controlnet", args.controlnet), ("--embedding", embeddings)):
         if value:
             raise CLIError(f"{flag} applies to one text-to-video model, not to a cascade: pass --model BASE")
 

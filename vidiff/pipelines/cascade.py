@@ -37,8 +37,8 @@ import torch
 import yaml
 
 from vidiff.pipelines.text_to_video import VideoPipeline, as_video, make_generators, to_uint8
-from vidiff.spec import (LONG_VIDEO, SCHEDULER_NAMES, PipelineInfo, SettingError, check_choice, check_request_size,
-                         check_setting, read_info)
+from vidiff.spec import (LONG_VIDEO, SCHEDULER_NAMES, PipelineInfo, PromptSchedule, SettingError, check_choice,
+                         check_request_size, check_setting, read_info)
 from vidiff.stages import Stage, stage_for
 from vidiff.stages.cascade import check_stage_settings
 from vidiff.utils import atomic_dir, check_replaceable, yaml_error_line
@@ -237,11 +237,18 @@ def _video_shape(video) -> tuple[int, int, int, int, int]:
     return shape
 
 
-def _prompts(prompt, count: int) -> list[str]:
-    prompts = [prompt] * count if isinstance(prompt, str) else list(prompt)
-    if len(prompts) != count or not all(isinstance(p, str) for p in prompts):
+def _prompts(prompt, count: int) -> list:
+    """One prompt per video: texts, or PromptSchedules (prompt travel)."""
+    prompts = [prompt] * count if isinstance(prompt, (str, PromptSchedule)) else list(prompt)
+    if len(prompts) != count or not all(isinstance(p, (str, PromptSchedule)) for p in prompts):
         raise ValueError(f"give one prompt, or one per video ({count}), got {prompt!r}")
     return prompts
+
+
+def on_timeline(prompts: list, scale: float) -> list:
+    """`prompts` for a clip whose frame f is frame f / scale of the schedules' timeline: each PromptSchedule's
+    keyframes move with their moment (a cascade's keyframes, its interpolated frames); texts stay."""
+    return [p.scaled(scale) if isinstance(p, PromptSchedule) and scale != 1 else p for p in prompts]
 
 
 @torch.no_grad()
@@ -385,7 +392,9 @@ class CascadePipeline:
         index = keyframe_stage(self.specs)
         spec, pipe = self.specs[index], self.pipelines[index]
         while video.shape[2] < num_frames:
-            video = run_stage(pipe, video, prompts, factor=spec.factor, noise_level=spec.noise_level,
+            # (the stage's output: frame f is frame f (n - 1) / (k (num_frames - 1)) of the clip's timeline)
+            scale = spec.stage.frame_rate_factor(spec.factor) * (video.shape[2] - 1) / (num_frames - 1)
+            video = run_stage(pipe, video, on_timeline(prompts, scale), factor=spec.factor, noise_level=spec.noise_level,
                               generator=make_generators(len(prompts), generator, seed), steps=spec.steps,
                               guidance=spec.guidance, scheduler=spec.scheduler, negative_prompt=negative_prompt,
                               progress=f"keyframes: {spec.name}" if progress else False, allow_large=True)
@@ -408,16 +417,21 @@ class CascadePipeline:
         (`allow_large` lifts them, `check_request_size`), before sampling starts. A base clip longer than the
         base's window is made as `long_video` says (`long_video_method`): by default the base samples its window
         of keyframes over the whole clip and the interpolation stage fills them in (Make-A-Video's route to
-        longer clips), so one motion spans the clip; "windows" samples overlapping temporal windows."""
+        longer clips), so one motion spans the clip; "windows" samples overlapping temporal windows.
+        A prompt may be a PromptSchedule (prompt travel) whose keyframes count the base's frames; every stage
+        gets it on its own timeline (`on_timeline`), so a change stays at the same moment of the clip."""
         if output_type not in ("uint8", "pt"):
             raise ValueError(f"unknown output_type {output_type!r}; use uint8 or pt")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, (str, PromptSchedule)) else list(prompt)
         sizes = self.plan(num_frames, height, width, allow_large=allow_large, videos=len(prompts))
         method = self.long_video_method(sizes[0][0], long_video)
         base = self.specs[0]
         self.timings = {}
         start = time.perf_counter()
-        video = self.base(prompts, num_frames=self.base.defaults.num_frames if method == "keyframes" else sizes[0][0],
+        keyframes = self.base.defaults.num_frames
+        # prompt travel: the schedules count the base's frames; the keyframes span them, later stages densify
+        scale = (keyframes - 1) / (sizes[0][0] - 1) if method == "keyframes" else 1
+        video = self.base(on_timeline(prompts, scale), num_frames=keyframes if method == "keyframes" else sizes[0][0],
                           height=sizes[0][1], width=sizes[0][2],
                           num_inference_steps=num_inference_steps or base.steps,
                           guidance_scale=guidance_scale if guidance_scale is not None else base.guidance,
@@ -428,10 +442,12 @@ class CascadePipeline:
             video = self._keyframes(video, sizes[0][0], prompts, seed, generator, negative_prompt, progress)
         self.timings[f"0 {base.name}"] = time.perf_counter() - start
         outputs = [video]
+        scale = 1
         for i, (spec, pipe) in enumerate(zip(self.specs[1:], self.pipelines[1:]), 1):
             start = time.perf_counter()
+            scale *= spec.stage.frame_rate_factor(spec.factor)
             # each stage draws its noise from generators seeded like the base's (the same seed, another draw)
-            video = run_stage(pipe, video, prompts, factor=spec.factor, noise_level=spec.noise_level,
+            video = run_stage(pipe, video, on_timeline(prompts, scale), factor=spec.factor, noise_level=spec.noise_level,
                               generator=make_generators(len(prompts), generator, seed), steps=spec.steps,
                               guidance=spec.guidance, scheduler=spec.scheduler, negative_prompt=negative_prompt,
                               progress=self._bar(i) if progress else False, allow_large=True)  # (the whole plan was checked above)
