@@ -404,6 +404,39 @@ def test_tsr_and_extension(cascade):
         extend_video(pipe, video, "", num_frames=2, context_frames=4)
 
 
+def test_extension_makes_one_frame_a_chunk_beside_a_growing_past(cascade, monkeypatch):
+    """Issue 24: extension's default is one new frame per chunk, the known past growing from the input's frames
+    to what the window holds (window 4: 2 known + 1, then 3 + 1); five new frames a window lost the demo's motion.
+    `new_per_chunk=None` keeps the old chunks (half the window known, the rest new); bad values are one line."""
+    from vidiff.pipelines.cascade import extend_video
+    from vidiff.spec import SettingError
+    from vidiff.stages import cascade as stages_cascade
+
+    pipe = load(cascade["folder"] / "interpolation")
+    video = torch.rand(1, 3, 2, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    windows, sample = [], stages_cascade.sample_stage
+
+    def spy(pipe, prompts, condition, size, settings, generators, **extra):
+        windows.append((size[0], int(condition[0, -1, :, 0, 0].sum())))  # (window, known frames)
+        return sample(pipe, prompts, condition, size, settings, generators, **extra)
+
+    monkeypatch.setattr(stages_cascade, "sample_stage", spy)
+    options = dict(num_frames=3, seed=0, guidance=1.0, progress=False)
+    one = extend_video(pipe, video, "", **options)
+    assert windows == [(3, 2), (4, 3), (4, 3)] and one.shape == (1, 3, 5, 16, 16)
+    assert torch.equal(one[:, :, :2], video)
+    windows.clear()
+    old = extend_video(pipe, video, "", new_per_chunk=None, **options)
+    assert windows == [(4, 2), (3, 2)] and old.shape == one.shape and not torch.allclose(old, one)
+    windows.clear()
+    extend_video(pipe, video, "", new_per_chunk=2, context_frames=1, **options)
+    assert windows == [(3, 1), (2, 1)]
+    with pytest.raises(SettingError, match=r"new_per_chunk must be in \[1, 3\] \(the stage's window 4 less one"):
+        extend_video(pipe, video, "", new_per_chunk=4, **options)
+    with pytest.raises(SettingError, match=r"context_frames must be in \[1, 2\] \(the stage's window 4 less 2 new"):
+        extend_video(pipe, video, "", new_per_chunk=2, context_frames=3, **options)
+
+
 def test_cascade_end_to_end(cascade):
     from vidiff.pipelines.cascade import CascadePipeline, run_stage
 

@@ -120,6 +120,12 @@ CASES = {
     "context_frames": (EXTEND + ["--frames", "2", "--context-frames", "9"],
                        lambda w: extend_video(w["pipes"]["interpolation"], w["clip"], "x", num_frames=2,
                                               context_frames=9)),
+    "new_per_chunk": (EXTEND + ["--frames", "2", "--new-frames-per-chunk", "0"],
+                      lambda w: extend_video(w["pipes"]["interpolation"], w["clip"], "x", num_frames=2,
+                                             new_per_chunk=0)),
+    "new_per_chunk-window": (EXTEND + ["--frames", "2", "--new-frames-per-chunk", "64"],
+                             lambda w: extend_video(w["pipes"]["interpolation"], w["clip"], "x", num_frames=2,
+                                                    new_per_chunk=64)),
 }
 
 

@@ -167,6 +167,7 @@ SETTINGS: dict[str, Setting] = {
     "noise_level": Setting(int, 0, 999, "--noise-level"),
     "factor": Setting(int, 2, 64, "--factor"),
     "context_frames": Setting(int, 1, MAX_FRAMES, "--context-frames"),
+    "new_per_chunk": Setting(int, 1, MAX_FRAMES, "--new-frames-per-chunk"),
     "tune_steps": Setting(int, 1, 100_000, "--tune-steps"),
     "tune_learning_rate": Setting(float, 1e-12, 1.0, "--tune-lr"),
     # reading source clips (vidiff edit, vidiff data cache): every stride-th frame, from frame `start`

@@ -21,15 +21,20 @@ def add_parser(sub, help_text: str):
         "extend", help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Continue a clip by N frames: chunk by chunk, the last frames are given to an interpolation "
                     "stage as the known past (the MCVD-style future-prediction masks it was trained with) and the "
-                    "rest of its window is generated. The input frames are kept exactly; the fps stays the input's.",
+                    "next frame (--new-frames-per-chunk) is generated. The input frames are kept exactly; the fps "
+                    "stays the input's.",
         epilog="examples:\n"
                "  vidiff extend --model runs/interpolation/pipeline --video in.mp4 --frames 16 --out out.mp4\n"
-               "  vidiff extend --model M --video in.mp4 --frames 8 --context-frames 4 --seed 3 --out out.mp4")
+               "  vidiff extend --model M --video in.mp4 --frames 8 --context-frames 4 --new-frames-per-chunk 5 "
+               "--seed 3 --out out.mp4   (faster: 5 new frames a window)")
     stage_io.add_stage_options(p)
     stage_io.add_chunk_option(p)
     p.add_argument("--frames", type=int, required=True, metavar="N", help="number of new frames to add")
     p.add_argument("--context-frames", type=int, default=None, metavar="C",
-                   help="known frames per chunk (default: half the stage's window)")
+                   help="the most known frames per chunk (default: what the stage's window holds beside the new ones)")
+    p.add_argument("--new-frames-per-chunk", type=int, default=1, metavar="K",
+                   help="new frames generated per chunk (default: %(default)s, each next to known frames; more is "
+                        "faster and less coherent)")
     return p
 
 
@@ -37,7 +42,8 @@ def run(args) -> int:
     # an interpolation or tsr stage runs under `vidiff interpolate`; the stage itself says whether it extends
     model, source = stage_io.resolve_stage(args, "extend", demo_stage="interpolation", runs="interpolate")
     try:
-        context = model.stage.check_extension(model.info, source.num_frames, args.frames, args.context_frames)
+        context = model.stage.check_extension(model.info, source.num_frames, args.frames, args.context_frames,
+                                               args.new_frames_per_chunk)
     except ValueError as e:
         raise flag_error(e) from None
     try:
@@ -50,13 +56,13 @@ def run(args) -> int:
                held=min(1.0, max(chunk, context + args.frames) / (source.num_frames + args.frames)))
     stage_io.warn_untrained_size(args, model, source)
     fields = {"command": "extend", "stage": model.info.stage, "new_frames": args.frames, "context_frames": context,
-              "input_fps": source.fps}
+              "new_frames_per_chunk": args.new_frames_per_chunk, "input_fps": source.fps}
     if source.num_frames > chunk:
         return stream_and_extend(args, model, source, context, chunk, dict(fields, chunk_frames=chunk))
 
     def sample(pipe, frames, settings: dict, seed: int):
         video = cascade.extend_video(pipe, frames, args.prompt, num_frames=args.frames, context_frames=context,
-                                     seed=seed, negative_prompt=args.negative, progress=not args.quiet,
+                                     new_per_chunk=args.new_frames_per_chunk, seed=seed, negative_prompt=args.negative, progress=not args.quiet,
                                      allow_large=args.allow_large, **settings)
         return video, source.fps, fields, f"{plural(len(frames), 'frame')} + {args.frames}"
 
@@ -73,14 +79,14 @@ def stream_and_extend(args, model, source, context: int, chunk: int, record: dic
     device = check_device(args.device)
     n = source.num_frames
     quiet_loading(args.quiet)
-    tail = read_frames(args.video, source, indices=np.arange(n - context, n)).frames
+    tail = read_frames(args.video, source, indices=np.arange(max(0, n - context), n)).frames
     stage_io.warn_off_domain(args, model, tail)
     pipe = VideoPipeline.from_pretrained(model.path, device=device, dtype=args.dtype)
     start = time.perf_counter()
-    video = cascade.extend_video(pipe, tail, args.prompt, num_frames=args.frames, context_frames=context, seed=seed,
-                                 negative_prompt=args.negative, progress=not args.quiet, allow_large=args.allow_large,
-                                 **settings)
-    new = to_uint8(video[0])[context:]
+    video = cascade.extend_video(pipe, tail, args.prompt, num_frames=args.frames, context_frames=context,
+                                 new_per_chunk=args.new_frames_per_chunk, seed=seed, negative_prompt=args.negative,
+                                 progress=not args.quiet, allow_large=args.allow_large, **settings)
+    new = to_uint8(video[0])[len(tail):]
     total = n + args.frames
     with ClipOutputs(out, source.fps, overwrite=args.overwrite, total=total, **stage_io.extras(args)) as clip:
         for frames in iter_chunks(args.video, source, chunk):

@@ -303,11 +303,12 @@ def upscale_video(pipe, video, prompt, *, noise_level: int | None = None, **kwar
 
 
 @torch.no_grad()
-def extend_video(pipe, video, prompt, *, num_frames: int, context_frames: int | None = None, generator=None,
-                 seed: int | None = None, allow_large: bool = False, **settings) -> torch.Tensor:
+def extend_video(pipe, video, prompt, *, num_frames: int, context_frames: int | None = None,
+                 new_per_chunk: int | None = 1, generator=None, seed: int | None = None, allow_large: bool = False,
+                 **settings) -> torch.Tensor:
     """Extend `video` by `num_frames` new frames with an interpolation stage trained with future-prediction
-    masks: chunk by chunk, the last `context_frames` frames (default: half the stage's window) are the known
-    past and the rest of the window is generated. The input frames come out exactly as given. A result beyond
+    masks: chunk by chunk, up to `context_frames` last frames (default: all the window holds) are the known
+    past and `new_per_chunk` new frames (default 1; None: the rest of the window) are generated. The input frames come out exactly as given. A result beyond
     the size limits is refused before sampling (RequestTooLarge) unless `allow_large`.
     Returns `(b, 3, n + num_frames, h, w)` in [-1, 1]."""
     check_stage_settings(settings)
@@ -317,8 +318,8 @@ def extend_video(pipe, video, prompt, *, num_frames: int, context_frames: int | 
     video = as_video(video, pipe.device)
     b = video.shape[0]
     return stage_for(pipe.info).extend(pipe, video, _prompts(prompt, b), num_frames=num_frames,
-                                       context_frames=context_frames, generators=make_generators(b, generator, seed),
-                                       settings=settings)
+                                       context_frames=context_frames, new_per_chunk=new_per_chunk,
+                                       generators=make_generators(b, generator, seed), settings=settings)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -83,9 +83,9 @@ def check_first_frame_stage(stage, info, num_frames: int, where: str) -> None:
         raise ValueError(f"image-to-video makes at least 2 frames (the image and one more), got {num_frames}")
     window = stage.window(info)
     try:  # the first window from the image alone, then (a longer clip) extension's chunks
-        stage.check_extension(info, 1, min(num_frames, window) - 1, 1)
+        stage.check_extension(info, 1, min(num_frames, window) - 1, 1, None)
         if num_frames > window:
-            stage.check_extension(info, window, num_frames - window, None)
+            stage.check_extension(info, window, num_frames - window, None, None)
     except ValueError as e:
         raise ValueError(f"{where} cannot start a clip from an image: {e}") from None
 
@@ -129,11 +129,11 @@ def grow_from_frame(pipe, first: torch.Tensor, prompts: list[str], *, num_frames
     stage = stage_for(pipe.info)
     window = stage.window(pipe.info)
     first_chunk = min(window - 1, num_frames - 1)
-    video = stage.extend(pipe, first, prompts, num_frames=first_chunk, context_frames=1, generators=generators,
-                         settings=settings)
+    video = stage.extend(pipe, first, prompts, num_frames=first_chunk, context_frames=1, new_per_chunk=None,
+                         generators=generators, settings=settings)
     if num_frames > video.shape[2]:
         video = stage.extend(pipe, video, prompts, num_frames=num_frames - video.shape[2], context_frames=None,
-                             generators=generators, settings=settings)
+                             new_per_chunk=None, generators=generators, settings=settings)
     return video
 
 

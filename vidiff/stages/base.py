@@ -115,7 +115,8 @@ class Stage:
         raise ValueError(f"this model is a {self.name!r} model, which makes clips from text; running it on a video "
                          "needs an interpolation, tsr or ssr stage")
 
-    def check_extension(self, info, frames: int, num_frames: int, context_frames: int | None) -> int:
+    def check_extension(self, info, frames: int, num_frames: int, context_frames: int | None,
+                        new_per_chunk: int | None = 1) -> int:
         """The context length of `extend`, after checking the stage can extend (torch-free)."""
         raise ValueError(f"extension needs an interpolation stage trained with future-prediction masks "
                          f"(stage.mask_modes with 'future'); this is a {self.name!r} model")

@@ -174,7 +174,10 @@ class InterpolationStage(_TemporalStage):
         out[:, :, ::k] = video.to(out.device, out.dtype)  # exactly the input frames, not their VAE round trip
         return out
 
-    def check_extension(self, info, frames: int, num_frames: int, context_frames: int | None) -> int:
+    def check_extension(self, info, frames: int, num_frames: int, context_frames: int | None,
+                        new_per_chunk: int | None = 1) -> int:
+        """The (most) known frames per chunk of `extend`, after checking the stage can extend (torch-free).
+        `new_per_chunk` new frames per chunk (default 1); None: the rest of the window after a fixed context."""
         # one known frame is image-to-video's mask: "first" masks train it alone, "future" ones among other lengths
         if "future" not in self.mask_modes and not (context_frames == 1 and "first" in self.mask_modes):
             raise ValueError(f"extension needs an interpolation stage trained with future-prediction masks "
@@ -184,29 +187,44 @@ class InterpolationStage(_TemporalStage):
         window = self.window(info)
         if window < 2:
             raise ValueError(f"this stage's window is {window} frame(s); extension needs at least 2")
-        context = context_frames if context_frames is not None else min(frames, max(1, window // 2))
-        if not 1 <= context <= min(frames, window - 1):
-            raise SettingError("context_frames", f"must be in [1, {min(frames, window - 1)}] (the input has {frames} "
-                             f"frames, the stage's window {window}), got {context}")
+        if new_per_chunk is None:  # a fixed context of the input's last frames, the rest of each window new
+            context = context_frames if context_frames is not None else min(frames, max(1, window // 2))
+            if not 1 <= context <= min(frames, window - 1):
+                raise SettingError("context_frames", f"must be in [1, {min(frames, window - 1)}] (the input has "
+                                   f"{frames} frames, the stage's window {window}), got {context}")
+            return context
+        check_setting("new_per_chunk", new_per_chunk)
+        if new_per_chunk > window - 1:
+            raise SettingError("new_per_chunk", f"must be in [1, {window - 1}] (the stage's window {window} less one "
+                               f"known frame), got {new_per_chunk}")
+        context = context_frames if context_frames is not None else window - new_per_chunk
+        if not 1 <= context <= window - new_per_chunk:
+            raise SettingError("context_frames", f"must be in [1, {window - new_per_chunk}] (the stage's window "
+                               f"{window} less {new_per_chunk} new frame(s) per chunk), got {context}")
         return context
 
     def extend(self, pipe, video, prompts, *, num_frames: int, context_frames: int | None, generators,
-               settings) -> torch.Tensor:
-        """Future prediction chunk by chunk (MCVD): the last `context` frames are the known past and the rest of
-        the window is generated, until `num_frames` new frames exist. The input frames come out as given."""
+               settings, new_per_chunk: int | None = 1) -> torch.Tensor:
+        """Future prediction chunk by chunk (MCVD): the last frames, up to `context_frames` of them (default: as
+        many as the window holds), are the known past and `new_per_chunk` new frames (default 1) follow, until
+        `num_frames` new frames exist; the known past grows from the input's frames to the context. One new frame
+        a chunk keeps every new frame next to known ones: on the demo it keeps colour, shape and motion where
+        five new frames a window lost the motion (docs/quality.md). `new_per_chunk=None`: a fixed context and
+        the rest of each window new. The input frames come out as given."""
         b, _, n, h, w = video.shape
         window = self.window(pipe.info)
-        context = self.check_extension(pipe.info, n, num_frames, context_frames)
+        context = self.check_extension(pipe.info, n, num_frames, context_frames, new_per_chunk)
         check_pixels(pipe.info, h, w, "this model")
         latents = pipe.encode_video(video)
         made = 0
         while made < num_frames:
-            new = min(window - context, num_frames - made)
-            past = latents[:, :, -context:]
+            known = min(context, latents.shape[2])
+            new = min(window - known if new_per_chunk is None else new_per_chunk, num_frames - made)
+            past = latents[:, :, -known:]
             placed = torch.cat([past, past.new_zeros(*past.shape[:2], new, *past.shape[3:])], dim=2)
-            condition = masked_video_condition(placed, prefix_mask(context + new, context)[None].expand(b, -1))
-            chunk = sample_stage(pipe, prompts, condition, (context + new, h, w), settings, generators)
-            latents = torch.cat([latents, chunk[:, :, context:]], dim=2)
+            condition = masked_video_condition(placed, prefix_mask(known + new, known)[None].expand(b, -1))
+            chunk = sample_stage(pipe, prompts, condition, (known + new, h, w), settings, generators)
+            latents = torch.cat([latents, chunk[:, :, known:]], dim=2)
             made += new
         out = pipe.decode(latents[:, :, n:])
         return torch.cat([video.to(out.device, out.dtype), out], dim=2)
