@@ -85,6 +85,32 @@ def test_generate_cli_prompt_travel(folder, tmp_path, capsys):
     assert not (tmp_path / "bad.mp4").exists()
 
 
+def test_a_schedule_file_is_prompt_travel(folder, tmp_path, capsys):
+    """AnimateDiff's prompt-travel JSON ({"0": ..., "3": ...}) or the same mapping in YAML, as --prompts-file,
+    is one clip's schedule; a bad file is one line before loading."""
+    base = ["generate", "--model", str(folder), "--num-frames", "4", "--height", "16", "--width", "16",
+            "--steps", "2", "--seed", "1", "--quiet"]
+    (tmp_path / "s.json").write_text(json.dumps({"0": RED, "3": BLUE}))
+    (tmp_path / "s.yaml").write_text(f"0: {RED}\n3: {BLUE}\n")
+    for name in ("s.json", "s.yaml"):
+        out = tmp_path / f"{name}.mp4"
+        assert main([*base, "--prompts-file", str(tmp_path / name), "--out", str(out)]) == 0
+        assert json.loads(out.with_suffix(".json").read_text())["prompt_schedule"] == {"0": RED, "3": BLUE}
+    capsys.readouterr()
+    (tmp_path / "list.json").write_text(json.dumps([RED, BLUE]))
+    (tmp_path / "broken.yaml").write_text("0: [a\n")
+    (tmp_path / "far.json").write_text(json.dumps({"0": RED, "9": BLUE}))
+    for name, match in (("list.json", "must map frames to prompts"), ("broken.yaml", "is not valid JSON / YAML"),
+                        ("far.json", "must exceed the last prompt keyframe (9)"), ("none.json", "does not exist")):
+        assert main([*base, "--prompts-file", str(tmp_path / name), "--out", str(tmp_path / "bad.mp4")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and err.count("\n") == 0, err
+    assert main([*base, "--prompt", RED, "--prompts-file", str(tmp_path / "s.json"), "--out",
+                 str(tmp_path / "bad.mp4")]) == 2
+    assert "is a prompt schedule: give it or --prompt, not both" in capsys.readouterr().err
+    assert not (tmp_path / "bad.mp4").exists()
+
+
 def test_per_frame_text_equals_each_frame_alone_with_pooled_text(tmp_path):
     """(b, f, L, D) text on a U-Net with Imagen's pooled-text embedding (addition_embed_type "text", as the demo
     base): each frame equals the clip sampled with that frame's text for all frames (identity temporal layers)."""

@@ -7,6 +7,8 @@ import time
 import warnings
 from pathlib import Path
 
+import yaml
+
 import vidiff
 from vidiff.adapters.export import module_skeleton
 from vidiff.adapters.embeddings import load_embedding, read_embedding
@@ -25,7 +27,7 @@ from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
 from vidiff.models.weights import WEIGHT_SUFFIXES
 from vidiff.spec import (CROSS_FRAME_MODES, LONG_VIDEO_NOISE, SETTINGS, PromptSchedule, SettingError, check_setting,
                          is_keyframe_prompt, parse_prompt_schedule)
-from vidiff.utils import plural
+from vidiff.utils import plural, yaml_error_line
 
 EPILOG = """examples:
   vidiff generate --prompt "a red circle moving right" --out clip.mp4   (no --model: the built-in demo)
@@ -79,7 +81,8 @@ def add_parser(sub, help_text: str):
                    help="with a cascade: also write each stage's output (clip_0-base.mp4, clip_1-interpolation.mp4, ...)")
     p.add_argument("--prompt", action="append", default=None, help="text prompt (repeat for several)")
     p.add_argument("--prompts-file", metavar="F", default=None,
-                   help="text file, one prompt per line (blank lines and # comments skipped)")
+                   help="text file, one prompt per line (blank lines and # comments skipped); a .json / .yaml "
+                        "file is a prompt-travel schedule mapping frames to prompts ({\"0\": \"...\", \"8\": \"...\"})")
     p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default: none)")
     add_size_options(p)
     add_sampler_options(p)
@@ -311,6 +314,11 @@ def read_prompts(args) -> tuple[list[str], PromptSchedule | None]:
     """--prompt (repeated) then --prompts-file's lines (blank lines and # comments skipped); CLIError if none.
     Prompts that all start with a frame number ("0: a red circle", "8: a blue circle") are one clip's prompt
     travel: (its one name, the PromptSchedule); otherwise (the prompts, None)."""
+    if args.prompts_file and Path(args.prompts_file).suffix.lower() in SCHEDULE_SUFFIXES:
+        if args.prompt:
+            raise CLIError(f"--prompts-file {args.prompts_file!r} is a prompt schedule: give it or --prompt, not both")
+        travel = _read_schedule(Path(args.prompts_file))
+        return [str(travel)], travel
     prompts = _prompt_texts(args)
     keyed = [is_keyframe_prompt(p) for p in prompts]
     if not any(keyed):
@@ -334,6 +342,30 @@ def _check_travel(travel: PromptSchedule | None, num_frames: int, zero_shot: boo
         travel.check_frames(num_frames)
     except SettingError as e:
         raise CLIError(f"{e.for_flags()}: the clip must reach every prompt keyframe") from None
+
+
+SCHEDULE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _read_schedule(file: Path) -> PromptSchedule:
+    """A prompt-travel schedule file (AnimateDiff's prompt-travel JSON, or YAML): a mapping of frames to prompts."""
+    where = f"--prompts-file {str(file)!r}"
+    if not file.is_file():
+        raise CLIError(f"{where} {'is a folder' if file.is_dir() else 'does not exist'}; give a .json / .yaml "
+                       "schedule mapping frames to prompts")
+    try:
+        content = yaml.safe_load(file.read_text(encoding="utf-8-sig"))  # (JSON is YAML)
+    except UnicodeDecodeError as e:
+        raise CLIError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise CLIError(f"{where} is not valid JSON / YAML: {yaml_error_line(e)}") from None
+    if not isinstance(content, dict):
+        raise CLIError(f"{where} must map frames to prompts, e.g. {{\"0\": \"a red circle\", \"8\": \"a blue "
+                       f"circle\"}}; got a {type(content).__name__}")
+    try:
+        return parse_prompt_schedule(content)
+    except ValueError as e:
+        raise CLIError(f"{where}: {e}") from None
 
 
 def _prompt_texts(args) -> list[str]:
