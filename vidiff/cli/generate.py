@@ -37,6 +37,8 @@ EPILOG = """examples:
   vidiff generate --prompt "a red circle moving left" --prompt "a blue square moving up" --out "clips/{prompt}.mp4"
   vidiff generate --cascade configs/cascade/demo.yaml --prompt "a red circle" --keep-intermediate --out c.mp4
   vidiff generate --image first.png --prompt "a red circle moving right" --out clip.mp4   (frame 0 = first.png)
+  vidiff generate --num-frames 16 --prompt "0: a red circle" --prompt "8: a blue circle" --out travel.mp4
+      (prompt travel; or --prompts-file schedule.json holding {"0": "...", "8": "..."})
   vidiff generate --model M --zero-shot --motion-field 8,0 --prompt "a horse galloping" --out horse.mp4
   vidiff generate --model M --lora style.safetensors:0.8 --lora motion.safetensors --prompt "a cat" --out cat.mp4
   vidiff generate --model M --embedding embeddings/purple.safetensors --prompt "a purple circle" --out p.mp4
