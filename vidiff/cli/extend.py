@@ -62,8 +62,8 @@ def run(args) -> int:
 
     def sample(pipe, frames, settings: dict, seed: int):
         video = cascade.extend_video(pipe, frames, args.prompt, num_frames=args.frames, context_frames=context,
-                                     new_per_chunk=args.new_frames_per_chunk, seed=seed, negative_prompt=args.negative, progress=not args.quiet,
-                                     allow_large=args.allow_large, **settings)
+                                     new_per_chunk=args.new_frames_per_chunk, seed=seed, negative_prompt=args.negative,
+                                     progress=not args.quiet, allow_large=args.allow_large, **settings)
         return video, source.fps, fields, f"{plural(len(frames), 'frame')} + {args.frames}"
 
     return stage_io.sample_and_write(args, model, sample)

@@ -248,7 +248,7 @@ def _prompts(prompt, count: int) -> list:
 def on_timeline(prompts: list, scale: float) -> list:
     """`prompts` for a clip whose frame f is frame f / scale of the schedules' timeline: each PromptSchedule's
     keyframes move with their moment (a cascade's keyframes, its interpolated frames); texts stay."""
-    return [p.scaled(scale) if isinstance(p, PromptSchedule) and scale != 1 else p for p in prompts]
+    return [p.scaled(scale) if isinstance(p, PromptSchedule) else p for p in prompts]
 
 
 @torch.no_grad()
@@ -308,8 +308,9 @@ def extend_video(pipe, video, prompt, *, num_frames: int, context_frames: int | 
                  **settings) -> torch.Tensor:
     """Extend `video` by `num_frames` new frames with an interpolation stage trained with future-prediction
     masks: chunk by chunk, up to `context_frames` last frames (default: all the window holds) are the known
-    past and `new_per_chunk` new frames (default 1; None: the rest of the window) are generated. The input frames come out exactly as given. A result beyond
-    the size limits is refused before sampling (RequestTooLarge) unless `allow_large`.
+    past and `new_per_chunk` new frames (default 1; None: the rest of the window) are generated. The input
+    frames come out exactly as given. A result beyond the size limits is refused before sampling
+    (RequestTooLarge) unless `allow_large`.
     Returns `(b, 3, n + num_frames, h, w)` in [-1, 1]."""
     check_stage_settings(settings)
     b, _, n, h, w = _video_shape(video)
@@ -395,8 +396,9 @@ class CascadePipeline:
         while video.shape[2] < num_frames:
             # (the stage's output: frame f is frame f (n - 1) / (k (num_frames - 1)) of the clip's timeline)
             scale = spec.stage.frame_rate_factor(spec.factor) * (video.shape[2] - 1) / (num_frames - 1)
-            video = run_stage(pipe, video, on_timeline(prompts, scale), factor=spec.factor, noise_level=spec.noise_level,
-                              generator=make_generators(len(prompts), generator, seed), steps=spec.steps,
+            video = run_stage(pipe, video, on_timeline(prompts, scale), factor=spec.factor,
+                              noise_level=spec.noise_level, generator=make_generators(len(prompts), generator, seed),
+                              steps=spec.steps,
                               guidance=spec.guidance, scheduler=spec.scheduler, negative_prompt=negative_prompt,
                               progress=f"keyframes: {spec.name}" if progress else False, allow_large=True)
         keep = torch.linspace(0, video.shape[2] - 1, num_frames).round().long().to(video.device)
@@ -448,8 +450,9 @@ class CascadePipeline:
             start = time.perf_counter()
             scale *= spec.stage.frame_rate_factor(spec.factor)
             # each stage draws its noise from generators seeded like the base's (the same seed, another draw)
-            video = run_stage(pipe, video, on_timeline(prompts, scale), factor=spec.factor, noise_level=spec.noise_level,
-                              generator=make_generators(len(prompts), generator, seed), steps=spec.steps,
+            video = run_stage(pipe, video, on_timeline(prompts, scale), factor=spec.factor,
+                              noise_level=spec.noise_level, generator=make_generators(len(prompts), generator, seed),
+                              steps=spec.steps,
                               guidance=spec.guidance, scheduler=spec.scheduler, negative_prompt=negative_prompt,
                               progress=self._bar(i) if progress else False, allow_large=True)  # (the whole plan was checked above)
             self.timings[f"{i} {spec.name}"] = time.perf_counter() - start
