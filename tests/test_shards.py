@@ -274,3 +274,30 @@ def test_training_in_buckets_resumes_exactly(tmp_path, video_model):
     manifest = write_mixed_sizes(tmp_path)
     straight, resumed = straight_and_resumed(tmp_path, "buckets", video_model, f"data.manifest={manifest}", BUCKETS)
     assert_same(straight, resumed)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_shard_stream_is_the_same_for_any_ranks_and_workers_each_clip_once_an_epoch(shapes, num_workers):
+    """The trainer's loader over shards, split as accelerate splits it for 1 and 2 processes: rank r takes every
+    2nd batch of the one seeded stream, so the ranks together see each clip once an epoch, with the same
+    pixels (crop / flip / start) as one process with no workers."""
+    from accelerate.data_loader import prepare_data_loader
+    from vidiff.training.data import make_loader
+    root, manifest = shapes
+    out = root / "ranks"
+    if not out.exists():
+        write_shards(manifest, out, shard_size=10_000, progress=False)
+    dataset = ShardDataset(out, num_frames=4, height=16, width=16, stride=1, train=True, flip=True, seed=3)
+    one = iter(make_loader(dataset, seed=5, batch_size=1, start=0, num_workers=0))
+    stream = [next(one) for _ in range(12)]  # two epochs of 6 clips
+    for epoch in (stream[:6], stream[6:]):
+        assert sorted(b["path"][0] for b in epoch) == sorted({b["path"][0] for b in epoch})  # 6 distinct clips
+    assert [b["path"] for b in stream[:6]] != [b["path"] for b in stream[6:]]  # a new order each epoch
+    for rank in (0, 1):
+        loader = prepare_data_loader(make_loader(dataset, seed=5, batch_size=1, start=0, num_workers=num_workers),
+                                     num_processes=2, process_index=rank, put_on_device=False)
+        got = iter(loader)
+        for expected in stream[rank::2]:
+            batch = next(got)
+            assert batch["path"] == expected["path"]
+            assert torch.equal(batch["pixel_values"], expected["pixel_values"])
