@@ -37,7 +37,7 @@ quality: $(STAMP)
 	$(EVAL) shapes --model $(DEMO)/base --quiet --overwrite --out $(QUALITY)/base.json --contact-sheet $(QUALITY)/base.png > $(QUALITY)/base.md
 	$(EVAL) stage --model $(DEMO)/interpolation --quiet --overwrite --out $(QUALITY)/interpolation.json > $(QUALITY)/interpolation.md
 	$(EVAL) stage --model $(DEMO)/ssr --quiet --overwrite --out $(QUALITY)/ssr.json > $(QUALITY)/ssr.md
-	$(EVAL) stage --stage extend --model $(DEMO)/interpolation --quiet --overwrite --out $(QUALITY)/extend.json > $(QUALITY)/extend.md
+	$(EVAL) stage --stage extend --model $(DEMO)/extend --quiet --overwrite --out $(QUALITY)/extend.json > $(QUALITY)/extend.md
 	$(EVAL) edit --model $(DEMO)/base --strength 0.95 --guidance 1.5 --quiet --overwrite --out $(QUALITY)/edit.json > $(QUALITY)/edit.md
 	$(EVAL) shapes --cascade $(DEMO) --seeds 9001 --quiet --overwrite --out $(QUALITY)/cascade.json --contact-sheet $(QUALITY)/cascade.png > $(QUALITY)/cascade.md
 	@echo "quality: tables and JSON in $(QUALITY)/"

@@ -391,6 +391,70 @@ def test_interpolation_keeps_the_keyframes_across_windows(cascade):
         interpolate_video(pipe, keyframes, "", factor=4)
 
 
+@pytest.mark.parametrize("stage", ["interpolation", "ssr", "extend", "tsr"])
+def test_stages_start_from_their_input_estimate_at_a_strength(cascade, stage, monkeypatch):
+    """Issue 20: at strength s a stage starts from its plain estimate (keyframes blended linearly, the clip
+    upsampled as its condition, the last frame held, each frame repeated) noised to the first timestep of the
+    schedule's last share s, x = sqrt(a) estimate + sqrt(1 - a) x_T with the same seed's x_T, and runs only those
+    steps: 4 steps at 0.5 are the last 2 of the 4 DDIM timesteps."""
+    from vidiff.pipelines import cascade as pc
+    from vidiff.stages.conditions import spatial_downsample, spatial_upsample
+
+    pipe = load(cascade["folder"] / ("interpolation" if stage == "extend" else stage))
+    video = torch.rand(1, 3, 2, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    calls = []
+    forward = pipe.unet.forward
+
+    def spy(sample, timestep, *args, **kwargs):
+        calls.append((int(torch.as_tensor(timestep).reshape(-1)[0]), sample[:, :pipe.unet.out_channels].clone()))
+        return forward(sample, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.unet, "forward", spy)
+    run = {"interpolation": lambda **s: pc.interpolate_video(pipe, video, "", factor=2, **s),
+           "tsr": lambda **s: pc.interpolate_video(pipe, video, "", **s),
+           "ssr": lambda **s: pc.upscale_video(pipe, video, "", noise_level=0, **s),
+           "extend": lambda **s: pc.extend_video(pipe, video, "", num_frames=1, **s)}[stage]
+    run(seed=0, guidance=1.0, steps=4, progress=False)
+    x_t = calls[0][1]
+    calls.clear()
+    run(seed=0, guidance=1.0, steps=4, strength=0.5, progress=False)
+    sampler = pipe.make_scheduler("ddim")
+    sampler.set_timesteps(4)
+    assert [t for t, _ in calls] == sampler.timesteps[2:].tolist()
+    known = pipe.encode_video(video)
+    estimate = {"interpolation": lambda: torch.stack([known[:, :, 0], known.mean(2), known[:, :, 1]], dim=2),
+                "tsr": lambda: known.repeat_interleave(2, dim=2),
+                "ssr": lambda: (lambda big: spatial_upsample(spatial_downsample(big, 2), big.shape[-2:]))(
+                    pipe.encode_video(spatial_upsample(video, (32, 32)))),  # (latents reduced and enlarged)
+                "extend": lambda: torch.cat([known, known[:, :, -1:]], dim=2)}[stage]()
+    a = sampler.alphas_cumprod[sampler.timesteps[2]]
+    assert torch.allclose(calls[0][1], a.sqrt() * estimate + (1 - a).sqrt() * x_t, atol=1e-5)
+
+
+def test_strength_errors_and_evaluations(cascade, tmp_path, capsys):
+    """--strength is range-checked before loading (0 would skip sampling), a base model has no input to start
+    from, and the sidecar counts the U-Net passes that ran."""
+    import yaml
+
+    from vidiff.pipelines.text_to_video import VideoPipeline
+
+    common = ["interpolate", "--model", cascade["folder"] / "interpolation", "--video", cascade["video"],
+              "--factor", 2, "--seed", 0, "--quiet", "--out", tmp_path / "i.mp4"]
+    for value in ("0", "1.5", "nan"):
+        code, _, err = run_cli(capsys, *common, "--strength", value)
+        assert code == 2 and err.strip().count("\n") == 0 and "--strength" in err, err
+    code, _, _ = run_cli(capsys, *common, "--steps", 4, "--strength", 0.5)
+    record = json.loads((tmp_path / "i.json").read_text())
+    assert code == 0 and record["strength"] == 0.5 and record["steps"] == 4 and record["unet_evaluations"] == 2
+    base = VideoPipeline.from_pretrained(cascade["folder"] / "base")
+    with pytest.raises(ValueError, match="strength 0.5 < 1 starts from an estimate"):
+        base("a red circle", strength=0.5, num_inference_steps=2, progress=False)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"stages": [{"model": str(cascade["folder"] / "base"), "strength": 0.5}]}))
+    code, _, err = run_cli(capsys, "generate", "--cascade", bad, "--prompt", "a", "--out", tmp_path / "c.mp4")
+    assert code == 2 and "strength must be in (0, 1] and is for the stages after the base" in err
+
+
 def test_tsr_and_extension(cascade):
     from vidiff.pipelines.cascade import extend_video, interpolate_video
 
@@ -588,6 +652,39 @@ def test_stage_commands(cascade, tmp_path, capsys):
     code, _, _ = run_cli(capsys, "upscale", "--model", cascade["folder"] / "ssr", "--video", cascade["video"],
                          "--quiet", "--overwrite", "--out", tmp_path / "up.mp4")
     assert code == 0 and json.loads((tmp_path / "up.json").read_text())["noise_level"] == 20
+
+
+def test_stage_commands_take_the_prompt_of_the_input_sidecar(cascade, tmp_path, capsys):
+    """Issue 24: `extend` / `interpolate` / `upscale` of a vidiff output without --prompt use the prompt its
+    sidecar records (one line says so); --prompt '' runs without one; a JSON file that is not a vidiff sidecar,
+    or records no prompt, is no prompt."""
+    import shutil
+
+    video = tmp_path / "clip.mp4"
+    shutil.copy(cascade["video"], video)
+    sidecar = tmp_path / "clip.json"
+    interpolation = cascade["folder"] / "interpolation"
+    for record, expected in [({"vidiff_version": "0.1.0", "prompt": "a red circle moving right"},
+                              "a red circle moving right"),
+                             ({"prompt": "a red circle moving right"}, ""),      # not written by vidiff
+                             ({"vidiff_version": "0.1.0", "prompt": ["a", "b"]}, ""),
+                             ({"vidiff_version": "0.1.0"}, "")]:
+        sidecar.write_text(json.dumps(record))
+        for command, extra in [("extend", ["--frames", 1]), ("interpolate", ["--factor", 2])]:
+            code, _, err = run_cli(capsys, command, "--model", interpolation, "--video", video, *extra,
+                                   "--seed", 0, "--quiet", "--overwrite", "--out", tmp_path / f"{command}.mp4")
+            written = json.loads((tmp_path / f"{command}.json").read_text())
+            assert code == 0 and written["prompt"] == expected, (record, command)
+            assert (f"the prompt of {sidecar}" in err) == bool(expected)
+            assert written["guidance"] == (1.0 if not expected else written["guidance"])
+    sidecar.write_text(json.dumps({"vidiff_version": "0.1.0", "prompt": "a red circle moving right"}))
+    code, _, err = run_cli(capsys, "upscale", "--model", cascade["folder"] / "ssr", "--video", video, "--prompt", "",
+                           "--seed", 0, "--quiet", "--out", tmp_path / "up.mp4")
+    assert code == 0 and json.loads((tmp_path / "up.json").read_text())["prompt"] == "" and "prompt of" not in err
+    sidecar.write_bytes(b"\x80" * 100)  # unreadable: ignored
+    code, _, _ = run_cli(capsys, "upscale", "--model", cascade["folder"] / "ssr", "--video", video,
+                         "--seed", 0, "--quiet", "--overwrite", "--out", tmp_path / "up.mp4")
+    assert code == 0 and json.loads((tmp_path / "up.json").read_text())["prompt"] == ""
 
 
 def test_outputs_lines_and_bars_of_the_commands(cascade, tmp_path, capsys, monkeypatch):

@@ -85,7 +85,7 @@ def test_shipped_weights_match_their_checksums_and_stay_small():
     recorded = json.loads((demo.DEMO_DIR / demo.CHECKSUMS).read_text())
     assert sorted(recorded) == sorted(p.relative_to(demo.DEMO_DIR).as_posix() for p in files)
     assert demo.verify_checksums() == []
-    assert sum(p.stat().st_size for p in files) <= 20e6
+    assert sum(p.stat().st_size for p in files) <= 24e6  # (seven small models: the cascade is 7.8 MB of it)
 
 
 def test_checksums_catch_changed_missing_and_extra_files(tmp_path):
@@ -164,7 +164,7 @@ def test_make_demo_command_writes_clip_gif_and_contact_sheet(tmp_path, capsys):
     assert (tmp_path / "clip.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("command, stage", [("interpolate", "interpolation"), ("extend", "interpolation"),
+@pytest.mark.parametrize("command, stage", [("interpolate", "interpolation"), ("extend", demo.EXTENSION),
                                             ("upscale", "ssr")])
 def test_stage_commands_default_to_the_demo_stage(command, stage, tmp_path, capsys):
     from vidiff.cli import main
@@ -177,6 +177,12 @@ def test_stage_commands_default_to_the_demo_stage(command, stage, tmp_path, caps
     assert err[0] == (f"using the built-in demo {stage} model {demo.model_dir(stage)} "
                       "(pass --model DIR for another)")
     assert "missing.mp4' does not exist" in err[-1] and len(err) == 2
+
+
+def test_extend_falls_back_to_the_interpolation_stage_without_the_extension_stage(monkeypatch):
+    assert demo.installed(demo.EXTENSION) == demo.model_dir(demo.EXTENSION) and demo.extension_model() == "extend"
+    monkeypatch.setattr(demo, "installed", lambda stage: None if stage == demo.EXTENSION else demo.model_dir(stage))
+    assert demo.extension_model() == "interpolation"
 
 
 @pytest.mark.parametrize("command", ["interpolate", "extend", "upscale"])

@@ -11,6 +11,13 @@ mark, VmHWM reset through /proc/self/clear_refs), so no earlier stage's allocati
     python tools/bench_cascade.py --threads 1          # 4 frames of 8 x 8 latents (64 px) -> 7 frames, 128 px
     python tools/bench_cascade.py --frames 8 --latent 32 --steps 25 --device cuda --dtype fp16
 
+`--compare A B ...` times whole trained cascades (YAML files or cascade folders) side by side instead: the same
+prompts and seeds through each, the order alternating every round after a warm-up clip each, with the U-Net
+passes per window of every stage (from the YAML's settings) and each cascade's seconds per clip, per stage and
+in all, relative to the first:
+
+    python tools/bench_cascade.py --threads 1 --compare vidiff/assets/demo/cascade-full.yaml vidiff/assets/demo
+
 Prints a markdown table (docs/quality.md's Performance section keeps a copy with the set-up and notes; the README
 shows the latest table).
 """
@@ -142,6 +149,37 @@ def table(rows: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
+def compare_cascades(paths: list[str], args) -> str:
+    """The markdown table of `--compare`: each cascade's U-Net passes per window by stage and seconds per clip."""
+    from vidiff.pipelines.cascade import CascadePipeline, read_cascade
+    from vidiff.spec import read_info, resolve_sampling
+
+    pipes = [CascadePipeline.from_pretrained(p, device=args.device, dtype=args.dtype) for p in paths]
+    passes = [[resolve_sampling(read_info(spec.model), num_inference_steps=spec.steps, guidance_scale=spec.guidance,
+                                strength=spec.strength).unet_evaluations for spec in read_cascade(p)] for p in paths]
+    prompts = ["a red circle moving right", "a blue square moving up", "a green triangle moving left",
+               "a yellow circle moving down"]
+    times = [[] for _ in paths]
+    stage_times = [[] for _ in paths]
+    for i, pipe in enumerate(pipes):
+        pipe(prompts[0], seed=0, progress=False)  # warm-up
+    for r in range(args.clips):
+        order = range(len(pipes)) if r % 2 == 0 else reversed(range(len(pipes)))
+        for i in order:
+            start = time.perf_counter()
+            pipes[i](prompts[r % len(prompts)], seed=r, progress=False)
+            times[i].append(time.perf_counter() - start)
+            stage_times[i].append(list(pipes[i].timings.values()))
+    lines = ["| cascade | U-Net passes per window (each stage) | s / clip | s per stage | speed-up |",
+             "|---|---|---:|---|---:|"]
+    mean = [sum(t) / len(t) for t in times]
+    for i, path in enumerate(paths):
+        stages = [sum(s[j] for s in stage_times[i]) / len(stage_times[i]) for j in range(len(stage_times[i][0]))]
+        lines.append(f"| {path} | {' / '.join(map(str, passes[i]))} | {mean[i]:.3f} | "
+                     f"{' / '.join(f'{x:.3f}' for x in stages)} | {mean[0] / mean[i]:.2f}x |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     from vidiff.utils import DTYPES
 
@@ -152,6 +190,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=DTYPES)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="CASCADE",
+                        help="time these trained cascades side by side instead (YAML files or cascade folders)")
+    parser.add_argument("--clips", type=int, default=8, help="--compare: timed clips per cascade (default: %(default)s)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -159,6 +200,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.child is not None:
         return child(args)
+    if args.compare:
+        table_text = compare_cascades(args.compare, args)
+        print(f"{args.clips} clips per cascade, {args.device} {args.dtype}, {torch.get_num_threads()} thread(s)\n")
+        print(table_text)
+        return
 
     from vidiff.pipelines.cascade import CascadePipeline
 

@@ -34,6 +34,9 @@ from vidiff.utils import write_json_atomic
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 STAGES = ("base", "interpolation", "ssr")  # cascade order
 IMAGE_TO_VIDEO = "i2v"  # the image-to-video stage (`generate --image`), beside the cascade, not in it
+EXTENSION = "extend"  # the extension stage (`vidiff extend`), beside the cascade: an interpolation stage trained on
+                      # future-prediction masks alone (the cascade's interpolation stage extends less well)
+SIDE_STAGES = (IMAGE_TO_VIDEO, EXTENSION)
 CONTROLNET = "controlnet-track"  # the base's trajectory ControlNet (`--controlnet`), a diffusers ControlNet folder
 CHECKSUMS = "checksums.json"
 EXAMPLE_PROMPT = "a red circle moving right"
@@ -81,16 +84,22 @@ def warn_unknown_words(prompts: str | list[str]) -> str | None:
 
 
 def model_dir(stage: str = "base") -> Path:
-    """The folder of the demo model for `stage` ("base", "interpolation", "ssr" or "i2v")."""
-    if stage not in (*STAGES, IMAGE_TO_VIDEO):
-        raise ValueError(f"unknown demo stage {stage!r}; use one of {', '.join((*STAGES, IMAGE_TO_VIDEO))}")
+    """The folder of the demo model for `stage` ("base", "interpolation", "ssr", "i2v" or "extend")."""
+    if stage not in (*STAGES, *SIDE_STAGES):
+        raise ValueError(f"unknown demo stage {stage!r}; use one of {', '.join((*STAGES, *SIDE_STAGES))}")
     return DEMO_DIR / stage
 
 
-def image_to_video_model() -> Path | None:
-    """The demo's image-to-video stage folder, or None when this install lacks it."""
-    path = model_dir(IMAGE_TO_VIDEO)
+def installed(stage: str) -> Path | None:
+    """The demo model folder for `stage` when this install has it (a complete pipeline folder), else None."""
+    path = model_dir(stage)
     return path if (path / "vidiff.json").is_file() else None
+
+
+def extension_model() -> str:
+    """The demo stage `vidiff extend` runs without --model: the extension stage, or the cascade's interpolation
+    stage (which extends too) when this install lacks it."""
+    return EXTENSION if installed(EXTENSION) else "interpolation"
 
 
 def input_size() -> tuple[int, int]:
@@ -108,7 +117,7 @@ def largest_clip() -> tuple[int, int]:
 
 def available_stages() -> list[str]:
     """The demo stages shipped with this install (each a complete pipeline folder), in cascade order."""
-    return [s for s in STAGES if (DEMO_DIR / s / "vidiff.json").is_file()]
+    return [s for s in STAGES if installed(s)]
 
 
 def default_model() -> Path:

@@ -585,15 +585,24 @@ class SamplingSettings:
     decode_chunk_size: int | None = 8   # frames per VAE decoder call; None = all at once
     num_videos_per_prompt: int = 1
     guidance_distilled: bool = False    # the model takes the scale as an input: one U-Net pass per step, not two
+    strength: float = 1.0               # a cascade stage starts from its input's plain estimate (the clip
+                                        # upsampled, in-betweens blended, the last frame held) noised this far
+                                        # up the schedule and runs that part of it (SDEdit; 1: pure noise)
 
     @property
     def guided(self) -> bool:
         return guidance_on(self.guidance_scale)
 
     @property
+    def steps_run(self) -> int:
+        """The sampler steps that run: the last `strength` share of `num_inference_steps`, at least one
+        (`timesteps_for_strength`)."""
+        return min(self.num_inference_steps, max(1, round(self.num_inference_steps * self.strength)))
+
+    @property
     def unet_evaluations(self) -> int:
-        """U-Net passes per clip (one temporal window): steps x 2 under two-pass classifier-free guidance."""
-        return self.num_inference_steps * (2 if self.guided and not self.guidance_distilled else 1)
+        """U-Net passes per clip (one temporal window): steps run x 2 under two-pass classifier-free guidance."""
+        return self.steps_run * (2 if self.guided and not self.guidance_distilled else 1)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -608,7 +617,7 @@ def guidance_on(guidance_scale: float) -> bool:
 def resolve_sampling(info: PipelineInfo, *, max_steps: int | None = None, num_frames=None, height=None, width=None,
                      num_inference_steps=None, guidance_scale=None, scheduler=None, cross_frame=None,
                      window_size=None, window_stride=None, eta=0.0, long_video_noise="independent",
-                     decode_chunk_size=8, num_videos_per_prompt=1) -> SamplingSettings:
+                     decode_chunk_size=8, num_videos_per_prompt=1, strength=None) -> SamplingSettings:
     """The settings of one call: None takes the folder's default; every value is checked once, here (its range
     in SETTINGS, then the model's own limits: size multiples, the noise schedule's steps, windows that cover
     the clip). `max_steps` is `max_inference_steps` of the folder's noise schedule, when known."""
@@ -644,8 +653,12 @@ def resolve_sampling(info: PipelineInfo, *, max_steps: int | None = None, num_fr
     if stride > size:
         raise SettingError("window_stride", f"must not exceed the window size ({size}), got {stride}: windows would "
                                             "leave frames uncovered")
+    strength = float(check_setting("strength", 1.0 if strength is None else strength))
+    if strength == 0:
+        raise SettingError("strength", "must be above 0 when sampling (1 starts from pure noise), got 0")
     distilled = info.distilled is not None and info.distilled.guidance_embedded
-    return SamplingSettings(window_size=size, window_stride=stride, guidance_distilled=distilled, **s)
+    return SamplingSettings(window_size=size, window_stride=stride, guidance_distilled=distilled, strength=strength,
+                            **s)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ def cascade_settings(args, specs) -> list[SamplingSettings]:
                                  decode_chunk_size=args.decode_chunk_size, num_videos_per_prompt=args.num_videos)]
     for i, spec in enumerate(specs[1:], 1):
         settings.append(resolve_settings(spec.model, spec.info, prefix=f"stage {i} ", num_inference_steps=spec.steps,
-                                         guidance_scale=spec.guidance, scheduler=spec.scheduler))
+                                         guidance_scale=spec.guidance, scheduler=spec.scheduler,
+                                         strength=spec.strength))
     return settings
 
 
@@ -105,7 +106,7 @@ def generate_cascade(args, prompts: list[str], travel: PromptSchedule | None = N
         rates.append(rates[-1] * spec.stage.frame_rate_factor(spec.factor))
     stages = [{"model": str(spec.model.resolve()), "stage": spec.name, "steps": s.num_inference_steps,
                "guidance": s.guidance_scale, "scheduler": s.scheduler, "guidance_distilled": s.guidance_distilled,
-               "unet_evaluations": s.unet_evaluations, "frames": f, "height": h, "width": w,
+               "strength": s.strength, "unet_evaluations": s.unet_evaluations, "frames": f, "height": h, "width": w,
                "fps": rate, **spec.stage.sidecar(spec.factor, spec.noise_level, spec.where(i))}
               for i, (spec, s, (f, h, w), rate) in enumerate(zip(specs, settings, sizes, rates))]
     stages[0]["long_video"] = method  # direct (within the base's window), keyframes or windows

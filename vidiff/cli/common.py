@@ -432,3 +432,23 @@ def _targets(path: Path, gif: bool, frames_dir: bool, contact_sheet: bool) -> li
 
 def _sidecar_path(path: Path) -> Path:
     return path.with_suffix(".json") if path.suffix else path.with_name(path.name + ".json")
+
+
+SIDECAR_MAX_BYTES = 1 << 20  # a vidiff sidecar is a few KB; anything larger is not one
+
+
+def input_sidecar_prompt(video: str | Path) -> tuple[Path, str] | None:
+    """(sidecar, prompt) when `video` has a vidiff sidecar beside it (`clip.json` of `clip.mp4`, as every vidiff
+    command writes) recording one non-empty prompt; None otherwise (no file, not a vidiff sidecar, unreadable:
+    it is only a default, so nothing here is an error)."""
+    sidecar = _sidecar_path(Path(video))
+    try:
+        if not sidecar.is_file() or sidecar.stat().st_size > SIDECAR_MAX_BYTES:
+            return None
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or "vidiff_version" not in record:
+        return None
+    prompt = record.get("prompt")
+    return (sidecar, prompt) if isinstance(prompt, str) and prompt.strip() else None

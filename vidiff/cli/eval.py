@@ -114,6 +114,9 @@ def _add_stage_parser(eval_sub) -> None:
                        help="give the stage no caption, as `vidiff interpolate` / `upscale` / `extend` without "
                             "--prompt (guidance off unless --guidance)")
     add_sampler_options(stage, scheduler=False)
+    stage.add_argument("--strength", type=float, default=None, metavar="S",
+                       help="start from the input's plain answer noised this far (as the stage commands' --strength; "
+                            "default 1)")
     _add_run_arguments(stage)
 
 
@@ -380,11 +383,11 @@ def run_stage(args) -> int:
     device = check_device(args.device)
     guidance = args.guidance if args.guidance is not None or not args.no_prompt else 1.0  # as the stage commands
     model = resolve_model(args, "eval stage", runs=("interpolate", "upscale"), num_inference_steps=args.steps,
-                          guidance_scale=guidance)
+                          guidance_scale=guidance, strength=args.strength)
     plan = _stage_plan(args, model)
     plan["captioned"] = not args.no_prompt
     settings = {"steps": model.settings.num_inference_steps, "guidance": model.settings.guidance_scale,
-                "progress": False}
+                "strength": model.settings.strength, "progress": False}
     quiet_loading(args.quiet)
     pipe = VideoPipeline.from_pretrained(args.model, device=device, dtype=args.dtype)
     start = time.perf_counter()
@@ -394,7 +397,8 @@ def run_stage(args) -> int:
     seconds = time.perf_counter() - start
     summary = stages.summarize(records)
     print(stages.markdown_table(plan["stage"], summary, stages.BASELINES[plan["stage"]]))
-    flags = ("--factor", "--num-frames", "--num-known", "--noise-level", "--steps", "--guidance", "--no-prompt")
+    flags = ("--factor", "--num-frames", "--num-known", "--noise-level", "--steps", "--guidance", "--strength",
+             "--no-prompt")
     _write_results(out, {"command": _command(args, seeds, flags), "model": str(Path(args.model).resolve()),
                          "seeds": seeds, "vidiff_version": vidiff.__version__, "plan": plan,
                          "settings": {k: v for k, v in settings.items() if k != "progress"},

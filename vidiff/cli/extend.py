@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from vidiff import demo
 from vidiff.cli import stage_io
 from vidiff.cli.common import (ClipOutputs, CLIError, check_device, check_flag, check_size, check_video_output,
                                flag_error, quiet_loading, seed_or_random)
@@ -40,7 +41,7 @@ def add_parser(sub, help_text: str):
 
 def run(args) -> int:
     # an interpolation or tsr stage runs under `vidiff interpolate`; the stage itself says whether it extends
-    model, source = stage_io.resolve_stage(args, "extend", demo_stage="interpolation", runs="interpolate")
+    model, source = stage_io.resolve_stage(args, "extend", demo_stage=demo.extension_model(), runs="interpolate")
     try:
         context = model.stage.check_extension(model.info, source.num_frames, args.frames, args.context_frames,
                                                args.new_frames_per_chunk)

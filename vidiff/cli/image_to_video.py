@@ -64,7 +64,7 @@ def stage_specs(args, prompts) -> tuple[list[StageSpec], str]:
     if args.cascade is not None and args.model is not None:
         raise CLIError("give --model or --cascade, not both")
     if source is None:  # the demo's image-to-video stage, then its cascade's stages after the base
-        i2v = demo.image_to_video_model()
+        i2v = demo.installed(demo.IMAGE_TO_VIDEO)
         if i2v is None:
             return stage_specs_of(demo_model(None, prompts))
         demo_model(demo.IMAGE_TO_VIDEO, prompts)

@@ -52,7 +52,7 @@ def demo_model(stage: str | None = "base", prompts=()) -> str:
             path = demo.default_model()
         except FileNotFoundError as e:
             raise CLIError(str(e)) from None
-    elif stage in demo.available_stages() or (stage == demo.IMAGE_TO_VIDEO and demo.image_to_video_model()):
+    elif demo.installed(stage):
         path = demo.model_dir(stage)
     else:
         raise CLIError(f"no --model given and the built-in demo model is not installed ({demo.model_dir(stage)} "

@@ -16,8 +16,9 @@ from pathlib import Path
 import vidiff
 from vidiff import demo
 from vidiff.cli.common import (CLIError, ClipOutputs, check_device, check_flag, check_size, check_video_output,
-                               flag_error, probe_video_arg, quiet_loading, seed_or_random, write_outputs)
-from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_device_options, add_output_options, add_sampler_options,
+                               flag_error, input_sidecar_prompt, probe_video_arg, quiet_loading, seed_or_random,
+                               write_outputs)
+from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, group, add_device_options, add_output_options, add_sampler_options,
                                 add_seed_option)
 from vidiff.cli.resolve import Model, resolve_model
 from vidiff.data.synthetic import SHAPES_BACKGROUND_SHARE, background_share
@@ -35,10 +36,17 @@ def add_stage_options(p, example_model: str = "runs/interpolation/pipeline") -> 
     p.add_argument("--model", default=None, metavar="DIR",
                    help=f"stage pipeline folder (e.g. {example_model}; default: the built-in demo stage)")
     p.add_argument("--video", required=True, metavar="PATH", help="input video (mp4, gif, webm, ...)")
-    p.add_argument("--prompt", default="", help="text prompt (default: none; guidance is then off)")
+    p.add_argument("--prompt", default=None,
+                   help="text prompt (default: the prompt in the input's vidiff sidecar, e.g. clip.json beside "
+                        "clip.mp4, when it has one; else none, and guidance is off; --prompt '' for none)")
     p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default: none)")
     add_sampler_options(p, guidance_help="classifier-free guidance, 1 = off (default: the model's with --prompt, "
                                          "else 1)")
+    group(p, "sampling").add_argument(
+        "--strength", type=float, default=None, metavar="S",
+        help="start from the input's plain answer (the clip upsampled, the keyframes blended, the last frame held) "
+             "noised this far up the schedule and run only that share of the steps, as img2img's denoising "
+             "strength (e.g. --steps 8 --strength 0.25: 2 U-Net passes) (default: 1, from pure noise)")
     add_seed_option(p)
     add_allow_large_option(p)
     add_device_options(p)
@@ -56,9 +64,15 @@ def add_chunk_option(p) -> None:
 def resolve_stage(args, command: str, demo_stage: str, runs: str) -> tuple[Model, object]:
     """The stage model (`resolve_model`: --model or the demo `demo_stage`, a stage that `runs`) with its steps,
     guidance and scheduler, and the header of --video (`probe_input`)."""
+    if args.prompt is None:
+        found = input_sidecar_prompt(args.video)
+        args.prompt = found[1] if found else ""
+        if found:
+            print(f"{command}: the prompt of {found[0]}: {found[1]!r} (--prompt '' for none)", file=sys.stderr)
     guidance = args.guidance if args.guidance is not None else (None if args.prompt else 1.0)
     model = resolve_model(args, command, demo_stage=demo_stage, runs=runs, prompts=[args.prompt],
-                          num_inference_steps=args.steps, guidance_scale=guidance, scheduler=args.scheduler)
+                          num_inference_steps=args.steps, guidance_scale=guidance, scheduler=args.scheduler,
+                          strength=args.strength)
     args.model = model.path
     return model, probe_input(args, model)
 
@@ -107,7 +121,8 @@ def warn_off_domain(args, model: Model, frames) -> None:
 def stage_settings(model: Model) -> dict:
     """The sampling settings a stage run takes (and its sidecar records)."""
     s = model.settings
-    return {"steps": s.num_inference_steps, "guidance": s.guidance_scale, "scheduler": s.scheduler}
+    return {"steps": s.num_inference_steps, "guidance": s.guidance_scale, "scheduler": s.scheduler,
+            "strength": s.strength}
 
 
 def run_on_video(args, command: str, demo_stage: str) -> int:
@@ -198,7 +213,7 @@ def sample_and_write(args, model: Model, sample) -> int:
     start = time.perf_counter()
     video, fps, fields, summary = sample(pipe, frames, settings, seed)
     sidecar = {**fields, "seed": seed, "input_frames": len(frames), **settings,
-               "seconds": round(time.perf_counter() - start, 3)}
+               "unet_evaluations": model.settings.unet_evaluations, "seconds": round(time.perf_counter() - start, 3)}
     write_result(args, pipe, out, video, fps, sidecar, summary)
     return 0
 

@@ -21,6 +21,8 @@ A cascade is a YAML file (or a folder holding `cascade.yaml` beside the stage fo
         guidance: 1.0
       - model: ssr
         noise_level: 20        # ssr: the condition's augmentation level (default: the stage's, 20)
+        steps: 8               # a stage may start from its input's plain estimate (the clip upsampled, the
+        strength: 0.25         # keyframes blended) noised this far: 8 x 0.25 = 2 U-Net passes (default 1)
 
 References: Singer et al. 2022 (Make-A-Video); Ho et al. 2022 (Imagen Video; Cascaded Diffusion Models);
 Voleti et al. 2022 (MCVD); Saharia et al. 2022 (Imagen).
@@ -44,7 +46,7 @@ from vidiff.stages.cascade import check_stage_settings
 from vidiff.utils import atomic_dir, check_replaceable, yaml_error_line
 
 CASCADE_FILE = "cascade.yaml"
-STAGE_KEYS = ("model", "steps", "guidance", "scheduler", "noise_level", "factor")
+STAGE_KEYS = ("model", "steps", "guidance", "scheduler", "noise_level", "factor", "strength")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -60,6 +62,7 @@ class StageSpec:
     scheduler: str | None = None   # sampler name (None: the folder's default)
     noise_level: int | None = None  # ssr: the condition's augmentation level
     factor: int | None = None      # interpolation / tsr: the frame-rate factor
+    strength: float | None = None  # a later stage: start from its input's estimate noised this far (None: 1)
     extra: dict = field(default_factory=dict)
 
     @cached_property
@@ -126,10 +129,14 @@ def _read_stage(file: Path, index: int, entry) -> StageSpec:
     model = _resolve_model(file, str(entry["model"]), where)
     spec = StageSpec(model=model, info=read_info(model), steps=entry.get("steps"), guidance=entry.get("guidance"),
                      scheduler=entry.get("scheduler"), noise_level=entry.get("noise_level"),
-                     factor=entry.get("factor"))
+                     factor=entry.get("factor"), strength=entry.get("strength"))
     try:  # each setting's range, as `vidiff generate` checks its flags
         check_setting("num_inference_steps", spec.steps)
         check_setting("guidance_scale", spec.guidance)
+        check_setting("strength", spec.strength)
+        if spec.strength is not None and (index == 0 or spec.strength == 0):
+            raise ValueError(f"strength must be in (0, 1] and is for the stages after the base (they start from "
+                             f"their input), got {spec.strength}")
         if spec.scheduler is not None:
             check_choice("scheduler", spec.scheduler, SCHEDULER_NAMES)
     except ValueError as e:
@@ -379,7 +386,7 @@ class CascadePipeline:
                 name = f"{i:02d}-{spec.name}"
                 pipe.save_pretrained(tmp / name)
                 entry = {"model": name, "steps": spec.steps, "guidance": spec.guidance, "scheduler": spec.scheduler,
-                         "noise_level": spec.noise_level, "factor": spec.factor}
+                         "noise_level": spec.noise_level, "factor": spec.factor, "strength": spec.strength}
                 entries.append({k: v for k, v in entry.items() if v is not None})
             (tmp / CASCADE_FILE).write_text(yaml.safe_dump({"stages": entries}, sort_keys=False))
         return directory
@@ -398,7 +405,7 @@ class CascadePipeline:
             scale = spec.stage.frame_rate_factor(spec.factor) * (video.shape[2] - 1) / (num_frames - 1)
             video = run_stage(pipe, video, on_timeline(prompts, scale), factor=spec.factor,
                               noise_level=spec.noise_level, generator=make_generators(len(prompts), generator, seed),
-                              steps=spec.steps,
+                              steps=spec.steps, strength=spec.strength,
                               guidance=spec.guidance, scheduler=spec.scheduler, negative_prompt=negative_prompt,
                               progress=f"keyframes: {spec.name}" if progress else False, allow_large=True)
         keep = torch.linspace(0, video.shape[2] - 1, num_frames).round().long().to(video.device)
@@ -452,7 +459,7 @@ class CascadePipeline:
             # each stage draws its noise from generators seeded like the base's (the same seed, another draw)
             video = run_stage(pipe, video, on_timeline(prompts, scale), factor=spec.factor,
                               noise_level=spec.noise_level, generator=make_generators(len(prompts), generator, seed),
-                              steps=spec.steps,
+                              steps=spec.steps, strength=spec.strength,
                               guidance=spec.guidance, scheduler=spec.scheduler, negative_prompt=negative_prompt,
                               progress=self._bar(i) if progress else False, allow_large=True)  # (the whole plan was checked above)
             self.timings[f"{i} {spec.name}"] = time.perf_counter() - start

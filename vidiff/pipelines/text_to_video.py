@@ -359,7 +359,8 @@ class VideoPipeline:
                  cross_frame: str | None = None, window_size: int | None = None, window_stride: int | None = None,
                  long_video_noise: str = "independent", decode_chunk_size: int | None = 8,
                  condition: torch.Tensor | None = None, class_labels=None, latents: torch.Tensor | None = None,
-                 output_type: str = "uint8", progress: bool | str = True, callback=None, control=None):
+                 output_type: str = "uint8", progress: bool | str = True, callback=None, control=None,
+                 strength: float | None = None, start: torch.Tensor | None = None):
         """Generate videos from text.
 
         Args:
@@ -380,6 +381,9 @@ class VideoPipeline:
                 step, for conditioned cascade stages; b = number of videos.
             class_labels: the U-Net's class input, one per video or one for all (e.g. an SSR stage's noise level).
             latents: starting noise `(b, c, f, h, w)` instead of drawing it (scaled by the sampler's initial sigma).
+            strength, start: begin from `start` (clean latents `(b, c, f, h, w)`: a cascade stage's estimate of
+                its output from its input) noised to the last `strength` share of the schedule, and run only
+                that share (SDEdit, Meng et al. 2022); strength None or 1 starts from pure noise.
             output_type: "uint8" (numpy `(f, h, w, 3)` per video), "pt" (one tensor `(b, 3, f, h, w)` in [-1, 1])
                 or "latent" (the final latents `(b, c, f, h, w)`).
             progress: show a tqdm bar over steps (a string: the bar's name, "sampling" otherwise).
@@ -395,16 +399,16 @@ class VideoPipeline:
                                          scheduler=scheduler, cross_frame=cross_frame, window_size=window_size,
                                          window_stride=window_stride, eta=eta, long_video_noise=long_video_noise,
                                          num_videos_per_prompt=num_videos_per_prompt,
-                                         decode_chunk_size=decode_chunk_size)
+                                         decode_chunk_size=decode_chunk_size, strength=strength)
         return self.sample(prompt, settings, negative_prompt=negative_prompt, generator=generator, seed=seed,
                            condition=condition, class_labels=class_labels, latents=latents, output_type=output_type,
-                           progress=progress, callback=callback, control=control)
+                           progress=progress, callback=callback, control=control, start=start)
 
     @torch.no_grad()
     def sample(self, prompt: str | list[str], settings: SamplingSettings, *, negative_prompt=None, generator=None,
                seed: int | None = None, condition: torch.Tensor | None = None, class_labels=None,
                latents: torch.Tensor | None = None, output_type: str = "uint8", progress: bool | str = True,
-               callback=None, control=None):
+               callback=None, control=None, start: torch.Tensor | None = None):
         """`__call__` with settings already resolved (`resolve_settings`; the CLI resolves them before loading
         the model): text -> x_T -> denoised latents -> frames. The arguments are `__call__`'s; `control` a
         `vidiff.control.Control` (a ControlNet and its images `(1 or b, 3, f, H, W)`), steering every U-Net call."""
@@ -414,6 +418,10 @@ class VideoPipeline:
         generators = make_generators(num_videos, generator, seed)
         f, h, w = s.num_frames, s.height // self.vae_scale_factor, s.width // self.vae_scale_factor
         self._check_condition(condition, (num_videos, self.unet.in_channels, f, h, w))  # before any heavy work
+        if s.strength < 1 and (start is None or tuple(start.shape) != (num_videos, self.unet.out_channels, f, h, w)):
+            raise ValueError(f"strength {s.strength} < 1 starts from an estimate of the output: give `start` "
+                             f"{(num_videos, self.unet.out_channels, f, h, w)} (cascade stages make theirs), got "
+                             f"{None if start is None else tuple(start.shape)}")
         control = control.fitted(num_videos, f, s.height, s.width) if control is not None else None
         self.timings = {"text": 0.0, "unet": 0.0, "sampler": 0.0, "vae": 0.0}
 
@@ -425,10 +433,13 @@ class VideoPipeline:
 
         # 2. Initial noise x_T ~ N(0, sigma_T^2 I), one generator per video.
         sampler = self.make_scheduler(s.scheduler)
-        timesteps = timesteps_for_strength(sampler, s.num_inference_steps, 1.0, device=self.device)
+        timesteps = timesteps_for_strength(sampler, s.num_inference_steps, s.strength, device=self.device)
         latents = self.prepare_latents(num_videos, f, s.height, s.width, generators=generators, scheduler=sampler,
                                        noise=s.long_video_noise, window_size=s.window_size,
                                        window_stride=s.window_stride, latents=latents)
+        if s.strength < 1:  # SDEdit: the estimate noised to the first timestep that runs, with the same noise
+            noise = latents / sampler.init_noise_sigma
+            latents = sampler.add_noise(start.to(self.device, torch.float32), noise, timesteps[:1])
 
         # 3. Reverse diffusion x_T -> x_0 with classifier-free guidance over temporal windows.
         with self.temporary_cross_frame(s.cross_frame):

@@ -15,6 +15,7 @@ cascaded diffusion and noise conditioning augmentation); Saharia et al. 2022 (Im
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding
 
 from vidiff.spec import SettingError, check_choice, check_setting
@@ -49,7 +50,7 @@ def add_level_embedding(unet) -> None:
 
 
 # what a stage run's `settings` may hold (pipelines.cascade.run_stage / extend_video refuse anything else)
-STAGE_SETTINGS = ("steps", "guidance", "scheduler", "negative_prompt", "progress")
+STAGE_SETTINGS = ("steps", "guidance", "scheduler", "negative_prompt", "progress", "strength")
 
 
 def check_stage_settings(settings: dict) -> None:
@@ -59,11 +60,14 @@ def check_stage_settings(settings: dict) -> None:
         raise TypeError(f"unknown stage setting(s) {', '.join(unknown)}; a stage run takes {', '.join(STAGE_SETTINGS)}")
 
 
-def sample_stage(pipe, prompts, condition, size, settings: dict, generators, **extra) -> torch.Tensor:
+def sample_stage(pipe, prompts, condition, size, settings: dict, generators, start=None, **extra) -> torch.Tensor:
     """The stage's U-Net sampled through the pipeline's shared loop: final latents `(b, c, f, h, w)`.
-    `settings`: steps, guidance, scheduler, negative_prompt, progress (unset: the folder's defaults)."""
+    `settings`: steps, guidance, scheduler, negative_prompt, progress, strength (unset: the folder's defaults;
+    strength: 1). `start`: the stage's plain estimate of its output from its input (latents), where a strength
+    below 1 begins (SDEdit): the steps that remain are few, as the estimate is already close."""
     frames, height, width = size
     return pipe(prompts, num_frames=frames, height=height, width=width, condition=condition,
+                strength=settings.get("strength"), start=start,
                 num_inference_steps=settings.get("steps"), guidance_scale=settings.get("guidance"),
                 scheduler=settings.get("scheduler"), negative_prompt=settings.get("negative_prompt"),
                 generator=generators, progress=settings.get("progress", True), output_type="latent", **extra)
@@ -167,7 +171,8 @@ class InterpolationStage(_TemporalStage):
         placed[:, :, ::k] = known
         condition = masked_video_condition(placed, keyframe_mask(frames, k)[None].expand(b, frames))
         window = min(self.window(pipe.info), frames)  # a clip shorter than the trained window is one window
-        latents = sample_stage(pipe, prompts, condition, (frames, h, w), settings, generators,
+        blended = F.interpolate(known.float(), size=(frames, *known.shape[3:]), mode="trilinear", align_corners=True)
+        latents = sample_stage(pipe, prompts, condition, (frames, h, w), settings, generators, start=blended,
                                window_size=window, window_stride=max(1, window // 2))
         latents[:, :, ::k] = known  # the keyframes are given, not generated
         out = pipe.decode(latents)
@@ -223,7 +228,8 @@ class InterpolationStage(_TemporalStage):
             past = latents[:, :, -known:]
             placed = torch.cat([past, past.new_zeros(*past.shape[:2], new, *past.shape[3:])], dim=2)
             condition = masked_video_condition(placed, prefix_mask(known + new, known)[None].expand(b, -1))
-            chunk = sample_stage(pipe, prompts, condition, (known + new, h, w), settings, generators)
+            held = torch.cat([past, past[:, :, -1:].expand(-1, -1, new, -1, -1)], dim=2)  # the last frame held
+            chunk = sample_stage(pipe, prompts, condition, (known + new, h, w), settings, generators, start=held)
             latents = torch.cat([latents, chunk[:, :, known:]], dim=2)
             made += new
         out = pipe.decode(latents[:, :, n:])
@@ -280,8 +286,8 @@ class TSRStage(_TemporalStage):
         condition = repeat_frames(pipe.encode_video(video), k)
         window = min(self.window(pipe.info), frames)  # a clip shorter than the trained window is one window
         stride = min(k * max(1, window // (2 * k)), window)
-        latents = sample_stage(pipe, prompts, condition, (frames, h, w), settings, generators,
-                               window_size=window, window_stride=stride)
+        latents = sample_stage(pipe, prompts, condition, (frames, h, w), settings, generators, start=condition,
+                               window_size=window, window_stride=stride)  # (each frame repeated: its estimate)
         return pipe.decode(latents)
 
 
@@ -377,6 +383,7 @@ class SSRStage(_CascadeStage):
         levels = torch.full((b,), level, dtype=torch.long)
         condition = noise_augment(clean.float(), levels, self.alphas_cumprod, condition_noise.to(clean.device))
         window = min(self.window(pipe.info), n)
+        estimate = None if self.condition_space == "pixels" else clean  # (the x4 upscaler's is in pixels)
         out = sample_stage(pipe, prompts, condition, (n, height, width), settings, generators, class_labels=levels,
-                           latents=latents, window_size=window, window_stride=max(1, window // 2))
+                           latents=latents, start=estimate, window_size=window, window_stride=max(1, window // 2))
         return pipe.decode(out)
