@@ -452,7 +452,7 @@ def test_strength_errors_and_evaluations(cascade, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"stages": [{"model": str(cascade["folder"] / "base"), "strength": 0.5}]}))
     code, _, err = run_cli(capsys, "generate", "--cascade", bad, "--prompt", "a", "--out", tmp_path / "c.mp4")
-    assert code == 2 and "strength must be in (0, 1] and is for the stages after the base" in err
+    assert code == 2 and "stage 0: strength is for the stages after the base" in err
 
 
 def test_tsr_and_extension(cascade):

@@ -18,8 +18,8 @@ from vidiff import demo
 from vidiff.cli.common import (CLIError, ClipOutputs, check_device, check_flag, check_size, check_video_output,
                                flag_error, input_sidecar_prompt, probe_video_arg, quiet_loading, seed_or_random,
                                write_outputs)
-from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, group, add_device_options, add_output_options, add_sampler_options,
-                                add_seed_option)
+from vidiff.cli.options import (CLIP_EXTRAS, add_allow_large_option, add_device_options, add_output_options,
+                                add_sampler_options, add_seed_option, group)
 from vidiff.cli.resolve import Model, resolve_model
 from vidiff.data.synthetic import SHAPES_BACKGROUND_SHARE, background_share
 from vidiff.data.video_io import chunk_bounds, iter_chunks, read_video

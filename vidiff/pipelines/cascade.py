@@ -134,9 +134,9 @@ def _read_stage(file: Path, index: int, entry) -> StageSpec:
         check_setting("num_inference_steps", spec.steps)
         check_setting("guidance_scale", spec.guidance)
         check_setting("strength", spec.strength)
-        if spec.strength is not None and (index == 0 or spec.strength == 0):
-            raise ValueError(f"strength must be in (0, 1] and is for the stages after the base (they start from "
-                             f"their input), got {spec.strength}")
+        if spec.strength is not None and index == 0:
+            raise ValueError("strength is for the stages after the base (they start from their input); remove it "
+                             "here")
         if spec.scheduler is not None:
             check_choice("scheduler", spec.scheduler, SCHEDULER_NAMES)
     except ValueError as e:
