@@ -201,10 +201,19 @@ def test_demo_stages_take_what_generate_writes(command, tmp_path, capsys):
             "--out", str(tmp_path / "out.mp4")] + (["--frames", "1"] if command == "extend" else [])
     assert main(argv) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and err[1].startswith("warning: --video") and "is 64x64" in err[1]
-    assert "trained on shapes clips of 32x32" in err[1]
+    if command == "extend":  # extended at the stage's 32x32, the new frames enlarged by the demo's SSR stage
+        assert len(err) == 2 and "the demo stage extends it at its own 32x32 and the demo's SSR stage" in err[1]
+        record = json.loads((tmp_path / "out.json").read_text())
+        assert record["upscaled_by"] == str(demo.model_dir("ssr"))
+    else:
+        assert len(err) == 2 and err[1].startswith("warning: --video") and "is 64x64" in err[1]
+        assert "trained on shapes clips of 32x32" in err[1]
     size = {"interpolate": (3, 64, 64), "extend": (3, 64, 64), "upscale": (2, 128, 128)}[command]
-    assert read_video(tmp_path / "out.mp4").frames.shape[:3] == size
+    out = read_video(tmp_path / "out.mp4").frames
+    assert out.shape[:3] == size
+    if command == "extend":  # the input's frames come out as given (up to the mp4 round trip)
+        given = read_video(tmp_path / "clip.mp4").frames
+        assert np.abs(out[:2].astype(int) - given.astype(int)).mean() < 3
 
 
 @pytest.mark.parametrize("command", ["interpolate", "extend", "upscale"])

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
+import torch
 
 from vidiff import demo
 from vidiff.cli import stage_io
@@ -12,8 +14,9 @@ from vidiff.cli.common import (ClipOutputs, CLIError, check_device, check_flag, 
                                flag_error, quiet_loading, seed_or_random)
 from vidiff.data.video_io import iter_chunks, read_frames
 from vidiff.pipelines import cascade
-from vidiff.pipelines.text_to_video import VideoPipeline, to_uint8
+from vidiff.pipelines.text_to_video import VideoPipeline, as_video, to_uint8
 from vidiff.stages.cascade import check_pixels
+from vidiff.stages.conditions import spatial_downsample
 from vidiff.utils import plural
 
 
@@ -55,19 +58,44 @@ def run(args) -> int:
     check_size([("--video", source.num_frames, source.height, source.width),
                 ("the extended clip", source.num_frames + args.frames, source.height, source.width)], args.allow_large,
                held=min(1.0, max(chunk, context + args.frames) / (source.num_frames + args.frames)))
-    stage_io.warn_untrained_size(args, model, source)
     fields = {"command": "extend", "stage": model.info.stage, "new_frames": args.frames, "context_frames": context,
               "new_frames_per_chunk": args.new_frames_per_chunk, "input_fps": source.fps}
+    upscaled = source.num_frames <= chunk and demo_cascade_size(model, source)
+    if upscaled:
+        print(f"extend: --video {args.video} is the demo cascade's {source.width}x{source.height}: the demo stage "
+              f"extends it at its own {source.width // 2}x{source.height // 2} and the demo's SSR stage enlarges the "
+              "new frames", file=sys.stderr)
+        fields["upscaled_by"] = str(demo.model_dir("ssr"))
+    else:
+        stage_io.warn_untrained_size(args, model, source)
     if source.num_frames > chunk:
         return stream_and_extend(args, model, source, context, chunk, dict(fields, chunk_frames=chunk))
 
     def sample(pipe, frames, settings: dict, seed: int):
-        video = cascade.extend_video(pipe, frames, args.prompt, num_frames=args.frames, context_frames=context,
-                                     new_per_chunk=args.new_frames_per_chunk, seed=seed, negative_prompt=args.negative,
-                                     progress=not args.quiet, allow_large=args.allow_large, **settings)
+        options = dict(num_frames=args.frames, context_frames=context, new_per_chunk=args.new_frames_per_chunk,
+                       seed=seed, negative_prompt=args.negative, progress=not args.quiet,
+                       allow_large=args.allow_large)
+        if not upscaled:
+            video = cascade.extend_video(pipe, frames, args.prompt, **options, **settings)
+        else:  # as the cascade makes its clips: the stage at its size, then the SSR stage
+            given = as_video(frames, pipe.device)
+            small = cascade.extend_video(pipe, spatial_downsample(given, 2), args.prompt, **options, **settings)
+            ssr = VideoPipeline.from_pretrained(demo.model_dir("ssr"), device=pipe.device, dtype=pipe.dtype)
+            new = cascade.upscale_video(ssr, small[:, :, len(frames):], args.prompt, seed=seed,
+                                        negative_prompt=args.negative, progress=not args.quiet)
+            video = torch.cat([given.to(new.device, new.dtype), new], dim=2)
         return video, source.fps, fields, f"{plural(len(frames), 'frame')} + {args.frames}"
 
     return stage_io.sample_and_write(args, model, sample)
+
+
+def demo_cascade_size(model, source) -> bool:
+    """The built-in demo stage given a clip of the demo cascade's output size (twice the stage's trained size, as
+    `vidiff generate` writes): extended at the stage's size and enlarged by the demo's SSR stage, which keeps the
+    shapes the stage loses at a size it never saw."""
+    trained = model.stage.input_size(model.info)
+    return bool(model.demo and trained is not None and demo.installed("ssr")
+                and (source.height, source.width) == (2 * trained[0], 2 * trained[1]))
 
 
 def stream_and_extend(args, model, source, context: int, chunk: int, record: dict) -> int:
