@@ -446,10 +446,10 @@ def test_edit_without_model_uses_the_demo_base(models, tmp_path, capsys, monkeyp
     video = write_clip(tmp_path / "in.mp4")
     argv = ["edit", "--video", video, "--prompt", "a blue circle", "--source-prompt", "a red camel", "--num-frames", 4,
             "--steps", 2, "--seed", 0, "--quiet", "--out", tmp_path / "e.mp4"]
-    monkeypatch.setattr(vidiff.demo, "available_stages", lambda: [])
+    monkeypatch.setattr(vidiff.demo, "installed", lambda stage: None)  # an install without the demo models
     code, _, err = cli(capsys, *argv)
     assert code == 2 and "demo model is not installed" in err and "--model DIR" in err
-    monkeypatch.setattr(vidiff.demo, "available_stages", lambda: ["base"])
+    monkeypatch.setattr(vidiff.demo, "installed", lambda stage: Path(models["latent"]))
     monkeypatch.setattr(vidiff.demo, "model_dir", lambda stage="base": Path(models["latent"]))
     code, _, err = cli(capsys, *argv)
     assert code == 0, err
