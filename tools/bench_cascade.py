@@ -16,7 +16,7 @@ prompts and seeds through each, the order alternating every round after a warm-u
 passes per window of every stage (from the YAML's settings) and each cascade's seconds per clip, per stage and
 in all, relative to the first:
 
-    python tools/bench_cascade.py --threads 1 --compare vidiff/assets/demo/cascade-full.yaml vidiff/assets/demo
+    python tools/bench_cascade.py --threads 1 --clips 6 --compare vidiff/assets/demo configs/cascade/demo-fast.yaml
 
 Prints a markdown table (docs/quality.md's Performance section keeps a copy with the set-up and notes; the README
 shows the latest table).
@@ -161,7 +161,7 @@ def compare_cascades(paths: list[str], args) -> str:
                "a yellow circle moving down"]
     times = [[] for _ in paths]
     stage_times = [[] for _ in paths]
-    for i, pipe in enumerate(pipes):
+    for pipe in pipes:
         pipe(prompts[0], seed=0, progress=False)  # warm-up
     for r in range(args.clips):
         order = range(len(pipes)) if r % 2 == 0 else reversed(range(len(pipes)))
