@@ -338,6 +338,26 @@ def test_x4_upscaler_inflates_and_matches_diffusers_per_frame(assets, tmp_path):
         inflate_stage(tmp_path / "x4", tmp_path / "bad", "tsr")
 
 
+def test_strength_on_an_x4_upscaler_stage_is_refused_before_loading(assets, tmp_path, capsys, monkeypatch):
+    """An SD x4 upscaler stage has no latent estimate to start from: --strength < 1 is one line, nothing loads."""
+    from vidiff.data import write_video
+    from vidiff.pipelines.text_to_video import VideoPipeline
+    from vidiff.stages import stage_for
+    from vidiff.spec import read_info
+    from vidiff.stages.folder import inflate_stage
+
+    make_tiny_x4_upscaler(tmp_path / "x4", assets["sd"])
+    inflate_stage(tmp_path / "x4", tmp_path / "ssr4", "ssr", defaults={"num_frames": 2})
+    assert not stage_for(read_info(tmp_path / "ssr4")).has_start_estimate()
+    write_video(tmp_path / "in.mp4", np.zeros((2, 8, 8, 3), np.uint8), fps=4)
+    monkeypatch.setattr(VideoPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model"))
+    capsys.readouterr()  # (the tiny upscaler's loading bars)
+    code, _, err = run_cli(capsys, "upscale", "--model", tmp_path / "ssr4", "--video", tmp_path / "in.mp4",
+                           "--strength", 0.5, "--out", tmp_path / "up.mp4")
+    assert code == 2 and err.strip().count("\n") == 0 and "--strength 0.5" in err and "no estimate" in err, err
+    assert not (tmp_path / "up.mp4").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # sampling: stages on videos, the cascade, the command line
 # ---------------------------------------------------------------------------------------------------------------
@@ -1043,6 +1063,7 @@ def test_long_inputs_are_streamed_in_chunks(cascade, tmp_path, capsys):
     assert frames.shape == (17, 16, 16, 3) and np.array_equal(frames[::2], source)  # every keyframe exact, once
     sidecar = json.loads((tmp_path / "interp.json").read_text())
     assert sidecar["chunk_frames"] == 4 and sidecar["num_frames"] == 17 and sidecar["input_frames"] == 9
+    assert (sidecar["chunks"], sidecar["unet_evaluations"]) == (3, sidecar["steps"])  # a chunk's, guidance 1
     assert (tmp_path / "interp.png").is_file()
     pipe = load(cascade["folder"] / "interpolation")
     settings = {"steps": 2, "guidance": 1.0, "scheduler": "ddim", "progress": False}

@@ -39,6 +39,9 @@ def resolve_model(args, command: str, *, demo_stage: str | None = "base", runs=N
     is_demo = args.model is None
     path = demo_model(demo_stage, prompts) if is_demo else args.model
     info, stage = read_model(path, command, runs)
+    if (request.get("strength") or 1) < 1 and not stage.has_start_estimate():
+        raise CLIError(f"--strength {request['strength']}: {path} ({info.stage}) makes no estimate of its output to "
+                       "start from (an SD x4 upscaler's condition is pixels); leave --strength out")
     return Model(path=str(path), info=info, stage=stage, settings=resolve_settings(path, info, **request),
                  demo=is_demo)
 

@@ -188,7 +188,8 @@ def stream_and_write(args, model: Model, source, fields: dict, fps: float, recor
             clip.write(frames)
             written += len(frames)
             bar.update()
-        sidecar = {**record, "seed": seed, "input_frames": source.num_frames, **settings,
+        sidecar = {**record, "seed": seed, "input_frames": source.num_frames, **settings, "chunks": len(bounds),
+                   "unet_evaluations": model.settings.unet_evaluations,  # per chunk, as per window elsewhere
                    "seconds": round(time.perf_counter() - start, 3)}
         paths = clip.publish(clip_record(args, pipe, sidecar, fps, (written, *total[1:])))
     print(f"wrote {', '.join(str(p) for p in paths)}: {plural(source.num_frames, 'frame')} {source.width}x"

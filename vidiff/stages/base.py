@@ -102,6 +102,11 @@ class Stage:
         """(frames, height, width) the stage makes from an input of `size`; ValueError when it does not fit."""
         raise ValueError(f"{where} is a {self.name!r} model, not a cascade stage (interpolation, tsr or ssr)")
 
+    def has_start_estimate(self) -> bool:
+        """Whether the stage makes a plain estimate of its output from its input, which `strength` < 1 starts
+        from (a base model has no input)."""
+        return False
+
     def check_noise_level(self, noise_level, where: str) -> int:
         raise ValueError(f"a noise level applies to ssr stages, but {where} is a {self.name!r} model")
 

@@ -103,6 +103,9 @@ class _CascadeStage(Stage):
     def input_size(self, info) -> tuple[int, int]:
         return info.defaults.height, info.defaults.width  # (the clip it was trained on, as training exports it)
 
+    def has_start_estimate(self) -> bool:
+        return True
+
 
 class _TemporalStage(_CascadeStage):
     """A stage that raises the frame rate by its factor (what `vidiff interpolate` runs)."""
@@ -334,6 +337,9 @@ class SSRStage(_CascadeStage):
 
     def prepare_unet(self, unet) -> None:
         add_level_embedding(unet)
+
+    def has_start_estimate(self) -> bool:
+        return self.condition_space != "pixels"  # the SD x4 upscaler's condition is pixels, not its latents
 
     # -------------------------------------------------------------------------------- sampling
     def factors(self) -> list[int]:
