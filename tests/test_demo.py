@@ -123,6 +123,28 @@ def test_demo_cascade_makes_15_frames_of_64_pixels():
     assert video.dtype == np.uint8 and video.shape == (15, 64, 64, 3)
 
 
+def test_the_default_cascade_is_the_fast_one_where_the_distilled_base_is_installed(tmp_path):
+    import yaml
+
+    def stages(name):
+        return [(e["model"], e.get("steps"), e.get("strength"))
+                for e in yaml.safe_load((tmp_path / name).read_text())["stages"]]
+
+    full = [("base", None, None), ("interpolation", None, None), ("ssr", None, None)]
+    for stage in demo.STAGES:
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "vidiff.json").write_text("{}")
+    demo.write_cascade(tmp_path)
+    assert stages("cascade.yaml") == stages(demo.FULL_CASCADE) == full and not demo.default_is_fast(tmp_path)
+    (tmp_path / demo.FAST_BASE).mkdir()
+    (tmp_path / demo.FAST_BASE / "vidiff.json").write_text("{}")
+    demo.write_cascade(tmp_path)
+    assert stages(demo.FULL_CASCADE) == full and demo.default_is_fast(tmp_path)
+    assert stages("cascade.yaml") == [("base-fast", None, None), ("interpolation", 8, 0.5), ("ssr", 8, 0.25)]
+    for name in ("cascade.yaml", demo.FULL_CASCADE):  # the shipped files are what the publish step writes
+        assert (demo.DEMO_DIR / name).read_text() == (tmp_path / name).read_text()
+
+
 # ------------------------------------------------------------------------------------------------ CLI / make demo
 def test_generate_without_model_warns_once_about_unknown_words(capsys):
     from vidiff.cli import main
@@ -133,6 +155,7 @@ def test_generate_without_model_warns_once_about_unknown_words(capsys):
     warnings = [line for line in err if line.startswith("warning:")]
     assert len(warnings) == 1 and "'purple', 'sideways'" in warnings[0] and "moving" in warnings[0]
     assert any("built-in demo model" in line for line in err)
+    assert any("the fast one" in line and str(demo.DEMO_DIR / demo.FULL_CASCADE) in line for line in err)
 
 
 def _make_demo_command(out_dir: Path) -> list[str]:

@@ -12,7 +12,10 @@ A fresh install cannot download Stable Diffusion, so vidiff ships its own tiny m
                     started from the base; `generate --image` runs it, then the cascade's stages after the base)
     controlnet-track/  a trajectory ControlNet for the base (configs/train/demo-controlnet.yaml): `--control track`
                     images of a control clip (a dot on its shape's path) make the shape go that way
-    cascade.yaml    the stages in order: this folder is a cascade folder (`--model` of a cascade)
+    cascade.yaml    the stages in order: this folder is a cascade folder (`--model` of a cascade). With base-fast
+                    installed it is the fast cascade (`FAST_STAGES`: the distilled base, then the stages started
+                    from their input's estimate: 4 + 4 + 2 U-Net passes a clip, the full cascade's 40 + 10 + 20)
+    cascade-full.yaml  the full-schedule cascade (base, interpolation, ssr at their vidiff.json defaults)
     checksums.json  sha256 of every weight file, checked by the tests
 
 The text encoder is a small random (seeded, frozen) CLIP text model whose tokenizer spells each word of the
@@ -27,6 +30,8 @@ import re
 import warnings
 from pathlib import Path
 
+import yaml
+
 from vidiff.data.synthetic import COLORS, MOTIONS, SHAPES
 from vidiff.spec import read_info
 from vidiff.utils import write_json_atomic
@@ -37,6 +42,11 @@ IMAGE_TO_VIDEO = "i2v"  # the image-to-video stage (`generate --image`), beside 
 EXTENSION = "extend"  # the extension stage (`vidiff extend`), beside the cascade: an interpolation stage trained on
                       # future-prediction masks alone (the cascade's interpolation stage extends less well)
 SIDE_STAGES = (IMAGE_TO_VIDEO, EXTENSION)
+FAST_BASE = "base-fast"  # the base's consistency-distilled student: the default cascade's first stage when installed
+# The stages after the base in the fast cascade: started from their input's plain estimate noised to `strength`
+# (docs/quality.md, "Fast stages without a student"): 8 x 0.5 = 4 and 8 x 0.25 = 2 U-Net passes
+FAST_STAGES = {"interpolation": {"steps": 8, "strength": 0.5}, "ssr": {"steps": 8, "strength": 0.25}}
+FULL_CASCADE = "cascade-full.yaml"
 CONTROLNET = "controlnet-track"  # the base's trajectory ControlNet (`--controlnet`), a diffusers ControlNet folder
 CHECKSUMS = "checksums.json"
 EXAMPLE_PROMPT = "a red circle moving right"
@@ -84,9 +94,10 @@ def warn_unknown_words(prompts: str | list[str]) -> str | None:
 
 
 def model_dir(stage: str = "base") -> Path:
-    """The folder of the demo model for `stage` ("base", "interpolation", "ssr", "i2v" or "extend")."""
-    if stage not in (*STAGES, *SIDE_STAGES):
-        raise ValueError(f"unknown demo stage {stage!r}; use one of {', '.join((*STAGES, *SIDE_STAGES))}")
+    """The folder of the demo model for `stage` ("base", "interpolation", "ssr", "i2v", "extend" or "base-fast")."""
+    names = (*STAGES, *SIDE_STAGES, FAST_BASE)
+    if stage not in names:
+        raise ValueError(f"unknown demo stage {stage!r}; use one of {', '.join(names)}")
     return DEMO_DIR / stage
 
 
@@ -133,18 +144,39 @@ def default_model() -> Path:
 
 
 def write_cascade(root: str | Path = DEMO_DIR) -> Path | None:
-    """Write `root/cascade.yaml` listing the demo stages present under `root` in cascade order (None, and no
-    file, when only the base is there: the base folder is then the default model)."""
+    """Write `root/cascade.yaml`, the default cascade, and `root/cascade-full.yaml`, listing the demo stages
+    present under `root` in cascade order (None, and no files, when only the base is there: the base folder is
+    then the default model). With `root/base-fast` the default is the fast cascade (`FAST_STAGES`)."""
     root = Path(root)
     stages = [s for s in STAGES if (root / s / "vidiff.json").is_file()]
-    path = root / "cascade.yaml"
+    path, full = root / "cascade.yaml", root / FULL_CASCADE
     if stages[:1] != ["base"] or len(stages) < 2:
         path.unlink(missing_ok=True)
+        full.unlink(missing_ok=True)
         return None
-    lines = ["# The built-in demo cascade (vidiff/demo.py); each stage's steps / guidance: its vidiff.json defaults",
-             "stages:"] + [f"  - model: {s}" for s in stages]
-    path.write_text("\n".join(lines) + "\n")
+    full.write_text(_cascade_yaml("The built-in demo cascade at full schedules (vidiff/demo.py); each stage's "
+                                  "steps / guidance: its vidiff.json defaults", [(s, {}) for s in stages]))
+    if not (root / FAST_BASE / "vidiff.json").is_file():
+        path.write_text(full.read_text())
+        return path
+    fast = [(FAST_BASE, {})] + [(s, FAST_STAGES[s]) for s in stages[1:]]
+    path.write_text(_cascade_yaml(f"The built-in demo cascade, fast (vidiff/demo.py): the distilled base, then each "
+                                  f"stage from its input's estimate; {FULL_CASCADE}: the full schedules", fast))
     return path
+
+
+def _cascade_yaml(comment: str, stages: list[tuple[str, dict]]) -> str:
+    lines = [f"# {comment}", "stages:"]
+    for name, settings in stages:
+        lines.append(f"  - model: {name}")
+        lines.extend(f"    {key}: {value}" for key, value in settings.items())
+    return "\n".join(lines) + "\n"
+
+
+def default_is_fast(root: str | Path = DEMO_DIR) -> bool:
+    """Whether the default demo cascade under `root` is the fast one (its first stage the distilled base)."""
+    path = Path(root) / "cascade.yaml"
+    return path.is_file() and yaml.safe_load(path.read_text())["stages"][0]["model"] == FAST_BASE
 
 
 def sha256(path: str | Path) -> str:

@@ -62,6 +62,10 @@ def demo_model(stage: str | None = "base", prompts=()) -> str:
                        "is missing): pass --model DIR (make one with `vidiff inflate --base SD_PIPELINE --out DIR`)")
     print(f"using the built-in demo {stage + ' ' if stage else ''}model {path} (pass --model DIR for another)",
           file=sys.stderr)
+    if stage is None and demo.default_is_fast(path):
+        print(f"the demo cascade is the fast one: the distilled base (4 U-Net passes), then each stage from its "
+              f"input (4 + 2); --cascade {Path(path) / demo.FULL_CASCADE} for the full schedules (40 + 10 + 20, 7x "
+              "slower, steadier)", file=sys.stderr)
     message = demo.unknown_words_message([p for p in prompts if p])
     if message:
         print(f"warning: {message}", file=sys.stderr)
