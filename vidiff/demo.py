@@ -154,10 +154,11 @@ def write_cascade(root: str | Path = DEMO_DIR) -> Path | None:
         path.unlink(missing_ok=True)
         full.unlink(missing_ok=True)
         return None
-    full.write_text(_cascade_yaml("The built-in demo cascade at full schedules (vidiff/demo.py); each stage's "
-                                  "steps / guidance: its vidiff.json defaults", [(s, {}) for s in stages]))
+    full_text = _cascade_yaml("The built-in demo cascade at full schedules (vidiff/demo.py); each stage's "
+                              "steps / guidance: its vidiff.json defaults", [(s, {}) for s in stages])
+    full.write_text(full_text)
     if not (root / FAST_BASE / "vidiff.json").is_file():
-        path.write_text(full.read_text())
+        path.write_text(full_text)
         return path
     fast = [(FAST_BASE, {})] + [(s, FAST_STAGES[s]) for s in stages[1:]]
     path.write_text(_cascade_yaml(f"The built-in demo cascade, fast (vidiff/demo.py): the distilled base, then each "

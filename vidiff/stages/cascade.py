@@ -389,7 +389,7 @@ class SSRStage(_CascadeStage):
         levels = torch.full((b,), level, dtype=torch.long)
         condition = noise_augment(clean.float(), levels, self.alphas_cumprod, condition_noise.to(clean.device))
         window = min(self.window(pipe.info), n)
-        estimate = None if self.condition_space == "pixels" else clean  # (the x4 upscaler's is in pixels)
+        estimate = clean if self.has_start_estimate() else None  # (the x4 upscaler's condition is in pixels)
         out = sample_stage(pipe, prompts, condition, (n, height, width), settings, generators, class_labels=levels,
                            latents=latents, start=estimate, window_size=window, window_stride=max(1, window // 2))
         return pipe.decode(out)
