@@ -14,7 +14,7 @@ from vidiff.pipelines.text_to_video import VideoPipeline
 from vidiff.spec import read_info
 from vidiff.stages import make_stage
 from vidiff.training.checkpoints import list_checkpoints
-from vidiff.training.distill import Schedule, boundary_scalings, make_student, prepare_distillation
+from vidiff.training.distill import ProgressiveDistillation, Schedule, boundary_scalings, make_student, prepare_distillation
 from vidiff.training.trainer import fit, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,6 +151,24 @@ def test_progressive_student_step_reproduces_two_teacher_steps(assets):
     after, loss_after = teacher_two_steps_vs_student_one(pipe, obj, b, 3.0), fixed_loss(pipe, obj, b)
     assert loss_after < 0.5 * loss_before, (loss_before, loss_after)
     assert after < 0.6 * before, (before, after)  # measured: 0.264 -> 0.125
+
+
+@pytest.mark.parametrize("spacing, teacher_steps", [("trailing", 8), ("trailing", 16), ("trailing", 32),
+                                                    ("leading", 8), ("leading", 20)])
+def test_progressive_teacher_steps_lie_on_the_teachers_ddim_grid(spacing, teacher_steps):
+    """Each student step's two teacher steps (t -> halfway -> t') visit the teacher's own DDIM timesteps at twice
+    the student's steps: exactly where 1000 / n is whole, within a timestep where it is not (16, 32 trailing)."""
+    ddim = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
+    ddim.set_timesteps(teacher_steps // 2)
+    student = torch.cat([ddim.timesteps, torch.tensor([-1])])
+    ddim.set_timesteps(teacher_steps)
+    teacher = set(ddim.timesteps.tolist()) | {-1}
+    path = ProgressiveDistillation.teacher_path(student[:-1], student[1:], halve=True)
+    assert torch.equal(path[0], student[:-1]) and torch.equal(path[2], student[1:])
+    visited = torch.cat(path).tolist()
+    off = [min(abs(t - g) for g in teacher) for t in visited]
+    assert max(off) <= (0 if 1000 % teacher_steps == 0 else 1), (visited, sorted(teacher))
+    assert ProgressiveDistillation.teacher_path(student[:-1], student[1:], halve=False)[1].equal(student[1:])
 
 
 def test_guidance_embedding_learns_the_teachers_cfg(assets):
@@ -330,7 +348,7 @@ def student_folder(assets, tmp_path_factory):
     (["--method", "guided"], r"distill.method must be null or one of consistency, progressive, got 'guided'"),
     (["--method", "progressive", "--steps", "3"], r"distill.steps=3 does not divide the teacher's 4 DDIM steps"),
     (["--method", "progressive", "--steps", "4"], r"nothing to distil"),
-    (["--method", "progressive", "--steps", "3", "--teacher-steps", "24"], r"must divide the noise schedule's 1000"),
+    (["--method", "consistency", "--teacher-steps", "30"], r"must divide the noise schedule's 1000"),
     (["--method", "consistency", "--steps", "60"], r"at most the consistency solver grid"),
     (["--method", "consistency", "--guidance-range", "1,3"], r"--guidance-range applies with --guidance-distill"),
 ])

@@ -308,27 +308,36 @@ class ProgressiveDistillation(Distillation):
             teacher.load_state_dict(read_state_dict(path))
         self.round, self.round_teacher = wanted, teacher
 
+    @staticmethod
+    def teacher_path(t: torch.Tensor, t_next: torch.Tensor, halve: bool) -> list[torch.Tensor]:
+        """The timesteps of the teacher's DDIM steps over the student's one (t -> t'): halfway and on, which is
+        the teacher's own DDIM grid at twice the steps for trailing and leading spacing (within a timestep where
+        the steps do not divide the schedule); t -> t' for guidance distillation alone. t' = -1: the end."""
+        return [t, torch.div(t + t_next, 2, rounding_mode="floor"), t_next] if halve else [t, t_next]
+
     def loss(self, unet, scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, *,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """max(SNR, 1) || x0_student(x_t, t) - x~ ||^2, x~ the x0 whose one DDIM step (t -> t - T/n) lands where
-        the round's teacher's two steps (t -> t - T/2n -> t - T/n) do; t one of the student's n DDIM timesteps."""
+        """max(SNR, 1) || x0_student(x_t, t) - x~ ||^2, x~ the x0 whose one DDIM step (t -> t') lands where the
+        round's teacher's two DDIM steps (t -> t'' -> t') do; t, t' neighbours on the student's n-step DDIM grid,
+        t'' halfway between them."""
         b, device, s = latents.shape[0], latents.device, self.schedule
         teacher_steps, student_steps = self.round_steps(self.round)
-        jump, sub = s.num_train_timesteps // student_steps, s.num_train_timesteps // teacher_steps
         cond, kwargs = self.stage.condition(latents, generator)
         noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-        grid = s.sampler_timesteps(student_steps).to(device)
-        t = grid[torch.randint(0, len(grid), (b,), generator=generator, device=device)]
+        grid = torch.cat([s.sampler_timesteps(student_steps), torch.tensor([-1])]).to(device)  # -1: the end
+        index = torch.randint(0, student_steps, (b,), generator=generator, device=device)
+        t, t_next = grid[index], grid[index + 1]
+        path = self.teacher_path(t, t_next, halve=teacher_steps > student_steps)
         w = self.draw_guidance(b, generator, device)
         x_t = scheduler.add_noise(latents, noise, t)
         with torch.no_grad():
-            x, now = x_t.float(), t
-            for _ in range(jump // sub):                                # the teacher's DDIM steps of this jump
+            x = x_t.float()
+            for now, then in zip(path, path[1:]):
                 x0, eps = self.teacher_x0_eps(x.to(latents.dtype), now.clamp(min=0), encoder_hidden_states, cond,
                                               kwargs, w, teacher=self.round_teacher)
                 active = (now >= 0).view(-1, 1, 1, 1, 1)                # (past the schedule's end: done)
-                x, now = torch.where(active, s.ddim_step(x0, eps, now - sub), x), now - sub
-            target = s.step_target(x_t.float(), t, x, t - jump)
+                x = torch.where(active, s.ddim_step(x0, eps, then), x)
+            target = s.step_target(x_t.float(), t, x, t_next)
         out = unet(self.model_input(x_t, cond), t, encoder_hidden_states, **self.student_kwargs(kwargs, w)).float()
         x0_student, _ = s.x0_eps(out, x_t.float(), t)
         per_video = F.mse_loss(x0_student, target, reduction="none").mean(dim=(1, 2, 3, 4))
