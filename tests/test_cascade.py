@@ -475,6 +475,38 @@ def test_strength_errors_and_evaluations(cascade, tmp_path, capsys):
     assert code == 2 and "stage 0: strength is for the stages after the base" in err
 
 
+def test_a_stage_student_for_a_strength_starts_from_its_estimate_with_no_flags(cascade, tmp_path, capsys):
+    """A progressive stage student distilled for the last half of its grid (vidiff.json `distilled.strength`,
+    `vidiff distill --strength`) samples from its input's estimate by default, alone and in a cascade, and the
+    sidecars count the passes that ran; --strength 1 still starts from pure noise."""
+    import shutil
+
+    import yaml
+
+    student = tmp_path / "student"
+    shutil.copytree(cascade["folder"] / "interpolation", student)
+    info = json.loads((student / "vidiff.json").read_text())
+    info["distilled"] = {"method": "progressive", "steps": 4, "teacher_steps": 8, "guidance_embedded": False,
+                         "teacher": "teacher", "timesteps": [], "strength": 0.5}
+    info["defaults"]["num_inference_steps"] = 4
+    (student / "vidiff.json").write_text(json.dumps(info))
+    common = ["interpolate", "--model", student, "--video", cascade["video"], "--factor", 2, "--seed", 0, "--quiet"]
+    for flags, strength, passes in (([], 0.5, 2), (["--strength", 1], 1.0, 4)):
+        out = tmp_path / f"i{passes}.mp4"
+        code, _, err = run_cli(capsys, *common, *flags, "--out", out)
+        record = json.loads(out.with_suffix(".json").read_text())
+        assert code == 0, err
+        assert (record["strength"], record["steps"], record["unet_evaluations"]) == (strength, 4, passes), record
+    plan = tmp_path / "cascade.yaml"
+    plan.write_text(yaml.safe_dump({"stages": [{"model": str(cascade["folder"] / "base")},
+                                               {"model": str(student), "factor": 2}]}))
+    code, _, err = run_cli(capsys, "generate", "--cascade", plan, "--prompt", "a red circle", "--seed", 0,
+                           "--quiet", "--out", tmp_path / "c.mp4")
+    stages = json.loads((tmp_path / "c.json").read_text())["stages"]
+    assert code == 0 and stages[1]["guidance"] == 7.5, stages  # (captioned in a cascade: two passes a step)
+    assert (stages[1]["strength"], stages[1]["unet_evaluations"]) == (0.5, 2 * 2), stages
+
+
 def test_tsr_and_extension(cascade):
     from vidiff.pipelines.cascade import extend_video, interpolate_video
 

@@ -171,6 +171,40 @@ def test_progressive_teacher_steps_lie_on_the_teachers_ddim_grid(spacing, teache
     assert ProgressiveDistillation.teacher_path(student[:-1], student[1:], halve=False)[1].equal(student[1:])
 
 
+@pytest.mark.parametrize("strength, trained", [(1.0, 4), (0.5, 2), (0.25, 1), (0.1, 1)])
+def test_progressive_strength_trains_only_the_grid_steps_a_start_from_the_estimate_runs(assets, strength, trained):
+    """distill.strength: the student learns the last `strength` share of its DDIM grid (the steps that
+    `timesteps_for_strength` runs), and records it, so that it samples from its input's estimate by default."""
+    from vidiff.pipelines.text_to_video import timesteps_for_strength
+    from vidiff.spec import resolve_sampling
+
+    pipe, obj = objective(assets["video"], "progressive", steps=4, teacher_steps=8, strength=strength)
+    seen, student = [], pipe.unet
+
+    def recording(inp, t, *args, **kwargs):
+        seen.extend(t.tolist())
+        return student(inp, t, *args, **kwargs)
+
+    b = batch(pipe)
+    for seed in range(12):
+        obj.loss(recording, pipe.make_scheduler("ddpm"), b["latents"], b["encoder_hidden_states"],
+                 generator=torch.Generator().manual_seed(seed))
+    runs = timesteps_for_strength(pipe.make_scheduler("ddim"), 4, strength).tolist()
+    assert len(runs) == trained and set(seen) == set(runs), (sorted(set(seen)), runs)
+    assert pipe.info.distilled.strength == strength
+    assert resolve_sampling(pipe.info).strength == strength        # the student's default start
+    assert resolve_sampling(pipe.info, strength=1.0).strength == 1.0  # a request still chooses
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "half", True])
+def test_damaged_distilled_strength_is_a_one_line_error(student_folder, value):
+    info = json.loads((student_folder / "vidiff.json").read_text())
+    info["distilled"]["strength"] = value
+    (student_folder / "vidiff.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"distilled must hold .* strength \(in \(0, 1\]\)"):
+        read_info(student_folder)
+
+
 def test_guidance_embedding_learns_the_teachers_cfg(assets):
     """Guidance distillation alone (progressive with the teacher's steps): the one-pass student at scale s is the
     teacher's two-pass CFG at s, to a fraction of the distance between CFG and the conditional branch."""
@@ -351,6 +385,10 @@ def student_folder(assets, tmp_path_factory):
     (["--method", "consistency", "--teacher-steps", "30"], r"must divide the noise schedule's 1000"),
     (["--method", "consistency", "--steps", "60"], r"at most the consistency solver grid"),
     (["--method", "consistency", "--guidance-range", "1,3"], r"--guidance-range applies with --guidance-distill"),
+    (["--method", "consistency", "--strength", "0.5"], r"distill.strength=0.5 is for progressive distillation"),
+    (["--method", "progressive", "--steps", "2", "--strength", "1.5"], r"distill.strength must be in \(0, 1\]"),
+    (["--method", "progressive", "--steps", "2", "--strength", "nan"], r"distill.strength must be in \(0, 1\]"),
+    (["--method", "progressive", "--steps", "2", "--strength", "0.5"], r"which a base model does not make"),
 ])
 def test_bad_distill_requests_are_one_line_errors_before_loading(assets, tmp_path, capsys, monkeypatch, flags,
                                                                  message):

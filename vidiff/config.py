@@ -143,6 +143,7 @@ class DistillConfig:
     guidance: bool = False                 # guidance distillation (Meng et al. 2023): the guidance scale becomes a U-Net input, one pass per step instead of two
     guidance_min: float = 1.0              # guidance distillation: scales drawn uniformly from [guidance_min, guidance_max]
     guidance_max: Union[float, None] = None  # null: twice the teacher's default guidance (at least 2)
+    strength: float = 1.0                  # progressive, a cascade stage: learn only the last share of the student's DDIM grid, where a stage started from its input's estimate samples (as `--strength`; the student samples so by default); 1: the whole grid
     target: str = "ema"                    # consistency: the target network, ema (the run's EMA: needs train.ema; LCM's decay 0.95 as train.ema_decay) | online (the student, stop-gradient)
 
 
@@ -379,8 +380,8 @@ def validate(cfg: Config, where: str = "config", *, need_data: bool = True) -> N
     check(bool(cfg.output_dir), "output_dir is empty")
     _validate_model(cfg, check)
     _validate_lora(cfg, check)
-    _validate_stage(cfg, check)
     _validate_distill(cfg, check)
+    _validate_stage(cfg, check)
     _validate_control(cfg, check)
     _validate_validation(cfg, check)
 
@@ -491,6 +492,11 @@ def _validate_distill(cfg: Config, check) -> None:
     check(x.method != "consistency" or x.target != "ema" or cfg.train.ema,
           "distill.target=ema makes the run's EMA the consistency target network: set train.ema=true (and "
           "train.ema_decay=0.95, LCM's), or distill.target=online")
+    check(isinstance(x.strength, (int, float)) and 0 < x.strength <= 1,
+          f"distill.strength must be in (0, 1] (1: the whole schedule), got {x.strength!r}")
+    check(x.strength == 1 or x.method == "progressive",
+          f"distill.strength={x.strength} is for progressive distillation (a consistency student samples from pure "
+          "noise); set distill.method=progressive or distill.strength=1")
     if x.teacher_steps is not None:
         check_distill_steps(x.method, x.steps, x.teacher_steps, x.guidance, check)
 
@@ -529,6 +535,9 @@ def _validate_stage(cfg: Config, check) -> None:
     check(not stage.takes_video or not cfg.validation.prompts,
           f"validation.prompts renders text-to-video clips, which a {t.stage} stage cannot make alone; "
           "leave it empty for cascade stages")
+    check(cfg.distill.strength == 1 or stage.has_start_estimate(),
+          f"distill.strength={cfg.distill.strength} teaches a start from the stage's estimate of its output, which "
+          f"a {t.stage} model does not make (it has no input, or an SD x4 upscaler's pixel condition): set it to 1")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = (), *,

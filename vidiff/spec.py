@@ -312,6 +312,8 @@ class Distilled:
     guidance_embedded: bool = False     # guidance distilled: the scale is an input, one U-Net pass per step
     teacher: str = ""                   # the teacher folder
     timesteps: tuple[int, ...] = ()     # progressive: the DDIM timesteps it was trained for
+    strength: float = 1.0               # the schedule's last share it learnt (a cascade stage's student starts from
+                                        # its input's estimate there by default, as `--strength`); 1: all of it
 
     @property
     def scheduler(self) -> str:
@@ -329,10 +331,16 @@ class Distilled:
         ints = [data.get(k) for k in ("steps", "teacher_steps")] + list(data.get("timesteps", []))
         if unknown or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints) \
                 or min(data.get("steps", 0), data.get("teacher_steps", 0)) < 1 \
-                or not isinstance(data.get("guidance_embedded", False), bool):
+                or not isinstance(data.get("guidance_embedded", False), bool) \
+                or not _is_share(data.get("strength", 1.0)):
             raise ValueError(f"{where}: distilled must hold method, steps and teacher_steps (integers >= 1), "
-                             f"guidance_embedded (true / false), teacher and timesteps, got {data!r}; {fix}")
+                             f"guidance_embedded (true / false), teacher, timesteps and strength (in (0, 1]), "
+                             f"got {data!r}; {fix}")
         return cls(**{**data, "timesteps": tuple(data.get("timesteps", ()))})
+
+
+def _is_share(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
 @dataclass(frozen=True)
@@ -597,7 +605,7 @@ class SamplingSettings:
     def steps_run(self) -> int:
         """The sampler steps that run: the last `strength` share of `num_inference_steps`, at least one
         (`timesteps_for_strength`)."""
-        return min(self.num_inference_steps, max(1, round(self.num_inference_steps * self.strength)))
+        return steps_for_strength(self.num_inference_steps, self.strength)
 
     @property
     def unet_evaluations(self) -> int:
@@ -606,6 +614,12 @@ class SamplingSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def steps_for_strength(steps: int, strength: float) -> int:
+    """How many of `steps` sampler steps a run at `strength` takes: the last `strength` share, at least one (the
+    one rule for sampling, the sidecars' evaluation counts and a stage student's training grid)."""
+    return min(steps, max(1, round(steps * strength)))
 
 
 def guidance_on(guidance_scale: float) -> bool:
@@ -653,7 +667,9 @@ def resolve_sampling(info: PipelineInfo, *, max_steps: int | None = None, num_fr
     if stride > size:
         raise SettingError("window_stride", f"must not exceed the window size ({size}), got {stride}: windows would "
                                             "leave frames uncovered")
-    strength = float(check_setting("strength", 1.0 if strength is None else strength))
+    if strength is None:  # a stage's student distilled for a share of the schedule starts there
+        strength = info.distilled.strength if info.distilled is not None else 1.0
+    strength = float(check_setting("strength", strength))
     if strength == 0:
         raise SettingError("strength", "must be above 0 when sampling (1 starts from pure noise), got 0")
     distilled = info.distilled is not None and info.distilled.guidance_embedded

@@ -21,6 +21,9 @@ EPILOG = """examples:
   vidiff distill --model M --method progressive --steps 20 --guidance-distill --data clips/ --out runs/gd
       (steps = the teacher's: guidance distillation alone, one U-Net pass per step instead of two)
   vidiff distill --model M --method consistency --data clips/ --out runs/lcm --resume auto train.max_steps=4000
+  vidiff distill --model runs/ssr/pipeline --method progressive --teacher-steps 8 --steps 4 --strength 0.25 \
+      --data clips/ --out runs/ssr-1pass
+      (a cascade stage's student for its start from the input's estimate: 1 U-Net pass for the teacher's 2)
 
 consistency: latent consistency distillation (LCM); samples with the lcm sampler in any 1..50 steps (--steps is
 its default). progressive: rounds that each halve the teacher's DDIM steps (--steps = --teacher-steps / 2^k).
@@ -45,6 +48,10 @@ def add_parser(sub, help_text: str):
                    help="guidance distillation: the guidance scale as an input, one U-Net pass per step")
     p.add_argument("--guidance-range", metavar="MIN,MAX", default=None,
                    help="scales the student learns (default: 1 to twice the teacher's default guidance)")
+    p.add_argument("--strength", type=float, default=None, metavar="S",
+                   help="progressive, a cascade stage: learn only the last S share of the student's steps, where a "
+                        "start from the input's estimate samples (as the stage commands' --strength; the student "
+                        "samples so by default; default 1: all)")
     p.add_argument("--data", metavar="MANIFEST", default=None,
                    help="training clips: a video folder or manifest (default: what the teacher records it was "
                         "trained on)")
@@ -94,7 +101,8 @@ def teacher_overrides(args) -> list[str]:
 def flag_overrides(args) -> list[str]:
     """The distill flags as config overrides."""
     items = {"distill.method": args.method, "output_dir": args.out, "distill.steps": args.steps,
-             "distill.teacher_steps": args.teacher_steps, "data.manifest": args.data, "data.cache": args.cache,
+             "distill.teacher_steps": args.teacher_steps, "distill.strength": args.strength,
+             "data.manifest": args.data, "data.cache": args.cache,
              "train.max_steps": args.max_steps, "train.batch_size": args.batch_size,
              "train.learning_rate": args.learning_rate}
     if args.guidance_distill:

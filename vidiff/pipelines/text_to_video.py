@@ -38,7 +38,7 @@ from vidiff.pipelines.schedulers import make_scheduler
 from vidiff.progress import ProgressBar
 from vidiff.spec import (KIND, LONG_VIDEO_NOISE, MAX_SEED, PipelineInfo, PromptSchedule, SamplingSettings, check_choice,
                          check_scheduler_config, check_setting, guidance_on, max_inference_steps, read_info,
-                         read_scheduler_config, resolve_sampling)
+                         read_scheduler_config, resolve_sampling, steps_for_strength)
 from vidiff.utils import check_device, parse_dtype, quiet_libraries
 
 OUTPUT_TYPES = ("uint8", "pt", "latent")
@@ -659,7 +659,7 @@ def timesteps_for_strength(scheduler, num_inference_steps: int, strength: float 
     if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
         raise ValueError(f"strength must be in (0, 1] (1 = start from pure noise), got {strength!r}")
     scheduler.set_timesteps(num_inference_steps, device=device)
-    count = min(num_inference_steps, max(1, round(num_inference_steps * strength)))
+    count = steps_for_strength(num_inference_steps, strength)
     start = (num_inference_steps - count) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)

@@ -23,6 +23,8 @@ into output_dir/distill/ at the round's first step), so a resumed run is exact.
                   two steps of the round's teacher (the previous round's student), halving the steps each round;
                   the target is the x0 that makes one DDIM step land where the teacher's two did, the loss its
                   squared error weighted by max(SNR, 1) ("truncated SNR"). Samples with DDIM at `steps`.
+                  `distill.strength` S < 1 (a cascade stage): it learns only the last S share of its grid, the
+                  steps a start from the stage's input estimate runs (`--strength`), and samples so by default.
     guidance      guidance distillation (Meng et al. 2023), with either: the teacher's target runs classifier-free
                   guidance at a scale w drawn from [guidance_min, guidance_max], the student gets w as an input
                   (VideoUNet's GuidanceEmbedding) and makes one pass. Without it the student learns the unguided
@@ -41,7 +43,7 @@ from diffusers import DDIMScheduler
 from vidiff.models.encoding import encode_text
 from vidiff.models.unet import GuidanceEmbedding
 from vidiff.models.weights import read_state_dict
-from vidiff.spec import Distilled, PipelineInfo
+from vidiff.spec import Distilled, PipelineInfo, steps_for_strength
 from vidiff.stages import Stage
 from vidiff.utils import save_safetensors_atomic
 
@@ -130,12 +132,14 @@ class Distillation:
     method = ""
 
     def __init__(self, stage: Stage, teacher, schedule: Schedule, uncond: torch.Tensor, *, steps: int,
-                 teacher_steps: int, guidance: tuple[float, float] | None = None, max_steps: int = 1):
+                 teacher_steps: int, guidance: tuple[float, float] | None = None, max_steps: int = 1,
+                 strength: float = 1.0):
         self.stage, self.teacher, self.schedule = stage, teacher.requires_grad_(False).eval(), schedule
         self.uncond = uncond            # (1, L, D): the empty prompt's embedding, for the teacher's guidance
         self.steps, self.teacher_steps = steps, teacher_steps
         self.guidance = guidance        # (low, high) when guidance is distilled, else None
         self.max_steps = max_steps
+        self.strength = strength        # progressive: the last share of the grid it learns (a stage's start)
 
     # ------------------------------------------------------------------------- as the trainer sees a stage
     @property
@@ -171,7 +175,7 @@ class Distillation:
         """The student's vidiff.json: `distilled`, and sampling defaults of its steps and sampler."""
         distilled = Distilled(method=self.method, steps=self.steps, teacher_steps=self.teacher_steps,
                               guidance_embedded=self.guidance is not None, teacher=str(teacher),
-                              timesteps=self.recorded_timesteps())
+                              timesteps=self.recorded_timesteps(), strength=self.strength)
         return dataclasses.replace(info, distilled=distilled).with_defaults(num_inference_steps=self.steps,
                                                                            scheduler=distilled.scheduler)
 
@@ -318,14 +322,16 @@ class ProgressiveDistillation(Distillation):
     def loss(self, unet, scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, *,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """max(SNR, 1) || x0_student(x_t, t) - x~ ||^2, x~ the x0 whose one DDIM step (t -> t') lands where the
-        round's teacher's two DDIM steps (t -> t'' -> t') do; t, t' neighbours on the student's n-step DDIM grid,
-        t'' halfway between them."""
+        round's teacher's two DDIM steps (t -> t'' -> t') do; t, t' neighbours on the student's n-step DDIM grid
+        (its last `strength` share: the steps a stage started from its input's estimate runs), t'' halfway
+        between them."""
         b, device, s = latents.shape[0], latents.device, self.schedule
         teacher_steps, student_steps = self.round_steps(self.round)
         cond, kwargs = self.stage.condition(latents, generator)
         noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
         grid = torch.cat([s.sampler_timesteps(student_steps), torch.tensor([-1])]).to(device)  # -1: the end
-        index = torch.randint(0, student_steps, (b,), generator=generator, device=device)
+        first = student_steps - steps_for_strength(student_steps, self.strength)  # (strength 1: the whole grid)
+        index = torch.randint(first, student_steps, (b,), generator=generator, device=device)
         t, t_next = grid[index], grid[index + 1]
         path = self.teacher_path(t, t_next, halve=teacher_steps > student_steps)
         w = self.draw_guidance(b, generator, device)
@@ -385,7 +391,8 @@ def prepare_distillation(config, pipe, stage: Stage, teacher_steps: int, device)
     uncond = encode_text(pipe.text_encoder.to(device), pipe.tokenizer, [""]).detach()
     schedule = Schedule(pipe.scheduler_config, latent=pipe.latent)
     objective = OBJECTIVES[x.method](stage, teacher, schedule, uncond, steps=x.steps, teacher_steps=teacher_steps,
-                                     guidance=guidance_range(config, pipe.info), max_steps=config.train.max_steps)
+                                     guidance=guidance_range(config, pipe.info), max_steps=config.train.max_steps,
+                                     strength=x.strength)
     pipe.unet = student
     pipe.info = objective.describe(pipe.info, config.model.pretrained)
     return objective
