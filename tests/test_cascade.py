@@ -83,6 +83,31 @@ def test_interpolation_condition_keeps_exactly_the_known_frames():
         assert torch.equal(cond[b], masked_video_condition(latents[b:b + 1], keyframe_mask(6, 2, phase[b])[None])[0])
 
 
+def test_blend_of_the_known_frames_is_the_estimate_sampling_starts_from():
+    """Training's estimate of a masked clip (a stage student for a strength learns from it) is what sampling
+    starts from: for keyframes the trilinear blend the interpolation stage makes, for a known past the held
+    last frame of extension, a known future held backwards, and the known frames themselves everywhere known."""
+    import torch.nn.functional as F
+
+    from vidiff.stages.conditions import blend_known_frames
+
+    known = torch.randn(1, 4, 3, 2, 5)
+    placed = torch.zeros(1, 4, 9, 2, 5)
+    placed[:, :, ::4] = known
+    blend = blend_known_frames(masked_video_condition(placed, keyframe_mask(9, 4)[None]))
+    torch.testing.assert_close(blend, F.interpolate(known, size=(9, 2, 5), mode="trilinear", align_corners=True))
+    latents = torch.randn(2, 4, 6, 2, 3)
+    mask = torch.stack([prefix_mask(6, 2), prefix_mask(6, 2).flip(0)])  # a known past; a known future
+    blend = blend_known_frames(masked_video_condition(latents, mask))
+    assert torch.equal(blend[0, :, :2], latents[0, :, :2]) and torch.equal(blend[1, :, 4:], latents[1, :, 4:])
+    assert all(torch.equal(blend[0, :, f], latents[0, :, 1]) for f in range(2, 6))
+    assert all(torch.equal(blend[1, :, f], latents[1, :, 4]) for f in range(4))
+    stage = make_stage("ssr", latent_channels=4, factor=2)
+    clip = torch.randn(2, 4, 3, 4, 6)
+    torch.testing.assert_close(stage.start_estimate(clip, stage.condition(clip)[0]),
+                               ssr_condition(clip, 2))  # (before the condition's noise augmentation)
+
+
 def test_tsr_condition_repeats_the_low_frame_rate_video():
     latents = torch.randn(1, 4, 6, 2, 2)
     cond = tsr_condition(latents, 3)

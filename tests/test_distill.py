@@ -35,15 +35,16 @@ def assets(tmp_path_factory):
     return {"root": root, "video": video, "shapes": shapes}
 
 
-def objective(folder, method: str, **distill):
-    """A distillation objective on the tiny pipeline at `folder` (its U-Net the teacher, `pipe.unet` the student)."""
+def objective(folder, method: str, stage=None, **distill):
+    """A distillation objective on the tiny pipeline at `folder` (its U-Net the teacher, `pipe.unet` the student)
+    for `stage` (default: a base model)."""
     pipe = VideoPipeline.from_pretrained(folder, device="cpu", dtype="fp32")
     config = Config()
     config.model.pretrained = str(folder)
     config.distill.method = method
     for key, value in distill.items():
         setattr(config.distill, key, value)
-    stage = make_stage("base", latent_channels=4, prediction_type=pipe.info.prediction_type)
+    stage = stage or make_stage("base", latent_channels=4, prediction_type=pipe.info.prediction_type)
     teacher_steps = distill.get("teacher_steps") or 50
     return pipe, prepare_distillation(config, pipe, stage, teacher_steps, "cpu")
 
@@ -171,26 +172,60 @@ def test_progressive_teacher_steps_lie_on_the_teachers_ddim_grid(spacing, teache
     assert ProgressiveDistillation.teacher_path(student[:-1], student[1:], halve=False)[1].equal(student[1:])
 
 
+@pytest.fixture(scope="module")
+def interpolation_teacher(assets):
+    """A tiny interpolation-stage folder: its U-Net takes the noisy latents, the masked clip and the mask."""
+    from vidiff.testing import make_tiny_video_pipeline
+
+    return make_tiny_video_pipeline(assets["root"] / "interpolation", unet_kwargs={"in_channels": 9, "out_channels": 4})
+
+
 @pytest.mark.parametrize("strength, trained", [(1.0, 4), (0.5, 2), (0.25, 1), (0.1, 1)])
-def test_progressive_strength_trains_only_the_grid_steps_a_start_from_the_estimate_runs(assets, strength, trained):
+def test_progressive_strength_trains_only_the_grid_steps_a_start_from_the_estimate_runs(interpolation_teacher,
+                                                                                       strength, trained):
     """distill.strength: the student learns the last `strength` share of its DDIM grid (the steps that
-    `timesteps_for_strength` runs), and records it, so that it samples from its input's estimate by default."""
+    `timesteps_for_strength` runs) at the inputs sampling meets there: the stage's estimate noised to the first
+    of them, then the teacher's DDIM steps on from it; it records the strength, so it samples so by default."""
     from vidiff.pipelines.text_to_video import timesteps_for_strength
     from vidiff.spec import resolve_sampling
+    from vidiff.stages.conditions import blend_known_frames
 
-    pipe, obj = objective(assets["video"], "progressive", steps=4, teacher_steps=8, strength=strength)
-    seen, student = [], pipe.unet
+    stage = make_stage("interpolation", latent_channels=4, mask_factors=[2], mask_modes=["interpolate"])
+    pipe, obj = objective(interpolation_teacher, "progressive", stage=stage, steps=4, teacher_steps=8,
+                          strength=strength)
+    calls, student, teacher = [], pipe.unet, obj.round_teacher
+    def record(who, model):
+        return lambda inp, t, *a, **k: (calls.append((who, inp, t)), model(inp, t, *a, **k))[1]
 
-    def recording(inp, t, *args, **kwargs):
-        seen.extend(t.tolist())
-        return student(inp, t, *args, **kwargs)
-
-    b = batch(pipe)
+    obj.round_teacher = record("teacher", teacher)
+    latents = torch.randn(2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = pipe.encode_prompt(["a red circle moving right", "a blue square moving up"])
+    ddpm, ddim = pipe.make_scheduler("ddpm"), pipe.make_scheduler("ddim")
+    runs = timesteps_for_strength(ddim, 4, strength).tolist()
+    seen = set()
     for seed in range(12):
-        obj.loss(recording, pipe.make_scheduler("ddpm"), b["latents"], b["encoder_hidden_states"],
-                 generator=torch.Generator().manual_seed(seed))
-    runs = timesteps_for_strength(pipe.make_scheduler("ddim"), 4, strength).tolist()
-    assert len(runs) == trained and set(seen) == set(runs), (sorted(set(seen)), runs)
+        calls.clear()
+        obj.loss(record("student", student), ddpm, latents, text, generator=torch.Generator().manual_seed(seed))
+        (_, inp, t), = [c for c in calls if c[0] == "student"]
+        seen |= set(t.tolist())
+        if strength == 1:
+            continue
+        # Each video's input: the keyframes' blend noised to the first step that runs, then (past it) the
+        # teacher's own DDIM steps, two a student step, through the grid to its t.
+        g = torch.Generator().manual_seed(seed)
+        cond, _ = stage.condition(latents, g)
+        noise = torch.randn(latents.shape, generator=g)
+        start = ddpm.add_noise(blend_known_frames(cond), noise, torch.tensor([runs[0]] * 2))
+        teacher_calls = [c for c in calls if c[0] == "teacher"]
+        for v in range(2):
+            if int(t[v]) == runs[0]:
+                torch.testing.assert_close(inp[v, :4], start[v], rtol=0, atol=1e-6)
+            else:
+                first_ahead = teacher_calls[0][1][v, :4]
+                torch.testing.assert_close(first_ahead, start[v], rtol=0, atol=1e-6)  # (the rollout starts there)
+                assert not torch.allclose(inp[v, :4], start[v])
+        assert torch.equal(inp[:, 4:], cond)
+    assert len(runs) == trained and seen == set(runs), (sorted(seen), runs)
     assert pipe.info.distilled.strength == strength
     assert resolve_sampling(pipe.info).strength == strength        # the student's default start
     assert resolve_sampling(pipe.info, strength=1.0).strength == 1.0  # a request still chooses

@@ -107,6 +107,11 @@ class Stage:
         from (a base model has no input)."""
         return False
 
+    def start_estimate(self, latents: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """That estimate for a training clip `latents` from its `condition` (this stage's `condition()`), as
+        sampling makes it from the stage's input: what a student for `strength` < 1 learns to start from."""
+        raise ValueError(f"a {self.name!r} model makes no estimate of its output to start from")
+
     def check_noise_level(self, noise_level, where: str) -> int:
         raise ValueError(f"a noise level applies to ssr stages, but {where} is a {self.name!r} model")
 

@@ -21,9 +21,10 @@ from diffusers.models.embeddings import TimestepEmbedding
 from vidiff.spec import SettingError, check_choice, check_setting
 from vidiff.stages.base import Stage
 from vidiff.stages.conditions import (AUGMENTATION_SCHEDULE, DEFAULT_MASK_MODES, MASK_MODES, MAX_NOISE_LEVEL,
-                                      SAMPLING_NOISE_LEVEL, SSR_CONDITIONS, SSR_FACTORS, augmentation_alphas, keyframe_mask,
-                                      masked_video_condition, noise_augment, prefix_mask, sample_frame_masks,
-                                      repeat_frames, spatial_upsample, ssr_condition, tsr_condition)
+                                      SAMPLING_NOISE_LEVEL, SSR_CONDITIONS, SSR_FACTORS, augmentation_alphas,
+                                      blend_known_frames, keyframe_mask, masked_video_condition, noise_augment,
+                                      prefix_mask, repeat_frames, sample_frame_masks, spatial_upsample,
+                                      ssr_condition, tsr_condition)
 
 
 def check_pixels(info, height: int, width: int, where: str, what: str = "the input") -> None:
@@ -146,6 +147,9 @@ class InterpolationStage(_TemporalStage):
                                    modes=self.mask_modes, generator=generator)
         return masked_video_condition(latents, masks), {}
 
+    def start_estimate(self, latents, condition):
+        return blend_known_frames(condition)  # (the known frames blended in time, the last one held)
+
     def options(self) -> dict:
         return {"mask_factors": self.mask_factors, "mask_modes": self.mask_modes}
 
@@ -262,6 +266,9 @@ class TSRStage(_TemporalStage):
         self.check_clip(latents.shape[2])
         return tsr_condition(latents, self.factor), {}
 
+    def start_estimate(self, latents, condition):
+        return condition  # (each low-frame-rate frame repeated)
+
     def options(self) -> dict:
         return {"factor": self.factor}
 
@@ -340,6 +347,9 @@ class SSRStage(_CascadeStage):
 
     def has_start_estimate(self) -> bool:
         return self.condition_space != "pixels"  # the SD x4 upscaler's condition is pixels, not its latents
+
+    def start_estimate(self, latents, condition):
+        return ssr_condition(latents, self.factor)  # (the clip reduced and enlarged, before noise augmentation)
 
     # -------------------------------------------------------------------------------- sampling
     def factors(self) -> list[int]:

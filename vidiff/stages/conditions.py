@@ -3,7 +3,8 @@ clip, sampling from the previous stage's output, with the same code.
 
     masks                  keyframes (interpolation), a known past (extension) or future, the first frame alone
                            (image-to-video): MCVD (Voleti et al. 2022)
-    masked_video_condition the known frames' latents and the mask (Make-A-Video, Singer et al. 2022)
+    masked_video_condition the known frames' latents and the mask (Make-A-Video, Singer et al. 2022);
+                           blend_known_frames: its plain estimate (where `strength` < 1 starts)
     repeat_frames          the low-frame-rate video repeated in time (Imagen Video TSR, Ho et al. 2022)
     ssr_condition          the low-resolution video at full size; noise_augment: noise conditioning augmentation
                            (Imagen, Saharia et al. 2022; cascaded diffusion models; the SD x4 upscaler)
@@ -73,6 +74,24 @@ def masked_video_condition(latents: torch.Tensor, mask: torch.Tensor) -> torch.T
     b, _, f, h, w = latents.shape
     m = mask.to(latents.device, latents.dtype)[:, None, :, None, None]   # (b, 1, f, 1, 1)
     return torch.cat([latents * m, m.expand(b, 1, f, h, w)], dim=1)
+
+
+def blend_known_frames(condition: torch.Tensor) -> torch.Tensor:
+    """The plain estimate of a masked clip from its `masked_video_condition` `(b, c + 1, f, h, w)`: each frame
+    linearly blended in time from the nearest known frames before and after it, the nearest one held where only
+    one side is known (a future to predict). For keyframes at 0, k, 2k, ... this is the trilinear blend that
+    sampling starts interpolation from; for a known past, the held last frame that extension starts from."""
+    latents, mask = condition[:, :-1], condition[:, -1, :, 0, 0] > 0.5           # (b, c, f, h, w), (b, f)
+    f = mask.shape[1]
+    position = torch.arange(f, device=mask.device).expand_as(mask)
+    before = torch.where(mask, position, -1).cummax(dim=1).values
+    after = torch.where(mask, position, f).flip(1).cummin(dim=1).values.flip(1)
+    before, after = torch.where(before < 0, after, before), torch.where(after >= f, before, after)
+    span = after - before                                                        # (0: a known or held frame)
+    weight = torch.where(span > 0, (position - before) / span.clamp(min=1), 0.0).to(latents.dtype)
+    weight = weight[:, None, :, None, None]
+    pick = lambda index: latents.gather(2, index[:, None, :, None, None].expand_as(latents))  # noqa: E731
+    return pick(before) * (1 - weight) + pick(after) * weight
 
 
 def repeat_frames(low: torch.Tensor, factor: int, num_frames: int | None = None) -> torch.Tensor:

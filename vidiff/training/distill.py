@@ -322,32 +322,52 @@ class ProgressiveDistillation(Distillation):
     def loss(self, unet, scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, *,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """max(SNR, 1) || x0_student(x_t, t) - x~ ||^2, x~ the x0 whose one DDIM step (t -> t') lands where the
-        round's teacher's two DDIM steps (t -> t'' -> t') do; t, t' neighbours on the student's n-step DDIM grid
-        (its last `strength` share: the steps a stage started from its input's estimate runs), t'' halfway
-        between them."""
+        round's teacher's two DDIM steps (t -> t'' -> t') do; t, t' neighbours on the student's n-step DDIM grid,
+        t'' halfway between them. x_t: the clip noised to t; with `strength` < 1 (a cascade stage) t is one of
+        the grid's last steps, those a start from the stage's input estimate runs, and x_t is where sampling
+        is there: the estimate noised to the first of them, taken on by the teacher's steps (the student
+        learns the inputs it will meet, not the clean clip's)."""
         b, device, s = latents.shape[0], latents.device, self.schedule
         teacher_steps, student_steps = self.round_steps(self.round)
+        halve = teacher_steps > student_steps
         cond, kwargs = self.stage.condition(latents, generator)
         noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
         grid = torch.cat([s.sampler_timesteps(student_steps), torch.tensor([-1])]).to(device)  # -1: the end
         first = student_steps - steps_for_strength(student_steps, self.strength)  # (strength 1: the whole grid)
         index = torch.randint(first, student_steps, (b,), generator=generator, device=device)
         t, t_next = grid[index], grid[index + 1]
-        path = self.teacher_path(t, t_next, halve=teacher_steps > student_steps)
         w = self.draw_guidance(b, generator, device)
-        x_t = scheduler.add_noise(latents, noise, t)
+
+        def teacher(x, path):
+            return self.teacher_steps_along(x, path, encoder_hidden_states, cond, kwargs, w, latents.dtype)
+
         with torch.no_grad():
-            x = x_t.float()
-            for now, then in zip(path, path[1:]):
-                x0, eps = self.teacher_x0_eps(x.to(latents.dtype), now.clamp(min=0), encoder_hidden_states, cond,
-                                              kwargs, w, teacher=self.round_teacher)
-                active = (now >= 0).view(-1, 1, 1, 1, 1)                # (past the schedule's end: done)
-                x = torch.where(active, s.ddim_step(x0, eps, then), x)
+            if self.strength < 1:
+                start = self.stage.start_estimate(latents, cond)
+                x_t = scheduler.add_noise(start, noise, grid[first].expand(b)).float()
+                for j in range(first, int(index.max())):      # on along the teacher's path to each video's t
+                    ahead = teacher(x_t, self.teacher_path(grid[j].expand(b), grid[j + 1].expand(b), halve))
+                    x_t = torch.where((index > j).view(-1, 1, 1, 1, 1), ahead, x_t)
+                x_t = x_t.to(latents.dtype)
+            else:
+                x_t = scheduler.add_noise(latents, noise, t)
+            x = teacher(x_t.float(), self.teacher_path(t, t_next, halve))
             target = s.step_target(x_t.float(), t, x, t_next)
         out = unet(self.model_input(x_t, cond), t, encoder_hidden_states, **self.student_kwargs(kwargs, w)).float()
         x0_student, _ = s.x0_eps(out, x_t.float(), t)
         per_video = F.mse_loss(x0_student, target, reduction="none").mean(dim=(1, 2, 3, 4))
         return (per_video * s.snr(t).flatten().clamp(min=1.0)).mean()
+
+    @torch.no_grad()
+    def teacher_steps_along(self, x, path, text, cond, kwargs, w, dtype) -> torch.Tensor:
+        """The round's teacher's DDIM steps from `x` (float32) at path[0] through the timesteps of `path`, its
+        inputs in `dtype` (the batch's)."""
+        for now, then in zip(path, path[1:]):
+            x0, eps = self.teacher_x0_eps(x.to(dtype), now.clamp(min=0), text, cond, kwargs, w,
+                                          teacher=self.round_teacher)
+            active = (now >= 0).view(-1, 1, 1, 1, 1)                # (past the schedule's end: done)
+            x = torch.where(active, self.schedule.ddim_step(x0, eps, then), x)
+        return x
 
 
 OBJECTIVES = {"consistency": ConsistencyDistillation, "progressive": ProgressiveDistillation}
