@@ -194,6 +194,7 @@ def test_progressive_strength_trains_only_the_grid_steps_a_start_from_the_estima
     pipe, obj = objective(interpolation_teacher, "progressive", stage=stage, steps=4, teacher_steps=8,
                           strength=strength)
     calls, student, teacher = [], pipe.unet, obj.round_teacher
+
     def record(who, model):
         return lambda inp, t, *a, **k: (calls.append((who, inp, t)), model(inp, t, *a, **k))[1]
 

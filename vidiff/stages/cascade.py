@@ -15,7 +15,6 @@ cascaded diffusion and noise conditioning augmentation); Saharia et al. 2022 (Im
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding
 
 from vidiff.spec import SettingError, check_choice, check_setting
@@ -178,7 +177,7 @@ class InterpolationStage(_TemporalStage):
         placed[:, :, ::k] = known
         condition = masked_video_condition(placed, keyframe_mask(frames, k)[None].expand(b, frames))
         window = min(self.window(pipe.info), frames)  # a clip shorter than the trained window is one window
-        blended = F.interpolate(known.float(), size=(frames, *known.shape[3:]), mode="trilinear", align_corners=True)
+        blended = self.start_estimate(placed, condition)  # (the keyframes blended linearly in time)
         latents = sample_stage(pipe, prompts, condition, (frames, h, w), settings, generators, start=blended,
                                window_size=window, window_stride=max(1, window // 2))
         latents[:, :, ::k] = known  # the keyframes are given, not generated
@@ -235,7 +234,7 @@ class InterpolationStage(_TemporalStage):
             past = latents[:, :, -known:]
             placed = torch.cat([past, past.new_zeros(*past.shape[:2], new, *past.shape[3:])], dim=2)
             condition = masked_video_condition(placed, prefix_mask(known + new, known)[None].expand(b, -1))
-            held = torch.cat([past, past[:, :, -1:].expand(-1, -1, new, -1, -1)], dim=2)  # the last frame held
+            held = self.start_estimate(placed, condition)  # (the last frame held)
             chunk = sample_stage(pipe, prompts, condition, (known + new, h, w), settings, generators, start=held)
             latents = torch.cat([latents, chunk[:, :, known:]], dim=2)
             made += new
